@@ -1,0 +1,236 @@
+//! Connecting to one of several RabbitMQ nodes, with exponential backoff, and noticing when the
+//! connection is gone.
+
+use std::{future::Future, time::Duration};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use futures_util::StreamExt;
+use lapin::{Connection, ConnectionProperties, Event};
+
+/// Where and how to connect.
+#[derive(Clone)]
+pub struct BrokerConfig {
+    /// AMQP URLs, one per cluster node; tried in turn.
+    pub urls: Vec<String>,
+    /// Shown in the RabbitMQ management UI.
+    pub connection_name: String,
+    /// First delay between reconnect attempts; it doubles up to `max_backoff`.
+    pub min_backoff: Duration,
+    /// Longest delay between reconnect attempts.
+    pub max_backoff: Duration,
+}
+
+impl std::fmt::Debug for BrokerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerConfig")
+            .field(
+                "urls",
+                &self.urls.iter().map(|u| redact_url(u)).collect::<Vec<_>>(),
+            )
+            .field("connection_name", &self.connection_name)
+            .field("min_backoff", &self.min_backoff)
+            .field("max_backoff", &self.max_backoff)
+            .finish()
+    }
+}
+
+impl BrokerConfig {
+    /// The default URL of the contract.
+    pub const DEFAULT_URL: &'static str = "amqp://guest:guest@localhost:5672/%2f";
+
+    /// Parses `AMQP_URL`: one URL, or several separated by commas (one per cluster node).
+    pub fn parse_urls(value: &str) -> Result<Vec<String>, BrokerError> {
+        let urls: Vec<String> = value
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if urls.is_empty() {
+            return Err(BrokerError::BadUrl {
+                url: String::new(),
+                reason: "no URL given".into(),
+            });
+        }
+        for url in &urls {
+            url.parse::<lapin::uri::AMQPUri>()
+                .map_err(|reason| BrokerError::BadUrl {
+                    url: redact_url(url),
+                    reason,
+                })?;
+        }
+        Ok(urls)
+    }
+
+    /// Reads `AMQP_URL` (default [`Self::DEFAULT_URL`]) through `lookup`.
+    pub fn from_lookup(
+        lookup: &impl Fn(&str) -> Option<String>,
+        connection_name: &str,
+    ) -> Result<Self, BrokerError> {
+        let value = lookup("AMQP_URL").unwrap_or_else(|| Self::DEFAULT_URL.into());
+        Ok(Self::new(Self::parse_urls(&value)?, connection_name))
+    }
+
+    /// A configuration for these URLs with the default backoff (100 ms doubling to 5 s).
+    pub fn new(urls: Vec<String>, connection_name: impl Into<String>) -> Self {
+        Self {
+            urls,
+            connection_name: connection_name.into(),
+            min_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What can go wrong talking to RabbitMQ.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// An `AMQP_URL` entry does not parse.
+    #[error("AMQP_URL entry {url:?} is not a valid AMQP URL ({reason}); expected amqp://user:pass@host:5672/vhost")]
+    BadUrl { url: String, reason: String },
+    /// Declaring a queue or exchange failed, typically because it exists with other arguments.
+    #[error("declaring {name} failed: {source}; if it exists with other arguments, delete it or change the queue prefix")]
+    Declare {
+        name: String,
+        #[source]
+        source: lapin::Error,
+    },
+    /// A setting has a value that cannot be used.
+    #[error("{name}: {reason}")]
+    BadSetting { name: &'static str, reason: String },
+    /// Any other AMQP failure.
+    #[error("RabbitMQ: {0}")]
+    Amqp(#[from] lapin::Error),
+}
+
+impl BrokerError {
+    pub(crate) fn setting(name: &'static str, reason: &str) -> Self {
+        Self::BadSetting {
+            name,
+            reason: reason.to_owned(),
+        }
+    }
+
+    pub(crate) fn declare(name: &str, source: lapin::Error) -> Self {
+        Self::Declare {
+            name: name.to_owned(),
+            source,
+        }
+    }
+}
+
+/// The URL with its password replaced, for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "<unparseable URL>".into();
+    };
+    match rest.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{host}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// Connects to the first node that answers, cycling through the URLs with exponential backoff and
+/// jitter until one does. Returns `None` only if `shutdown` completes first.
+pub async fn connect_with_backoff(
+    config: &BrokerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Option<Connection> {
+    tokio::pin!(shutdown);
+    let mut delays = backoff(config);
+    let mut attempt: u64 = 0;
+    loop {
+        for url in &config.urls {
+            let props = ConnectionProperties::default()
+                .with_connection_name(config.connection_name.clone().into());
+            let connecting = Connection::connect(url, props);
+            let result = tokio::select! {
+                () = &mut shutdown => return None,
+                r = tokio::time::timeout(Duration::from_secs(10), connecting) => r,
+            };
+            match result {
+                Ok(Ok(connection)) => {
+                    tracing::info!(node = %redact_url(url), "connected to RabbitMQ");
+                    return Some(connection);
+                }
+                Ok(Err(error)) => tracing::warn!(
+                    node = %redact_url(url), attempt, error.message = %error,
+                    "cannot connect to RabbitMQ; retrying"
+                ),
+                Err(_) => tracing::warn!(
+                    node = %redact_url(url), attempt,
+                    "connecting to RabbitMQ timed out after 10s; retrying"
+                ),
+            }
+        }
+        attempt += 1;
+        let delay = delays.next().unwrap_or(config.max_backoff);
+        tokio::select! {
+            () = &mut shutdown => return None,
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+fn backoff(config: &BrokerConfig) -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::new()
+        .with_min_delay(config.min_backoff)
+        .with_max_delay(config.max_backoff)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+/// Resolves when the connection reports an error or stops being connected.
+pub async fn wait_until_closed(connection: &Connection) {
+    let mut events = Box::pin(connection.events_listener());
+    let mut poll = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            event = events.next() => match event {
+                Some(Event::Error(error)) => {
+                    tracing::warn!(error.message = %error, "RabbitMQ connection failed");
+                    return;
+                }
+                Some(_) => {}
+                None => return,
+            },
+            _ = poll.tick() => {
+                if !connection.status().connected() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url("amqp://guest:s3cret@localhost:5672/%2f"),
+            "amqp://guest:***@localhost:5672/%2f"
+        );
+        assert_eq!(redact_url("amqp://localhost"), "amqp://localhost");
+    }
+
+    #[test]
+    fn several_urls_are_split_on_commas() {
+        let urls = BrokerConfig::parse_urls("amqp://a:1@h1:5672/%2f, amqp://a:1@h2:5673/%2f")
+            .expect("valid");
+        assert_eq!(urls.len(), 2);
+        assert!(BrokerConfig::parse_urls(" , ").is_err());
+    }
+
+    #[test]
+    fn a_bad_url_is_refused_without_its_password() {
+        let err = BrokerConfig::parse_urls("http://u:topsecret@h").expect_err("invalid");
+        assert!(!err.to_string().contains("topsecret"), "{err}");
+    }
+}

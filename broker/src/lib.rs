@@ -1,0 +1,14 @@
+//! What ingress, worker and the DLQ commands share about RabbitMQ: the queue topology and its
+//! idempotent declaration, connecting to one of several nodes with backoff, and a supervised,
+//! self-healing publisher that only reports success on a broker confirm.
+
+mod connect;
+mod publisher;
+mod topology;
+
+pub use connect::{BrokerConfig, BrokerError, connect_with_backoff, redact_url, wait_until_closed};
+pub use publisher::{PublishError, Publisher, PublisherOptions};
+pub use topology::{DEAD_ROUTING_KEY, EVENTS_ROUTING_KEY, Topology, headers};
+
+/// Re-exported so that the crates using this one name the same lapin.
+pub use lapin;

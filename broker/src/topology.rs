@@ -1,0 +1,329 @@
+//! Queue names and their declaration.
+//!
+//! ```text
+//! exchange {prefix} (direct)
+//!   "events"        -> {prefix}.events        quorum; the worker consumes it
+//!   "retry.<delay>" -> {prefix}.retry.<delay> quorum, x-message-ttl, dead-letters back to "events"
+//!   "dead"          -> {prefix}.dead          quorum; the dead-letter queue that ops replay
+//! ```
+//!
+//! Declaring is idempotent: every process declares the whole topology at connect time with the same
+//! arguments, so the start order of ingress and worker does not matter.
+
+use std::time::Duration;
+
+use lapin::{
+    Channel, ExchangeKind,
+    options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
+    types::{AMQPValue, FieldTable, LongString, ShortString},
+};
+
+use crate::BrokerError;
+
+/// Names of the AMQP headers clerk-sync writes. None starts with `x-`: RabbitMQ reserves those,
+/// and 3.13+ changed how it treats some of them.
+pub mod headers {
+    /// The Svix message id (`svix-id`), also the AMQP `message_id`.
+    pub const SVIX_ID: &str = "svix-id";
+    /// The Svix attempt timestamp, as received.
+    pub const SVIX_TIMESTAMP: &str = "svix-timestamp";
+    /// The Svix signature header, as received (lets anyone re-verify the stored body).
+    pub const SVIX_SIGNATURE: &str = "svix-signature";
+    /// Milliseconds since the epoch when the ingress accepted the webhook.
+    pub const RECEIVED_AT: &str = "clerk-sync-received-at";
+    /// How many times the worker has tried this event and failed.
+    pub const ATTEMPTS: &str = "clerk-sync-attempts";
+    /// Why the last attempt failed.
+    pub const REASON: &str = "clerk-sync-reason";
+    /// Milliseconds since the epoch of the first failure.
+    pub const FIRST_FAILURE_AT: &str = "clerk-sync-first-failure-at";
+    /// Milliseconds since the epoch of the last failure.
+    pub const LAST_FAILURE_AT: &str = "clerk-sync-last-failure-at";
+    /// The routing key the event was originally published with.
+    pub const ORIGINAL_ROUTING_KEY: &str = "clerk-sync-original-routing-key";
+    /// The Clerk event type, when the worker could read it.
+    pub const EVENT_TYPE: &str = "clerk-sync-event-type";
+}
+
+/// The names and arguments of clerk-sync's exchange and queues, derived from one prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topology {
+    prefix: String,
+    /// Delays of the retry tiers, shortest first.
+    retry_delays: Vec<Duration>,
+    /// Quorum group size for new queues; `None` leaves RabbitMQ's default (every cluster member).
+    replicas: Option<u32>,
+    /// Broker-side guard against a message that crashes every worker that takes it.
+    delivery_limit: u32,
+}
+
+/// Routing key of the main queue.
+pub const EVENTS_ROUTING_KEY: &str = "events";
+/// Routing key of the dead-letter queue.
+pub const DEAD_ROUTING_KEY: &str = "dead";
+
+impl Topology {
+    /// A topology whose every name starts with `prefix`.
+    pub fn new(
+        prefix: impl Into<String>,
+        retry_delays: Vec<Duration>,
+        replicas: Option<u32>,
+    ) -> Self {
+        let mut retry_delays = retry_delays;
+        retry_delays.sort();
+        retry_delays.dedup();
+        Self {
+            prefix: prefix.into(),
+            retry_delays,
+            replicas,
+            delivery_limit: 50,
+        }
+    }
+
+    /// The default delays of the retry tiers: 5 s, 30 s, 5 min.
+    pub fn default_retry_delays() -> Vec<Duration> {
+        vec![
+            Duration::from_secs(5),
+            Duration::from_secs(30),
+            Duration::from_secs(300),
+        ]
+    }
+
+    /// The prefix every name starts with.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The direct exchange everything is published to.
+    pub fn exchange(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The main queue the worker consumes.
+    pub fn main_queue(&self) -> String {
+        format!("{}.events", self.prefix)
+    }
+
+    /// The dead-letter queue.
+    pub fn dead_queue(&self) -> String {
+        format!("{}.dead", self.prefix)
+    }
+
+    /// The retry tiers' delays, shortest first.
+    pub fn retry_delays(&self) -> &[Duration] {
+        &self.retry_delays
+    }
+
+    /// Routing key of the retry tier with this delay.
+    pub fn retry_routing_key(delay: Duration) -> String {
+        format!("retry.{}ms", delay.as_millis())
+    }
+
+    /// Queue of the retry tier with this delay.
+    pub fn retry_queue(&self, delay: Duration) -> String {
+        format!("{}.{}", self.prefix, Self::retry_routing_key(delay))
+    }
+
+    /// Every queue of the topology (for tests and teardown).
+    pub fn all_queues(&self) -> Vec<String> {
+        let mut queues = vec![self.main_queue(), self.dead_queue()];
+        queues.extend(self.retry_delays.iter().map(|d| self.retry_queue(*d)));
+        queues
+    }
+
+    fn quorum_arguments(&self) -> FieldTable {
+        let mut args = FieldTable::default();
+        args.insert("x-queue-type".into(), long_string("quorum"));
+        if let Some(replicas) = self.replicas {
+            args.insert(
+                "x-quorum-initial-group-size".into(),
+                AMQPValue::LongUInt(replicas),
+            );
+        }
+        args
+    }
+
+    /// Arguments for a queue whose dead letters go back to `routing_key` without loss.
+    fn dead_lettering_to(&self, args: &mut FieldTable, routing_key: &str) {
+        args.insert("x-dead-letter-exchange".into(), long_string(self.exchange()));
+        args.insert("x-dead-letter-routing-key".into(), long_string(routing_key));
+        // at-least-once dead-lettering keeps the message in the source queue until the target
+        // confirmed it; it requires reject-publish overflow.
+        args.insert(
+            "x-dead-letter-strategy".into(),
+            long_string("at-least-once"),
+        );
+        args.insert("x-overflow".into(), long_string("reject-publish"));
+    }
+
+    /// Declares the exchange, the main queue, the dead-letter queue and the retry tiers, and binds
+    /// them. Safe to call from every process at every connect.
+    pub async fn declare(&self, channel: &Channel) -> Result<(), BrokerError> {
+        channel
+            .exchange_declare(
+                self.exchange().into(),
+                ExchangeKind::Direct,
+                ExchangeDeclareOptions {
+                    // Survives a broker restart, like the queues bound to it.
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| BrokerError::declare(self.exchange(), e))?;
+
+        // Dead-letter queue first: the main queue dead-letters into it.
+        let mut dead_args = self.quorum_arguments();
+        // A full dead-letter queue refuses rather than silently drops.
+        dead_args.insert("x-overflow".into(), long_string("reject-publish"));
+        self.declare_bound(channel, &self.dead_queue(), DEAD_ROUTING_KEY, dead_args)
+            .await?;
+
+        let mut main_args = self.quorum_arguments();
+        // Poison guard: a message redelivered this often (every worker that took it died) is
+        // dead-lettered by the broker itself rather than crash-looping the fleet.
+        main_args.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongUInt(self.delivery_limit),
+        );
+        self.dead_lettering_to(&mut main_args, DEAD_ROUTING_KEY);
+        self.declare_bound(channel, &self.main_queue(), EVENTS_ROUTING_KEY, main_args)
+            .await?;
+
+        for delay in &self.retry_delays {
+            let mut args = self.quorum_arguments();
+            let ttl = u32::try_from(delay.as_millis()).unwrap_or(u32::MAX);
+            args.insert("x-message-ttl".into(), AMQPValue::LongUInt(ttl));
+            self.dead_lettering_to(&mut args, EVENTS_ROUTING_KEY);
+            self.declare_bound(
+                channel,
+                &self.retry_queue(*delay),
+                &Self::retry_routing_key(*delay),
+                args,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn declare_bound(
+        &self,
+        channel: &Channel,
+        queue: &str,
+        routing_key: &str,
+        args: FieldTable,
+    ) -> Result<(), BrokerError> {
+        channel
+            .queue_declare(
+                ShortString::from(queue),
+                QueueDeclareOptions {
+                    // Quorum queues must be durable; messages survive a broker restart.
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                args,
+            )
+            .await
+            .map_err(|e| BrokerError::declare(queue, e))?;
+        channel
+            .queue_bind(
+                queue.into(),
+                self.exchange().into(),
+                routing_key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| BrokerError::declare(queue, e))?;
+        Ok(())
+    }
+}
+
+fn long_string(value: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_derive_from_the_prefix() {
+        let t = Topology::new(
+            "cs",
+            vec![Duration::from_secs(30), Duration::from_secs(5)],
+            None,
+        );
+        assert_eq!(t.exchange(), "cs");
+        assert_eq!(t.main_queue(), "cs.events");
+        assert_eq!(t.dead_queue(), "cs.dead");
+        assert_eq!(
+            t.all_queues(),
+            vec!["cs.events", "cs.dead", "cs.retry.5000ms", "cs.retry.30000ms"]
+        );
+    }
+}
+
+impl Topology {
+    /// Reads `QUEUE_PREFIX` (default `clerk_sync`), `QUEUE_REPLICAS` (default: the broker's) and
+    /// `RETRY_DELAYS` (default `5s,30s,5m`) through `lookup`.
+    pub fn from_lookup(lookup: &impl Fn(&str) -> Option<String>) -> Result<Self, BrokerError> {
+        let prefix = lookup("QUEUE_PREFIX").unwrap_or_else(|| "clerk_sync".into());
+        if prefix.is_empty()
+            || !prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        {
+            return Err(BrokerError::setting(
+                "QUEUE_PREFIX",
+                "use letters, digits, '.', '_' or '-'",
+            ));
+        }
+        let replicas = match lookup("QUEUE_REPLICAS") {
+            None => None,
+            Some(v) => Some(
+                v.trim()
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|n| *n >= 1)
+                    .ok_or_else(|| {
+                        BrokerError::setting("QUEUE_REPLICAS", "must be a whole number >= 1")
+                    })?,
+            ),
+        };
+        let retry_delays = match lookup("RETRY_DELAYS") {
+            None => Self::default_retry_delays(),
+            Some(v) => v
+                .split(',')
+                .map(|d| telemetry::settings::parse_duration(d).filter(|d| !d.is_zero()))
+                .collect::<Option<Vec<_>>>()
+                .filter(|d| !d.is_empty())
+                .ok_or_else(|| {
+                    BrokerError::setting(
+                        "RETRY_DELAYS",
+                        "must be a comma separated list of durations such as 5s,30s,5m",
+                    )
+                })?,
+        };
+        Ok(Self::new(prefix, retry_delays, replicas))
+    }
+}
+
+#[cfg(test)]
+mod parse_tests {
+    use super::*;
+
+    #[test]
+    fn topology_settings_are_validated() {
+        let lookup = |name: &str| match name {
+            "RETRY_DELAYS" => Some("1s,zz".to_string()),
+            _ => None,
+        };
+        let err = Topology::from_lookup(&lookup).expect_err("bad delays");
+        assert!(err.to_string().contains("RETRY_DELAYS"), "{err}");
+        let t = Topology::from_lookup(&|_: &str| None).expect("defaults");
+        assert_eq!(t.prefix(), "clerk_sync");
+        assert_eq!(t.retry_delays().len(), 3);
+    }
+}

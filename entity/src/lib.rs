@@ -1,0 +1,7 @@
+//! sea-orm entities for clerk-sync's tables, one module per table.
+
+pub mod deleted_users;
+pub mod prelude;
+pub mod processed_events;
+pub mod user_calendar_connections;
+pub mod users;

@@ -1,0 +1,201 @@
+//! Routing and the webhook handler.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use broker::{
+    EVENTS_ROUTING_KEY, Publisher, headers,
+    lapin::{
+        BasicProperties,
+        types::{AMQPValue, FieldTable, LongString, ShortString},
+    },
+};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use prometheus_client::registry::Registry;
+use serde_json::json;
+use telemetry::{
+    SharedRegistry,
+    ops::{FullResponse, Readiness},
+};
+use tracing::Instrument;
+
+use crate::{
+    error::IngressError,
+    metrics::{Metrics, Outcome},
+    verify::{self, Secrets},
+};
+
+/// Shared by every request.
+pub(crate) struct State {
+    secrets: Secrets,
+    pub(crate) publisher: Publisher,
+    body_limit: usize,
+    body_timeout: Duration,
+    metrics: Metrics,
+    registry: SharedRegistry,
+    readiness: Readiness,
+}
+
+impl State {
+    pub(crate) fn new(
+        secrets: Secrets,
+        publisher: Publisher,
+        body_limit: usize,
+        body_timeout: Duration,
+    ) -> Self {
+        let mut registry = Registry::default();
+        let metrics = Metrics::register(&mut registry);
+        let ready = publisher.clone();
+        Self {
+            secrets,
+            publisher,
+            body_limit,
+            body_timeout,
+            metrics,
+            registry: Arc::new(Mutex::new(registry)),
+            readiness: Arc::new(move || ready.is_ready()),
+        }
+    }
+}
+
+/// Routes one request.
+pub(crate) async fn handle(
+    state: Arc<State>,
+    request: Request<Incoming>,
+    request_id: HeaderValue,
+) -> FullResponse {
+    let path = request.uri().path().to_owned();
+    if let Some(response) =
+        telemetry::ops::endpoints(request.method(), &path, &state.readiness, &state.registry)
+    {
+        return response;
+    }
+    let result = match path.as_str() {
+        "/webhooks/clerk" | "/api/webhooks/clerk" if request.method() == Method::POST => {
+            let span = tracing::info_span!(
+                "webhook",
+                request_id = request_id.to_str().unwrap_or_default(),
+                svix_id = tracing::field::Empty,
+            );
+            let result = accept(&state, request).instrument(span.clone()).await;
+            let _entered = span.enter();
+            let outcome = match &result {
+                Ok(_) => "accepted",
+                Err(error) => error.code(),
+            };
+            state.metrics.received.get_or_create(&Outcome { outcome }).inc();
+            match &result {
+                Ok(_) => tracing::info!("webhook accepted"),
+                Err(error @ IngressError::BrokerUnavailable(cause)) => tracing::error!(
+                    error.cause_chain = ?cause, error.message = %error, "webhook not stored; answered 503"
+                ),
+                Err(error) => tracing::warn!(error.message = %error, "webhook rejected"),
+            }
+            result
+        }
+        "/webhooks/clerk" | "/api/webhooks/clerk" => Err(IngressError::MethodNotAllowed),
+        _ => Err(IngressError::NotFound),
+    };
+    match result {
+        Ok(svix_id) => telemetry::ops::json(
+            StatusCode::OK,
+            &json!({ "status": "accepted", "svix_id": svix_id }),
+        ),
+        Err(error) => {
+            let mut response = telemetry::ops::json(
+                error.status(),
+                &json!({ "error": error.code(), "message": error.public_message() }),
+            );
+            if matches!(error, IngressError::MethodNotAllowed) {
+                response
+                    .headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static("POST"));
+            }
+            response
+        }
+    }
+}
+
+/// Verifies, then publishes; returns the Svix message id once the broker confirmed.
+async fn accept(state: &State, request: Request<Incoming>) -> Result<String, IngressError> {
+    let (parts, body) = request.into_parts();
+    // Cheap checks first: nothing is read from a request that is refused anyway.
+    verify::check_headers_present(&parts.headers)?;
+    if declared_length(&parts.headers).is_some_and(|len| len > state.body_limit as u64) {
+        return Err(IngressError::TooLarge(state.body_limit));
+    }
+    let body = read_body(body, state.body_limit, state.body_timeout).await?;
+    state.secrets.verify(&body, &parts.headers)?;
+
+    let svix_id = verify::message_id(&parts.headers)
+        .unwrap_or_default()
+        .to_owned();
+    tracing::Span::current().record("svix_id", svix_id.as_str());
+    let started = Instant::now();
+    state
+        .publisher
+        .publish(EVENTS_ROUTING_KEY, &body, properties(&parts.headers, &svix_id))
+        .await?;
+    state
+        .metrics
+        .publish_seconds
+        .observe(started.elapsed().as_secs_f64());
+    Ok(svix_id)
+}
+
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// Reads at most `limit` bytes within `timeout`, stopping as soon as the limit is passed.
+async fn read_body(body: Incoming, limit: usize, timeout: Duration) -> Result<Bytes, IngressError> {
+    match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
+        Err(_) => Err(IngressError::BodyTimeout(timeout)),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(error)) => {
+            if error
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                Err(IngressError::TooLarge(limit))
+            } else {
+                Err(IngressError::BodyRead(error.to_string()))
+            }
+        }
+    }
+}
+
+/// AMQP properties: the Svix id as message id, the Svix headers kept as AMQP headers.
+fn properties(request_headers: &HeaderMap, svix_id: &str) -> BasicProperties {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let mut table = FieldTable::default();
+    for (name, value) in verify::svix_headers(request_headers) {
+        if let Some(value) = value {
+            table.insert(
+                ShortString::from(name),
+                AMQPValue::LongString(LongString::from(value)),
+            );
+        }
+    }
+    table.insert(
+        ShortString::from(headers::RECEIVED_AT),
+        AMQPValue::LongLongInt(i64::try_from(now.as_millis()).unwrap_or(i64::MAX)),
+    );
+    BasicProperties::default()
+        .with_message_id(ShortString::from(svix_id))
+        .with_content_type(ShortString::from("application/json"))
+        .with_timestamp(now.as_secs())
+        .with_headers(table)
+}

@@ -1,0 +1,119 @@
+//! Reading typed settings through a lookup function (`std::env::var` in production, a map in
+//! tests), with errors that name the variable and never echo a secret.
+
+use std::time::Duration;
+
+/// A setting whose value cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{name} has an invalid value: {reason}")]
+pub struct InvalidSetting {
+    /// The environment variable.
+    pub name: &'static str,
+    /// What is wrong and what is expected.
+    pub reason: String,
+}
+
+impl InvalidSetting {
+    /// An error for `name`.
+    pub fn new(name: &'static str, reason: impl Into<String>) -> Self {
+        Self {
+            name,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Parses a duration such as `250ms`, `5s`, `5m` or `1h` (a bare number is seconds).
+pub fn parse_duration(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    let split = value
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(value.len());
+    let (number, unit) = value.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    let millis = match unit.trim() {
+        "ms" => number,
+        "" | "s" => number.checked_mul(1_000)?,
+        "m" | "min" => number.checked_mul(60_000)?,
+        "h" => number.checked_mul(3_600_000)?,
+        _ => return None,
+    };
+    Some(Duration::from_millis(millis))
+}
+
+/// A non-zero duration setting, or `default` when unset.
+pub fn duration(
+    lookup: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+    default: Duration,
+) -> Result<Duration, InvalidSetting> {
+    match lookup(name) {
+        None => Ok(default),
+        Some(v) => parse_duration(&v).filter(|d| !d.is_zero()).ok_or_else(|| {
+            InvalidSetting::new(name, format!("{v:?} is not a duration such as 5s or 250ms"))
+        }),
+    }
+}
+
+/// A whole number above 0, or `default` when unset.
+pub fn number(
+    lookup: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+    default: usize,
+) -> Result<usize, InvalidSetting> {
+    match lookup(name) {
+        None => Ok(default),
+        Some(v) => v
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| InvalidSetting::new(name, format!("{v:?} is not a whole number above 0"))),
+    }
+}
+
+/// A socket address, or `default` when unset.
+pub fn socket_addr(
+    lookup: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+    default: &str,
+) -> Result<std::net::SocketAddr, InvalidSetting> {
+    let value = lookup(name).unwrap_or_else(|| default.to_owned());
+    value
+        .parse()
+        .map_err(|_| InvalidSetting::new(name, format!("{value:?} is not host:port such as 127.0.0.1:8080")))
+}
+
+/// `LOG_FORMAT`: `plain` (default) or `json`.
+pub fn log_format(
+    lookup: &impl Fn(&str) -> Option<String>,
+) -> Result<crate::LogFormat, InvalidSetting> {
+    lookup("LOG_FORMAT")
+        .unwrap_or_default()
+        .parse()
+        .map_err(|reason: String| InvalidSetting::new("LOG_FORMAT", reason))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("5s"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
+        assert_eq!(parse_duration("7"), Some(Duration::from_secs(7)));
+        assert_eq!(parse_duration("5 parsecs"), None);
+        assert_eq!(parse_duration(""), None);
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let lookup = |_: &str| Some("nope".to_string());
+        let err = number(&lookup, "X_COUNT", 1).expect_err("bad");
+        assert!(err.to_string().starts_with("X_COUNT"), "{err}");
+        assert!(duration(&lookup, "X_WAIT", Duration::ZERO).is_err());
+        assert!(socket_addr(&lookup, "X_ADDR", "127.0.0.1:1").is_err());
+    }
+}
