@@ -1,0 +1,6 @@
+//! Ingress integration tests against the machine's real RabbitMQ.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod broker_outage;
+mod helpers;
+mod webhooks;

@@ -1,0 +1,66 @@
+//! Realistic Clerk events, shaped like the payloads in the reference (synthetic ids).
+
+use serde_json::{Value, json};
+
+/// A user's state at one version, as Clerk would send it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserState {
+    pub id: String,
+    pub email: Option<String>,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    /// Clerk's `updated_at`, ms.
+    pub updated_at: i64,
+}
+
+/// The `data` of a `user.created` / `user.updated` event.
+pub fn user_object(state: &UserState) -> Value {
+    let (emails, primary) = match &state.email {
+        Some(email) => (
+            json!([
+                {"id": "idn_other0000", "object": "email_address", "email_address": format!("old-{email}"),
+                 "verification": null, "linked_to": []},
+                {"id": "idn_primary000", "object": "email_address", "email_address": email,
+                 "verification": {"status": "verified", "strategy": "email_code"}, "linked_to": []}
+            ]),
+            json!("idn_primary000"),
+        ),
+        None => (json!([]), Value::Null),
+    };
+    json!({
+        "id": state.id, "object": "user", "external_id": null, "username": null,
+        "first_name": state.first_name, "last_name": state.last_name,
+        "image_url": "https://img.clerk.com/synth", "has_image": false,
+        "primary_email_address_id": primary, "primary_phone_number_id": null,
+        "email_addresses": emails, "phone_numbers": [], "web3_wallets": [], "passkeys": [],
+        "external_accounts": [], "saml_accounts": [], "enterprise_accounts": [],
+        "public_metadata": {}, "private_metadata": {}, "unsafe_metadata": {},
+        "password_enabled": true, "two_factor_enabled": false, "banned": false, "locked": false,
+        "last_sign_in_at": null, "last_active_at": null,
+        "created_at": 1_735_689_600_000_i64, "updated_at": state.updated_at
+    })
+}
+
+/// A full event envelope.
+pub fn envelope(event_type: &str, data: Value, timestamp: i64) -> Value {
+    json!({
+        "data": data, "object": "event", "type": event_type, "timestamp": timestamp,
+        "instance_id": "ins_2abcSYNTHinst01",
+        "event_attributes": {"http_request": {"client_ip": "192.0.2.1", "user_agent": "synthetic"}}
+    })
+}
+
+/// A `user.created` or `user.updated` event body.
+pub fn user_event(event_type: &str, state: &UserState) -> Vec<u8> {
+    serde_json::to_vec(&envelope(event_type, user_object(state), state.updated_at)).unwrap()
+}
+
+/// A `user.deleted` event body.
+pub fn user_deleted(id: &str, timestamp: i64) -> Vec<u8> {
+    serde_json::to_vec(&envelope(
+        "user.deleted",
+        json!({"deleted": true, "id": id, "object": "user"}),
+        timestamp,
+    ))
+    .unwrap()
+}

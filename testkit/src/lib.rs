@@ -1,0 +1,238 @@
+//! Test support shared by the integration tests of every crate. Tests talk to the machine's real
+//! Postgres and RabbitMQ; each one isolates itself with a database and a queue prefix of its own,
+//! both removed when the guard is dropped (even when the test panics).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+pub mod events;
+pub mod proxy;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use broker::{
+    Topology,
+    lapin::{
+        Channel, Connection, ConnectionProperties,
+        message::BasicGetMessage,
+        options::{
+            BasicAckOptions, BasicGetOptions, ExchangeDeleteOptions, QueueDeclareOptions,
+            QueueDeleteOptions,
+        },
+        types::FieldTable,
+    },
+};
+use migration::{
+    Migrator, MigratorTrait,
+    sea_orm::{ConnectionTrait, Database, DatabaseConnection},
+};
+
+/// A short random name with a prefix, safe as a database or queue name.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}_{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}
+
+/// Server root URL of the test Postgres (`TEST_DATABASE_URL`, no database name).
+pub fn postgres_root() -> String {
+    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+/// The test RabbitMQ (`TEST_AMQP_URL`).
+pub fn amqp_url() -> String {
+    std::env::var("TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// Seconds since the epoch, now.
+pub fn now_secs() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+/// A database of its own for one test, migrated; dropped with the guard.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+    pub conn: DatabaseConnection,
+}
+
+impl TestDb {
+    /// Creates an empty database (no migrations).
+    pub async fn empty() -> Self {
+        let name = unique("cs_test");
+        let admin = Database::connect(format!("{}/postgres", postgres_root())).await.unwrap();
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
+            .await
+            .unwrap();
+        let _ = admin.close().await;
+        let url = format!("{}/{name}", postgres_root());
+        let conn = Database::connect(&url).await.unwrap();
+        Self { name, url, conn }
+    }
+
+    /// Creates a database and applies every migration.
+    pub async fn migrated() -> Self {
+        let db = Self::empty().await;
+        Migrator::up(&db.conn, None).await.unwrap();
+        db
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let conn = self.conn.clone();
+        run_detached(async move {
+            let _ = conn.close().await;
+            if let Ok(admin) = Database::connect(format!("{}/postgres", postgres_root())).await {
+                let _ = admin
+                    .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                    .await;
+                let _ = admin.close().await;
+            }
+        });
+    }
+}
+
+/// Runs a clean-up future to completion from `Drop`, inside or outside a runtime.
+fn run_detached<F: std::future::Future<Output = ()> + Send + 'static>(future: F) {
+    let _ = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(future);
+    })
+    .join();
+}
+
+/// A queue prefix of its own for one test; its exchange and queues are deleted with the guard.
+pub struct TestBroker {
+    pub topology: Topology,
+    pub connection: Connection,
+    pub channel: Channel,
+}
+
+impl TestBroker {
+    /// A fresh prefix with short retry delays, declared.
+    pub async fn new() -> Self {
+        Self::with_delays(vec![Duration::from_millis(300), Duration::from_secs(1)]).await
+    }
+
+    /// A fresh prefix with these retry delays, declared.
+    pub async fn with_delays(delays: Vec<Duration>) -> Self {
+        let topology = Topology::new(unique("cs_test"), delays, None);
+        let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
+            .await
+            .unwrap();
+        let channel = connection.create_channel().await.unwrap();
+        topology.declare(&channel).await.unwrap();
+        Self {
+            topology,
+            connection,
+            channel,
+        }
+    }
+
+    /// Settings that point a process at this prefix and retry tiers.
+    pub fn settings(&self) -> Vec<(String, String)> {
+        let delays: Vec<String> = self
+            .topology
+            .retry_delays()
+            .iter()
+            .map(|d| format!("{}ms", d.as_millis()))
+            .collect();
+        vec![
+            ("AMQP_URL".into(), amqp_url()),
+            ("QUEUE_PREFIX".into(), self.topology.prefix().into()),
+            ("RETRY_DELAYS".into(), delays.join(",")),
+        ]
+    }
+
+    /// Messages ready in `queue`, without consuming them.
+    pub async fn count(&self, queue: &str) -> u32 {
+        self.channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap()
+            .message_count()
+    }
+
+    /// Takes (and acks) every message in `queue`.
+    pub async fn drain(&self, queue: &str) -> Vec<BasicGetMessage> {
+        let mut out = Vec::new();
+        while let Some(message) = self
+            .channel
+            .basic_get(queue.into(), BasicGetOptions::default())
+            .await
+            .unwrap()
+        {
+            message.delivery.acker.ack(BasicAckOptions::default()).await.unwrap();
+            out.push(message);
+        }
+        out
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        let topology = self.topology.clone();
+        run_detached(async move {
+            let Ok(connection) = Connection::connect(&amqp_url(), ConnectionProperties::default()).await else {
+                return;
+            };
+            if let Ok(channel) = connection.create_channel().await {
+                for queue in topology.all_queues() {
+                    let _ = channel
+                        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                        .await;
+                }
+                let _ = channel
+                    .exchange_delete(topology.exchange().into(), ExchangeDeleteOptions::default())
+                    .await;
+            }
+            let _ = connection.close(200, "test done".into()).await;
+        });
+    }
+}
+
+/// Polls `check` every 50 ms until it returns `Some` or `timeout` passes (then panics with `what`).
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Svix headers for `body`, signed with `secret` at `timestamp` (seconds).
+pub fn svix_headers(secret: &str, msg_id: &str, timestamp: i64, body: &[u8]) -> http::HeaderMap {
+    let signature = svix::webhooks::Webhook::new(secret)
+        .unwrap()
+        .sign(msg_id, timestamp, body)
+        .unwrap();
+    let mut headers = http::HeaderMap::new();
+    headers.insert("svix-id", msg_id.parse().unwrap());
+    headers.insert("svix-timestamp", timestamp.to_string().parse().unwrap());
+    headers.insert("svix-signature", signature.parse().unwrap());
+    headers.insert("content-type", "application/json".parse().unwrap());
+    headers
+}
+
+/// A webhook secret for tests.
+pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+/// A second webhook secret (rotation).
+pub const SECRET_2: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
