@@ -7,7 +7,7 @@ mod publisher;
 mod topology;
 
 pub use connect::{BrokerConfig, BrokerError, connect_with_backoff, redact_url, wait_until_closed};
-pub use publisher::{PublishError, Publisher, PublisherOptions};
+pub use publisher::{PublishError, Publisher, PublisherOptions, publish_confirmed};
 pub use topology::{DEAD_ROUTING_KEY, EVENTS_ROUTING_KEY, Topology, headers};
 
 /// Re-exported so that the crates using this one name the same lapin.

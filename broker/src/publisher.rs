@@ -153,24 +153,14 @@ impl Publisher {
         properties: BasicProperties,
     ) -> Result<(), PublishError> {
         let channel = self.pick_channel().ok_or(PublishError::NotConnected)?;
-        let confirm = channel
-            .basic_publish(
-                self.inner.topology.exchange().into(),
-                routing_key.into(),
-                BasicPublishOptions {
-                    // An unroutable message must come back as a failure, not vanish.
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                },
-                payload,
-                properties.with_delivery_mode(2),
-            )
-            .await?;
-        match confirm.await? {
-            Confirmation::Ack(None) => Ok(()),
-            Confirmation::Ack(Some(_)) => Err(PublishError::Unroutable),
-            Confirmation::Nack(_) | Confirmation::NotRequested => Err(PublishError::Nacked),
-        }
+        publish_confirmed(
+            &channel,
+            self.inner.topology.exchange(),
+            routing_key,
+            payload,
+            properties,
+        )
+        .await
     }
 
     fn pick_channel(&self) -> Option<Channel> {
@@ -189,6 +179,35 @@ impl Publisher {
         if let Some(handle) = handle {
             let _ = handle.await;
         }
+    }
+}
+
+/// Publishes one persistent, mandatory message on a confirm-mode channel and waits for the
+/// broker's verdict: `Ok` only for an ack of a routed message.
+pub async fn publish_confirmed(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    payload: &[u8],
+    properties: BasicProperties,
+) -> Result<(), PublishError> {
+    let confirm = channel
+        .basic_publish(
+            exchange.into(),
+            routing_key.into(),
+            BasicPublishOptions {
+                // An unroutable message must come back as a failure, not vanish.
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            },
+            payload,
+            properties.with_delivery_mode(2),
+        )
+        .await?;
+    match confirm.await? {
+        Confirmation::Ack(None) => Ok(()),
+        Confirmation::Ack(Some(_)) => Err(PublishError::Unroutable),
+        Confirmation::Nack(_) | Confirmation::NotRequested => Err(PublishError::Nacked),
     }
 }
 

@@ -43,6 +43,42 @@ pub mod headers {
     pub const ORIGINAL_ROUTING_KEY: &str = "clerk-sync-original-routing-key";
     /// The Clerk event type, when the worker could read it.
     pub const EVENT_TYPE: &str = "clerk-sync-event-type";
+
+    use lapin::types::{AMQPValue, FieldTable};
+
+    /// An integer header, whatever integer type the sender used.
+    pub fn get_i64(table: Option<&FieldTable>, name: &str) -> Option<i64> {
+        match table?.inner().get(name)? {
+            AMQPValue::ShortShortInt(v) => Some(i64::from(*v)),
+            AMQPValue::ShortShortUInt(v) => Some(i64::from(*v)),
+            AMQPValue::ShortInt(v) => Some(i64::from(*v)),
+            AMQPValue::ShortUInt(v) => Some(i64::from(*v)),
+            AMQPValue::LongInt(v) => Some(i64::from(*v)),
+            AMQPValue::LongUInt(v) => Some(i64::from(*v)),
+            AMQPValue::LongLongInt(v) => Some(*v),
+            AMQPValue::Timestamp(v) => i64::try_from(*v).ok(),
+            _ => None,
+        }
+    }
+
+    /// A string header.
+    pub fn get_str(table: Option<&FieldTable>, name: &str) -> Option<String> {
+        match table?.inner().get(name)? {
+            AMQPValue::LongString(v) => Some(String::from_utf8_lossy(v.as_bytes()).into_owned()),
+            AMQPValue::ShortString(v) => Some(v.as_str().to_owned()),
+            _ => None,
+        }
+    }
+
+    /// Sets a string header.
+    pub fn set_str(table: &mut FieldTable, name: &str, value: &str) {
+        table.insert(name.into(), AMQPValue::LongString(value.into()));
+    }
+
+    /// Sets an integer header.
+    pub fn set_i64(table: &mut FieldTable, name: &str, value: i64) {
+        table.insert(name.into(), AMQPValue::LongLongInt(value));
+    }
 }
 
 /// The names and arguments of clerk-sync's exchange and queues, derived from one prefix.

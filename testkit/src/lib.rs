@@ -9,13 +9,13 @@ pub mod proxy;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use broker::{
-    Topology,
+    Topology, headers,
     lapin::{
-        Channel, Connection, ConnectionProperties,
+        BasicProperties, Channel, Connection, ConnectionProperties,
         message::BasicGetMessage,
         options::{
-            BasicAckOptions, BasicGetOptions, ExchangeDeleteOptions, QueueDeclareOptions,
-            QueueDeleteOptions,
+            BasicAckOptions, BasicGetOptions, ConfirmSelectOptions, ExchangeDeleteOptions,
+            QueueDeclareOptions, QueueDeleteOptions,
         },
         types::FieldTable,
     },
@@ -108,6 +108,8 @@ pub struct TestBroker {
     pub topology: Topology,
     pub connection: Connection,
     pub channel: Channel,
+    /// A confirm-mode channel for publishing.
+    pub confirm_channel: Channel,
 }
 
 impl TestBroker {
@@ -124,10 +126,16 @@ impl TestBroker {
             .unwrap();
         let channel = connection.create_channel().await.unwrap();
         topology.declare(&channel).await.unwrap();
+        let confirm_channel = connection.create_channel().await.unwrap();
+        confirm_channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
         Self {
             topology,
             connection,
             channel,
+            confirm_channel,
         }
     }
 
@@ -144,6 +152,35 @@ impl TestBroker {
             ("QUEUE_PREFIX".into(), self.topology.prefix().into()),
             ("RETRY_DELAYS".into(), delays.join(",")),
         ]
+    }
+
+    /// Publishes a raw event to the main queue as the ingress does (confirmed).
+    pub async fn publish_event(&self, svix_id: &str, body: &[u8]) {
+        let mut table = FieldTable::default();
+        headers::set_str(&mut table, headers::SVIX_ID, svix_id);
+        headers::set_i64(&mut table, headers::RECEIVED_AT, now_secs() * 1000);
+        let properties = BasicProperties::default()
+            .with_message_id(svix_id.into())
+            .with_content_type("application/json".into())
+            .with_headers(table);
+        broker::publish_confirmed(
+            &self.confirm_channel,
+            self.topology.exchange(),
+            broker::EVENTS_ROUTING_KEY,
+            body,
+            properties,
+        )
+        .await
+        .unwrap();
+    }
+
+    /// Messages in every queue of the topology (ready ones only).
+    pub async fn total_ready(&self) -> u32 {
+        let mut total = 0;
+        for queue in self.topology.all_queues() {
+            total += self.count(&queue).await;
+        }
+        total
     }
 
     /// Messages ready in `queue`, without consuming them.

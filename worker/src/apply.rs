@@ -1,0 +1,313 @@
+//! Applying one Clerk event to Postgres, in one transaction, so that the database converges to
+//! Clerk's newest state whatever the delivery: duplicates, any order, several workers at once.
+//!
+//! Per event:
+//! 1. `pg_advisory_xact_lock` on the Clerk user id: events for one user apply one at a time,
+//!    across every worker; events for different users run in parallel.
+//! 2. Record the Svix id in `processed_events`; if it is already there the event is a duplicate
+//!    and nothing else happens.
+//! 3. A tombstone in `deleted_users` makes every later event for that user a no-op (Clerk never
+//!    reuses a user id; a delete wins over everything).
+//! 4. Upserts keep the newest Clerk `updated_at`: an older or equal version changes nothing.
+
+use chrono::{DateTime, Utc};
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, RuntimeErr,
+    Statement, TransactionTrait, Value,
+};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::event::{ClerkEvent, UserSnapshot};
+
+/// What applying an event did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The database changed.
+    Applied,
+    /// An equal or newer version was already stored.
+    SkippedStale,
+    /// The user was deleted; the event cannot bring them back.
+    SkippedDeleted,
+    /// The same Svix message was applied before.
+    Duplicate,
+    /// An event type clerk-sync does not handle.
+    Ignored,
+}
+
+impl Outcome {
+    /// Label for metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::SkippedStale => "skipped_stale",
+            Self::SkippedDeleted => "skipped_deleted",
+            Self::Duplicate => "duplicate",
+            Self::Ignored => "ignored",
+        }
+    }
+}
+
+/// Why an event could not be applied this time.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The email is held by another user whose row is at least as new: that user's newer event,
+    /// which frees the address, is on its way. Transient.
+    #[error("email address is held by another user with a newer or equal version; waiting for that user's update")]
+    EmailHeld,
+    /// A database failure.
+    #[error("database: {0}")]
+    Db(#[from] DbErr),
+}
+
+impl ApplyError {
+    /// Whether trying again later can succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::EmailHeld => true,
+            Self::Db(error) => is_transient_db(error),
+        }
+    }
+
+    /// A short reason for the dead-letter headers and metrics.
+    pub fn reason(&self) -> String {
+        match self {
+            Self::EmailHeld => "email_held_by_other_user".into(),
+            Self::Db(error) => format!("database: {error}"),
+        }
+    }
+}
+
+/// Classifies a database error: connection trouble, timeouts, serialization failures, deadlocks
+/// and unique conflicts can succeed later; anything else (bad SQL, type errors) cannot.
+pub fn is_transient_db(error: &DbErr) -> bool {
+    match error {
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
+        DbErr::Exec(runtime) | DbErr::Query(runtime) => match runtime {
+            RuntimeErr::SqlxError(sqlx_error) => match sqlx_error.as_ref() {
+                sea_orm::sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+                    // 40001 serialization failure, 40P01 deadlock, 23505 unique violation,
+                    // 55P03 lock not available, 57014 statement timeout / cancel,
+                    // class 08 connection exception, 53 insufficient resources, 57P0x shutdown.
+                    matches!(code.as_ref(), "40001" | "40P01" | "23505" | "55P03" | "57014")
+                        || code.starts_with("08")
+                        || code.starts_with("53")
+                        || code.starts_with("57P")
+                }),
+                sea_orm::sqlx::Error::Io(_)
+                | sea_orm::sqlx::Error::PoolTimedOut
+                | sea_orm::sqlx::Error::PoolClosed
+                | sea_orm::sqlx::Error::WorkerCrashed
+                | sea_orm::sqlx::Error::Protocol(_)
+                | sea_orm::sqlx::Error::Tls(_) => true,
+                _ => false,
+            },
+            RuntimeErr::Internal(_) => false,
+        },
+        DbErr::TryIntoErr { .. }
+        | DbErr::ConvertFromU64(_)
+        | DbErr::UnpackInsertId
+        | DbErr::UpdateGetPrimaryKey
+        | DbErr::RecordNotFound(_)
+        | DbErr::AttrNotSet(_)
+        | DbErr::Custom(_)
+        | DbErr::Type(_)
+        | DbErr::Json(_)
+        | DbErr::Migration(_)
+        | DbErr::RecordNotInserted
+        | DbErr::RecordNotUpdated
+        | DbErr::BackendNotSupported { .. }
+        | DbErr::KeyArityMismatch { .. }
+        | DbErr::PrimaryKeyNotSet { .. }
+        | DbErr::RbacError(_)
+        | DbErr::AccessDenied { .. }
+        | DbErr::MutexPoisonError => false,
+        // DbErr is non_exhaustive: a variant added later is not assumed to be retryable.
+        _ => false,
+    }
+}
+
+/// The tombstone key: SHA-256 of the Clerk user id, so that no personal data outlives the user.
+pub fn tombstone_key(clerk_user_id: &str) -> String {
+    let digest = Sha256::digest(clerk_user_id.as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn stmt(sql: &str, values: Vec<Value>) -> Statement {
+    Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
+}
+
+/// Applies `event` (delivered as Svix message `svix_id`, if known) in one transaction.
+pub async fn try_apply_event(
+    db: &DatabaseConnection,
+    svix_id: Option<&str>,
+    event_type: &str,
+    event: &ClerkEvent,
+) -> Result<Outcome, ApplyError> {
+    let Some(clerk_user_id) = event.clerk_user_id() else {
+        return Ok(Outcome::Ignored);
+    };
+    let txn = db.begin().await?;
+    let outcome = apply_in(&txn, svix_id, event_type, clerk_user_id, event).await;
+    match outcome {
+        Ok(Outcome::Duplicate) => {
+            txn.rollback().await?;
+            Ok(Outcome::Duplicate)
+        }
+        Ok(outcome) => {
+            txn.commit().await?;
+            Ok(outcome)
+        }
+        Err(error) => {
+            // Dropping the transaction rolls it back; an explicit rollback may fail if the
+            // connection is gone, which changes nothing.
+            let _ = txn.rollback().await;
+            Err(error)
+        }
+    }
+}
+
+async fn apply_in(
+    txn: &DatabaseTransaction,
+    svix_id: Option<&str>,
+    event_type: &str,
+    clerk_user_id: &str,
+    event: &ClerkEvent,
+) -> Result<Outcome, ApplyError> {
+    txn.execute_raw(stmt(
+        "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+        vec![clerk_user_id.into()],
+    ))
+    .await?;
+    if let Some(svix_id) = svix_id {
+        let recorded = txn
+            .execute_raw(stmt(
+                "INSERT INTO processed_events (svix_id, event_type) VALUES ($1, $2) \
+                 ON CONFLICT (svix_id) DO NOTHING",
+                vec![svix_id.into(), event_type.into()],
+            ))
+            .await?;
+        if recorded.rows_affected() == 0 {
+            return Ok(Outcome::Duplicate);
+        }
+    }
+    let tombstone = tombstone_key(clerk_user_id);
+    match event {
+        ClerkEvent::UserDeleted { .. } => {
+            txn.execute_raw(stmt(
+                "INSERT INTO deleted_users (clerk_user_id_sha256) VALUES ($1) \
+                 ON CONFLICT DO NOTHING",
+                vec![tombstone.into()],
+            ))
+            .await?;
+            // Calendar connections go with the row (ON DELETE CASCADE).
+            let deleted = txn
+                .execute_raw(stmt(
+                    "DELETE FROM users WHERE clerk_user_id = $1",
+                    vec![clerk_user_id.into()],
+                ))
+                .await?;
+            tracing::debug!(rows = deleted.rows_affected(), "user deleted");
+            Ok(Outcome::Applied)
+        }
+        ClerkEvent::UserUpserted(user) => {
+            let deleted = txn
+                .query_one_raw(stmt(
+                    "SELECT 1 AS one FROM deleted_users WHERE clerk_user_id_sha256 = $1",
+                    vec![tombstone.into()],
+                ))
+                .await?;
+            if deleted.is_some() {
+                return Ok(Outcome::SkippedDeleted);
+            }
+            upsert_user(txn, user).await
+        }
+        ClerkEvent::Ignored { .. } => Ok(Outcome::Ignored),
+    }
+}
+
+async fn upsert_user(
+    txn: &DatabaseTransaction,
+    user: &UserSnapshot,
+) -> Result<Outcome, ApplyError> {
+    let current = txn
+        .query_one_raw(stmt(
+            "SELECT clerk_updated_at FROM users WHERE clerk_user_id = $1",
+            vec![user.clerk_user_id.as_str().into()],
+        ))
+        .await?;
+    if let Some(row) = current {
+        let version: i64 = row.try_get("", "clerk_updated_at")?;
+        if version >= user.updated_at {
+            return Ok(Outcome::SkippedStale);
+        }
+    }
+    if let Some(email) = &user.email {
+        // Clerk keeps emails unique at every instant. If an older row still holds this address,
+        // that user gave it up before our version: free it now (their newer event will set their
+        // own address). If a newer row holds it, our event is the stale one for this address:
+        // wait for this user's newer event (transient).
+        txn.execute_raw(stmt(
+            "UPDATE users SET email = NULL, updated_at = now() \
+             WHERE email = $1 AND clerk_user_id <> $2 AND clerk_updated_at < $3",
+            vec![
+                email.as_str().into(),
+                user.clerk_user_id.as_str().into(),
+                user.updated_at.into(),
+            ],
+        ))
+        .await?;
+    }
+    let result = txn
+        .execute_raw(stmt(
+            "INSERT INTO users (id, clerk_user_id, email, first_name, last_name, \
+                 clerk_updated_at, clerk_created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             ON CONFLICT (clerk_user_id) DO UPDATE SET \
+                 email = EXCLUDED.email, first_name = EXCLUDED.first_name, \
+                 last_name = EXCLUDED.last_name, clerk_updated_at = EXCLUDED.clerk_updated_at, \
+                 clerk_created_at = COALESCE(EXCLUDED.clerk_created_at, users.clerk_created_at), \
+                 updated_at = now() \
+             WHERE users.clerk_updated_at < EXCLUDED.clerk_updated_at",
+            vec![
+                Uuid::new_v4().into(),
+                user.clerk_user_id.as_str().into(),
+                user.email.clone().into(),
+                user.first_name.clone().into(),
+                user.last_name.clone().into(),
+                user.updated_at.into(),
+                user.created_at.and_then(DateTime::<Utc>::from_timestamp_millis).into(),
+            ],
+        ))
+        .await;
+    match result {
+        Ok(done) if done.rows_affected() == 0 => Ok(Outcome::SkippedStale),
+        Ok(_) => Ok(Outcome::Applied),
+        Err(error) if matches!(error.sql_err(), Some(sea_orm::SqlErr::UniqueConstraintViolation(_))) => {
+            Err(ApplyError::EmailHeld)
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tombstones_hold_a_hash_not_the_id() {
+        let key = tombstone_key("user_2abcSYNTHuser01");
+        assert_eq!(key.len(), 64);
+        assert!(!key.contains("user_"));
+        assert_eq!(key, tombstone_key("user_2abcSYNTHuser01"));
+    }
+
+    #[test]
+    fn connection_failures_are_transient_and_logic_errors_are_not() {
+        assert!(is_transient_db(&DbErr::ConnectionAcquire(
+            sea_orm::error::ConnAcquireErr::Timeout
+        )));
+        assert!(!is_transient_db(&DbErr::Type("bad".into())));
+        assert!(ApplyError::EmailHeld.is_transient());
+    }
+}

@@ -1,0 +1,149 @@
+//! The worker's settings, read from the environment (or any lookup, in tests).
+
+use std::{net::SocketAddr, time::Duration};
+
+use broker::{BrokerConfig, BrokerError, Topology};
+use telemetry::{
+    LogFormat,
+    settings::{InvalidSetting, duration, log_format, number, socket_addr},
+};
+
+/// The default `DATABASE_URL`.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@localhost:5432/clerk_sync";
+
+/// Everything the worker and its CLI need.
+pub struct Config {
+    /// `DATABASE_URL` (default [`DEFAULT_DATABASE_URL`]). May hold a password: never printed.
+    pub database_url: String,
+    /// `DATABASE_MAX_CONNECTIONS`: pool size (default 10).
+    pub database_max_connections: u32,
+    /// `AMQP_URL`: one or several comma separated broker URLs.
+    pub broker: BrokerConfig,
+    /// `QUEUE_PREFIX`, `QUEUE_REPLICAS`, `RETRY_DELAYS`.
+    pub topology: Topology,
+    /// `WORKER_ADDR`: health, readiness and metrics (default `127.0.0.1:8082`).
+    pub addr: SocketAddr,
+    /// `WORKER_PREFETCH`: deliveries the broker sends ahead (default 64).
+    pub prefetch: u16,
+    /// `WORKER_CONCURRENCY`: events applied at once (default 16).
+    pub concurrency: usize,
+    /// `MAX_ATTEMPTS`: failed attempts before an event is dead-lettered (default 10).
+    pub max_attempts: u32,
+    /// `IN_PROCESS_RETRIES`: quick retries (50 ms doubling to 1 s) of a transient failure before
+    /// the event goes to a delayed retry queue (default 3).
+    pub in_process_retries: usize,
+    /// `PROCESSED_EVENTS_RETENTION`: how long Svix ids are kept for duplicate detection (default
+    /// `168h`; Svix stops retrying after about 28 h, and replays are harmless anyway).
+    pub processed_events_retention: Duration,
+    /// `LOG_FORMAT`: `plain` (default) or `json`.
+    pub log_format: LogFormat,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("database_url", &"[redacted]")
+            .field("broker", &self.broker)
+            .field("topology", &self.topology)
+            .field("addr", &self.addr)
+            .field("prefetch", &self.prefetch)
+            .field("concurrency", &self.concurrency)
+            .field("max_attempts", &self.max_attempts)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A setting that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(transparent)]
+    Invalid(#[from] InvalidSetting),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads settings through `lookup`; tests pass a map.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let database_url = lookup("DATABASE_URL").unwrap_or_else(|| DEFAULT_DATABASE_URL.into());
+        if !database_url.starts_with("postgres://") && !database_url.starts_with("postgresql://")
+        {
+            return Err(InvalidSetting::new(
+                "DATABASE_URL",
+                "must start with postgres:// (e.g. postgres://user:pass@host:5432/db)",
+            )
+            .into());
+        }
+        let prefetch = number(&lookup, "WORKER_PREFETCH", 64)?;
+        let prefetch = u16::try_from(prefetch)
+            .map_err(|_| InvalidSetting::new("WORKER_PREFETCH", "must be at most 65535"))?;
+        let max_attempts = number(&lookup, "MAX_ATTEMPTS", 10)?;
+        let in_process_retries = match lookup("IN_PROCESS_RETRIES") {
+            None => 3,
+            Some(v) => v.trim().parse().map_err(|_| {
+                InvalidSetting::new("IN_PROCESS_RETRIES", format!("{v:?} is not a whole number"))
+            })?,
+        };
+        Ok(Self {
+            database_url,
+            database_max_connections: u32::try_from(number(
+                &lookup,
+                "DATABASE_MAX_CONNECTIONS",
+                10,
+            )?)
+            .unwrap_or(u32::MAX),
+            broker: BrokerConfig::from_lookup(&lookup, "clerk-sync worker")?,
+            topology: Topology::from_lookup(&lookup)?,
+            addr: socket_addr(&lookup, "WORKER_ADDR", "127.0.0.1:8082")?,
+            prefetch,
+            concurrency: number(&lookup, "WORKER_CONCURRENCY", 16)?,
+            max_attempts: u32::try_from(max_attempts).unwrap_or(u32::MAX),
+            in_process_retries,
+            processed_events_retention: duration(
+                &lookup,
+                "PROCESSED_EVENTS_RETENTION",
+                Duration::from_secs(7 * 24 * 3600),
+            )?,
+            log_format: log_format(&lookup)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let config = Config::from_lookup(|_| None).expect("defaults");
+        assert_eq!(config.database_url, DEFAULT_DATABASE_URL);
+        assert_eq!(config.addr.to_string(), "127.0.0.1:8082");
+        assert_eq!(config.max_attempts, 10);
+    }
+
+    #[test]
+    fn the_database_password_never_shows_in_debug() {
+        let config = Config::from_lookup(|name| {
+            (name == "DATABASE_URL").then(|| "postgres://u:hunter2@db/x".to_string())
+        })
+        .expect("valid");
+        assert!(!format!("{config:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        let err = Config::from_lookup(|name| (name == "WORKER_PREFETCH").then(|| "70000".into()))
+            .err()
+            .expect("too big");
+        assert!(err.to_string().contains("WORKER_PREFETCH"), "{err}");
+        let err = Config::from_lookup(|name| (name == "DATABASE_URL").then(|| "mysql://x".into()))
+            .err()
+            .expect("wrong scheme");
+        assert!(err.to_string().contains("DATABASE_URL"), "{err}");
+    }
+}

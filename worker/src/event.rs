@@ -1,0 +1,215 @@
+//! Clerk's event envelope and user object, parsed leniently (Clerk keeps adding fields), keeping
+//! only what clerk-sync stores.
+
+use serde::Deserialize;
+
+/// An event the worker knows how to apply, or the type of one it ignores.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClerkEvent {
+    /// `user.created` or `user.updated`: the user's full state at `updated_at`.
+    UserUpserted(UserSnapshot),
+    /// `user.deleted`.
+    UserDeleted { clerk_user_id: String },
+    /// Any other type (`session.created`, `email.created`, …): acknowledged and counted.
+    Ignored { event_type: String },
+}
+
+impl ClerkEvent {
+    /// The Clerk user the event is about, if any.
+    pub fn clerk_user_id(&self) -> Option<&str> {
+        match self {
+            Self::UserUpserted(user) => Some(&user.clerk_user_id),
+            Self::UserDeleted { clerk_user_id } => Some(clerk_user_id),
+            Self::Ignored { .. } => None,
+        }
+    }
+}
+
+/// What clerk-sync keeps of a Clerk user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserSnapshot {
+    pub clerk_user_id: String,
+    /// The address whose id is `primary_email_address_id`; none is a valid state.
+    pub email: Option<String>,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    /// Clerk's `created_at`, ms since the epoch.
+    pub created_at: Option<i64>,
+    /// Clerk's `updated_at`, ms since the epoch: the row's version.
+    pub updated_at: i64,
+    /// The user's external accounts, as sent (calendar connections are derived from them).
+    pub external_accounts: Vec<serde_json::Value>,
+}
+
+/// Why a body can never be applied. Permanent: retrying cannot help.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    #[error("body is not a Clerk event envelope: {0}")]
+    NotAnEnvelope(String),
+    #[error("{event_type} data is not a Clerk user object: {reason}")]
+    BadUser { event_type: String, reason: String },
+}
+
+#[derive(Deserialize)]
+struct Envelope {
+    #[serde(rename = "type")]
+    event_type: String,
+    data: serde_json::Value,
+}
+
+#[derive(Deserialize)]
+struct UserObject {
+    id: String,
+    #[serde(default)]
+    first_name: Option<String>,
+    #[serde(default)]
+    last_name: Option<String>,
+    #[serde(default)]
+    primary_email_address_id: Option<String>,
+    #[serde(default)]
+    email_addresses: Vec<EmailAddress>,
+    #[serde(default)]
+    external_accounts: Vec<serde_json::Value>,
+    #[serde(default)]
+    created_at: Option<i64>,
+    updated_at: i64,
+}
+
+#[derive(Deserialize)]
+struct EmailAddress {
+    id: String,
+    email_address: String,
+}
+
+#[derive(Deserialize)]
+struct DeletedObject {
+    id: String,
+}
+
+/// Parses a raw webhook body.
+pub fn parse(body: &[u8]) -> Result<ClerkEvent, ParseError> {
+    let envelope: Envelope =
+        serde_json::from_slice(body).map_err(|e| ParseError::NotAnEnvelope(e.to_string()))?;
+    let bad = |reason: String| ParseError::BadUser {
+        event_type: envelope.event_type.clone(),
+        reason,
+    };
+    match envelope.event_type.as_str() {
+        "user.created" | "user.updated" => {
+            let user = UserObject::deserialize(&envelope.data).map_err(|e| bad(e.to_string()))?;
+            if user.id.trim().is_empty() {
+                return Err(bad("empty `id`".into()));
+            }
+            let email = user.primary_email_address_id.as_deref().and_then(|primary| {
+                user.email_addresses
+                    .iter()
+                    .find(|address| address.id == primary)
+                    .map(|address| address.email_address.clone())
+            });
+            Ok(ClerkEvent::UserUpserted(UserSnapshot {
+                clerk_user_id: user.id,
+                email,
+                first_name: user.first_name,
+                last_name: user.last_name,
+                created_at: user.created_at,
+                updated_at: user.updated_at,
+                external_accounts: user.external_accounts,
+            }))
+        }
+        "user.deleted" => {
+            let deleted =
+                DeletedObject::deserialize(&envelope.data).map_err(|e| bad(e.to_string()))?;
+            if deleted.id.trim().is_empty() {
+                return Err(bad("empty `id`".into()));
+            }
+            Ok(ClerkEvent::UserDeleted {
+                clerk_user_id: deleted.id,
+            })
+        }
+        _ => Ok(ClerkEvent::Ignored {
+            event_type: envelope.event_type,
+        }),
+    }
+}
+
+/// The event type of a body, if it has one (for logs and the DLQ listing).
+pub fn event_type(body: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct TypeOnly {
+        #[serde(rename = "type")]
+        event_type: String,
+    }
+    serde_json::from_slice::<TypeOnly>(body)
+        .ok()
+        .map(|t| t.event_type)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CREATED: &str = r#"{"type":"user.created","object":"event","timestamp":1735689600123,"instance_id":"ins_2abcSYNTHinst01",
+"data":{"id":"user_2abcSYNTHuser01","object":"user","external_id":null,"username":null,"first_name":"Ada","last_name":"Synth",
+"primary_email_address_id":"idn_2abcSYNTHmail01","email_addresses":[
+{"id":"idn_other","email_address":"other@example.com"},
+{"id":"idn_2abcSYNTHmail01","object":"email_address","email_address":"ada@example.com","reserved":false,
+"verification":{"status":"verified","strategy":"email_code","attempts":1,"expire_at":1735690200000},"linked_to":[]}],
+"external_accounts":[],"public_metadata":{},"private_metadata":{},"some_new_field":{"x":1},
+"last_sign_in_at":null,"created_at":1735689600000,"updated_at":1735689600100}}"#;
+
+    #[test]
+    fn the_primary_email_is_the_one_named_by_primary_email_address_id_not_the_first() {
+        let ClerkEvent::UserUpserted(user) = parse(CREATED.as_bytes()).expect("parses") else {
+            panic!("not an upsert")
+        };
+        assert_eq!(user.clerk_user_id, "user_2abcSYNTHuser01");
+        assert_eq!(user.email.as_deref(), Some("ada@example.com"));
+        assert_eq!(user.first_name.as_deref(), Some("Ada"));
+        assert_eq!(user.updated_at, 1_735_689_600_100);
+        assert_eq!(user.created_at, Some(1_735_689_600_000));
+    }
+
+    #[test]
+    fn a_user_without_email_has_none() {
+        let body = r#"{"type":"user.updated","data":{"id":"user_x","primary_email_address_id":null,
+            "email_addresses":[],"updated_at":5}}"#;
+        let ClerkEvent::UserUpserted(user) = parse(body.as_bytes()).expect("parses") else {
+            panic!("not an upsert")
+        };
+        assert_eq!(user.email, None);
+        assert_eq!(user.first_name, None);
+    }
+
+    #[test]
+    fn a_delete_carries_only_the_id() {
+        let body = r#"{"type":"user.deleted","object":"event","timestamp":1735862400789,
+            "data":{"deleted":true,"id":"user_2abcSYNTHuser01","object":"user"}}"#;
+        assert_eq!(
+            parse(body.as_bytes()),
+            Ok(ClerkEvent::UserDeleted {
+                clerk_user_id: "user_2abcSYNTHuser01".into()
+            })
+        );
+    }
+
+    #[test]
+    fn unknown_types_are_ignored_not_errors() {
+        let body = r#"{"type":"session.created","data":{"id":"sess_1"}}"#;
+        assert_eq!(
+            parse(body.as_bytes()),
+            Ok(ClerkEvent::Ignored {
+                event_type: "session.created".into()
+            })
+        );
+    }
+
+    #[test]
+    fn bodies_that_can_never_apply_are_permanent_errors() {
+        assert!(matches!(parse(b"not json"), Err(ParseError::NotAnEnvelope(_))));
+        assert!(matches!(parse(b"{\"data\":{}}"), Err(ParseError::NotAnEnvelope(_))));
+        let no_version = r#"{"type":"user.updated","data":{"id":"user_x"}}"#;
+        assert!(matches!(parse(no_version.as_bytes()), Err(ParseError::BadUser { .. })));
+        let no_id = r#"{"type":"user.deleted","data":{"deleted":true}}"#;
+        assert!(matches!(parse(no_id.as_bytes()), Err(ParseError::BadUser { .. })));
+    }
+}

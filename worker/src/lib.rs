@@ -1,0 +1,215 @@
+//! The worker: consumes the raw Clerk events the ingress published and applies them to Postgres
+//! exactly once in effect (see [`apply`]), with retries and dead-lettering; plus the ops commands
+//! (`dlq`) that inspect and replay the dead-letter queue.
+
+pub mod apply;
+pub mod config;
+pub mod consumer;
+pub mod dlq;
+pub mod event;
+pub mod metrics;
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use backon::{ExponentialBuilder, Retryable};
+use migration::{MIGRATION_LOCK_KEY, Migrator, MigratorTrait};
+use prometheus_client::registry::Registry;
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr};
+use tokio::{net::TcpListener, sync::watch};
+
+pub use config::{Config, ConfigError};
+use consumer::{Consumer, ConsumerOptions};
+
+/// Why the worker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot reach the database at DATABASE_URL: {0}; check that Postgres is up and the database exists")]
+    Database(#[source] DbErr),
+    #[error("applying migrations failed: {0}")]
+    Migrations(#[source] DbErr),
+    #[error("cannot listen on {addr} (WORKER_ADDR): {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Connects to Postgres with the configured pool size, retrying for a short while (a database
+/// that starts alongside the worker).
+pub async fn connect_database(
+    url: &str,
+    max_connections: u32,
+) -> Result<DatabaseConnection, DbErr> {
+    let mut options = ConnectOptions::new(url.to_owned());
+    options
+        .max_connections(max_connections.max(1))
+        .min_connections(1)
+        .connect_timeout(Duration::from_secs(5))
+        .acquire_timeout(Duration::from_secs(5))
+        .sqlx_logging(false);
+    (|| Database::connect(options.clone()))
+        .retry(
+            ExponentialBuilder::new()
+                .with_min_delay(Duration::from_millis(200))
+                .with_max_delay(Duration::from_secs(2))
+                .with_max_times(5),
+        )
+        .sleep(tokio::time::sleep)
+        .notify(|error, delay| {
+            tracing::warn!(error.message = %error, ?delay, "database not reachable yet; retrying");
+        })
+        .await
+}
+
+/// Applies pending migrations under a Postgres advisory lock, so that several workers starting at
+/// once apply them one after the other.
+pub async fn migrate(url: &str) -> Result<(), DbErr> {
+    // One connection: the session-level lock and the migrations share it.
+    let db = connect_database(url, 1).await?;
+    db.execute_unprepared(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})"))
+        .await?;
+    let result = Migrator::up(&db, None).await;
+    let _ = db
+        .execute_unprepared(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})"))
+        .await;
+    let _ = db.close().await;
+    result
+}
+
+/// A worker ready to run: migrations applied, ops listener bound.
+pub struct Application {
+    listener: TcpListener,
+    consumer: Arc<Consumer>,
+    registry: Arc<Mutex<Registry>>,
+    retention: Duration,
+}
+
+impl Application {
+    /// Connects to Postgres, applies migrations, and binds `WORKER_ADDR`.
+    pub async fn build(config: Config) -> Result<Self, StartError> {
+        migrate(&config.database_url)
+            .await
+            .map_err(|e| match e {
+                DbErr::Conn(_) | DbErr::ConnectionAcquire(_) => StartError::Database(e),
+                other => StartError::Migrations(other),
+            })?;
+        let db = connect_database(&config.database_url, config.database_max_connections)
+            .await
+            .map_err(StartError::Database)?;
+        let listener = TcpListener::bind(config.addr)
+            .await
+            .map_err(|source| StartError::Listen {
+                addr: config.addr,
+                source,
+            })?;
+        let mut registry = Registry::default();
+        let metrics = metrics::Metrics::register(&mut registry);
+        let consumer = Arc::new(Consumer {
+            db,
+            broker: config.broker,
+            topology: config.topology,
+            options: ConsumerOptions {
+                prefetch: config.prefetch,
+                concurrency: config.concurrency,
+                max_attempts: config.max_attempts,
+                in_process_retries: config.in_process_retries,
+            },
+            metrics,
+            ready: Arc::new(AtomicBool::new(false)),
+        });
+        Ok(Self {
+            listener,
+            consumer,
+            registry: Arc::new(Mutex::new(registry)),
+            retention: config.processed_events_retention,
+        })
+    }
+
+    /// The ops listener's port.
+    pub fn port(&self) -> u16 {
+        self.listener
+            .local_addr()
+            .map(|a| a.port())
+            .unwrap_or_default()
+    }
+
+    /// Consumes until `shutdown` completes; then stops consuming, finishes and acks in-flight
+    /// events, and returns.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let ready = self.consumer.ready.clone();
+        let readiness: telemetry::ops::Readiness = Arc::new(move || ready.load(Ordering::SeqCst));
+        let registry = self.registry.clone();
+        let handler = move |request: http::Request<hyper::body::Incoming>, _id| {
+            let readiness = readiness.clone();
+            let registry = registry.clone();
+            async move {
+                telemetry::ops::endpoints(
+                    request.method(),
+                    request.uri().path(),
+                    &readiness,
+                    &registry,
+                )
+                .unwrap_or_else(|| telemetry::ops::text(http::StatusCode::NOT_FOUND, "not found\n"))
+            }
+        };
+        let ops_stop = {
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }
+        };
+        let ops = tokio::spawn(telemetry::ops::serve(
+            self.listener,
+            handler,
+            telemetry::ops::ServerLimits::default(),
+            ops_stop,
+            Duration::from_secs(2),
+        ));
+        let pruner = tokio::spawn(prune_processed_events(
+            self.consumer.db.clone(),
+            self.retention,
+            stop_rx.clone(),
+        ));
+        let consumer = tokio::spawn(self.consumer.clone().run(stop_rx));
+        shutdown.await;
+        let _ = stop_tx.send(true);
+        let _ = consumer.await;
+        let _ = pruner.await;
+        let _ = ops.await;
+        let _ = self.consumer.db.clone().close().await;
+        tracing::info!("worker stopped");
+    }
+}
+
+/// Deletes Svix ids older than `retention`, hourly.
+async fn prune_processed_events(
+    db: DatabaseConnection,
+    retention: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tick.tick() => {}
+        }
+        let sql = format!(
+            "DELETE FROM processed_events WHERE processed_at < now() - interval '{} seconds'",
+            retention.as_secs()
+        );
+        match db.execute_unprepared(&sql).await {
+            Ok(done) => tracing::debug!(rows = done.rows_affected(), "pruned processed_events"),
+            Err(error) => tracing::warn!(error.message = %error, "pruning processed_events failed"),
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! The worker's Prometheus metrics.
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    registry::Registry,
+};
+
+/// Labels of `clerk_sync_events_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    /// The Clerk event type (`user.created`, …; `unparseable` when unreadable).
+    pub event_type: String,
+    /// `applied`, `skipped_stale`, `skipped_deleted`, `duplicate`, `ignored`, `retried`,
+    /// `dead_lettered`.
+    pub outcome: &'static str,
+}
+
+/// Counters and histograms of the consumer.
+#[derive(Clone)]
+pub struct Metrics {
+    /// Events consumed, by type and outcome.
+    pub events: Family<EventLabels, Counter>,
+    /// Time to apply one event (transaction included).
+    pub apply_seconds: Histogram,
+    /// Time from the ingress's accept to the commit.
+    pub lag_seconds: Histogram,
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them.
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            events: Family::default(),
+            apply_seconds: Histogram::new([
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
+            lag_seconds: Histogram::new([
+                0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0,
+            ]),
+        };
+        registry.register(
+            "clerk_sync_events",
+            "Events consumed, by type and outcome",
+            metrics.events.clone(),
+        );
+        registry.register(
+            "clerk_sync_apply_duration_seconds",
+            "Time to apply one event to Postgres",
+            metrics.apply_seconds.clone(),
+        );
+        registry.register(
+            "clerk_sync_event_lag_seconds",
+            "Time from the ingress accepting an event to its commit",
+            metrics.lag_seconds.clone(),
+        );
+        metrics
+    }
+
+    /// Counts one event.
+    pub fn count(&self, event_type: &str, outcome: &'static str) {
+        self.events
+            .get_or_create(&EventLabels {
+                event_type: event_type.to_owned(),
+                outcome,
+            })
+            .inc();
+    }
+}

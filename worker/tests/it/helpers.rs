@@ -1,0 +1,142 @@
+use std::{collections::{BTreeMap, HashMap}, time::Duration};
+
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
+use testkit::{TestBroker, TestDb};
+use tokio::sync::oneshot;
+use worker::{Application, Config};
+
+pub struct TestWorker {
+    pub port: u16,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Settings for a worker on this database and prefix, quick retries, `extra` on top.
+pub fn worker_settings(db_url: &str, broker: &TestBroker, extra: &[(&str, &str)]) -> HashMap<String, String> {
+    let mut settings: HashMap<String, String> = broker.settings().into_iter().collect();
+    settings.insert("DATABASE_URL".into(), db_url.into());
+    settings.insert("WORKER_ADDR".into(), "127.0.0.1:0".into());
+    settings.insert("MAX_ATTEMPTS".into(), "30".into());
+    settings.insert("DATABASE_MAX_CONNECTIONS".into(), "5".into());
+    for (k, v) in extra {
+        settings.insert((*k).into(), (*v).into());
+    }
+    settings
+}
+
+/// Starts a worker in this process.
+pub async fn spawn_worker(db: &TestDb, broker: &TestBroker, extra: &[(&str, &str)]) -> TestWorker {
+    spawn_worker_at(&db.url, broker, extra).await
+}
+
+pub async fn spawn_worker_at(db_url: &str, broker: &TestBroker, extra: &[(&str, &str)]) -> TestWorker {
+    let settings = worker_settings(db_url, broker, extra);
+    let config = Config::from_lookup(|name| settings.get(name).cloned()).unwrap();
+    let app = Application::build(config).await.unwrap();
+    let port = app.port();
+    let (stop, stopped) = oneshot::channel();
+    let task = tokio::spawn(app.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+    TestWorker {
+        port,
+        stop: Some(stop),
+        task: Some(task),
+    }
+}
+
+impl TestWorker {
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("http://127.0.0.1:{}/metrics", self.port))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(30), task)
+                .await
+                .unwrap()
+                .unwrap();
+        }
+    }
+}
+
+/// A user row as the tests compare it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    pub email: Option<String>,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub version: i64,
+}
+
+/// Every user row, by Clerk id.
+pub async fn users(db: &DatabaseConnection) -> BTreeMap<String, Row> {
+    db.query_all_raw(Statement::from_string(
+        DbBackend::Postgres,
+        "SELECT clerk_user_id, email, first_name, last_name, clerk_updated_at FROM users",
+    ))
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|row| {
+        (
+            row.try_get::<String>("", "clerk_user_id").unwrap(),
+            Row {
+                email: row.try_get("", "email").unwrap(),
+                first_name: row.try_get("", "first_name").unwrap(),
+                last_name: row.try_get("", "last_name").unwrap(),
+                version: row.try_get("", "clerk_updated_at").unwrap(),
+            },
+        )
+    })
+    .collect()
+}
+
+pub async fn scalar(db: &DatabaseConnection, sql: &str) -> i64 {
+    let row = db
+        .query_one_raw(Statement::from_string(DbBackend::Postgres, sql))
+        .await
+        .unwrap()
+        .unwrap();
+    row.try_get_by_index::<i64>(0).unwrap()
+}
+
+pub fn state(id: &str, email: Option<&str>, first: &str, updated_at: i64) -> testkit::events::UserState {
+    testkit::events::UserState {
+        id: id.into(),
+        email: email.map(Into::into),
+        first_name: Some(first.into()),
+        last_name: Some("Synth".into()),
+        updated_at,
+    }
+}
+
+/// Waits until the users table equals `expected`.
+pub async fn wait_for_users(db: &DatabaseConnection, expected: &BTreeMap<String, Row>, timeout: Duration) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let actual = users(db).await;
+        if &actual == expected {
+            return;
+        }
+        if tokio::time::Instant::now() > deadline {
+            let missing: Vec<_> = expected.iter().filter(|(k, v)| actual.get(*k) != Some(v)).take(5).collect();
+            let extra: Vec<_> = actual.keys().filter(|k| !expected.contains_key(*k)).take(5).collect();
+            panic!(
+                "users did not converge within {timeout:?}: {} rows, {} expected; first mismatches {missing:?}; unexpected {extra:?}; actual of those {:?}",
+                actual.len(),
+                expected.len(),
+                missing.iter().map(|(k, _)| actual.get(*k)).collect::<Vec<_>>()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

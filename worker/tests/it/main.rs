@@ -1,0 +1,7 @@
+//! Worker integration tests against the machine's real Postgres and RabbitMQ.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod convergence;
+mod end_to_end;
+mod helpers;
+mod ordering;
