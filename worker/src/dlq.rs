@@ -1,1 +1,339 @@
-//! placeholder
+//! The dead-letter queue tools for ops: list, show, replay and drop dead letters.
+//!
+//! Every command reads the queue with `basic.get` without acking, then acts only on the selected
+//! messages; the others are returned to the queue, in their order, when the channel closes.
+//! Listing therefore neither consumes nor reorders. A replayed message is published (confirmed)
+//! to the main queue before its dead letter is acked: nothing is lost in between.
+
+use std::io::Write;
+
+use broker::{
+    BrokerConfig, EVENTS_ROUTING_KEY, PublishError, Topology, headers,
+    lapin::{
+        Channel, Connection, ConnectionProperties,
+        message::Delivery,
+        options::{BasicAckOptions, BasicGetOptions, ConfirmSelectOptions},
+    },
+    publish_confirmed, redact_url,
+};
+use serde::Serialize;
+
+use crate::consumer::{copy_properties, now_ms};
+
+/// What can go wrong in a DLQ command.
+#[derive(Debug, thiserror::Error)]
+pub enum DlqError {
+    #[error("cannot connect to RabbitMQ at {urls}: {source}; check AMQP_URL and that the broker is up")]
+    Connect {
+        urls: String,
+        #[source]
+        source: broker::lapin::Error,
+    },
+    #[error("RabbitMQ: {0}")]
+    Amqp(#[from] broker::lapin::Error),
+    #[error(transparent)]
+    Broker(#[from] broker::BrokerError),
+    #[error("no dead letter with id {0:?}; `worker dlq list` shows the ids")]
+    NotFound(String),
+    #[error("publishing {id} back to the main queue was not confirmed ({source}); its dead letter was kept")]
+    Replay {
+        id: String,
+        #[source]
+        source: PublishError,
+    },
+}
+
+/// One dead letter, as ops see it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeadLetter {
+    /// The Svix message id (`-` if the message had none).
+    pub id: String,
+    pub event_type: Option<String>,
+    pub reason: Option<String>,
+    pub attempts: i64,
+    /// Milliseconds since the epoch of the first failure, if recorded.
+    pub first_failure_at: Option<i64>,
+    pub last_failure_at: Option<i64>,
+    /// Seconds since the first failure (or since the ingress accepted it).
+    pub age_seconds: Option<i64>,
+    /// Every AMQP header, stringified.
+    pub headers: Vec<(String, String)>,
+    /// The raw body, as received from Clerk.
+    pub body: String,
+}
+
+impl DeadLetter {
+    fn from_delivery(delivery: &Delivery) -> Self {
+        let props = &delivery.properties;
+        let table = props.headers().as_ref();
+        let id = props
+            .message_id()
+            .as_ref()
+            .map(|s| s.to_string())
+            .or_else(|| headers::get_str(table, headers::SVIX_ID))
+            .unwrap_or_else(|| "-".into());
+        // Messages the broker dead-lettered itself (delivery limit) carry only x-death headers.
+        let reason = headers::get_str(table, headers::REASON)
+            .or_else(|| headers::get_str(table, "x-first-death-reason").map(|r| format!("broker: {r}")));
+        let first = headers::get_i64(table, headers::FIRST_FAILURE_AT);
+        let since = first.or_else(|| headers::get_i64(table, headers::RECEIVED_AT));
+        Self {
+            id,
+            event_type: headers::get_str(table, headers::EVENT_TYPE)
+                .or_else(|| crate::event::event_type(&delivery.data)),
+            reason,
+            attempts: headers::get_i64(table, headers::ATTEMPTS).unwrap_or(0),
+            first_failure_at: first,
+            last_failure_at: headers::get_i64(table, headers::LAST_FAILURE_AT),
+            age_seconds: since.map(|t| (now_ms() - t).max(0) / 1000),
+            headers: table
+                .map(|t| {
+                    t.inner()
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), format!("{v:?}")))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            body: String::from_utf8_lossy(&delivery.data).into_owned(),
+        }
+    }
+}
+
+/// An open view of the dead-letter queue. Dropping it (or `close`) returns every message not
+/// acked to the queue.
+pub struct DeadLetterQueue {
+    connection: Connection,
+    channel: Channel,
+    confirm: Channel,
+    topology: Topology,
+}
+
+impl DeadLetterQueue {
+    /// Connects to the first reachable node and declares the topology.
+    pub async fn open(broker: &BrokerConfig, topology: Topology) -> Result<Self, DlqError> {
+        let mut last = None;
+        let mut connection = None;
+        for url in &broker.urls {
+            let props = ConnectionProperties::default()
+                .with_connection_name(format!("{} dlq", broker.connection_name).into());
+            match Connection::connect(url, props).await {
+                Ok(c) => {
+                    connection = Some(c);
+                    break;
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        let connection = match (connection, last) {
+            (Some(c), _) => c,
+            (None, Some(source)) => {
+                return Err(DlqError::Connect {
+                    urls: broker.urls.iter().map(|u| redact_url(u)).collect::<Vec<_>>().join(", "),
+                    source,
+                });
+            }
+            (None, None) => unreachable_no_urls()?,
+        };
+        let channel = connection.create_channel().await?;
+        topology.declare(&channel).await?;
+        let confirm = connection.create_channel().await?;
+        confirm.confirm_select(ConfirmSelectOptions::default()).await?;
+        Ok(Self {
+            connection,
+            channel,
+            confirm,
+            topology,
+        })
+    }
+
+    /// Takes every dead letter without acking (they stay in the queue until acked).
+    pub async fn fetch_all(&self) -> Result<Vec<Delivery>, DlqError> {
+        let queue = self.topology.dead_queue();
+        let mut out = Vec::new();
+        while let Some(message) = self
+            .channel
+            .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
+            .await?
+        {
+            out.push(message.delivery);
+        }
+        Ok(out)
+    }
+
+    /// Publishes a dead letter back to the main queue (confirmed), then acks it.
+    pub async fn replay(&self, delivery: &Delivery) -> Result<(), DlqError> {
+        let old = delivery.properties.headers().as_ref();
+        let mut table = old.cloned().unwrap_or_default();
+        // A replay gets a fresh set of attempts; the history headers stay for the record.
+        headers::set_i64(&mut table, headers::ATTEMPTS, 0);
+        headers::set_i64(&mut table, "clerk-sync-replayed-at", now_ms());
+        let properties = copy_properties(&delivery.properties).with_headers(table);
+        publish_confirmed(
+            &self.confirm,
+            self.topology.exchange(),
+            EVENTS_ROUTING_KEY,
+            &delivery.data,
+            properties,
+        )
+        .await
+        .map_err(|source| DlqError::Replay {
+            id: DeadLetter::from_delivery(delivery).id,
+            source,
+        })?;
+        delivery.acker.ack(BasicAckOptions::default()).await?;
+        Ok(())
+    }
+
+    /// Removes a dead letter for good.
+    pub async fn drop_letter(&self, delivery: &Delivery) -> Result<(), DlqError> {
+        delivery.acker.ack(BasicAckOptions::default()).await?;
+        Ok(())
+    }
+
+    /// Returns every message not acked to the queue and disconnects.
+    pub async fn close(self) {
+        let _ = self.channel.close(200, "dlq done".into()).await;
+        let _ = self.confirm.close(200, "dlq done".into()).await;
+        let _ = self.connection.close(200, "dlq done".into()).await;
+    }
+}
+
+fn unreachable_no_urls() -> Result<Connection, DlqError> {
+    Err(DlqError::Broker(broker::BrokerError::BadSetting {
+        name: "AMQP_URL",
+        reason: "no URL given".into(),
+    }))
+}
+
+/// `worker dlq list`: the dead letters, oldest first.
+pub async fn list(broker: &BrokerConfig, topology: Topology) -> Result<Vec<DeadLetter>, DlqError> {
+    let dlq = DeadLetterQueue::open(broker, topology).await?;
+    let letters = dlq.fetch_all().await;
+    dlq.close().await;
+    Ok(letters?.iter().map(DeadLetter::from_delivery).collect())
+}
+
+/// `worker dlq show <id>`.
+pub async fn show(broker: &BrokerConfig, topology: Topology, id: &str) -> Result<DeadLetter, DlqError> {
+    list(broker, topology)
+        .await?
+        .into_iter()
+        .find(|l| l.id == id)
+        .ok_or_else(|| DlqError::NotFound(id.to_owned()))
+}
+
+/// Which dead letters a command acts on.
+#[derive(Debug, Clone)]
+pub enum Selection {
+    All,
+    Ids(Vec<String>),
+}
+
+/// What `replay` or `drop` did.
+#[derive(Debug, Default, Serialize)]
+pub struct Summary {
+    pub selected: Vec<String>,
+    pub done: usize,
+    pub dry_run: bool,
+}
+
+/// `worker dlq replay` (`drop == false`) and `worker dlq drop` (`drop == true`). With `dry_run`,
+/// nothing changes: the summary lists what would be done. An id that is not in the queue is an
+/// error, reported before anything is changed.
+pub async fn act(
+    broker: &BrokerConfig,
+    topology: Topology,
+    selection: &Selection,
+    drop: bool,
+    dry_run: bool,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<Summary, DlqError> {
+    let dlq = DeadLetterQueue::open(broker, topology).await?;
+    let result = async {
+        let deliveries = dlq.fetch_all().await?;
+        let letters: Vec<DeadLetter> = deliveries.iter().map(DeadLetter::from_delivery).collect();
+        if let Selection::Ids(ids) = selection {
+            if let Some(missing) = ids.iter().find(|id| !letters.iter().any(|l| &l.id == *id)) {
+                return Err(DlqError::NotFound(missing.clone()));
+            }
+        }
+        let chosen: Vec<usize> = letters
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| match selection {
+                Selection::All => true,
+                Selection::Ids(ids) => ids.contains(&l.id),
+            })
+            .map(|(i, _)| i)
+            .collect();
+        let mut summary = Summary {
+            selected: chosen.iter().map(|i| letters[*i].id.clone()).collect(),
+            done: 0,
+            dry_run,
+        };
+        if dry_run {
+            return Ok(summary);
+        }
+        for (n, i) in chosen.iter().enumerate() {
+            if drop {
+                dlq.drop_letter(&deliveries[*i]).await?;
+            } else {
+                dlq.replay(&deliveries[*i]).await?;
+            }
+            summary.done += 1;
+            progress(n + 1, chosen.len());
+        }
+        Ok(summary)
+    }
+    .await;
+    dlq.close().await;
+    result
+}
+
+/// A one-line progress bar on stderr (drawn only for 10 or more messages).
+pub fn progress_bar(done: usize, total: usize) {
+    if total < 10 {
+        return;
+    }
+    let width = 30;
+    let filled = done * width / total.max(1);
+    let mut err = std::io::stderr();
+    let _ = write!(
+        err,
+        "\r[{}{}] {done}/{total}",
+        "#".repeat(filled),
+        "-".repeat(width - filled)
+    );
+    if done == total {
+        let _ = writeln!(err);
+    }
+}
+
+/// Formats the listing as a table.
+pub fn format_table(letters: &[DeadLetter]) -> String {
+    let mut out = format!(
+        "{:<36} {:<16} {:>8} {:>9}  {}\n",
+        "ID", "TYPE", "ATTEMPTS", "AGE", "REASON"
+    );
+    for l in letters {
+        out.push_str(&format!(
+            "{:<36} {:<16} {:>8} {:>9}  {}\n",
+            l.id,
+            l.event_type.as_deref().unwrap_or("-"),
+            l.attempts,
+            l.age_seconds.map(format_age).unwrap_or_else(|| "-".into()),
+            l.reason.as_deref().unwrap_or("-"),
+        ));
+    }
+    out.push_str(&format!("{} dead letter(s)\n", letters.len()));
+    out
+}
+
+fn format_age(seconds: i64) -> String {
+    match seconds {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}

@@ -1,11 +1,18 @@
-//! `worker`: applies Clerk events to Postgres (`worker run`, the default) and the ops commands.
+//! `worker`: applies Clerk events to Postgres (`worker run`, the default) and the ops commands
+//! that inspect and replay the dead-letter queue.
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
-use worker::{Application, Config};
+use clap::{Args, Parser, Subcommand};
+use worker::{
+    Application, Config,
+    dlq::{self, Selection},
+};
 
 #[derive(Parser)]
-#[command(name = "worker", about = "clerk-sync worker: applies Clerk events to Postgres; ops commands")]
+#[command(
+    name = "worker",
+    about = "clerk-sync worker: applies Clerk events to Postgres; dead-letter queue tools"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -15,17 +22,114 @@ struct Cli {
 enum Command {
     /// Consume events and apply them (the default).
     Run,
+    /// Inspect, replay or drop dead letters.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// List dead letters (id, event type, attempts, age, reason). Consumes nothing.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one dead letter's headers and body.
+    Show {
+        /// The message id (the Svix id) from `dlq list`.
+        id: String,
+    },
+    /// Publish dead letters back to the main queue (confirmed), then remove them from the DLQ.
+    Replay {
+        #[command(flatten)]
+        selection: SelectionArgs,
+        /// Show what would be replayed, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Delete dead letters for good.
+    Drop {
+        /// Message ids to delete.
+        #[arg(long = "id", required = true, num_args = 1..)]
+        ids: Vec<String>,
+    },
+}
+
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+struct SelectionArgs {
+    /// Every dead letter.
+    #[arg(long)]
+    all: bool,
+    /// Message ids (repeat or list several).
+    #[arg(long = "id", num_args = 1..)]
+    ids: Vec<String>,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = Config::from_env().context("invalid worker configuration")?;
-    telemetry::init_subscriber("info", config.log_format, std::io::stdout);
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => {
+            telemetry::init_subscriber("info", config.log_format, std::io::stdout);
             let app = Application::build(config).await?;
             app.run_until_stopped(telemetry::ops::shutdown_signal()).await;
+        }
+        Command::Dlq(command) => {
+            // Ops commands print their results on stdout; only warnings go to the log (stderr).
+            telemetry::init_subscriber("warn", config.log_format, std::io::stderr);
+            run_dlq(command, config).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn run_dlq(command: DlqCommand, config: Config) -> anyhow::Result<()> {
+    let broker = &config.broker;
+    let topology = config.topology.clone();
+    match command {
+        DlqCommand::List { json } => {
+            let letters = dlq::list(broker, topology).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&letters)?);
+            } else {
+                print!("{}", dlq::format_table(&letters));
+            }
+        }
+        DlqCommand::Show { id } => {
+            let letter = dlq::show(broker, topology, &id).await?;
+            println!("id:         {}", letter.id);
+            println!("event type: {}", letter.event_type.as_deref().unwrap_or("-"));
+            println!("attempts:   {}", letter.attempts);
+            println!("reason:     {}", letter.reason.as_deref().unwrap_or("-"));
+            println!("headers:");
+            for (name, value) in &letter.headers {
+                println!("  {name}: {value}");
+            }
+            println!("body:\n{}", letter.body);
+        }
+        DlqCommand::Replay { selection, dry_run } => {
+            let selection = if selection.all {
+                Selection::All
+            } else {
+                Selection::Ids(selection.ids)
+            };
+            let summary = dlq::act(broker, topology, &selection, false, dry_run, dlq::progress_bar).await?;
+            if dry_run {
+                println!("would replay {} dead letter(s):", summary.selected.len());
+                for id in &summary.selected {
+                    println!("  {id}");
+                }
+            } else {
+                println!("replayed {} dead letter(s) to the main queue", summary.done);
+            }
+        }
+        DlqCommand::Drop { ids } => {
+            let summary =
+                dlq::act(broker, topology, &Selection::Ids(ids), true, false, dlq::progress_bar).await?;
+            println!("dropped {} dead letter(s)", summary.done);
         }
     }
     Ok(())

@@ -2,6 +2,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod convergence;
+mod dead_letters;
 mod end_to_end;
+mod faults;
 mod helpers;
 mod ordering;
