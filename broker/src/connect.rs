@@ -86,10 +86,14 @@ impl BrokerConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
     /// An `AMQP_URL` entry does not parse.
-    #[error("AMQP_URL entry {url:?} is not a valid AMQP URL ({reason}); expected amqp://user:pass@host:5672/vhost")]
+    #[error(
+        "AMQP_URL entry {url:?} is not a valid AMQP URL ({reason}); expected amqp://user:pass@host:5672/vhost"
+    )]
     BadUrl { url: String, reason: String },
     /// Declaring a queue or exchange failed, typically because it exists with other arguments.
-    #[error("declaring {name} failed: {source}; if it exists with other arguments, delete it or change the queue prefix")]
+    #[error(
+        "declaring {name} failed: {source}; if it exists with other arguments, delete it or change the queue prefix"
+    )]
     Declare {
         name: String,
         #[source]

@@ -275,7 +275,10 @@ async fn watch_session(
     }
 }
 
-async fn open_channels(inner: &Inner, connection: &Connection) -> Result<Vec<Channel>, BrokerError> {
+async fn open_channels(
+    inner: &Inner,
+    connection: &Connection,
+) -> Result<Vec<Channel>, BrokerError> {
     let mut channels = Vec::with_capacity(inner.options.channels.max(1));
     for i in 0..inner.options.channels.max(1) {
         let channel = connection.create_channel().await?;

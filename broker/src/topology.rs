@@ -181,7 +181,10 @@ impl Topology {
 
     /// Arguments for a queue whose dead letters go back to `routing_key` without loss.
     fn dead_lettering_to(&self, args: &mut FieldTable, routing_key: &str) {
-        args.insert("x-dead-letter-exchange".into(), long_string(self.exchange()));
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            long_string(self.exchange()),
+        );
         args.insert("x-dead-letter-routing-key".into(), long_string(routing_key));
         // at-least-once dead-lettering keeps the message in the source queue until the target
         // confirmed it; it requires reject-publish overflow.
@@ -296,7 +299,12 @@ mod tests {
         assert_eq!(t.dead_queue(), "cs.dead");
         assert_eq!(
             t.all_queues(),
-            vec!["cs.events", "cs.dead", "cs.retry.5000ms", "cs.retry.30000ms"]
+            vec![
+                "cs.events",
+                "cs.dead",
+                "cs.retry.5000ms",
+                "cs.retry.30000ms"
+            ]
         );
     }
 }

@@ -39,8 +39,14 @@ impl std::fmt::Debug for Model {
             .field("provider", &self.provider)
             .field("external_account_id", &self.external_account_id)
             .field("status", &self.status)
-            .field("access_token", &self.access_token.as_ref().map(|_| "[redacted]"))
-            .field("refresh_token", &self.refresh_token.as_ref().map(|_| "[redacted]"))
+            .field(
+                "access_token",
+                &self.access_token.as_ref().map(|_| "[redacted]"),
+            )
+            .field(
+                "refresh_token",
+                &self.refresh_token.as_ref().map(|_| "[redacted]"),
+            )
             .field("expires_at", &self.expires_at)
             .finish_non_exhaustive()
     }

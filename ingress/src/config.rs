@@ -9,7 +9,7 @@ use telemetry::{
     settings::{InvalidSetting, duration, log_format, number, socket_addr},
 };
 
-use crate::verify::{Secrets, SecretError};
+use crate::verify::{SecretError, Secrets};
 
 /// Everything the ingress needs to run.
 #[derive(Debug)]
@@ -37,7 +37,9 @@ pub struct Config {
 /// A setting that cannot be used; the message names the variable, never a secret's value.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("CLERK_WEBHOOK_SECRET is not set: copy the signing secret (whsec_…) of the endpoint from the Clerk dashboard")]
+    #[error(
+        "CLERK_WEBHOOK_SECRET is not set: copy the signing secret (whsec_…) of the endpoint from the Clerk dashboard"
+    )]
     MissingSecret,
     #[error(transparent)]
     BadSecret(#[from] SecretError),
@@ -102,11 +104,14 @@ mod tests {
 
     #[test]
     fn defaults_apply_when_only_the_secret_is_set() {
-        let config = Config::from_lookup(lookup(&[("CLERK_WEBHOOK_SECRET", SECRET)]))
-            .expect("valid config");
+        let config =
+            Config::from_lookup(lookup(&[("CLERK_WEBHOOK_SECRET", SECRET)])).expect("valid config");
         assert_eq!(config.addr.to_string(), "127.0.0.1:8080");
         assert_eq!(config.body_limit, 1024 * 1024);
-        assert_eq!(config.broker.urls, vec![BrokerConfig::DEFAULT_URL.to_string()]);
+        assert_eq!(
+            config.broker.urls,
+            vec![BrokerConfig::DEFAULT_URL.to_string()]
+        );
         assert_eq!(config.topology.main_queue(), "clerk_sync.events");
     }
 

@@ -88,7 +88,11 @@ pub(crate) async fn handle(
                 Ok(_) => "accepted",
                 Err(error) => error.code(),
             };
-            state.metrics.received.get_or_create(&Outcome { outcome }).inc();
+            state
+                .metrics
+                .received
+                .get_or_create(&Outcome { outcome })
+                .inc();
             match &result {
                 Ok(_) => tracing::info!("webhook accepted"),
                 Err(error @ IngressError::BrokerUnavailable(cause)) => tracing::error!(
@@ -139,7 +143,11 @@ async fn accept(state: &State, request: Request<Incoming>) -> Result<String, Ing
     let started = Instant::now();
     state
         .publisher
-        .publish(EVENTS_ROUTING_KEY, &body, properties(&parts.headers, &svix_id))
+        .publish(
+            EVENTS_ROUTING_KEY,
+            &body,
+            properties(&parts.headers, &svix_id),
+        )
         .await?;
     state
         .metrics

@@ -11,6 +11,7 @@ async fn main() -> anyhow::Result<()> {
     let app = Application::build(config)
         .await
         .with_context(|| format!("cannot listen on {addr} (INGRESS_ADDR)"))?;
-    app.run_until_stopped(telemetry::ops::shutdown_signal()).await;
+    app.run_until_stopped(telemetry::ops::shutdown_signal())
+        .await;
     Ok(())
 }

@@ -7,13 +7,17 @@ use svix::webhooks::{Webhook, WebhookError};
 /// A secret in `CLERK_WEBHOOK_SECRET` that cannot be used. Never carries the secret itself.
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
-    #[error("{variable}: secret {position} of {count} does not start with `whsec_`; copy the signing secret from the Clerk dashboard as it is")]
+    #[error(
+        "{variable}: secret {position} of {count} does not start with `whsec_`; copy the signing secret from the Clerk dashboard as it is"
+    )]
     MissingPrefix {
         variable: &'static str,
         position: usize,
         count: usize,
     },
-    #[error("{variable}: secret {position} of {count} is not valid base64 after `whsec_`; copy it again from the Clerk dashboard")]
+    #[error(
+        "{variable}: secret {position} of {count} is not valid base64 after `whsec_`; copy it again from the Clerk dashboard"
+    )]
     BadBase64 {
         variable: &'static str,
         position: usize,
@@ -68,8 +72,14 @@ pub fn message_id(headers: &HeaderMap) -> Option<&str> {
 pub fn svix_headers(headers: &HeaderMap) -> [(&'static str, Option<&str>); 3] {
     [
         (ID[0], header(headers, &ID).and_then(|v| v.to_str().ok())),
-        (TIMESTAMP[0], header(headers, &TIMESTAMP).and_then(|v| v.to_str().ok())),
-        (SIGNATURE[0], header(headers, &SIGNATURE).and_then(|v| v.to_str().ok())),
+        (
+            TIMESTAMP[0],
+            header(headers, &TIMESTAMP).and_then(|v| v.to_str().ok()),
+        ),
+        (
+            SIGNATURE[0],
+            header(headers, &SIGNATURE).and_then(|v| v.to_str().ok()),
+        ),
     ]
 }
 
@@ -110,11 +120,13 @@ impl Secrets {
                     position,
                     count,
                 })?;
-            webhooks.push(Webhook::from_bytes(key).map_err(|_| SecretError::BadBase64 {
-                variable,
-                position,
-                count,
-            })?);
+            webhooks.push(
+                Webhook::from_bytes(key).map_err(|_| SecretError::BadBase64 {
+                    variable,
+                    position,
+                    count,
+                })?,
+            );
         }
         Ok(Self { webhooks })
     }
@@ -209,7 +221,10 @@ mod tests {
         let secrets = Secrets::parse("S", A).expect("valid");
         let mut h = signed(A, now(), b"{}");
         h.insert("svix-timestamp", "soon".parse().expect("hv"));
-        assert!(matches!(secrets.verify(b"{}", &h), Err(Rejection::Malformed(_))));
+        assert!(matches!(
+            secrets.verify(b"{}", &h),
+            Err(Rejection::Malformed(_))
+        ));
         let mut h = signed(A, now(), b"{}");
         h.insert("svix-signature", "v9,abc ".repeat(400).parse().expect("hv"));
         assert!(secrets.verify(b"{}", &h).is_err());

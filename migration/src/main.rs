@@ -15,7 +15,10 @@ use clap::{Parser, Subcommand};
 use migration::{Migrator, MigratorTrait, sea_orm::Database};
 
 #[derive(Parser)]
-#[command(name = "migration", about = "Apply or revert clerk-sync's database migrations")]
+#[command(
+    name = "migration",
+    about = "Apply or revert clerk-sync's database migrations"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,

@@ -12,9 +12,7 @@ pub fn from_headers(headers: &HeaderMap) -> HeaderValue {
         .get(&REQUEST_ID)
         .filter(|v| {
             let bytes = v.as_bytes();
-            !bytes.is_empty()
-                && bytes.len() <= 128
-                && bytes.iter().all(|b| b.is_ascii_graphic())
+            !bytes.is_empty() && bytes.len() <= 128 && bytes.iter().all(|b| b.is_ascii_graphic())
         })
         .cloned()
         .unwrap_or_else(new)

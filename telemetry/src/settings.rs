@@ -68,7 +68,9 @@ pub fn number(
             .parse::<usize>()
             .ok()
             .filter(|n| *n > 0)
-            .ok_or_else(|| InvalidSetting::new(name, format!("{v:?} is not a whole number above 0"))),
+            .ok_or_else(|| {
+                InvalidSetting::new(name, format!("{v:?} is not a whole number above 0"))
+            }),
     }
 }
 
@@ -79,9 +81,12 @@ pub fn socket_addr(
     default: &str,
 ) -> Result<std::net::SocketAddr, InvalidSetting> {
     let value = lookup(name).unwrap_or_else(|| default.to_owned());
-    value
-        .parse()
-        .map_err(|_| InvalidSetting::new(name, format!("{value:?} is not host:port such as 127.0.0.1:8080")))
+    value.parse().map_err(|_| {
+        InvalidSetting::new(
+            name,
+            format!("{value:?} is not host:port such as 127.0.0.1:8080"),
+        )
+    })
 }
 
 /// `LOG_FORMAT`: `plain` (default) or `json`.

@@ -27,22 +27,30 @@ use migration::{
 
 /// A short random name with a prefix, safe as a database or queue name.
 pub fn unique(prefix: &str) -> String {
-    format!("{prefix}_{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+    format!(
+        "{prefix}_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
 }
 
 /// Server root URL of the test Postgres (`TEST_DATABASE_URL`, no database name).
 pub fn postgres_root() -> String {
-    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
 }
 
 /// The test RabbitMQ (`TEST_AMQP_URL`).
 pub fn amqp_url() -> String {
-    std::env::var("TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+    std::env::var("TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
 /// Seconds since the epoch, now.
 pub fn now_secs() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
 }
 
 /// A database of its own for one test, migrated; dropped with the guard.
@@ -56,7 +64,9 @@ impl TestDb {
     /// Creates an empty database (no migrations).
     pub async fn empty() -> Self {
         let name = unique("cs_test");
-        let admin = Database::connect(format!("{}/postgres", postgres_root())).await.unwrap();
+        let admin = Database::connect(format!("{}/postgres", postgres_root()))
+            .await
+            .unwrap();
         admin
             .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
             .await
@@ -208,7 +218,12 @@ impl TestBroker {
             .await
             .unwrap()
         {
-            message.delivery.acker.ack(BasicAckOptions::default()).await.unwrap();
+            message
+                .delivery
+                .acker
+                .ack(BasicAckOptions::default())
+                .await
+                .unwrap();
             out.push(message);
         }
         out
@@ -219,7 +234,9 @@ impl Drop for TestBroker {
     fn drop(&mut self) {
         let topology = self.topology.clone();
         run_detached(async move {
-            let Ok(connection) = Connection::connect(&amqp_url(), ConnectionProperties::default()).await else {
+            let Ok(connection) =
+                Connection::connect(&amqp_url(), ConnectionProperties::default()).await
+            else {
                 return;
             };
             if let Ok(channel) = connection.create_channel().await {

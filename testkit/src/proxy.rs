@@ -35,7 +35,9 @@ impl TcpProxy {
             let generation = generation.clone();
             tokio::spawn(async move {
                 loop {
-                    let Ok((inbound, _)) = listener.accept().await else { continue };
+                    let Ok((inbound, _)) = listener.accept().await else {
+                        continue;
+                    };
                     if !open.load(Ordering::SeqCst) {
                         drop(inbound);
                         continue;
@@ -44,7 +46,9 @@ impl TcpProxy {
                     let mut cut = generation.subscribe();
                     let born = *cut.borrow();
                     tokio::spawn(async move {
-                        let Ok(outbound) = TcpStream::connect(&target).await else { return };
+                        let Ok(outbound) = TcpStream::connect(&target).await else {
+                            return;
+                        };
                         let (mut ri, mut wi) = inbound.into_split();
                         let (mut ro, mut wo) = outbound.into_split();
                         tokio::select! {

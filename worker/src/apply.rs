@@ -53,7 +53,9 @@ impl Outcome {
 pub enum ApplyError {
     /// The email is held by another user whose row is at least as new: that user's newer event,
     /// which frees the address, is on its way. Transient.
-    #[error("email address is held by another user with a newer or equal version; waiting for that user's update")]
+    #[error(
+        "email address is held by another user with a newer or equal version; waiting for that user's update"
+    )]
     EmailHeld,
     /// A database failure.
     #[error("database: {0}")]
@@ -89,8 +91,10 @@ pub fn is_transient_db(error: &DbErr) -> bool {
                     // 40001 serialization failure, 40P01 deadlock, 23505 unique violation,
                     // 55P03 lock not available, 57014 statement timeout / cancel,
                     // class 08 connection exception, 53 insufficient resources, 57P0x shutdown.
-                    matches!(code.as_ref(), "40001" | "40P01" | "23505" | "55P03" | "57014")
-                        || code.starts_with("08")
+                    matches!(
+                        code.as_ref(),
+                        "40001" | "40P01" | "23505" | "55P03" | "57014"
+                    ) || code.starts_with("08")
                         || code.starts_with("53")
                         || code.starts_with("57P")
                 }),
@@ -276,14 +280,21 @@ async fn upsert_user(
                 user.first_name.clone().into(),
                 user.last_name.clone().into(),
                 user.updated_at.into(),
-                user.created_at.and_then(DateTime::<Utc>::from_timestamp_millis).into(),
+                user.created_at
+                    .and_then(DateTime::<Utc>::from_timestamp_millis)
+                    .into(),
             ],
         ))
         .await;
     match result {
         Ok(done) if done.rows_affected() == 0 => Ok(Outcome::SkippedStale),
         Ok(_) => Ok(Outcome::Applied),
-        Err(error) if matches!(error.sql_err(), Some(sea_orm::SqlErr::UniqueConstraintViolation(_))) => {
+        Err(error)
+            if matches!(
+                error.sql_err(),
+                Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
+            ) =>
+        {
             Err(ApplyError::EmailHeld)
         }
         Err(error) => Err(error.into()),

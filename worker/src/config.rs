@@ -71,8 +71,7 @@ impl Config {
     /// Reads settings through `lookup`; tests pass a map.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let database_url = lookup("DATABASE_URL").unwrap_or_else(|| DEFAULT_DATABASE_URL.into());
-        if !database_url.starts_with("postgres://") && !database_url.starts_with("postgresql://")
-        {
+        if !database_url.starts_with("postgres://") && !database_url.starts_with("postgresql://") {
             return Err(InvalidSetting::new(
                 "DATABASE_URL",
                 "must start with postgres:// (e.g. postgres://user:pass@host:5432/db)",
@@ -138,12 +137,10 @@ mod tests {
     #[test]
     fn bad_values_name_their_variable() {
         let err = Config::from_lookup(|name| (name == "WORKER_PREFETCH").then(|| "70000".into()))
-            .err()
-            .expect("too big");
+            .expect_err("too big");
         assert!(err.to_string().contains("WORKER_PREFETCH"), "{err}");
         let err = Config::from_lookup(|name| (name == "DATABASE_URL").then(|| "mysql://x".into()))
-            .err()
-            .expect("wrong scheme");
+            .expect_err("wrong scheme");
         assert!(err.to_string().contains("DATABASE_URL"), "{err}");
     }
 }

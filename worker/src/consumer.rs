@@ -216,11 +216,11 @@ impl Consumer {
                     self.metrics
                         .apply_seconds
                         .observe(started.elapsed().as_secs_f64());
-                    if outcome == Outcome::Applied {
-                        if let Some(received) = headers::get_i64(table, headers::RECEIVED_AT) {
-                            let lag_ms = now_ms().saturating_sub(received).max(0);
-                            self.metrics.lag_seconds.observe(lag_ms as f64 / 1000.0);
-                        }
+                    if outcome == Outcome::Applied
+                        && let Some(received) = headers::get_i64(table, headers::RECEIVED_AT)
+                    {
+                        let lag_ms = now_ms().saturating_sub(received).max(0);
+                        self.metrics.lag_seconds.observe(lag_ms as f64 / 1000.0);
                     }
                     self.metrics.count(&event_type, outcome.as_str());
                     tracing::info!(outcome = outcome.as_str(), "event settled");

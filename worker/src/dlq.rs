@@ -23,7 +23,9 @@ use crate::consumer::{copy_properties, now_ms};
 /// What can go wrong in a DLQ command.
 #[derive(Debug, thiserror::Error)]
 pub enum DlqError {
-    #[error("cannot connect to RabbitMQ at {urls}: {source}; check AMQP_URL and that the broker is up")]
+    #[error(
+        "cannot connect to RabbitMQ at {urls}: {source}; check AMQP_URL and that the broker is up"
+    )]
     Connect {
         urls: String,
         #[source]
@@ -35,7 +37,9 @@ pub enum DlqError {
     Broker(#[from] broker::BrokerError),
     #[error("no dead letter with id {0:?}; `worker dlq list` shows the ids")]
     NotFound(String),
-    #[error("publishing {id} back to the main queue was not confirmed ({source}); its dead letter was kept")]
+    #[error(
+        "publishing {id} back to the main queue was not confirmed ({source}); its dead letter was kept"
+    )]
     Replay {
         id: String,
         #[source]
@@ -73,8 +77,9 @@ impl DeadLetter {
             .or_else(|| headers::get_str(table, headers::SVIX_ID))
             .unwrap_or_else(|| "-".into());
         // Messages the broker dead-lettered itself (delivery limit) carry only x-death headers.
-        let reason = headers::get_str(table, headers::REASON)
-            .or_else(|| headers::get_str(table, "x-first-death-reason").map(|r| format!("broker: {r}")));
+        let reason = headers::get_str(table, headers::REASON).or_else(|| {
+            headers::get_str(table, "x-first-death-reason").map(|r| format!("broker: {r}"))
+        });
         let first = headers::get_i64(table, headers::FIRST_FAILURE_AT);
         let since = first.or_else(|| headers::get_i64(table, headers::RECEIVED_AT));
         Self {
@@ -128,7 +133,12 @@ impl DeadLetterQueue {
             (Some(c), _) => c,
             (None, Some(source)) => {
                 return Err(DlqError::Connect {
-                    urls: broker.urls.iter().map(|u| redact_url(u)).collect::<Vec<_>>().join(", "),
+                    urls: broker
+                        .urls
+                        .iter()
+                        .map(|u| redact_url(u))
+                        .collect::<Vec<_>>()
+                        .join(", "),
                     source,
                 });
             }
@@ -137,7 +147,9 @@ impl DeadLetterQueue {
         let channel = connection.create_channel().await?;
         topology.declare(&channel).await?;
         let confirm = connection.create_channel().await?;
-        confirm.confirm_select(ConfirmSelectOptions::default()).await?;
+        confirm
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
         Ok(Self {
             connection,
             channel,
@@ -214,7 +226,11 @@ pub async fn list(broker: &BrokerConfig, topology: Topology) -> Result<Vec<DeadL
 }
 
 /// `worker dlq show <id>`.
-pub async fn show(broker: &BrokerConfig, topology: Topology, id: &str) -> Result<DeadLetter, DlqError> {
+pub async fn show(
+    broker: &BrokerConfig,
+    topology: Topology,
+    id: &str,
+) -> Result<DeadLetter, DlqError> {
     list(broker, topology)
         .await?
         .into_iter()
@@ -252,10 +268,10 @@ pub async fn act(
     let result = async {
         let deliveries = dlq.fetch_all().await?;
         let letters: Vec<DeadLetter> = deliveries.iter().map(DeadLetter::from_delivery).collect();
-        if let Selection::Ids(ids) = selection {
-            if let Some(missing) = ids.iter().find(|id| !letters.iter().any(|l| &l.id == *id)) {
-                return Err(DlqError::NotFound(missing.clone()));
-            }
+        if let Selection::Ids(ids) = selection
+            && let Some(missing) = ids.iter().find(|id| !letters.iter().any(|l| &l.id == *id))
+        {
+            return Err(DlqError::NotFound(missing.clone()));
         }
         let chosen: Vec<usize> = letters
             .iter()

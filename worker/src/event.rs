@@ -100,12 +100,15 @@ pub fn parse(body: &[u8]) -> Result<ClerkEvent, ParseError> {
             if user.id.trim().is_empty() {
                 return Err(bad("empty `id`".into()));
             }
-            let email = user.primary_email_address_id.as_deref().and_then(|primary| {
-                user.email_addresses
-                    .iter()
-                    .find(|address| address.id == primary)
-                    .map(|address| address.email_address.clone())
-            });
+            let email = user
+                .primary_email_address_id
+                .as_deref()
+                .and_then(|primary| {
+                    user.email_addresses
+                        .iter()
+                        .find(|address| address.id == primary)
+                        .map(|address| address.email_address.clone())
+                });
             Ok(ClerkEvent::UserUpserted(UserSnapshot {
                 clerk_user_id: user.id,
                 email,
@@ -205,11 +208,23 @@ mod tests {
 
     #[test]
     fn bodies_that_can_never_apply_are_permanent_errors() {
-        assert!(matches!(parse(b"not json"), Err(ParseError::NotAnEnvelope(_))));
-        assert!(matches!(parse(b"{\"data\":{}}"), Err(ParseError::NotAnEnvelope(_))));
+        assert!(matches!(
+            parse(b"not json"),
+            Err(ParseError::NotAnEnvelope(_))
+        ));
+        assert!(matches!(
+            parse(b"{\"data\":{}}"),
+            Err(ParseError::NotAnEnvelope(_))
+        ));
         let no_version = r#"{"type":"user.updated","data":{"id":"user_x"}}"#;
-        assert!(matches!(parse(no_version.as_bytes()), Err(ParseError::BadUser { .. })));
+        assert!(matches!(
+            parse(no_version.as_bytes()),
+            Err(ParseError::BadUser { .. })
+        ));
         let no_id = r#"{"type":"user.deleted","data":{"deleted":true}}"#;
-        assert!(matches!(parse(no_id.as_bytes()), Err(ParseError::BadUser { .. })));
+        assert!(matches!(
+            parse(no_id.as_bytes()),
+            Err(ParseError::BadUser { .. })
+        ));
     }
 }

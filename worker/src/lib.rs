@@ -31,7 +31,9 @@ use consumer::{Consumer, ConsumerOptions};
 /// Why the worker could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot reach the database at DATABASE_URL: {0}; check that Postgres is up and the database exists")]
+    #[error(
+        "cannot reach the database at DATABASE_URL: {0}; check that Postgres is up and the database exists"
+    )]
     Database(#[source] DbErr),
     #[error("applying migrations failed: {0}")]
     Migrations(#[source] DbErr),
@@ -96,21 +98,20 @@ pub struct Application {
 impl Application {
     /// Connects to Postgres, applies migrations, and binds `WORKER_ADDR`.
     pub async fn build(config: Config) -> Result<Self, StartError> {
-        migrate(&config.database_url)
-            .await
-            .map_err(|e| match e {
-                DbErr::Conn(_) | DbErr::ConnectionAcquire(_) => StartError::Database(e),
-                other => StartError::Migrations(other),
-            })?;
+        migrate(&config.database_url).await.map_err(|e| match e {
+            DbErr::Conn(_) | DbErr::ConnectionAcquire(_) => StartError::Database(e),
+            other => StartError::Migrations(other),
+        })?;
         let db = connect_database(&config.database_url, config.database_max_connections)
             .await
             .map_err(StartError::Database)?;
-        let listener = TcpListener::bind(config.addr)
-            .await
-            .map_err(|source| StartError::Listen {
-                addr: config.addr,
-                source,
-            })?;
+        let listener =
+            TcpListener::bind(config.addr)
+                .await
+                .map_err(|source| StartError::Listen {
+                    addr: config.addr,
+                    source,
+                })?;
         let mut registry = Registry::default();
         let metrics = metrics::Metrics::register(&mut registry);
         let consumer = Arc::new(Consumer {

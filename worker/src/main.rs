@@ -75,7 +75,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Run => {
             telemetry::init_subscriber("info", config.log_format, std::io::stdout);
             let app = Application::build(config).await?;
-            app.run_until_stopped(telemetry::ops::shutdown_signal()).await;
+            app.run_until_stopped(telemetry::ops::shutdown_signal())
+                .await;
         }
         Command::Dlq(command) => {
             // Ops commands print their results on stdout; only warnings go to the log (stderr).
@@ -101,7 +102,10 @@ async fn run_dlq(command: DlqCommand, config: Config) -> anyhow::Result<()> {
         DlqCommand::Show { id } => {
             let letter = dlq::show(broker, topology, &id).await?;
             println!("id:         {}", letter.id);
-            println!("event type: {}", letter.event_type.as_deref().unwrap_or("-"));
+            println!(
+                "event type: {}",
+                letter.event_type.as_deref().unwrap_or("-")
+            );
             println!("attempts:   {}", letter.attempts);
             println!("reason:     {}", letter.reason.as_deref().unwrap_or("-"));
             println!("headers:");
@@ -116,7 +120,15 @@ async fn run_dlq(command: DlqCommand, config: Config) -> anyhow::Result<()> {
             } else {
                 Selection::Ids(selection.ids)
             };
-            let summary = dlq::act(broker, topology, &selection, false, dry_run, dlq::progress_bar).await?;
+            let summary = dlq::act(
+                broker,
+                topology,
+                &selection,
+                false,
+                dry_run,
+                dlq::progress_bar,
+            )
+            .await?;
             if dry_run {
                 println!("would replay {} dead letter(s):", summary.selected.len());
                 for id in &summary.selected {
@@ -127,8 +139,15 @@ async fn run_dlq(command: DlqCommand, config: Config) -> anyhow::Result<()> {
             }
         }
         DlqCommand::Drop { ids } => {
-            let summary =
-                dlq::act(broker, topology, &Selection::Ids(ids), true, false, dlq::progress_bar).await?;
+            let summary = dlq::act(
+                broker,
+                topology,
+                &Selection::Ids(ids),
+                true,
+                false,
+                dlq::progress_bar,
+            )
+            .await?;
             println!("dropped {} dead letter(s)", summary.done);
         }
     }

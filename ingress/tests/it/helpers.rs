@@ -17,7 +17,10 @@ pub struct TestApp {
 pub async fn spawn_app(extra: &[(&str, &str)]) -> TestApp {
     let broker = TestBroker::new().await;
     let mut settings: HashMap<String, String> = broker.settings().into_iter().collect();
-    settings.insert("CLERK_WEBHOOK_SECRET".into(), format!("{SECRET} {SECRET_2}"));
+    settings.insert(
+        "CLERK_WEBHOOK_SECRET".into(),
+        format!("{SECRET} {SECRET_2}"),
+    );
     settings.insert("INGRESS_ADDR".into(), "127.0.0.1:0".into());
     settings.insert("INGRESS_BODY_LIMIT".into(), "4096".into());
     settings.insert("PUBLISH_TIMEOUT".into(), "2s".into());
@@ -31,15 +34,17 @@ pub async fn spawn_app(extra: &[(&str, &str)]) -> TestApp {
     let task = tokio::spawn(app.run_until_stopped(async move {
         let _ = stopped.await;
     }));
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(15)).build().unwrap();
-    let test_app = TestApp {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .build()
+        .unwrap();
+    TestApp {
         address,
         broker,
         client,
         stop: Some(stop),
         task: Some(task),
-    };
-    test_app
+    }
 }
 
 impl TestApp {
@@ -63,7 +68,12 @@ impl TestApp {
         self.post_to("/webhooks/clerk", headers, body).await
     }
 
-    pub async fn post_to(&self, path: &str, headers: http::HeaderMap, body: Vec<u8>) -> reqwest::Response {
+    pub async fn post_to(
+        &self,
+        path: &str,
+        headers: http::HeaderMap,
+        body: Vec<u8>,
+    ) -> reqwest::Response {
         self.client
             .post(format!("{}{path}", self.address))
             .headers(headers)
@@ -88,7 +98,10 @@ impl TestApp {
             let _ = stop.send(());
         }
         if let Some(task) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(30), task).await.unwrap().unwrap();
+            tokio::time::timeout(Duration::from_secs(30), task)
+                .await
+                .unwrap()
+                .unwrap();
         }
     }
 }

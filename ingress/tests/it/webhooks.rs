@@ -45,14 +45,24 @@ async fn a_signed_event_is_published_byte_identical_with_its_id_and_svix_headers
     let delivery = &messages[0].delivery;
     assert_eq!(delivery.data, body);
     assert_eq!(
-        delivery.properties.message_id().as_ref().map(|s| s.as_str()),
+        delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|s| s.as_str()),
         Some("msg_byteexact01")
     );
     assert_eq!(delivery.properties.delivery_mode(), &Some(2));
     let table = delivery.properties.headers().clone().unwrap();
     let inner = table.inner();
-    assert_eq!(header_str(inner.get(headers::SVIX_ID)).as_deref(), Some("msg_byteexact01"));
-    assert_eq!(header_str(inner.get(headers::SVIX_TIMESTAMP)), Some(ts.to_string()));
+    assert_eq!(
+        header_str(inner.get(headers::SVIX_ID)).as_deref(),
+        Some("msg_byteexact01")
+    );
+    assert_eq!(
+        header_str(inner.get(headers::SVIX_TIMESTAMP)),
+        Some(ts.to_string())
+    );
     assert_eq!(
         header_str(inner.get(headers::SVIX_SIGNATURE)).as_deref(),
         sent.get("svix-signature").unwrap().to_str().ok()
@@ -67,7 +77,10 @@ async fn a_delivery_signed_with_the_rotated_second_secret_is_accepted_on_both_pa
     let body = sample_body();
 
     let first = app
-        .post_webhook(svix_headers(SECRET_2, "msg_rotated01", now_secs(), &body), body.clone())
+        .post_webhook(
+            svix_headers(SECRET_2, "msg_rotated01", now_secs(), &body),
+            body.clone(),
+        )
         .await;
     let second = app
         .post_to(
@@ -95,7 +108,12 @@ async fn bad_requests_get_the_contract_status_and_nothing_is_published() {
     missing.remove("svix-signature");
     assert_eq!(app.post_webhook(missing, body.clone()).await.status(), 400);
     // Wrong signature (signed with an unknown secret): 401.
-    let wrong = svix_headers("whsec_dGhpcyBpcyBhbm90aGVyIHNlY3JldA==", "msg_bad2", now, &body);
+    let wrong = svix_headers(
+        "whsec_dGhpcyBpcyBhbm90aGVyIHNlY3JldA==",
+        "msg_bad2",
+        now,
+        &body,
+    );
     assert_eq!(app.post_webhook(wrong, body.clone()).await.status(), 401);
     // Tampered body: 401.
     let signed = svix_headers(SECRET, "msg_bad3", now, &body);
@@ -110,18 +128,29 @@ async fn bad_requests_get_the_contract_status_and_nothing_is_published() {
     // Timestamp that is not a number: 400.
     let mut not_a_number = svix_headers(SECRET, "msg_bad6", now, &body);
     not_a_number.insert("svix-timestamp", "yesterday".parse().unwrap());
-    assert_eq!(app.post_webhook(not_a_number, body.clone()).await.status(), 400);
+    assert_eq!(
+        app.post_webhook(not_a_number, body.clone()).await.status(),
+        400
+    );
     // Oversized body (limit 4096 in tests), declared by Content-Length: 413.
     let big = vec![b' '; 5000];
     let big_headers = svix_headers(SECRET, "msg_bad7", now, &big);
-    assert_eq!(app.post_webhook(big_headers.clone(), big.clone()).await.status(), 413);
+    assert_eq!(
+        app.post_webhook(big_headers.clone(), big.clone())
+            .await
+            .status(),
+        413
+    );
     // Oversized chunked body (no Content-Length): 413 as soon as the limit is passed.
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..10).map(|_| Ok(vec![b' '; 1000])).collect();
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..10).map(|_| Ok(vec![b' '; 1000])).collect();
     let streamed = app
         .client
         .post(format!("{}/webhooks/clerk", app.address))
         .headers(big_headers)
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
         .send()
         .await
         .unwrap();
@@ -129,7 +158,12 @@ async fn bad_requests_get_the_contract_status_and_nothing_is_published() {
     // Wrong method, wrong path.
     assert_eq!(app.get("/webhooks/clerk").await.status(), 405);
     let elsewhere = svix_headers(SECRET, "msg_bad8", now, &body);
-    assert_eq!(app.post_to("/webhooks/other", elsewhere, body.clone()).await.status(), 404);
+    assert_eq!(
+        app.post_to("/webhooks/other", elsewhere, body.clone())
+            .await
+            .status(),
+        404
+    );
 
     assert_eq!(app.broker.count(&app.main_queue()).await, 0);
     app.stop().await;
@@ -157,6 +191,9 @@ async fn health_readiness_and_metrics_answer_and_request_ids_are_echoed() {
         metrics.contains("clerk_sync_webhooks_received_total{outcome=\"accepted\"} 1"),
         "{metrics}"
     );
-    assert!(metrics.contains("clerk_sync_publish_duration_seconds_count 1"), "{metrics}");
+    assert!(
+        metrics.contains("clerk_sync_publish_duration_seconds_count 1"),
+        "{metrics}"
+    );
     app.stop().await;
 }

@@ -41,7 +41,11 @@ fn generate(seed: u64, user_count: usize) -> History {
                         moved: &mut usize,
                         t: i64| {
         let roll: f64 = rng.random();
-        let free: Vec<String> = released.iter().filter(|e| !holder.contains_key(*e)).cloned().collect();
+        let free: Vec<String> = released
+            .iter()
+            .filter(|e| !holder.contains_key(*e))
+            .cloned()
+            .collect();
         let next = if roll < 0.45 && current.is_some() {
             current.clone()
         } else if roll < 0.70 {
@@ -78,7 +82,15 @@ fn generate(seed: u64, user_count: usize) -> History {
         let id = format!("user_{seed}_{i}");
         match live.get(&i).cloned() {
             None => {
-                let email = choose_email(&mut rng, i, None, &mut holder, &mut released, &mut moved_addresses, t);
+                let email = choose_email(
+                    &mut rng,
+                    i,
+                    None,
+                    &mut holder,
+                    &mut released,
+                    &mut moved_addresses,
+                    t,
+                );
                 let state = events::UserState {
                     id,
                     email,
@@ -90,17 +102,23 @@ fn generate(seed: u64, user_count: usize) -> History {
                 live.insert(i, state);
             }
             Some(_) if rng.random_bool(0.12) => {
-                if let Some(state) = live.remove(&i) {
-                    if let Some(email) = state.email {
-                        holder.remove(&email);
-                        released.push(email);
-                    }
+                if let Some(email) = live.remove(&i).and_then(|state| state.email) {
+                    holder.remove(&email);
+                    released.push(email);
                 }
                 deleted.push(i);
                 history.push(events::user_deleted(&id, t));
             }
             Some(previous) => {
-                let email = choose_email(&mut rng, i, previous.email.clone(), &mut holder, &mut released, &mut moved_addresses, t);
+                let email = choose_email(
+                    &mut rng,
+                    i,
+                    previous.email.clone(),
+                    &mut holder,
+                    &mut released,
+                    &mut moved_addresses,
+                    t,
+                );
                 let state = events::UserState {
                     email,
                     first_name: Some(format!("First{t}")),
@@ -138,11 +156,15 @@ fn generate(seed: u64, user_count: usize) -> History {
 }
 
 fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn random_histories_delivered_duplicated_and_shuffled_to_three_workers_converge_to_the_model() {
+async fn random_histories_delivered_duplicated_and_shuffled_to_three_workers_converge_to_the_model()
+{
     let seeds = env_number("CONVERGENCE_SEEDS", 3);
     let start = env_number("CONVERGENCE_SEED_START", 1);
     let user_count = env_number("CONVERGENCE_USERS", 50) as usize;
@@ -155,7 +177,10 @@ async fn random_histories_delivered_duplicated_and_shuffled_to_three_workers_con
 async fn run_seed(seed: u64, user_count: usize) {
     let history = generate(seed, user_count);
     if user_count >= 50 {
-        assert!(history.moved_addresses > 0, "seed {seed}: the history never moves an address between users");
+        assert!(
+            history.moved_addresses > 0,
+            "seed {seed}: the history never moves an address between users"
+        );
     }
     let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
     let mut deliveries = Vec::new();
@@ -188,6 +213,10 @@ async fn run_seed(seed: u64, user_count: usize) {
     })
     .await;
     assert_eq!(users(&db.conn).await, history.expected, "seed {seed}");
-    assert_eq!(broker.count(&broker.topology.dead_queue()).await, 0, "seed {seed}: dead letters");
+    assert_eq!(
+        broker.count(&broker.topology.dead_queue()).await,
+        0,
+        "seed {seed}: dead letters"
+    );
     tokio::join!(a.stop(), b.stop(), c.stop());
 }

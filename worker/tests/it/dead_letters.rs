@@ -1,7 +1,7 @@
 use std::{collections::BTreeMap, process::Command, time::Duration};
 
 use sea_orm::ConnectionTrait;
-use testkit::{TestBroker, TestDb, eventually, events};
+use testkit::{TestBroker, TestDb, events, eventually};
 
 use crate::helpers::{Row, spawn_worker, state, wait_for_users, worker_settings};
 
@@ -35,16 +35,29 @@ async fn a_poison_event_is_dead_lettered_after_the_attempt_limit_and_replays_onc
         )
         .await
         .unwrap();
-    let worker = spawn_worker(&db, &broker, &[("MAX_ATTEMPTS", "3"), ("IN_PROCESS_RETRIES", "1")]).await;
-    let body = events::user_event("user.created", &state("user_poison", Some("p@example.com"), "Poison", 7));
+    let worker = spawn_worker(
+        &db,
+        &broker,
+        &[("MAX_ATTEMPTS", "3"), ("IN_PROCESS_RETRIES", "1")],
+    )
+    .await;
+    let body = events::user_event(
+        "user.created",
+        &state("user_poison", Some("p@example.com"), "Poison", 7),
+    );
     broker.publish_event("msg_poison_1", &body).await;
     broker
-        .publish_event("msg_fine_1", &events::user_event("user.created", &state("user_fine", None, "Fine", 1)))
+        .publish_event(
+            "msg_fine_1",
+            &events::user_event("user.created", &state("user_fine", None, "Fine", 1)),
+        )
         .await;
 
-    eventually(Duration::from_secs(30), "the poison event in the DLQ", || async {
-        (broker.count(&broker.topology.dead_queue()).await == 1).then_some(())
-    })
+    eventually(
+        Duration::from_secs(30),
+        "the poison event in the DLQ",
+        || async { (broker.count(&broker.topology.dead_queue()).await == 1).then_some(()) },
+    )
     .await;
     let (ok, stdout, stderr) = worker_cli(&db, &broker, &["dlq", "list", "--json"]);
     assert!(ok, "{stderr}");
@@ -53,27 +66,70 @@ async fn a_poison_event_is_dead_lettered_after_the_attempt_limit_and_replays_onc
     assert_eq!(letters[0]["id"], "msg_poison_1");
     assert_eq!(letters[0]["event_type"], "user.created");
     assert_eq!(letters[0]["attempts"], 3);
-    assert!(letters[0]["reason"].as_str().unwrap().contains("simulated outage"), "{stdout}");
-    assert!(letters[0]["first_failure_at"].as_i64().unwrap() <= letters[0]["last_failure_at"].as_i64().unwrap());
-    assert_eq!(letters[0]["body"].as_str().unwrap().as_bytes(), &body[..], "the body is kept byte for byte");
+    assert!(
+        letters[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("simulated outage"),
+        "{stdout}"
+    );
+    assert!(
+        letters[0]["first_failure_at"].as_i64().unwrap()
+            <= letters[0]["last_failure_at"].as_i64().unwrap()
+    );
+    assert_eq!(
+        letters[0]["body"].as_str().unwrap().as_bytes(),
+        &body[..],
+        "the body is kept byte for byte"
+    );
     // Listing consumed nothing.
     assert_eq!(broker.count(&broker.topology.dead_queue()).await, 1);
     let (ok, table, _) = worker_cli(&db, &broker, &["dlq", "list"]);
-    assert!(ok && table.contains("msg_poison_1") && table.contains("1 dead letter(s)"), "{table}");
+    assert!(
+        ok && table.contains("msg_poison_1") && table.contains("1 dead letter(s)"),
+        "{table}"
+    );
 
     // The fix, then the replay.
-    db.conn.execute_unprepared("DROP TRIGGER poison ON users").await.unwrap();
-    let (ok, dry, _) = worker_cli(&db, &broker, &["dlq", "replay", "--id", "msg_poison_1", "--dry-run"]);
+    db.conn
+        .execute_unprepared("DROP TRIGGER poison ON users")
+        .await
+        .unwrap();
+    let (ok, dry, _) = worker_cli(
+        &db,
+        &broker,
+        &["dlq", "replay", "--id", "msg_poison_1", "--dry-run"],
+    );
     assert!(ok && dry.contains("would replay 1"), "{dry}");
-    assert_eq!(broker.count(&broker.topology.dead_queue()).await, 1, "a dry run changes nothing");
+    assert_eq!(
+        broker.count(&broker.topology.dead_queue()).await,
+        1,
+        "a dry run changes nothing"
+    );
     let (ok, out, err) = worker_cli(&db, &broker, &["dlq", "replay", "--id", "msg_poison_1"]);
     assert!(ok, "{out} {err}");
 
     wait_for_users(
         &db.conn,
         &BTreeMap::from([
-            ("user_fine".to_string(), Row { email: None, first_name: Some("Fine".into()), last_name: Some("Synth".into()), version: 1 }),
-            ("user_poison".to_string(), Row { email: Some("p@example.com".into()), first_name: Some("Poison".into()), last_name: Some("Synth".into()), version: 7 }),
+            (
+                "user_fine".to_string(),
+                Row {
+                    email: None,
+                    first_name: Some("Fine".into()),
+                    last_name: Some("Synth".into()),
+                    version: 1,
+                },
+            ),
+            (
+                "user_poison".to_string(),
+                Row {
+                    email: Some("p@example.com".into()),
+                    first_name: Some("Poison".into()),
+                    last_name: Some("Synth".into()),
+                    version: 7,
+                },
+            ),
         ]),
         Duration::from_secs(20),
     )
@@ -89,7 +145,10 @@ async fn an_unparseable_event_is_dead_lettered_at_once_and_can_be_dropped() {
     let worker = spawn_worker(&db, &broker, &[]).await;
     broker.publish_event("msg_garbage", b"{not json").await;
     broker
-        .publish_event("msg_noversion", br#"{"type":"user.updated","data":{"id":"user_x"}}"#)
+        .publish_event(
+            "msg_noversion",
+            br#"{"type":"user.updated","data":{"id":"user_x"}}"#,
+        )
         .await;
 
     eventually(Duration::from_secs(20), "both in the DLQ", || async {
@@ -99,17 +158,38 @@ async fn an_unparseable_event_is_dead_lettered_at_once_and_can_be_dropped() {
     let (ok, stdout, _) = worker_cli(&db, &broker, &["dlq", "list", "--json"]);
     assert!(ok);
     let letters: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-    let ids: Vec<&str> = letters.as_array().unwrap().iter().map(|l| l["id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = letters
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids.len(), 2);
     for letter in letters.as_array().unwrap() {
         assert_eq!(letter["attempts"], 1, "permanent failures are not retried");
     }
-    let garbage = letters.as_array().unwrap().iter().find(|l| l["id"] == "msg_garbage").unwrap();
-    assert!(garbage["reason"].as_str().unwrap().contains("not a Clerk event envelope"), "{garbage}");
+    let garbage = letters
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["id"] == "msg_garbage")
+        .unwrap();
+    assert!(
+        garbage["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not a Clerk event envelope"),
+        "{garbage}"
+    );
     // Listing twice shows the same order: nothing was consumed or reordered.
     let (_, again, _) = worker_cli(&db, &broker, &["dlq", "list", "--json"]);
     let again: serde_json::Value = serde_json::from_str(&again).unwrap();
-    let again_ids: Vec<&str> = again.as_array().unwrap().iter().map(|l| l["id"].as_str().unwrap()).collect();
+    let again_ids: Vec<&str> = again
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids, again_ids);
 
     let (ok, shown, _) = worker_cli(&db, &broker, &["dlq", "show", "msg_garbage"]);
@@ -121,6 +201,10 @@ async fn an_unparseable_event_is_dead_lettered_at_once_and_can_be_dropped() {
     assert_eq!(broker.count(&broker.topology.dead_queue()).await, 1);
     let (ok, _, err) = worker_cli(&db, &broker, &["dlq", "replay", "--id", "msg_garbage"]);
     assert!(!ok && err.contains("no dead letter with id"), "{err}");
-    assert_eq!(broker.count(&broker.topology.dead_queue()).await, 1, "a failed selection changes nothing");
+    assert_eq!(
+        broker.count(&broker.topology.dead_queue()).await,
+        1,
+        "a failed selection changes nothing"
+    );
     worker.stop().await;
 }

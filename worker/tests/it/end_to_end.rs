@@ -1,6 +1,6 @@
 use std::{collections::HashMap, time::Duration};
 
-use testkit::{SECRET, TestBroker, TestDb, eventually, events, now_secs, svix_headers};
+use testkit::{SECRET, TestBroker, TestDb, events, eventually, now_secs, svix_headers};
 
 use crate::helpers::{scalar, spawn_worker, state, users};
 
@@ -30,7 +30,12 @@ async fn a_signed_user_created_sent_to_the_ingress_lands_in_users_with_the_right
     .await;
     let body = events::user_event(
         "user.created",
-        &state("user_2abcSYNTHuser01", Some("ada@example.com"), "Ada", 1_735_689_600_100),
+        &state(
+            "user_2abcSYNTHuser01",
+            Some("ada@example.com"),
+            "Ada",
+            1_735_689_600_100,
+        ),
     );
 
     let response = client
@@ -52,7 +57,14 @@ async fn a_signed_user_created_sent_to_the_ingress_lands_in_users_with_the_right
     assert_eq!(row.first_name.as_deref(), Some("Ada"));
     assert_eq!(row.last_name.as_deref(), Some("Synth"));
     assert_eq!(row.version, 1_735_689_600_100);
-    assert_eq!(scalar(&db.conn, "SELECT count(*) FROM processed_events WHERE svix_id = 'msg_e2e_01'").await, 1);
+    assert_eq!(
+        scalar(
+            &db.conn,
+            "SELECT count(*) FROM processed_events WHERE svix_id = 'msg_e2e_01'"
+        )
+        .await,
+        1
+    );
     let _ = stop_ingress.send(());
     ingress_task.await.unwrap();
     worker.stop().await;
@@ -63,8 +75,12 @@ async fn duplicates_are_acked_without_effect_and_unknown_types_are_acked_and_cou
     let db = TestDb::empty().await;
     let broker = TestBroker::new().await;
     let worker = spawn_worker(&db, &broker, &[]).await;
-    let v1 = events::user_event("user.created", &state("user_dup", Some("dup@example.com"), "Dup", 10));
-    let session = br#"{"type":"session.created","object":"event","data":{"id":"sess_1","object":"session"}}"#;
+    let v1 = events::user_event(
+        "user.created",
+        &state("user_dup", Some("dup@example.com"), "Dup", 10),
+    );
+    let session =
+        br#"{"type":"session.created","object":"event","data":{"id":"sess_1","object":"session"}}"#;
 
     broker.publish_event("msg_dup_1", &v1).await;
     broker.publish_event("msg_dup_1", &v1).await;
@@ -73,12 +89,22 @@ async fn duplicates_are_acked_without_effect_and_unknown_types_are_acked_and_cou
     let metrics = eventually(Duration::from_secs(20), "three events settled", || async {
         let m = worker.metrics().await;
         (m.contains(r#"clerk_sync_events_total{event_type="user.created",outcome="duplicate"} 1"#)
-            && m.contains(r#"clerk_sync_events_total{event_type="session.created",outcome="ignored"} 1"#))
+            && m.contains(
+                r#"clerk_sync_events_total{event_type="session.created",outcome="ignored"} 1"#,
+            ))
         .then_some(m)
     })
     .await;
-    assert!(metrics.contains(r#"clerk_sync_events_total{event_type="user.created",outcome="applied"} 1"#), "{metrics}");
+    assert!(
+        metrics
+            .contains(r#"clerk_sync_events_total{event_type="user.created",outcome="applied"} 1"#),
+        "{metrics}"
+    );
     assert_eq!(users(&db.conn).await.len(), 1);
-    assert_eq!(broker.total_ready().await, 0, "nothing retried or dead-lettered");
+    assert_eq!(
+        broker.total_ready().await,
+        0,
+        "nothing retried or dead-lettered"
+    );
     worker.stop().await;
 }

@@ -8,24 +8,41 @@ use std::{
 };
 
 use rand::{SeedableRng, rngs::StdRng, seq::SliceRandom};
-use testkit::{TestBroker, TestDb, amqp_url, eventually, events, proxy::TcpProxy};
+use testkit::{TestBroker, TestDb, amqp_url, events, eventually, proxy::TcpProxy};
 
-use crate::helpers::{Row, scalar, spawn_worker, spawn_worker_at, state, users, wait_for_users, worker_settings};
+use crate::helpers::{
+    Row, scalar, spawn_worker, spawn_worker_at, state, users, wait_for_users, worker_settings,
+};
+
+/// (svix id, body) pairs.
+type Events = Vec<(String, Vec<u8>)>;
 
 /// `versions` events per user (created, then updates), and the final state the model expects.
-fn stream(prefix: &str, user_count: usize, versions: i64) -> (Vec<(String, Vec<u8>)>, BTreeMap<String, Row>) {
+fn stream(prefix: &str, user_count: usize, versions: i64) -> (Events, BTreeMap<String, Row>) {
     let mut out = Vec::new();
     let mut expected = BTreeMap::new();
     for v in 1..=versions {
         for u in 0..user_count {
             let id = format!("user_{prefix}_{u}");
             let email = format!("{prefix}{u}-v{v}@example.com");
-            let kind = if v == 1 { "user.created" } else { "user.updated" };
+            let kind = if v == 1 {
+                "user.created"
+            } else {
+                "user.updated"
+            };
             let s = state(&id, Some(&email), &format!("V{v}"), v * 10);
-            out.push((format!("msg_{prefix}_{u}_{v}"), events::user_event(kind, &s)));
+            out.push((
+                format!("msg_{prefix}_{u}_{v}"),
+                events::user_event(kind, &s),
+            ));
             expected.insert(
                 id,
-                Row { email: Some(email), first_name: Some(format!("V{v}")), last_name: Some("Synth".into()), version: v * 10 },
+                Row {
+                    email: Some(email),
+                    first_name: Some(format!("V{v}")),
+                    last_name: Some("Synth".into()),
+                    version: v * 10,
+                },
             );
         }
     }
@@ -41,7 +58,10 @@ fn host_port(url: &str) -> String {
 fn metric(metrics: &str, outcome: &str) -> u64 {
     metrics
         .lines()
-        .filter(|l| l.starts_with("clerk_sync_events_total{") && l.contains(&format!("outcome=\"{outcome}\"")))
+        .filter(|l| {
+            l.starts_with("clerk_sync_events_total{")
+                && l.contains(&format!("outcome=\"{outcome}\""))
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum()
 }
@@ -52,16 +72,25 @@ async fn a_database_cut_for_ten_seconds_mid_stream_loses_nothing_and_applies_not
     let broker = TestBroker::new().await;
     let proxy = TcpProxy::start(&host_port(&testkit::postgres_root())).await;
     let via_proxy = format!("postgres://postgres@{}/{}", proxy.addr(), db.name);
-    let worker = spawn_worker_at(&via_proxy, &broker, &[("MAX_ATTEMPTS", "60"), ("WORKER_CONCURRENCY", "4")]).await;
+    let worker = spawn_worker_at(
+        &via_proxy,
+        &broker,
+        &[("MAX_ATTEMPTS", "60"), ("WORKER_CONCURRENCY", "4")],
+    )
+    .await;
     let (events, expected) = stream("dbcut", 250, 2);
     assert_eq!(events.len(), 500);
 
     for (id, body) in &events[..250] {
         broker.publish_event(id, body).await;
     }
-    eventually(Duration::from_secs(30), "part of the stream applied", || async {
-        (scalar(&db.conn, "SELECT count(*) FROM processed_events").await >= 100).then_some(())
-    })
+    eventually(
+        Duration::from_secs(30),
+        "part of the stream applied",
+        || async {
+            (scalar(&db.conn, "SELECT count(*) FROM processed_events").await >= 100).then_some(())
+        },
+    )
     .await;
     proxy.cut();
     for (id, body) in &events[250..] {
@@ -72,17 +101,27 @@ async fn a_database_cut_for_ten_seconds_mid_stream_loses_nothing_and_applies_not
 
     wait_for_users(&db.conn, &expected, Duration::from_secs(90)).await;
     eventually(Duration::from_secs(60), "every event settled", || async {
-        (scalar(&db.conn, "SELECT count(*) FROM processed_events").await == 500 && broker.total_ready().await == 0)
+        (scalar(&db.conn, "SELECT count(*) FROM processed_events").await == 500
+            && broker.total_ready().await == 0)
             .then_some(())
     })
     .await;
     let metrics = worker.metrics().await;
-    assert_eq!(broker.count(&broker.topology.dead_queue()).await, 0, "nothing dead-lettered");
+    assert_eq!(
+        broker.count(&broker.topology.dead_queue()).await,
+        0,
+        "nothing dead-lettered"
+    );
     assert_eq!(metric(&metrics, "dead_lettered"), 0, "{metrics}");
-    assert!(metric(&metrics, "retried") > 0, "the outage was noticed: {metrics}");
+    assert!(
+        metric(&metrics, "retried") > 0,
+        "the outage was noticed: {metrics}"
+    );
     // Each event settled exactly once; a commit whose reply was lost in the cut shows up as a
     // detected duplicate, never as a second apply.
-    let settled = metric(&metrics, "applied") + metric(&metrics, "skipped_stale") + metric(&metrics, "duplicate");
+    let settled = metric(&metrics, "applied")
+        + metric(&metrics, "skipped_stale")
+        + metric(&metrics, "duplicate");
     assert_eq!(settled, 500, "{metrics}");
     worker.stop().await;
 }
@@ -98,14 +137,20 @@ async fn a_broker_cut_and_restored_is_survived_by_the_same_worker_process() {
     for (id, body) in &events[..20] {
         broker.publish_event(id, body).await;
     }
-    eventually(Duration::from_secs(20), "the first half applied", || async {
-        (scalar(&db.conn, "SELECT count(*) FROM processed_events").await == 20).then_some(())
-    })
+    eventually(
+        Duration::from_secs(20),
+        "the first half applied",
+        || async {
+            (scalar(&db.conn, "SELECT count(*) FROM processed_events").await == 20).then_some(())
+        },
+    )
     .await;
 
     proxy.cut();
     eventually(Duration::from_secs(10), "readyz to fail", || async {
-        let r = reqwest::get(format!("http://127.0.0.1:{}/readyz", worker.port)).await.ok()?;
+        let r = reqwest::get(format!("http://127.0.0.1:{}/readyz", worker.port))
+            .await
+            .ok()?;
         (r.status() == 503).then_some(())
     })
     .await;
@@ -113,11 +158,16 @@ async fn a_broker_cut_and_restored_is_survived_by_the_same_worker_process() {
         broker.publish_event(id, body).await;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(scalar(&db.conn, "SELECT count(*) FROM processed_events").await, 20);
+    assert_eq!(
+        scalar(&db.conn, "SELECT count(*) FROM processed_events").await,
+        20
+    );
     proxy.restore();
 
     wait_for_users(&db.conn, &expected, Duration::from_secs(60)).await;
-    let r = reqwest::get(format!("http://127.0.0.1:{}/readyz", worker.port)).await.unwrap();
+    let r = reqwest::get(format!("http://127.0.0.1:{}/readyz", worker.port))
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     worker.stop().await;
 }
@@ -136,7 +186,11 @@ fn start_worker_process(db: &TestDb, broker: &TestBroker) -> KillOnDrop {
         Command::new(env!("CARGO_BIN_EXE_worker"))
             .arg("run")
             .env_clear()
-            .envs(worker_settings(&db.url, broker, &[("WORKER_CONCURRENCY", "4"), ("LOG_FORMAT", "json")]))
+            .envs(worker_settings(
+                &db.url,
+                broker,
+                &[("WORKER_CONCURRENCY", "4"), ("LOG_FORMAT", "json")],
+            ))
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -155,20 +209,28 @@ async fn a_worker_killed_with_sigkill_mid_stream_is_finished_by_a_restarted_one(
         broker.publish_event(id, body).await;
     }
     let mut first = start_worker_process(&db, &broker);
-    eventually(Duration::from_secs(30), "the first worker under way", || async {
-        (scalar(&db.conn, "SELECT count(*) FROM processed_events").await >= 30).then_some(())
-    })
+    eventually(
+        Duration::from_secs(30),
+        "the first worker under way",
+        || async {
+            (scalar(&db.conn, "SELECT count(*) FROM processed_events").await >= 30).then_some(())
+        },
+    )
     .await;
 
     first.0.kill().unwrap(); // SIGKILL
     first.0.wait().unwrap();
     let done_before = scalar(&db.conn, "SELECT count(*) FROM processed_events").await;
-    assert!(done_before < 300, "killed too late to test anything ({done_before} done)");
+    assert!(
+        done_before < 300,
+        "killed too late to test anything ({done_before} done)"
+    );
     let _second = start_worker_process(&db, &broker);
 
     wait_for_users(&db.conn, &expected, Duration::from_secs(60)).await;
     eventually(Duration::from_secs(30), "every event settled", || async {
-        (scalar(&db.conn, "SELECT count(*) FROM processed_events").await == 300 && broker.total_ready().await == 0)
+        (scalar(&db.conn, "SELECT count(*) FROM processed_events").await == 300
+            && broker.total_ready().await == 0)
             .then_some(())
     })
     .await;

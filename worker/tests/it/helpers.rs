@@ -1,4 +1,7 @@
-use std::{collections::{BTreeMap, HashMap}, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::Duration,
+};
 
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
 use testkit::{TestBroker, TestDb};
@@ -12,7 +15,11 @@ pub struct TestWorker {
 }
 
 /// Settings for a worker on this database and prefix, quick retries, `extra` on top.
-pub fn worker_settings(db_url: &str, broker: &TestBroker, extra: &[(&str, &str)]) -> HashMap<String, String> {
+pub fn worker_settings(
+    db_url: &str,
+    broker: &TestBroker,
+    extra: &[(&str, &str)],
+) -> HashMap<String, String> {
     let mut settings: HashMap<String, String> = broker.settings().into_iter().collect();
     settings.insert("DATABASE_URL".into(), db_url.into());
     settings.insert("WORKER_ADDR".into(), "127.0.0.1:0".into());
@@ -29,7 +36,11 @@ pub async fn spawn_worker(db: &TestDb, broker: &TestBroker, extra: &[(&str, &str
     spawn_worker_at(&db.url, broker, extra).await
 }
 
-pub async fn spawn_worker_at(db_url: &str, broker: &TestBroker, extra: &[(&str, &str)]) -> TestWorker {
+pub async fn spawn_worker_at(
+    db_url: &str,
+    broker: &TestBroker,
+    extra: &[(&str, &str)],
+) -> TestWorker {
     let settings = worker_settings(db_url, broker, extra);
     let config = Config::from_lookup(|name| settings.get(name).cloned()).unwrap();
     let app = Application::build(config).await.unwrap();
@@ -109,7 +120,12 @@ pub async fn scalar(db: &DatabaseConnection, sql: &str) -> i64 {
     row.try_get_by_index::<i64>(0).unwrap()
 }
 
-pub fn state(id: &str, email: Option<&str>, first: &str, updated_at: i64) -> testkit::events::UserState {
+pub fn state(
+    id: &str,
+    email: Option<&str>,
+    first: &str,
+    updated_at: i64,
+) -> testkit::events::UserState {
     testkit::events::UserState {
         id: id.into(),
         email: email.map(Into::into),
@@ -120,7 +136,11 @@ pub fn state(id: &str, email: Option<&str>, first: &str, updated_at: i64) -> tes
 }
 
 /// Waits until the users table equals `expected`.
-pub async fn wait_for_users(db: &DatabaseConnection, expected: &BTreeMap<String, Row>, timeout: Duration) {
+pub async fn wait_for_users(
+    db: &DatabaseConnection,
+    expected: &BTreeMap<String, Row>,
+    timeout: Duration,
+) {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let actual = users(db).await;
@@ -128,13 +148,24 @@ pub async fn wait_for_users(db: &DatabaseConnection, expected: &BTreeMap<String,
             return;
         }
         if tokio::time::Instant::now() > deadline {
-            let missing: Vec<_> = expected.iter().filter(|(k, v)| actual.get(*k) != Some(v)).take(5).collect();
-            let extra: Vec<_> = actual.keys().filter(|k| !expected.contains_key(*k)).take(5).collect();
+            let missing: Vec<_> = expected
+                .iter()
+                .filter(|(k, v)| actual.get(*k) != Some(v))
+                .take(5)
+                .collect();
+            let extra: Vec<_> = actual
+                .keys()
+                .filter(|k| !expected.contains_key(*k))
+                .take(5)
+                .collect();
             panic!(
                 "users did not converge within {timeout:?}: {} rows, {} expected; first mismatches {missing:?}; unexpected {extra:?}; actual of those {:?}",
                 actual.len(),
                 expected.len(),
-                missing.iter().map(|(k, _)| actual.get(*k)).collect::<Vec<_>>()
+                missing
+                    .iter()
+                    .map(|(k, _)| actual.get(*k))
+                    .collect::<Vec<_>>()
             );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

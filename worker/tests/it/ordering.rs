@@ -20,23 +20,52 @@ async fn a_created_arriving_after_a_newer_updated_changes_nothing() {
     let worker = spawn_worker(&db, &broker, &[]).await;
 
     broker
-        .publish_event("msg_o1_2", &events::user_event("user.updated", &state("user_o1", Some("o1@example.com"), "New", 20)))
+        .publish_event(
+            "msg_o1_2",
+            &events::user_event(
+                "user.updated",
+                &state("user_o1", Some("o1@example.com"), "New", 20),
+            ),
+        )
         .await;
-    let expected = BTreeMap::from([("user_o1".to_string(), row(Some("o1@example.com"), "New", 20))]);
+    let expected = BTreeMap::from([(
+        "user_o1".to_string(),
+        row(Some("o1@example.com"), "New", 20),
+    )]);
     wait_for_users(&db.conn, &expected, Duration::from_secs(20)).await;
-    let id_before = scalar(&db.conn, "SELECT count(*) FROM users WHERE clerk_user_id = 'user_o1'").await;
+    let id_before = scalar(
+        &db.conn,
+        "SELECT count(*) FROM users WHERE clerk_user_id = 'user_o1'",
+    )
+    .await;
     broker
-        .publish_event("msg_o1_1", &events::user_event("user.created", &state("user_o1", Some("old@example.com"), "Old", 10)))
+        .publish_event(
+            "msg_o1_1",
+            &events::user_event(
+                "user.created",
+                &state("user_o1", Some("old@example.com"), "Old", 10),
+            ),
+        )
         .await;
     broker
-        .publish_event("msg_o1_3", &events::user_event("user.updated", &state("user_o1", Some("o1@example.com"), "Same", 20)))
+        .publish_event(
+            "msg_o1_3",
+            &events::user_event(
+                "user.updated",
+                &state("user_o1", Some("o1@example.com"), "Same", 20),
+            ),
+        )
         .await;
 
     testkit::eventually(Duration::from_secs(20), "both settled", || async {
         (scalar(&db.conn, "SELECT count(*) FROM processed_events").await == 3).then_some(())
     })
     .await;
-    assert_eq!(users(&db.conn).await, expected, "older and equal versions change nothing");
+    assert_eq!(
+        users(&db.conn).await,
+        expected,
+        "older and equal versions change nothing"
+    );
     assert_eq!(id_before, 1);
     worker.stop().await;
 }
@@ -47,11 +76,26 @@ async fn two_users_swapping_emails_in_the_worst_order_converge_without_help() {
     let broker = TestBroker::new().await;
     let worker = spawn_worker(&db, &broker, &[]).await;
     // Clerk timeline: u1 has x, u2 has y; u1 moves to a temporary address, u2 takes x, u1 takes y.
-    let t1 = events::user_event("user.created", &state("user_s1", Some("x@example.com"), "One", 1));
-    let t2 = events::user_event("user.created", &state("user_s2", Some("y@example.com"), "Two", 2));
-    let t3 = events::user_event("user.updated", &state("user_s1", Some("tmp@example.com"), "One", 3));
-    let t4 = events::user_event("user.updated", &state("user_s2", Some("x@example.com"), "Two", 4));
-    let t5 = events::user_event("user.updated", &state("user_s1", Some("y@example.com"), "One", 5));
+    let t1 = events::user_event(
+        "user.created",
+        &state("user_s1", Some("x@example.com"), "One", 1),
+    );
+    let t2 = events::user_event(
+        "user.created",
+        &state("user_s2", Some("y@example.com"), "Two", 2),
+    );
+    let t3 = events::user_event(
+        "user.updated",
+        &state("user_s1", Some("tmp@example.com"), "One", 3),
+    );
+    let t4 = events::user_event(
+        "user.updated",
+        &state("user_s2", Some("x@example.com"), "Two", 4),
+    );
+    let t5 = events::user_event(
+        "user.updated",
+        &state("user_s1", Some("y@example.com"), "One", 5),
+    );
     broker.publish_event("msg_s_1", &t1).await;
     broker.publish_event("msg_s_2", &t2).await;
     wait_for_users(
@@ -90,7 +134,13 @@ async fn a_stale_event_wanting_an_address_a_newer_row_holds_waits_for_its_own_ne
     let worker = spawn_worker(&db, &broker, &[]).await;
     // Clerk timeline: u1 signs up with x (1), moves to w (2); u2 then signs up with x (3).
     broker
-        .publish_event("msg_h_3", &events::user_event("user.created", &state("user_h2", Some("x@example.com"), "Two", 3)))
+        .publish_event(
+            "msg_h_3",
+            &events::user_event(
+                "user.created",
+                &state("user_h2", Some("x@example.com"), "Two", 3),
+            ),
+        )
         .await;
     wait_for_users(
         &db.conn,
@@ -100,11 +150,23 @@ async fn a_stale_event_wanting_an_address_a_newer_row_holds_waits_for_its_own_ne
     .await;
     // u1's creation arrives while x belongs to the newer u2 row: it must be retried, not failed.
     broker
-        .publish_event("msg_h_1", &events::user_event("user.created", &state("user_h1", Some("x@example.com"), "One", 1)))
+        .publish_event(
+            "msg_h_1",
+            &events::user_event(
+                "user.created",
+                &state("user_h1", Some("x@example.com"), "One", 1),
+            ),
+        )
         .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     broker
-        .publish_event("msg_h_2", &events::user_event("user.updated", &state("user_h1", Some("w@example.com"), "One", 2)))
+        .publish_event(
+            "msg_h_2",
+            &events::user_event(
+                "user.updated",
+                &state("user_h1", Some("w@example.com"), "One", 2),
+            ),
+        )
         .await;
 
     wait_for_users(
@@ -116,9 +178,13 @@ async fn a_stale_event_wanting_an_address_a_newer_row_holds_waits_for_its_own_ne
         Duration::from_secs(30),
     )
     .await;
-    testkit::eventually(Duration::from_secs(20), "the retried creation settled", || async {
-        (scalar(&db.conn, "SELECT count(*) FROM processed_events").await == 3).then_some(())
-    })
+    testkit::eventually(
+        Duration::from_secs(20),
+        "the retried creation settled",
+        || async {
+            (scalar(&db.conn, "SELECT count(*) FROM processed_events").await == 3).then_some(())
+        },
+    )
     .await;
     assert_eq!(broker.count(&broker.topology.dead_queue()).await, 0);
     worker.stop().await;
@@ -129,21 +195,35 @@ async fn events_after_a_delete_never_resurrect_the_user() {
     let db = TestDb::empty().await;
     let broker = TestBroker::new().await;
     let worker = spawn_worker(&db, &broker, &[]).await;
-    let created = events::user_event("user.created", &state("user_d1", Some("d1@example.com"), "Gone", 10));
+    let created = events::user_event(
+        "user.created",
+        &state("user_d1", Some("d1@example.com"), "Gone", 10),
+    );
     broker.publish_event("msg_d_1", &created).await;
     wait_for_users(
         &db.conn,
-        &BTreeMap::from([("user_d1".to_string(), row(Some("d1@example.com"), "Gone", 10))]),
+        &BTreeMap::from([(
+            "user_d1".to_string(),
+            row(Some("d1@example.com"), "Gone", 10),
+        )]),
         Duration::from_secs(20),
     )
     .await;
 
-    broker.publish_event("msg_d_2", &events::user_deleted("user_d1", 30)).await;
+    broker
+        .publish_event("msg_d_2", &events::user_deleted("user_d1", 30))
+        .await;
     wait_for_users(&db.conn, &BTreeMap::new(), Duration::from_secs(20)).await;
     // A late update (newer version than anything seen) and a replayed creation (new Svix id, as a
     // dashboard replay would have).
     broker
-        .publish_event("msg_d_3", &events::user_event("user.updated", &state("user_d1", Some("d1@example.com"), "Back", 99)))
+        .publish_event(
+            "msg_d_3",
+            &events::user_event(
+                "user.updated",
+                &state("user_d1", Some("d1@example.com"), "Back", 99),
+            ),
+        )
         .await;
     broker.publish_event("msg_d_4", &created).await;
 
@@ -152,12 +232,18 @@ async fn events_after_a_delete_never_resurrect_the_user() {
     })
     .await;
     assert!(users(&db.conn).await.is_empty());
-    assert_eq!(scalar(&db.conn, "SELECT count(*) FROM deleted_users").await, 1);
+    assert_eq!(
+        scalar(&db.conn, "SELECT count(*) FROM deleted_users").await,
+        1
+    );
     let tombstone_has_no_id = scalar(
         &db.conn,
         "SELECT count(*) FROM deleted_users WHERE clerk_user_id_sha256 LIKE '%user_d1%'",
     )
     .await;
-    assert_eq!(tombstone_has_no_id, 0, "the tombstone holds no Clerk id in clear");
+    assert_eq!(
+        tombstone_has_no_id, 0,
+        "the tombstone holds no Clerk id in clear"
+    );
     worker.stop().await;
 }
