@@ -1,0 +1,3 @@
+//! `api`: the read API.
+
+fn main() {}

@@ -1,0 +1,1 @@
+//! Calendar connections (being built).
