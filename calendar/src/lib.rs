@@ -1,1 +1,46 @@
-//! Calendar connections (being built).
+//! Calendar connections: which of a Clerk user's external accounts are Google or Microsoft
+//! calendar connections ([`accounts`]), the client for Clerk's Backend API that hands out their
+//! access tokens ([`clerk`]), encryption of tokens at rest ([`crypto`]), and the reads and writes
+//! of `user_calendar_connections` ([`store`]).
+
+pub mod accounts;
+pub mod clerk;
+pub mod crypto;
+pub mod store;
+
+/// A calendar provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Provider {
+    Google,
+    Microsoft,
+}
+
+impl Provider {
+    /// `google` or `microsoft`, as stored and served.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Google => "google",
+            Self::Microsoft => "microsoft",
+        }
+    }
+
+    /// Clerk's name of the OAuth provider (`oauth_google`, `oauth_microsoft`).
+    pub fn clerk_name(&self) -> &'static str {
+        match self {
+            Self::Google => "oauth_google",
+            Self::Microsoft => "oauth_microsoft",
+        }
+    }
+
+    /// Parses `google` / `microsoft` (also Clerk's `oauth_…` names), case-insensitively.
+    pub fn parse(value: &str) -> Option<Self> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "google" | "oauth_google" => Some(Self::Google),
+            "microsoft" | "oauth_microsoft" => Some(Self::Microsoft),
+            _ => None,
+        }
+    }
+
+    /// Both providers.
+    pub const ALL: [Provider; 2] = [Provider::Google, Provider::Microsoft];
+}

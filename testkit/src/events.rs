@@ -64,3 +64,35 @@ pub fn user_deleted(id: &str, timestamp: i64) -> Vec<u8> {
     ))
     .unwrap()
 }
+
+/// A `user.created` / `user.updated` body whose user has these external accounts.
+pub fn user_event_with_accounts(event_type: &str, state: &UserState, accounts: Vec<Value>) -> Vec<u8> {
+    let mut user = user_object(state);
+    user["external_accounts"] = Value::Array(accounts);
+    serde_json::to_vec(&envelope(event_type, user, state.updated_at)).unwrap()
+}
+
+/// A verified Google account with the calendar scope (current shape).
+pub fn google_calendar_account(provider_user_id: &str, external_account_id: &str) -> Value {
+    json!({
+        "object": "external_account", "id": format!("idn_{external_account_id}"),
+        "external_account_id": external_account_id, "identification_id": format!("idn_{external_account_id}"),
+        "provider": "oauth_google", "provider_user_id": provider_user_id,
+        "approved_scopes": "email https://www.googleapis.com/auth/calendar.events https://www.googleapis.com/auth/userinfo.email openid profile",
+        "email_address": "ada@example.com", "first_name": "Ada", "last_name": "Synth",
+        "verification": {"status": "verified", "strategy": "oauth_google"},
+        "created_at": 1_735_770_000_000_i64, "updated_at": 1_735_776_000_200_i64
+    })
+}
+
+/// A verified Microsoft account with the calendar scope.
+pub fn microsoft_calendar_account(provider_user_id: &str, external_account_id: &str) -> Value {
+    json!({
+        "object": "external_account", "id": format!("idn_{external_account_id}"),
+        "external_account_id": external_account_id, "provider": "oauth_microsoft",
+        "provider_user_id": provider_user_id,
+        "approved_scopes": "Calendars.ReadWrite email offline_access openid profile User.Read",
+        "email_address": "ada@contoso.example",
+        "verification": {"status": "verified", "strategy": "oauth_microsoft"}
+    })
+}

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod events;
+pub mod fake_clerk;
 pub mod proxy;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

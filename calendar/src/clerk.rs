@@ -1,0 +1,313 @@
+//! A small client for Clerk's Backend API: OAuth access tokens of a user's connected accounts,
+//! and the user list (for backfills). The secret key never appears in `Debug`, logs or errors.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::Provider;
+
+/// The default `CLERK_API_URL`.
+pub const DEFAULT_API_URL: &str = "https://api.clerk.com";
+
+/// A failed call to Clerk.
+#[derive(Debug, thiserror::Error)]
+pub enum ClerkError {
+    #[error("CLERK_API_URL {0:?} is not an http(s) URL")]
+    BadUrl(String),
+    #[error("Clerk rate-limited the request (retry after {retry_after:?})")]
+    RateLimited { retry_after: Option<Duration> },
+    #[error("Clerk answered {status}: {message}")]
+    Status { status: u16, message: String },
+    #[error("Clerk did not answer in time")]
+    Timeout,
+    #[error("cannot reach Clerk: {0}")]
+    Network(String),
+    #[error("Clerk's answer could not be read: {0}")]
+    Decode(String),
+}
+
+impl ClerkError {
+    /// Whether trying again later can succeed: rate limits, 5xx, timeouts, network trouble, and
+    /// 401/403 (a secret key being fixed by ops).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::RateLimited { .. } | Self::Timeout | Self::Network(_) => true,
+            Self::Status { status, .. } => *status >= 500 || *status == 401 || *status == 403,
+            Self::BadUrl(_) | Self::Decode(_) => false,
+        }
+    }
+}
+
+/// An OAuth access token as Clerk hands it out.
+#[derive(Clone, PartialEq, Eq)]
+pub struct OAuthToken {
+    pub token: String,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub external_account_id: Option<String>,
+    pub provider_user_id: Option<String>,
+    pub scopes: Vec<String>,
+}
+
+impl std::fmt::Debug for OAuthToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OAuthToken")
+            .field("token", &"[redacted]")
+            .field("expires_at", &self.expires_at)
+            .field("external_account_id", &self.external_account_id)
+            .field("provider_user_id", &self.provider_user_id)
+            .finish()
+    }
+}
+
+#[derive(Deserialize)]
+struct RawToken {
+    token: String,
+    #[serde(default)]
+    expires_at: Option<i64>,
+    #[serde(default)]
+    external_account_id: Option<String>,
+    #[serde(default)]
+    provider_user_id: Option<String>,
+    #[serde(default)]
+    scopes: Option<Vec<String>>,
+}
+
+/// Clerk's `expires_at` has no documented unit: values above 1e12 are milliseconds.
+fn timestamp(value: i64) -> Option<DateTime<Utc>> {
+    if value > 1_000_000_000_000 {
+        DateTime::from_timestamp_millis(value)
+    } else {
+        DateTime::from_timestamp(value, 0)
+    }
+}
+
+/// The Backend API client.
+#[derive(Clone)]
+pub struct ClerkClient {
+    http: reqwest::Client,
+    base: String,
+    secret_key: String,
+}
+
+impl std::fmt::Debug for ClerkClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClerkClient")
+            .field("base", &self.base)
+            .field("secret_key", &"[redacted]")
+            .finish()
+    }
+}
+
+impl ClerkClient {
+    /// A client for `base_url` (e.g. `https://api.clerk.com`) authenticating with `secret_key`.
+    pub fn new(base_url: &str, secret_key: &str, timeout: Duration) -> Result<Self, ClerkError> {
+        let base = base_url.trim_end_matches('/').to_owned();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(ClerkError::BadUrl(base));
+        }
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .build()
+            .map_err(|e| ClerkError::Network(e.to_string()))?;
+        Ok(Self {
+            http,
+            base,
+            secret_key: secret_key.to_owned(),
+        })
+    }
+
+    async fn get(&self, path: &str, query: &[(&str, String)]) -> Result<Value, ClerkError> {
+        let response = self
+            .http
+            .get(format!("{}/v1{path}", self.base))
+            .query(query)
+            .bearer_auth(&self.secret_key)
+            .header("Clerk-API-Version", "2025-11-10")
+            .send()
+            .await
+            // Errors are described without their URL: it holds user ids, and a proxy URL
+            // could hold credentials.
+            .map_err(|e| {
+                if e.is_timeout() {
+                    ClerkError::Timeout
+                } else {
+                    ClerkError::Network(e.without_url().to_string())
+                }
+            })?;
+        let status = response.status();
+        if status.as_u16() == 429 {
+            let retry_after = response
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            return Err(ClerkError::RateLimited { retry_after });
+        }
+        let body = response.bytes().await.map_err(|e| {
+            if e.is_timeout() {
+                ClerkError::Timeout
+            } else {
+                ClerkError::Network(e.without_url().to_string())
+            }
+        })?;
+        if !status.is_success() {
+            return Err(ClerkError::Status {
+                status: status.as_u16(),
+                message: error_message(&body),
+            });
+        }
+        serde_json::from_slice(&body).map_err(|e| ClerkError::Decode(e.to_string()))
+    }
+
+    /// The user's access tokens for `provider` (one per connected account of that provider).
+    /// A user or account Clerk does not know gives an empty list.
+    pub async fn oauth_tokens(
+        &self,
+        clerk_user_id: &str,
+        provider: Provider,
+    ) -> Result<Vec<OAuthToken>, ClerkError> {
+        let path = format!(
+            "/users/{}/oauth_access_tokens/{}",
+            encode_segment(clerk_user_id),
+            provider.clerk_name()
+        );
+        let value = match self.get(&path, &[]).await {
+            Err(ClerkError::Status { status: 404, .. }) => return Ok(Vec::new()),
+            other => other?,
+        };
+        // A bare array, or `{"data": [...]}` when paginated.
+        let items = match value {
+            Value::Array(items) => items,
+            Value::Object(mut map) => match map.remove("data") {
+                Some(Value::Array(items)) => items,
+                _ => return Err(ClerkError::Decode("no token list in the answer".into())),
+            },
+            _ => return Err(ClerkError::Decode("no token list in the answer".into())),
+        };
+        items
+            .into_iter()
+            .map(|item| {
+                let raw: RawToken =
+                    serde_json::from_value(item).map_err(|e| ClerkError::Decode(e.to_string()))?;
+                Ok(OAuthToken {
+                    token: raw.token,
+                    expires_at: raw.expires_at.and_then(timestamp),
+                    external_account_id: raw.external_account_id,
+                    provider_user_id: raw.provider_user_id,
+                    scopes: raw.scopes.unwrap_or_default(),
+                })
+            })
+            .collect()
+    }
+
+    /// One page of users (`GET /v1/users?limit=&offset=`), newest first, as raw user objects.
+    pub async fn list_users(&self, limit: u32, offset: u64) -> Result<Vec<Value>, ClerkError> {
+        let value = self
+            .get(
+                "/users",
+                &[
+                    ("limit", limit.min(500).to_string()),
+                    ("offset", offset.to_string()),
+                    ("order_by", "+created_at".into()),
+                ],
+            )
+            .await?;
+        match value {
+            Value::Array(items) => Ok(items),
+            Value::Object(mut map) => match map.remove("data") {
+                Some(Value::Array(items)) => Ok(items),
+                _ => Err(ClerkError::Decode("no user list in the answer".into())),
+            },
+            _ => Err(ClerkError::Decode("no user list in the answer".into())),
+        }
+    }
+}
+
+/// The token for one account among a provider's tokens: by external account id, then by
+/// provider user id, then the only one.
+pub fn token_for<'a>(
+    tokens: &'a [OAuthToken],
+    external_account_id: &str,
+    provider_user_id: &str,
+) -> Option<&'a OAuthToken> {
+    tokens
+        .iter()
+        .find(|t| t.external_account_id.as_deref() == Some(external_account_id))
+        .or_else(|| {
+            tokens
+                .iter()
+                .find(|t| t.provider_user_id.as_deref() == Some(provider_user_id))
+        })
+        .or_else(|| (tokens.len() == 1).then(|| &tokens[0]))
+}
+
+/// Clerk's `{"errors":[{"message","long_message","code"}]}`, shortened; never echoes tokens
+/// since Clerk's error bodies carry none.
+fn error_message(body: &[u8]) -> String {
+    let parsed: Option<Value> = serde_json::from_slice(body).ok();
+    parsed
+        .as_ref()
+        .and_then(|v| v.get("errors"))
+        .and_then(|e| e.get(0))
+        .and_then(|e| e.get("code").or_else(|| e.get("message")))
+        .and_then(Value::as_str)
+        .map(|s| s.chars().take(200).collect())
+        .unwrap_or_else(|| "no error details".into())
+}
+
+fn encode_segment(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expires_at_in_seconds_or_milliseconds_is_read_right() {
+        assert_eq!(timestamp(1_735_689_600), DateTime::from_timestamp(1_735_689_600, 0));
+        assert_eq!(timestamp(1_735_689_600_000), DateTime::from_timestamp(1_735_689_600, 0));
+    }
+
+    #[test]
+    fn transient_errors_are_the_ones_a_retry_can_fix() {
+        assert!(ClerkError::RateLimited { retry_after: None }.is_transient());
+        assert!(ClerkError::Status { status: 503, message: String::new() }.is_transient());
+        assert!(!ClerkError::Status { status: 422, message: String::new() }.is_transient());
+        assert!(!ClerkError::Decode(String::new()).is_transient());
+    }
+
+    #[test]
+    fn the_secret_key_is_not_in_debug_output() {
+        let client = ClerkClient::new("http://127.0.0.1:1", "sk_test_hunter2", Duration::from_secs(1)).expect("client");
+        assert!(!format!("{client:?}").contains("hunter2"));
+        let token = OAuthToken {
+            token: "ya29.abc".into(),
+            expires_at: None,
+            external_account_id: None,
+            provider_user_id: None,
+            scopes: vec![],
+        };
+        assert!(!format!("{token:?}").contains("ya29"));
+    }
+
+    #[test]
+    fn path_segments_are_encoded() {
+        assert_eq!(encode_segment("user_2abc"), "user_2abc");
+        assert_eq!(encode_segment("a/../b"), "a%2F%2E%2E%2Fb");
+    }
+}

@@ -1,0 +1,202 @@
+//! A local stand-in for Clerk's Backend API (the one fake the tests may use: Clerk cannot be
+//! reached from here). Serves OAuth access tokens and the user list, and can be told to fail.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    convert::Infallible,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::{body::Incoming, service::service_fn};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+/// The secret key the fake expects in `Authorization: Bearer`.
+pub const SECRET_KEY: &str = "sk_test_fakeclerkSYNTHkey000000000000";
+
+#[derive(Default)]
+struct State {
+    /// (clerk user id, `oauth_google`) -> token objects.
+    tokens: HashMap<(String, String), Vec<Value>>,
+    /// Statuses to answer before serving normally again.
+    failures: VecDeque<u16>,
+    /// User objects served by `GET /v1/users`, in order.
+    users: Vec<Value>,
+}
+
+/// A running fake; stops when dropped.
+pub struct FakeClerk {
+    url: String,
+    state: Arc<Mutex<State>>,
+    requests: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FakeClerk {
+    /// Starts on a free port.
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let state = Arc::new(Mutex::new(State::default()));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let task = {
+            let state = state.clone();
+            let requests = requests.clone();
+            tokio::spawn(async move {
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else { continue };
+                    let state = state.clone();
+                    let requests = requests.clone();
+                    tokio::spawn(async move {
+                        let service = service_fn(move |request: Request<Incoming>| {
+                            requests.fetch_add(1, Ordering::SeqCst);
+                            let response = answer(&state, &request);
+                            async move { Ok::<_, Infallible>(response) }
+                        });
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    });
+                }
+            })
+        };
+        Self { url, state, requests, task }
+    }
+
+    /// The base URL, for `CLERK_API_URL`.
+    pub fn url(&self) -> String {
+        self.url.clone()
+    }
+
+    /// Serves `token` as the access token of this user's account of `provider` (`oauth_google`
+    /// or `oauth_microsoft`), replacing any token of the same account.
+    pub fn set_token(
+        &self,
+        clerk_user_id: &str,
+        provider: &str,
+        token: &str,
+        expires_at_ms: Option<i64>,
+        provider_user_id: &str,
+        external_account_id: &str,
+    ) {
+        let mut state = self.state.lock().unwrap();
+        let list = state
+            .tokens
+            .entry((clerk_user_id.to_owned(), provider.to_owned()))
+            .or_default();
+        list.retain(|t| t["external_account_id"] != external_account_id);
+        list.push(json!({
+            "object": "oauth_access_token", "external_account_id": external_account_id,
+            "provider_user_id": provider_user_id, "token": token, "provider": provider,
+            "expires_at": expires_at_ms, "scopes": ["openid", "email"], "label": null,
+            "public_metadata": {}
+        }));
+    }
+
+    /// Stops serving tokens for this user and provider.
+    pub fn remove_tokens(&self, clerk_user_id: &str, provider: &str) {
+        self.state
+            .lock()
+            .unwrap()
+            .tokens
+            .remove(&(clerk_user_id.to_owned(), provider.to_owned()));
+    }
+
+    /// Answers the next `times` requests with `status` (429 comes with `Retry-After: 1`).
+    pub fn fail_next(&self, status: u16, times: usize) {
+        let mut state = self.state.lock().unwrap();
+        for _ in 0..times {
+            state.failures.push_back(status);
+        }
+    }
+
+    /// Sets the users served by `GET /v1/users`.
+    pub fn set_users(&self, users: Vec<Value>) {
+        self.state.lock().unwrap().users = users;
+    }
+
+    /// Requests received so far.
+    pub fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for FakeClerk {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
+    response
+}
+
+fn clerk_error(status: StatusCode, code: &str) -> Response<Full<Bytes>> {
+    json_response(
+        status,
+        &json!({"errors": [{"message": code, "long_message": code, "code": code}]}),
+    )
+}
+
+fn answer(state: &Mutex<State>, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let authorized = request
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        == Some(&format!("Bearer {SECRET_KEY}"));
+    if !authorized {
+        return clerk_error(StatusCode::UNAUTHORIZED, "authentication_invalid");
+    }
+    let mut state = state.lock().unwrap();
+    if let Some(status) = state.failures.pop_front() {
+        let mut response = clerk_error(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            "injected_failure",
+        );
+        if status == 429 {
+            response
+                .headers_mut()
+                .insert("retry-after", "1".parse().unwrap());
+        }
+        return response;
+    }
+    let path = request.uri().path().to_owned();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match segments.as_slice() {
+        ["v1", "users", user, "oauth_access_tokens", provider] => {
+            let tokens = state
+                .tokens
+                .get(&((*user).to_owned(), (*provider).to_owned()))
+                .cloned()
+                .unwrap_or_default();
+            json_response(StatusCode::OK, &Value::Array(tokens))
+        }
+        ["v1", "users"] => {
+            let query: HashMap<String, String> = request
+                .uri()
+                .query()
+                .unwrap_or_default()
+                .split('&')
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect();
+            let limit: usize = query.get("limit").and_then(|v| v.parse().ok()).unwrap_or(10);
+            let offset: usize = query.get("offset").and_then(|v| v.parse().ok()).unwrap_or(0);
+            let page: Vec<Value> = state.users.iter().skip(offset).take(limit.min(500)).cloned().collect();
+            json_response(StatusCode::OK, &Value::Array(page))
+        }
+        _ => clerk_error(StatusCode::NOT_FOUND, "resource_not_found"),
+    }
+}
