@@ -89,9 +89,9 @@ impl TestDb {
 impl Drop for TestDb {
     fn drop(&mut self) {
         let name = self.name.clone();
-        let conn = self.conn.clone();
+        // The test's own pool is left alone: its connections belong to the test's runtime, which
+        // is blocked in this drop. FORCE ends them.
         run_detached(async move {
-            let _ = conn.close().await;
             if let Ok(admin) = Database::connect(format!("{}/postgres", postgres_root())).await {
                 let _ = admin
                     .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))

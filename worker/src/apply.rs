@@ -18,7 +18,20 @@ use sea_orm::{
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use calendar::{
+    clerk::ClerkError,
+    crypto::TokenCipher,
+    store::{Fetched, StoreError, sync_connections},
+};
+
 use crate::event::{ClerkEvent, UserSnapshot};
+
+/// The calendar connections an upsert should leave behind (fetched from Clerk beforehand).
+#[derive(Clone, Copy, Default)]
+pub struct CalendarUpdate<'a> {
+    pub fetched: &'a [Fetched],
+    pub cipher: Option<&'a TokenCipher>,
+}
 
 /// What applying an event did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +73,12 @@ pub enum ApplyError {
     /// A database failure.
     #[error("database: {0}")]
     Db(#[from] DbErr),
+    /// Clerk's Backend API failed while fetching calendar tokens.
+    #[error("Clerk API: {0}")]
+    Clerk(#[from] ClerkError),
+    /// Writing calendar connections failed.
+    #[error("calendar connections: {0}")]
+    Store(#[from] StoreError),
 }
 
 impl ApplyError {
@@ -68,6 +87,9 @@ impl ApplyError {
         match self {
             Self::EmailHeld => true,
             Self::Db(error) => is_transient_db(error),
+            Self::Clerk(error) => error.is_transient(),
+            Self::Store(StoreError::Db(error)) => is_transient_db(error),
+            Self::Store(StoreError::Crypto(_)) => false,
         }
     }
 
@@ -75,7 +97,7 @@ impl ApplyError {
     pub fn reason(&self) -> String {
         match self {
             Self::EmailHeld => "email_held_by_other_user".into(),
-            Self::Db(error) => format!("database: {error}"),
+            other => other.to_string(),
         }
     }
 }
@@ -131,6 +153,32 @@ pub fn is_transient_db(error: &DbErr) -> bool {
     }
 }
 
+/// Whether an upsert would change anything right now: not a duplicate, not deleted, newer than
+/// the stored version. Used to skip Clerk API calls for events that will be skipped anyway
+/// (the transaction decides again; versions only grow, so a "no" stays a "no").
+pub async fn upsert_may_apply(
+    db: &DatabaseConnection,
+    svix_id: Option<&str>,
+    user: &UserSnapshot,
+) -> Result<bool, DbErr> {
+    let row = db
+        .query_one_raw(stmt(
+            "SELECT                EXISTS (SELECT 1 FROM processed_events WHERE svix_id = $1) AS duplicate,                EXISTS (SELECT 1 FROM deleted_users WHERE clerk_user_id_sha256 = $2) AS deleted,                EXISTS (SELECT 1 FROM users WHERE clerk_user_id = $3 AND clerk_updated_at >= $4) AS stale",
+            vec![
+                svix_id.unwrap_or_default().into(),
+                tombstone_key(&user.clerk_user_id).into(),
+                user.clerk_user_id.as_str().into(),
+                user.updated_at.into(),
+            ],
+        ))
+        .await?;
+    let Some(row) = row else { return Ok(true) };
+    let duplicate: bool = row.try_get("", "duplicate")?;
+    let deleted: bool = row.try_get("", "deleted")?;
+    let stale: bool = row.try_get("", "stale")?;
+    Ok(!(duplicate || deleted || stale))
+}
+
 /// The tombstone key: SHA-256 of the Clerk user id, so that no personal data outlives the user.
 pub fn tombstone_key(clerk_user_id: &str) -> String {
     let digest = Sha256::digest(clerk_user_id.as_bytes());
@@ -147,12 +195,13 @@ pub async fn try_apply_event(
     svix_id: Option<&str>,
     event_type: &str,
     event: &ClerkEvent,
+    calendar: CalendarUpdate<'_>,
 ) -> Result<Outcome, ApplyError> {
     let Some(clerk_user_id) = event.clerk_user_id() else {
         return Ok(Outcome::Ignored);
     };
     let txn = db.begin().await?;
-    let outcome = apply_in(&txn, svix_id, event_type, clerk_user_id, event).await;
+    let outcome = apply_in(&txn, svix_id, event_type, clerk_user_id, event, calendar).await;
     match outcome {
         Ok(Outcome::Duplicate) => {
             txn.rollback().await?;
@@ -177,6 +226,7 @@ async fn apply_in(
     event_type: &str,
     clerk_user_id: &str,
     event: &ClerkEvent,
+    calendar: CalendarUpdate<'_>,
 ) -> Result<Outcome, ApplyError> {
     txn.execute_raw(stmt(
         "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
@@ -224,7 +274,19 @@ async fn apply_in(
             if deleted.is_some() {
                 return Ok(Outcome::SkippedDeleted);
             }
-            upsert_user(txn, user).await
+            let outcome = upsert_user(txn, user).await?;
+            if outcome == Outcome::Applied {
+                let row = txn
+                    .query_one_raw(stmt(
+                        "SELECT id FROM users WHERE clerk_user_id = $1",
+                        vec![user.clerk_user_id.as_str().into()],
+                    ))
+                    .await?
+                    .ok_or(DbErr::RecordNotFound("the user row just written".into()))?;
+                let user_id: Uuid = row.try_get("", "id")?;
+                sync_connections(txn, calendar.cipher, user_id, calendar.fetched).await?;
+            }
+            Ok(outcome)
         }
         ClerkEvent::Ignored { .. } => Ok(Outcome::Ignored),
     }

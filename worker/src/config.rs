@@ -3,6 +3,10 @@
 use std::{net::SocketAddr, time::Duration};
 
 use broker::{BrokerConfig, BrokerError, Topology};
+use calendar::{
+    clerk::{ClerkClient, ClerkError, DEFAULT_API_URL},
+    crypto::{KeyError, TokenCipher},
+};
 use telemetry::{
     LogFormat,
     settings::{InvalidSetting, duration, log_format, number, socket_addr},
@@ -37,6 +41,11 @@ pub struct Config {
     pub processed_events_retention: Duration,
     /// `LOG_FORMAT`: `plain` (default) or `json`.
     pub log_format: LogFormat,
+    /// `CLERK_SECRET_KEY` + `CLERK_API_URL` (default `https://api.clerk.com`) +
+    /// `CLERK_API_TIMEOUT` (default `10s`): Clerk's Backend API, for calendar tokens and backfills.
+    pub clerk: Option<ClerkClient>,
+    /// `TOKEN_ENCRYPTION_KEY`: base64 keys of 32 bytes, space separated; the first encrypts.
+    pub token_cipher: Option<TokenCipher>,
 }
 
 impl std::fmt::Debug for Config {
@@ -49,6 +58,8 @@ impl std::fmt::Debug for Config {
             .field("prefetch", &self.prefetch)
             .field("concurrency", &self.concurrency)
             .field("max_attempts", &self.max_attempts)
+            .field("clerk", &self.clerk)
+            .field("token_cipher", &self.token_cipher)
             .finish_non_exhaustive()
     }
 }
@@ -60,6 +71,10 @@ pub enum ConfigError {
     Invalid(#[from] InvalidSetting),
     #[error(transparent)]
     Broker(#[from] BrokerError),
+    #[error(transparent)]
+    TokenKey(#[from] KeyError),
+    #[error("CLERK_API_URL: {0}")]
+    Clerk(#[from] ClerkError),
 }
 
 impl Config {
@@ -109,6 +124,18 @@ impl Config {
                 Duration::from_secs(7 * 24 * 3600),
             )?,
             log_format: log_format(&lookup)?,
+            clerk: match lookup("CLERK_SECRET_KEY").filter(|k| !k.trim().is_empty()) {
+                None => None,
+                Some(key) => Some(ClerkClient::new(
+                    &lookup("CLERK_API_URL").unwrap_or_else(|| DEFAULT_API_URL.into()),
+                    key.trim(),
+                    duration(&lookup, "CLERK_API_TIMEOUT", Duration::from_secs(10))?,
+                )?),
+            },
+            token_cipher: match lookup("TOKEN_ENCRYPTION_KEY").filter(|k| !k.trim().is_empty()) {
+                None => None,
+                Some(keys) => Some(TokenCipher::from_setting(&keys)?),
+            },
         })
     }
 }
@@ -132,6 +159,22 @@ mod tests {
         })
         .expect("valid");
         assert!(!format!("{config:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn clerk_and_token_keys_are_optional_but_validated_and_never_printed() {
+        let config = Config::from_lookup(|name| match name {
+            "CLERK_SECRET_KEY" => Some("sk_live_hunter2".into()),
+            "TOKEN_ENCRYPTION_KEY" => Some("MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=".into()),
+            _ => None,
+        })
+        .expect("valid");
+        assert!(config.clerk.is_some() && config.token_cipher.is_some());
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("hunter2") && !debug.contains("MDEyMzQ1"), "{debug}");
+        let err = Config::from_lookup(|name| (name == "TOKEN_ENCRYPTION_KEY").then(|| "short".into()))
+            .expect_err("bad key");
+        assert!(err.to_string().contains("TOKEN_ENCRYPTION_KEY"), "{err}");
     }
 
     #[test]

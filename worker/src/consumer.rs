@@ -34,8 +34,15 @@ use tokio::{
 };
 use tracing::Instrument;
 
+use calendar::{
+    accounts::calendar_accounts,
+    clerk::ClerkClient,
+    crypto::TokenCipher,
+    store::fetch_tokens,
+};
+
 use crate::{
-    apply::{ApplyError, Outcome, try_apply_event},
+    apply::{ApplyError, CalendarUpdate, Outcome, try_apply_event, upsert_may_apply},
     event::{self, ClerkEvent},
     metrics::Metrics,
 };
@@ -58,6 +65,10 @@ pub struct Consumer {
     pub metrics: Metrics,
     /// True while consuming (what `/readyz` reports).
     pub ready: Arc<AtomicBool>,
+    /// Clerk's Backend API, for calendar tokens (none: connections recorded as not configured).
+    pub clerk: Option<ClerkClient>,
+    /// Encrypts calendar tokens at rest.
+    pub cipher: Option<TokenCipher>,
 }
 
 /// How a broker session ended.
@@ -247,7 +258,7 @@ impl Consumer {
             .with_max_delay(Duration::from_secs(1))
             .with_jitter()
             .with_max_times(self.options.in_process_retries);
-        (|| try_apply_event(&self.db, svix_id, event_type, event))
+        (|| self.try_apply(svix_id, event_type, event))
             .retry(backoff)
             .sleep(tokio::time::sleep)
             .when(ApplyError::is_transient)
@@ -255,6 +266,28 @@ impl Consumer {
                 tracing::warn!(error.message = %error, ?delay, "transient failure; retrying in process");
             })
             .await
+    }
+
+    /// One attempt: fetch calendar tokens from Clerk when the event may apply, then apply.
+    async fn try_apply(
+        &self,
+        svix_id: Option<&str>,
+        event_type: &str,
+        event: &ClerkEvent,
+    ) -> Result<Outcome, ApplyError> {
+        let mut fetched = Vec::new();
+        if let ClerkEvent::UserUpserted(user) = event {
+            let accounts = calendar_accounts(&user.external_accounts);
+            if !accounts.is_empty() && upsert_may_apply(&self.db, svix_id, user).await? {
+                let clerk = self.clerk.as_ref().filter(|_| self.cipher.is_some());
+                fetched = fetch_tokens(clerk, &user.clerk_user_id, &accounts).await?;
+            }
+        }
+        let calendar = CalendarUpdate {
+            fetched: &fetched,
+            cipher: self.cipher.as_ref(),
+        };
+        try_apply_event(&self.db, svix_id, event_type, event, calendar).await
     }
 
     /// Hands a failed event to a retry queue or the dead-letter queue, then acks the original.

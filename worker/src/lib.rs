@@ -112,6 +112,12 @@ impl Application {
                     addr: config.addr,
                     source,
                 })?;
+        if config.clerk.is_none() || config.token_cipher.is_none() {
+            tracing::warn!(
+                "CLERK_SECRET_KEY or TOKEN_ENCRYPTION_KEY is not set: calendar connections are \
+                 recorded as not_configured and no tokens are stored"
+            );
+        }
         let mut registry = Registry::default();
         let metrics = metrics::Metrics::register(&mut registry);
         let consumer = Arc::new(Consumer {
@@ -126,6 +132,8 @@ impl Application {
             },
             metrics,
             ready: Arc::new(AtomicBool::new(false)),
+            clerk: config.clerk,
+            cipher: config.token_cipher,
         });
         Ok(Self {
             listener,

@@ -25,6 +25,9 @@ enum Command {
     /// Inspect, replay or drop dead letters.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Re-encrypt every stored calendar token under the first key of TOKEN_ENCRYPTION_KEY
+    /// (after adding a new key in front of the old one).
+    RotateTokenKey,
 }
 
 #[derive(Subcommand)]
@@ -77,6 +80,23 @@ async fn main() -> anyhow::Result<()> {
             let app = Application::build(config).await?;
             app.run_until_stopped(telemetry::ops::shutdown_signal())
                 .await;
+        }
+        Command::RotateTokenKey => {
+            telemetry::init_subscriber("warn", config.log_format, std::io::stderr);
+            let cipher = config
+                .token_cipher
+                .as_ref()
+                .context("TOKEN_ENCRYPTION_KEY is not set: put the new key first, the old ones after it")?;
+            let db = worker::connect_database(&config.database_url, 2)
+                .await
+                .context("cannot reach the database at DATABASE_URL")?;
+            let done = calendar::store::reencrypt_all(&db, cipher, dlq::progress_bar)
+                .await
+                .context("re-encryption stopped; run the command again to finish")?;
+            println!(
+                "re-encrypted {done} connection(s) under key {}",
+                cipher.primary_key_id()
+            );
         }
         Command::Dlq(command) => {
             // Ops commands print their results on stdout; only warnings go to the log (stderr).

@@ -1,0 +1,242 @@
+//! Calendar connections from Clerk's external accounts, with tokens from a fake Clerk Backend API.
+
+use std::{collections::BTreeMap, process::Command, time::Duration};
+
+use calendar::crypto::TokenCipher;
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
+use testkit::{
+    TestBroker, TestDb, eventually,
+    events::{self, google_calendar_account, microsoft_calendar_account, user_event_with_accounts},
+    fake_clerk::{FakeClerk, SECRET_KEY},
+};
+
+use crate::helpers::{TestWorker, scalar, spawn_worker, state, worker_settings};
+
+const KEY_A: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+const KEY_B: &str = "ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA=";
+const USER: &str = "user_cal01";
+
+#[derive(Debug, PartialEq, Eq)]
+struct Connection {
+    status: String,
+    token: Option<String>,
+    key_id: Option<String>,
+    external_account_id: String,
+}
+
+async fn connections(db: &DatabaseConnection, cipher: &TokenCipher) -> BTreeMap<String, Connection> {
+    db.query_all_raw(Statement::from_string(
+        DbBackend::Postgres,
+        "SELECT provider, provider_user_id, status, access_token, token_key_id, external_account_id \
+         FROM user_calendar_connections",
+    ))
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|row| {
+        let blob: Option<Vec<u8>> = row.try_get("", "access_token").unwrap();
+        let key_id: Option<String> = row.try_get("", "token_key_id").unwrap();
+        let token = blob.map(|b| cipher.decrypt(key_id.as_deref().unwrap(), &b).unwrap());
+        (
+            format!(
+                "{}:{}",
+                row.try_get::<String>("", "provider").unwrap(),
+                row.try_get::<String>("", "provider_user_id").unwrap()
+            ),
+            Connection {
+                status: row.try_get("", "status").unwrap(),
+                token,
+                key_id,
+                external_account_id: row.try_get("", "external_account_id").unwrap(),
+            },
+        )
+    })
+    .collect()
+}
+
+async fn flags(db: &DatabaseConnection) -> (bool, bool) {
+    let row = db
+        .query_one_raw(Statement::from_string(
+            DbBackend::Postgres,
+            format!("SELECT google_calendar_connected, microsoft_calendar_connected FROM users WHERE clerk_user_id = '{USER}'"),
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    (row.try_get("", "google_calendar_connected").unwrap(), row.try_get("", "microsoft_calendar_connected").unwrap())
+}
+
+async fn spawn_calendar_worker(db: &TestDb, broker: &TestBroker, clerk: &FakeClerk, keys: &str) -> TestWorker {
+    let url = clerk.url();
+    spawn_worker(
+        db,
+        broker,
+        &[("CLERK_SECRET_KEY", SECRET_KEY), ("CLERK_API_URL", &url), ("TOKEN_ENCRYPTION_KEY", keys)],
+    )
+    .await
+}
+
+async fn send(broker: &TestBroker, db: &DatabaseConnection, id: &str, version: i64, accounts: Vec<serde_json::Value>) {
+    let before = scalar(db, "SELECT count(*) FROM processed_events").await;
+    let body = user_event_with_accounts("user.updated", &state(USER, Some("cal@example.com"), "Cal", version), accounts);
+    broker.publish_event(id, &body).await;
+    eventually(Duration::from_secs(30), "the event settled", || async {
+        (scalar(db, "SELECT count(*) FROM processed_events").await > before).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn connecting_google_then_microsoft_then_removing_google_keeps_rows_flags_and_tokens_right() {
+    let db = TestDb::migrated().await;
+    let broker = TestBroker::new().await;
+    let clerk = FakeClerk::start().await;
+    let cipher = TokenCipher::from_setting(KEY_A).unwrap();
+    let worker = spawn_calendar_worker(&db, &broker, &clerk, KEY_A).await;
+    let expires = chrono::Utc::now().timestamp_millis() + 3_600_000;
+    clerk.set_token(USER, "oauth_google", "ya29.google-token-1", Some(expires), "g-100", "eac_g1");
+    clerk.set_token(USER, "oauth_microsoft", "EwB-ms-token-1", Some(expires), "m-200", "eac_m1");
+    let google = google_calendar_account("g-100", "eac_g1");
+    let microsoft = microsoft_calendar_account("m-200", "eac_m1");
+
+    // Step 1: Google.
+    send(&broker, &db.conn, "msg_cal_1", 10, vec![google.clone()]).await;
+    let rows = connections(&db.conn, &cipher).await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let g = &rows["google:g-100"];
+    assert_eq!(g.status, "connected");
+    assert_eq!(g.token.as_deref(), Some("ya29.google-token-1"));
+    assert_eq!(g.external_account_id, "eac_g1");
+    assert_eq!(flags(&db.conn).await, (true, false));
+
+    // Step 2: Microsoft too.
+    send(&broker, &db.conn, "msg_cal_2", 20, vec![google.clone(), microsoft.clone()]).await;
+    let rows = connections(&db.conn, &cipher).await;
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows["microsoft:m-200"].token.as_deref(), Some("EwB-ms-token-1"));
+    assert_eq!(flags(&db.conn).await, (true, true));
+
+    // Step 3: Google removed.
+    send(&broker, &db.conn, "msg_cal_3", 30, vec![microsoft.clone()]).await;
+    let rows = connections(&db.conn, &cipher).await;
+    assert_eq!(rows.keys().collect::<Vec<_>>(), vec!["microsoft:m-200"]);
+    assert_eq!(flags(&db.conn).await, (false, true));
+
+    // A stale event (still with Google) does not bring the connection back.
+    send(&broker, &db.conn, "msg_cal_2b", 25, vec![google.clone(), microsoft.clone()]).await;
+    assert_eq!(connections(&db.conn, &cipher).await.len(), 1);
+    assert_eq!(flags(&db.conn).await, (false, true));
+
+    // The raw column never holds a token in clear.
+    let clear = scalar(
+        &db.conn,
+        "SELECT count(*) FROM user_calendar_connections \
+         WHERE position(convert_to('EwB-ms-token-1', 'UTF8') in access_token) > 0 \
+            OR position(convert_to('ya29', 'UTF8') in access_token) > 0",
+    )
+    .await;
+    assert_eq!(clear, 0);
+
+    // Deleting the user deletes the connections.
+    broker.publish_event("msg_cal_del", &events::user_deleted(USER, 99)).await;
+    eventually(Duration::from_secs(20), "connections gone", || async {
+        (scalar(&db.conn, "SELECT count(*) FROM user_calendar_connections").await == 0).then_some(())
+    })
+    .await;
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn clerk_failing_twice_then_answering_still_lands_the_connection_without_dead_letters() {
+    let db = TestDb::migrated().await;
+    let broker = TestBroker::new().await;
+    let clerk = FakeClerk::start().await;
+    let cipher = TokenCipher::from_setting(KEY_A).unwrap();
+    let worker = spawn_calendar_worker(&db, &broker, &clerk, KEY_A).await;
+    clerk.set_token(USER, "oauth_google", "ya29.after-500s", None, "g-100", "eac_g1");
+    clerk.fail_next(500, 2);
+
+    send(&broker, &db.conn, "msg_cal_500", 10, vec![google_calendar_account("g-100", "eac_g1")]).await;
+
+    let rows = connections(&db.conn, &cipher).await;
+    assert_eq!(rows["google:g-100"].token.as_deref(), Some("ya29.after-500s"));
+    assert_eq!(flags(&db.conn).await, (true, false));
+    assert!(clerk.requests() >= 3);
+    assert_eq!(broker.count(&broker.topology.dead_queue()).await, 0);
+
+    // Rate limited (429) then served: retried as well.
+    clerk.set_token(USER, "oauth_google", "ya29.after-429", None, "g-100", "eac_g1");
+    clerk.fail_next(429, 1);
+    send(&broker, &db.conn, "msg_cal_429", 20, vec![google_calendar_account("g-100", "eac_g1")]).await;
+    assert_eq!(connections(&db.conn, &cipher).await["google:g-100"].token.as_deref(), Some("ya29.after-429"));
+    assert_eq!(broker.count(&broker.topology.dead_queue()).await, 0);
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_connection_whose_token_clerk_will_not_give_is_recorded_as_not_connected_with_a_reason() {
+    let db = TestDb::migrated().await;
+    let broker = TestBroker::new().await;
+    let clerk = FakeClerk::start().await;
+    let worker = spawn_calendar_worker(&db, &broker, &clerk, KEY_A).await;
+
+    send(&broker, &db.conn, "msg_cal_none", 10, vec![microsoft_calendar_account("m-1", "eac_m")]).await;
+
+    let row = db
+        .conn
+        .query_one_raw(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT status, status_reason, access_token IS NULL AS no_token FROM user_calendar_connections",
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.try_get::<String>("", "status").unwrap(), "token_unavailable");
+    assert!(row.try_get::<String>("", "status_reason").unwrap().contains("no access token"));
+    assert!(row.try_get::<bool>("", "no_token").unwrap());
+    assert_eq!(flags(&db.conn).await, (false, false));
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn tokens_written_under_key_a_read_back_after_rotating_to_b_and_none_stay_under_a() {
+    let db = TestDb::migrated().await;
+    let broker = TestBroker::new().await;
+    let clerk = FakeClerk::start().await;
+    let worker = spawn_calendar_worker(&db, &broker, &clerk, KEY_A).await;
+    clerk.set_token(USER, "oauth_google", "ya29.rotate-me", None, "g-100", "eac_g1");
+    clerk.set_token(USER, "oauth_microsoft", "EwB-rotate-me", None, "m-200", "eac_m1");
+    send(
+        &broker,
+        &db.conn,
+        "msg_rot_1",
+        10,
+        vec![google_calendar_account("g-100", "eac_g1"), microsoft_calendar_account("m-200", "eac_m1")],
+    )
+    .await;
+    worker.stop().await;
+    let a = TokenCipher::from_setting(KEY_A).unwrap();
+    let rotated = TokenCipher::from_setting(&format!("{KEY_B} {KEY_A}")).unwrap();
+    let before = connections(&db.conn, &rotated).await;
+    assert!(before.values().all(|c| c.key_id.as_deref() == Some(a.primary_key_id())));
+
+    let output = Command::new(env!("CARGO_BIN_EXE_worker"))
+        .arg("rotate-token-key")
+        .env_clear()
+        .envs(worker_settings(&db.url, &broker, &[("TOKEN_ENCRYPTION_KEY", &format!("{KEY_B} {KEY_A}"))]))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("re-encrypted 2"));
+
+    let only_b = TokenCipher::from_setting(KEY_B).unwrap();
+    let after = connections(&db.conn, &only_b).await;
+    assert_eq!(after["google:g-100"].token.as_deref(), Some("ya29.rotate-me"));
+    assert_eq!(after["microsoft:m-200"].token.as_deref(), Some("EwB-rotate-me"));
+    let under_a = scalar(
+        &db.conn,
+        &format!("SELECT count(*) FROM user_calendar_connections WHERE token_key_id = '{}'", a.primary_key_id()),
+    )
+    .await;
+    assert_eq!(under_a, 0);
+}
