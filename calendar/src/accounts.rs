@@ -59,7 +59,8 @@ fn read(account: &Value) -> Option<(CalendarAccount, bool)> {
     } else {
         text(account, "provider_user_id")?
     };
-    let external_account_id = text(account, "external_account_id").or_else(|| text(account, "id"))?;
+    let external_account_id =
+        text(account, "external_account_id").or_else(|| text(account, "id"))?;
     let status = account
         .get("verification")
         .and_then(|v| v.get("status"))
@@ -135,9 +136,11 @@ mod tests {
 
     #[test]
     fn the_legacy_google_account_shape_is_read_as_google() {
-        let accounts = vec![json!({"object":"google_account","id":"idn_old","google_id":"g-77",
+        let accounts = vec![
+            json!({"object":"google_account","id":"idn_old","google_id":"g-77",
             "approved_scopes":"https://www.googleapis.com/auth/calendar.readonly","email_address":"old@example.com",
-            "given_name":"Ada","family_name":"Synth","picture":"x"})];
+            "given_name":"Ada","family_name":"Synth","picture":"x"}),
+        ];
         let found = calendar_accounts(&accounts);
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].provider, Provider::Google);
@@ -147,8 +150,14 @@ mod tests {
     #[test]
     fn microsoft_scopes_are_compared_case_insensitively_without_the_graph_prefix() {
         assert!(is_calendar_scope(Provider::Microsoft, "calendars.read"));
-        assert!(is_calendar_scope(Provider::Microsoft, "https://graph.microsoft.com/Calendars.Read.Shared"));
+        assert!(is_calendar_scope(
+            Provider::Microsoft,
+            "https://graph.microsoft.com/Calendars.Read.Shared"
+        ));
         assert!(!is_calendar_scope(Provider::Microsoft, "User.Read"));
-        assert!(!is_calendar_scope(Provider::Google, "https://www.googleapis.com/auth/calendarx"));
+        assert!(!is_calendar_scope(
+            Provider::Google,
+            "https://www.googleapis.com/auth/calendarx"
+        ));
     }
 }

@@ -228,6 +228,17 @@ impl ClerkClient {
     }
 }
 
+impl ClerkClient {
+    /// How many users the instance has (`GET /v1/users/count`).
+    pub async fn count_users(&self) -> Result<u64, ClerkError> {
+        let value = self.get("/users/count", &[]).await?;
+        value
+            .get("total_count")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| ClerkError::Decode("no total_count in the answer".into()))
+    }
+}
+
 /// The token for one account among a provider's tokens: by external account id, then by
 /// provider user id, then the only one.
 pub fn token_for<'a>(
@@ -279,21 +290,44 @@ mod tests {
 
     #[test]
     fn expires_at_in_seconds_or_milliseconds_is_read_right() {
-        assert_eq!(timestamp(1_735_689_600), DateTime::from_timestamp(1_735_689_600, 0));
-        assert_eq!(timestamp(1_735_689_600_000), DateTime::from_timestamp(1_735_689_600, 0));
+        assert_eq!(
+            timestamp(1_735_689_600),
+            DateTime::from_timestamp(1_735_689_600, 0)
+        );
+        assert_eq!(
+            timestamp(1_735_689_600_000),
+            DateTime::from_timestamp(1_735_689_600, 0)
+        );
     }
 
     #[test]
     fn transient_errors_are_the_ones_a_retry_can_fix() {
         assert!(ClerkError::RateLimited { retry_after: None }.is_transient());
-        assert!(ClerkError::Status { status: 503, message: String::new() }.is_transient());
-        assert!(!ClerkError::Status { status: 422, message: String::new() }.is_transient());
+        assert!(
+            ClerkError::Status {
+                status: 503,
+                message: String::new()
+            }
+            .is_transient()
+        );
+        assert!(
+            !ClerkError::Status {
+                status: 422,
+                message: String::new()
+            }
+            .is_transient()
+        );
         assert!(!ClerkError::Decode(String::new()).is_transient());
     }
 
     #[test]
     fn the_secret_key_is_not_in_debug_output() {
-        let client = ClerkClient::new("http://127.0.0.1:1", "sk_test_hunter2", Duration::from_secs(1)).expect("client");
+        let client = ClerkClient::new(
+            "http://127.0.0.1:1",
+            "sk_test_hunter2",
+            Duration::from_secs(1),
+        )
+        .expect("client");
         assert!(!format!("{client:?}").contains("hunter2"));
         let token = OAuthToken {
             token: "ya29.abc".into(),

@@ -16,14 +16,18 @@ const NONCE_LEN: usize = 12;
 pub enum KeyError {
     #[error("TOKEN_ENCRYPTION_KEY is not set: generate one with `openssl rand -base64 32`")]
     Missing,
-    #[error("TOKEN_ENCRYPTION_KEY: key {position} of {count} is not base64 of exactly 32 bytes; generate one with `openssl rand -base64 32`")]
+    #[error(
+        "TOKEN_ENCRYPTION_KEY: key {position} of {count} is not base64 of exactly 32 bytes; generate one with `openssl rand -base64 32`"
+    )]
     Invalid { position: usize, count: usize },
 }
 
 /// Encrypting or decrypting failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CryptoError {
-    #[error("token encrypted under key {0:?}, which is not in TOKEN_ENCRYPTION_KEY; add the old key back (after the new first one) and re-encrypt")]
+    #[error(
+        "token encrypted under key {0:?}, which is not in TOKEN_ENCRYPTION_KEY; add the old key back (after the new first one) and re-encrypt"
+    )]
     UnknownKey(String),
     #[error("stored token is corrupt or was encrypted under another key with the same id")]
     Corrupt,
@@ -44,7 +48,9 @@ pub struct TokenCipher {
 impl std::fmt::Debug for TokenCipher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let ids: Vec<&str> = self.keys.iter().map(|k| k.id.as_str()).collect();
-        f.debug_struct("TokenCipher").field("key_ids", &ids).finish()
+        f.debug_struct("TokenCipher")
+            .field("key_ids", &ids)
+            .finish()
     }
 }
 
@@ -57,7 +63,12 @@ pub struct Sealed {
 
 impl std::fmt::Debug for Sealed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Sealed {{ key_id: {:?}, {} bytes }}", self.key_id, self.blob.len())
+        write!(
+            f,
+            "Sealed {{ key_id: {:?}, {} bytes }}",
+            self.key_id,
+            self.blob.len()
+        )
     }
 }
 
@@ -160,7 +171,12 @@ mod tests {
         let cipher = TokenCipher::from_setting(A).expect("key");
         let sealed = cipher.encrypt("ya29.secret-token").expect("encrypt");
         assert!(!sealed.blob.windows(6).any(|w| w == b"secret"));
-        assert_eq!(cipher.decrypt(&sealed.key_id, &sealed.blob).expect("decrypt"), "ya29.secret-token");
+        assert_eq!(
+            cipher
+                .decrypt(&sealed.key_id, &sealed.blob)
+                .expect("decrypt"),
+            "ya29.secret-token"
+        );
         let again = cipher.encrypt("ya29.secret-token").expect("encrypt");
         assert_ne!(sealed.blob, again.blob, "a fresh nonce per value");
     }
@@ -170,10 +186,21 @@ mod tests {
         let old = TokenCipher::from_setting(A).expect("key");
         let sealed = old.encrypt("tok").expect("encrypt");
         let rotated = TokenCipher::from_setting(&format!("{B} {A}")).expect("keys");
-        assert_eq!(rotated.decrypt(&sealed.key_id, &sealed.blob).expect("old key"), "tok");
-        assert_ne!(rotated.encrypt("tok").expect("encrypt").key_id, sealed.key_id);
+        assert_eq!(
+            rotated
+                .decrypt(&sealed.key_id, &sealed.blob)
+                .expect("old key"),
+            "tok"
+        );
+        assert_ne!(
+            rotated.encrypt("tok").expect("encrypt").key_id,
+            sealed.key_id
+        );
         let only_new = TokenCipher::from_setting(B).expect("key");
-        assert!(matches!(only_new.decrypt(&sealed.key_id, &sealed.blob), Err(CryptoError::UnknownKey(_))));
+        assert!(matches!(
+            only_new.decrypt(&sealed.key_id, &sealed.blob),
+            Err(CryptoError::UnknownKey(_))
+        ));
     }
 
     #[test]
@@ -190,6 +217,9 @@ mod tests {
         let mut sealed = cipher.encrypt("tok").expect("encrypt");
         let last = sealed.blob.len() - 1;
         sealed.blob[last] ^= 1;
-        assert!(matches!(cipher.decrypt(&sealed.key_id, &sealed.blob), Err(CryptoError::Corrupt)));
+        assert!(matches!(
+            cipher.decrypt(&sealed.key_id, &sealed.blob),
+            Err(CryptoError::Corrupt)
+        ));
     }
 }

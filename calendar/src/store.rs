@@ -115,7 +115,13 @@ pub async fn sync_connections<C: ConnectionTrait>(
 ) -> Result<(), StoreError> {
     let keep: Vec<String> = fetched
         .iter()
-        .map(|f| format!("{}:{}", f.account.provider.as_str(), f.account.provider_user_id))
+        .map(|f| {
+            format!(
+                "{}:{}",
+                f.account.provider.as_str(),
+                f.account.provider_user_id
+            )
+        })
         .collect();
     conn.execute_raw(stmt(
         "DELETE FROM user_calendar_connections WHERE user_id = $1 \
@@ -267,8 +273,8 @@ pub async fn fresh_access_token(
     let expires_at: Option<DateTime<Utc>> = row.try_get("", "expires_at")?;
     let clerk_user_id: String = row.try_get("", "clerk_user_id")?;
 
-    let still_fresh = expires_at
-        .is_none_or(|t| t > Utc::now() + ChronoDuration::seconds(EXPIRY_MARGIN_SECS));
+    let still_fresh =
+        expires_at.is_none_or(|t| t > Utc::now() + ChronoDuration::seconds(EXPIRY_MARGIN_SECS));
     if still_fresh && let (Some(blob), Some(key_id)) = (&blob, &key_id) {
         return Ok(Some(FreshToken {
             access_token: cipher.decrypt(key_id, blob)?,
@@ -368,7 +374,12 @@ pub async fn reencrypt_all(
                 txn.execute_raw(stmt(
                     "UPDATE user_calendar_connections SET access_token = $2, refresh_token = $3, \
                        token_key_id = $4, updated_at = now() WHERE id = $1",
-                    vec![id.into(), access.into(), refresh.into(), primary.as_str().into()],
+                    vec![
+                        id.into(),
+                        access.into(),
+                        refresh.into(),
+                        primary.as_str().into(),
+                    ],
                 ))
                 .await?;
             }

@@ -7,6 +7,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261123_000001_create_users;
 mod m20261123_000002_create_user_calendar_connections;
 mod m20261123_000003_create_sync_bookkeeping;
+mod m20261123_000004_create_backfill_checkpoints;
 
 /// All migrations, oldest first.
 pub struct Migrator;
@@ -18,6 +19,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000001_create_users::Migration),
             Box::new(m20261123_000002_create_user_calendar_connections::Migration),
             Box::new(m20261123_000003_create_sync_bookkeeping::Migration),
+            Box::new(m20261123_000004_create_backfill_checkpoints::Migration),
         ]
     }
 }

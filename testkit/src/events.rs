@@ -66,7 +66,11 @@ pub fn user_deleted(id: &str, timestamp: i64) -> Vec<u8> {
 }
 
 /// A `user.created` / `user.updated` body whose user has these external accounts.
-pub fn user_event_with_accounts(event_type: &str, state: &UserState, accounts: Vec<Value>) -> Vec<u8> {
+pub fn user_event_with_accounts(
+    event_type: &str,
+    state: &UserState,
+    accounts: Vec<Value>,
+) -> Vec<u8> {
     let mut user = user_object(state);
     user["external_accounts"] = Value::Array(accounts);
     serde_json::to_vec(&envelope(event_type, user, state.updated_at)).unwrap()

@@ -29,6 +29,10 @@ struct State {
     failures: VecDeque<u16>,
     /// User objects served by `GET /v1/users`, in order.
     users: Vec<Value>,
+    /// `GET /v1/users` at this offset or beyond answers 500.
+    fail_users_from: Option<usize>,
+    /// Offsets requested from `GET /v1/users`.
+    offsets: Vec<usize>,
 }
 
 /// A running fake; stops when dropped.
@@ -51,7 +55,9 @@ impl FakeClerk {
             let requests = requests.clone();
             tokio::spawn(async move {
                 loop {
-                    let Ok((stream, _)) = listener.accept().await else { continue };
+                    let Ok((stream, _)) = listener.accept().await else {
+                        continue;
+                    };
                     let state = state.clone();
                     let requests = requests.clone();
                     tokio::spawn(async move {
@@ -67,7 +73,12 @@ impl FakeClerk {
                 }
             })
         };
-        Self { url, state, requests, task }
+        Self {
+            url,
+            state,
+            requests,
+            task,
+        }
     }
 
     /// The base URL, for `CLERK_API_URL`.
@@ -120,6 +131,16 @@ impl FakeClerk {
     /// Sets the users served by `GET /v1/users`.
     pub fn set_users(&self, users: Vec<Value>) {
         self.state.lock().unwrap().users = users;
+    }
+
+    /// Makes `GET /v1/users` answer 500 from this offset on (`None` heals it).
+    pub fn fail_users_from(&self, offset: Option<usize>) {
+        self.state.lock().unwrap().fail_users_from = offset;
+    }
+
+    /// The offsets `GET /v1/users` was asked for, in order.
+    pub fn user_offsets(&self) -> Vec<usize> {
+        self.state.lock().unwrap().offsets.clone()
     }
 
     /// Requests received so far.
@@ -183,6 +204,10 @@ fn answer(state: &Mutex<State>, request: &Request<Incoming>) -> Response<Full<By
                 .unwrap_or_default();
             json_response(StatusCode::OK, &Value::Array(tokens))
         }
+        ["v1", "users", "count"] => json_response(
+            StatusCode::OK,
+            &json!({"object": "total_count", "total_count": state.users.len()}),
+        ),
         ["v1", "users"] => {
             let query: HashMap<String, String> = request
                 .uri()
@@ -192,9 +217,25 @@ fn answer(state: &Mutex<State>, request: &Request<Incoming>) -> Response<Full<By
                 .filter_map(|kv| kv.split_once('='))
                 .map(|(k, v)| (k.to_owned(), v.to_owned()))
                 .collect();
-            let limit: usize = query.get("limit").and_then(|v| v.parse().ok()).unwrap_or(10);
-            let offset: usize = query.get("offset").and_then(|v| v.parse().ok()).unwrap_or(0);
-            let page: Vec<Value> = state.users.iter().skip(offset).take(limit.min(500)).cloned().collect();
+            let limit: usize = query
+                .get("limit")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(10);
+            let offset: usize = query
+                .get("offset")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            state.offsets.push(offset);
+            if state.fail_users_from.is_some_and(|from| offset >= from) {
+                return clerk_error(StatusCode::INTERNAL_SERVER_ERROR, "injected_failure");
+            }
+            let page: Vec<Value> = state
+                .users
+                .iter()
+                .skip(offset)
+                .take(limit.min(500))
+                .cloned()
+                .collect();
             json_response(StatusCode::OK, &Value::Array(page))
         }
         _ => clerk_error(StatusCode::NOT_FOUND, "resource_not_found"),

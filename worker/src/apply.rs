@@ -18,13 +18,76 @@ use sea_orm::{
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
 use calendar::{
-    clerk::ClerkError,
+    accounts::calendar_accounts,
+    clerk::{ClerkClient, ClerkError},
     crypto::TokenCipher,
-    store::{Fetched, StoreError, sync_connections},
+    store::{Fetched, StoreError, fetch_tokens, sync_connections},
 };
 
 use crate::event::{ClerkEvent, UserSnapshot};
+
+/// Applies events: fetches calendar tokens from Clerk when an upsert may apply, then runs the
+/// transaction; transient failures are retried in process with exponential backoff and jitter.
+/// Shared by the consumer and the backfill.
+pub struct Applier {
+    pub db: DatabaseConnection,
+    /// Clerk's Backend API (none: calendar connections are recorded as not configured).
+    pub clerk: Option<ClerkClient>,
+    /// Encrypts calendar tokens at rest.
+    pub cipher: Option<TokenCipher>,
+    /// Quick retries before giving up on this attempt.
+    pub in_process_retries: usize,
+}
+
+impl Applier {
+    /// Applies `event`, retrying transient failures in process.
+    pub async fn apply(
+        &self,
+        svix_id: Option<&str>,
+        event_type: &str,
+        event: &ClerkEvent,
+    ) -> Result<Outcome, ApplyError> {
+        let backoff = ExponentialBuilder::new()
+            .with_min_delay(Duration::from_millis(50))
+            .with_max_delay(Duration::from_secs(1))
+            .with_jitter()
+            .with_max_times(self.in_process_retries);
+        (|| self.try_apply(svix_id, event_type, event))
+            .retry(backoff)
+            .sleep(tokio::time::sleep)
+            .when(ApplyError::is_transient)
+            .notify(|error, delay| {
+                tracing::warn!(error.message = %error, ?delay, "transient failure; retrying in process");
+            })
+            .await
+    }
+
+    /// One attempt.
+    async fn try_apply(
+        &self,
+        svix_id: Option<&str>,
+        event_type: &str,
+        event: &ClerkEvent,
+    ) -> Result<Outcome, ApplyError> {
+        let mut fetched = Vec::new();
+        if let ClerkEvent::UserUpserted(user) = event {
+            let accounts = calendar_accounts(&user.external_accounts);
+            if !accounts.is_empty() && upsert_may_apply(&self.db, svix_id, user).await? {
+                let clerk = self.clerk.as_ref().filter(|_| self.cipher.is_some());
+                fetched = fetch_tokens(clerk, &user.clerk_user_id, &accounts).await?;
+            }
+        }
+        let calendar = CalendarUpdate {
+            fetched: &fetched,
+            cipher: self.cipher.as_ref(),
+        };
+        try_apply_event(&self.db, svix_id, event_type, event, calendar).await
+    }
+}
 
 /// The calendar connections an upsert should leave behind (fetched from Clerk beforehand).
 #[derive(Clone, Copy, Default)]

@@ -171,9 +171,13 @@ mod tests {
         .expect("valid");
         assert!(config.clerk.is_some() && config.token_cipher.is_some());
         let debug = format!("{config:?}");
-        assert!(!debug.contains("hunter2") && !debug.contains("MDEyMzQ1"), "{debug}");
-        let err = Config::from_lookup(|name| (name == "TOKEN_ENCRYPTION_KEY").then(|| "short".into()))
-            .expect_err("bad key");
+        assert!(
+            !debug.contains("hunter2") && !debug.contains("MDEyMzQ1"),
+            "{debug}"
+        );
+        let err =
+            Config::from_lookup(|name| (name == "TOKEN_ENCRYPTION_KEY").then(|| "short".into()))
+                .expect_err("bad key");
         assert!(err.to_string().contains("TOKEN_ENCRYPTION_KEY"), "{err}");
     }
 

@@ -12,7 +12,6 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use backon::{ExponentialBuilder, Retryable};
 use broker::{
     BrokerConfig, DEAD_ROUTING_KEY, Topology, connect_with_backoff, headers,
     lapin::{
@@ -27,23 +26,15 @@ use broker::{
     publish_confirmed, wait_until_closed,
 };
 use futures_util::StreamExt;
-use sea_orm::DatabaseConnection;
 use tokio::{
     sync::{Semaphore, watch},
     task::JoinSet,
 };
 use tracing::Instrument;
 
-use calendar::{
-    accounts::calendar_accounts,
-    clerk::ClerkClient,
-    crypto::TokenCipher,
-    store::fetch_tokens,
-};
-
 use crate::{
-    apply::{ApplyError, CalendarUpdate, Outcome, try_apply_event, upsert_may_apply},
-    event::{self, ClerkEvent},
+    apply::{Applier, Outcome},
+    event,
     metrics::Metrics,
 };
 
@@ -53,22 +44,18 @@ pub struct ConsumerOptions {
     pub prefetch: u16,
     pub concurrency: usize,
     pub max_attempts: u32,
-    pub in_process_retries: usize,
 }
 
 /// Everything a delivery handler needs.
 pub struct Consumer {
-    pub db: DatabaseConnection,
+    /// Applies events to Postgres (with in-process retries).
+    pub applier: Applier,
     pub broker: BrokerConfig,
     pub topology: Topology,
     pub options: ConsumerOptions,
     pub metrics: Metrics,
     /// True while consuming (what `/readyz` reports).
     pub ready: Arc<AtomicBool>,
-    /// Clerk's Backend API, for calendar tokens (none: connections recorded as not configured).
-    pub clerk: Option<ClerkClient>,
-    /// Encrypts calendar tokens at rest.
-    pub cipher: Option<TokenCipher>,
 }
 
 /// How a broker session ended.
@@ -212,7 +199,8 @@ impl Consumer {
             let result = match event::parse(&delivery.data) {
                 Err(error) => Err(Failure::Permanent(error.to_string())),
                 Ok(parsed) => self
-                    .apply_with_retries(svix_id.as_deref(), &event_type, &parsed)
+                    .applier
+                    .apply(svix_id.as_deref(), &event_type, &parsed)
                     .await
                     .map_err(|error| {
                         if error.is_transient() {
@@ -245,49 +233,6 @@ impl Consumer {
         }
         .instrument(span)
         .await;
-    }
-
-    async fn apply_with_retries(
-        &self,
-        svix_id: Option<&str>,
-        event_type: &str,
-        event: &ClerkEvent,
-    ) -> Result<Outcome, ApplyError> {
-        let backoff = ExponentialBuilder::new()
-            .with_min_delay(Duration::from_millis(50))
-            .with_max_delay(Duration::from_secs(1))
-            .with_jitter()
-            .with_max_times(self.options.in_process_retries);
-        (|| self.try_apply(svix_id, event_type, event))
-            .retry(backoff)
-            .sleep(tokio::time::sleep)
-            .when(ApplyError::is_transient)
-            .notify(|error, delay| {
-                tracing::warn!(error.message = %error, ?delay, "transient failure; retrying in process");
-            })
-            .await
-    }
-
-    /// One attempt: fetch calendar tokens from Clerk when the event may apply, then apply.
-    async fn try_apply(
-        &self,
-        svix_id: Option<&str>,
-        event_type: &str,
-        event: &ClerkEvent,
-    ) -> Result<Outcome, ApplyError> {
-        let mut fetched = Vec::new();
-        if let ClerkEvent::UserUpserted(user) = event {
-            let accounts = calendar_accounts(&user.external_accounts);
-            if !accounts.is_empty() && upsert_may_apply(&self.db, svix_id, user).await? {
-                let clerk = self.clerk.as_ref().filter(|_| self.cipher.is_some());
-                fetched = fetch_tokens(clerk, &user.clerk_user_id, &accounts).await?;
-            }
-        }
-        let calendar = CalendarUpdate {
-            fetched: &fetched,
-            cipher: self.cipher.as_ref(),
-        };
-        try_apply_event(&self.db, svix_id, event_type, event, calendar).await
     }
 
     /// Hands a failed event to a retry queue or the dead-letter queue, then acks the original.

@@ -135,6 +135,42 @@ pub fn parse(body: &[u8]) -> Result<ClerkEvent, ParseError> {
     }
 }
 
+/// Parses a bare Clerk user object (as the Backend API lists them) into a snapshot.
+pub fn parse_user(value: &serde_json::Value) -> Result<UserSnapshot, ParseError> {
+    let user = UserObject::deserialize(value).map_err(|e| ParseError::BadUser {
+        event_type: "user".into(),
+        reason: e.to_string(),
+    })?;
+    snapshot(user).ok_or_else(|| ParseError::BadUser {
+        event_type: "user".into(),
+        reason: "empty `id`".into(),
+    })
+}
+
+fn snapshot(user: UserObject) -> Option<UserSnapshot> {
+    if user.id.trim().is_empty() {
+        return None;
+    }
+    let email = user
+        .primary_email_address_id
+        .as_deref()
+        .and_then(|primary| {
+            user.email_addresses
+                .iter()
+                .find(|address| address.id == primary)
+                .map(|address| address.email_address.clone())
+        });
+    Some(UserSnapshot {
+        clerk_user_id: user.id,
+        email,
+        first_name: user.first_name,
+        last_name: user.last_name,
+        created_at: user.created_at,
+        updated_at: user.updated_at,
+        external_accounts: user.external_accounts,
+    })
+}
+
 /// The event type of a body, if it has one (for logs and the DLQ listing).
 pub fn event_type(body: &[u8]) -> Option<String> {
     #[derive(Deserialize)]

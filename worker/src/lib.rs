@@ -3,6 +3,7 @@
 //! (`dlq`) that inspect and replay the dead-letter queue.
 
 pub mod apply;
+pub mod backfill;
 pub mod config;
 pub mod consumer;
 pub mod dlq;
@@ -25,6 +26,7 @@ use prometheus_client::registry::Registry;
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr};
 use tokio::{net::TcpListener, sync::watch};
 
+pub use apply::Applier;
 pub use config::{Config, ConfigError};
 use consumer::{Consumer, ConsumerOptions};
 
@@ -121,19 +123,21 @@ impl Application {
         let mut registry = Registry::default();
         let metrics = metrics::Metrics::register(&mut registry);
         let consumer = Arc::new(Consumer {
-            db,
+            applier: Applier {
+                db,
+                clerk: config.clerk,
+                cipher: config.token_cipher,
+                in_process_retries: config.in_process_retries,
+            },
             broker: config.broker,
             topology: config.topology,
             options: ConsumerOptions {
                 prefetch: config.prefetch,
                 concurrency: config.concurrency,
                 max_attempts: config.max_attempts,
-                in_process_retries: config.in_process_retries,
             },
             metrics,
             ready: Arc::new(AtomicBool::new(false)),
-            clerk: config.clerk,
-            cipher: config.token_cipher,
         });
         Ok(Self {
             listener,
@@ -185,7 +189,7 @@ impl Application {
             Duration::from_secs(2),
         ));
         let pruner = tokio::spawn(prune_processed_events(
-            self.consumer.db.clone(),
+            self.consumer.applier.db.clone(),
             self.retention,
             stop_rx.clone(),
         ));
@@ -195,7 +199,7 @@ impl Application {
         let _ = consumer.await;
         let _ = pruner.await;
         let _ = ops.await;
-        let _ = self.consumer.db.clone().close().await;
+        let _ = self.consumer.applier.db.clone().close().await;
         tracing::info!("worker stopped");
     }
 }

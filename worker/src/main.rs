@@ -25,6 +25,15 @@ enum Command {
     /// Inspect, replay or drop dead letters.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Apply every existing Clerk user (pages through Clerk's user list; resumable).
+    Backfill {
+        /// Users per page (at most 500).
+        #[arg(long, default_value_t = 100)]
+        page_size: u32,
+        /// Start from the first user even if an earlier run left a checkpoint.
+        #[arg(long)]
+        restart: bool,
+    },
     /// Re-encrypt every stored calendar token under the first key of TOKEN_ENCRYPTION_KEY
     /// (after adding a new key in front of the old one).
     RotateTokenKey,
@@ -81,12 +90,55 @@ async fn main() -> anyhow::Result<()> {
             app.run_until_stopped(telemetry::ops::shutdown_signal())
                 .await;
         }
+        Command::Backfill { page_size, restart } => {
+            telemetry::init_subscriber("warn", config.log_format, std::io::stderr);
+            let clerk = config
+                .clerk
+                .clone()
+                .context("CLERK_SECRET_KEY is not set: the backfill reads Clerk's user list")?;
+            worker::migrate(&config.database_url)
+                .await
+                .context("cannot apply migrations on DATABASE_URL")?;
+            let applier = worker::Applier {
+                db: worker::connect_database(&config.database_url, 4)
+                    .await
+                    .context("cannot reach the database at DATABASE_URL")?,
+                clerk: config.clerk,
+                cipher: config.token_cipher,
+                in_process_retries: config.in_process_retries,
+            };
+            let options = worker::backfill::BackfillOptions {
+                page_size: page_size.clamp(1, 500),
+                restart,
+                ..Default::default()
+            };
+            let summary = worker::backfill::run(&applier, &clerk, &options, |done, total| {
+                if let Some(total) = total {
+                    dlq::progress_bar(
+                        usize::try_from(done.min(total)).unwrap_or(0),
+                        usize::try_from(total).unwrap_or(0),
+                    );
+                }
+            })
+            .await?;
+            println!(
+                "backfill done: {} users seen (from offset {}), {} applied, {} already newer, {} deleted, {} failed",
+                summary.seen,
+                summary.resumed_from,
+                summary.applied,
+                summary.unchanged,
+                summary.deleted,
+                summary.failed.len()
+            );
+            for (id, reason) in &summary.failed {
+                println!("  failed {id}: {reason}");
+            }
+        }
         Command::RotateTokenKey => {
             telemetry::init_subscriber("warn", config.log_format, std::io::stderr);
-            let cipher = config
-                .token_cipher
-                .as_ref()
-                .context("TOKEN_ENCRYPTION_KEY is not set: put the new key first, the old ones after it")?;
+            let cipher = config.token_cipher.as_ref().context(
+                "TOKEN_ENCRYPTION_KEY is not set: put the new key first, the old ones after it",
+            )?;
             let db = worker::connect_database(&config.database_url, 2)
                 .await
                 .context("cannot reach the database at DATABASE_URL")?;

@@ -5,8 +5,9 @@ use std::{collections::BTreeMap, process::Command, time::Duration};
 use calendar::crypto::TokenCipher;
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
 use testkit::{
-    TestBroker, TestDb, eventually,
+    TestBroker, TestDb,
     events::{self, google_calendar_account, microsoft_calendar_account, user_event_with_accounts},
+    eventually,
     fake_clerk::{FakeClerk, SECRET_KEY},
 };
 
@@ -24,7 +25,10 @@ struct Connection {
     external_account_id: String,
 }
 
-async fn connections(db: &DatabaseConnection, cipher: &TokenCipher) -> BTreeMap<String, Connection> {
+async fn connections(
+    db: &DatabaseConnection,
+    cipher: &TokenCipher,
+) -> BTreeMap<String, Connection> {
     db.query_all_raw(Statement::from_string(
         DbBackend::Postgres,
         "SELECT provider, provider_user_id, status, access_token, token_key_id, external_account_id \
@@ -63,22 +67,44 @@ async fn flags(db: &DatabaseConnection) -> (bool, bool) {
         .await
         .unwrap()
         .unwrap();
-    (row.try_get("", "google_calendar_connected").unwrap(), row.try_get("", "microsoft_calendar_connected").unwrap())
+    (
+        row.try_get("", "google_calendar_connected").unwrap(),
+        row.try_get("", "microsoft_calendar_connected").unwrap(),
+    )
 }
 
-async fn spawn_calendar_worker(db: &TestDb, broker: &TestBroker, clerk: &FakeClerk, keys: &str) -> TestWorker {
+async fn spawn_calendar_worker(
+    db: &TestDb,
+    broker: &TestBroker,
+    clerk: &FakeClerk,
+    keys: &str,
+) -> TestWorker {
     let url = clerk.url();
     spawn_worker(
         db,
         broker,
-        &[("CLERK_SECRET_KEY", SECRET_KEY), ("CLERK_API_URL", &url), ("TOKEN_ENCRYPTION_KEY", keys)],
+        &[
+            ("CLERK_SECRET_KEY", SECRET_KEY),
+            ("CLERK_API_URL", &url),
+            ("TOKEN_ENCRYPTION_KEY", keys),
+        ],
     )
     .await
 }
 
-async fn send(broker: &TestBroker, db: &DatabaseConnection, id: &str, version: i64, accounts: Vec<serde_json::Value>) {
+async fn send(
+    broker: &TestBroker,
+    db: &DatabaseConnection,
+    id: &str,
+    version: i64,
+    accounts: Vec<serde_json::Value>,
+) {
     let before = scalar(db, "SELECT count(*) FROM processed_events").await;
-    let body = user_event_with_accounts("user.updated", &state(USER, Some("cal@example.com"), "Cal", version), accounts);
+    let body = user_event_with_accounts(
+        "user.updated",
+        &state(USER, Some("cal@example.com"), "Cal", version),
+        accounts,
+    );
     broker.publish_event(id, &body).await;
     eventually(Duration::from_secs(30), "the event settled", || async {
         (scalar(db, "SELECT count(*) FROM processed_events").await > before).then_some(())
@@ -94,8 +120,22 @@ async fn connecting_google_then_microsoft_then_removing_google_keeps_rows_flags_
     let cipher = TokenCipher::from_setting(KEY_A).unwrap();
     let worker = spawn_calendar_worker(&db, &broker, &clerk, KEY_A).await;
     let expires = chrono::Utc::now().timestamp_millis() + 3_600_000;
-    clerk.set_token(USER, "oauth_google", "ya29.google-token-1", Some(expires), "g-100", "eac_g1");
-    clerk.set_token(USER, "oauth_microsoft", "EwB-ms-token-1", Some(expires), "m-200", "eac_m1");
+    clerk.set_token(
+        USER,
+        "oauth_google",
+        "ya29.google-token-1",
+        Some(expires),
+        "g-100",
+        "eac_g1",
+    );
+    clerk.set_token(
+        USER,
+        "oauth_microsoft",
+        "EwB-ms-token-1",
+        Some(expires),
+        "m-200",
+        "eac_m1",
+    );
     let google = google_calendar_account("g-100", "eac_g1");
     let microsoft = microsoft_calendar_account("m-200", "eac_m1");
 
@@ -110,10 +150,20 @@ async fn connecting_google_then_microsoft_then_removing_google_keeps_rows_flags_
     assert_eq!(flags(&db.conn).await, (true, false));
 
     // Step 2: Microsoft too.
-    send(&broker, &db.conn, "msg_cal_2", 20, vec![google.clone(), microsoft.clone()]).await;
+    send(
+        &broker,
+        &db.conn,
+        "msg_cal_2",
+        20,
+        vec![google.clone(), microsoft.clone()],
+    )
+    .await;
     let rows = connections(&db.conn, &cipher).await;
     assert_eq!(rows.len(), 2);
-    assert_eq!(rows["microsoft:m-200"].token.as_deref(), Some("EwB-ms-token-1"));
+    assert_eq!(
+        rows["microsoft:m-200"].token.as_deref(),
+        Some("EwB-ms-token-1")
+    );
     assert_eq!(flags(&db.conn).await, (true, true));
 
     // Step 3: Google removed.
@@ -123,7 +173,14 @@ async fn connecting_google_then_microsoft_then_removing_google_keeps_rows_flags_
     assert_eq!(flags(&db.conn).await, (false, true));
 
     // A stale event (still with Google) does not bring the connection back.
-    send(&broker, &db.conn, "msg_cal_2b", 25, vec![google.clone(), microsoft.clone()]).await;
+    send(
+        &broker,
+        &db.conn,
+        "msg_cal_2b",
+        25,
+        vec![google.clone(), microsoft.clone()],
+    )
+    .await;
     assert_eq!(connections(&db.conn, &cipher).await.len(), 1);
     assert_eq!(flags(&db.conn).await, (false, true));
 
@@ -138,9 +195,12 @@ async fn connecting_google_then_microsoft_then_removing_google_keeps_rows_flags_
     assert_eq!(clear, 0);
 
     // Deleting the user deletes the connections.
-    broker.publish_event("msg_cal_del", &events::user_deleted(USER, 99)).await;
+    broker
+        .publish_event("msg_cal_del", &events::user_deleted(USER, 99))
+        .await;
     eventually(Duration::from_secs(20), "connections gone", || async {
-        (scalar(&db.conn, "SELECT count(*) FROM user_calendar_connections").await == 0).then_some(())
+        (scalar(&db.conn, "SELECT count(*) FROM user_calendar_connections").await == 0)
+            .then_some(())
     })
     .await;
     worker.stop().await;
@@ -153,22 +213,58 @@ async fn clerk_failing_twice_then_answering_still_lands_the_connection_without_d
     let clerk = FakeClerk::start().await;
     let cipher = TokenCipher::from_setting(KEY_A).unwrap();
     let worker = spawn_calendar_worker(&db, &broker, &clerk, KEY_A).await;
-    clerk.set_token(USER, "oauth_google", "ya29.after-500s", None, "g-100", "eac_g1");
+    clerk.set_token(
+        USER,
+        "oauth_google",
+        "ya29.after-500s",
+        None,
+        "g-100",
+        "eac_g1",
+    );
     clerk.fail_next(500, 2);
 
-    send(&broker, &db.conn, "msg_cal_500", 10, vec![google_calendar_account("g-100", "eac_g1")]).await;
+    send(
+        &broker,
+        &db.conn,
+        "msg_cal_500",
+        10,
+        vec![google_calendar_account("g-100", "eac_g1")],
+    )
+    .await;
 
     let rows = connections(&db.conn, &cipher).await;
-    assert_eq!(rows["google:g-100"].token.as_deref(), Some("ya29.after-500s"));
+    assert_eq!(
+        rows["google:g-100"].token.as_deref(),
+        Some("ya29.after-500s")
+    );
     assert_eq!(flags(&db.conn).await, (true, false));
     assert!(clerk.requests() >= 3);
     assert_eq!(broker.count(&broker.topology.dead_queue()).await, 0);
 
     // Rate limited (429) then served: retried as well.
-    clerk.set_token(USER, "oauth_google", "ya29.after-429", None, "g-100", "eac_g1");
+    clerk.set_token(
+        USER,
+        "oauth_google",
+        "ya29.after-429",
+        None,
+        "g-100",
+        "eac_g1",
+    );
     clerk.fail_next(429, 1);
-    send(&broker, &db.conn, "msg_cal_429", 20, vec![google_calendar_account("g-100", "eac_g1")]).await;
-    assert_eq!(connections(&db.conn, &cipher).await["google:g-100"].token.as_deref(), Some("ya29.after-429"));
+    send(
+        &broker,
+        &db.conn,
+        "msg_cal_429",
+        20,
+        vec![google_calendar_account("g-100", "eac_g1")],
+    )
+    .await;
+    assert_eq!(
+        connections(&db.conn, &cipher).await["google:g-100"]
+            .token
+            .as_deref(),
+        Some("ya29.after-429")
+    );
     assert_eq!(broker.count(&broker.topology.dead_queue()).await, 0);
     worker.stop().await;
 }
@@ -180,7 +276,14 @@ async fn a_connection_whose_token_clerk_will_not_give_is_recorded_as_not_connect
     let clerk = FakeClerk::start().await;
     let worker = spawn_calendar_worker(&db, &broker, &clerk, KEY_A).await;
 
-    send(&broker, &db.conn, "msg_cal_none", 10, vec![microsoft_calendar_account("m-1", "eac_m")]).await;
+    send(
+        &broker,
+        &db.conn,
+        "msg_cal_none",
+        10,
+        vec![microsoft_calendar_account("m-1", "eac_m")],
+    )
+    .await;
 
     let row = db
         .conn
@@ -191,8 +294,15 @@ async fn a_connection_whose_token_clerk_will_not_give_is_recorded_as_not_connect
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(row.try_get::<String>("", "status").unwrap(), "token_unavailable");
-    assert!(row.try_get::<String>("", "status_reason").unwrap().contains("no access token"));
+    assert_eq!(
+        row.try_get::<String>("", "status").unwrap(),
+        "token_unavailable"
+    );
+    assert!(
+        row.try_get::<String>("", "status_reason")
+            .unwrap()
+            .contains("no access token")
+    );
     assert!(row.try_get::<bool>("", "no_token").unwrap());
     assert_eq!(flags(&db.conn).await, (false, false));
     worker.stop().await;
@@ -204,38 +314,76 @@ async fn tokens_written_under_key_a_read_back_after_rotating_to_b_and_none_stay_
     let broker = TestBroker::new().await;
     let clerk = FakeClerk::start().await;
     let worker = spawn_calendar_worker(&db, &broker, &clerk, KEY_A).await;
-    clerk.set_token(USER, "oauth_google", "ya29.rotate-me", None, "g-100", "eac_g1");
-    clerk.set_token(USER, "oauth_microsoft", "EwB-rotate-me", None, "m-200", "eac_m1");
+    clerk.set_token(
+        USER,
+        "oauth_google",
+        "ya29.rotate-me",
+        None,
+        "g-100",
+        "eac_g1",
+    );
+    clerk.set_token(
+        USER,
+        "oauth_microsoft",
+        "EwB-rotate-me",
+        None,
+        "m-200",
+        "eac_m1",
+    );
     send(
         &broker,
         &db.conn,
         "msg_rot_1",
         10,
-        vec![google_calendar_account("g-100", "eac_g1"), microsoft_calendar_account("m-200", "eac_m1")],
+        vec![
+            google_calendar_account("g-100", "eac_g1"),
+            microsoft_calendar_account("m-200", "eac_m1"),
+        ],
     )
     .await;
     worker.stop().await;
     let a = TokenCipher::from_setting(KEY_A).unwrap();
     let rotated = TokenCipher::from_setting(&format!("{KEY_B} {KEY_A}")).unwrap();
     let before = connections(&db.conn, &rotated).await;
-    assert!(before.values().all(|c| c.key_id.as_deref() == Some(a.primary_key_id())));
+    assert!(
+        before
+            .values()
+            .all(|c| c.key_id.as_deref() == Some(a.primary_key_id()))
+    );
 
     let output = Command::new(env!("CARGO_BIN_EXE_worker"))
         .arg("rotate-token-key")
         .env_clear()
-        .envs(worker_settings(&db.url, &broker, &[("TOKEN_ENCRYPTION_KEY", &format!("{KEY_B} {KEY_A}"))]))
+        .envs(worker_settings(
+            &db.url,
+            &broker,
+            &[("TOKEN_ENCRYPTION_KEY", &format!("{KEY_B} {KEY_A}"))],
+        ))
         .output()
         .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert!(String::from_utf8_lossy(&output.stdout).contains("re-encrypted 2"));
 
     let only_b = TokenCipher::from_setting(KEY_B).unwrap();
     let after = connections(&db.conn, &only_b).await;
-    assert_eq!(after["google:g-100"].token.as_deref(), Some("ya29.rotate-me"));
-    assert_eq!(after["microsoft:m-200"].token.as_deref(), Some("EwB-rotate-me"));
+    assert_eq!(
+        after["google:g-100"].token.as_deref(),
+        Some("ya29.rotate-me")
+    );
+    assert_eq!(
+        after["microsoft:m-200"].token.as_deref(),
+        Some("EwB-rotate-me")
+    );
     let under_a = scalar(
         &db.conn,
-        &format!("SELECT count(*) FROM user_calendar_connections WHERE token_key_id = '{}'", a.primary_key_id()),
+        &format!(
+            "SELECT count(*) FROM user_calendar_connections WHERE token_key_id = '{}'",
+            a.primary_key_id()
+        ),
     )
     .await;
     assert_eq!(under_a, 0);

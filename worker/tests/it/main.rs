@@ -1,6 +1,7 @@
 //! Worker integration tests against the machine's real Postgres and RabbitMQ.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod backfill;
 mod calendar;
 mod convergence;
 mod dead_letters;

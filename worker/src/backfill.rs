@@ -1,0 +1,186 @@
+//! `worker backfill`: pages through Clerk's user list (oldest first) and applies each user through
+//! the same path as a `user.updated` event, so a backfill racing live webhooks keeps the newest
+//! state (the version guard) and never brings back a deleted user (the tombstones). The offset of
+//! the next page is checkpointed in `backfill_checkpoints` after every page: a backfill that
+//! stopped resumes where it was.
+
+use std::time::Duration;
+
+use calendar::clerk::{ClerkClient, ClerkError};
+use sea_orm::{ConnectionTrait, DbBackend, DbErr, Statement};
+use serde::Serialize;
+
+use crate::{
+    apply::{Applier, Outcome},
+    event::{self, ClerkEvent},
+};
+
+const CHECKPOINT: &str = "clerk_users";
+
+/// Why a backfill stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum BackfillError {
+    #[error(
+        "Clerk's user list failed at offset {offset}: {source}; run `worker backfill` again to resume from there"
+    )]
+    Clerk {
+        offset: u64,
+        #[source]
+        source: ClerkError,
+    },
+    #[error("database: {0}; run `worker backfill` again to resume")]
+    Db(#[from] DbErr),
+}
+
+/// What a backfill did.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Summary {
+    /// Offset the run started from (non-zero when it resumed).
+    pub resumed_from: u64,
+    pub seen: u64,
+    pub applied: u64,
+    pub unchanged: u64,
+    pub deleted: u64,
+    /// `(clerk user id, reason)` of users that could not be applied.
+    pub failed: Vec<(String, String)>,
+}
+
+/// Tuning of a backfill.
+#[derive(Debug, Clone)]
+pub struct BackfillOptions {
+    /// Users per page (at most 500, Clerk's limit).
+    pub page_size: u32,
+    /// Start from the beginning even if an earlier run left a checkpoint.
+    pub restart: bool,
+    /// Attempts per page before giving up (transient Clerk errors, 429s).
+    pub page_attempts: u32,
+}
+
+impl Default for BackfillOptions {
+    fn default() -> Self {
+        Self {
+            page_size: 100,
+            restart: false,
+            page_attempts: 5,
+        }
+    }
+}
+
+async fn checkpoint<C: ConnectionTrait>(db: &C) -> Result<(u64, bool), DbErr> {
+    let row = db
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT next_offset, finished_at IS NOT NULL AS finished FROM backfill_checkpoints \
+             WHERE name = $1",
+            vec![CHECKPOINT.into()],
+        ))
+        .await?;
+    Ok(match row {
+        Some(row) => (
+            u64::try_from(row.try_get::<i64>("", "next_offset")?).unwrap_or(0),
+            row.try_get("", "finished")?,
+        ),
+        None => (0, false),
+    })
+}
+
+async fn save<C: ConnectionTrait>(db: &C, offset: u64, finished: bool) -> Result<(), DbErr> {
+    db.execute_raw(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        "INSERT INTO backfill_checkpoints (name, next_offset, finished_at, updated_at) \
+         VALUES ($1, $2, CASE WHEN $3 THEN now() END, now()) \
+         ON CONFLICT (name) DO UPDATE SET next_offset = EXCLUDED.next_offset, \
+           finished_at = EXCLUDED.finished_at, updated_at = now()",
+        vec![
+            CHECKPOINT.into(),
+            i64::try_from(offset).unwrap_or(i64::MAX).into(),
+            finished.into(),
+        ],
+    ))
+    .await?;
+    Ok(())
+}
+
+/// Reads one page, retrying transient failures (honouring `Retry-After`).
+async fn page(
+    clerk: &ClerkClient,
+    options: &BackfillOptions,
+    offset: u64,
+) -> Result<Vec<serde_json::Value>, BackfillError> {
+    let mut delay = Duration::from_millis(200);
+    let mut attempt = 1;
+    loop {
+        match clerk.list_users(options.page_size, offset).await {
+            Ok(users) => return Ok(users),
+            Err(error) if error.is_transient() && attempt < options.page_attempts => {
+                let wait = match &error {
+                    ClerkError::RateLimited {
+                        retry_after: Some(after),
+                    } => *after,
+                    _ => delay,
+                };
+                tracing::warn!(offset, attempt, error.message = %error, ?wait, "listing users failed; retrying");
+                tokio::time::sleep(wait).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+                attempt += 1;
+            }
+            Err(source) => return Err(BackfillError::Clerk { offset, source }),
+        }
+    }
+}
+
+/// Runs the backfill. `progress(done, total)` is called after each page; `total` is Clerk's user
+/// count when it could be read.
+pub async fn run(
+    applier: &Applier,
+    clerk: &ClerkClient,
+    options: &BackfillOptions,
+    mut progress: impl FnMut(u64, Option<u64>),
+) -> Result<Summary, BackfillError> {
+    let (saved, finished) = checkpoint(&applier.db).await?;
+    let mut offset = if options.restart || finished {
+        0
+    } else {
+        saved
+    };
+    let total = clerk.count_users().await.ok();
+    let mut summary = Summary {
+        resumed_from: offset,
+        ..Summary::default()
+    };
+    loop {
+        let users = page(clerk, options, offset).await?;
+        let count = users.len() as u64;
+        for value in &users {
+            summary.seen += 1;
+            let id = value
+                .get("id")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("?")
+                .to_owned();
+            let user = match event::parse_user(value) {
+                Ok(user) => user,
+                Err(error) => {
+                    summary.failed.push((id, error.to_string()));
+                    continue;
+                }
+            };
+            match applier
+                .apply(None, "backfill", &ClerkEvent::UserUpserted(user))
+                .await
+            {
+                Ok(Outcome::Applied) => summary.applied += 1,
+                Ok(Outcome::SkippedDeleted) => summary.deleted += 1,
+                Ok(_) => summary.unchanged += 1,
+                Err(error) => summary.failed.push((id, error.to_string())),
+            }
+        }
+        offset += count;
+        let done = count < u64::from(options.page_size.clamp(1, 500));
+        save(&applier.db, offset, done).await?;
+        progress(offset, total);
+        if done {
+            return Ok(summary);
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! `worker backfill` against the fake Clerk Backend API with 1,000 users.
+
+use std::{process::Command, time::Duration};
+
+use testkit::{
+    TestBroker, TestDb, events,
+    fake_clerk::{FakeClerk, SECRET_KEY},
+};
+use worker::{
+    Applier,
+    backfill::{self, BackfillOptions},
+};
+
+use crate::helpers::{scalar, spawn_worker, state, users, wait_for_users, worker_settings};
+
+fn clerk_users(n: usize) -> Vec<serde_json::Value> {
+    (0..n)
+        .map(|i| {
+            events::user_object(&state(
+                &format!("user_bf_{i:04}"),
+                Some(&format!("bf{i}@example.com")),
+                "Old",
+                100,
+            ))
+        })
+        .collect()
+}
+
+async fn applier(db: &TestDb, clerk: &FakeClerk) -> (Applier, calendar::clerk::ClerkClient) {
+    let client =
+        calendar::clerk::ClerkClient::new(&clerk.url(), SECRET_KEY, Duration::from_secs(5))
+            .unwrap();
+    let applier = Applier {
+        db: worker::connect_database(&db.url, 4).await.unwrap(),
+        clerk: Some(client.clone()),
+        cipher: None,
+        in_process_retries: 3,
+    };
+    (applier, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_of_1000_users_keeps_newer_webhook_state_and_deleted_users_out() {
+    let db = TestDb::empty().await;
+    let broker = TestBroker::new().await;
+    let clerk = FakeClerk::start().await;
+    clerk.set_users(clerk_users(1000));
+    // Live webhooks got there first: user 5 has a newer state, user 7 was deleted.
+    let worker = spawn_worker(&db, &broker, &[]).await;
+    broker
+        .publish_event(
+            "msg_bf_new",
+            &events::user_event(
+                "user.updated",
+                &state("user_bf_0005", Some("new5@example.com"), "New", 200),
+            ),
+        )
+        .await;
+    broker
+        .publish_event("msg_bf_del", &events::user_deleted("user_bf_0007", 1))
+        .await;
+    testkit::eventually(Duration::from_secs(20), "webhooks applied", || async {
+        (scalar(&db.conn, "SELECT count(*) FROM processed_events").await == 2).then_some(())
+    })
+    .await;
+
+    let url = clerk.url();
+    let output = Command::new(env!("CARGO_BIN_EXE_worker"))
+        .args(["backfill", "--page-size", "100"])
+        .env_clear()
+        .envs(worker_settings(
+            &db.url,
+            &broker,
+            &[("CLERK_SECRET_KEY", SECRET_KEY), ("CLERK_API_URL", &url)],
+        ))
+        .output()
+        .unwrap();
+
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("1000 users seen"), "{stdout}");
+    assert!(
+        stdout.contains("998 applied, 1 already newer, 1 deleted, 0 failed"),
+        "{stdout}"
+    );
+    let rows = users(&db.conn).await;
+    assert_eq!(rows.len(), 999);
+    assert_eq!(rows["user_bf_0005"].first_name.as_deref(), Some("New"));
+    assert_eq!(rows["user_bf_0005"].version, 200);
+    assert!(!rows.contains_key("user_bf_0007"));
+    assert_eq!(
+        rows["user_bf_0999"].email.as_deref(),
+        Some("bf999@example.com")
+    );
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_backfill_that_stopped_half_way_resumes_where_it_was() {
+    let db = TestDb::migrated().await;
+    let clerk = FakeClerk::start().await;
+    clerk.set_users(clerk_users(1000));
+    clerk.fail_users_from(Some(500));
+    let (applier, client) = applier(&db, &clerk).await;
+    let options = BackfillOptions {
+        page_size: 100,
+        page_attempts: 2,
+        ..BackfillOptions::default()
+    };
+
+    let error = backfill::run(&applier, &client, &options, |_, _| {})
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("offset 500"), "{error}");
+    assert_eq!(users(&db.conn).await.len(), 500);
+
+    clerk.fail_users_from(None);
+    let before = clerk.user_offsets().len();
+    let mut last_progress = (0, None);
+    let summary = backfill::run(&applier, &client, &options, |done, total| {
+        last_progress = (done, total)
+    })
+    .await
+    .unwrap();
+
+    assert_eq!(summary.resumed_from, 500);
+    assert_eq!(summary.seen, 500);
+    assert!(
+        clerk.user_offsets()[before..].iter().all(|o| *o >= 500),
+        "{:?}",
+        clerk.user_offsets()
+    );
+    assert_eq!(last_progress, (1000, Some(1000)));
+    let expected_rows = users(&db.conn).await;
+    assert_eq!(expected_rows.len(), 1000);
+    // A finished backfill starts over next time (nothing to resume).
+    let again = backfill::run(&applier, &client, &options, |_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.resumed_from, again.applied, again.unchanged),
+        (0, 0, 1000)
+    );
+    wait_for_users(&db.conn, &expected_rows, Duration::from_secs(1)).await;
+}
