@@ -1,1 +1,149 @@
-//! The read API (being built).
+//! The read API: users synced from Clerk and their calendar connections, served as JSON to the
+//! product's frontend (Clerk session JWTs: the caller's own user only) and to trusted backends
+//! (service keys: any user, plus fresh calendar access tokens). Also `/healthz`, `/readyz`,
+//! `/metrics` and a generated `/openapi.json`. The API reads the database the worker writes; it
+//! never runs migrations.
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod openapi;
+pub mod routes;
+pub mod state;
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use axum::middleware;
+use http::{HeaderName, Method, header};
+use prometheus_client::registry::Registry;
+use sea_orm::{ConnectOptions, Database, DatabaseConnection};
+use tokio::net::TcpListener;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+pub use config::{Config, ConfigError};
+pub use error::ApiError;
+
+use crate::{config::redact_url, metrics::Metrics, state::AppState};
+
+/// Why the API could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr} (API_ADDR): {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    /// The database error is left out: it may quote the URL, password included.
+    #[error(
+        "DATABASE_URL ({0}) cannot be used: expected postgres://user:password@host:port/database"
+    )]
+    DatabaseUrl(String),
+    #[error("cannot serialize the OpenAPI document: {0}")]
+    OpenApi(#[from] serde_json::Error),
+}
+
+/// A bound, not yet running API.
+pub struct Application {
+    listener: TcpListener,
+    router: axum::Router,
+    db: DatabaseConnection,
+}
+
+impl Application {
+    /// Binds the listener and sets up the database pool. The pool connects lazily, so the API
+    /// starts while Postgres is down (`/readyz` answers 503 until it is reachable).
+    pub async fn build(config: Config) -> Result<Self, StartError> {
+        let mut options = ConnectOptions::new(config.database.url.clone());
+        options
+            .max_connections(config.database.max_connections.max(1))
+            .min_connections(0)
+            .connect_timeout(Duration::from_secs(5))
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_lazy(true)
+            .sqlx_logging(false);
+        let db = Database::connect(options)
+            .await
+            .map_err(|_| StartError::DatabaseUrl(redact_url(&config.database.url)))?;
+
+        if config.calendar.is_none() {
+            tracing::warn!(
+                "TOKEN_ENCRYPTION_KEY and CLERK_SECRET_KEY are not both set: the token endpoint answers 503"
+            );
+        }
+
+        let (router, doc) = routes::router();
+        let mut registry = Registry::default();
+        let metrics = Metrics::register(&mut registry);
+        let state = Arc::new(AppState {
+            db: db.clone(),
+            auth: config.auth,
+            calendar: config.calendar,
+            metrics,
+            registry: Mutex::new(registry),
+            openapi: doc.to_json()?,
+        });
+
+        let mut router = router;
+        if !config.cors_origins.is_empty() {
+            router = router.layer(
+                CorsLayer::new()
+                    .allow_origin(AllowOrigin::list(config.cors_origins))
+                    .allow_methods([Method::GET, Method::PATCH, Method::OPTIONS])
+                    .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+                    .expose_headers([HeaderName::from_static("x-request-id")])
+                    // Lets the browser send the `__session` cookie; only to the listed origins.
+                    .allow_credentials(true)
+                    .max_age(Duration::from_secs(600)),
+            );
+        }
+        let router = router
+            .layer(middleware::from_fn_with_state(
+                state.clone(),
+                metrics::observe,
+            ))
+            .with_state(state);
+
+        let listener = TcpListener::bind(config.addr)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: config.addr,
+                source,
+            })?;
+        Ok(Self {
+            listener,
+            router,
+            db,
+        })
+    }
+
+    /// The bound address (port 0 in tests picks a free port).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The bound port.
+    pub fn port(&self) -> u16 {
+        self.local_addr().map(|a| a.port()).unwrap_or_default()
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, lets in-flight requests finish
+    /// and closes the database pool.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        tracing::info!(addr = ?self.listener.local_addr().ok(), "api listening");
+        let served = axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown)
+            .await;
+        let _ = self.db.close().await;
+        tracing::info!("api stopped");
+        served
+    }
+}

@@ -1,3 +1,16 @@
-//! `api`: the read API.
+//! `api`: the read API. Reads its settings from the environment, logs to stdout, serves until
+//! SIGTERM or Ctrl-C.
 
-fn main() {}
+use anyhow::Context;
+use api::{Application, Config};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::from_env().context("invalid api configuration")?;
+    telemetry::init_subscriber("info", config.log_format, std::io::stdout);
+    let app = Application::build(config).await?;
+    app.run_until_stopped(telemetry::ops::shutdown_signal())
+        .await
+        .context("the api server failed")?;
+    Ok(())
+}

@@ -1,0 +1,294 @@
+//! The API's settings, read from the environment (or any lookup, in tests). Secrets are parsed
+//! into types whose `Debug` redacts them; errors name the variable, never its value.
+
+use std::{net::SocketAddr, time::Duration};
+
+use calendar::{
+    clerk::{ClerkClient, ClerkError, DEFAULT_API_URL},
+    crypto::{KeyError, TokenCipher},
+};
+use http::HeaderValue;
+use telemetry::{
+    LogFormat,
+    settings::{InvalidSetting, log_format, number, socket_addr},
+};
+
+use crate::auth::{Authenticator, JwtKeyError, JwtVerifier, ServiceKeys};
+
+/// The default `DATABASE_URL`.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@localhost:5432/clerk_sync";
+
+/// How long a call to Clerk's Backend API may take.
+const CLERK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Everything the API needs to run.
+#[derive(Debug)]
+pub struct Config {
+    /// `API_ADDR`: where to listen (default `127.0.0.1:8081`).
+    pub addr: SocketAddr,
+    /// `DATABASE_URL` and `DATABASE_MAX_CONNECTIONS`.
+    pub database: DatabaseSettings,
+    /// `CLERK_JWT_KEY`, `CLERK_AUTHORIZED_PARTIES` and `API_SERVICE_KEYS`: who may call.
+    pub auth: Authenticator,
+    /// `API_CORS_ORIGINS`: browser origins allowed to call (comma separated; none: no CORS
+    /// headers at all).
+    pub cors_origins: Vec<HeaderValue>,
+    /// `TOKEN_ENCRYPTION_KEY`, `CLERK_SECRET_KEY`, `CLERK_API_URL`: what the token endpoint needs.
+    /// `None` when the first two are not both set (the endpoint then answers 503).
+    pub calendar: Option<CalendarSettings>,
+    /// `LOG_FORMAT`: `plain` (default) or `json`.
+    pub log_format: LogFormat,
+}
+
+/// Where the database is. `Debug` hides the password in the URL.
+pub struct DatabaseSettings {
+    /// `DATABASE_URL` (default `postgres://postgres@localhost:5432/clerk_sync`).
+    pub url: String,
+    /// `DATABASE_MAX_CONNECTIONS` (default 10).
+    pub max_connections: u32,
+}
+
+impl std::fmt::Debug for DatabaseSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseSettings")
+            .field("url", &redact_url(&self.url))
+            .field("max_connections", &self.max_connections)
+            .finish()
+    }
+}
+
+/// The URL with any password replaced by `***` (for logs and `Debug`).
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "[unparseable URL]".into();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            let hidden = if userinfo.contains(':') { ":***" } else { "" };
+            format!("{scheme}://{user}{hidden}@{host}{tail}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// What `GET /users/{id}/calendar-connections/{provider}/token` needs.
+#[derive(Debug)]
+pub struct CalendarSettings {
+    /// Decrypts stored tokens and encrypts refreshed ones (`TOKEN_ENCRYPTION_KEY`).
+    pub cipher: TokenCipher,
+    /// Asks Clerk for a fresh token when the stored one expired (`CLERK_SECRET_KEY`,
+    /// `CLERK_API_URL`).
+    pub clerk: ClerkClient,
+}
+
+/// A setting that cannot be used; the message names the variable, never a secret's value.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "neither CLERK_JWT_KEY nor API_SERVICE_KEYS is set, so nobody could call the API: set CLERK_JWT_KEY to the PEM public key from the Clerk dashboard (API keys > JWT public key) and/or API_SERVICE_KEYS to comma separated keys for trusted backends"
+    )]
+    NoCallers,
+    #[error(transparent)]
+    JwtKey(#[from] JwtKeyError),
+    #[error(transparent)]
+    TokenKey(#[from] KeyError),
+    #[error("CLERK_API_URL or CLERK_SECRET_KEY cannot be used: {0}")]
+    Clerk(#[from] ClerkError),
+    #[error(transparent)]
+    Invalid(#[from] InvalidSetting),
+}
+
+/// The non-empty items of a comma separated list, trimmed.
+fn list(value: Option<String>) -> Vec<String> {
+    value
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A setting that is set and not blank.
+fn present(lookup: &impl Fn(&str) -> Option<String>, name: &str) -> Option<String> {
+    lookup(name).filter(|v| !v.trim().is_empty())
+}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads settings through `lookup`; tests pass a map.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let authorized_parties = list(lookup("CLERK_AUTHORIZED_PARTIES"));
+        let jwt = present(&lookup, "CLERK_JWT_KEY")
+            .map(|pem| JwtVerifier::from_pem(&pem, authorized_parties))
+            .transpose()?;
+        let service_keys = ServiceKeys::new(list(lookup("API_SERVICE_KEYS")));
+        if jwt.is_none() && service_keys.is_empty() {
+            return Err(ConfigError::NoCallers);
+        }
+
+        let cors_origins = list(lookup("API_CORS_ORIGINS"))
+            .into_iter()
+            .map(|origin| {
+                let trimmed = origin.trim_end_matches('/');
+                if !(trimmed.starts_with("http://") || trimmed.starts_with("https://")) {
+                    return Err(InvalidSetting::new(
+                        "API_CORS_ORIGINS",
+                        format!("{origin:?} is not an origin such as https://app.example.com"),
+                    ));
+                }
+                HeaderValue::from_str(trimmed).map_err(|_| {
+                    InvalidSetting::new("API_CORS_ORIGINS", format!("{origin:?} is not an origin"))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let calendar = match (
+            present(&lookup, "TOKEN_ENCRYPTION_KEY"),
+            present(&lookup, "CLERK_SECRET_KEY"),
+        ) {
+            (Some(key), Some(secret)) => {
+                let base =
+                    present(&lookup, "CLERK_API_URL").unwrap_or_else(|| DEFAULT_API_URL.to_owned());
+                Some(CalendarSettings {
+                    cipher: TokenCipher::from_setting(&key)?,
+                    clerk: ClerkClient::new(base.trim(), secret.trim(), CLERK_TIMEOUT)?,
+                })
+            }
+            _ => None,
+        };
+
+        let max_connections = number(&lookup, "DATABASE_MAX_CONNECTIONS", 10)?;
+        Ok(Self {
+            addr: socket_addr(&lookup, "API_ADDR", "127.0.0.1:8081")?,
+            database: DatabaseSettings {
+                url: present(&lookup, "DATABASE_URL")
+                    .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned()),
+                max_connections: u32::try_from(max_connections)
+                    .map_err(|_| InvalidSetting::new("DATABASE_MAX_CONNECTIONS", "is too large"))?,
+            },
+            auth: Authenticator::new(jwt, service_keys),
+            cors_origins,
+            calendar,
+            log_format: log_format(&lookup)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+            .collect();
+        move |name| map.get(name).cloned()
+    }
+
+    /// An RSA public key (2048 bits), for parsing only.
+    const PEM: &str = "-----BEGIN PUBLIC KEY-----\nMIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAx0tAuSX7apyNlbyaz3Gm\nBsToYpAMHLkD88T55SV0mmqQbm7D3kjlsbzqCxdOkI4PxevJeHuhyI9kif+DQYLU\nkbrIu1crr0FiaMzfHzzCfDxgsAgsczk7Nj1yut7QtCLhUvwbDdvXg8KUjjjFMGHr\nYCFxIZx9zKuRx1XClnyZzkPLtELaZAeLoLSKk/OUURQhoFTTdoBmSRCZCb5L+ecu\nH9xn0a2R+CMQ9p3y0TDD9FsC5Xfbi5cdvrczV27/pazpCFG6+o/aN/VqmB4RzrTH\n1addSomIjMhCOv6Ds2WVEYnRp82squB49P+haeIfaKEfmGW/KyW42kIqxcOHDNgB\nNQIDAQAB\n-----END PUBLIC KEY-----\n";
+
+    #[test]
+    fn defaults_apply_when_only_a_service_key_is_set() {
+        let config = Config::from_lookup(lookup(&[("API_SERVICE_KEYS", "k1")])).expect("valid");
+        assert_eq!(config.addr.to_string(), "127.0.0.1:8081");
+        assert_eq!(config.database.url, DEFAULT_DATABASE_URL);
+        assert_eq!(config.database.max_connections, 10);
+        assert!(config.cors_origins.is_empty());
+        assert!(config.calendar.is_none());
+    }
+
+    #[test]
+    fn without_jwt_key_and_service_keys_the_api_refuses_to_start() {
+        let err = Config::from_lookup(lookup(&[("API_SERVICE_KEYS", " , ")])).expect_err("none");
+        let message = err.to_string();
+        assert!(message.contains("CLERK_JWT_KEY"), "{message}");
+        assert!(message.contains("API_SERVICE_KEYS"), "{message}");
+    }
+
+    #[test]
+    fn a_jwt_key_with_literal_backslash_n_sequences_is_accepted() {
+        let escaped = PEM.replace('\n', "\\n");
+        Config::from_lookup(lookup(&[("CLERK_JWT_KEY", &escaped)])).expect("escaped PEM");
+        Config::from_lookup(lookup(&[("CLERK_JWT_KEY", PEM)])).expect("plain PEM");
+    }
+
+    #[test]
+    fn a_bad_jwt_key_is_refused_without_echoing_it() {
+        let bad = "-----BEGIN PUBLIC KEY-----\nbm90IGEga2V5\n-----END PUBLIC KEY-----";
+        let err = Config::from_lookup(lookup(&[("CLERK_JWT_KEY", bad)])).expect_err("bad");
+        let message = err.to_string();
+        assert!(message.contains("CLERK_JWT_KEY"), "{message}");
+        assert!(!message.contains("bm90IGEga2V5"), "{message}");
+    }
+
+    #[test]
+    fn the_config_debug_output_hides_secrets() {
+        let config = Config::from_lookup(lookup(&[
+            ("API_SERVICE_KEYS", "svc-hunter2,svc-swordfish"),
+            ("CLERK_JWT_KEY", PEM),
+            ("DATABASE_URL", "postgres://app:pa55word@db:5432/clerk_sync"),
+            (
+                "TOKEN_ENCRYPTION_KEY",
+                "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+            ),
+            ("CLERK_SECRET_KEY", "sk_test_supersecret"),
+        ]))
+        .expect("valid");
+        let debug = format!("{config:?}");
+        for secret in [
+            "hunter2",
+            "swordfish",
+            "pa55word",
+            "sk_test_supersecret",
+            "AAECAwQF",
+            "x0tAuSX7",
+        ] {
+            assert!(!debug.contains(secret), "{secret} in {debug}");
+        }
+        assert!(debug.contains("db:5432"), "{debug}");
+        assert!(config.calendar.is_some());
+    }
+
+    #[test]
+    fn urls_are_redacted_but_stay_recognisable() {
+        assert_eq!(
+            redact_url("postgres://u:p@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact_url("postgres://h/db?x=@"), "postgres://h/db?x=@");
+        assert_eq!(redact_url("nonsense"), "[unparseable URL]");
+    }
+
+    #[test]
+    fn cors_origins_must_be_origins() {
+        let err = Config::from_lookup(lookup(&[
+            ("API_SERVICE_KEYS", "k"),
+            ("API_CORS_ORIGINS", "app.example.com"),
+        ]))
+        .expect_err("no scheme");
+        assert!(err.to_string().contains("API_CORS_ORIGINS"), "{err}");
+        let config = Config::from_lookup(lookup(&[
+            ("API_SERVICE_KEYS", "k"),
+            (
+                "API_CORS_ORIGINS",
+                "https://app.example.com/, http://localhost:5173",
+            ),
+        ]))
+        .expect("valid");
+        assert_eq!(config.cors_origins.len(), 2);
+        assert_eq!(config.cors_origins[0], "https://app.example.com");
+    }
+}

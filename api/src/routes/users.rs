@@ -1,0 +1,317 @@
+//! Users: `GET /me`, `GET /users/{id}`, `GET /users/by-clerk-id/{clerk_user_id}`,
+//! `GET /users?email=` (service keys only) and `PATCH /users/{id}/calendar-status`.
+
+use std::sync::Arc;
+
+use axum::{
+    Json,
+    extract::{
+        Path, Query, State,
+        rejection::{JsonRejection, PathRejection, QueryRejection},
+    },
+};
+use chrono::{DateTime, Utc};
+use entity::{user_calendar_connections as connections, users};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, PaginatorTrait,
+    QueryFilter, QuerySelect, Statement, TransactionTrait, sea_query::Expr,
+};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use crate::{auth::Caller, error::ApiError, error::ErrorBody, state::AppState};
+
+/// A user as the frontend reads it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct User {
+    /// This service's id of the user.
+    pub id: Uuid,
+    /// Clerk's id (`user_…`).
+    #[schema(example = "user_2abc")]
+    pub clerk_user_id: String,
+    /// The primary email address (Clerk allows users without one).
+    pub email: Option<String>,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    /// Whether a Microsoft calendar is connected.
+    pub microsoft_calendar_connected: bool,
+    /// Whether a Google calendar is connected.
+    pub google_calendar_connected: bool,
+    /// When the row was created here.
+    pub created_at: DateTime<Utc>,
+    /// When the row last changed here.
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<users::Model> for User {
+    fn from(m: users::Model) -> Self {
+        Self {
+            id: m.id,
+            clerk_user_id: m.clerk_user_id,
+            email: m.email,
+            first_name: m.first_name,
+            last_name: m.last_name,
+            microsoft_calendar_connected: m.microsoft_calendar_connected,
+            google_calendar_connected: m.google_calendar_connected,
+            created_at: m.created_at.with_timezone(&Utc),
+            updated_at: m.updated_at.with_timezone(&Utc),
+        }
+    }
+}
+
+/// A calendar provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderName {
+    Google,
+    Microsoft,
+}
+
+impl From<ProviderName> for calendar::Provider {
+    fn from(p: ProviderName) -> Self {
+        match p {
+            ProviderName::Google => Self::Google,
+            ProviderName::Microsoft => Self::Microsoft,
+        }
+    }
+}
+
+/// The body of `PATCH /users/{id}/calendar-status`.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct CalendarStatusUpdate {
+    /// `google` or `microsoft`.
+    pub provider: ProviderName,
+    /// `false` disconnects (the provider's connections and their tokens are deleted); `true`
+    /// is accepted only when a connected account of that provider exists.
+    pub connected: bool,
+}
+
+/// `GET /users?email=`.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct EmailQuery {
+    /// The email address to look up.
+    pub email: Option<String>,
+}
+
+pub(crate) const NO_SUCH_USER: &str = "no such user";
+
+/// The user with this id, if the caller may see it (another user's id is simply not found).
+pub(crate) async fn visible_user<C: ConnectionTrait>(
+    db: &C,
+    caller: &Caller,
+    id: Uuid,
+) -> Result<users::Model, ApiError> {
+    let mut query = users::Entity::find_by_id(id);
+    if let Caller::User { clerk_user_id } = caller {
+        query = query.filter(users::Column::ClerkUserId.eq(clerk_user_id.as_str()));
+    }
+    query.one(db).await?.ok_or(ApiError::NotFound(NO_SUCH_USER))
+}
+
+async fn by_clerk_id(db: &DatabaseConnection, clerk_user_id: &str) -> Result<User, ApiError> {
+    users::Entity::find()
+        .filter(users::Column::ClerkUserId.eq(clerk_user_id))
+        .one(db)
+        .await?
+        .map(User::from)
+        .ok_or(ApiError::NotFound(NO_SUCH_USER))
+}
+
+/// The signed-in user.
+#[utoipa::path(
+    get, path = "/me", tag = "users",
+    security(("session_jwt" = []), ("session_cookie" = [])),
+    responses(
+        (status = 200, description = "The caller's own user", body = User),
+        (status = 401, description = "No or invalid credentials", body = ErrorBody),
+        (status = 403, description = "A service key has no user of its own", body = ErrorBody),
+        (status = 404, description = "The user has not been synced (yet)", body = ErrorBody),
+    )
+)]
+pub async fn me(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+) -> Result<Json<User>, ApiError> {
+    match caller {
+        Caller::User { clerk_user_id } => Ok(Json(by_clerk_id(&state.db, &clerk_user_id).await?)),
+        Caller::Service => Err(ApiError::Forbidden(
+            "a service key has no user of its own: use /users/{id} or /users/by-clerk-id/{clerk_user_id}",
+        )),
+    }
+}
+
+/// A user by id.
+#[utoipa::path(
+    get, path = "/users/{id}", tag = "users",
+    params(("id" = Uuid, Path, description = "The user's id")),
+    security(("session_jwt" = []), ("session_cookie" = []), ("service_key" = [])),
+    responses(
+        (status = 200, description = "The user", body = User),
+        (status = 400, description = "The id is not a UUID", body = ErrorBody),
+        (status = 401, description = "No or invalid credentials", body = ErrorBody),
+        (status = 404, description = "No such user, or another user's id with a session token", body = ErrorBody),
+    )
+)]
+pub async fn get_user(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    id: Result<Path<Uuid>, PathRejection>,
+) -> Result<Json<User>, ApiError> {
+    let Path(id) = id?;
+    Ok(Json(visible_user(&state.db, &caller, id).await?.into()))
+}
+
+/// A user by Clerk user id.
+#[utoipa::path(
+    get, path = "/users/by-clerk-id/{clerk_user_id}", tag = "users",
+    params(("clerk_user_id" = String, Path, description = "Clerk's user id (`user_…`)")),
+    security(("session_jwt" = []), ("session_cookie" = []), ("service_key" = [])),
+    responses(
+        (status = 200, description = "The user", body = User),
+        (status = 401, description = "No or invalid credentials", body = ErrorBody),
+        (status = 404, description = "No such user, or another user's id with a session token", body = ErrorBody),
+    )
+)]
+pub async fn get_user_by_clerk_id(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    clerk_user_id: Result<Path<String>, PathRejection>,
+) -> Result<Json<User>, ApiError> {
+    let Path(clerk_user_id) = clerk_user_id?;
+    if !caller.may_see(&clerk_user_id) {
+        return Err(ApiError::NotFound(NO_SUCH_USER));
+    }
+    Ok(Json(by_clerk_id(&state.db, &clerk_user_id).await?))
+}
+
+/// A user by email address (service keys only).
+#[utoipa::path(
+    get, path = "/users", tag = "users",
+    params(EmailQuery),
+    security(("service_key" = [])),
+    responses(
+        (status = 200, description = "The user with this email address", body = User),
+        (status = 400, description = "No `email` given", body = ErrorBody),
+        (status = 401, description = "No or invalid credentials", body = ErrorBody),
+        (status = 403, description = "Session tokens may not look users up by email", body = ErrorBody),
+        (status = 404, description = "No user has this email address", body = ErrorBody),
+    )
+)]
+pub async fn find_user_by_email(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    query: Result<Query<EmailQuery>, QueryRejection>,
+) -> Result<Json<User>, ApiError> {
+    if caller != Caller::Service {
+        return Err(ApiError::Forbidden(
+            "looking users up by email needs a service key",
+        ));
+    }
+    let Query(query) = query?;
+    let email = query
+        .email
+        .as_deref()
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .ok_or_else(|| {
+            ApiError::bad_request("missing_email", "give the address: /users?email=…")
+        })?;
+    // Exact match first; Clerk stores addresses lower-cased, so try that too (both use the
+    // unique index).
+    let lower = email.to_lowercase();
+    let mut found = users::Entity::find()
+        .filter(users::Column::Email.is_in([email, lower.as_str()]))
+        .all(&state.db)
+        .await?;
+    found.sort_by_key(|u| u.email.as_deref() != Some(email));
+    found
+        .into_iter()
+        .next()
+        .map(|u| Json(u.into()))
+        .ok_or(ApiError::NotFound(NO_SUCH_USER))
+}
+
+/// Marks a calendar connected or disconnected.
+#[utoipa::path(
+    patch, path = "/users/{id}/calendar-status", tag = "users",
+    params(("id" = Uuid, Path, description = "The user's id")),
+    request_body = CalendarStatusUpdate,
+    security(("session_jwt" = []), ("session_cookie" = []), ("service_key" = [])),
+    responses(
+        (status = 200, description = "The updated user", body = User),
+        (status = 400, description = "Malformed JSON or id", body = ErrorBody),
+        (status = 401, description = "No or invalid credentials", body = ErrorBody),
+        (status = 404, description = "No such user, or another user's id with a session token", body = ErrorBody),
+        (status = 409, description = "`connected: true` but no connected account of that provider exists", body = ErrorBody),
+        (status = 415, description = "Not `Content-Type: application/json`", body = ErrorBody),
+        (status = 422, description = "Unknown provider or missing field", body = ErrorBody),
+    )
+)]
+pub async fn update_calendar_status(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    id: Result<Path<Uuid>, PathRejection>,
+    body: Result<Json<CalendarStatusUpdate>, JsonRejection>,
+) -> Result<Json<User>, ApiError> {
+    let Path(id) = id?;
+    let Json(update) = body?;
+    let provider = calendar::Provider::from(update.provider);
+
+    let txn = state.db.begin().await?;
+    let user = visible_user(&txn, &caller, id).await?;
+    // The worker applies a user's events under this lock: take it so that an event being
+    // applied and this change do not interleave.
+    txn.execute_raw(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+        [user.clerk_user_id.as_str().into()],
+    ))
+    .await?;
+    // The user may have been deleted while we waited for the lock.
+    visible_user(&txn, &caller, id).await?;
+
+    if update.connected {
+        let usable = connections::Entity::find()
+            .filter(connections::Column::UserId.eq(id))
+            .filter(connections::Column::Provider.eq(provider.as_str()))
+            .filter(connections::Column::Status.eq(calendar::store::CONNECTED))
+            .count(&txn)
+            .await?;
+        if usable == 0 {
+            return Err(ApiError::Conflict(format!(
+                "no connected {} account: the user must connect one through Clerk first",
+                provider.as_str()
+            )));
+        }
+    } else {
+        connections::Entity::delete_many()
+            .filter(connections::Column::UserId.eq(id))
+            .filter(connections::Column::Provider.eq(provider.as_str()))
+            .exec(&txn)
+            .await?;
+    }
+    let flag = match provider {
+        calendar::Provider::Google => users::Column::GoogleCalendarConnected,
+        calendar::Provider::Microsoft => users::Column::MicrosoftCalendarConnected,
+    };
+    users::Entity::update_many()
+        .col_expr(flag, Expr::value(update.connected))
+        .col_expr(users::Column::UpdatedAt, Expr::current_timestamp())
+        .filter(users::Column::Id.eq(id))
+        .exec(&txn)
+        .await?;
+    let updated = users::Entity::find_by_id(id)
+        .lock_exclusive()
+        .one(&txn)
+        .await?
+        .ok_or(ApiError::NotFound(NO_SUCH_USER))?;
+    txn.commit().await?;
+    tracing::info!(
+        user_id = %id,
+        provider = provider.as_str(),
+        connected = update.connected,
+        "calendar status changed"
+    );
+    Ok(Json(updated.into()))
+}
