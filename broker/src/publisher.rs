@@ -5,7 +5,7 @@
 use std::{
     sync::{
         Arc, RwLock,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -67,6 +67,9 @@ struct Inner {
     next: AtomicUsize,
     /// Woken by a publish that failed in a way that may mean the connection is gone.
     suspect: Notify,
+    /// Set by a nacked publish. On RabbitMQ 3.10 a channel whose quorum-queue leader died with
+    /// publishes in flight can keep nacking every later publish; fresh channels do not.
+    nacked: AtomicBool,
     shutdown: watch::Sender<bool>,
     options: PublisherOptions,
     topology: Topology,
@@ -87,6 +90,7 @@ impl Publisher {
             channels: RwLock::new(Vec::new()),
             next: AtomicUsize::new(0),
             suspect: Notify::new(),
+            nacked: AtomicBool::new(false),
             shutdown,
             options,
             topology,
@@ -134,7 +138,10 @@ impl Publisher {
                     return Err(PublishError::Timeout(timeout));
                 }
             };
-            if !matches!(error, PublishError::Unroutable | PublishError::Nacked) {
+            if matches!(error, PublishError::Nacked) {
+                self.inner.nacked.store(true, Ordering::SeqCst);
+            }
+            if !matches!(error, PublishError::Unroutable) {
                 self.inner.suspect.notify_one();
             }
             if Instant::now() + delay >= deadline {
@@ -255,20 +262,52 @@ async fn supervise(inner: Arc<Inner>, config: BrokerConfig) {
 }
 
 /// Waits until the session is broken (returns false) or shutdown is asked for (returns true).
+/// Channels that nacked are replaced by fresh ones, at most once a second.
 async fn watch_session(
     inner: &Inner,
     connection: &Connection,
     shutdown: &mut watch::Receiver<bool>,
 ) -> bool {
+    let closed = wait_until_closed(connection);
+    tokio::pin!(closed);
+    let mut last_recycle = Instant::now();
     loop {
+        let stop = async {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        };
         tokio::select! {
-            _ = shutdown.wait_for(|stop| *stop) => return true,
-            () = wait_until_closed(connection) => return false,
+            () = stop => return true,
+            () = &mut closed => return false,
             () = inner.suspect.notified() => {
                 let healthy = connection.status().connected()
                     && inner.channels.read().map(|c| c.iter().all(|ch| ch.status().connected())).unwrap_or(false);
                 if !healthy {
                     return false;
+                }
+                if inner.nacked.load(Ordering::SeqCst)
+                    && last_recycle.elapsed() >= Duration::from_secs(1)
+                {
+                    inner.nacked.store(false, Ordering::SeqCst);
+                    last_recycle = Instant::now();
+                    match open_channels(inner, connection).await {
+                        Ok(fresh) => {
+                            let old = inner
+                                .channels
+                                .write()
+                                .map(|mut slot| std::mem::replace(&mut *slot, fresh))
+                                .unwrap_or_default();
+                            tracing::warn!("publishes were nacked; replaced the confirm channels");
+                            for channel in old {
+                                tokio::spawn(async move {
+                                    let _ = channel.close(200, "replaced after nacks".into()).await;
+                                });
+                            }
+                        }
+                        Err(error) => {
+                            tracing::warn!(error.message = %error, "cannot open fresh channels; reconnecting");
+                            return false;
+                        }
+                    }
                 }
             }
         }

@@ -125,6 +125,21 @@ impl Topology {
         ]
     }
 
+    /// Uses 3 replicas when no count was configured and the cluster has 3 or more nodes (one URL
+    /// per node in `AMQP_URL`): enough to survive one node, without replicating to every member
+    /// of a large cluster.
+    pub fn with_default_replicas(mut self, nodes: usize) -> Self {
+        if self.replicas.is_none() && nodes >= 3 {
+            self.replicas = Some(3);
+        }
+        self
+    }
+
+    /// The quorum group size used for new queues, if set.
+    pub fn replicas(&self) -> Option<u32> {
+        self.replicas
+    }
+
     /// The prefix every name starts with.
     pub fn prefix(&self) -> &str {
         &self.prefix
@@ -357,6 +372,17 @@ impl Topology {
 #[cfg(test)]
 mod parse_tests {
     use super::*;
+
+    #[test]
+    fn three_or_more_nodes_default_to_three_replicas_unless_configured() {
+        let single = Topology::from_lookup(&|_: &str| None).expect("defaults");
+        assert_eq!(single.clone().with_default_replicas(1).replicas(), None);
+        assert_eq!(single.with_default_replicas(5).replicas(), Some(3));
+        let two =
+            Topology::from_lookup(&|name: &str| (name == "QUEUE_REPLICAS").then(|| "2".into()))
+                .expect("valid");
+        assert_eq!(two.with_default_replicas(3).replicas(), Some(2));
+    }
 
     #[test]
     fn topology_settings_are_validated() {

@@ -61,11 +61,13 @@ impl Config {
             .filter(|s| !s.trim().is_empty())
             .ok_or(ConfigError::MissingSecret)?;
         let secrets = Secrets::parse("CLERK_WEBHOOK_SECRET", &secrets)?;
+        let broker = BrokerConfig::from_lookup(&lookup, "clerk-sync ingress")?;
+        let topology = Topology::from_lookup(&lookup)?.with_default_replicas(broker.urls.len());
         Ok(Self {
             addr: socket_addr(&lookup, "INGRESS_ADDR", "127.0.0.1:8080")?,
             secrets,
-            broker: BrokerConfig::from_lookup(&lookup, "clerk-sync ingress")?,
-            topology: Topology::from_lookup(&lookup)?,
+            broker,
+            topology,
             publisher: PublisherOptions {
                 channels: number(&lookup, "PUBLISH_CHANNELS", 2)?,
                 publish_timeout: duration(&lookup, "PUBLISH_TIMEOUT", Duration::from_secs(5))?,

@@ -3,6 +3,7 @@
 //! both removed when the guard is dropped (even when the test panics).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod cluster;
 pub mod events;
 pub mod fake_clerk;
 pub mod proxy;

@@ -103,6 +103,8 @@ impl Config {
                 InvalidSetting::new("IN_PROCESS_RETRIES", format!("{v:?} is not a whole number"))
             })?,
         };
+        let broker = BrokerConfig::from_lookup(&lookup, "clerk-sync worker")?;
+        let topology = Topology::from_lookup(&lookup)?.with_default_replicas(broker.urls.len());
         Ok(Self {
             database_url,
             database_max_connections: u32::try_from(number(
@@ -111,8 +113,8 @@ impl Config {
                 10,
             )?)
             .unwrap_or(u32::MAX),
-            broker: BrokerConfig::from_lookup(&lookup, "clerk-sync worker")?,
-            topology: Topology::from_lookup(&lookup)?,
+            broker,
+            topology,
             addr: socket_addr(&lookup, "WORKER_ADDR", "127.0.0.1:8082")?,
             prefetch,
             concurrency: number(&lookup, "WORKER_CONCURRENCY", 16)?,

@@ -3,6 +3,7 @@
 
 mod backfill;
 mod calendar;
+mod cluster;
 mod convergence;
 mod dead_letters;
 mod end_to_end;
