@@ -1,0 +1,255 @@
+//! `cargo xtask`: developer tasks.
+//!
+//! - `cargo xtask dev` creates the database if needed, builds and starts worker (which applies
+//!   the migrations), ingress and api with development settings, prints their addresses, and
+//!   stops them all on Ctrl-C.
+//! - `cargo xtask send-event <type>` signs a realistic sample event with the configured secret and
+//!   posts it to the ingress, as Clerk's dashboard does when testing an endpoint.
+
+use std::{
+    process::{Child, Command, Stdio},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use sea_orm::{ConnectionTrait, Database};
+use testkit::events;
+
+/// The development webhook secret (never use it in production).
+const DEV_SECRET: &str = "whsec_ZGV2LW9ubHktd2ViaG9vay1zZWNyZXQtY2xlcmstc3luYw==";
+/// The development service key of the api.
+const DEV_SERVICE_KEY: &str = "dev-service-key";
+/// The development token key (base64 of 32 bytes).
+const DEV_TOKEN_KEY: &str = "ZGV2LW9ubHktdG9rZW4ta2V5LWNsZXJrLXN5bmMtMzI=";
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "clerk-sync developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Run worker, ingress and api locally against Postgres and RabbitMQ at their defaults.
+    Dev,
+    /// Sign a sample event with CLERK_WEBHOOK_SECRET and post it to the ingress.
+    SendEvent {
+        /// `user.created`, `user.updated`, `user.deleted` or any other type (sent as is).
+        event_type: String,
+        /// The webhook URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080/webhooks/clerk")]
+        url: String,
+        /// The Clerk user id of the sample user.
+        #[arg(long, default_value = "user_2abcSYNTHuser01")]
+        user_id: String,
+    },
+}
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Task::Dev => dev().await,
+        Task::SendEvent {
+            event_type,
+            url,
+            user_id,
+        } => send_event(&event_type, &url, &user_id).await,
+    }
+}
+
+/// The body of a sample event of `event_type`.
+fn sample(event_type: &str, user_id: &str) -> Vec<u8> {
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default();
+    let state = events::UserState {
+        id: user_id.to_owned(),
+        email: Some("ada@example.com".into()),
+        first_name: Some("Ada".into()),
+        last_name: Some("Synth".into()),
+        updated_at: now_ms,
+    };
+    match event_type {
+        "user.created" | "user.updated" => events::user_event(event_type, &state),
+        "user.deleted" => events::user_deleted(user_id, now_ms),
+        other => serde_json::to_vec(&events::envelope(
+            other,
+            serde_json::json!({"id": "sess_2abcSYNTHsess01", "object": other.split('.').next().unwrap_or("object")}),
+            now_ms,
+        ))
+        .unwrap_or_default(),
+    }
+}
+
+async fn send_event(event_type: &str, url: &str, user_id: &str) -> anyhow::Result<()> {
+    let secrets = env_or("CLERK_WEBHOOK_SECRET", DEV_SECRET);
+    let secret = secrets
+        .split_whitespace()
+        .next()
+        .context("CLERK_WEBHOOK_SECRET is empty")?;
+    let webhook = svix::webhooks::Webhook::new(secret)
+        .map_err(|_| anyhow::anyhow!("CLERK_WEBHOOK_SECRET is not a valid whsec_ secret"))?;
+    let body = sample(event_type, user_id);
+    let msg_id = format!("msg_{}", uuid::Uuid::new_v4().simple());
+    let timestamp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() as i64;
+    let signature = webhook
+        .sign(&msg_id, timestamp, &body)
+        .map_err(|e| anyhow::anyhow!("signing failed: {e}"))?;
+    let response = reqwest::Client::new()
+        .post(url)
+        .header("svix-id", &msg_id)
+        .header("svix-timestamp", timestamp.to_string())
+        .header("svix-signature", signature)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {url}; is the ingress running?"))?;
+    let status = response.status();
+    let text = response.text().await.unwrap_or_default();
+    println!("{event_type} {msg_id} -> {status} {text}");
+    if !status.is_success() {
+        bail!("the ingress answered {status}");
+    }
+    Ok(())
+}
+
+/// Stops every child on drop (Ctrl-C included).
+struct Children(Vec<(String, Child)>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for (name, child) in &mut self.0 {
+            // SIGTERM first: each process finishes its in-flight work.
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            for _ in 0..100 {
+                if matches!(child.try_wait(), Ok(Some(_))) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            println!("stopped {name}");
+        }
+    }
+}
+
+async fn dev() -> anyhow::Result<()> {
+    let database_url = env_or(
+        "DATABASE_URL",
+        "postgres://postgres@localhost:5432/clerk_sync",
+    );
+    create_database(&database_url).await?;
+    let status = Command::new(env_or("CARGO", "cargo"))
+        .args(["build", "-p", "worker", "-p", "ingress", "-p", "api"])
+        .status()
+        .context("cannot run cargo build")?;
+    if !status.success() {
+        bail!("cargo build failed");
+    }
+    let target = env_or("CARGO_TARGET_DIR", "target");
+    let settings = [
+        ("DATABASE_URL", database_url.clone()),
+        (
+            "CLERK_WEBHOOK_SECRET",
+            env_or("CLERK_WEBHOOK_SECRET", DEV_SECRET),
+        ),
+        (
+            "API_SERVICE_KEYS",
+            env_or("API_SERVICE_KEYS", DEV_SERVICE_KEY),
+        ),
+        (
+            "TOKEN_ENCRYPTION_KEY",
+            env_or("TOKEN_ENCRYPTION_KEY", DEV_TOKEN_KEY),
+        ),
+    ];
+    let mut children = Children(Vec::new());
+    for (name, args) in [
+        ("worker", vec!["run"]),
+        ("ingress", vec![]),
+        ("api", vec![]),
+    ] {
+        let child = Command::new(format!("{target}/debug/{name}"))
+            .args(args)
+            .envs(settings.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdin(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start {name}"))?;
+        children.0.push((name.to_owned(), child));
+        if name == "worker" {
+            // The worker applies migrations; give it a head start.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    }
+    println!();
+    println!("clerk-sync is running (Ctrl-C stops everything):");
+    println!(
+        "  ingress  http://{}/webhooks/clerk",
+        env_or("INGRESS_ADDR", "127.0.0.1:8080")
+    );
+    println!(
+        "  api      http://{}  (service key: {})",
+        env_or("API_ADDR", "127.0.0.1:8081"),
+        DEV_SERVICE_KEY
+    );
+    println!(
+        "  worker   http://{}/metrics",
+        env_or("WORKER_ADDR", "127.0.0.1:8082")
+    );
+    println!("  try:     cargo xtask send-event user.created");
+    println!();
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            () = tokio::time::sleep(Duration::from_millis(500)) => {
+                for (name, child) in &mut children.0 {
+                    if let Ok(Some(status)) = child.try_wait() {
+                        bail!("{name} exited ({status}); see its log above");
+                    }
+                }
+            }
+        }
+    }
+    println!("stopping…");
+    drop(children);
+    Ok(())
+}
+
+/// Creates the database named in `url` if it does not exist.
+async fn create_database(url: &str) -> anyhow::Result<()> {
+    let (server, name) = url
+        .rsplit_once('/')
+        .context("DATABASE_URL has no database name")?;
+    let name = name.split('?').next().unwrap_or(name);
+    if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        bail!("database name {name:?} must be letters, digits and underscores");
+    }
+    let admin = Database::connect(format!("{server}/postgres"))
+        .await
+        .context("cannot connect to Postgres (DATABASE_URL); is it running?")?;
+    let exists = admin
+        .query_one_raw(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            format!("SELECT 1 FROM pg_database WHERE datname = '{name}'"),
+        ))
+        .await?
+        .is_some();
+    if !exists {
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
+            .await?;
+        println!("created database {name}");
+    }
+    Ok(())
+}
