@@ -1,0 +1,241 @@
+//! Session JWTs reach only their own user; everything not a valid RS256 token of the configured
+//! key, or a service key, is 401.
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::json;
+
+use crate::helpers::{
+    CLERK_KEYS, OTHER_KEYS, SERVICE_KEY, assert_error, claims, json_body, now, raw_jwt,
+    session_token, sign_with, spawn_app, spawn_app_with,
+};
+
+#[tokio::test]
+async fn a_signed_in_user_reads_their_own_user_through_every_route() {
+    let app = spawn_app().await;
+    let id = app.insert_user("user_ada", Some("ada@example.test")).await;
+    let token = session_token("user_ada");
+
+    for path in [
+        "/me".to_owned(),
+        format!("/users/{id}"),
+        "/users/by-clerk-id/user_ada".to_owned(),
+    ] {
+        let response = app.get(&path, Some(&token)).await;
+        assert_eq!(response.status(), 200, "{path}");
+        let body = json_body(response).await;
+        assert_eq!(body["id"], id.to_string(), "{path}");
+        assert_eq!(body["clerk_user_id"], "user_ada");
+        assert_eq!(body["email"], "ada@example.test");
+        assert_eq!(body["first_name"], "Ada");
+        assert_eq!(body["last_name"], "Lovelace");
+        assert_eq!(body["google_calendar_connected"], false);
+        assert_eq!(body["microsoft_calendar_connected"], false);
+        assert!(body["created_at"].is_string() && body["updated_at"].is_string());
+    }
+}
+
+#[tokio::test]
+async fn the_session_cookie_is_accepted_like_the_bearer_header() {
+    let app = spawn_app().await;
+    app.insert_user("user_ada", None).await;
+    let response = app
+        .client
+        .get(format!("{}/me", app.address))
+        .header(
+            "cookie",
+            format!("theme=dark; __session={}", session_token("user_ada")),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(json_body(response).await["clerk_user_id"], "user_ada");
+}
+
+#[tokio::test]
+async fn another_users_id_answers_404_not_403() {
+    let app = spawn_app().await;
+    app.insert_user("user_ada", None).await;
+    let other = app.insert_user("user_bob", Some("bob@example.test")).await;
+    let token = session_token("user_ada");
+
+    for path in [
+        format!("/users/{other}"),
+        "/users/by-clerk-id/user_bob".to_owned(),
+        format!("/users/{other}/calendar-connections"),
+    ] {
+        assert_error(app.get(&path, Some(&token)).await, 404, "not_found").await;
+    }
+    let patch = app
+        .patch(
+            &format!("/users/{other}/calendar-status"),
+            Some(&token),
+            &json!({"provider": "google", "connected": false}),
+        )
+        .await;
+    assert_error(patch, 404, "not_found").await;
+}
+
+#[tokio::test]
+async fn a_signed_in_user_not_synced_yet_gets_404_from_me() {
+    let app = spawn_app().await;
+    let response = app.get("/me", Some(&session_token("user_new"))).await;
+    assert_error(response, 404, "not_found").await;
+}
+
+#[tokio::test]
+async fn no_credentials_answers_401_with_a_bearer_challenge() {
+    let app = spawn_app().await;
+    let id = app.insert_user("user_ada", None).await;
+    for path in ["/me".to_owned(), format!("/users/{id}")] {
+        let response = app.get(&path, None).await;
+        assert_eq!(response.headers()["www-authenticate"], "Bearer", "{path}");
+        assert_error(response, 401, "unauthenticated").await;
+    }
+}
+
+#[tokio::test]
+async fn expired_not_yet_valid_and_foreign_key_tokens_are_401() {
+    let app = spawn_app().await;
+    app.insert_user("user_ada", None).await;
+
+    let mut expired = claims("user_ada");
+    expired["exp"] = json!(now() - 30);
+    expired["iat"] = json!(now() - 120);
+    expired["nbf"] = json!(now() - 120);
+    let mut not_yet = claims("user_ada");
+    not_yet["nbf"] = json!(now() + 120);
+    let mut issued_in_future = claims("user_ada");
+    issued_in_future["iat"] = json!(now() + 120);
+
+    for (what, token) in [
+        ("expired", sign_with(&expired, &CLERK_KEYS)),
+        ("not yet valid", sign_with(&not_yet, &CLERK_KEYS)),
+        (
+            "issued in the future",
+            sign_with(&issued_in_future, &CLERK_KEYS),
+        ),
+        (
+            "signed with another key",
+            sign_with(&claims("user_ada"), &OTHER_KEYS),
+        ),
+        ("garbage", "not-a-token".to_owned()),
+        ("three garbage parts", "a.b.c".to_owned()),
+    ] {
+        let message =
+            assert_error(app.get("/me", Some(&token)).await, 401, "unauthenticated").await;
+        assert!(!message.contains(&token), "{what}: token echoed");
+    }
+}
+
+#[tokio::test]
+async fn tokens_within_the_five_second_skew_are_accepted() {
+    let app = spawn_app().await;
+    app.insert_user("user_ada", None).await;
+    let mut almost = claims("user_ada");
+    almost["nbf"] = json!(now() + 2);
+    almost["iat"] = json!(now() + 2);
+    let response = app.get("/me", Some(&sign_with(&almost, &CLERK_KEYS))).await;
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn alg_none_and_hs256_signed_with_the_public_key_are_401() {
+    let app = spawn_app().await;
+    app.insert_user("user_ada", None).await;
+
+    let none = raw_jwt(
+        &json!({"alg": "none", "typ": "JWT"}),
+        &claims("user_ada"),
+        "",
+    );
+    let none_upper = raw_jwt(
+        &json!({"alg": "None", "typ": "JWT"}),
+        &claims("user_ada"),
+        "",
+    );
+    // The classic key-confusion attack: HMAC keyed with the (public) PEM bytes.
+    let hs256 = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims("user_ada"),
+        &EncodingKey::from_secret(CLERK_KEYS.public_pem.as_bytes()),
+    )
+    .unwrap();
+    let hs256_escaped = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims("user_ada"),
+        &EncodingKey::from_secret(CLERK_KEYS.public_pem.replace('\n', "\\n").as_bytes()),
+    )
+    .unwrap();
+
+    for token in [none, none_upper, hs256, hs256_escaped] {
+        assert_error(app.get("/me", Some(&token)).await, 401, "unauthenticated").await;
+    }
+}
+
+#[tokio::test]
+async fn with_authorized_parties_set_azp_must_be_present_and_listed() {
+    let app = spawn_app_with(&[(
+        "CLERK_AUTHORIZED_PARTIES",
+        "https://app.example.test, http://localhost:3000",
+    )])
+    .await;
+    app.insert_user("user_ada", None).await;
+
+    let listed = session_token("user_ada");
+    assert_eq!(app.get("/me", Some(&listed)).await.status(), 200);
+
+    let mut wrong = claims("user_ada");
+    wrong["azp"] = json!("https://evil.example.test");
+    let mut missing = claims("user_ada");
+    missing.as_object_mut().unwrap().remove("azp");
+    for token in [
+        sign_with(&wrong, &CLERK_KEYS),
+        sign_with(&missing, &CLERK_KEYS),
+    ] {
+        assert_error(app.get("/me", Some(&token)).await, 401, "unauthenticated").await;
+    }
+}
+
+#[tokio::test]
+async fn without_authorized_parties_azp_is_not_checked() {
+    let app = spawn_app().await;
+    app.insert_user("user_ada", None).await;
+    let mut other = claims("user_ada");
+    other["azp"] = json!("https://anything.example.test");
+    let response = app.get("/me", Some(&sign_with(&other, &CLERK_KEYS))).await;
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn a_non_bearer_authorization_header_is_401() {
+    let app = spawn_app().await;
+    let response = app
+        .client
+        .get(format!("{}/me", app.address))
+        .header("authorization", format!("Basic {SERVICE_KEY}"))
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 401, "unauthenticated").await;
+}
+
+#[tokio::test]
+async fn a_service_key_has_no_me() {
+    let app = spawn_app().await;
+    assert_error(app.get("/me", Some(SERVICE_KEY)).await, 403, "forbidden").await;
+}
+
+#[tokio::test]
+async fn with_only_service_keys_configured_session_tokens_are_401() {
+    let app = spawn_app_with(&[("CLERK_JWT_KEY", "")]).await;
+    let id = app.insert_user("user_ada", None).await;
+    let response = app.get("/me", Some(&session_token("user_ada"))).await;
+    assert_error(response, 401, "unauthenticated").await;
+    assert_eq!(
+        app.get(&format!("/users/{id}"), Some(SERVICE_KEY))
+            .await
+            .status(),
+        200
+    );
+}

@@ -1,0 +1,10 @@
+//! Integration tests of the API: the real app on port 0 against a fresh migrated Postgres
+//! database per test.
+
+mod auth;
+mod connections;
+mod helpers;
+mod openapi;
+mod ops;
+mod service;
+mod token;

@@ -1,0 +1,172 @@
+//! Health, readiness, metrics, request ids, CORS and the fallback.
+
+use crate::helpers::{SERVICE_KEY, assert_error, spawn_app, spawn_app_with};
+
+#[tokio::test]
+async fn health_and_readiness_answer_200_with_the_database_up() {
+    let app = spawn_app().await;
+    let health = app.get("/healthz", None).await;
+    assert_eq!(health.status(), 200);
+    let ready = app.get("/readyz", None).await;
+    assert_eq!(ready.status(), 200);
+}
+
+#[tokio::test]
+async fn readiness_answers_503_when_the_database_is_unreachable_and_the_api_still_starts() {
+    // Nothing listens on port 1.
+    let app =
+        spawn_app_with(&[("DATABASE_URL", "postgres://postgres:pw@127.0.0.1:1/nothing")]).await;
+    assert_eq!(app.get("/healthz", None).await.status(), 200);
+    assert_eq!(app.get("/readyz", None).await.status(), 503);
+    let response = app
+        .get(
+            &format!("/users/{}", uuid::Uuid::new_v4()),
+            Some(SERVICE_KEY),
+        )
+        .await;
+    let message = assert_error(response, 503, "database_unavailable").await;
+    assert!(!message.contains("pw"), "{message}");
+}
+
+#[tokio::test]
+async fn every_response_carries_a_request_id_the_callers_when_sane() {
+    let app = spawn_app().await;
+    let response = app
+        .client
+        .get(format!("{}/healthz", app.address))
+        .header("x-request-id", "caller-id-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-request-id"], "caller-id-123");
+
+    for path in ["/healthz", "/me", "/nowhere"] {
+        let response = app.get(path, None).await;
+        let id = response.headers()["x-request-id"].to_str().unwrap();
+        assert_eq!(id.len(), 36, "{path}: {id}");
+    }
+    let response = app
+        .client
+        .get(format!("{}/healthz", app.address))
+        .header("x-request-id", "x".repeat(300))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-request-id"].len(), 36);
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_route_template_and_status() {
+    let app = spawn_app().await;
+    let id = uuid::Uuid::new_v4();
+    app.get(&format!("/users/{id}"), Some(SERVICE_KEY)).await;
+    app.get(&format!("/users/{id}"), None).await;
+
+    let response = app.get("/metrics", None).await;
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    assert!(text.contains("clerk_sync_api_requests_total"), "{text}");
+    let line_404 = text
+        .lines()
+        .find(|l| l.contains("route=\"/users/{id}\"") && l.contains("status=\"404\""))
+        .unwrap_or_else(|| panic!("no 404 line for /users/{{id}}: {text}"));
+    assert!(line_404.contains("method=\"GET\""), "{line_404}");
+    assert!(
+        text.lines()
+            .any(|l| l.contains("route=\"/users/{id}\"") && l.contains("status=\"401\"")),
+        "{text}"
+    );
+    assert!(!text.contains(&id.to_string()), "raw path in metrics");
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_answer_json_errors() {
+    let app = spawn_app().await;
+    assert_error(
+        app.get("/nowhere", Some(SERVICE_KEY)).await,
+        404,
+        "not_found",
+    )
+    .await;
+    let response = app
+        .client
+        .delete(format!("{}/me", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 405, "method_not_allowed").await;
+}
+
+#[tokio::test]
+async fn cors_allows_the_configured_origins_only() {
+    let app = spawn_app_with(&[(
+        "API_CORS_ORIGINS",
+        "https://app.example.test,http://localhost:5173",
+    )])
+    .await;
+    let preflight = |origin: &'static str| {
+        app.client
+            .request(reqwest::Method::OPTIONS, format!("{}/me", app.address))
+            .header("origin", origin)
+            .header("access-control-request-method", "PATCH")
+            .header(
+                "access-control-request-headers",
+                "authorization, content-type",
+            )
+            .send()
+    };
+
+    let response = preflight("https://app.example.test").await.unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+    let headers = response.headers();
+    assert_eq!(
+        headers["access-control-allow-origin"],
+        "https://app.example.test"
+    );
+    let methods = headers["access-control-allow-methods"].to_str().unwrap();
+    for method in ["GET", "PATCH", "OPTIONS"] {
+        assert!(methods.contains(method), "{methods}");
+    }
+    let allowed = headers["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(allowed.contains("authorization") && allowed.contains("content-type"));
+    assert!(headers.contains_key("x-request-id"));
+
+    let response = preflight("https://evil.example.test").await.unwrap();
+    assert!(
+        !response
+            .headers()
+            .contains_key("access-control-allow-origin")
+    );
+
+    let response = app
+        .client
+        .get(format!("{}/me", app.address))
+        .header("origin", "http://localhost:5173")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.headers()["access-control-allow-origin"],
+        "http://localhost:5173"
+    );
+}
+
+#[tokio::test]
+async fn without_cors_origins_there_are_no_cors_headers() {
+    let app = spawn_app().await;
+    let response = app
+        .client
+        .get(format!("{}/healthz", app.address))
+        .header("origin", "https://app.example.test")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        !response
+            .headers()
+            .contains_key("access-control-allow-origin")
+    );
+}
