@@ -6,9 +6,9 @@ RUN apt-get update && apt-get install -y --no-install-recommends libssl-dev pkg-
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked -p ingress -p worker -p migration \
+RUN cargo build --release --locked -p ingress -p worker -p api -p migration \
     && mkdir -p /out \
-    && cp target/release/ingress target/release/worker target/release/migration /out/
+    && cp target/release/ingress target/release/worker target/release/api target/release/migration /out/
 
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends libssl3 ca-certificates curl \
