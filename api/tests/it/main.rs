@@ -1,5 +1,6 @@
 //! Integration tests of the API: the real app on port 0 against a fresh migrated Postgres
 //! database per test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod auth;
 mod connections;
