@@ -10,7 +10,7 @@ use calendar::{
 use http::HeaderValue;
 use telemetry::{
     LogFormat,
-    settings::{InvalidSetting, log_format, number, socket_addr},
+    settings::{InvalidSetting, duration, log_format, number, socket_addr},
 };
 
 use crate::auth::{Authenticator, JwtKeyError, JwtVerifier, ServiceKeys};
@@ -18,7 +18,7 @@ use crate::auth::{Authenticator, JwtKeyError, JwtVerifier, ServiceKeys};
 /// The default `DATABASE_URL`.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@localhost:5432/clerk_sync";
 
-/// How long a call to Clerk's Backend API may take.
+/// How long a call to Clerk's Backend API may take, unless `CLERK_API_TIMEOUT` says otherwise.
 const CLERK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Everything the API needs to run.
@@ -33,7 +33,8 @@ pub struct Config {
     /// `API_CORS_ORIGINS`: browser origins allowed to call (comma separated; none: no CORS
     /// headers at all).
     pub cors_origins: Vec<HeaderValue>,
-    /// `TOKEN_ENCRYPTION_KEY`, `CLERK_SECRET_KEY`, `CLERK_API_URL`: what the token endpoint needs.
+    /// `TOKEN_ENCRYPTION_KEY`, `CLERK_SECRET_KEY`, `CLERK_API_URL`, `CLERK_API_TIMEOUT` (default
+    /// `10s`): what the token endpoint needs.
     /// `None` when the first two are not both set (the endpoint then answers 503).
     pub calendar: Option<CalendarSettings>,
     /// `LOG_FORMAT`: `plain` (default) or `json`.
@@ -159,7 +160,11 @@ impl Config {
                     present(&lookup, "CLERK_API_URL").unwrap_or_else(|| DEFAULT_API_URL.to_owned());
                 Some(CalendarSettings {
                     cipher: TokenCipher::from_setting(&key)?,
-                    clerk: ClerkClient::new(base.trim(), secret.trim(), CLERK_TIMEOUT)?,
+                    clerk: ClerkClient::new(
+                        base.trim(),
+                        secret.trim(),
+                        duration(&lookup, "CLERK_API_TIMEOUT", CLERK_TIMEOUT)?,
+                    )?,
                 })
             }
             _ => None,

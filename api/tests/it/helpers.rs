@@ -3,7 +3,8 @@
 
 use std::{
     collections::HashMap,
-    sync::LazyLock,
+    io::Write,
+    sync::{Arc, LazyLock, Mutex, Once},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -113,6 +114,34 @@ impl Drop for TestApp {
     }
 }
 
+/// Every log line the test process wrote (JSON, one per line).
+static LOGS: LazyLock<Arc<Mutex<Vec<u8>>>> = LazyLock::new(Arc::default);
+
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Sends the process's logs to [`logs`] (once).
+fn capture_logs() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        telemetry::init_subscriber("info", telemetry::LogFormat::Json, || Capture(LOGS.clone()));
+    });
+}
+
+/// What the process logged so far.
+pub fn logs() -> String {
+    String::from_utf8_lossy(&LOGS.lock().unwrap()).into_owned()
+}
+
 /// The settings every test app starts from.
 fn base_settings(db: &TestDb) -> HashMap<String, String> {
     HashMap::from([
@@ -138,6 +167,7 @@ pub async fn spawn_app() -> TestApp {
 
 /// The API with these settings on top of the defaults (an empty value removes a setting).
 pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
+    capture_logs();
     let db = TestDb::migrated().await;
     let mut settings = base_settings(&db);
     for (name, value) in overrides {

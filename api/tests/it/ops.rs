@@ -170,3 +170,44 @@ async fn without_cors_origins_there_are_no_cors_headers() {
             .contains_key("access-control-allow-origin")
     );
 }
+
+#[tokio::test]
+async fn request_log_lines_carry_the_request_id_and_never_credentials() {
+    let app = spawn_app().await;
+    let id = app.insert_user("user_ada", None).await;
+    let session = crate::helpers::session_token("user_ada");
+    let request_id = format!("log-test-{}", uuid::Uuid::new_v4().simple());
+    let response = app
+        .client
+        .get(format!("{}/users/{id}", app.address))
+        .bearer_auth(&session)
+        .header("x-request-id", &request_id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    app.get("/me", Some("wrong-service-key-in-log-test")).await;
+    app.get(&format!("/users/{id}"), Some(SERVICE_KEY)).await;
+
+    let line = testkit::eventually(
+        std::time::Duration::from_secs(5),
+        "the request's log line",
+        || async {
+            crate::helpers::logs()
+                .lines()
+                .find(|l| l.contains(&request_id) && l.contains("request finished"))
+                .map(str::to_owned)
+        },
+    )
+    .await;
+    assert!(line.contains("/users/{id}"), "{line}");
+    assert!(line.contains("200"), "{line}");
+    let logs = crate::helpers::logs();
+    for secret in [
+        session.as_str(),
+        SERVICE_KEY,
+        "wrong-service-key-in-log-test",
+    ] {
+        assert!(!logs.contains(secret), "credential in the log");
+    }
+}
