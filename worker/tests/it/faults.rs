@@ -237,3 +237,43 @@ async fn a_worker_killed_with_sigkill_mid_stream_is_finished_by_a_restarted_one(
     assert_eq!(users(&db.conn).await, expected);
     assert_eq!(broker.count(&broker.topology.dead_queue()).await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_the_worker_finish_its_in_flight_events_and_exit_0_and_nothing_is_lost() {
+    let db = TestDb::migrated().await;
+    let broker = TestBroker::new().await;
+    let (events, expected) = stream("term", 100, 3);
+    for (id, body) in &events {
+        broker.publish_event(id, body).await;
+    }
+    let mut first = start_worker_process(&db, &broker);
+    eventually(Duration::from_secs(30), "the worker under way", || async {
+        (scalar(&db.conn, "SELECT count(*) FROM processed_events").await >= 30).then_some(())
+    })
+    .await;
+
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(first.0.id().to_string())
+        .status()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = first.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker did not exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "exit status {status}");
+    // Every event is either applied or back in the queue: none is held or lost.
+    let applied = scalar(&db.conn, "SELECT count(*) FROM processed_events").await;
+    let queued = i64::from(broker.count(&broker.topology.main_queue()).await);
+    assert_eq!(applied + queued, 300, "applied {applied} + queued {queued}");
+
+    let _second = start_worker_process(&db, &broker);
+    wait_for_users(&db.conn, &expected, Duration::from_secs(60)).await;
+}
