@@ -16,6 +16,8 @@ pub struct RabbitCluster {
     base: PathBuf,
     pub nodes: Vec<Node>,
     epmd_port: u16,
+    /// The `rabbitmq-server` scripts started, reaped on drop.
+    children: std::sync::Mutex<Vec<std::process::Child>>,
 }
 
 /// One node of the cluster.
@@ -87,6 +89,7 @@ impl RabbitCluster {
             base,
             nodes,
             epmd_port: free_port(),
+            children: std::sync::Mutex::new(Vec::new()),
         };
         for i in 0..size {
             cluster.launch(i);
@@ -143,12 +146,13 @@ impl RabbitCluster {
         let mut command = Command::new(format!("{BIN}/rabbitmq-server"));
         self.env(&mut command, i);
         let log = std::fs::File::create(self.nodes[i].dir.join("stdout")).unwrap();
-        command
+        let child = command
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .unwrap();
+        self.children.lock().unwrap().push(child);
     }
 
     /// Waits until node `i` runs its application.
@@ -235,6 +239,12 @@ impl Drop for RabbitCluster {
         for node in &self.nodes {
             if let Some(pid) = node.pid() {
                 let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+            }
+        }
+        if let Ok(mut children) = self.children.lock() {
+            for child in children.iter_mut() {
+                let _ = child.kill();
+                let _ = child.wait();
             }
         }
         // epmd refuses to stop while it still lists nodes; they unregister as they die.
