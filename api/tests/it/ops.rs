@@ -211,3 +211,47 @@ async fn request_log_lines_carry_the_request_id_and_never_credentials() {
         assert!(!logs.contains(secret), "credential in the log");
     }
 }
+
+#[tokio::test]
+async fn run_until_stopped_returns_once_shutdown_fires() {
+    let db = testkit::TestDb::migrated().await;
+    let url = db.url.clone();
+    let config = api::Config::from_lookup(move |name| match name {
+        "API_ADDR" => Some("127.0.0.1:0".into()),
+        "DATABASE_URL" => Some(url.clone()),
+        "API_SERVICE_KEYS" => Some(SERVICE_KEY.into()),
+        _ => None,
+    })
+    .unwrap();
+    let app = api::Application::build(config).await.unwrap();
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until_stopped(async move {
+        let _ = rx.await;
+    }));
+    let client = reqwest::Client::new();
+    assert_eq!(
+        client
+            .get(format!("{address}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    tx.send(()).unwrap();
+    let result = tokio::time::timeout(std::time::Duration::from_secs(10), server)
+        .await
+        .expect("stopped within 10 s")
+        .unwrap();
+    assert!(result.is_ok());
+    assert!(
+        reqwest::Client::new()
+            .get(format!("{address}/healthz"))
+            .send()
+            .await
+            .is_err(),
+        "still accepting after shutdown"
+    );
+}
