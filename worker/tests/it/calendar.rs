@@ -305,6 +305,30 @@ async fn a_connection_whose_token_clerk_will_not_give_is_recorded_as_not_connect
     );
     assert!(row.try_get::<bool>("", "no_token").unwrap());
     assert_eq!(flags(&db.conn).await, (false, false));
+
+    // Clerk answering 404 (user or account gone) is recorded the same way, not retried forever.
+    clerk.fail_next(404, 1);
+    send(
+        &broker,
+        &db.conn,
+        "msg_cal_404",
+        20,
+        vec![google_calendar_account("g-9", "eac_g9")],
+    )
+    .await;
+    let status = db
+        .conn
+        .query_one_raw(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT status FROM user_calendar_connections WHERE provider = 'google'",
+        ))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get::<String>("", "status")
+        .unwrap();
+    assert_eq!(status, "token_unavailable");
+    assert_eq!(broker.count(&broker.topology.dead_queue()).await, 0);
     worker.stop().await;
 }
 
