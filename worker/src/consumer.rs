@@ -132,6 +132,9 @@ impl Consumer {
         self.ready.store(true, Ordering::SeqCst);
         tracing::info!(queue = %self.topology.main_queue(), "consuming");
 
+        // Set by a hand-over the broker nacked: on RabbitMQ 3.10 a channel opened during a quorum
+        // leader election can keep nacking, so the session is rebuilt with fresh channels.
+        let nacked = Arc::new(tokio::sync::Notify::new());
         let permits = Arc::new(Semaphore::new(self.options.concurrency.max(1)));
         let mut in_flight = JoinSet::new();
         let closed = wait_until_closed(connection);
@@ -141,6 +144,7 @@ impl Consumer {
             let permit = tokio::select! {
                 _ = shutdown.wait_for(|s| *s) => break SessionEnd::Stopped,
                 () = &mut closed => break SessionEnd::Lost,
+                () = nacked.notified() => break SessionEnd::Lost,
                 permit = permits.clone().acquire_owned() => match permit {
                     Ok(p) => p,
                     Err(_) => break SessionEnd::Lost,
@@ -154,8 +158,11 @@ impl Consumer {
                 Some(Ok(delivery)) => {
                     let this = self.clone();
                     let publish_channel = publish_channel.clone();
+                    let nacked = nacked.clone();
                     in_flight.spawn(async move {
-                        this.handle(delivery, &publish_channel).await;
+                        if this.handle(delivery, &publish_channel).await == HandOver::Nacked {
+                            nacked.notify_one();
+                        }
                         drop(permit);
                     });
                 }
@@ -179,7 +186,7 @@ impl Consumer {
     }
 
     /// Applies one delivery and settles it (ack, retry queue or dead-letter queue).
-    async fn handle(&self, delivery: Delivery, publish_channel: &Channel) {
+    async fn handle(&self, delivery: Delivery, publish_channel: &Channel) -> HandOver {
         let props = &delivery.properties;
         let table = props.headers().as_ref();
         let svix_id = props
@@ -224,15 +231,16 @@ impl Consumer {
                     self.metrics.count(&event_type, outcome.as_str());
                     tracing::info!(outcome = outcome.as_str(), "event settled");
                     ack(&delivery).await;
+                    HandOver::Done
                 }
                 Err(failure) => {
                     self.settle_failure(&delivery, publish_channel, &event_type, failure)
-                        .await;
+                        .await
                 }
             }
         }
         .instrument(span)
-        .await;
+        .await
     }
 
     /// Hands a failed event to a retry queue or the dead-letter queue, then acks the original.
@@ -242,7 +250,7 @@ impl Consumer {
         publish_channel: &Channel,
         event_type: &str,
         failure: Failure,
-    ) {
+    ) -> HandOver {
         let old = delivery.properties.headers().as_ref();
         let attempts = headers::get_i64(old, headers::ATTEMPTS).unwrap_or(0) + 1;
         let now = now_ms();
@@ -292,6 +300,7 @@ impl Consumer {
                     tracing::warn!(attempts, reason = failure.reason(), queue = %routing_key, "event scheduled for retry");
                 }
                 ack(delivery).await;
+                HandOver::Done
             }
             Err(error) => {
                 // Not handed over: give it back to the broker so that nothing is lost.
@@ -303,9 +312,21 @@ impl Consumer {
                         ..BasicNackOptions::default()
                     })
                     .await;
+                if matches!(error, broker::PublishError::Nacked) {
+                    HandOver::Nacked
+                } else {
+                    HandOver::Done
+                }
             }
         }
     }
+}
+
+/// Whether a delivery was settled, or its hand-over to another queue was nacked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HandOver {
+    Done,
+    Nacked,
 }
 
 /// A failed attempt, and whether trying again can help.

@@ -3,7 +3,7 @@ use std::{collections::BTreeMap, process::Command, time::Duration};
 use sea_orm::ConnectionTrait;
 use testkit::{TestBroker, TestDb, events, eventually};
 
-use crate::helpers::{Row, spawn_worker, state, wait_for_users, worker_settings};
+use crate::helpers::{Row, spawn_worker, state, wait_for_count, wait_for_users, worker_settings};
 
 /// Runs the worker binary with the test's settings.
 fn worker_cli(db: &TestDb, broker: &TestBroker, args: &[&str]) -> (bool, String, String) {
@@ -83,7 +83,7 @@ async fn a_poison_event_is_dead_lettered_after_the_attempt_limit_and_replays_onc
         "the body is kept byte for byte"
     );
     // Listing consumed nothing.
-    assert_eq!(broker.count(&broker.topology.dead_queue()).await, 1);
+    wait_for_count(&broker, &broker.topology.dead_queue(), 1).await;
     let (ok, table, _) = worker_cli(&db, &broker, &["dlq", "list"]);
     assert!(
         ok && table.contains("msg_poison_1") && table.contains("1 dead letter(s)"),
@@ -101,11 +101,7 @@ async fn a_poison_event_is_dead_lettered_after_the_attempt_limit_and_replays_onc
         &["dlq", "replay", "--id", "msg_poison_1", "--dry-run"],
     );
     assert!(ok && dry.contains("would replay 1"), "{dry}");
-    assert_eq!(
-        broker.count(&broker.topology.dead_queue()).await,
-        1,
-        "a dry run changes nothing"
-    );
+    wait_for_count(&broker, &broker.topology.dead_queue(), 1).await;
     let (ok, out, err) = worker_cli(&db, &broker, &["dlq", "replay", "--id", "msg_poison_1"]);
     assert!(ok, "{out} {err}");
 
@@ -134,7 +130,7 @@ async fn a_poison_event_is_dead_lettered_after_the_attempt_limit_and_replays_onc
         Duration::from_secs(20),
     )
     .await;
-    assert_eq!(broker.count(&broker.topology.dead_queue()).await, 0);
+    wait_for_count(&broker, &broker.topology.dead_queue(), 0).await;
     worker.stop().await;
 }
 
@@ -198,13 +194,9 @@ async fn an_unparseable_event_is_dead_lettered_at_once_and_can_be_dropped() {
     assert!(!ok && err.contains("no dead letter with id"), "{err}");
     let (ok, out, _) = worker_cli(&db, &broker, &["dlq", "drop", "--id", "msg_garbage"]);
     assert!(ok && out.contains("dropped 1"), "{out}");
-    assert_eq!(broker.count(&broker.topology.dead_queue()).await, 1);
+    wait_for_count(&broker, &broker.topology.dead_queue(), 1).await;
     let (ok, _, err) = worker_cli(&db, &broker, &["dlq", "replay", "--id", "msg_garbage"]);
     assert!(!ok && err.contains("no dead letter with id"), "{err}");
-    assert_eq!(
-        broker.count(&broker.topology.dead_queue()).await,
-        1,
-        "a failed selection changes nothing"
-    );
+    wait_for_count(&broker, &broker.topology.dead_queue(), 1).await;
     worker.stop().await;
 }

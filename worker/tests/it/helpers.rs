@@ -171,3 +171,18 @@ pub async fn wait_for_users(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Waits until `queue` holds `expected` ready messages (returns from a closed channel are
+/// processed by the broker asynchronously).
+pub async fn wait_for_count(broker: &testkit::TestBroker, queue: &str, expected: u32) {
+    let mut last = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tokio::time::Instant::now() < deadline {
+        last = broker.count(queue).await;
+        if last == expected {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{queue} holds {last} messages, expected {expected}");
+}
