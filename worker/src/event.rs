@@ -264,3 +264,13 @@ mod tests {
         ));
     }
 }
+
+/// One fuzz case for the event parser (used by `fuzz/` and its corpus regression test): parses
+/// the body and, for user events, derives the calendar accounts. Never panics on any input.
+#[doc(hidden)]
+pub fn fuzz_case(data: &[u8]) {
+    let _ = event_type(data);
+    if let Ok(ClerkEvent::UserUpserted(user)) = parse(data) {
+        let _ = calendar::accounts::calendar_accounts(&user.external_accounts);
+    }
+}

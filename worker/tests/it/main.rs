@@ -8,6 +8,7 @@ mod convergence;
 mod dead_letters;
 mod end_to_end;
 mod faults;
+mod fuzz_corpus;
 mod helpers;
 mod ordering;
 mod secrets;

@@ -1,0 +1,6 @@
+//! The Clerk event parser and the calendar-account reader must never panic.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    worker::event::fuzz_case(data);
+});
