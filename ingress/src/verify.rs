@@ -162,6 +162,44 @@ impl Secrets {
     }
 }
 
+/// One fuzz case for the signature handling (used by `fuzz/` and its corpus regression test):
+/// the input is split on `\n` into svix-id, svix-timestamp, svix-signature and body; when the first
+/// byte is odd, the body is also signed properly so that the accepting path is exercised. Never
+/// panics on any input; that is the property checked.
+#[doc(hidden)]
+pub fn fuzz_case(data: &[u8]) {
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let Ok(secrets) = Secrets::parse("FUZZ", SECRET) else {
+        return;
+    };
+    let mut parts = data.splitn(4, |b| *b == b'\n');
+    let id = parts.next().unwrap_or_default();
+    let timestamp = parts.next().unwrap_or_default();
+    let signature = parts.next().unwrap_or_default();
+    let body = parts.next().unwrap_or_default();
+    let mut headers = HeaderMap::new();
+    for (name, value) in [
+        ("svix-id", id),
+        ("svix-timestamp", timestamp),
+        ("svix-signature", signature),
+    ] {
+        if let Ok(value) = http::HeaderValue::from_bytes(value) {
+            headers.insert(name, value);
+        }
+    }
+    let _ = secrets.verify(body, &headers);
+    if data.first().is_some_and(|b| b % 2 == 1)
+        && let (Ok(id), Ok(ts)) = (std::str::from_utf8(id), std::str::from_utf8(timestamp))
+        && let Ok(ts) = ts.parse::<i64>()
+        && let Ok(webhook) = Webhook::new(SECRET)
+        && let Ok(sig) = webhook.sign(id, ts, body)
+        && let Ok(value) = http::HeaderValue::from_str(&sig)
+    {
+        headers.insert("svix-signature", value);
+        let _ = secrets.verify(body, &headers);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,43 +278,5 @@ mod tests {
     fn the_debug_output_hides_the_secrets() {
         let secrets = Secrets::parse("S", A).expect("valid");
         assert_eq!(format!("{secrets:?}"), "Secrets(1 redacted)");
-    }
-}
-
-/// One fuzz case for the signature handling (used by `fuzz/` and its corpus regression test):
-/// the input is split on `\n` into svix-id, svix-timestamp, svix-signature and body; when the first
-/// byte is odd, the body is also signed properly so that the accepting path is exercised. Never
-/// panics on any input; that is the property checked.
-#[doc(hidden)]
-pub fn fuzz_case(data: &[u8]) {
-    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-    let Ok(secrets) = Secrets::parse("FUZZ", SECRET) else {
-        return;
-    };
-    let mut parts = data.splitn(4, |b| *b == b'\n');
-    let id = parts.next().unwrap_or_default();
-    let timestamp = parts.next().unwrap_or_default();
-    let signature = parts.next().unwrap_or_default();
-    let body = parts.next().unwrap_or_default();
-    let mut headers = HeaderMap::new();
-    for (name, value) in [
-        ("svix-id", id),
-        ("svix-timestamp", timestamp),
-        ("svix-signature", signature),
-    ] {
-        if let Ok(value) = http::HeaderValue::from_bytes(value) {
-            headers.insert(name, value);
-        }
-    }
-    let _ = secrets.verify(body, &headers);
-    if data.first().is_some_and(|b| b % 2 == 1)
-        && let (Ok(id), Ok(ts)) = (std::str::from_utf8(id), std::str::from_utf8(timestamp))
-        && let Ok(ts) = ts.parse::<i64>()
-        && let Ok(webhook) = Webhook::new(SECRET)
-        && let Ok(sig) = webhook.sign(id, ts, body)
-        && let Ok(value) = http::HeaderValue::from_str(&sig)
-    {
-        headers.insert("svix-signature", value);
-        let _ = secrets.verify(body, &headers);
     }
 }

@@ -183,6 +183,16 @@ pub fn event_type(body: &[u8]) -> Option<String> {
         .map(|t| t.event_type)
 }
 
+/// One fuzz case for the event parser (used by `fuzz/` and its corpus regression test): parses
+/// the body and, for user events, derives the calendar accounts. Never panics on any input.
+#[doc(hidden)]
+pub fn fuzz_case(data: &[u8]) {
+    let _ = event_type(data);
+    if let Ok(ClerkEvent::UserUpserted(user)) = parse(data) {
+        let _ = calendar::accounts::calendar_accounts(&user.external_accounts);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -262,15 +272,5 @@ mod tests {
             parse(no_id.as_bytes()),
             Err(ParseError::BadUser { .. })
         ));
-    }
-}
-
-/// One fuzz case for the event parser (used by `fuzz/` and its corpus regression test): parses
-/// the body and, for user events, derives the calendar accounts. Never panics on any input.
-#[doc(hidden)]
-pub fn fuzz_case(data: &[u8]) {
-    let _ = event_type(data);
-    if let Ok(ClerkEvent::UserUpserted(user)) = parse(data) {
-        let _ = calendar::accounts::calendar_accounts(&user.external_accounts);
     }
 }
