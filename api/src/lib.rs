@@ -103,6 +103,11 @@ impl Application {
             );
         }
         let router = router
+            // Slow bodies (slowloris) end with 408; headers are guarded by the server loop.
+            .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+                http::StatusCode::REQUEST_TIMEOUT,
+                Duration::from_secs(10),
+            ))
             .layer(middleware::from_fn_with_state(
                 state.clone(),
                 metrics::observe,
@@ -139,11 +144,28 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         tracing::info!(addr = ?self.listener.local_addr().ok(), "api listening");
-        let served = axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown)
-            .await;
+        // Our own accept loop rather than `axum::serve`: it adds the header read timeout, the
+        // connection cap and the header size limit that face slow or greedy clients.
+        let router = self.router;
+        let handler = move |request: http::Request<hyper::body::Incoming>, _id| {
+            let router = router.clone();
+            async move {
+                match tower::ServiceExt::oneshot(router, request.map(axum::body::Body::new)).await {
+                    Ok(response) => response,
+                    Err(never) => match never {},
+                }
+            }
+        };
+        telemetry::ops::serve(
+            self.listener,
+            handler,
+            telemetry::ops::ServerLimits::default(),
+            shutdown,
+            Duration::from_secs(20),
+        )
+        .await;
         let _ = self.db.close().await;
         tracing::info!("api stopped");
-        served
+        Ok(())
     }
 }

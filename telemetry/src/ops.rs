@@ -101,8 +101,8 @@ impl Default for ServerLimits {
 
 /// Serves HTTP/1.1 on `listener` until `shutdown` completes, then stops accepting and waits (up to
 /// `drain`) for in-flight requests to finish. `handler` gets every request; each response gets an
-/// `x-request-id`.
-pub async fn serve<H, F>(
+/// `x-request-id` (also set on the request, so that the handler logs the same id).
+pub async fn serve<H, F, B>(
     listener: TcpListener,
     handler: H,
     limits: ServerLimits,
@@ -110,7 +110,10 @@ pub async fn serve<H, F>(
     drain: Duration,
 ) where
     H: Fn(Request<Incoming>, http::HeaderValue) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = FullResponse> + Send + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let graceful = GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
@@ -142,7 +145,12 @@ pub async fn serve<H, F>(
         let service = service_fn(move |request: Request<Incoming>| {
             let handler = handler.clone();
             async move {
+                let mut request = request;
                 let id = request_id::from_headers(request.headers());
+                // The handler (and whatever logs inside it) sees the same id the response gets.
+                request
+                    .headers_mut()
+                    .insert(request_id::REQUEST_ID, id.clone());
                 let mut response = handler(request, id.clone()).await;
                 response.headers_mut().insert(request_id::REQUEST_ID, id);
                 Ok::<_, Infallible>(response)
