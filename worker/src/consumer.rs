@@ -17,15 +17,12 @@ use broker::{
     lapin::{
         BasicProperties, Channel, Connection,
         message::Delivery,
-        options::{
-            BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
-            BasicQosOptions, ConfirmSelectOptions,
-        },
+        options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions},
         types::FieldTable,
     },
     publish_confirmed, wait_until_closed,
 };
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use tokio::{
     sync::{Semaphore, watch},
     task::JoinSet,
@@ -33,8 +30,10 @@ use tokio::{
 use tracing::Instrument;
 
 use crate::{
+    acks::Acks,
     apply::{Applier, Outcome},
-    event,
+    batch::{BatchItem, batchable, try_apply_batch},
+    event::{self, ClerkEvent, ParseError},
     metrics::Metrics,
 };
 
@@ -44,6 +43,53 @@ pub struct ConsumerOptions {
     pub prefetch: u16,
     pub concurrency: usize,
     pub max_attempts: u32,
+    /// Events applied in one transaction at most (1: every event on its own).
+    pub batch_size: usize,
+}
+
+/// A delivery with what the worker reads from it.
+struct Received {
+    delivery: Delivery,
+    svix_id: Option<String>,
+    event_type: String,
+    event: Result<ClerkEvent, ParseError>,
+}
+
+impl Received {
+    fn new(delivery: Delivery) -> Self {
+        let props = &delivery.properties;
+        let svix_id = props
+            .message_id()
+            .as_ref()
+            .map(|s| s.to_string())
+            .or_else(|| headers::get_str(props.headers().as_ref(), headers::SVIX_ID));
+        let event_type = event::event_type(&delivery.data).unwrap_or_else(|| "unparseable".into());
+        let event = event::parse(&delivery.data);
+        Self {
+            delivery,
+            svix_id,
+            event_type,
+            event,
+        }
+    }
+
+    fn headers(&self) -> Option<&FieldTable> {
+        self.delivery.properties.headers().as_ref()
+    }
+
+    fn batchable(&self) -> bool {
+        self.event
+            .as_ref()
+            .is_ok_and(|event| batchable(self.svix_id.as_deref(), event))
+    }
+
+    fn item(&self) -> Option<BatchItem<'_>> {
+        Some(BatchItem {
+            svix_id: self.svix_id.as_deref()?,
+            event_type: &self.event_type,
+            event: self.event.as_ref().ok()?,
+        })
+    }
 }
 
 /// Everything a delivery handler needs.
@@ -135,7 +181,9 @@ impl Consumer {
         // Set by a hand-over the broker nacked: on RabbitMQ 3.10 a channel opened during a quorum
         // leader election can keep nacking, so the session is rebuilt with fresh channels.
         let nacked = Arc::new(tokio::sync::Notify::new());
+        let acks = Arc::new(Acks::default());
         let permits = Arc::new(Semaphore::new(self.options.concurrency.max(1)));
+        let batch_size = self.options.batch_size.max(1);
         let mut in_flight = JoinSet::new();
         let closed = wait_until_closed(connection);
         tokio::pin!(closed);
@@ -150,27 +198,53 @@ impl Consumer {
                     Err(_) => break SessionEnd::Lost,
                 },
             };
-            let next = tokio::select! {
+            let first = tokio::select! {
                 _ = shutdown.wait_for(|s| *s) => break SessionEnd::Stopped,
                 next = consumer.next() => next,
             };
-            match next {
-                Some(Ok(delivery)) => {
-                    let this = self.clone();
-                    let publish_channel = publish_channel.clone();
-                    let nacked = nacked.clone();
-                    in_flight.spawn(async move {
-                        if this.handle(delivery, &publish_channel).await == HandOver::Nacked {
-                            nacked.notify_one();
-                        }
-                        drop(permit);
-                    });
+            // The first delivery, then whatever else has already arrived, up to a batch: under
+            // load batches fill up, when idle an event is applied as soon as it comes.
+            let mut deliveries = Vec::new();
+            let mut lost = false;
+            let mut next = first.map(Some);
+            loop {
+                match next {
+                    Some(Some(Ok(delivery))) => deliveries.push(delivery),
+                    Some(Some(Err(error))) => {
+                        tracing::warn!(error.message = %error, "consumer stream failed");
+                        lost = true;
+                        break;
+                    }
+                    Some(None) => {
+                        lost = true;
+                        break;
+                    }
+                    None => break,
                 }
-                Some(Err(error)) => {
-                    tracing::warn!(error.message = %error, "consumer stream failed");
-                    break SessionEnd::Lost;
+                if deliveries.len() >= batch_size {
+                    break;
                 }
-                None => break SessionEnd::Lost,
+                next = consumer.next().now_or_never();
+            }
+            if !deliveries.is_empty() {
+                for delivery in &deliveries {
+                    acks.register(delivery.delivery_tag).await;
+                }
+                let this = self.clone();
+                let publish_channel = publish_channel.clone();
+                let nacked = nacked.clone();
+                let acks = acks.clone();
+                in_flight.spawn(async move {
+                    if this.handle_batch(deliveries, &publish_channel, &acks).await
+                        == HandOver::Nacked
+                    {
+                        nacked.notify_one();
+                    }
+                    drop(permit);
+                });
+            }
+            if lost {
+                break SessionEnd::Lost;
             }
         };
         self.ready.store(false, Ordering::SeqCst);
@@ -185,29 +259,99 @@ impl Consumer {
         Ok(end)
     }
 
-    /// Applies one delivery and settles it (ack, retry queue or dead-letter queue).
-    async fn handle(&self, delivery: Delivery, publish_channel: &Channel) -> HandOver {
-        let props = &delivery.properties;
-        let table = props.headers().as_ref();
-        let svix_id = props
-            .message_id()
-            .as_ref()
-            .map(|s| s.to_string())
-            .or_else(|| headers::get_str(table, headers::SVIX_ID));
-        let event_type = event::event_type(&delivery.data).unwrap_or_else(|| "unparseable".into());
+    /// Applies deliveries: those that need nothing from Clerk together in one transaction
+    /// (acknowledged after the commit), the others (and all of them if the batch fails) one by
+    /// one. Returns `Nacked` if a hand-over to another queue was refused.
+    async fn handle_batch(
+        &self,
+        deliveries: Vec<Delivery>,
+        publish_channel: &Channel,
+        acks: &Acks,
+    ) -> HandOver {
+        let received: Vec<Received> = deliveries.into_iter().map(Received::new).collect();
+        let (mut batched, mut slow): (Vec<&Received>, Vec<&Received>) = received
+            .iter()
+            .partition(|r| self.options.batch_size > 1 && r.batchable());
+        for r in &slow {
+            acks.slow(r.delivery.delivery_tag).await;
+        }
+        if !batched.is_empty() {
+            let items: Vec<BatchItem<'_>> = batched.iter().filter_map(|r| r.item()).collect();
+            let started = Instant::now();
+            match try_apply_batch(&self.applier.db, &items).await {
+                Ok(outcomes) => {
+                    let seconds = started.elapsed().as_secs_f64();
+                    self.metrics.batch_size.observe(items.len() as f64);
+                    let mut applied = 0;
+                    for (r, outcome) in batched.iter().zip(outcomes) {
+                        applied += usize::from(outcome == Outcome::Applied);
+                        self.settled(r, outcome, seconds);
+                        tracing::debug!(
+                            svix_id = r.svix_id.as_deref().unwrap_or("-"),
+                            event_type = %r.event_type,
+                            outcome = outcome.as_str(),
+                            "event settled"
+                        );
+                        acks.ready(r.delivery.delivery_tag, r.delivery.acker.clone())
+                            .await;
+                    }
+                    tracing::info!(events = items.len(), applied, "batch committed");
+                    batched.clear();
+                }
+                Err(error) => {
+                    self.metrics.batch_fallbacks.inc();
+                    tracing::warn!(
+                        events = items.len(),
+                        error.message = %error,
+                        "batch not applied; applying its events one by one"
+                    );
+                    for r in &batched {
+                        acks.slow(r.delivery.delivery_tag).await;
+                    }
+                }
+            }
+        }
+        slow.append(&mut batched);
+        let handed = futures_util::future::join_all(
+            slow.into_iter()
+                .map(|r| self.handle(r, publish_channel, acks)),
+        )
+        .await;
+        if handed.contains(&HandOver::Nacked) {
+            HandOver::Nacked
+        } else {
+            HandOver::Done
+        }
+    }
+
+    /// Records a settled event in the metrics.
+    fn settled(&self, r: &Received, outcome: Outcome, seconds: f64) {
+        self.metrics.apply_seconds.observe(seconds);
+        if outcome == Outcome::Applied
+            && let Some(received) = headers::get_i64(r.headers(), headers::RECEIVED_AT)
+        {
+            let lag_ms = now_ms().saturating_sub(received).max(0);
+            self.metrics.lag_seconds.observe(lag_ms as f64 / 1000.0);
+        }
+        self.metrics.count(&r.event_type, outcome.as_str());
+    }
+
+    /// Applies one delivery on its own (with in-process retries) and settles it (ack, retry
+    /// queue or dead-letter queue).
+    async fn handle(&self, r: &Received, publish_channel: &Channel, acks: &Acks) -> HandOver {
         let span = tracing::info_span!(
             "event",
-            svix_id = svix_id.as_deref().unwrap_or("-"),
-            event_type = %event_type,
-            attempt = headers::get_i64(table, headers::ATTEMPTS).unwrap_or(0) + 1,
+            svix_id = r.svix_id.as_deref().unwrap_or("-"),
+            event_type = %r.event_type,
+            attempt = headers::get_i64(r.headers(), headers::ATTEMPTS).unwrap_or(0) + 1,
         );
         async {
             let started = Instant::now();
-            let result = match event::parse(&delivery.data) {
+            let result = match &r.event {
                 Err(error) => Err(Failure::Permanent(error.to_string())),
                 Ok(parsed) => self
                     .applier
-                    .apply(svix_id.as_deref(), &event_type, &parsed)
+                    .apply(r.svix_id.as_deref(), &r.event_type, parsed)
                     .await
                     .map_err(|error| {
                         if error.is_transient() {
@@ -219,22 +363,14 @@ impl Consumer {
             };
             match result {
                 Ok(outcome) => {
-                    self.metrics
-                        .apply_seconds
-                        .observe(started.elapsed().as_secs_f64());
-                    if outcome == Outcome::Applied
-                        && let Some(received) = headers::get_i64(table, headers::RECEIVED_AT)
-                    {
-                        let lag_ms = now_ms().saturating_sub(received).max(0);
-                        self.metrics.lag_seconds.observe(lag_ms as f64 / 1000.0);
-                    }
-                    self.metrics.count(&event_type, outcome.as_str());
+                    self.settled(r, outcome, started.elapsed().as_secs_f64());
                     tracing::info!(outcome = outcome.as_str(), "event settled");
-                    ack(&delivery).await;
+                    acks.ready(r.delivery.delivery_tag, r.delivery.acker.clone())
+                        .await;
                     HandOver::Done
                 }
                 Err(failure) => {
-                    self.settle_failure(&delivery, publish_channel, &event_type, failure)
+                    self.settle_failure(&r.delivery, publish_channel, acks, &r.event_type, failure)
                         .await
                 }
             }
@@ -248,6 +384,7 @@ impl Consumer {
         &self,
         delivery: &Delivery,
         publish_channel: &Channel,
+        acks: &Acks,
         event_type: &str,
         failure: Failure,
     ) -> HandOver {
@@ -299,18 +436,13 @@ impl Consumer {
                 } else {
                     tracing::warn!(attempts, reason = failure.reason(), queue = %routing_key, "event scheduled for retry");
                 }
-                ack(delivery).await;
+                acks.ack_one(delivery.delivery_tag, &delivery.acker).await;
                 HandOver::Done
             }
             Err(error) => {
                 // Not handed over: give it back to the broker so that nothing is lost.
                 tracing::error!(error.message = %error, "could not hand the failed event over; requeueing it");
-                let _ = delivery
-                    .acker
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..BasicNackOptions::default()
-                    })
+                acks.requeue_one(delivery.delivery_tag, &delivery.acker)
                     .await;
                 if matches!(error, broker::PublishError::Nacked) {
                     HandOver::Nacked
@@ -341,13 +473,6 @@ impl Failure {
             Self::Transient(reason) => reason,
             Self::Permanent(reason) => reason,
         }
-    }
-}
-
-async fn ack(delivery: &Delivery) {
-    if let Err(error) = delivery.acker.ack(BasicAckOptions::default()).await {
-        // The channel is gone: the broker redelivers, and the duplicate is detected.
-        tracing::warn!(error.message = %error, "ack failed; the event will be redelivered");
     }
 }
 

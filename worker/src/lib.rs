@@ -2,8 +2,10 @@
 //! exactly once in effect (see [`apply`]), with retries and dead-lettering; plus the ops commands
 //! (`dlq`) that inspect and replay the dead-letter queue.
 
+pub mod acks;
 pub mod apply;
 pub mod backfill;
+pub mod batch;
 pub mod config;
 pub mod consumer;
 pub mod dlq;
@@ -134,6 +136,7 @@ impl Application {
             options: ConsumerOptions {
                 prefetch: config.prefetch,
                 concurrency: config.concurrency,
+                batch_size: config.batch_size,
                 max_attempts: config.max_attempts,
             },
             metrics,

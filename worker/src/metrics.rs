@@ -25,6 +25,10 @@ pub struct Metrics {
     pub apply_seconds: Histogram,
     /// Time from the ingress's accept to the commit.
     pub lag_seconds: Histogram,
+    /// Events per committed batch.
+    pub batch_size: Histogram,
+    /// Batches that could not be applied together and were applied event by event.
+    pub batch_fallbacks: Counter,
 }
 
 impl Metrics {
@@ -36,8 +40,11 @@ impl Metrics {
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
             ]),
             lag_seconds: Histogram::new([
-                0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0,
+                0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                300.0, 1800.0,
             ]),
+            batch_size: Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
+            batch_fallbacks: Counter::default(),
         };
         registry.register(
             "clerk_sync_events",
@@ -53,6 +60,16 @@ impl Metrics {
             "clerk_sync_event_lag_seconds",
             "Time from the ingress accepting an event to its commit",
             metrics.lag_seconds.clone(),
+        );
+        registry.register(
+            "clerk_sync_batch_size",
+            "Events applied per committed batch",
+            metrics.batch_size.clone(),
+        );
+        registry.register(
+            "clerk_sync_batch_fallbacks",
+            "Batches that failed as a whole and were applied event by event",
+            metrics.batch_fallbacks.clone(),
         );
         metrics
     }

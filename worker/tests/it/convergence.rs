@@ -193,14 +193,23 @@ async fn run_seed(seed: u64, user_count: usize) {
     // An empty database: the three workers race to apply the migrations at start.
     let db = TestDb::empty().await;
     let broker = TestBroker::new().await;
-    let settings = [("WORKER_CONCURRENCY", "8"), ("WORKER_PREFETCH", "16")];
+    // Half of the deliveries wait in the queue before the workers start (so that they are
+    // taken in full batches), the rest arrive while they run.
+    let (backlog, live) = deliveries.split_at(deliveries.len() / 2);
+    for (svix_id, body) in backlog {
+        broker.publish_event(svix_id, body).await;
+    }
+    let settings = [
+        ("WORKER_CONCURRENCY", "3"),
+        ("WORKER_PREFETCH", "48"),
+        ("WORKER_BATCH_SIZE", "16"),
+    ];
     let (a, b, c) = tokio::join!(
         spawn_worker(&db, &broker, &settings),
         spawn_worker(&db, &broker, &settings),
         spawn_worker(&db, &broker, &settings),
     );
-
-    for (svix_id, body) in &deliveries {
+    for (svix_id, body) in live {
         broker.publish_event(svix_id, body).await;
     }
 
@@ -218,5 +227,23 @@ async fn run_seed(seed: u64, user_count: usize) {
         0,
         "seed {seed}: dead letters"
     );
+    // The batch path did the work: batches of several events were committed.
+    let mut batched_events = 0.0;
+    let mut batches = 0.0;
+    for worker in [&a, &b, &c] {
+        let metrics = worker.metrics().await;
+        batched_events += metric(&metrics, "clerk_sync_batch_size_sum");
+        batches += metric(&metrics, "clerk_sync_batch_size_count");
+    }
+    assert!(
+        batches > 0.0 && batched_events / batches > 2.0,
+        "seed {seed}: {batched_events} events in {batches} batches"
+    );
     tokio::join!(a.stop(), b.stop(), c.stop());
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0.0)
 }

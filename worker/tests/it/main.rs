@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod backfill;
+mod batch;
 mod calendar;
 mod cluster;
 mod convergence;

@@ -1,0 +1,311 @@
+//! Applying many events in one transaction: the same rules as [`crate::apply`], set-based.
+//!
+//! One commit (one fsync) per batch instead of per event is what lets the worker keep up with the
+//! broker. The result is the one that applying the events one by one in some order would give,
+//! so every invariant of the single path holds:
+//!
+//! 1. Advisory locks on every Clerk user of the batch, taken in one statement in a fixed order
+//!    (so that two batches never wait on each other in a cycle), held to the commit.
+//! 2. Svix ids recorded in `processed_events`; ids already there (or twice in the batch) are
+//!    duplicates and change nothing.
+//! 3. Deletes first: tombstones, then the rows (connections go with them). An upsert of a user
+//!    with a tombstone changes nothing, whatever the order in the batch.
+//! 4. Per user only the newest upsert of the batch can apply (the others are stale next to it),
+//!    and only if it is newer than the stored row.
+//! 5. Email addresses held by older rows are released, then the rows are upserted with the same
+//!    version guard as the single path.
+//!
+//! Anything the set-based statements cannot decide alone (two users of the batch trading an
+//! address, a row changed underneath) fails the statement; the whole batch then rolls back and
+//! the caller applies its events one by one through the single path, which settles such cases.
+//! Events that need Clerk's API (calendar accounts) or carry no Svix id never come here.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, Statement,
+    TransactionTrait, Value,
+};
+
+use crate::{
+    apply::{ApplyError, Outcome, tombstone_key},
+    event::{ClerkEvent, UserSnapshot},
+};
+
+/// One event of a batch.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchItem<'a> {
+    /// The Svix message id (duplicate detection).
+    pub svix_id: &'a str,
+    /// The event type, as recorded in `processed_events`.
+    pub event_type: &'a str,
+    pub event: &'a ClerkEvent,
+}
+
+/// Whether `event` (delivered with `svix_id`) can be applied in a batch: it must carry a Svix id
+/// and need nothing from Clerk's API (an upsert listing calendar accounts needs tokens).
+pub fn batchable(svix_id: Option<&str>, event: &ClerkEvent) -> bool {
+    svix_id.is_some()
+        && match event {
+            ClerkEvent::UserUpserted(user) => {
+                calendar::accounts::calendar_accounts(&user.external_accounts).is_empty()
+            }
+            ClerkEvent::UserDeleted { .. } | ClerkEvent::Ignored { .. } => true,
+        }
+}
+
+/// Applies `items` in one transaction and returns each one's outcome, in order. On any error
+/// nothing is committed.
+pub async fn try_apply_batch(
+    db: &DatabaseConnection,
+    items: &[BatchItem<'_>],
+) -> Result<Vec<Outcome>, ApplyError> {
+    let mut outcomes = vec![Outcome::Ignored; items.len()];
+    if items
+        .iter()
+        .all(|item| item.event.clerk_user_id().is_none())
+    {
+        return Ok(outcomes);
+    }
+    let txn = db.begin().await?;
+    match apply_in(&txn, items, &mut outcomes).await {
+        Ok(()) => {
+            txn.commit().await?;
+            Ok(outcomes)
+        }
+        Err(error) => {
+            // Dropping the transaction rolls it back; an explicit rollback may fail if the
+            // connection is gone, which changes nothing.
+            let _ = txn.rollback().await;
+            Err(error)
+        }
+    }
+}
+
+async fn apply_in(
+    txn: &DatabaseTransaction,
+    items: &[BatchItem<'_>],
+    outcomes: &mut [Outcome],
+) -> Result<(), ApplyError> {
+    // 1. Locks, in the order of their keys.
+    let users: BTreeSet<&str> = items
+        .iter()
+        .filter_map(|item| item.event.clerk_user_id())
+        .collect();
+    txn.execute_raw(stmt(
+        "SELECT count(pg_advisory_xact_lock(k)) FROM \
+           (SELECT DISTINCT hashtextextended(id, 0) AS k FROM unnest($1::text[]) AS t(id) \
+            ORDER BY k) AS keys",
+        vec![strings(users.iter().copied())],
+    ))
+    .await?;
+
+    // 2. Duplicates.
+    let about_users: Vec<usize> = (0..items.len())
+        .filter(|&i| items[i].event.clerk_user_id().is_some())
+        .collect();
+    let rows = txn
+        .query_all_raw(stmt(
+            "INSERT INTO processed_events (svix_id, event_type) \
+             SELECT * FROM unnest($1::text[], $2::text[]) \
+             ON CONFLICT (svix_id) DO NOTHING RETURNING svix_id",
+            vec![
+                strings(about_users.iter().map(|&i| items[i].svix_id)),
+                strings(about_users.iter().map(|&i| items[i].event_type)),
+            ],
+        ))
+        .await?;
+    let mut fresh: HashSet<String> = rows
+        .iter()
+        .map(|row| row.try_get::<String>("", "svix_id"))
+        .collect::<Result<_, _>>()?;
+    let mut live = Vec::new();
+    for &i in &about_users {
+        // The first of several deliveries of one id in the batch claims it.
+        if fresh.remove(items[i].svix_id) {
+            live.push(i);
+        } else {
+            outcomes[i] = Outcome::Duplicate;
+        }
+    }
+
+    // 3. Deletes.
+    let deleted: Vec<&str> = live
+        .iter()
+        .filter_map(|&i| match items[i].event {
+            ClerkEvent::UserDeleted { clerk_user_id } => Some(clerk_user_id.as_str()),
+            _ => None,
+        })
+        .collect();
+    if !deleted.is_empty() {
+        txn.execute_raw(stmt(
+            "INSERT INTO deleted_users (clerk_user_id_sha256) SELECT unnest($1::text[]) \
+             ON CONFLICT DO NOTHING",
+            vec![strings(deleted.iter().map(|id| tombstone_key(id)))],
+        ))
+        .await?;
+        txn.execute_raw(stmt(
+            "DELETE FROM users WHERE clerk_user_id = ANY($1)",
+            vec![strings(deleted.iter().copied())],
+        ))
+        .await?;
+    }
+
+    // 4. Upserts: not deleted, newest of the batch per user, newer than the stored row.
+    let mut upserts: Vec<(usize, &UserSnapshot)> = Vec::new();
+    for &i in &live {
+        match items[i].event {
+            ClerkEvent::UserDeleted { .. } => outcomes[i] = Outcome::Applied,
+            ClerkEvent::UserUpserted(user) => upserts.push((i, user)),
+            ClerkEvent::Ignored { .. } => {}
+        }
+    }
+    if upserts.is_empty() {
+        return Ok(());
+    }
+    let upsert_users: BTreeSet<&str> = upserts
+        .iter()
+        .map(|(_, user)| user.clerk_user_id.as_str())
+        .collect();
+    let tombstones: HashSet<String> = txn
+        .query_all_raw(stmt(
+            "SELECT clerk_user_id_sha256 FROM deleted_users \
+             WHERE clerk_user_id_sha256 = ANY($1)",
+            vec![strings(upsert_users.iter().map(|id| tombstone_key(id)))],
+        ))
+        .await?
+        .iter()
+        .map(|row| row.try_get::<String>("", "clerk_user_id_sha256"))
+        .collect::<Result<_, _>>()?;
+    let stored: HashMap<String, i64> = txn
+        .query_all_raw(stmt(
+            "SELECT clerk_user_id, clerk_updated_at FROM users WHERE clerk_user_id = ANY($1)",
+            vec![strings(upsert_users.iter().copied())],
+        ))
+        .await?
+        .iter()
+        .map(|row| {
+            Ok((
+                row.try_get::<String>("", "clerk_user_id")?,
+                row.try_get::<i64>("", "clerk_updated_at")?,
+            ))
+        })
+        .collect::<Result<_, sea_orm::DbErr>>()?;
+    // The newest upsert per user (the first of equal versions wins, as it would one by one).
+    let mut newest: HashMap<&str, (usize, &UserSnapshot)> = HashMap::new();
+    for &(i, user) in &upserts {
+        if tombstones.contains(&tombstone_key(&user.clerk_user_id)) {
+            outcomes[i] = Outcome::SkippedDeleted;
+            continue;
+        }
+        outcomes[i] = Outcome::SkippedStale;
+        if stored
+            .get(&user.clerk_user_id)
+            .is_some_and(|&version| version >= user.updated_at)
+        {
+            continue;
+        }
+        newest
+            .entry(user.clerk_user_id.as_str())
+            .and_modify(|best| {
+                if user.updated_at > best.1.updated_at {
+                    *best = (i, user);
+                }
+            })
+            .or_insert((i, user));
+    }
+    if newest.is_empty() {
+        return Ok(());
+    }
+    let winners: Vec<(usize, &UserSnapshot)> = newest.into_values().collect();
+    let rows = serde_json::Value::Array(
+        winners
+            .iter()
+            .map(|(_, user)| {
+                serde_json::json!({
+                    "clerk_user_id": user.clerk_user_id,
+                    "email": user.email,
+                    "first_name": user.first_name,
+                    "last_name": user.last_name,
+                    "version": user.updated_at,
+                    "created_ms": user.created_at,
+                })
+            })
+            .collect(),
+    );
+
+    // 5. Release addresses held by older rows, then upsert.
+    txn.execute_raw(stmt(
+        "UPDATE users SET email = NULL, updated_at = now() \
+         FROM jsonb_to_recordset($1::jsonb) AS c(clerk_user_id text, email text, version bigint) \
+         WHERE c.email IS NOT NULL AND users.email = c.email \
+           AND users.clerk_user_id <> c.clerk_user_id AND users.clerk_updated_at < c.version",
+        vec![rows.clone().into()],
+    ))
+    .await?;
+    let result = txn
+        .query_all_raw(stmt(
+            "INSERT INTO users (id, clerk_user_id, email, first_name, last_name, \
+                 clerk_updated_at, clerk_created_at) \
+             SELECT gen_random_uuid(), c.clerk_user_id, c.email, c.first_name, c.last_name, \
+                 c.version, \
+                 CASE WHEN c.created_ms IS NULL THEN NULL \
+                      ELSE 'epoch'::timestamptz + c.created_ms * interval '1 millisecond' END \
+             FROM jsonb_to_recordset($1::jsonb) AS c(clerk_user_id text, email text, \
+                 first_name text, last_name text, version bigint, created_ms bigint) \
+             ON CONFLICT (clerk_user_id) DO UPDATE SET \
+                 email = EXCLUDED.email, first_name = EXCLUDED.first_name, \
+                 last_name = EXCLUDED.last_name, clerk_updated_at = EXCLUDED.clerk_updated_at, \
+                 clerk_created_at = COALESCE(EXCLUDED.clerk_created_at, users.clerk_created_at), \
+                 google_calendar_connected = false, microsoft_calendar_connected = false, \
+                 updated_at = now() \
+             WHERE users.clerk_updated_at < EXCLUDED.clerk_updated_at \
+             RETURNING id, clerk_user_id",
+            vec![rows.into()],
+        ))
+        .await;
+    let written = match result {
+        Ok(rows) => rows,
+        Err(error)
+            if matches!(
+                error.sql_err(),
+                Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
+            ) =>
+        {
+            return Err(ApplyError::EmailHeld);
+        }
+        Err(error) => return Err(error.into()),
+    };
+    let mut applied_ids = Vec::with_capacity(written.len());
+    let mut applied_users = HashSet::with_capacity(written.len());
+    for row in &written {
+        applied_ids.push(row.try_get::<uuid::Uuid>("", "id")?);
+        applied_users.insert(row.try_get::<String>("", "clerk_user_id")?);
+    }
+    for (i, user) in winners {
+        if applied_users.contains(&user.clerk_user_id) {
+            outcomes[i] = Outcome::Applied;
+        }
+    }
+    // These upserts list no calendar account: the user has no connection any more.
+    if !applied_ids.is_empty() {
+        txn.execute_raw(stmt(
+            "DELETE FROM user_calendar_connections WHERE user_id = ANY($1)",
+            vec![applied_ids.into()],
+        ))
+        .await?;
+    }
+    Ok(())
+}
+
+fn strings<'a>(values: impl IntoIterator<Item = impl Into<std::borrow::Cow<'a, str>>>) -> Value {
+    values
+        .into_iter()
+        .map(|v| v.into().into_owned())
+        .collect::<Vec<String>>()
+        .into()
+}
+
+fn stmt(sql: &str, values: Vec<Value>) -> Statement {
+    Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
+}

@@ -1,0 +1,302 @@
+//! The set-based batch path against the real Postgres: the same rows and outcomes as applying the
+//! events one by one, and nothing at all when the batch cannot be decided alone.
+
+use std::collections::BTreeMap;
+
+use sea_orm::{ConnectionTrait, DatabaseConnection};
+use testkit::{TestDb, events};
+use worker::{
+    apply::{CalendarUpdate, Outcome, tombstone_key, try_apply_event},
+    batch::{BatchItem, batchable, try_apply_batch},
+    event::{self, ClerkEvent},
+};
+
+use crate::helpers::{Row, scalar, state, users};
+
+fn upsert(
+    event_type: &str,
+    id: &str,
+    email: Option<&str>,
+    first: &str,
+    version: i64,
+) -> ClerkEvent {
+    event::parse(&events::user_event(
+        event_type,
+        &state(id, email, first, version),
+    ))
+    .unwrap()
+}
+
+fn deleted(id: &str, at: i64) -> ClerkEvent {
+    event::parse(&events::user_deleted(id, at)).unwrap()
+}
+
+fn row(email: Option<&str>, first: &str, version: i64) -> Row {
+    Row {
+        email: email.map(Into::into),
+        first_name: Some(first.into()),
+        last_name: Some("Synth".into()),
+        version,
+    }
+}
+
+async fn apply_one(db: &DatabaseConnection, svix_id: &str, event: &ClerkEvent) -> Outcome {
+    try_apply_event(
+        db,
+        Some(svix_id),
+        "user.updated",
+        event,
+        CalendarUpdate::default(),
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_batch_applies_like_one_by_one_duplicates_stale_deleted_and_moved_addresses_included() {
+    let db = TestDb::migrated().await;
+    // Stored before the batch.
+    apply_one(
+        &db.conn,
+        "pre_a",
+        &upsert("user.created", "user_a", Some("a@x.test"), "A", 10),
+    )
+    .await;
+    apply_one(
+        &db.conn,
+        "pre_b",
+        &upsert("user.created", "user_b", Some("b@x.test"), "B", 10),
+    )
+    .await;
+    apply_one(
+        &db.conn,
+        "pre_c",
+        &upsert("user.created", "user_c", Some("c@x.test"), "C", 50),
+    )
+    .await;
+    apply_one(&db.conn, "pre_d", &deleted("user_d", 60)).await;
+    // user_a has a calendar connection that its next event no longer lists.
+    db.conn
+        .execute_unprepared(
+            "INSERT INTO user_calendar_connections (id, user_id, provider, external_account_id, \
+               provider_user_id, scopes, status) \
+             SELECT gen_random_uuid(), id, 'google', 'eac_1', 'g1', 'calendar', 'connected' \
+             FROM users WHERE clerk_user_id = 'user_a'; \
+             UPDATE users SET google_calendar_connected = true WHERE clerk_user_id = 'user_a'",
+        )
+        .await
+        .unwrap();
+
+    let ignored = event::parse(
+        &serde_json::to_vec(&events::envelope(
+            "session.created",
+            serde_json::json!({"id": "sess_1", "object": "session"}),
+            1,
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let batch: Vec<(&str, &str, ClerkEvent)> = vec![
+        (
+            "m1",
+            "user.created",
+            upsert("user.created", "user_a", Some("old@x.test"), "A5", 5),
+        ),
+        (
+            "m2",
+            "user.updated",
+            upsert("user.updated", "user_a", Some("a@x.test"), "A20", 20),
+        ),
+        // Takes b's address: b's row is older, so b has given it up.
+        (
+            "m3",
+            "user.updated",
+            upsert("user.updated", "user_a", Some("b@x.test"), "A30", 30),
+        ),
+        (
+            "m3",
+            "user.updated",
+            upsert("user.updated", "user_a", Some("b@x.test"), "A30", 30),
+        ),
+        (
+            "m5",
+            "user.updated",
+            upsert("user.updated", "user_c", Some("c@x.test"), "C40", 40),
+        ),
+        (
+            "m6",
+            "user.updated",
+            upsert("user.updated", "user_d", None, "D", 99),
+        ),
+        (
+            "m7",
+            "user.created",
+            upsert("user.created", "user_e", Some("e@x.test"), "E", 1),
+        ),
+        ("m8", "user.deleted", deleted("user_e", 2)),
+        ("m9", "session.created", ignored),
+        (
+            "pre_b",
+            "user.created",
+            upsert("user.created", "user_b", Some("b@x.test"), "B", 10),
+        ),
+        (
+            "m11",
+            "user.created",
+            upsert("user.created", "user_f", Some("f@x.test"), "F", 7),
+        ),
+        // Equal versions: the first one wins, as one by one.
+        (
+            "m12",
+            "user.updated",
+            upsert("user.updated", "user_g", None, "G-first", 9),
+        ),
+        (
+            "m13",
+            "user.updated",
+            upsert("user.updated", "user_g", None, "G-second", 9),
+        ),
+    ];
+    let items: Vec<BatchItem<'_>> = batch
+        .iter()
+        .map(|(svix_id, event_type, event)| {
+            assert!(batchable(Some(svix_id), event));
+            BatchItem {
+                svix_id,
+                event_type,
+                event,
+            }
+        })
+        .collect();
+    let outcomes = try_apply_batch(&db.conn, &items).await.unwrap();
+    use Outcome::*;
+    assert_eq!(
+        outcomes,
+        vec![
+            SkippedStale,
+            SkippedStale,
+            Applied,
+            Duplicate,
+            SkippedStale,
+            SkippedDeleted,
+            SkippedDeleted,
+            Applied,
+            Ignored,
+            Duplicate,
+            Applied,
+            Applied,
+            SkippedStale,
+        ]
+    );
+    let expected = BTreeMap::from([
+        ("user_a".to_string(), row(Some("b@x.test"), "A30", 30)),
+        ("user_b".to_string(), row(None, "B", 10)),
+        ("user_c".to_string(), row(Some("c@x.test"), "C", 50)),
+        ("user_f".to_string(), row(Some("f@x.test"), "F", 7)),
+        ("user_g".to_string(), row(None, "G-first", 9)),
+    ]);
+    assert_eq!(users(&db.conn).await, expected);
+    // Every fresh event is recorded once; the ignored type is not.
+    assert_eq!(
+        scalar(&db.conn, "SELECT count(*) FROM processed_events").await,
+        4 + 10
+    );
+    assert_eq!(
+        scalar(
+            &db.conn,
+            "SELECT count(*) FROM processed_events WHERE svix_id = 'm9'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        scalar(
+            &db.conn,
+            &format!(
+                "SELECT count(*) FROM deleted_users WHERE clerk_user_id_sha256 = '{}'",
+                tombstone_key("user_e")
+            )
+        )
+        .await,
+        1
+    );
+    // The connection user_a's newest state no longer lists is gone, with its flag.
+    assert_eq!(
+        scalar(&db.conn, "SELECT count(*) FROM user_calendar_connections").await,
+        0
+    );
+    assert_eq!(
+        scalar(
+            &db.conn,
+            "SELECT count(*) FROM users WHERE google_calendar_connected"
+        )
+        .await,
+        0
+    );
+    // created_at kept to the millisecond (testkit's users were created at 2025-01-01).
+    assert_eq!(
+        scalar(
+            &db.conn,
+            "SELECT (extract(epoch FROM clerk_created_at) * 1000)::bigint FROM users \
+             WHERE clerk_user_id = 'user_f'"
+        )
+        .await,
+        1_735_689_600_000
+    );
+}
+
+#[tokio::test]
+async fn a_batch_it_cannot_decide_alone_commits_nothing() {
+    let db = TestDb::migrated().await;
+    apply_one(
+        &db.conn,
+        "pre",
+        &upsert("user.created", "user_k", None, "K", 1),
+    )
+    .await;
+    // x held the address at 20 and gave it up before y took it at 30; x's release is not in
+    // this batch. One by one, y takes it from x; together the statement sees two holders.
+    let batch = [
+        (
+            "n1",
+            upsert("user.updated", "user_x", Some("e@x.test"), "X", 20),
+        ),
+        (
+            "n2",
+            upsert("user.updated", "user_y", Some("e@x.test"), "Y", 30),
+        ),
+        ("n3", upsert("user.updated", "user_k", None, "K2", 2)),
+    ];
+    let items: Vec<BatchItem<'_>> = batch
+        .iter()
+        .map(|(svix_id, event)| BatchItem {
+            svix_id,
+            event_type: "user.updated",
+            event,
+        })
+        .collect();
+    let error = try_apply_batch(&db.conn, &items).await.unwrap_err();
+    assert!(error.is_transient(), "{error}");
+    assert_eq!(
+        users(&db.conn).await,
+        BTreeMap::from([("user_k".to_string(), row(None, "K", 1))])
+    );
+    assert_eq!(
+        scalar(&db.conn, "SELECT count(*) FROM processed_events").await,
+        1
+    );
+}
+
+#[test]
+fn events_needing_clerk_or_without_an_id_are_not_batched() {
+    let with_calendar = event::parse(&events::user_event_with_accounts(
+        "user.updated",
+        &state("user_cal", None, "Cal", 1),
+        vec![events::google_calendar_account("g1", "eac_1")],
+    ))
+    .unwrap();
+    assert!(!batchable(Some("m1"), &with_calendar));
+    let plain = upsert("user.updated", "user_p", None, "P", 1);
+    assert!(batchable(Some("m2"), &plain));
+    assert!(!batchable(None, &plain));
+}
