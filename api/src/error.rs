@@ -125,29 +125,10 @@ impl ApiError {
     }
 }
 
-/// Whether the database error means "not reachable" (503) rather than a bug (500).
+/// Whether the database error is one that can pass (unreachable, timed out, a conflict between
+/// concurrent transactions): 503 and "retry later" rather than 500.
 fn db_unavailable(error: &DbErr) -> bool {
-    match error {
-        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
-        DbErr::TryIntoErr { .. }
-        | DbErr::Exec(_)
-        | DbErr::Query(_)
-        | DbErr::UnpackInsertId
-        | DbErr::UpdateGetPrimaryKey
-        | DbErr::RecordNotFound(_)
-        | DbErr::AttrNotSet(_)
-        | DbErr::Custom(_)
-        | DbErr::Type(_)
-        | DbErr::Json(_)
-        | DbErr::Migration(_)
-        | DbErr::RecordNotInserted
-        | DbErr::RecordNotUpdated
-        | DbErr::BackendNotSupported { .. }
-        | DbErr::KeyArityMismatch { .. }
-        | DbErr::PrimaryKeyNotSet { .. } => false,
-        // `DbErr` is non-exhaustive: a variant added later is a bug until classified.
-        _ => false,
-    }
+    entity::db_errors::is_transient(error)
 }
 
 impl IntoResponse for ApiError {

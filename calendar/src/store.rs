@@ -231,7 +231,7 @@ impl TokenError {
     /// Whether trying again later can succeed.
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Db(_) => true,
+            Self::Db(e) => entity::db_errors::is_transient(e),
             Self::Crypto(_) => false,
             Self::Clerk(e) => e.is_transient(),
         }

@@ -11,9 +11,10 @@
 //! 4. Upserts keep the newest Clerk `updated_at`: an older or equal version changes nothing.
 
 use chrono::{DateTime, Utc};
+use entity::db_errors::is_transient as is_transient_db;
 use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, RuntimeErr,
-    Statement, TransactionTrait, Value,
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, Statement,
+    TransactionTrait, Value,
 };
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -162,57 +163,6 @@ impl ApplyError {
             Self::EmailHeld => "email_held_by_other_user".into(),
             other => other.to_string(),
         }
-    }
-}
-
-/// Classifies a database error: connection trouble, timeouts, serialization failures, deadlocks
-/// and unique conflicts can succeed later; anything else (bad SQL, type errors) cannot.
-pub fn is_transient_db(error: &DbErr) -> bool {
-    match error {
-        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
-        DbErr::Exec(runtime) | DbErr::Query(runtime) => match runtime {
-            RuntimeErr::SqlxError(sqlx_error) => match sqlx_error.as_ref() {
-                sea_orm::sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-                    // 40001 serialization failure, 40P01 deadlock, 23505 unique violation,
-                    // 55P03 lock not available, 57014 statement timeout / cancel,
-                    // class 08 connection exception, 53 insufficient resources, 57P0x shutdown.
-                    matches!(
-                        code.as_ref(),
-                        "40001" | "40P01" | "23505" | "55P03" | "57014"
-                    ) || code.starts_with("08")
-                        || code.starts_with("53")
-                        || code.starts_with("57P")
-                }),
-                sea_orm::sqlx::Error::Io(_)
-                | sea_orm::sqlx::Error::PoolTimedOut
-                | sea_orm::sqlx::Error::PoolClosed
-                | sea_orm::sqlx::Error::WorkerCrashed
-                | sea_orm::sqlx::Error::Protocol(_)
-                | sea_orm::sqlx::Error::Tls(_) => true,
-                _ => false,
-            },
-            RuntimeErr::Internal(_) => false,
-        },
-        DbErr::TryIntoErr { .. }
-        | DbErr::ConvertFromU64(_)
-        | DbErr::UnpackInsertId
-        | DbErr::UpdateGetPrimaryKey
-        | DbErr::RecordNotFound(_)
-        | DbErr::AttrNotSet(_)
-        | DbErr::Custom(_)
-        | DbErr::Type(_)
-        | DbErr::Json(_)
-        | DbErr::Migration(_)
-        | DbErr::RecordNotInserted
-        | DbErr::RecordNotUpdated
-        | DbErr::BackendNotSupported { .. }
-        | DbErr::KeyArityMismatch { .. }
-        | DbErr::PrimaryKeyNotSet { .. }
-        | DbErr::RbacError(_)
-        | DbErr::AccessDenied { .. }
-        | DbErr::MutexPoisonError => false,
-        // DbErr is non_exhaustive: a variant added later is not assumed to be retryable.
-        _ => false,
     }
 }
 
@@ -439,11 +389,8 @@ mod tests {
     }
 
     #[test]
-    fn connection_failures_are_transient_and_logic_errors_are_not() {
-        assert!(is_transient_db(&DbErr::ConnectionAcquire(
-            sea_orm::error::ConnAcquireErr::Timeout
-        )));
-        assert!(!is_transient_db(&DbErr::Type("bad".into())));
+    fn a_held_email_is_transient_and_logic_errors_are_not() {
         assert!(ApplyError::EmailHeld.is_transient());
+        assert!(!ApplyError::Db(DbErr::Type("bad".into())).is_transient());
     }
 }

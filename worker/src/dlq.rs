@@ -5,8 +5,6 @@
 //! Listing therefore neither consumes nor reorders. A replayed message is published (confirmed)
 //! to the main queue before its dead letter is acked: nothing is lost in between.
 
-use std::io::Write;
-
 use broker::{
     BrokerConfig, EVENTS_ROUTING_KEY, PublishError, Topology, headers,
     lapin::{
@@ -142,7 +140,13 @@ impl DeadLetterQueue {
                     source,
                 });
             }
-            (None, None) => unreachable_no_urls()?,
+            (None, None) => {
+                // parse_urls refuses an empty AMQP_URL; a config built in code may still have none.
+                return Err(DlqError::Broker(broker::BrokerError::BadSetting {
+                    name: "AMQP_URL",
+                    reason: "no URL given".into(),
+                }));
+            }
         };
         let channel = connection.create_channel().await?;
         topology.declare(&channel).await?;
@@ -208,13 +212,6 @@ impl DeadLetterQueue {
         let _ = self.confirm.close(200, "dlq done".into()).await;
         let _ = self.connection.close(200, "dlq done".into()).await;
     }
-}
-
-fn unreachable_no_urls() -> Result<Connection, DlqError> {
-    Err(DlqError::Broker(broker::BrokerError::BadSetting {
-        name: "AMQP_URL",
-        reason: "no URL given".into(),
-    }))
 }
 
 /// `worker dlq list`: the dead letters, oldest first.
@@ -304,25 +301,6 @@ pub async fn act(
     .await;
     dlq.close().await;
     result
-}
-
-/// A one-line progress bar on stderr (drawn only for 10 or more messages).
-pub fn progress_bar(done: usize, total: usize) {
-    if total < 10 {
-        return;
-    }
-    let width = 30;
-    let filled = done * width / total.max(1);
-    let mut err = std::io::stderr();
-    let _ = write!(
-        err,
-        "\r[{}{}] {done}/{total}",
-        "#".repeat(filled),
-        "-".repeat(width - filled)
-    );
-    if done == total {
-        let _ = writeln!(err);
-    }
 }
 
 /// Formats the listing as a table.

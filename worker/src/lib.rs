@@ -11,6 +11,7 @@ pub mod consumer;
 pub mod dlq;
 pub mod event;
 pub mod metrics;
+pub mod progress;
 
 use std::{
     future::Future,

@@ -114,7 +114,7 @@ async fn main() -> anyhow::Result<()> {
             };
             let summary = worker::backfill::run(&applier, &clerk, &options, |done, total| {
                 if let Some(total) = total {
-                    dlq::progress_bar(
+                    worker::progress::progress_bar(
                         usize::try_from(done.min(total)).unwrap_or(0),
                         usize::try_from(total).unwrap_or(0),
                     );
@@ -142,7 +142,7 @@ async fn main() -> anyhow::Result<()> {
             let db = worker::connect_database(&config.database_url, 2)
                 .await
                 .context("cannot reach the database at DATABASE_URL")?;
-            let done = calendar::store::reencrypt_all(&db, cipher, dlq::progress_bar)
+            let done = calendar::store::reencrypt_all(&db, cipher, worker::progress::progress_bar)
                 .await
                 .context("re-encryption stopped; run the command again to finish")?;
             println!(
@@ -198,7 +198,7 @@ async fn run_dlq(command: DlqCommand, config: Config) -> anyhow::Result<()> {
                 &selection,
                 false,
                 dry_run,
-                dlq::progress_bar,
+                worker::progress::progress_bar,
             )
             .await?;
             if dry_run {
@@ -217,7 +217,7 @@ async fn run_dlq(command: DlqCommand, config: Config) -> anyhow::Result<()> {
                 &Selection::Ids(ids),
                 true,
                 false,
-                dlq::progress_bar,
+                worker::progress::progress_bar,
             )
             .await?;
             println!("dropped {} dead letter(s)", summary.done);
