@@ -5,6 +5,10 @@
 //!   stops them all on Ctrl-C.
 //! - `cargo xtask send-event <type>` signs a realistic sample event with the configured secret and
 //!   posts it to the ingress, as Clerk's dashboard does when testing an endpoint.
+//! - `cargo xtask bench` loads ingress and worker with signed events and reports their throughput,
+//!   latency, lag and memory next to the broker's and the database's ceilings (see `bench`).
+
+mod bench;
 
 use std::{
     process::{Child, Command, Stdio},
@@ -45,6 +49,8 @@ enum Task {
         #[arg(long, default_value = "user_2abcSYNTHuser01")]
         user_id: String,
     },
+    /// Benchmark ingress and worker against the broker's and the database's ceilings.
+    Bench(bench::BenchArgs),
 }
 
 fn env_or(name: &str, default: &str) -> String {
@@ -60,6 +66,7 @@ async fn main() -> anyhow::Result<()> {
             url,
             user_id,
         } => send_event(&event_type, &url, &user_id).await,
+        Task::Bench(args) => bench::run(args).await,
     }
 }
 

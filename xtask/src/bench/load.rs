@@ -1,0 +1,282 @@
+//! The HTTP load: C tasks, each owning one keep-alive HTTP/1.1 connection to the ingress, take
+//! the next pre-signed event from a shared index until none is left. Connections are opened
+//! before the clock starts; every response's latency is recorded.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request, client::conn::http1};
+use hyper_util::rt::TokioIo;
+use tokio::{net::TcpStream, sync::Barrier};
+
+use super::events::Signed;
+
+/// A request that takes longer than this counts as a transport error.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What one load run measured.
+#[derive(Debug, Clone)]
+pub struct LoadResult {
+    pub connections: usize,
+    /// Events to send.
+    pub events: usize,
+    /// Responses 200.
+    pub accepted: u64,
+    /// Other responses, by status.
+    pub statuses: BTreeMap<u16, u64>,
+    /// Events not answered: connection failures, timeouts, and events left unsent because
+    /// every connection failed.
+    pub transport_errors: u64,
+    /// Connections that could not be (re)opened.
+    pub connect_failures: u64,
+    /// The first transport error, to say what went wrong.
+    pub first_error: Option<String>,
+    /// From the first request to the last response.
+    pub wall: Duration,
+    pub latency: Latency,
+}
+
+impl LoadResult {
+    /// 200 responses per second of wall time.
+    pub fn accepted_per_s(&self) -> f64 {
+        per_second(self.accepted, self.wall)
+    }
+
+    /// Every event was answered 200.
+    pub fn all_accepted(&self) -> bool {
+        self.accepted == self.events as u64
+    }
+
+    /// Non-200 answers and transport errors.
+    pub fn errors(&self) -> u64 {
+        self.statuses.values().sum::<u64>() + self.transport_errors
+    }
+}
+
+/// `count` per second of `wall`.
+pub fn per_second(count: u64, wall: Duration) -> f64 {
+    if wall.is_zero() {
+        0.0
+    } else {
+        count as f64 / wall.as_secs_f64()
+    }
+}
+
+/// Latency percentiles (nearest rank) of every answered request.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Latency {
+    pub p50: Duration,
+    pub p99: Duration,
+    pub max: Duration,
+    pub mean: Duration,
+}
+
+impl Latency {
+    fn of(mut samples: Vec<Duration>) -> Self {
+        if samples.is_empty() {
+            return Self::default();
+        }
+        samples.sort_unstable();
+        let rank = |p: f64| {
+            let index = ((p * samples.len() as f64).ceil() as usize).clamp(1, samples.len()) - 1;
+            samples[index]
+        };
+        let total: Duration = samples.iter().sum();
+        Self {
+            p50: rank(0.50),
+            p99: rank(0.99),
+            max: samples[samples.len() - 1],
+            mean: total / u32::try_from(samples.len()).unwrap_or(u32::MAX),
+        }
+    }
+}
+
+/// What one task saw.
+#[derive(Default)]
+struct TaskResult {
+    latencies: Vec<Duration>,
+    accepted: u64,
+    statuses: BTreeMap<u16, u64>,
+    transport_errors: u64,
+    connect_failures: u64,
+    first_error: Option<String>,
+}
+
+impl TaskResult {
+    /// An event got no answer.
+    fn error(&mut self, message: String) {
+        self.transport_errors += 1;
+        self.first_error.get_or_insert(message);
+    }
+}
+
+type Sender = http1::SendRequest<Full<Bytes>>;
+
+/// Opens a keep-alive HTTP/1.1 connection.
+async fn connect(addr: SocketAddr) -> anyhow::Result<Sender> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("cannot connect to the ingress at {addr}"))?;
+    stream.set_nodelay(true).context("cannot set TCP_NODELAY")?;
+    let (sender, connection) = http1::handshake(TokioIo::new(stream))
+        .await
+        .context("HTTP/1.1 handshake failed")?;
+    tokio::spawn(async move {
+        // Ends when the sender is dropped or the server closes the connection.
+        let _ = connection.await;
+    });
+    Ok(sender)
+}
+
+/// Sends one event and reads the whole answer; returns its status.
+async fn send(sender: &mut Sender, host: &str, event: &Signed) -> anyhow::Result<u16> {
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri("/webhooks/clerk")
+        .header("host", host)
+        .header("content-type", "application/json")
+        .header("svix-id", event.svix_id.clone())
+        .header("svix-timestamp", event.timestamp.clone())
+        .header("svix-signature", event.signature.clone())
+        .body(Full::new(event.body.clone()))
+        .context("cannot build the request")?;
+    sender.ready().await.context("connection closed")?;
+    let response = sender
+        .send_request(request)
+        .await
+        .context("request failed")?;
+    let status = response.status().as_u16();
+    // Read the body to the end, or the connection cannot carry the next request.
+    response
+        .into_body()
+        .collect()
+        .await
+        .context("reading the response failed")?;
+    Ok(status)
+}
+
+/// One connection's loop.
+async fn task(
+    addr: SocketAddr,
+    events: Arc<Vec<Signed>>,
+    next: Arc<AtomicUsize>,
+    start: Arc<Barrier>,
+) -> TaskResult {
+    let mut result = TaskResult::default();
+    let host = addr.to_string();
+    let mut sender = connect(addr).await;
+    start.wait().await;
+    loop {
+        let mut current = match sender {
+            Ok(sender) => sender,
+            Err(error) => {
+                // No connection: this task stops, the others take the remaining events.
+                result.connect_failures += 1;
+                result.first_error.get_or_insert(format!("{error:#}"));
+                return result;
+            }
+        };
+        let index = next.fetch_add(1, Ordering::Relaxed);
+        let Some(event) = events.get(index) else {
+            return result;
+        };
+        let started = Instant::now();
+        match tokio::time::timeout(REQUEST_TIMEOUT, send(&mut current, &host, event)).await {
+            Ok(Ok(status)) => {
+                result.latencies.push(started.elapsed());
+                if status == 200 {
+                    result.accepted += 1;
+                } else {
+                    *result.statuses.entry(status).or_default() += 1;
+                }
+                sender = Ok(current);
+            }
+            Ok(Err(error)) => {
+                result.error(format!("{error:#}"));
+                sender = connect(addr).await;
+            }
+            Err(_) => {
+                result.error(format!("no answer within {REQUEST_TIMEOUT:?}"));
+                sender = connect(addr).await;
+            }
+        }
+    }
+}
+
+/// Sends every event to the ingress at `addr` over `connections` connections.
+pub async fn run(
+    addr: SocketAddr,
+    events: Arc<Vec<Signed>>,
+    connections: usize,
+) -> anyhow::Result<LoadResult> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Arc::new(Barrier::new(connections + 1));
+    let tasks: Vec<_> = (0..connections)
+        .map(|_| {
+            tokio::spawn(task(
+                addr,
+                Arc::clone(&events),
+                Arc::clone(&next),
+                Arc::clone(&start),
+            ))
+        })
+        .collect();
+    start.wait().await;
+    let started = Instant::now();
+    let mut latencies = Vec::with_capacity(events.len());
+    let mut out = LoadResult {
+        connections,
+        events: events.len(),
+        accepted: 0,
+        statuses: BTreeMap::new(),
+        transport_errors: 0,
+        connect_failures: 0,
+        first_error: None,
+        wall: Duration::ZERO,
+        latency: Latency::default(),
+    };
+    for task in tasks {
+        let result = task.await.context("a load task panicked")?;
+        latencies.extend(result.latencies);
+        out.accepted += result.accepted;
+        for (status, count) in result.statuses {
+            *out.statuses.entry(status).or_default() += count;
+        }
+        out.transport_errors += result.transport_errors;
+        out.connect_failures += result.connect_failures;
+        if out.first_error.is_none() {
+            out.first_error = result.first_error;
+        }
+    }
+    out.wall = started.elapsed();
+    // Events no task got to send (every connection failed) are errors too.
+    let taken = next.load(Ordering::Relaxed).min(events.len());
+    out.transport_errors += (events.len() - taken) as u64;
+    out.latency = Latency::of(latencies);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let samples: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        let latency = Latency::of(samples);
+        assert_eq!(latency.p50, Duration::from_millis(50));
+        assert_eq!(latency.p99, Duration::from_millis(99));
+        assert_eq!(latency.max, Duration::from_millis(100));
+        assert_eq!(Latency::of(vec![]).max, Duration::ZERO);
+    }
+}

@@ -1,0 +1,595 @@
+//! `cargo xtask bench`: a load generator for the whole pipeline, and the ceilings it is judged
+//! against, measured in the same run on the same machine.
+//!
+//! Phases:
+//! 0. `cargo build --profile <p> -p ingress -p worker`. With `--profile release` a debug build of
+//!    this task first builds itself in release too and re-runs itself from there, because the
+//!    load generator and the ceilings run in this process and must not be the bottleneck.
+//!    Creates the database `clerk_sync_bench_<pid>` (migrated) and uses the queue prefix
+//!    `clerk_sync_bench_<pid>`.
+//! 1. Builds N distinct realistic events (`user.created`, then `user.updated`s, 5 % of users end
+//!    with `user.deleted`) over U users, and the final state they must lead to. A random
+//!    `whsec_` secret signs them right before each phase that sends them.
+//! 2. Broker ceiling: a minimal lapin publisher with confirms to a quorum queue, messages of the
+//!    events' average size, 64 unconfirmed at a time.
+//! 3. Database ceilings: the worker's version-guarded upsert, one row per transaction (16
+//!    connections) and 64 rows per transaction (`unnest` arrays); then the tables are emptied.
+//! 4. Ingress: for each `--connections` C, starts the ingress, sends all N events over C
+//!    keep-alive HTTP/1.1 connections, records accepted/s, latencies, errors and the peak RSS.
+//!    The first C publishes to the prefix the worker will drain; the others to prefixes of their
+//!    own (`<prefix>_c<C>`), so that the drain sees exactly N events.
+//! 5. Worker drain: starts the worker on the filled queue, times it through `processed_events`,
+//!    then checks that the queues are empty and `users` equals the expected state.
+//! 6. Live lag: with the worker still running, an ingress again and min(N, 5000) newer updates at
+//!    64 connections; the change of the worker's `clerk_sync_event_lag_seconds` histogram gives
+//!    the accept-to-commit lag (bucket upper bounds); the state is checked again.
+//! 7. Report: a markdown table on stdout, JSON (`--json`) and optionally markdown (`--markdown`).
+//!
+//! A guard stops the processes, drops the database and deletes every queue and exchange the run
+//! declared, on success, error, panic and Ctrl-C. The exit status is non-zero when the run could
+//! not complete or a correctness check failed (a request not answered 200, an event not applied,
+//! a wrong final state, a dead letter), never for a missed speed target.
+
+mod ceilings;
+mod events;
+mod load;
+mod pipeline;
+mod procs;
+mod report;
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::{Context, bail};
+use broker::Topology;
+use migration::MigratorTrait as _;
+use sea_orm::{ConnectOptions, Database};
+
+use self::{
+    events::Event,
+    pipeline::{Broker, Check},
+    procs::{Cleanup, Profile},
+    report::{Ceilings, IngressRun, Live, Report, Settings, WorkerRun},
+};
+
+/// Connections of the live-lag phase.
+const LIVE_CONNECTIONS: usize = 64;
+/// At most this many events in the live-lag phase.
+const LIVE_MAX_EVENTS: usize = 5000;
+/// Set in the release build this task re-runs itself as.
+const REEXEC_ENV: &str = "CLERK_SYNC_BENCH_REEXEC";
+const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432";
+const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+/// How long a started process may take to answer `/readyz`.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `cargo xtask bench` options.
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Distinct events to send [default: 20000; 2000 with --smoke].
+    #[arg(long)]
+    events: Option<usize>,
+    /// Users the events are spread over [default: 2000; 200 with --smoke].
+    #[arg(long)]
+    users: Option<usize>,
+    /// Connection counts to run the ingress phase with, comma separated [default: 64,200; 16
+    /// with --smoke].
+    #[arg(long, value_delimiter = ',')]
+    connections: Option<Vec<usize>>,
+    /// Build profile of ingress and worker [default: release; dev with --smoke].
+    #[arg(long, value_enum)]
+    profile: Option<Profile>,
+    /// Where to write the JSON results (relative paths from the workspace root).
+    #[arg(long, default_value = "target/bench/results.json")]
+    json: PathBuf,
+    /// Also write the results as markdown here (relative paths from the workspace root).
+    #[arg(long)]
+    markdown: Option<PathBuf>,
+    /// A small run for CI (N 2000, U 200, 16 connections, dev profile): fails only if it cannot
+    /// complete or an event is lost or wrong, never on speed.
+    #[arg(long)]
+    smoke: bool,
+}
+
+/// The options with the defaults applied.
+struct Options {
+    events: usize,
+    users: usize,
+    connections: Vec<usize>,
+    profile: Profile,
+    json: PathBuf,
+    markdown: Option<PathBuf>,
+    smoke: bool,
+}
+
+impl Options {
+    fn resolve(args: BenchArgs, workspace: &Path) -> anyhow::Result<Self> {
+        let smoke = args.smoke;
+        let mut connections = args
+            .connections
+            .unwrap_or_else(|| if smoke { vec![16] } else { vec![64, 200] });
+        let mut seen = std::collections::HashSet::new();
+        connections.retain(|c| seen.insert(*c));
+        if connections.is_empty() || connections.contains(&0) {
+            bail!("--connections needs one or more counts above 0, e.g. --connections 64,200");
+        }
+        let events = args.events.unwrap_or(if smoke { 2000 } else { 20000 });
+        let users = args.users.unwrap_or(if smoke { 200 } else { 2000 });
+        if events == 0 {
+            bail!("--events must be at least 1");
+        }
+        Ok(Self {
+            events,
+            users,
+            connections,
+            profile: args.profile.unwrap_or(if smoke {
+                Profile::Dev
+            } else {
+                Profile::Release
+            }),
+            json: workspace.join(args.json),
+            markdown: args.markdown.map(|p| workspace.join(p)),
+            smoke,
+        })
+    }
+}
+
+/// Runs the benchmark.
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let workspace = workspace_root()?;
+    let options = Options::resolve(args, &workspace)?;
+    // Checked before building: a bad combination should not cost a build.
+    events::validate(options.events, options.users)?;
+
+    let reexec = options.profile == Profile::Release
+        && cfg!(debug_assertions)
+        && std::env::var_os(REEXEC_ENV).is_none();
+    let mut packages = vec!["ingress", "worker"];
+    if reexec {
+        packages.push("xtask");
+    }
+    println!(
+        "[0/7] building {} ({} profile)",
+        packages.join(", "),
+        options.profile.name()
+    );
+    let bin = procs::build(&workspace, options.profile, &packages)?;
+    if reexec {
+        return reexec_release(&bin).await;
+    }
+
+    // Ingress and worker get AMQP_URL as is; the bench's own connections use its first node.
+    let amqp_url = env_or("AMQP_URL", DEFAULT_AMQP_URL);
+    let amqp_node = amqp_url.split(',').next().unwrap_or_default().trim();
+    let pg = procs::PgServer::parse(&env_or("DATABASE_URL", DEFAULT_DATABASE_URL))?;
+    let mut cleanup = Cleanup::new(amqp_node);
+    let run = phases(
+        &options,
+        &workspace,
+        &bin,
+        (&amqp_url, amqp_node),
+        &pg,
+        &mut cleanup,
+    );
+    let outcome = tokio::select! {
+        result = run => result,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
+    println!("cleaning up (processes, database, queues)");
+    drop(cleanup);
+    let report = outcome?;
+
+    let markdown = report.markdown();
+    println!("\n{markdown}");
+    write(
+        &options.json,
+        &serde_json::to_string_pretty(&report.json())?,
+    )?;
+    println!("JSON written to {}", options.json.display());
+    if let Some(path) = &options.markdown {
+        write(path, &markdown)?;
+        println!("markdown written to {}", path.display());
+    }
+    if !report.checks_pass() {
+        let failed = report.checks.iter().filter(|c| !c.pass).count();
+        bail!("{failed} correctness check(s) failed; see the Checks table above");
+    }
+    Ok(())
+}
+
+fn write(path: &Path, text: &str) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or_else(|| default.to_owned())
+}
+
+/// The workspace root (this crate's parent directory).
+fn workspace_root() -> anyhow::Result<PathBuf> {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .context("xtask has no parent directory")
+}
+
+/// Runs the release build of this task with the same arguments, and exits with its status.
+async fn reexec_release(bin: &Path) -> anyhow::Result<()> {
+    let exe = bin.join("xtask");
+    println!("running the bench from {} (release build)", exe.display());
+    let mut child = tokio::process::Command::new(&exe)
+        .args(std::env::args_os().skip(1))
+        .env(REEXEC_ENV, "1")
+        .spawn()
+        .with_context(|| format!("cannot start {}", exe.display()))?;
+    let status = loop {
+        tokio::select! {
+            status = child.wait() => break status.context("cannot wait for the release bench")?,
+            // Ctrl-C reaches the child too; it cleans up, and we wait for it.
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    };
+    if !status.success() {
+        std::process::exit(status.code().unwrap_or(1));
+    }
+    Ok(())
+}
+
+/// What the phases share.
+struct Ctx<'a> {
+    bin: &'a Path,
+    log_dir: PathBuf,
+    amqp_url: &'a str,
+    secret: String,
+}
+
+impl Ctx<'_> {
+    /// Starts an ingress on `prefix`, sends `events` (signed now) over `connections`
+    /// connections, stops it.
+    async fn ingress_run(
+        &self,
+        cleanup: &mut Cleanup,
+        name: &str,
+        prefix: &str,
+        events: &[Event],
+        connections: usize,
+    ) -> anyhow::Result<IngressRun> {
+        let addr = procs::free_addr()?;
+        let env = vec![
+            ("INGRESS_ADDR".to_owned(), addr.to_string()),
+            ("AMQP_URL".to_owned(), self.amqp_url.to_owned()),
+            ("QUEUE_PREFIX".to_owned(), prefix.to_owned()),
+            ("CLERK_WEBHOOK_SECRET".to_owned(), self.secret.clone()),
+            ("RUST_LOG".to_owned(), "warn".to_owned()),
+            ("NO_COLOR".to_owned(), "1".to_owned()),
+        ];
+        let log = self.log_dir.join(format!("{name}.log"));
+        let pid = cleanup.spawn(name, &self.bin.join("ingress"), &[], &env, &[], &log)?;
+        cleanup
+            .wait_ready(name, &format!("http://{addr}/readyz"), READY_TIMEOUT)
+            .await?;
+        let signed = Arc::new(events::sign(events, &self.secret)?);
+        let load = load::run(addr, signed, connections).await?;
+        let peak_rss = procs::peak_rss(pid)?;
+        cleanup.stop(name).await?;
+        Ok(IngressRun { load, peak_rss })
+    }
+}
+
+fn topology(prefix: &str) -> anyhow::Result<Topology> {
+    // The same names the ingress and worker derive (they inherit RETRY_DELAYS).
+    let retry_delays = std::env::var("RETRY_DELAYS").ok();
+    Topology::from_lookup(&|name: &str| match name {
+        "QUEUE_PREFIX" => Some(prefix.to_owned()),
+        "RETRY_DELAYS" => retry_delays.clone(),
+        _ => None,
+    })
+    .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+fn drain_timeout(events: u64) -> Duration {
+    Duration::from_secs(120 + events / 200)
+}
+
+async fn phases(
+    o: &Options,
+    workspace: &Path,
+    bin: &Path,
+    (amqp_url, amqp_node): (&str, &str),
+    pg: &procs::PgServer,
+    cleanup: &mut Cleanup,
+) -> anyhow::Result<Report> {
+    let prefix = format!("clerk_sync_bench_{}", std::process::id());
+    let log_dir = workspace.join("target").join("bench");
+    std::fs::create_dir_all(&log_dir)
+        .with_context(|| format!("cannot create {}", log_dir.display()))?;
+
+    // Reach both servers before creating anything.
+    Broker::connect(amqp_node).await?.close().await;
+    cleanup.create_database(pg, &prefix).await?;
+    let db_url = pg.url(&prefix);
+    let mut connect = ConnectOptions::new(&db_url);
+    connect.max_connections(24).sqlx_logging(false);
+    let db = Database::connect(connect)
+        .await
+        .context("cannot connect to the bench database")?;
+    migration::Migrator::up(&db, None)
+        .await
+        .context("cannot apply the migrations to the bench database")?;
+
+    println!(
+        "[1/7] generating {} events over {} users",
+        o.events, o.users
+    );
+    let plan = events::plan(o.events, o.users)?;
+    let mut expected = plan.users;
+    let body_size = events::average_size(&plan.events);
+    let ctx = Ctx {
+        bin,
+        log_dir: log_dir.clone(),
+        amqp_url,
+        secret: events::random_secret(),
+    };
+
+    println!(
+        "[2/7] broker ceiling: {} messages of {body_size} B, {} in flight",
+        o.events,
+        ceilings::BROKER_IN_FLIGHT
+    );
+    let ceiling_queue = format!("{prefix}.ceiling");
+    cleanup.track_queue(&ceiling_queue);
+    let broker_ceiling = ceilings::broker(amqp_node, &ceiling_queue, o.events, body_size).await?;
+    println!("      {:.0} msgs/s", broker_ceiling.per_s());
+
+    println!(
+        "[3/7] database ceilings: {} upserts over {} users",
+        o.events, o.users
+    );
+    let db_single = ceilings::db_single(&db, o.events, o.users).await?;
+    ceilings::truncate(&db).await?;
+    println!(
+        "      1 row per transaction: {:.0} rows/s",
+        db_single.per_s()
+    );
+    let (db_batched, batch_rows) = ceilings::db_batched(&db, o.events, o.users).await?;
+    ceilings::truncate(&db).await?;
+    println!(
+        "      {batch_rows} rows per transaction: {:.0} rows/s",
+        db_batched.per_s()
+    );
+
+    let main = topology(&prefix)?;
+    let mut checks = Vec::new();
+    let mut ingress_runs = Vec::new();
+    for (i, &connections) in o.connections.iter().enumerate() {
+        let run_prefix = if i == 0 {
+            prefix.clone()
+        } else {
+            format!("{prefix}_c{connections}")
+        };
+        cleanup.track_topology(&topology(&run_prefix)?);
+        println!(
+            "[4/7] ingress: {} events over {connections} connections (queue prefix {run_prefix})",
+            o.events
+        );
+        let run = ctx
+            .ingress_run(
+                cleanup,
+                &format!("ingress-c{connections}"),
+                &run_prefix,
+                &plan.events,
+                connections,
+            )
+            .await?;
+        println!(
+            "      {:.0} accepted/s, p50 {:.1} ms, p99 {:.1} ms, {} errors",
+            run.load.accepted_per_s(),
+            run.load.latency.p50.as_secs_f64() * 1000.0,
+            run.load.latency.p99.as_secs_f64() * 1000.0,
+            run.load.errors()
+        );
+        checks.push(answered_check(&run, ""));
+        ingress_runs.push(run);
+    }
+
+    let queued = ingress_runs.first().map_or(0, |r| r.load.accepted);
+    println!("[5/7] worker drain: {queued} queued events");
+    let broker = Broker::connect(amqp_node).await?;
+    let worker_addr = procs::free_addr()?;
+    let worker_pid = start_worker(cleanup, &ctx, &db_url, &prefix, worker_addr)?;
+    let drain = pipeline::wait_applied(
+        &db,
+        cleanup,
+        &broker,
+        &main,
+        0,
+        queued,
+        drain_timeout(queued),
+    )
+    .await?;
+    println!("      {:.0} events/s", drain.per_s());
+    // Acks follow commits; give the last ones a moment before looking at the queues.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    checks.extend(pipeline::check_queues(&broker, &main, "after the drain").await?);
+    checks.push(pipeline::check_users(&db, &expected, "after the drain").await?);
+    let peak_rss_after_drain = procs::peak_rss(worker_pid)?;
+
+    let live_count = o.events.min(LIVE_MAX_EVENTS);
+    println!(
+        "[6/7] live lag: {live_count} newer updates at {LIVE_CONNECTIONS} connections, worker running"
+    );
+    cleanup
+        .wait_ready(
+            "worker",
+            &format!("http://{worker_addr}/readyz"),
+            READY_TIMEOUT,
+        )
+        .await?;
+    let before = pipeline::Histogram::parse(
+        &pipeline::scrape(worker_addr).await?,
+        "clerk_sync_event_lag_seconds",
+    );
+    let live_events = events::newer_updates(&mut expected, live_count)?;
+    let applied_before = pipeline::processed(&db).await?;
+    let live_ingress = ctx
+        .ingress_run(
+            cleanup,
+            "ingress-live",
+            &prefix,
+            &live_events,
+            LIVE_CONNECTIONS,
+        )
+        .await?;
+    checks.push(answered_check(&live_ingress, ", live phase"));
+    let live_drain = pipeline::wait_applied(
+        &db,
+        cleanup,
+        &broker,
+        &main,
+        applied_before,
+        live_ingress.load.accepted,
+        drain_timeout(live_ingress.load.accepted),
+    )
+    .await?;
+    // The histogram is observed right after each commit.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let lag = pipeline::Histogram::parse(
+        &pipeline::scrape(worker_addr).await?,
+        "clerk_sync_event_lag_seconds",
+    )
+    .since(&before);
+    let show = |le: Option<f64>| le.map_or("-".into(), |le| format!("≤ {le} s"));
+    println!(
+        "      {:.0} accepted/s, worker {:.0} events/s; lag p50 {}, p99 {} (bucket bounds)",
+        live_ingress.load.accepted_per_s(),
+        live_drain.per_s(),
+        show(lag.quantile_bound(0.5)),
+        show(lag.quantile_bound(0.99))
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    checks.extend(pipeline::check_queues(&broker, &main, "after the live phase").await?);
+    checks.push(pipeline::check_users(&db, &expected, "after the live phase").await?);
+    let worker_peak_rss = procs::peak_rss(worker_pid)?;
+    cleanup.stop("worker").await?;
+    broker.close().await;
+
+    println!("[7/7] report");
+    let machine = report::machine(&db).await;
+    let _ = db.close().await;
+    Ok(Report {
+        machine,
+        settings: Settings {
+            events: o.events,
+            users: o.users,
+            deleted_users: events::deleted_count(o.users),
+            connections: o.connections.clone(),
+            profile: o.profile.name(),
+            smoke: o.smoke,
+            load_generator_build: if cfg!(debug_assertions) {
+                "dev"
+            } else {
+                "release"
+            },
+            date: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            git_commit: report::git_commit(workspace),
+            queue_prefix: prefix,
+            body_bytes_avg: body_size,
+            live_events: live_count,
+            live_connections: LIVE_CONNECTIONS,
+            db_batch_rows: batch_rows,
+            worker_env: report::recorded_env(
+                &[
+                    ("WORKER_PREFETCH", "64"),
+                    ("WORKER_CONCURRENCY", "16"),
+                    ("DATABASE_MAX_CONNECTIONS", "10"),
+                    ("MAX_ATTEMPTS", "10"),
+                    ("IN_PROCESS_RETRIES", "3"),
+                    ("RETRY_DELAYS", "5s,30s,5m"),
+                ],
+                "WORKER_",
+                "WORKER_ADDR",
+            ),
+            ingress_env: report::recorded_env(
+                &[
+                    ("PUBLISH_CHANNELS", "2"),
+                    ("PUBLISH_TIMEOUT", "5s"),
+                    ("INGRESS_MAX_CONNECTIONS", "1024"),
+                ],
+                "INGRESS_",
+                "INGRESS_ADDR",
+            ),
+        },
+        ceilings: Ceilings {
+            broker: broker_ceiling,
+            db_single,
+            db_batched,
+        },
+        ingress: ingress_runs,
+        worker: WorkerRun {
+            drain,
+            peak_rss_after_drain,
+            peak_rss: worker_peak_rss,
+        },
+        live: Live {
+            ingress: live_ingress,
+            drain: live_drain,
+            lag,
+        },
+        checks,
+    })
+}
+
+/// Starts the worker (it applies the migrations, already there, and consumes `prefix`).
+fn start_worker(
+    cleanup: &mut Cleanup,
+    ctx: &Ctx<'_>,
+    db_url: &str,
+    prefix: &str,
+    addr: SocketAddr,
+) -> anyhow::Result<u32> {
+    let env = vec![
+        ("DATABASE_URL".to_owned(), db_url.to_owned()),
+        ("AMQP_URL".to_owned(), ctx.amqp_url.to_owned()),
+        ("QUEUE_PREFIX".to_owned(), prefix.to_owned()),
+        ("WORKER_ADDR".to_owned(), addr.to_string()),
+        ("RUST_LOG".to_owned(), "warn".to_owned()),
+        ("NO_COLOR".to_owned(), "1".to_owned()),
+    ];
+    // The events have no calendar accounts; never call Clerk from a benchmark.
+    let unset = ["CLERK_SECRET_KEY", "TOKEN_ENCRYPTION_KEY"];
+    cleanup.spawn(
+        "worker",
+        &ctx.bin.join("worker"),
+        &["run"],
+        &env,
+        &unset,
+        &ctx.log_dir.join("worker.log"),
+    )
+}
+
+fn answered_check(run: &IngressRun, suffix: &str) -> Check {
+    let l = &run.load;
+    Check::new(
+        format!(
+            "every request answered 200 ({} connections{suffix})",
+            l.connections
+        ),
+        l.all_accepted(),
+        format!(
+            "{} of {} accepted, {} errors",
+            l.accepted,
+            l.events,
+            l.errors()
+        ),
+    )
+}

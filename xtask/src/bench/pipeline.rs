@@ -1,0 +1,410 @@
+//! Watching the worker: how fast `processed_events` fills, whether the queues end empty, whether
+//! `users` holds exactly the expected final state, and the lag histogram on `/metrics`.
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use broker::{
+    Topology,
+    lapin::{Connection, ConnectionProperties, options::QueueDeclareOptions, types::FieldTable},
+};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
+
+use super::{events::Expected, load::per_second, procs::Cleanup};
+
+/// How often `processed_events` is counted.
+const POLL: Duration = Duration::from_millis(25);
+
+/// Rows in `processed_events`.
+pub async fn processed(db: &DatabaseConnection) -> anyhow::Result<u64> {
+    let row = db
+        .query_one_raw(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT count(*) AS n FROM processed_events",
+        ))
+        .await
+        .context("cannot count processed_events")?
+        .context("count(*) returned no row")?;
+    let n: i64 = row.try_get("", "n")?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
+/// How long the worker took to apply a batch.
+#[derive(Debug, Clone, Copy)]
+pub struct Drain {
+    /// Events this wait was for.
+    pub events: u64,
+    /// From the first poll that saw one of them applied to the poll that saw them all.
+    pub wall: Duration,
+    /// Of them, already applied at that first poll.
+    pub applied_at_first_poll: u64,
+    /// From the start of the wait to the poll that saw them all.
+    pub since_start: Duration,
+}
+
+impl Drain {
+    /// Events applied per second: those applied after the first poll that saw any, over the
+    /// time between that poll and the one that saw them all.
+    pub fn per_s(&self) -> f64 {
+        if self.wall.is_zero() {
+            return per_second(self.events, self.since_start);
+        }
+        per_second(self.events - self.applied_at_first_poll, self.wall)
+    }
+}
+
+/// Waits until `processed_events` holds `before + events` rows. Fails when `timeout` passes,
+/// when the worker exits, or when the dead-letter queue fills while the count is short.
+pub async fn wait_applied(
+    db: &DatabaseConnection,
+    cleanup: &mut Cleanup,
+    broker: &Broker,
+    topology: &Topology,
+    before: u64,
+    events: u64,
+    timeout: Duration,
+) -> anyhow::Result<Drain> {
+    let started = Instant::now();
+    let target = before + events;
+    let mut first: Option<(Instant, u64)> = None;
+    let mut last_check = Instant::now();
+    loop {
+        let count = processed(db).await?;
+        let now = Instant::now();
+        if count > before && first.is_none() {
+            first = Some((now, count - before));
+        }
+        if count >= target {
+            let (first_at, first_count) = first.unwrap_or((now, events));
+            return Ok(Drain {
+                events,
+                wall: now - first_at,
+                applied_at_first_poll: first_count.min(events),
+                since_start: now - started,
+            });
+        }
+        if now - started > timeout {
+            bail!(
+                "the worker applied {} of {events} events within {timeout:?}; see its log under \
+                 target/bench/",
+                count.saturating_sub(before)
+            );
+        }
+        if last_check.elapsed() >= Duration::from_secs(1) {
+            last_check = Instant::now();
+            cleanup.check_running("worker")?;
+            let dead = broker.ready(&topology.dead_queue()).await?;
+            if dead > 0 && count + dead >= target {
+                bail!(
+                    "{dead} events went to the dead-letter queue {} instead of being applied; \
+                     see the worker's log under target/bench/",
+                    topology.dead_queue()
+                );
+            }
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// A connection for counting messages.
+pub struct Broker {
+    connection: Connection,
+}
+
+impl Broker {
+    pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        let connection = Connection::connect(url, ConnectionProperties::default())
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot reach RabbitMQ at {}; is it running? (set AMQP_URL)",
+                    broker::redact_url(url)
+                )
+            })?;
+        Ok(Self { connection })
+    }
+
+    /// Ready messages in `queue` (passive declare: consumes nothing).
+    pub async fn ready(&self, queue: &str) -> anyhow::Result<u64> {
+        // A passive declare of a missing queue closes the channel: a channel per question.
+        let channel = self
+            .connection
+            .create_channel()
+            .await
+            .context("cannot open an AMQP channel")?;
+        let declared = channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .with_context(|| format!("cannot inspect queue {queue}"))?;
+        let _ = channel.close(200, "done".into()).await;
+        Ok(u64::from(declared.message_count()))
+    }
+
+    pub async fn close(self) {
+        let _ = self.connection.close(200, "bench done".into()).await;
+    }
+}
+
+/// One correctness check.
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub name: String,
+    pub pass: bool,
+    pub detail: String,
+}
+
+impl Check {
+    pub fn new(name: impl Into<String>, pass: bool, detail: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            pass,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Every queue of `topology` is empty (ready messages).
+pub async fn check_queues(
+    broker: &Broker,
+    topology: &Topology,
+    when: &str,
+) -> anyhow::Result<Vec<Check>> {
+    let mut checks = Vec::new();
+    let dead = broker.ready(&topology.dead_queue()).await?;
+    checks.push(Check::new(
+        format!("dead-letter queue empty ({when})"),
+        dead == 0,
+        format!("{dead} messages in {}", topology.dead_queue()),
+    ));
+    let mut others = 0;
+    let mut names = vec![topology.main_queue()];
+    names.extend(
+        topology
+            .retry_delays()
+            .iter()
+            .map(|d| topology.retry_queue(*d)),
+    );
+    for queue in &names {
+        others += broker.ready(queue).await?;
+    }
+    checks.push(Check::new(
+        format!("main and retry queues empty ({when})"),
+        others == 0,
+        format!("{others} messages left"),
+    ));
+    Ok(checks)
+}
+
+/// `users` holds exactly `expected`: every live user with their last email, names and version,
+/// no deleted user, and a tombstone for each deleted one.
+pub async fn check_users(
+    db: &DatabaseConnection,
+    expected: &[Expected],
+    when: &str,
+) -> anyhow::Result<Check> {
+    let rows = db
+        .query_all_raw(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT clerk_user_id, email, first_name, last_name, clerk_updated_at FROM users",
+        ))
+        .await
+        .context("cannot read users")?;
+    let mut actual = HashMap::with_capacity(rows.len());
+    for row in rows {
+        let id: String = row.try_get("", "clerk_user_id")?;
+        let email: Option<String> = row.try_get("", "email")?;
+        let first: Option<String> = row.try_get("", "first_name")?;
+        let last: Option<String> = row.try_get("", "last_name")?;
+        let version: i64 = row.try_get("", "clerk_updated_at")?;
+        actual.insert(id, (email, first, last, version));
+    }
+    let tombstones = db
+        .query_one_raw(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT count(*) AS n FROM deleted_users",
+        ))
+        .await
+        .context("cannot count deleted_users")?
+        .context("count(*) returned no row")?
+        .try_get::<i64>("", "n")?;
+
+    let mut problems = Vec::new();
+    let live = expected.iter().filter(|u| u.state.is_some()).count();
+    let deleted = expected.len() - live;
+    if actual.len() != live {
+        problems.push(format!("{} rows in users, expected {live}", actual.len()));
+    }
+    if usize::try_from(tombstones).unwrap_or(0) != deleted {
+        problems.push(format!("{tombstones} tombstones, expected {deleted}"));
+    }
+    let mut wrong = 0;
+    for user in expected {
+        let found = actual.get(&user.clerk_user_id);
+        let ok = match (&user.state, found) {
+            (None, None) => true,
+            (Some(want), Some((email, first, last, version))) => {
+                email.as_deref() == Some(want.email.as_str())
+                    && first.as_deref() == Some(want.first_name.as_str())
+                    && last.as_deref() == Some(want.last_name.as_str())
+                    && *version == want.updated_at
+            }
+            _ => false,
+        };
+        if !ok {
+            wrong += 1;
+            if wrong <= 3 {
+                problems.push(format!(
+                    "{}: expected {:?}, found {:?}",
+                    user.clerk_user_id, user.state, found
+                ));
+            }
+        }
+    }
+    if wrong > 3 {
+        problems.push(format!("… {wrong} users differ in all"));
+    }
+    let detail = if problems.is_empty() {
+        format!("{live} live users match, {deleted} deleted")
+    } else {
+        problems.join("; ")
+    };
+    Ok(Check::new(
+        format!("users table equals the expected final state ({when})"),
+        problems.is_empty(),
+        detail,
+    ))
+}
+
+/// A Prometheus histogram: cumulative counts per upper bound (`+Inf` last), sum and count.
+#[derive(Debug, Clone, Default)]
+pub struct Histogram {
+    pub buckets: Vec<(f64, u64)>,
+    pub sum: f64,
+    pub count: u64,
+}
+
+impl Histogram {
+    /// Reads histogram `name` from Prometheus text.
+    pub fn parse(text: &str, name: &str) -> Self {
+        let mut out = Self::default();
+        let bucket = format!("{name}_bucket{{");
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix(&bucket) {
+                let le = rest
+                    .split("le=\"")
+                    .nth(1)
+                    .and_then(|s| s.split('"').next())
+                    .map(|s| {
+                        if s == "+Inf" {
+                            f64::INFINITY
+                        } else {
+                            s.parse().unwrap_or(f64::NAN)
+                        }
+                    });
+                let value = rest.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok());
+                if let (Some(le), Some(value)) = (le, value) {
+                    out.buckets.push((le, value as u64));
+                }
+            } else if let Some(value) = line.strip_prefix(&format!("{name}_sum ")) {
+                out.sum = value.trim().parse().unwrap_or(0.0);
+            } else if let Some(value) = line.strip_prefix(&format!("{name}_count ")) {
+                out.count = value.trim().parse::<f64>().unwrap_or(0.0) as u64;
+            }
+        }
+        out.buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        out
+    }
+
+    /// `self - before`, bucket by bucket.
+    pub fn since(&self, before: &Self) -> Self {
+        let old: HashMap<u64, u64> = before
+            .buckets
+            .iter()
+            .map(|(le, n)| (le.to_bits(), *n))
+            .collect();
+        Self {
+            buckets: self
+                .buckets
+                .iter()
+                .map(|(le, n)| {
+                    (
+                        *le,
+                        n.saturating_sub(old.get(&le.to_bits()).copied().unwrap_or(0)),
+                    )
+                })
+                .collect(),
+            sum: self.sum - before.sum,
+            count: self.count.saturating_sub(before.count),
+        }
+    }
+
+    /// The upper bound of the bucket holding quantile `q` (`+Inf` when past the last bound);
+    /// `None` without observations.
+    pub fn quantile_bound(&self, q: f64) -> Option<f64> {
+        if self.count == 0 {
+            return None;
+        }
+        let rank = (q * self.count as f64).ceil().max(1.0) as u64;
+        self.buckets
+            .iter()
+            .find(|(_, cumulative)| *cumulative >= rank)
+            .map(|(le, _)| *le)
+    }
+
+    pub fn mean(&self) -> Option<f64> {
+        (self.count > 0).then(|| self.sum / self.count as f64)
+    }
+}
+
+/// Fetches `/metrics` from `addr`.
+pub async fn scrape(addr: std::net::SocketAddr) -> anyhow::Result<String> {
+    let url = format!("http://{addr}/metrics");
+    let response = reqwest::get(&url)
+        .await
+        .with_context(|| format!("cannot fetch {url}"))?;
+    if !response.status().is_success() {
+        bail!("{url} answered {}", response.status());
+    }
+    response
+        .text()
+        .await
+        .with_context(|| format!("cannot read {url}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEXT: &str = "# HELP x lag\n\
+        clerk_sync_event_lag_seconds_sum 3.0\n\
+        clerk_sync_event_lag_seconds_count 10\n\
+        clerk_sync_event_lag_seconds_bucket{le=\"0.01\"} 2\n\
+        clerk_sync_event_lag_seconds_bucket{le=\"0.05\"} 6\n\
+        clerk_sync_event_lag_seconds_bucket{le=\"0.1\"} 9\n\
+        clerk_sync_event_lag_seconds_bucket{le=\"+Inf\"} 10\n";
+
+    #[test]
+    fn histogram_quantiles_are_bucket_bounds() {
+        let h = Histogram::parse(TEXT, "clerk_sync_event_lag_seconds");
+        assert_eq!(h.count, 10);
+        assert_eq!(h.quantile_bound(0.5), Some(0.05));
+        assert_eq!(h.quantile_bound(0.9), Some(0.1));
+        assert_eq!(h.quantile_bound(0.99), Some(f64::INFINITY));
+        let delta = h.since(&Histogram::parse(
+            "clerk_sync_event_lag_seconds_count 2\nclerk_sync_event_lag_seconds_bucket{le=\"0.01\"} 2\n",
+            "clerk_sync_event_lag_seconds",
+        ));
+        assert_eq!(delta.count, 8);
+        assert_eq!(delta.quantile_bound(0.25), Some(0.05));
+    }
+}

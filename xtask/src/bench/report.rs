@@ -1,0 +1,723 @@
+//! The results: the machine and settings, the ceilings, our figures as ratios of them, the
+//! targets (pass or fail, never the exit status) and the correctness checks; as JSON and as a
+//! markdown table (also what is printed).
+
+use std::{fmt::Write as _, path::Path, time::Duration};
+
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
+use serde_json::{Value, json};
+
+use super::{
+    ceilings::{BROKER_IN_FLIGHT, Ceiling, DB_BATCH_CONCURRENCY, DB_SINGLE_CONCURRENCY},
+    load::LoadResult,
+    pipeline::{Check, Drain, Histogram},
+};
+
+/// Where the run happened.
+pub struct Machine {
+    pub nproc: usize,
+    pub mem_total_bytes: Option<u64>,
+    pub cpu_model: String,
+    pub kernel: String,
+    pub postgres: String,
+    pub rabbitmq: String,
+}
+
+/// How the run was set up.
+pub struct Settings {
+    pub events: usize,
+    pub users: usize,
+    pub deleted_users: usize,
+    pub connections: Vec<usize>,
+    pub profile: &'static str,
+    pub smoke: bool,
+    /// The build of the bench itself (load generator and ceilings).
+    pub load_generator_build: &'static str,
+    pub date: String,
+    pub git_commit: String,
+    pub queue_prefix: String,
+    pub body_bytes_avg: usize,
+    pub live_events: usize,
+    pub live_connections: usize,
+    pub db_batch_rows: usize,
+    /// Worker and ingress settings: name, value, whether the environment set it.
+    pub worker_env: Vec<(String, String, bool)>,
+    pub ingress_env: Vec<(String, String, bool)>,
+}
+
+pub struct Ceilings {
+    pub broker: Ceiling,
+    pub db_single: Ceiling,
+    pub db_batched: Ceiling,
+}
+
+/// One ingress run.
+pub struct IngressRun {
+    pub load: LoadResult,
+    pub peak_rss: u64,
+}
+
+pub struct WorkerRun {
+    pub drain: Drain,
+    pub peak_rss_after_drain: u64,
+    pub peak_rss: u64,
+}
+
+pub struct Live {
+    pub ingress: IngressRun,
+    pub drain: Drain,
+    /// The lag histogram's change during the live phase.
+    pub lag: Histogram,
+}
+
+pub struct Report {
+    pub machine: Machine,
+    pub settings: Settings,
+    pub ceilings: Ceilings,
+    pub ingress: Vec<IngressRun>,
+    pub worker: WorkerRun,
+    pub live: Live,
+    pub checks: Vec<Check>,
+}
+
+/// A target of the issue.
+pub struct Target {
+    pub name: &'static str,
+    /// For people: `32 %`, `27.2 MiB`, `12.0 ms`.
+    pub value: String,
+    /// For scripts: a fraction of the ceiling, MiB or ms, as the name says.
+    pub measured: Option<f64>,
+    /// `None`: not measured in this run (e.g. that connection count was not asked for).
+    pub pass: Option<bool>,
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+const LAG_NOTE: &str = "p50/p99 are upper bounds of clerk_sync_event_lag_seconds buckets \
+    (its change during the live phase); null when past the largest bucket or without observations";
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn round(x: f64, places: i32) -> f64 {
+    let factor = 10_f64.powi(places);
+    (x * factor).round() / factor
+}
+
+fn rate(x: f64, unit: &str) -> String {
+    if x >= 100.0 {
+        format!("{x:.0} {unit}/s")
+    } else {
+        format!("{x:.1} {unit}/s")
+    }
+}
+
+fn pct(x: f64) -> String {
+    format!("{:.0} %", x * 100.0)
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / MIB)
+}
+
+fn bound(le: Option<f64>) -> String {
+    match le {
+        None => "no observations".into(),
+        Some(le) if le.is_infinite() => "> largest bucket".into(),
+        Some(le) => format!("≤ {le} s"),
+    }
+}
+
+fn pass(p: Option<bool>) -> &'static str {
+    match p {
+        Some(true) => "PASS",
+        Some(false) => "FAIL",
+        None => "not measured",
+    }
+}
+
+impl Report {
+    fn run_at(&self, connections: usize) -> Option<&IngressRun> {
+        self.ingress
+            .iter()
+            .find(|r| r.load.connections == connections)
+    }
+
+    fn broker(&self) -> f64 {
+        self.ceilings.broker.per_s()
+    }
+
+    /// The issue's targets.
+    pub fn targets(&self) -> Vec<Target> {
+        let broker = self.broker();
+        let at64 = self.run_at(64);
+        let at200 = self.run_at(200);
+        let ratio = |x: f64| if broker > 0.0 { x / broker } else { 0.0 };
+        let drain = self.worker.drain.per_s();
+        let ingress_ratio = at64.map(|r| ratio(r.load.accepted_per_s()));
+        let ingress_rss = at200.map(|r| r.peak_rss as f64 / MIB);
+        let worker_rss = self.worker.peak_rss as f64 / MIB;
+        let p99 = at64.map(|r| ms(r.load.latency.p99));
+        vec![
+            Target {
+                name: "ingress accepted/s ≥ 80 % of the broker ceiling at 64 connections",
+                value: ingress_ratio.map_or("-".into(), pct),
+                measured: ingress_ratio,
+                pass: ingress_ratio.map(|x| x >= 0.8),
+            },
+            Target {
+                name: "worker drain ≥ 60 % of the broker ceiling",
+                value: pct(ratio(drain)),
+                measured: Some(ratio(drain)),
+                pass: Some(ratio(drain) >= 0.6),
+            },
+            Target {
+                name: "ingress peak RSS < 50 MiB at 200 connections",
+                value: ingress_rss.map_or("-".into(), |x| format!("{x:.1} MiB")),
+                measured: ingress_rss,
+                pass: ingress_rss.map(|x| x < 50.0),
+            },
+            Target {
+                name: "worker peak RSS < 100 MiB",
+                value: format!("{worker_rss:.1} MiB"),
+                measured: Some(worker_rss),
+                pass: Some(worker_rss < 100.0),
+            },
+            Target {
+                name: "p99 accept latency < 25 ms at 64 connections",
+                value: p99.map_or("-".into(), |x| format!("{x:.1} ms")),
+                measured: p99,
+                pass: p99.map(|x| x < 25.0),
+            },
+        ]
+    }
+
+    /// Every check passed.
+    pub fn checks_pass(&self) -> bool {
+        self.checks.iter().all(|c| c.pass)
+    }
+
+    pub fn json(&self) -> Value {
+        let m = &self.machine;
+        let s = &self.settings;
+        let c = &self.ceilings;
+        let broker = self.broker();
+        let ratio = |x: f64, of: f64| if of > 0.0 { round(x / of, 4) } else { 0.0 };
+        let env = |vars: &[(String, String, bool)]| {
+            vars.iter()
+                .map(|(k, v, set)| (k.clone(), json!({"value": v, "from_env": set})))
+                .collect::<serde_json::Map<_, _>>()
+        };
+        let load = |r: &IngressRun| {
+            json!({
+                "connections": r.load.connections,
+                "events": r.load.events,
+                "accepted": r.load.accepted,
+                "accepted_per_s": round(r.load.accepted_per_s(), 1),
+                "wall_s": round(r.load.wall.as_secs_f64(), 3),
+                "latency_ms": {
+                    "p50": round(ms(r.load.latency.p50), 3),
+                    "p99": round(ms(r.load.latency.p99), 3),
+                    "max": round(ms(r.load.latency.max), 3),
+                    "mean": round(ms(r.load.latency.mean), 3),
+                },
+                "non_200": r
+                    .load
+                    .statuses
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), json!(v)))
+                    .collect::<serde_json::Map<_, _>>(),
+                "transport_errors": r.load.transport_errors,
+                "connect_failures": r.load.connect_failures,
+                "first_error": r.load.first_error,
+                "peak_rss_bytes": r.peak_rss,
+                "accepted_vs_broker_ceiling": ratio(r.load.accepted_per_s(), broker),
+            })
+        };
+        let drain = |d: &Drain| {
+            json!({
+                "events": d.events,
+                "per_s": round(d.per_s(), 1),
+                "wall_s": round(d.wall.as_secs_f64(), 3),
+                "applied_at_first_poll": d.applied_at_first_poll,
+                "since_start_s": round(d.since_start.as_secs_f64(), 3),
+            })
+        };
+        let lag = &self.live.lag;
+        let drain_rate = self.worker.drain.per_s();
+        let ingress_ratios: serde_json::Map<_, _> = self
+            .ingress
+            .iter()
+            .map(|r| {
+                let value = ratio(r.load.accepted_per_s(), broker);
+                (r.load.connections.to_string(), json!(value))
+            })
+            .collect();
+        let targets: Vec<Value> = self
+            .targets()
+            .iter()
+            .map(|t| {
+                json!({
+                    "target": t.name,
+                    "value": t.value,
+                    "measured": t.measured.map(|x| round(x, 4)),
+                    "pass": t.pass,
+                })
+            })
+            .collect();
+        let checks: Vec<Value> = self
+            .checks
+            .iter()
+            .map(|c| json!({"check": c.name, "pass": c.pass, "detail": c.detail}))
+            .collect();
+        json!({
+            "machine": {
+                "nproc": m.nproc,
+                "mem_total_bytes": m.mem_total_bytes,
+                "cpu_model": m.cpu_model,
+                "kernel": m.kernel,
+                "postgres_version": m.postgres,
+                "rabbitmq_version": m.rabbitmq,
+            },
+            "settings": {
+                "events": s.events,
+                "users": s.users,
+                "deleted_users": s.deleted_users,
+                "connections": s.connections,
+                "profile": s.profile,
+                "smoke": s.smoke,
+                "load_generator_build": s.load_generator_build,
+                "date": s.date,
+                "git_commit": s.git_commit,
+                "queue_prefix": s.queue_prefix,
+                "body_bytes_avg": s.body_bytes_avg,
+                "live_events": s.live_events,
+                "live_connections": s.live_connections,
+                "broker_ceiling_in_flight": BROKER_IN_FLIGHT,
+                "db_single_concurrency": DB_SINGLE_CONCURRENCY,
+                "db_batch_rows": s.db_batch_rows,
+                "db_batch_concurrency": DB_BATCH_CONCURRENCY,
+                "worker_env": env(&s.worker_env),
+                "ingress_env": env(&s.ingress_env),
+            },
+            "ceilings": {
+                "broker_msgs_per_s": round(broker, 1),
+                "broker_wall_s": round(c.broker.wall.as_secs_f64(), 3),
+                "db_one_row_per_tx_rows_per_s": round(c.db_single.per_s(), 1),
+                "db_one_row_per_tx_wall_s": round(c.db_single.wall.as_secs_f64(), 3),
+                "db_batched_rows_per_s": round(c.db_batched.per_s(), 1),
+                "db_batched_wall_s": round(c.db_batched.wall.as_secs_f64(), 3),
+            },
+            "results": {
+                "ingress": self.ingress.iter().map(load).collect::<Vec<_>>(),
+                "worker": {
+                    "drain": drain(&self.worker.drain),
+                    "peak_rss_bytes_after_drain": self.worker.peak_rss_after_drain,
+                    "peak_rss_bytes": self.worker.peak_rss,
+                },
+                "live": {
+                    "ingress": load(&self.live.ingress),
+                    "drain": drain(&self.live.drain),
+                    "lag_seconds": {
+                        "note": LAG_NOTE,
+                        "observations": lag.count,
+                        "p50_le": lag.quantile_bound(0.5).filter(|x| x.is_finite()),
+                        "p99_le": lag.quantile_bound(0.99).filter(|x| x.is_finite()),
+                        "mean": lag.mean().map(|x| round(x, 4)),
+                    },
+                },
+            },
+            "ratios": {
+                "ingress_vs_broker": ingress_ratios,
+                "worker_drain_vs_broker": ratio(drain_rate, broker),
+                "worker_drain_vs_db_one_row_per_tx": ratio(drain_rate, c.db_single.per_s()),
+                "worker_drain_vs_db_batched": ratio(drain_rate, c.db_batched.per_s()),
+            },
+            "targets": targets,
+            "checks": checks,
+        })
+    }
+
+    pub fn markdown(&self) -> String {
+        let m = &self.machine;
+        let s = &self.settings;
+        let c = &self.ceilings;
+        let broker = self.broker();
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "## clerk-sync benchmark: {} ({} profile, commit {}){}\n",
+            s.date,
+            s.profile,
+            s.git_commit,
+            if s.smoke { ", smoke run" } else { "" }
+        );
+        let _ = writeln!(
+            out,
+            "Machine: {} CPUs ({}), {} RAM, Linux {}, PostgreSQL {}, RabbitMQ {}.\n",
+            m.nproc,
+            m.cpu_model,
+            m.mem_total_bytes.map_or("?".into(), |b| format!(
+                "{:.1} GiB",
+                b as f64 / MIB / 1024.0
+            )),
+            m.kernel,
+            m.postgres,
+            m.rabbitmq
+        );
+        let env = |vars: &[(String, String, bool)]| {
+            vars.iter()
+                .map(|(k, v, set)| {
+                    if *set {
+                        format!("{k}={v}")
+                    } else {
+                        format!("{k}={v} (default)")
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let _ = writeln!(
+            out,
+            "Settings: {} events over {} users ({} end deleted), average body {} B; connections {}; \
+             worker {}; ingress {}; bench (load generator and ceilings) built {}; everything on \
+             this one machine.\n",
+            s.events,
+            s.users,
+            s.deleted_users,
+            s.body_bytes_avg,
+            s.connections
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+            env(&s.worker_env),
+            env(&s.ingress_env),
+            s.load_generator_build,
+        );
+
+        let _ = writeln!(out, "### Ceilings\n");
+        let rows = vec![
+            vec![
+                "broker".to_owned(),
+                format!(
+                    "lapin, confirms, quorum queue, {} B persistent mandatory messages, {} in flight",
+                    s.body_bytes_avg, BROKER_IN_FLIGHT
+                ),
+                rate(broker, "msgs"),
+            ],
+            vec![
+                "database, 1 row per transaction".to_owned(),
+                format!(
+                    "the worker's version-guarded upsert, BEGIN/COMMIT per row, {DB_SINGLE_CONCURRENCY} connections"
+                ),
+                rate(c.db_single.per_s(), "rows"),
+            ],
+            vec![
+                format!("database, {} rows per transaction", s.db_batch_rows),
+                format!(
+                    "the same upsert over unnest arrays, {DB_BATCH_CONCURRENCY} transactions at once"
+                ),
+                rate(c.db_batched.per_s(), "rows"),
+            ],
+        ];
+        table(&mut out, &["ceiling", "how", "result"], &rows);
+
+        let _ = writeln!(out, "\n### Results\n");
+        let ratio = |x: f64, of: f64| if of > 0.0 { pct(x / of) } else { "-".into() };
+        let mut rows = Vec::new();
+        for r in &self.ingress {
+            let l = &r.load;
+            rows.push(vec![
+                format!("ingress accepted/s, {} connections", l.connections),
+                rate(l.accepted_per_s(), "accepted"),
+                "broker".into(),
+                ratio(l.accepted_per_s(), broker),
+            ]);
+            rows.push(vec![
+                format!(
+                    "ingress latency p50 / p99 / max, {} connections",
+                    l.connections
+                ),
+                format!(
+                    "{:.1} / {:.1} / {:.1} ms",
+                    ms(l.latency.p50),
+                    ms(l.latency.p99),
+                    ms(l.latency.max)
+                ),
+                String::new(),
+                String::new(),
+            ]);
+            rows.push(vec![
+                format!("ingress errors, {} connections", l.connections),
+                errors(l),
+                String::new(),
+                String::new(),
+            ]);
+            rows.push(vec![
+                format!("ingress peak RSS, {} connections", l.connections),
+                mib(r.peak_rss),
+                String::new(),
+                String::new(),
+            ]);
+        }
+        let drain = self.worker.drain.per_s();
+        rows.push(vec![
+            format!("worker drain, {} queued events", self.worker.drain.events),
+            rate(drain, "events"),
+            "broker".into(),
+            ratio(drain, broker),
+        ]);
+        rows.push(vec![
+            String::new(),
+            String::new(),
+            "database, 1 row/tx".into(),
+            ratio(drain, c.db_single.per_s()),
+        ]);
+        rows.push(vec![
+            String::new(),
+            String::new(),
+            format!("database, {} rows/tx", s.db_batch_rows),
+            ratio(drain, c.db_batched.per_s()),
+        ]);
+        rows.push(vec![
+            "worker peak RSS".into(),
+            mib(self.worker.peak_rss),
+            String::new(),
+            String::new(),
+        ]);
+        let live = &self.live.ingress.load;
+        rows.push(vec![
+            format!(
+                "live: ingress accepted/s, {} events at {} connections, worker running",
+                live.events, live.connections
+            ),
+            rate(live.accepted_per_s(), "accepted"),
+            "broker".into(),
+            ratio(live.accepted_per_s(), broker),
+        ]);
+        rows.push(vec![
+            "live: errors".into(),
+            errors(live),
+            String::new(),
+            String::new(),
+        ]);
+        rows.push(vec![
+            "live: worker applied/s".into(),
+            rate(self.live.drain.per_s(), "events"),
+            String::new(),
+            String::new(),
+        ]);
+        let lag = &self.live.lag;
+        rows.push(vec![
+            "live: lag accept → commit, p50 / p99 (histogram bucket upper bounds)".into(),
+            format!(
+                "{} / {} (mean {}, {} events)",
+                bound(lag.quantile_bound(0.5)),
+                bound(lag.quantile_bound(0.99)),
+                lag.mean().map_or("-".into(), |x| format!("{x:.3} s")),
+                lag.count
+            ),
+            String::new(),
+            String::new(),
+        ]);
+        table(&mut out, &["measure", "ours", "ceiling", "ratio"], &rows);
+        let _ = writeln!(
+            out,
+            "\nThe live phase sends as fast as the ingress accepts while the worker applies: when the \
+             ingress is faster, the lag includes the time events wait in the queue. Worker drain \
+             counts events applied from the first poll of `processed_events` that saw one to the \
+             poll that saw them all (every 25 ms)."
+        );
+
+        let _ = writeln!(
+            out,
+            "\n### Targets{}\n",
+            if s.smoke {
+                " (informational: a smoke run judges no speed)"
+            } else {
+                ""
+            }
+        );
+        let rows: Vec<Vec<String>> = self
+            .targets()
+            .iter()
+            .map(|t| vec![t.name.to_owned(), t.value.clone(), pass(t.pass).to_owned()])
+            .collect();
+        table(&mut out, &["target", "value", "result"], &rows);
+
+        let _ = writeln!(out, "\n### Checks\n");
+        let rows: Vec<Vec<String>> = self
+            .checks
+            .iter()
+            .map(|c| {
+                vec![
+                    c.name.clone(),
+                    if c.pass { "ok" } else { "FAILED" }.to_owned(),
+                    c.detail.clone(),
+                ]
+            })
+            .collect();
+        table(&mut out, &["check", "result", "detail"], &rows);
+        out
+    }
+}
+
+fn errors(l: &LoadResult) -> String {
+    let mut parts: Vec<String> = l
+        .statuses
+        .iter()
+        .map(|(status, n)| format!("{n} × {status}"))
+        .collect();
+    if l.transport_errors > 0 {
+        parts.push(format!(
+            "{} transport errors ({})",
+            l.transport_errors,
+            l.first_error.as_deref().unwrap_or("?")
+        ));
+    }
+    if parts.is_empty() {
+        "0".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// A markdown table with padded columns, readable as plain text too.
+fn table(out: &mut String, header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+    }
+    let line = |out: &mut String, cells: &[String]| {
+        out.push('|');
+        for (i, width) in widths.iter().enumerate() {
+            let cell = cells.get(i).map_or("", String::as_str);
+            let pad = width - cell.chars().count();
+            let _ = write!(out, " {cell}{} |", " ".repeat(pad));
+        }
+        out.push('\n');
+    };
+    line(
+        out,
+        &header.iter().map(|h| (*h).to_owned()).collect::<Vec<_>>(),
+    );
+    line(
+        out,
+        &widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>(),
+    );
+    for row in rows {
+        line(out, row);
+    }
+}
+
+/// `defaults` with the environment's values, plus every other `prefix*` variable set (but
+/// `skip`, which the bench sets itself): name, value, whether the environment set it.
+pub fn recorded_env(
+    defaults: &[(&str, &str)],
+    prefix: &str,
+    skip: &str,
+) -> Vec<(String, String, bool)> {
+    let mut out: Vec<(String, String, bool)> = defaults
+        .iter()
+        .map(|(name, default)| match std::env::var(name) {
+            Ok(value) => ((*name).to_owned(), value, true),
+            Err(_) => ((*name).to_owned(), (*default).to_owned(), false),
+        })
+        .collect();
+    let mut extra: Vec<(String, String, bool)> = std::env::vars()
+        .filter(|(name, _)| {
+            name.starts_with(prefix) && name != skip && !out.iter().any(|(n, _, _)| n == name)
+        })
+        .map(|(name, value)| (name, value, true))
+        .collect();
+    extra.sort();
+    out.extend(extra);
+    out
+}
+
+/// `git rev-parse --short HEAD`, with `-dirty` when the tree has changes.
+pub fn git_commit(workspace: &Path) -> String {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(workspace)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    match git(&["rev-parse", "--short", "HEAD"]) {
+        None => "unknown".into(),
+        Some(commit) => match git(&["status", "--porcelain", "--untracked-files=no"]) {
+            Some(changes) if !changes.is_empty() => format!("{commit}-dirty"),
+            _ => commit,
+        },
+    }
+}
+
+/// CPUs, memory, CPU model, kernel, Postgres and RabbitMQ versions.
+pub async fn machine(db: &DatabaseConnection) -> Machine {
+    let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+    let meminfo = read("/proc/meminfo");
+    let cpuinfo = read("/proc/cpuinfo");
+    let postgres = db
+        .query_one_raw(Statement::from_string(
+            DbBackend::Postgres,
+            "SHOW server_version",
+        ))
+        .await
+        .ok()
+        .flatten()
+        .and_then(|row| row.try_get::<String>("", "server_version").ok())
+        .unwrap_or_else(|| "unknown".into());
+    Machine {
+        nproc: std::thread::available_parallelism().map_or(0, usize::from),
+        mem_total_bytes: meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kib| kib * 1024),
+        cpu_model: cpuinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("model name"))
+            .and_then(|l| l.split_once(':'))
+            .map_or_else(|| "unknown".into(), |(_, model)| model.trim().to_owned()),
+        kernel: read("/proc/sys/kernel/osrelease").trim().to_owned(),
+        postgres,
+        rabbitmq: rabbitmq_version().await,
+    }
+}
+
+/// lapin does not expose the server's properties: ask the local node, else the local CLI.
+async fn rabbitmq_version() -> String {
+    for (program, args, source) in [
+        (
+            "rabbitmq-diagnostics",
+            &["-q", "server_version"][..],
+            "server",
+        ),
+        ("rabbitmqctl", &["version"][..], "local rabbitmqctl"),
+    ] {
+        let output = tokio::time::timeout(
+            Duration::from_secs(15),
+            tokio::process::Command::new(program).args(args).output(),
+        )
+        .await;
+        if let Ok(Ok(output)) = output
+            && output.status.success()
+        {
+            let text = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+            if !text.is_empty() {
+                return format!("{text} ({source})");
+            }
+        }
+    }
+    "unknown".into()
+}
