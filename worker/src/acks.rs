@@ -68,8 +68,15 @@ impl<A> Ledger<A> {
 
     /// The delivery is applied; returns what can be acknowledged now.
     pub fn ready(&mut self, tag: u64, acker: A) -> Plan<A> {
-        if let Some(state) = self.outstanding.get_mut(&tag) {
-            *state = State::Ready(acker);
+        self.ready_all([(tag, acker)])
+    }
+
+    /// Several deliveries are applied (a batch); returns what can be acknowledged now.
+    pub fn ready_all(&mut self, applied: impl IntoIterator<Item = (u64, A)>) -> Plan<A> {
+        for (tag, acker) in applied {
+            if let Some(state) = self.outstanding.get_mut(&tag) {
+                *state = State::Ready(acker);
+            }
         }
         self.plan()
     }
@@ -131,8 +138,13 @@ impl Acks {
 
     /// A delivery is applied: acknowledges what can be.
     pub async fn ready(&self, tag: u64, acker: Acker) {
+        self.ready_all([(tag, acker)]).await;
+    }
+
+    /// Deliveries committed together: acknowledges what can be, all in one go.
+    pub async fn ready_all(&self, applied: impl IntoIterator<Item = (u64, Acker)>) {
         let mut ledger = self.ledger.lock().await;
-        let plan = ledger.ready(tag, acker);
+        let plan = ledger.ready_all(applied);
         if let Some(acker) = plan.multiple {
             send_ack(&acker, true).await;
         }
@@ -215,6 +227,18 @@ mod tests {
             }
         );
         assert!(ledger.outstanding.is_empty());
+    }
+
+    #[test]
+    fn a_whole_batch_made_ready_at_once_takes_one_ack() {
+        let mut ledger = ledger(1..=64);
+        assert_eq!(
+            ledger.ready_all((1..=64).map(|tag| (tag, tag))),
+            Plan {
+                multiple: Some(64),
+                single: vec![]
+            }
+        );
     }
 
     #[test]

@@ -145,7 +145,7 @@ async fn apply_in(
         ))
         .await?;
         txn.execute_raw(stmt(
-            "DELETE FROM users WHERE clerk_user_id = ANY($1)",
+            "DELETE FROM users USING unnest($1::text[]) AS t(id) WHERE users.clerk_user_id = t.id",
             vec![strings(deleted.iter().copied())],
         ))
         .await?;
@@ -167,30 +167,34 @@ async fn apply_in(
         .iter()
         .map(|(_, user)| user.clerk_user_id.as_str())
         .collect();
-    let tombstones: HashSet<String> = txn
+    // Tombstones and stored versions in one round trip.
+    let mut tombstones: HashSet<String> = HashSet::new();
+    let mut stored: HashMap<String, i64> = HashMap::new();
+    let rows = txn
         .query_all_raw(stmt(
-            "SELECT clerk_user_id_sha256 FROM deleted_users \
-             WHERE clerk_user_id_sha256 = ANY($1)",
-            vec![strings(upsert_users.iter().map(|id| tombstone_key(id)))],
+            "SELECT d.clerk_user_id_sha256 AS key, NULL::bigint AS version \
+               FROM unnest($1::text[]) AS t(key) \
+               JOIN deleted_users d ON d.clerk_user_id_sha256 = t.key \
+             UNION ALL \
+             SELECT u.clerk_user_id, u.clerk_updated_at \
+               FROM unnest($2::text[]) AS t(id) JOIN users u ON u.clerk_user_id = t.id",
+            vec![
+                strings(upsert_users.iter().map(|id| tombstone_key(id))),
+                strings(upsert_users.iter().copied()),
+            ],
         ))
-        .await?
-        .iter()
-        .map(|row| row.try_get::<String>("", "clerk_user_id_sha256"))
-        .collect::<Result<_, _>>()?;
-    let stored: HashMap<String, i64> = txn
-        .query_all_raw(stmt(
-            "SELECT clerk_user_id, clerk_updated_at FROM users WHERE clerk_user_id = ANY($1)",
-            vec![strings(upsert_users.iter().copied())],
-        ))
-        .await?
-        .iter()
-        .map(|row| {
-            Ok((
-                row.try_get::<String>("", "clerk_user_id")?,
-                row.try_get::<i64>("", "clerk_updated_at")?,
-            ))
-        })
-        .collect::<Result<_, sea_orm::DbErr>>()?;
+        .await?;
+    for row in rows {
+        let key: String = row.try_get("", "key")?;
+        match row.try_get::<Option<i64>>("", "version")? {
+            None => {
+                tombstones.insert(key);
+            }
+            Some(version) => {
+                stored.insert(key, version);
+            }
+        }
+    }
     // The newest upsert per user (the first of equal versions wins, as it would one by one).
     let mut newest: HashMap<&str, (usize, &UserSnapshot)> = HashMap::new();
     for &(i, user) in &upserts {
@@ -218,6 +222,49 @@ async fn apply_in(
         return Ok(());
     }
     let winners: Vec<(usize, &UserSnapshot)> = newest.into_values().collect();
+    for chunk in chunks(&winners) {
+        upsert_chunk(txn, chunk, outcomes).await?;
+    }
+    Ok(())
+}
+
+/// Largest JSON parameter sent in one statement. A bigger message leaves the socket in two
+/// writes, and without TCP_NODELAY (sqlx does not set it) the second waits for the server's
+/// delayed ACK: about 40 ms per statement on loopback.
+const MAX_PARAMETER_BYTES: usize = 8 * 1024;
+
+/// The winners as rows for `jsonb_to_recordset`, in chunks of at most [`MAX_PARAMETER_BYTES`].
+fn chunks<'a>(winners: &[(usize, &'a UserSnapshot)]) -> Vec<Vec<(usize, &'a UserSnapshot)>> {
+    let mut chunks = Vec::new();
+    let mut current = Vec::new();
+    let mut bytes = 0;
+    for &(i, user) in winners {
+        let size = 160
+            + user.clerk_user_id.len()
+            + user.email.as_ref().map_or(0, String::len)
+            + user.first_name.as_ref().map_or(0, String::len)
+            + user.last_name.as_ref().map_or(0, String::len);
+        if !current.is_empty() && bytes + size > MAX_PARAMETER_BYTES {
+            chunks.push(std::mem::take(&mut current));
+            bytes = 0;
+        }
+        bytes += size;
+        current.push((i, user));
+    }
+    if !current.is_empty() {
+        chunks.push(current);
+    }
+    chunks
+}
+
+/// Releases the addresses the chunk's users take from older rows, then upserts them (one by one
+/// in effect, chunk after chunk). These upserts list no calendar account: the users' connections
+/// go.
+async fn upsert_chunk(
+    txn: &DatabaseTransaction,
+    winners: Vec<(usize, &UserSnapshot)>,
+    outcomes: &mut [Outcome],
+) -> Result<(), ApplyError> {
     let rows = serde_json::Value::Array(
         winners
             .iter()
@@ -233,34 +280,54 @@ async fn apply_in(
             })
             .collect(),
     );
-
-    // 5. Release addresses held by older rows, then upsert.
-    txn.execute_raw(stmt(
-        "UPDATE users SET email = NULL, updated_at = now() \
-         FROM jsonb_to_recordset($1::jsonb) AS c(clerk_user_id text, email text, version bigint) \
-         WHERE c.email IS NOT NULL AND users.email = c.email \
-           AND users.clerk_user_id <> c.clerk_user_id AND users.clerk_updated_at < c.version",
-        vec![rows.clone().into()],
-    ))
-    .await?;
+    let with_email: Vec<(&str, &str, i64)> = winners
+        .iter()
+        .filter_map(|(_, user)| {
+            let email = user.email.as_deref()?;
+            Some((email, user.clerk_user_id.as_str(), user.updated_at))
+        })
+        .collect();
+    if !with_email.is_empty() {
+        txn.execute_raw(stmt(
+            "UPDATE users SET email = NULL, updated_at = now() \
+             FROM unnest($1::text[], $2::text[], $3::bigint[]) AS c(email, clerk_user_id, version) \
+             WHERE users.email = c.email \
+               AND users.clerk_user_id <> c.clerk_user_id AND users.clerk_updated_at < c.version",
+            vec![
+                strings(with_email.iter().map(|(email, _, _)| *email)),
+                strings(with_email.iter().map(|(_, id, _)| *id)),
+                with_email
+                    .iter()
+                    .map(|(_, _, version)| *version)
+                    .collect::<Vec<i64>>()
+                    .into(),
+            ],
+        ))
+        .await?;
+    }
     let result = txn
         .query_all_raw(stmt(
-            "INSERT INTO users (id, clerk_user_id, email, first_name, last_name, \
-                 clerk_updated_at, clerk_created_at) \
-             SELECT gen_random_uuid(), c.clerk_user_id, c.email, c.first_name, c.last_name, \
-                 c.version, \
-                 CASE WHEN c.created_ms IS NULL THEN NULL \
-                      ELSE 'epoch'::timestamptz + c.created_ms * interval '1 millisecond' END \
-             FROM jsonb_to_recordset($1::jsonb) AS c(clerk_user_id text, email text, \
-                 first_name text, last_name text, version bigint, created_ms bigint) \
-             ON CONFLICT (clerk_user_id) DO UPDATE SET \
-                 email = EXCLUDED.email, first_name = EXCLUDED.first_name, \
-                 last_name = EXCLUDED.last_name, clerk_updated_at = EXCLUDED.clerk_updated_at, \
-                 clerk_created_at = COALESCE(EXCLUDED.clerk_created_at, users.clerk_created_at), \
-                 google_calendar_connected = false, microsoft_calendar_connected = false, \
-                 updated_at = now() \
-             WHERE users.clerk_updated_at < EXCLUDED.clerk_updated_at \
-             RETURNING id, clerk_user_id",
+            "WITH written AS ( \
+               INSERT INTO users (id, clerk_user_id, email, first_name, last_name, \
+                   clerk_updated_at, clerk_created_at) \
+               SELECT gen_random_uuid(), c.clerk_user_id, c.email, c.first_name, c.last_name, \
+                   c.version, \
+                   CASE WHEN c.created_ms IS NULL THEN NULL \
+                        ELSE 'epoch'::timestamptz + c.created_ms * interval '1 millisecond' END \
+               FROM jsonb_to_recordset($1::jsonb) AS c(clerk_user_id text, email text, \
+                   first_name text, last_name text, version bigint, created_ms bigint) \
+               ON CONFLICT (clerk_user_id) DO UPDATE SET \
+                   email = EXCLUDED.email, first_name = EXCLUDED.first_name, \
+                   last_name = EXCLUDED.last_name, clerk_updated_at = EXCLUDED.clerk_updated_at, \
+                   clerk_created_at = COALESCE(EXCLUDED.clerk_created_at, users.clerk_created_at), \
+                   google_calendar_connected = false, microsoft_calendar_connected = false, \
+                   updated_at = now() \
+               WHERE users.clerk_updated_at < EXCLUDED.clerk_updated_at \
+               RETURNING id, clerk_user_id), \
+             disconnected AS ( \
+               DELETE FROM user_calendar_connections \
+               WHERE user_id IN (SELECT id FROM written)) \
+             SELECT clerk_user_id FROM written",
             vec![rows.into()],
         ))
         .await;
@@ -276,24 +343,14 @@ async fn apply_in(
         }
         Err(error) => return Err(error.into()),
     };
-    let mut applied_ids = Vec::with_capacity(written.len());
     let mut applied_users = HashSet::with_capacity(written.len());
     for row in &written {
-        applied_ids.push(row.try_get::<uuid::Uuid>("", "id")?);
         applied_users.insert(row.try_get::<String>("", "clerk_user_id")?);
     }
     for (i, user) in winners {
         if applied_users.contains(&user.clerk_user_id) {
             outcomes[i] = Outcome::Applied;
         }
-    }
-    // These upserts list no calendar account: the user has no connection any more.
-    if !applied_ids.is_empty() {
-        txn.execute_raw(stmt(
-            "DELETE FROM user_calendar_connections WHERE user_id = ANY($1)",
-            vec![applied_ids.into()],
-        ))
-        .await?;
     }
     Ok(())
 }

@@ -292,10 +292,19 @@ impl Consumer {
                             outcome = outcome.as_str(),
                             "event settled"
                         );
-                        acks.ready(r.delivery.delivery_tag, r.delivery.acker.clone())
-                            .await;
                     }
-                    tracing::info!(events = items.len(), applied, "batch committed");
+                    acks.ready_all(
+                        batched
+                            .iter()
+                            .map(|r| (r.delivery.delivery_tag, r.delivery.acker.clone())),
+                    )
+                    .await;
+                    tracing::info!(
+                        events = items.len(),
+                        applied,
+                        apply_ms = (seconds * 1000.0).round(),
+                        "batch committed"
+                    );
                     batched.clear();
                 }
                 Err(error) => {

@@ -300,3 +300,60 @@ fn events_needing_clerk_or_without_an_id_are_not_batched() {
     assert!(batchable(Some("m2"), &plain));
     assert!(!batchable(None, &plain));
 }
+
+#[tokio::test]
+async fn a_batch_larger_than_one_statement_is_applied_in_chunks_within_one_transaction() {
+    let db = TestDb::migrated().await;
+    let long = "N".repeat(200);
+    // user_0 holds an address that the last user of the batch takes over.
+    apply_one(
+        &db.conn,
+        "pre",
+        &upsert("user.created", "user_0", Some("moved@x.test"), "Z", 1),
+    )
+    .await;
+    let mut batch: Vec<(String, ClerkEvent)> = (1..=100)
+        .map(|i| {
+            (
+                format!("c{i}"),
+                upsert(
+                    "user.created",
+                    &format!("user_{i}"),
+                    Some(&format!("u{i}@x.test")),
+                    &long,
+                    10,
+                ),
+            )
+        })
+        .collect();
+    batch.push((
+        "c101".into(),
+        upsert("user.updated", "user_100", Some("moved@x.test"), &long, 11),
+    ));
+    let items: Vec<BatchItem<'_>> = batch
+        .iter()
+        .map(|(svix_id, event)| BatchItem {
+            svix_id,
+            event_type: "user.created",
+            event,
+        })
+        .collect();
+    let outcomes = try_apply_batch(&db.conn, &items).await.unwrap();
+    assert_eq!(
+        outcomes.iter().filter(|o| **o == Outcome::Applied).count(),
+        100
+    );
+    let rows = users(&db.conn).await;
+    assert_eq!(rows.len(), 101);
+    assert_eq!(
+        rows["user_100"],
+        Row {
+            email: Some("moved@x.test".into()),
+            first_name: Some(long.clone()),
+            last_name: Some("Synth".into()),
+            version: 11,
+        }
+    );
+    assert_eq!(rows["user_0"].email, None);
+    assert_eq!(rows["user_42"].email.as_deref(), Some("u42@x.test"));
+}

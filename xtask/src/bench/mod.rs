@@ -270,7 +270,6 @@ impl Ctx<'_> {
             ("AMQP_URL".to_owned(), self.amqp_url.to_owned()),
             ("QUEUE_PREFIX".to_owned(), prefix.to_owned()),
             ("CLERK_WEBHOOK_SECRET".to_owned(), self.secret.clone()),
-            ("RUST_LOG".to_owned(), "warn".to_owned()),
             ("NO_COLOR".to_owned(), "1".to_owned()),
         ];
         let log = self.log_dir.join(format!("{name}.log"));
@@ -461,6 +460,10 @@ async fn phases(
         drain_timeout(live_ingress.load.accepted),
     )
     .await?;
+    let live_applied_per_s = load::per_second(
+        live_ingress.load.accepted,
+        live_ingress.load.wall + live_drain.since_start,
+    );
     // The histogram is observed right after each commit.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let lag = pipeline::Histogram::parse(
@@ -472,7 +475,7 @@ async fn phases(
     println!(
         "      {:.0} accepted/s, worker {:.0} events/s; lag p50 {}, p99 {} (bucket bounds)",
         live_ingress.load.accepted_per_s(),
-        live_drain.per_s(),
+        live_applied_per_s,
         show(lag.quantile_bound(0.5)),
         show(lag.quantile_bound(0.99))
     );
@@ -509,12 +512,14 @@ async fn phases(
             db_batch_rows: batch_rows,
             worker_env: report::recorded_env(
                 &[
-                    ("WORKER_PREFETCH", "64"),
-                    ("WORKER_CONCURRENCY", "16"),
+                    ("WORKER_PREFETCH", "256"),
+                    ("WORKER_CONCURRENCY", "4"),
+                    ("WORKER_BATCH_SIZE", "64"),
                     ("DATABASE_MAX_CONNECTIONS", "10"),
                     ("MAX_ATTEMPTS", "10"),
                     ("IN_PROCESS_RETRIES", "3"),
                     ("RETRY_DELAYS", "5s,30s,5m"),
+                    ("RUST_LOG", "info"),
                 ],
                 "WORKER_",
                 "WORKER_ADDR",
@@ -524,6 +529,7 @@ async fn phases(
                     ("PUBLISH_CHANNELS", "2"),
                     ("PUBLISH_TIMEOUT", "5s"),
                     ("INGRESS_MAX_CONNECTIONS", "1024"),
+                    ("RUST_LOG", "info"),
                 ],
                 "INGRESS_",
                 "INGRESS_ADDR",
@@ -543,6 +549,7 @@ async fn phases(
         live: Live {
             ingress: live_ingress,
             drain: live_drain,
+            applied_per_s: live_applied_per_s,
             lag,
         },
         checks,
@@ -562,7 +569,6 @@ fn start_worker(
         ("AMQP_URL".to_owned(), ctx.amqp_url.to_owned()),
         ("QUEUE_PREFIX".to_owned(), prefix.to_owned()),
         ("WORKER_ADDR".to_owned(), addr.to_string()),
-        ("RUST_LOG".to_owned(), "warn".to_owned()),
         ("NO_COLOR".to_owned(), "1".to_owned()),
     ];
     // The events have no calendar accounts; never call Clerk from a benchmark.
