@@ -145,7 +145,9 @@ async fn apply_in(
         ))
         .await?;
         txn.execute_raw(stmt(
-            "DELETE FROM users USING unnest($1::text[]) AS t(id) WHERE users.clerk_user_id = t.id",
+            "DELETE FROM users USING (SELECT x.id FROM unnest($1::text[]) AS t(id), \
+               LATERAL (SELECT u.id FROM users u WHERE u.clerk_user_id = t.id LIMIT 1) AS x) AS s \
+             WHERE users.id = s.id",
             vec![strings(deleted.iter().copied())],
         ))
         .await?;
@@ -167,17 +169,20 @@ async fn apply_in(
         .iter()
         .map(|(_, user)| user.clerk_user_id.as_str())
         .collect();
-    // Tombstones and stored versions in one round trip.
+    // Tombstones and stored versions in one round trip. Every lookup here is written as a
+    // LATERAL with LIMIT 1 so that it stays an index lookup per user: a join of a small array
+    // with a small (or bloated) table is otherwise planned as a hash join over a full scan.
     let mut tombstones: HashSet<String> = HashSet::new();
     let mut stored: HashMap<String, i64> = HashMap::new();
     let rows = txn
         .query_all_raw(stmt(
-            "SELECT d.clerk_user_id_sha256 AS key, NULL::bigint AS version \
-               FROM unnest($1::text[]) AS t(key) \
-               JOIN deleted_users d ON d.clerk_user_id_sha256 = t.key \
+            "SELECT x.key, NULL::bigint AS version FROM unnest($1::text[]) AS t(key), \
+               LATERAL (SELECT d.clerk_user_id_sha256 AS key FROM deleted_users d \
+                        WHERE d.clerk_user_id_sha256 = t.key LIMIT 1) AS x \
              UNION ALL \
-             SELECT u.clerk_user_id, u.clerk_updated_at \
-               FROM unnest($2::text[]) AS t(id) JOIN users u ON u.clerk_user_id = t.id",
+             SELECT t.id, x.version FROM unnest($2::text[]) AS t(id), \
+               LATERAL (SELECT u.clerk_updated_at AS version FROM users u \
+                        WHERE u.clerk_user_id = t.id LIMIT 1) AS x",
             vec![
                 strings(upsert_users.iter().map(|id| tombstone_key(id))),
                 strings(upsert_users.iter().copied()),
@@ -290,9 +295,12 @@ async fn upsert_chunk(
     if !with_email.is_empty() {
         txn.execute_raw(stmt(
             "UPDATE users SET email = NULL, updated_at = now() \
-             FROM unnest($1::text[], $2::text[], $3::bigint[]) AS c(email, clerk_user_id, version) \
-             WHERE users.email = c.email \
-               AND users.clerk_user_id <> c.clerk_user_id AND users.clerk_updated_at < c.version",
+             FROM (SELECT x.id FROM \
+                     unnest($1::text[], $2::text[], $3::bigint[]) AS c(email, clerk_user_id, version), \
+                     LATERAL (SELECT u.id FROM users u WHERE u.email = c.email \
+                                AND u.clerk_user_id <> c.clerk_user_id \
+                                AND u.clerk_updated_at < c.version LIMIT 1) AS x) AS s \
+             WHERE users.id = s.id",
             vec![
                 strings(with_email.iter().map(|(email, _, _)| *email)),
                 strings(with_email.iter().map(|(_, id, _)| *id)),

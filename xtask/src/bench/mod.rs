@@ -56,6 +56,9 @@ use self::{
     report::{Ceilings, IngressRun, Live, Report, Settings, WorkerRun},
 };
 
+/// Runs of the broker ceiling; the best counts.
+const BROKER_CEILING_RUNS: usize = 3;
+
 /// Connections of the live-lag phase.
 const LIVE_CONNECTIONS: usize = 64;
 /// At most this many events in the live-lag phase.
@@ -347,8 +350,19 @@ async fn phases(
     );
     let ceiling_queue = format!("{prefix}.ceiling");
     cleanup.track_queue(&ceiling_queue);
-    let broker_ceiling = ceilings::broker(amqp_node, &ceiling_queue, o.events, body_size).await?;
-    println!("      {:.0} msgs/s", broker_ceiling.per_s());
+    // The broker's rate varies from run to run on a shared box: the best of a few runs is the
+    // ceiling (the ratios are then the least flattering).
+    let mut broker_runs = Vec::new();
+    let mut broker_ceiling: Option<ceilings::Ceiling> = None;
+    for _ in 0..BROKER_CEILING_RUNS {
+        let run = ceilings::broker(amqp_node, &ceiling_queue, o.events, body_size).await?;
+        println!("      {:.0} msgs/s", run.per_s());
+        broker_runs.push(run.per_s());
+        if broker_ceiling.is_none_or(|best| run.per_s() > best.per_s()) {
+            broker_ceiling = Some(run);
+        }
+    }
+    let broker_ceiling = broker_ceiling.context("no broker ceiling run")?;
 
     println!(
         "[3/7] database ceilings: {} upserts over {} users",
@@ -537,6 +551,7 @@ async fn phases(
         },
         ceilings: Ceilings {
             broker: broker_ceiling,
+            broker_runs,
             db_single,
             db_batched,
         },
