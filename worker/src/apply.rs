@@ -194,8 +194,14 @@ pub async fn upsert_may_apply(
 
 /// The tombstone key: SHA-256 of the Clerk user id, so that no personal data outlives the user.
 pub fn tombstone_key(clerk_user_id: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let digest = Sha256::digest(clerk_user_id.as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    let mut key = String::with_capacity(64);
+    for byte in digest {
+        key.push(char::from(HEX[usize::from(byte >> 4)]));
+        key.push(char::from(HEX[usize::from(byte & 0x0f)]));
+    }
+    key
 }
 
 fn stmt(sql: &str, values: Vec<Value>) -> Statement {
@@ -386,6 +392,11 @@ mod tests {
         assert_eq!(key.len(), 64);
         assert!(!key.contains("user_"));
         assert_eq!(key, tombstone_key("user_2abcSYNTHuser01"));
+        // Lowercase hex of SHA-256: tombstones already stored must keep matching.
+        assert_eq!(
+            tombstone_key("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 
     #[test]

@@ -63,8 +63,7 @@ impl Received {
             .as_ref()
             .map(|s| s.to_string())
             .or_else(|| headers::get_str(props.headers().as_ref(), headers::SVIX_ID));
-        let event_type = event::event_type(&delivery.data).unwrap_or_else(|| "unparseable".into());
-        let event = event::parse(&delivery.data);
+        let (event_type, event) = event::parse_typed(&delivery.data);
         Self {
             delivery,
             svix_id,

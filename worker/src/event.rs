@@ -51,10 +51,12 @@ pub enum ParseError {
 }
 
 #[derive(Deserialize)]
-struct Envelope {
+struct Envelope<'a> {
     #[serde(rename = "type")]
     event_type: String,
-    data: serde_json::Value,
+    /// Read later, by type, straight from the body's bytes.
+    #[serde(borrow)]
+    data: &'a serde_json::value::RawValue,
 }
 
 #[derive(Deserialize)]
@@ -88,15 +90,30 @@ struct DeletedObject {
 
 /// Parses a raw webhook body.
 pub fn parse(body: &[u8]) -> Result<ClerkEvent, ParseError> {
-    let envelope: Envelope =
-        serde_json::from_slice(body).map_err(|e| ParseError::NotAnEnvelope(e.to_string()))?;
+    parse_typed(body).1
+}
+
+/// Parses a raw webhook body, and returns its event type too (`unparseable` when it has none),
+/// reading the body once when it is a well-formed envelope.
+pub fn parse_typed(body: &[u8]) -> (String, Result<ClerkEvent, ParseError>) {
+    match serde_json::from_slice::<Envelope>(body) {
+        Ok(envelope) => (envelope.event_type.clone(), from_envelope(envelope)),
+        Err(error) => (
+            event_type(body).unwrap_or_else(|| "unparseable".into()),
+            Err(ParseError::NotAnEnvelope(error.to_string())),
+        ),
+    }
+}
+
+fn from_envelope(envelope: Envelope<'_>) -> Result<ClerkEvent, ParseError> {
     let bad = |reason: String| ParseError::BadUser {
         event_type: envelope.event_type.clone(),
         reason,
     };
     match envelope.event_type.as_str() {
         "user.created" | "user.updated" => {
-            let user = UserObject::deserialize(&envelope.data).map_err(|e| bad(e.to_string()))?;
+            let user: UserObject =
+                serde_json::from_str(envelope.data.get()).map_err(|e| bad(e.to_string()))?;
             if user.id.trim().is_empty() {
                 return Err(bad("empty `id`".into()));
             }
@@ -120,8 +137,8 @@ pub fn parse(body: &[u8]) -> Result<ClerkEvent, ParseError> {
             }))
         }
         "user.deleted" => {
-            let deleted =
-                DeletedObject::deserialize(&envelope.data).map_err(|e| bad(e.to_string()))?;
+            let deleted: DeletedObject =
+                serde_json::from_str(envelope.data.get()).map_err(|e| bad(e.to_string()))?;
             if deleted.id.trim().is_empty() {
                 return Err(bad("empty `id`".into()));
             }

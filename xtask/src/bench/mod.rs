@@ -73,10 +73,10 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// `cargo xtask bench` options.
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// Distinct events to send [default: 20000; 2000 with --smoke].
+    /// Distinct events to send [default: 50000; 2000 with --smoke].
     #[arg(long)]
     events: Option<usize>,
-    /// Users the events are spread over [default: 2000; 200 with --smoke].
+    /// Users the events are spread over [default: 5000; 200 with --smoke].
     #[arg(long)]
     users: Option<usize>,
     /// Connection counts to run the ingress phase with, comma separated [default: 64,200; 16
@@ -120,8 +120,8 @@ impl Options {
         if connections.is_empty() || connections.contains(&0) {
             bail!("--connections needs one or more counts above 0, e.g. --connections 64,200");
         }
-        let events = args.events.unwrap_or(if smoke { 2000 } else { 20000 });
-        let users = args.users.unwrap_or(if smoke { 200 } else { 2000 });
+        let events = args.events.unwrap_or(if smoke { 2000 } else { 50000 });
+        let users = args.users.unwrap_or(if smoke { 200 } else { 5000 });
         if events == 0 {
             bail!("--events must be at least 1");
         }

@@ -325,7 +325,7 @@ impl Report {
                 },
                 "live": {
                     "ingress": load(&self.live.ingress),
-                    "drain": drain(&self.live.drain),
+                    "wait_after_last_request_s": round(self.live.drain.since_start.as_secs_f64(), 3),
                     "applied_per_s": self.live.applied_per_s,
                     "lag_seconds": {
                         "note": LAG_NOTE,
