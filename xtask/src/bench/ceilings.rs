@@ -269,21 +269,7 @@ pub async fn db_single(
                         row.updated_at.into(),
                         created.into(),
                     ];
-                    with_retry(|| {
-                        let values = values.clone();
-                        let db = &db;
-                        async move {
-                            let txn = db.begin().await?;
-                            txn.execute_raw(Statement::from_sql_and_values(
-                                DbBackend::Postgres,
-                                UPSERT_ONE,
-                                values,
-                            ))
-                            .await?;
-                            txn.commit().await
-                        }
-                    })
-                    .await?;
+                    upsert_in_transaction(&db, UPSERT_ONE, values).await?;
                 }
             })
         })
@@ -360,21 +346,7 @@ pub async fn db_batched(
                             .into(),
                         chunk.iter().map(|_| CREATED_MS).collect::<Vec<_>>().into(),
                     ];
-                    with_retry(|| {
-                        let values = values.clone();
-                        let db = &db;
-                        async move {
-                            let txn = db.begin().await?;
-                            txn.execute_raw(Statement::from_sql_and_values(
-                                DbBackend::Postgres,
-                                UPSERT_MANY,
-                                values,
-                            ))
-                            .await?;
-                            txn.commit().await
-                        }
-                    })
-                    .await?;
+                    upsert_in_transaction(&db, UPSERT_MANY, values).await?;
                 }
             })
         })
@@ -429,4 +401,26 @@ pub async fn truncate(db: &DatabaseConnection) -> anyhow::Result<()> {
         .await
         .context("cannot empty the bench tables")?;
     Ok(())
+}
+
+/// Runs one upsert statement in its own transaction (retried like every ceiling statement).
+async fn upsert_in_transaction(
+    db: &DatabaseConnection,
+    sql: &str,
+    values: Vec<Value>,
+) -> Result<(), DbErr> {
+    with_retry(|| {
+        let values = values.clone();
+        async move {
+            let txn = db.begin().await?;
+            txn.execute_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                sql,
+                values,
+            ))
+            .await?;
+            txn.commit().await
+        }
+    })
+    .await
 }
