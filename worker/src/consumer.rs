@@ -101,7 +101,14 @@ pub struct Consumer {
     pub metrics: Metrics,
     /// True while consuming (what `/readyz` reports).
     pub ready: Arc<AtomicBool>,
+    /// Bounds the events applied one by one at once (each may call Clerk's API): see
+    /// [`SLOW_PATH_CONCURRENCY`].
+    pub slow_path: Semaphore,
 }
+
+/// Events applied one by one (calendar tokens from Clerk, failed batches) at once, across all
+/// batches in flight: keeps Clerk's API from seeing hundreds of calls at a time.
+pub const SLOW_PATH_CONCURRENCY: usize = 16;
 
 /// How a broker session ended.
 enum SessionEnd {
@@ -354,6 +361,8 @@ impl Consumer {
             attempt = headers::get_i64(r.headers(), headers::ATTEMPTS).unwrap_or(0) + 1,
         );
         async {
+            // Waiting here holds back no other delivery's ack (this one is marked slow).
+            let _permit = self.slow_path.acquire().await;
             let started = Instant::now();
             let result = match &r.event {
                 Err(error) => Err(Failure::Permanent(error.to_string())),

@@ -134,6 +134,7 @@ impl Application {
             },
             broker: config.broker,
             topology: config.topology,
+            slow_path: tokio::sync::Semaphore::new(consumer::SLOW_PATH_CONCURRENCY),
             options: ConsumerOptions {
                 prefetch: config.prefetch,
                 concurrency: config.concurrency,
