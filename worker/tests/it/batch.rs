@@ -357,3 +357,46 @@ async fn a_batch_larger_than_one_statement_is_applied_in_chunks_within_one_trans
     assert_eq!(rows["user_0"].email, None);
     assert_eq!(rows["user_42"].email.as_deref(), Some("u42@x.test"));
 }
+
+#[tokio::test]
+async fn an_address_release_rechecks_a_holder_row_rewritten_while_it_waited() {
+    use sea_orm::TransactionTrait;
+    let db = TestDb::migrated().await;
+    apply_one(
+        &db.conn,
+        "pre",
+        &upsert("user.created", "user_h", Some("e@x.test"), "H", 10),
+    )
+    .await;
+    // Another transaction rewrites the holder's row (a newer address) and keeps it locked.
+    let other = db.conn.begin().await.unwrap();
+    other
+        .execute_unprepared(
+            "UPDATE users SET email = 'other@x.test', clerk_updated_at = 50 \
+             WHERE clerk_user_id = 'user_h'",
+        )
+        .await
+        .unwrap();
+    let event = upsert("user.updated", "user_c", Some("e@x.test"), "C", 20);
+    let batch = {
+        let conn = db.conn.clone();
+        let event = event.clone();
+        tokio::spawn(async move {
+            let items = [BatchItem {
+                svix_id: "r1",
+                event_type: "user.updated",
+                event: &event,
+            }];
+            try_apply_batch(&conn, &items).await
+        })
+    };
+    // The batch finds the old row holding the address and waits for its lock.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    other.commit().await.unwrap();
+    let outcomes = batch.await.unwrap().unwrap();
+    assert_eq!(outcomes, vec![Outcome::Applied]);
+    let rows = users(&db.conn).await;
+    assert_eq!(rows["user_h"].email.as_deref(), Some("other@x.test"));
+    assert_eq!(rows["user_h"].version, 50);
+    assert_eq!(rows["user_c"].email.as_deref(), Some("e@x.test"));
+}
