@@ -425,7 +425,8 @@ async fn phases(
         cleanup,
         &broker,
         &main,
-        0,
+        worker_addr,
+        (0, 0),
         queued,
         drain_timeout(queued),
     )
@@ -454,6 +455,9 @@ async fn phases(
     );
     let live_events = events::newer_updates(&mut expected, live_count)?;
     let applied_before = pipeline::processed(&db).await?;
+    let settled_before = pipeline::settled(worker_addr)
+        .await
+        .context("the worker's /metrics does not answer")?;
     let live_ingress = ctx
         .ingress_run(
             cleanup,
@@ -469,7 +473,8 @@ async fn phases(
         cleanup,
         &broker,
         &main,
-        applied_before,
+        worker_addr,
+        (applied_before, settled_before),
         live_ingress.load.accepted,
         drain_timeout(live_ingress.load.accepted),
     )
