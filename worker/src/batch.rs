@@ -293,18 +293,18 @@ async fn upsert_chunk(
         })
         .collect();
     // The holder's row belongs to a user outside this batch's locks: it may change while this
-    // statement waits for it. The conditions are repeated on the updated table itself, because
-    // Postgres re-checks only those against the row's newest version (the lookup's are not).
+    // statement waits for it. The lookup locks it (FOR UPDATE re-checks the lookup's conditions
+    // against the row's newest version), so the update works on a row that still matches; an
+    // update joined to a plain lookup would re-check only its own conditions.
     if !with_email.is_empty() {
         txn.execute_raw(stmt(
-            "UPDATE users SET email = NULL, updated_at = now() \
-             FROM (SELECT x.id, c.email, c.clerk_user_id, c.version FROM \
-                     unnest($1::text[], $2::text[], $3::bigint[]) AS c(email, clerk_user_id, version), \
-                     LATERAL (SELECT u.id FROM users u WHERE u.email = c.email \
-                                AND u.clerk_user_id <> c.clerk_user_id \
-                                AND u.clerk_updated_at < c.version LIMIT 1) AS x) AS s \
-             WHERE users.id = s.id AND users.email = s.email \
-               AND users.clerk_user_id <> s.clerk_user_id AND users.clerk_updated_at < s.version",
+            "WITH held AS ( \
+               SELECT x.id FROM \
+                 unnest($1::text[], $2::text[], $3::bigint[]) AS c(email, clerk_user_id, version), \
+                 LATERAL (SELECT u.id FROM users u WHERE u.email = c.email \
+                            AND u.clerk_user_id <> c.clerk_user_id \
+                            AND u.clerk_updated_at < c.version LIMIT 1 FOR UPDATE) AS x) \
+             UPDATE users SET email = NULL, updated_at = now() FROM held WHERE users.id = held.id",
             vec![
                 strings(with_email.iter().map(|(email, _, _)| *email)),
                 strings(with_email.iter().map(|(_, id, _)| *id)),
