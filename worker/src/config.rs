@@ -27,11 +27,11 @@ pub struct Config {
     pub topology: Topology,
     /// `WORKER_ADDR`: health, readiness and metrics (default `127.0.0.1:8082`).
     pub addr: SocketAddr,
-    /// `WORKER_PREFETCH`: deliveries the broker sends ahead (default 256).
+    /// `WORKER_PREFETCH`: deliveries the broker sends ahead (default 512).
     pub prefetch: u16,
-    /// `WORKER_CONCURRENCY`: batches applied at once (default 4).
+    /// `WORKER_CONCURRENCY`: batches applied at once (default 3).
     pub concurrency: usize,
-    /// `WORKER_BATCH_SIZE`: events applied in one transaction at most (default 64; 1 applies
+    /// `WORKER_BATCH_SIZE`: events applied in one transaction at most (default 128; 1 applies
     /// every event on its own).
     pub batch_size: usize,
     /// `MAX_ATTEMPTS`: failed attempts before an event is dead-lettered (default 10).
@@ -97,7 +97,7 @@ impl Config {
             )
             .into());
         }
-        let prefetch = number(&lookup, "WORKER_PREFETCH", 256)?;
+        let prefetch = number(&lookup, "WORKER_PREFETCH", 512)?;
         let prefetch = u16::try_from(prefetch)
             .map_err(|_| InvalidSetting::new("WORKER_PREFETCH", "must be at most 65535"))?;
         let max_attempts = number(&lookup, "MAX_ATTEMPTS", 10)?;
@@ -121,8 +121,8 @@ impl Config {
             topology,
             addr: socket_addr(&lookup, "WORKER_ADDR", "127.0.0.1:8082")?,
             prefetch,
-            concurrency: number(&lookup, "WORKER_CONCURRENCY", 4)?,
-            batch_size: number(&lookup, "WORKER_BATCH_SIZE", 64)?,
+            concurrency: number(&lookup, "WORKER_CONCURRENCY", 3)?,
+            batch_size: number(&lookup, "WORKER_BATCH_SIZE", 128)?,
             max_attempts: u32::try_from(max_attempts).unwrap_or(u32::MAX),
             in_process_retries,
             processed_events_retention: duration(

@@ -531,9 +531,9 @@ async fn phases(
             db_batch_rows: batch_rows,
             worker_env: report::recorded_env(
                 &[
-                    ("WORKER_PREFETCH", "256"),
-                    ("WORKER_CONCURRENCY", "4"),
-                    ("WORKER_BATCH_SIZE", "64"),
+                    ("WORKER_PREFETCH", "512"),
+                    ("WORKER_CONCURRENCY", "3"),
+                    ("WORKER_BATCH_SIZE", "128"),
                     ("DATABASE_MAX_CONNECTIONS", "10"),
                     ("MAX_ATTEMPTS", "10"),
                     ("IN_PROCESS_RETRIES", "3"),
