@@ -126,9 +126,12 @@ pub struct Acks {
 }
 
 impl Acks {
-    /// Registers a delivery as it arrives.
-    pub async fn register(&self, tag: u64) {
-        self.ledger.lock().await.register(tag);
+    /// Registers deliveries as they arrive.
+    pub async fn register_all(&self, tags: impl IntoIterator<Item = u64>) {
+        let mut ledger = self.ledger.lock().await;
+        for tag in tags {
+            ledger.register(tag);
+        }
     }
 
     /// Marks a delivery as taking the slow path.

@@ -204,7 +204,8 @@ pub fn tombstone_key(clerk_user_id: &str) -> String {
     key
 }
 
-fn stmt(sql: &str, values: Vec<Value>) -> Statement {
+/// A Postgres statement with its parameters (shared with [`crate::batch`]).
+pub(crate) fn stmt(sql: &str, values: Vec<Value>) -> Statement {
     Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
 }
 
@@ -367,18 +368,22 @@ async fn upsert_user(
             ],
         ))
         .await;
-    match result {
-        Ok(done) if done.rows_affected() == 0 => Ok(Outcome::SkippedStale),
-        Ok(_) => Ok(Outcome::Applied),
-        Err(error)
-            if matches!(
-                error.sql_err(),
-                Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
-            ) =>
-        {
-            Err(ApplyError::EmailHeld)
-        }
-        Err(error) => Err(error.into()),
+    match result.map_err(upsert_error)? {
+        done if done.rows_affected() == 0 => Ok(Outcome::SkippedStale),
+        _ => Ok(Outcome::Applied),
+    }
+}
+
+/// What a failed upsert of `users` means: a unique violation there can only be the email (the
+/// Clerk id conflict is the upsert's own), held by another user ([`ApplyError::EmailHeld`]).
+pub(crate) fn upsert_error(error: DbErr) -> ApplyError {
+    if matches!(
+        error.sql_err(),
+        Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
+    ) {
+        ApplyError::EmailHeld
+    } else {
+        error.into()
     }
 }
 

@@ -22,13 +22,10 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, Statement,
-    TransactionTrait, Value,
-};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, TransactionTrait, Value};
 
 use crate::{
-    apply::{ApplyError, Outcome, tombstone_key},
+    apply::{ApplyError, Outcome, stmt, tombstone_key, upsert_error},
     event::{ClerkEvent, UserSnapshot},
 };
 
@@ -343,18 +340,7 @@ async fn upsert_chunk(
             vec![rows.into()],
         ))
         .await;
-    let written = match result {
-        Ok(rows) => rows,
-        Err(error)
-            if matches!(
-                error.sql_err(),
-                Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
-            ) =>
-        {
-            return Err(ApplyError::EmailHeld);
-        }
-        Err(error) => return Err(error.into()),
-    };
+    let written = result.map_err(upsert_error)?;
     let mut applied_users = HashSet::with_capacity(written.len());
     for row in &written {
         applied_users.insert(row.try_get::<String>("", "clerk_user_id")?);
@@ -373,8 +359,4 @@ fn strings<'a>(values: impl IntoIterator<Item = impl Into<std::borrow::Cow<'a, s
         .map(|v| v.into().into_owned())
         .collect::<Vec<String>>()
         .into()
-}
-
-fn stmt(sql: &str, values: Vec<Value>) -> Statement {
-    Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
 }

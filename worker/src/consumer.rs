@@ -233,9 +233,8 @@ impl Consumer {
                 next = consumer.next().now_or_never();
             }
             if !deliveries.is_empty() {
-                for delivery in &deliveries {
-                    acks.register(delivery.delivery_tag).await;
-                }
+                acks.register_all(deliveries.iter().map(|d| d.delivery_tag))
+                    .await;
                 let this = self.clone();
                 let publish_channel = publish_channel.clone();
                 let nacked = nacked.clone();
