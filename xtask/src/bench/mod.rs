@@ -281,10 +281,19 @@ impl Ctx<'_> {
             .wait_ready(name, &format!("http://{addr}/readyz"), READY_TIMEOUT)
             .await?;
         let signed = Arc::new(events::sign(events, &self.secret)?);
+        let ingress_cpu_before = procs::cpu_time(&pid.to_string())?;
+        let own_cpu_before = procs::cpu_time("self")?;
         let load = load::run(addr, signed, connections).await?;
+        let own_cpu = procs::cpu_time("self")?.saturating_sub(own_cpu_before);
+        let cpu = procs::cpu_time(&pid.to_string())?.saturating_sub(ingress_cpu_before);
         let peak_rss = procs::peak_rss(pid)?;
         cleanup.stop(name).await?;
-        Ok(IngressRun { load, peak_rss })
+        Ok(IngressRun {
+            load,
+            peak_rss,
+            cpu,
+            load_generator_cpu: own_cpu,
+        })
     }
 }
 
@@ -405,11 +414,13 @@ async fn phases(
             )
             .await?;
         println!(
-            "      {:.0} accepted/s, p50 {:.1} ms, p99 {:.1} ms, {} errors",
+            "      {:.0} accepted/s, p50 {:.1} ms, p99 {:.1} ms, {} errors; CPU {:.0} µs/request (ingress), {:.0} µs (load generator)",
             run.load.accepted_per_s(),
             run.load.latency.p50.as_secs_f64() * 1000.0,
             run.load.latency.p99.as_secs_f64() * 1000.0,
-            run.load.errors()
+            run.load.errors(),
+            run.cpu_us_per_request(run.cpu),
+            run.cpu_us_per_request(run.load_generator_cpu),
         );
         checks.push(answered_check(&run, ""));
         ingress_runs.push(run);

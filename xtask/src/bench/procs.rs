@@ -396,6 +396,25 @@ pub fn peak_rss(pid: u32) -> anyhow::Result<u64> {
     Ok(kib * 1024)
 }
 
+/// CPU time (user + system) `pid` has used so far, from `/proc/<pid>/stat` (`self` for this
+/// process). Linux reports it in ticks of 1/100 s (`USER_HZ`) on every architecture.
+pub fn cpu_time(pid: &str) -> anyhow::Result<Duration> {
+    const USER_HZ: u64 = 100;
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+    // The command name (field 2) is in parentheses and may hold spaces: count from after it.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the command name.
+    let tick = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+    let (Some(user), Some(system)) = (tick(11), tick(12)) else {
+        bail!("no utime/stime in {path}");
+    };
+    Ok(Duration::from_millis((user + system) * 1000 / USER_HZ))
+}
+
 /// The build profile of the binaries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Profile {

@@ -58,6 +58,21 @@ pub struct Ceilings {
 pub struct IngressRun {
     pub load: LoadResult,
     pub peak_rss: u64,
+    /// CPU time the ingress used while the load ran.
+    pub cpu: Duration,
+    /// CPU time the bench process (the load generator) used meanwhile.
+    pub load_generator_cpu: Duration,
+}
+
+impl IngressRun {
+    /// CPU time per accepted request, in microseconds.
+    pub fn cpu_us_per_request(&self, cpu: Duration) -> f64 {
+        if self.load.accepted == 0 {
+            0.0
+        } else {
+            cpu.as_secs_f64() * 1e6 / self.load.accepted as f64
+        }
+    }
 }
 
 pub struct WorkerRun {
@@ -238,6 +253,9 @@ impl Report {
                 "connect_failures": r.load.connect_failures,
                 "first_error": r.load.first_error,
                 "peak_rss_bytes": r.peak_rss,
+                "cpu_us_per_request": round(r.cpu_us_per_request(r.cpu), 1),
+                "load_generator_cpu_us_per_request":
+                    round(r.cpu_us_per_request(r.load_generator_cpu), 1),
                 "accepted_vs_broker_ceiling": ratio(r.load.accepted_per_s(), broker),
             })
         };
@@ -473,6 +491,19 @@ impl Report {
             rows.push(vec![
                 format!("ingress peak RSS, {} connections", l.connections),
                 mib(r.peak_rss),
+                String::new(),
+                String::new(),
+            ]);
+            rows.push(vec![
+                format!(
+                    "CPU per request: ingress / load generator, {} connections",
+                    l.connections
+                ),
+                format!(
+                    "{:.0} / {:.0} µs",
+                    r.cpu_us_per_request(r.cpu),
+                    r.cpu_us_per_request(r.load_generator_cpu)
+                ),
                 String::new(),
                 String::new(),
             ]);
