@@ -8,6 +8,11 @@ use worker::{
     dlq::{self, Selection},
 };
 
+/// mimalloc instead of glibc's malloc, as in the ingress: every delivery allocates its body,
+/// headers and parsed event on one thread and frees them on another.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "worker",

@@ -80,6 +80,21 @@ impl Cleanup {
         }
     }
 
+    /// Deletes this prefix's exchange and queues now (a run's queue that no phase reads any
+    /// more: 50,000 messages left in a quorum queue weigh on the broker's later runs). What
+    /// cannot be deleted now stays tracked for the final clean-up.
+    pub async fn delete_topology_now(&mut self, topology: &Topology) {
+        let mut names: Vec<(String, bool)> = topology
+            .all_queues()
+            .into_iter()
+            .map(|q| (q, false))
+            .collect();
+        names.push((topology.exchange().to_owned(), true));
+        if matches!(delete_amqp(&self.amqp_url, &names).await, Ok(failed) if failed.is_empty()) {
+            self.topologies.retain(|t| t != topology);
+        }
+    }
+
     /// Remembers to delete `queue`.
     pub fn track_queue(&mut self, queue: &str) {
         self.queues.push(queue.to_owned());
