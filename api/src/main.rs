@@ -1,13 +1,20 @@
 //! `api`: the read API. Reads its settings from the environment, logs to stdout, serves until
 //! SIGTERM or Ctrl-C.
 
+use std::io::IsTerminal as _;
+
 use anyhow::Context;
 use api::{Application, Config};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::from_env().context("invalid api configuration")?;
-    telemetry::init_subscriber("info", config.log_format, std::io::stdout);
+    telemetry::init_subscriber(
+        "info",
+        config.log_format,
+        std::io::stdout,
+        std::io::stdout().is_terminal(),
+    );
     let app = Application::build(config).await?;
     app.run_until_stopped(telemetry::ops::shutdown_signal())
         .await

@@ -6,7 +6,10 @@ mod connect;
 mod publisher;
 mod topology;
 
-pub use connect::{BrokerConfig, BrokerError, connect_with_backoff, redact_url, wait_until_closed};
+pub use connect::{
+    BrokerConfig, BrokerError, close_channels, close_gracefully, connect_with_backoff, redact_url,
+    wait_until_closed,
+};
 pub use publisher::{PublishError, Publisher, PublisherOptions, publish_confirmed};
 pub use topology::{DEAD_ROUTING_KEY, EVENTS_ROUTING_KEY, Topology, headers};
 

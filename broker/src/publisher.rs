@@ -20,7 +20,9 @@ use tokio::{
     time::Instant,
 };
 
-use crate::{BrokerConfig, BrokerError, Topology, connect_with_backoff, wait_until_closed};
+use crate::{
+    BrokerConfig, BrokerError, Topology, close_gracefully, connect_with_backoff, wait_until_closed,
+};
 
 /// Tuning of the publisher.
 #[derive(Debug, Clone)]
@@ -240,10 +242,12 @@ async fn supervise(inner: Arc<Inner>, config: BrokerConfig) {
                     "publisher ready (topology declared, confirms on)"
                 );
                 let stopped = watch_session(&inner, &connection, &mut shutdown).await;
-                if let Ok(mut slot) = inner.channels.write() {
-                    slot.clear();
-                }
-                close_quietly(&connection).await;
+                let channels = inner
+                    .channels
+                    .write()
+                    .map(|mut slot| std::mem::take(&mut *slot))
+                    .unwrap_or_default();
+                close_gracefully(&connection, &channels, "clerk-sync closing").await;
                 if stopped {
                     return;
                 }
@@ -251,7 +255,7 @@ async fn supervise(inner: Arc<Inner>, config: BrokerConfig) {
             }
             Err(error) => {
                 tracing::error!(error.message = %error, "cannot set up publishing; retrying");
-                close_quietly(&connection).await;
+                close_gracefully(&connection, &[], "clerk-sync closing").await;
                 tokio::select! {
                     _ = shutdown.wait_for(|stop| *stop) => return,
                     () = tokio::time::sleep(config.max_backoff) => {}
@@ -330,14 +334,4 @@ async fn open_channels(
         channels.push(channel);
     }
     Ok(channels)
-}
-
-async fn close_quietly(connection: &Connection) {
-    if connection.status().connected() {
-        let _ = tokio::time::timeout(
-            Duration::from_secs(2),
-            connection.close(200, "clerk-sync closing".into()),
-        )
-        .await;
-    }
 }

@@ -1,5 +1,7 @@
 //! `ingress`: receives Clerk webhooks and publishes them to RabbitMQ.
 
+use std::io::IsTerminal as _;
+
 use anyhow::Context;
 use ingress::{Application, Config};
 
@@ -11,7 +13,12 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::from_env().context("invalid ingress configuration")?;
-    telemetry::init_subscriber("info", config.log_format, std::io::stdout);
+    telemetry::init_subscriber(
+        "info",
+        config.log_format,
+        std::io::stdout,
+        std::io::stdout().is_terminal(),
+    );
     let addr = config.addr;
     let app = Application::build(config)
         .await

@@ -37,16 +37,20 @@ impl std::str::FromStr for LogFormat {
 }
 
 /// Installs the global subscriber writing to `sink`. `RUST_LOG`, when set, overrides
-/// `default_filter`. Calling it twice is harmless (the second call does nothing), which keeps
-/// tests that start several apps in one process simple.
-pub fn init_subscriber<W>(default_filter: &str, format: LogFormat, sink: W)
+/// `default_filter`. Plain lines are coloured only when `sink_is_terminal` and `NO_COLOR` is not
+/// set: a log file, a pipe or a container's log gets no escape codes. Calling it twice is
+/// harmless (the second call does nothing), which keeps tests that start several apps in one
+/// process simple.
+pub fn init_subscriber<W>(default_filter: &str, format: LogFormat, sink: W, sink_is_terminal: bool)
 where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let colour = sink_is_terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(sink);
     let _ = match format {
         LogFormat::Plain => builder.with_target(false).try_init(),

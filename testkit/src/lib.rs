@@ -274,6 +274,19 @@ where
     }
 }
 
+/// Everything an exited child wrote to its piped stdout and stderr.
+pub fn child_output(child: &mut std::process::Child) -> String {
+    use std::io::Read;
+    let mut out = String::new();
+    if let Some(mut stdout) = child.stdout.take() {
+        stdout.read_to_string(&mut out).unwrap();
+    }
+    if let Some(mut stderr) = child.stderr.take() {
+        stderr.read_to_string(&mut out).unwrap();
+    }
+    out
+}
+
 /// Svix headers for `body`, signed with `secret` at `timestamp` (seconds).
 pub fn svix_headers(secret: &str, msg_id: &str, timestamp: i64, body: &[u8]) -> http::HeaderMap {
     let signature = svix::webhooks::Webhook::new(secret)

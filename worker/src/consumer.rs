@@ -9,11 +9,12 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
 use broker::{
-    BrokerConfig, DEAD_ROUTING_KEY, Topology, connect_with_backoff, headers,
+    BrokerConfig, DEAD_ROUTING_KEY, Topology, close_channels, close_gracefully,
+    connect_with_backoff, headers,
     lapin::{
         BasicProperties, Channel, Connection,
         message::Delivery,
@@ -138,13 +139,8 @@ impl Consumer {
                 }
             };
             self.ready.store(false, Ordering::SeqCst);
-            if connection.status().connected() {
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(2),
-                    connection.close(200, "clerk-sync worker closing".into()),
-                )
-                .await;
-            }
+            // The session closed its channels; now the connection.
+            close_gracefully(&connection, &[], "clerk-sync worker closing").await;
             match end {
                 SessionEnd::Stopped => return,
                 SessionEnd::Lost => {
@@ -261,6 +257,13 @@ impl Consumer {
             tracing::info!(in_flight = in_flight.len(), "finishing in-flight events");
         }
         while in_flight.join_next().await.is_some() {}
+        drop(consumer);
+        // Closed here, before the connection: see `broker::close_gracefully`.
+        close_channels(
+            &[consume_channel, publish_channel],
+            "clerk-sync worker closing",
+        )
+        .await;
         Ok(end)
     }
 

@@ -1,6 +1,8 @@
 //! `worker`: applies Clerk events to Postgres (`worker run`, the default) and the ops commands
 //! that inspect and replay the dead-letter queue.
 
+use std::io::IsTerminal as _;
+
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use worker::{
@@ -90,13 +92,23 @@ async fn main() -> anyhow::Result<()> {
     let config = Config::from_env().context("invalid worker configuration")?;
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => {
-            telemetry::init_subscriber("info", config.log_format, std::io::stdout);
+            telemetry::init_subscriber(
+                "info",
+                config.log_format,
+                std::io::stdout,
+                std::io::stdout().is_terminal(),
+            );
             let app = Application::build(config).await?;
             app.run_until_stopped(telemetry::ops::shutdown_signal())
                 .await;
         }
         Command::Backfill { page_size, restart } => {
-            telemetry::init_subscriber("warn", config.log_format, std::io::stderr);
+            telemetry::init_subscriber(
+                "warn",
+                config.log_format,
+                std::io::stderr,
+                std::io::stderr().is_terminal(),
+            );
             let clerk = config
                 .clerk
                 .clone()
@@ -140,7 +152,12 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::RotateTokenKey => {
-            telemetry::init_subscriber("warn", config.log_format, std::io::stderr);
+            telemetry::init_subscriber(
+                "warn",
+                config.log_format,
+                std::io::stderr,
+                std::io::stderr().is_terminal(),
+            );
             let cipher = config.token_cipher.as_ref().context(
                 "TOKEN_ENCRYPTION_KEY is not set: put the new key first, the old ones after it",
             )?;
@@ -157,7 +174,12 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Dlq(command) => {
             // Ops commands print their results on stdout; only warnings go to the log (stderr).
-            telemetry::init_subscriber("warn", config.log_format, std::io::stderr);
+            telemetry::init_subscriber(
+                "warn",
+                config.log_format,
+                std::io::stderr,
+                std::io::stderr().is_terminal(),
+            );
             run_dlq(command, config).await?;
         }
     }

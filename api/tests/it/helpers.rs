@@ -133,7 +133,12 @@ impl Write for Capture {
 fn capture_logs() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        telemetry::init_subscriber("info", telemetry::LogFormat::Json, || Capture(LOGS.clone()));
+        telemetry::init_subscriber(
+            "info",
+            telemetry::LogFormat::Json,
+            || Capture(LOGS.clone()),
+            false,
+        );
     });
 }
 

@@ -20,8 +20,8 @@ async fn sigterm_stops_accepting_finishes_the_request_in_flight_and_exits_0() {
         .envs(broker.settings())
         .env("CLERK_WEBHOOK_SECRET", SECRET)
         .env("INGRESS_ADDR", format!("127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let ready_url = format!("http://127.0.0.1:{port}/readyz");
@@ -90,4 +90,11 @@ async fn sigterm_stops_accepting_finishes_the_request_in_flight_and_exits_0() {
     };
     assert!(status.success(), "exit status {status}");
     assert_eq!(broker.count(&broker.topology.main_queue()).await, 1);
+    // A clean stop logs no error (lapin used to report the channels' close racing the
+    // connection's as "ERROR Connection error").
+    let log = testkit::child_output(&mut child);
+    assert!(log.contains("ingress stopped"), "{log}");
+    assert!(!log.contains("ERROR"), "{log}");
+    // Written to a pipe, not a terminal: plain lines without colour codes.
+    assert!(!log.contains('\u{1b}'), "{log:?}");
 }

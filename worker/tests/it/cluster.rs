@@ -22,7 +22,7 @@ async fn killing_the_queue_leader_mid_stream_loses_no_accepted_event_and_the_nod
         "RabbitMQ server scripts are needed for this test"
     );
     if std::env::var("CLUSTER_TEST_LOG").is_ok() {
-        telemetry::init_subscriber("info", telemetry::LogFormat::Plain, std::io::stderr);
+        telemetry::init_subscriber("info", telemetry::LogFormat::Plain, std::io::stderr, false);
     }
     let cluster = Arc::new(
         tokio::task::spawn_blocking(|| RabbitCluster::start(3))
