@@ -24,6 +24,8 @@ patterns = [
     re.compile(r'lookup\("([A-Z][A-Z0-9_]+)"\)'),
     re.compile(r'&lookup,\s*"([A-Z][A-Z0-9_]+)"'),
     re.compile(r'env::var\("([A-Z][A-Z0-9_]+)"\)'),
+    # The second name of server_limits(&lookup, "…_HEADER_TIMEOUT", "…_MAX_CONNECTIONS").
+    re.compile(r'server_limits\(\s*&lookup,\s*"[A-Z][A-Z0-9_]+",\s*"([A-Z][A-Z0-9_]+)"'),
 ]
 ignored = {"CARGO", "CARGO_TARGET_DIR", "RUST_LOG", "TEST_DATABASE_URL", "TEST_AMQP_URL"}
 read = set()

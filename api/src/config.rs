@@ -10,7 +10,8 @@ use calendar::{
 use http::HeaderValue;
 use telemetry::{
     LogFormat,
-    settings::{InvalidSetting, duration, log_format, number, socket_addr},
+    ops::ServerLimits,
+    settings::{InvalidSetting, duration, log_format, number, server_limits, socket_addr},
 };
 
 use crate::auth::{Authenticator, JwtKeyError, JwtVerifier, ServiceKeys};
@@ -37,6 +38,8 @@ pub struct Config {
     /// `10s`): what the token endpoint needs.
     /// `None` when the first two are not both set (the endpoint then answers 503).
     pub calendar: Option<CalendarSettings>,
+    /// `API_HEADER_TIMEOUT` (default `10s`) and `API_MAX_CONNECTIONS` (default 1024).
+    pub limits: ServerLimits,
     /// `LOG_FORMAT`: `plain` (default) or `json`.
     pub log_format: LogFormat,
 }
@@ -182,6 +185,7 @@ impl Config {
             auth: Authenticator::new(jwt, service_keys),
             cors_origins,
             calendar,
+            limits: server_limits(&lookup, "API_HEADER_TIMEOUT", "API_MAX_CONNECTIONS")?,
             log_format: log_format(&lookup)?,
         })
     }
@@ -189,17 +193,9 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
+    use telemetry::settings::lookup_from as lookup;
 
     use super::*;
-
-    fn lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
-            .collect();
-        move |name| map.get(name).cloned()
-    }
 
     /// An RSA public key (2048 bits), for parsing only.
     const PEM: &str = "-----BEGIN PUBLIC KEY-----\nMIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAx0tAuSX7apyNlbyaz3Gm\nBsToYpAMHLkD88T55SV0mmqQbm7D3kjlsbzqCxdOkI4PxevJeHuhyI9kif+DQYLU\nkbrIu1crr0FiaMzfHzzCfDxgsAgsczk7Nj1yut7QtCLhUvwbDdvXg8KUjjjFMGHr\nYCFxIZx9zKuRx1XClnyZzkPLtELaZAeLoLSKk/OUURQhoFTTdoBmSRCZCb5L+ecu\nH9xn0a2R+CMQ9p3y0TDD9FsC5Xfbi5cdvrczV27/pazpCFG6+o/aN/VqmB4RzrTH\n1addSomIjMhCOv6Ds2WVEYnRp82squB49P+haeIfaKEfmGW/KyW42kIqxcOHDNgB\nNQIDAQAB\n-----END PUBLIC KEY-----\n";
@@ -212,6 +208,26 @@ mod tests {
         assert_eq!(config.database.max_connections, 10);
         assert!(config.cors_origins.is_empty());
         assert!(config.calendar.is_none());
+    }
+
+    #[test]
+    fn server_limits_default_and_can_be_set() {
+        let config = Config::from_lookup(lookup(&[("API_SERVICE_KEYS", "k1")])).expect("valid");
+        assert_eq!(config.limits.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(config.limits.max_connections, 1024);
+        let config = Config::from_lookup(lookup(&[
+            ("API_SERVICE_KEYS", "k1"),
+            ("API_HEADER_TIMEOUT", "3s"),
+            ("API_MAX_CONNECTIONS", "64"),
+        ]))
+        .expect("valid");
+        assert_eq!(config.limits.header_read_timeout, Duration::from_secs(3));
+        assert_eq!(config.limits.max_connections, 64);
+        for (name, bad) in [("API_MAX_CONNECTIONS", "0"), ("API_HEADER_TIMEOUT", "soon")] {
+            let err = Config::from_lookup(lookup(&[("API_SERVICE_KEYS", "k1"), (name, bad)]))
+                .expect_err("invalid");
+            assert!(err.to_string().contains(name), "{err}");
+        }
     }
 
     #[test]

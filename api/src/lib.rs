@@ -53,6 +53,7 @@ pub struct Application {
     listener: TcpListener,
     router: axum::Router,
     db: DatabaseConnection,
+    limits: telemetry::ops::ServerLimits,
 }
 
 impl Application {
@@ -124,6 +125,7 @@ impl Application {
             listener,
             router,
             db,
+            limits: config.limits,
         })
     }
 
@@ -159,7 +161,7 @@ impl Application {
         telemetry::ops::serve(
             self.listener,
             handler,
-            telemetry::ops::ServerLimits::default(),
+            self.limits,
             shutdown,
             Duration::from_secs(20),
         )

@@ -6,7 +6,7 @@ use broker::{BrokerConfig, BrokerError, PublisherOptions, Topology};
 use telemetry::{
     LogFormat,
     ops::ServerLimits,
-    settings::{InvalidSetting, duration, log_format, number, socket_addr},
+    settings::{InvalidSetting, duration, log_format, number, server_limits, socket_addr},
 };
 
 use crate::verify::{SecretError, Secrets};
@@ -74,15 +74,7 @@ impl Config {
             },
             body_limit: number(&lookup, "INGRESS_BODY_LIMIT", 1024 * 1024)?,
             body_timeout: duration(&lookup, "INGRESS_BODY_TIMEOUT", Duration::from_secs(10))?,
-            limits: ServerLimits {
-                header_read_timeout: duration(
-                    &lookup,
-                    "INGRESS_HEADER_TIMEOUT",
-                    Duration::from_secs(10),
-                )?,
-                max_connections: number(&lookup, "INGRESS_MAX_CONNECTIONS", 1024)?,
-                ..ServerLimits::default()
-            },
+            limits: server_limits(&lookup, "INGRESS_HEADER_TIMEOUT", "INGRESS_MAX_CONNECTIONS")?,
             log_format: log_format(&lookup)?,
         })
     }
@@ -90,17 +82,9 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
+    use telemetry::settings::lookup_from as lookup;
 
     use super::*;
-
-    fn lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
-            .collect();
-        move |name| map.get(name).cloned()
-    }
 
     const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 

@@ -89,6 +89,31 @@ pub fn socket_addr(
     })
 }
 
+/// The HTTP server's limits: `header_timeout` (the time a client has to send its request
+/// headers, default 10s) and `max_connections` (connections served at once, default 1024), each
+/// the name of its variable.
+pub fn server_limits(
+    lookup: &impl Fn(&str) -> Option<String>,
+    header_timeout: &'static str,
+    max_connections: &'static str,
+) -> Result<crate::ops::ServerLimits, InvalidSetting> {
+    let defaults = crate::ops::ServerLimits::default();
+    Ok(crate::ops::ServerLimits {
+        header_read_timeout: duration(lookup, header_timeout, defaults.header_read_timeout)?,
+        max_connections: number(lookup, max_connections, defaults.max_connections)?,
+        ..defaults
+    })
+}
+
+/// A lookup over fixed pairs, for tests of the `from_lookup` constructors.
+pub fn lookup_from(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
+    let map: std::collections::HashMap<String, String> = pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    move |name| map.get(name).cloned()
+}
+
 /// `LOG_FORMAT`: `plain` (default) or `json`.
 pub fn log_format(
     lookup: &impl Fn(&str) -> Option<String>,

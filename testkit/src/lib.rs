@@ -274,6 +274,34 @@ where
     }
 }
 
+/// Connects to `addr` (`host:port`), sends a request head that never ends, and returns whether
+/// the server hung up within `wait`, and after how long (the header timeout's test).
+pub async fn slow_client_is_disconnected(addr: &str, wait: Duration) -> (bool, Duration) {
+    use std::io::{Read, Write};
+    let addr = addr.trim_start_matches("http://").to_owned();
+    let started = std::time::Instant::now();
+    let closed = tokio::task::spawn_blocking(move || {
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n")
+            .unwrap();
+        stream.set_read_timeout(Some(wait)).unwrap();
+        let mut buf = [0u8; 256];
+        // Either a 408 and then EOF, or EOF at once; a read timeout means the client was kept.
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+                Err(_) => return false,
+            }
+        }
+    })
+    .await
+    .unwrap();
+    (closed, started.elapsed())
+}
+
 /// Everything an exited child wrote to its piped stdout and stderr.
 pub fn child_output(child: &mut std::process::Child) -> String {
     use std::io::Read;

@@ -255,3 +255,14 @@ async fn run_until_stopped_returns_once_shutdown_fires() {
         "still accepting after shutdown"
     );
 }
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_headers_is_disconnected_after_api_header_timeout() {
+    let app = spawn_app_with(&[("API_HEADER_TIMEOUT", "1s")]).await;
+    let (closed, after) =
+        testkit::slow_client_is_disconnected(&app.address, std::time::Duration::from_secs(10))
+            .await;
+    assert!(closed, "the slow client was not disconnected");
+    // The default is 10 s: a disconnect this early comes from the setting.
+    assert!(after < std::time::Duration::from_secs(5), "took {after:?}");
+}

@@ -200,39 +200,11 @@ async fn health_readiness_and_metrics_answer_and_request_ids_are_echoed() {
 
 #[tokio::test]
 async fn a_client_that_never_finishes_its_headers_is_disconnected_after_the_header_timeout() {
-    use std::{
-        io::{Read, Write},
-        time::{Duration, Instant},
-    };
     let app = spawn_app(&[("INGRESS_HEADER_TIMEOUT", "1s")]).await;
-    let addr = app.address.trim_start_matches("http://").to_owned();
-    let started = Instant::now();
-    let closed = tokio::task::spawn_blocking(move || {
-        let mut stream = std::net::TcpStream::connect(addr).unwrap();
-        stream
-            .write_all(b"POST /webhooks/clerk HTTP/1.1\r\nhost: x\r\n")
-            .unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        let mut buf = [0u8; 256];
-        // Either a 408 and then EOF, or EOF at once; a timeout here means the slow client was kept.
-        loop {
-            match stream.read(&mut buf) {
-                Ok(0) => return true,
-                Ok(_) => continue,
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
-                Err(_) => return false,
-            }
-        }
-    })
-    .await
-    .unwrap();
+    let (closed, after) =
+        testkit::slow_client_is_disconnected(&app.address, std::time::Duration::from_secs(10))
+            .await;
     assert!(closed, "the slow client was not disconnected");
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "took {:?}",
-        started.elapsed()
-    );
+    assert!(after < std::time::Duration::from_secs(5), "took {after:?}");
     app.stop().await;
 }
