@@ -331,7 +331,7 @@ impl Report {
                 let best = self.run_at(c)?;
                 let value = json!({
                     "best": ratio(best.load.accepted_per_s(), broker),
-                    "median_of_medians": self.median_ratio_at(c).map(|x| round(x, 4)),
+                    "median_against_median": self.median_ratio_at(c).map(|x| round(x, 4)),
                 });
                 Some((c.to_string(), value))
             })
