@@ -173,6 +173,9 @@ async fn a_broker_cut_and_restored_is_survived_by_the_same_worker_process() {
     worker.stop().await;
 }
 
+/// Users (three events each) of the SIGKILL test.
+const KILL_USERS: usize = 500;
+
 struct KillOnDrop(Child);
 
 impl Drop for KillOnDrop {
@@ -205,7 +208,10 @@ fn start_worker_process(db: &TestDb, broker: &TestBroker) -> KillOnDrop {
 async fn a_worker_killed_with_sigkill_mid_stream_is_finished_by_a_restarted_one() {
     let db = TestDb::migrated().await;
     let broker = TestBroker::new().await;
-    let (mut events, expected) = stream("kill", 100, 3);
+    // Enough events that the worker is still busy when it is killed: a worker that batches
+    // applies a few hundred in a blink.
+    let (mut events, expected) = stream("kill", KILL_USERS, 3);
+    let total = events.len() as i64;
     events.shuffle(&mut StdRng::seed_from_u64(7));
     for (id, body) in &events {
         broker.publish_event(id, body).await;
@@ -224,14 +230,14 @@ async fn a_worker_killed_with_sigkill_mid_stream_is_finished_by_a_restarted_one(
     first.0.wait().unwrap();
     let done_before = scalar(&db.conn, "SELECT count(*) FROM processed_events").await;
     assert!(
-        done_before < 300,
+        done_before < total,
         "killed too late to test anything ({done_before} done)"
     );
     let _second = start_worker_process(&db, &broker);
 
     wait_for_users(&db.conn, &expected, Duration::from_secs(60)).await;
     eventually(Duration::from_secs(30), "every event settled", || async {
-        (scalar(&db.conn, "SELECT count(*) FROM processed_events").await == 300
+        (scalar(&db.conn, "SELECT count(*) FROM processed_events").await == total
             && broker.total_ready().await == 0)
             .then_some(())
     })

@@ -161,7 +161,19 @@ async fn failures_in_ingress_and_worker_never_log_a_secret_key_or_token() {
             .status(),
         200
     );
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The database stays cut until the worker has logged a retry (a fixed pause was too short
+    // when the machine was busy: the event then came after the cut and nothing failed).
+    eventually(
+        Duration::from_secs(30),
+        "a transient failure logged while the database is cut",
+        || async {
+            let logs = capture.0.lock().unwrap();
+            String::from_utf8_lossy(&logs)
+                .contains("transient failure")
+                .then_some(())
+        },
+    )
+    .await;
     proxy.restore();
     eventually(Duration::from_secs(30), "the event applied", || async {
         (scalar(
