@@ -81,7 +81,7 @@ pub(crate) async fn handle(
             let svix_id = verify::message_id(request.headers())
                 .unwrap_or_default()
                 .to_owned();
-            let result = accept(&state, request).await;
+            let result = accept(&state, request, &svix_id).await;
             let outcome = match &result {
                 Ok(_) => "accepted",
                 Err(error) => error.code(),
@@ -135,8 +135,13 @@ pub(crate) async fn handle(
     }
 }
 
-/// Verifies, then publishes; `Ok` once the broker confirmed.
-async fn accept(state: &State, request: Request<Incoming>) -> Result<(), IngressError> {
+/// Verifies, then publishes with `svix_id` (the request's `svix-id`) as message id; `Ok` once
+/// the broker confirmed.
+async fn accept(
+    state: &State,
+    request: Request<Incoming>,
+    svix_id: &str,
+) -> Result<(), IngressError> {
     let (parts, body) = request.into_parts();
     // Cheap checks first: nothing is read from a request that is refused anyway.
     verify::check_headers_present(&parts.headers)?;
@@ -146,7 +151,6 @@ async fn accept(state: &State, request: Request<Incoming>) -> Result<(), Ingress
     let body = read_body(body, state.body_limit, state.body_timeout).await?;
     state.secrets.verify(&body, &parts.headers)?;
 
-    let svix_id = verify::message_id(&parts.headers).unwrap_or_default();
     let started = Instant::now();
     state
         .publisher

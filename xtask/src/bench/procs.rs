@@ -84,12 +84,7 @@ impl Cleanup {
     /// more: 50,000 messages left in a quorum queue weigh on the broker's later runs). What
     /// cannot be deleted now stays tracked for the final clean-up.
     pub async fn delete_topology_now(&mut self, topology: &Topology) {
-        let mut names: Vec<(String, bool)> = topology
-            .all_queues()
-            .into_iter()
-            .map(|q| (q, false))
-            .collect();
-        names.push((topology.exchange().to_owned(), true));
+        let names = amqp_names(topology);
         if matches!(delete_amqp(&self.amqp_url, &names).await, Ok(failed) if failed.is_empty()) {
             self.topologies.retain(|t| t != topology);
         }
@@ -261,8 +256,7 @@ impl Drop for Cleanup {
             }
             let mut names: Vec<(String, bool)> = queues.into_iter().map(|q| (q, false)).collect();
             for topology in &topologies {
-                names.extend(topology.all_queues().into_iter().map(|q| (q, false)));
-                names.push((topology.exchange().to_owned(), true));
+                names.extend(amqp_names(topology));
             }
             if !names.is_empty() {
                 match delete_amqp(&amqp_url, &names).await {
@@ -330,6 +324,17 @@ fn admin_options(server: &PgServer) -> ConnectOptions {
 }
 
 /// Deletes queues (`false`) and exchanges (`true`); returns the ones that could not be deleted.
+/// A prefix's queues and exchange, as [`delete_amqp`] takes them (`true`: an exchange).
+fn amqp_names(topology: &Topology) -> Vec<(String, bool)> {
+    let mut names: Vec<(String, bool)> = topology
+        .all_queues()
+        .into_iter()
+        .map(|q| (q, false))
+        .collect();
+    names.push((topology.exchange().to_owned(), true));
+    names
+}
+
 async fn delete_amqp(url: &str, names: &[(String, bool)]) -> anyhow::Result<Vec<String>> {
     let connection = Connection::connect(url, ConnectionProperties::default()).await?;
     let mut failed = Vec::new();
