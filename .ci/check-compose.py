@@ -54,6 +54,41 @@ ours = {v for v in named if not v.startswith(("POSTGRES_", "RABBITMQ_"))}
 for var in sorted(ours - read - {"LOG_FORMAT"}):
     errors.append(f"docker-compose.yml sets {var}, which no code reads")
 
+# Local settings files hold secrets (the quick start has users create .env): git must not track
+# them and `docker build` (COPY . .) must not copy them into the build stage.
+import fnmatch
+import subprocess
+
+for name in (".env", ".env.local", ".env.production"):
+    ignored_by_git = subprocess.run(
+        ["git", "-C", str(root), "check-ignore", "-q", "--no-index", name]
+    ).returncode == 0
+    if not ignored_by_git:
+        errors.append(f".gitignore does not ignore {name}")
+if subprocess.run(["git", "-C", str(root), "check-ignore", "-q", "--no-index", ".env.example"]).returncode == 0:
+    errors.append(".gitignore ignores .env.example, the template users copy")
+
+
+def docker_ignored(name):
+    """Whether .dockerignore excludes `name` (last matching pattern wins; `!` re-includes)."""
+    verdict = False
+    for line in (root / ".dockerignore").read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        negate = line.startswith("!")
+        pattern = line[1:] if negate else line
+        if fnmatch.fnmatch(name, pattern):
+            verdict = not negate
+    return verdict
+
+
+for name in (".env", ".env.local", ".env.production"):
+    if not docker_ignored(name):
+        errors.append(f".dockerignore does not exclude {name} from the build context")
+if docker_ignored(".env.example"):
+    errors.append(".dockerignore excludes .env.example")
+
 if errors:
     print("\n".join(errors))
     sys.exit(1)

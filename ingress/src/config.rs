@@ -11,6 +11,11 @@ use telemetry::{
 
 use crate::verify::{SecretError, Secrets};
 
+/// The default `INGRESS_BODY_LIMIT`: 256 KiB. Clerk's largest user payloads (many external
+/// accounts, metadata) are a few tens of KB; memory held by bodies is bounded by
+/// `INGRESS_MAX_CONNECTIONS` × this limit.
+pub const DEFAULT_BODY_LIMIT: usize = 256 * 1024;
+
 /// Everything the ingress needs to run.
 #[derive(Debug)]
 pub struct Config {
@@ -24,7 +29,8 @@ pub struct Config {
     pub topology: Topology,
     /// `PUBLISH_TIMEOUT` (default `5s`) and `PUBLISH_CHANNELS` (default 2).
     pub publisher: PublisherOptions,
-    /// `INGRESS_BODY_LIMIT`: largest accepted body in bytes (default 1 MiB).
+    /// `INGRESS_BODY_LIMIT`: largest accepted body in bytes (default 256 KiB: a Clerk user with many
+    /// accounts is a few tens of KB).
     pub body_limit: usize,
     /// `INGRESS_BODY_TIMEOUT`: time a client has to send the body (default `10s`).
     pub body_timeout: Duration,
@@ -72,7 +78,7 @@ impl Config {
                 channels: number(&lookup, "PUBLISH_CHANNELS", 2)?,
                 publish_timeout: duration(&lookup, "PUBLISH_TIMEOUT", Duration::from_secs(5))?,
             },
-            body_limit: number(&lookup, "INGRESS_BODY_LIMIT", 1024 * 1024)?,
+            body_limit: number(&lookup, "INGRESS_BODY_LIMIT", DEFAULT_BODY_LIMIT)?,
             body_timeout: duration(&lookup, "INGRESS_BODY_TIMEOUT", Duration::from_secs(10))?,
             limits: server_limits(&lookup, "INGRESS_HEADER_TIMEOUT", "INGRESS_MAX_CONNECTIONS")?,
             log_format: log_format(&lookup)?,
@@ -93,7 +99,7 @@ mod tests {
         let config =
             Config::from_lookup(lookup(&[("CLERK_WEBHOOK_SECRET", SECRET)])).expect("valid config");
         assert_eq!(config.addr.to_string(), "127.0.0.1:8080");
-        assert_eq!(config.body_limit, 1024 * 1024);
+        assert_eq!(config.body_limit, 256 * 1024);
         assert_eq!(
             config.broker.urls,
             vec![BrokerConfig::DEFAULT_URL.to_string()]
