@@ -23,7 +23,7 @@ psql -h 127.0.0.1 -U postgres -q "$db" -c "INSERT INTO users (id, clerk_user_id,
   VALUES ('00000000-0000-0000-0000-000000000001', 'user_schemathesis', 'st@example.com', 'St', 1)"
 
 DATABASE_URL="postgres://postgres@127.0.0.1:5432/$db" API_ADDR="127.0.0.1:$port" \
-  API_SERVICE_KEYS=schemathesis-key \
+  API_SERVICE_KEYS=schemathesis-key-0123456789abcdef0123 \
   TOKEN_ENCRYPTION_KEY=MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY= \
   CLERK_SECRET_KEY=sk_test_schemathesis CLERK_API_URL=http://127.0.0.1:9 RUST_LOG=warn \
   target/debug/api &
@@ -34,6 +34,6 @@ for _ in $(seq 1 100); do
 done
 
 schemathesis run "http://127.0.0.1:$port/openapi.json" \
-  -H "Authorization: Bearer schemathesis-key" \
+  -H "Authorization: Bearer schemathesis-key-0123456789abcdef0123" \
   --checks not_a_server_error,response_schema_conformance \
   --max-examples 50 --seed 20261123

@@ -4,7 +4,21 @@
 //! The token comes from `Authorization: Bearer …`, or for session JWTs from the `__session`
 //! cookie Clerk sets. Session JWTs are accepted only when signed with RS256 by the configured
 //! key; `exp`, `nbf` and `iat` are checked with Clerk's 5 s clock skew, and `azp` against
-//! `CLERK_AUTHORIZED_PARTIES` when that is set. Clerk's tokens carry no `aud`.
+//! `CLERK_AUTHORIZED_PARTIES` when that is set.
+//!
+//! Only *session* tokens pass. Clerk signs JWT-template tokens (`getToken({ template })`, custom
+//! claims, lifetimes up to years, handed to third parties such as databases) with the same
+//! instance key, so the signature alone does not tell them apart. Clerk documents the default
+//! session token (v2) as carrying `sub`, `sid` (the session id), `iss` (the instance's Frontend
+//! API URL), `azp`, `exp`, `iat`, `nbf`, `v` and optional `sts`, `fva`, `o`, `pla`, `fea`, with a
+//! lifetime of 60 seconds and no `aud` (clerk-docs, "Session tokens";
+//! `../shared/reference/clerk-webhooks.md` §6 and §10). Template tokens carry no `sid` unless the
+//! template copies one in, and usually set `aud`. Newer instances also mark the category in the
+//! JOSE header (`cat`; clerk/javascript `packages/backend/src/tokens/jwtCategories.ts`: session
+//! `cl_B7d4PD111AAA`, JWT template `cl_B7d4PD222AAA`). So a token is refused when its header
+//! names another category, when it has no `sid`,
+//! when it has an `aud`, when its `iss` is not `CLERK_ISSUER` (if set), or when it lives longer
+//! than [`MAX_SESSION_LIFETIME_SECS`].
 
 use std::sync::Arc;
 
@@ -12,21 +26,49 @@ use axum::extract::FromRequestParts;
 use http::{HeaderMap, header, request::Parts};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
 use serde::Deserialize;
-use subtle::{Choice, ConstantTimeEq};
+use subtle::ConstantTimeEq;
 
 use crate::{error::ApiError, state::AppState};
 
 /// Clerk's clock skew allowance for `exp`, `nbf` and `iat`.
 const CLOCK_SKEW_SECS: i64 = 5;
 
+/// The longest `exp - iat` a session token may have. Clerk's session tokens live 60 seconds and
+/// are refreshed by the frontend SDK; the bound leaves room for that and refuses long-lived
+/// template tokens, whose lifetime is set per template (up to years).
+pub const MAX_SESSION_LIFETIME_SECS: i64 = 300;
+
 /// The cookie Clerk's frontend SDKs keep the session JWT in.
 const SESSION_COOKIE: &str = "__session";
+
+/// What a service key may do (`API_SERVICE_KEYS` entries `read:<key>`, `tokens:<key>`, or a
+/// bare `<key>` for everything).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Scope {
+    /// Read users and calendar connections (never tokens); no changes.
+    Read,
+    /// `Read`, plus the calendar access tokens (`…/token`).
+    Tokens,
+    /// Everything: `Tokens`, plus `PATCH …/calendar-status`. What an unscoped key has.
+    Full,
+}
+
+impl Scope {
+    /// The scope's name in `API_SERVICE_KEYS`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Read => "read",
+            Self::Tokens => "tokens",
+            Self::Full => "full",
+        }
+    }
+}
 
 /// An authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Caller {
-    /// A trusted backend (one of `API_SERVICE_KEYS`): may read any user.
-    Service,
+    /// A trusted backend (one of `API_SERVICE_KEYS`): may read any user, within its scope.
+    Service { scope: Scope },
     /// A signed-in user: reaches only their own user and connections.
     User {
         /// The session JWT's `sub`: the Clerk user id.
@@ -38,8 +80,22 @@ impl Caller {
     /// Whether this caller may see the user with this Clerk id.
     pub fn may_see(&self, clerk_user_id: &str) -> bool {
         match self {
-            Self::Service => true,
+            Self::Service { .. } => true,
             Self::User { clerk_user_id: own } => own == clerk_user_id,
+        }
+    }
+
+    /// Whether this is a service key (of any scope).
+    pub fn is_service(&self) -> bool {
+        matches!(self, Self::Service { .. })
+    }
+
+    /// `Ok` for a service key with at least `needed`; else the 403 to answer.
+    pub fn require_service(&self, needed: Scope, what: &'static str) -> Result<(), ApiError> {
+        match self {
+            Self::Service { scope } if *scope >= needed => Ok(()),
+            Self::Service { .. } => Err(ApiError::Forbidden(what)),
+            Self::User { .. } => Err(ApiError::Forbidden(what)),
         }
     }
 }
@@ -65,6 +121,14 @@ pub enum AuthFailure {
     UnauthorizedParty,
     #[error("the session is pending (sign-in not complete)")]
     PendingSession,
+    #[error(
+        "the token is not a Clerk session token (it has no `sid`, or it has an `aud`: a JWT-template token?); send the token of `getToken()` without a template"
+    )]
+    NotASessionToken,
+    #[error("the session token was issued by another Clerk instance (`iss` is not CLERK_ISSUER)")]
+    WrongIssuer,
+    #[error("the token lives longer than a Clerk session token may (`exp - iat` over the bound)")]
+    LifetimeTooLong,
     #[error("the session token is malformed")]
     Malformed,
 }
@@ -89,6 +153,14 @@ struct SessionClaims {
     azp: Option<String>,
     #[serde(default)]
     sts: Option<String>,
+    /// The session id: every session token has one.
+    #[serde(default)]
+    sid: Option<String>,
+    /// Session tokens have none; any value (string or list) marks another kind of token.
+    #[serde(default)]
+    aud: Option<serde_json::Value>,
+    #[serde(default)]
+    iss: Option<String>,
 }
 
 /// Verifies Clerk session JWTs with the instance's public key. `Debug` hides the key.
@@ -96,6 +168,7 @@ pub struct JwtVerifier {
     key: DecodingKey,
     validation: Validation,
     authorized_parties: Vec<String>,
+    issuer: Option<String>,
 }
 
 impl std::fmt::Debug for JwtVerifier {
@@ -103,6 +176,7 @@ impl std::fmt::Debug for JwtVerifier {
         f.debug_struct("JwtVerifier")
             .field("key", &"[redacted]")
             .field("authorized_parties", &self.authorized_parties)
+            .field("issuer", &self.issuer)
             .finish()
     }
 }
@@ -110,8 +184,12 @@ impl std::fmt::Debug for JwtVerifier {
 impl JwtVerifier {
     /// Parses `CLERK_JWT_KEY` (a `BEGIN PUBLIC KEY` PEM; literal `\n` sequences, as env files
     /// often hold them, are turned into line breaks). With `authorized_parties` non-empty, a
-    /// token's `azp` must be present and one of them.
-    pub fn from_pem(pem: &str, authorized_parties: Vec<String>) -> Result<Self, JwtKeyError> {
+    /// token's `azp` must be present and one of them; with `issuer` set, its `iss` must be it.
+    pub fn from_pem(
+        pem: &str,
+        authorized_parties: Vec<String>,
+        issuer: Option<String>,
+    ) -> Result<Self, JwtKeyError> {
         let pem = pem.trim().trim_matches('"').replace("\\n", "\n");
         let key = DecodingKey::from_rsa_pem(pem.as_bytes()).map_err(|_| JwtKeyError)?;
         // RS256 only: the algorithm list is what stops `none`, HS256-with-the-public-key and
@@ -120,9 +198,9 @@ impl JwtVerifier {
         validation.leeway = CLOCK_SKEW_SECS.unsigned_abs();
         validation.validate_exp = true;
         validation.validate_nbf = true;
-        // Clerk's session tokens have no `aud`.
+        // Clerk's session tokens have no `aud`; a token with one is refused below.
         validation.validate_aud = false;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.set_required_spec_claims(&["exp", "sub", "iat"]);
         Ok(Self {
             key,
             validation,
@@ -130,11 +208,15 @@ impl JwtVerifier {
                 .into_iter()
                 .map(|p| p.trim_end_matches('/').to_owned())
                 .collect(),
+            issuer: issuer.map(|i| i.trim().trim_end_matches('/').to_owned()),
         })
     }
 
     /// The Clerk user id of a valid session token.
     pub fn verify(&self, token: &str) -> Result<String, AuthFailure> {
+        if !session_category(token) {
+            return Err(AuthFailure::NotASessionToken);
+        }
         let data = jsonwebtoken::decode::<SessionClaims>(token, &self.key, &self.validation)
             .map_err(|e| match e.kind() {
                 ErrorKind::ExpiredSignature => AuthFailure::Expired,
@@ -156,6 +238,20 @@ impl JwtVerifier {
         {
             return Err(AuthFailure::NotYetValid);
         }
+        // A session token, not a JWT-template token signed with the same key.
+        if claims.aud.is_some() || claims.sid.as_deref().is_none_or(str::is_empty) {
+            return Err(AuthFailure::NotASessionToken);
+        }
+        let iat = claims.iat.ok_or(AuthFailure::Malformed)?;
+        if claims.exp.saturating_sub(iat) > MAX_SESSION_LIFETIME_SECS {
+            return Err(AuthFailure::LifetimeTooLong);
+        }
+        if let Some(issuer) = &self.issuer {
+            let iss = claims.iss.as_deref().map(|i| i.trim_end_matches('/'));
+            if iss != Some(issuer.as_str()) {
+                return Err(AuthFailure::WrongIssuer);
+            }
+        }
         if !self.authorized_parties.is_empty() {
             let listed = claims.azp.as_deref().is_some_and(|azp| {
                 let azp = azp.trim_end_matches('/');
@@ -176,8 +272,31 @@ impl JwtVerifier {
     }
 }
 
-/// The keys of trusted backends. `Debug` shows only how many there are.
-pub struct ServiceKeys(Vec<Vec<u8>>);
+/// The shortest service key accepted: 32 characters (`openssl rand -base64 32` gives 44).
+pub const MIN_SERVICE_KEY_LEN: usize = 32;
+
+/// The placeholder `.env.example` ships; a copy left unedited must not open the API.
+const PLACEHOLDER_KEY: &str = "replace_with_a_long_random_key";
+
+/// An `API_SERVICE_KEYS` entry that cannot be used. Never carries the key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ServiceKeyError {
+    #[error(
+        "API_SERVICE_KEYS: key {position} is shorter than {MIN_SERVICE_KEY_LEN} characters; generate one with `openssl rand -base64 32`"
+    )]
+    TooShort { position: usize },
+    #[error(
+        "API_SERVICE_KEYS: key {position} is the placeholder from .env.example; generate one with `openssl rand -base64 32`"
+    )]
+    Placeholder { position: usize },
+    #[error(
+        "API_SERVICE_KEYS: key {position} has an unknown scope {scope:?}; use `read:<key>`, `tokens:<key>` or a bare key (full rights)"
+    )]
+    UnknownScope { position: usize, scope: String },
+}
+
+/// The keys of trusted backends, each with its scope. `Debug` shows only how many there are.
+pub struct ServiceKeys(Vec<(Vec<u8>, Scope)>);
 
 impl std::fmt::Debug for ServiceKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -186,14 +305,38 @@ impl std::fmt::Debug for ServiceKeys {
 }
 
 impl ServiceKeys {
-    /// The given keys (blank ones dropped).
-    pub fn new(keys: Vec<String>) -> Self {
-        Self(
-            keys.into_iter()
-                .filter(|k| !k.trim().is_empty())
-                .map(String::into_bytes)
-                .collect(),
-        )
+    /// Parses `API_SERVICE_KEYS` entries (blank ones dropped): `read:<key>`, `tokens:<key>` or a
+    /// bare `<key>` (full rights). Keys shorter than [`MIN_SERVICE_KEY_LEN`] and the
+    /// `.env.example` placeholder are refused.
+    pub fn parse(entries: Vec<String>) -> Result<Self, ServiceKeyError> {
+        let mut keys = Vec::new();
+        for (i, entry) in entries
+            .iter()
+            .map(|e| e.trim())
+            .filter(|e| !e.is_empty())
+            .enumerate()
+        {
+            let position = i + 1;
+            let (scope, key) = match entry.split_once(':') {
+                Some(("read", key)) => (Scope::Read, key),
+                Some(("tokens", key)) => (Scope::Tokens, key),
+                Some((scope, _)) if scope.chars().all(|c| c.is_ascii_alphabetic()) => {
+                    return Err(ServiceKeyError::UnknownScope {
+                        position,
+                        scope: scope.chars().take(20).collect(),
+                    });
+                }
+                _ => (Scope::Full, entry),
+            };
+            if key == PLACEHOLDER_KEY {
+                return Err(ServiceKeyError::Placeholder { position });
+            }
+            if key.chars().count() < MIN_SERVICE_KEY_LEN {
+                return Err(ServiceKeyError::TooShort { position });
+            }
+            keys.push((key.as_bytes().to_vec(), scope));
+        }
+        Ok(Self(keys))
     }
 
     /// Whether no key is configured.
@@ -201,14 +344,17 @@ impl ServiceKeys {
         self.0.is_empty()
     }
 
-    /// Whether `token` is one of the keys. Every key is compared, each in constant time.
-    pub fn matches(&self, token: &str) -> bool {
+    /// The scope of `token` if it is one of the keys. Every key is compared, each in constant
+    /// time, whatever matches.
+    pub fn scope_of(&self, token: &str) -> Option<Scope> {
         let token = token.as_bytes();
-        let mut found = Choice::from(0);
-        for key in &self.0 {
-            found |= key.as_slice().ct_eq(token);
+        let mut found = None;
+        for (key, scope) in &self.0 {
+            if bool::from(key.as_slice().ct_eq(token)) {
+                found = Some(*scope);
+            }
         }
-        found.into()
+        found
     }
 }
 
@@ -229,8 +375,8 @@ impl Authenticator {
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, AuthFailure> {
         if let Some(value) = headers.get(header::AUTHORIZATION) {
             let token = bearer(value.as_bytes()).ok_or(AuthFailure::NotBearer)?;
-            if self.service_keys.matches(token) {
-                return Ok(Caller::Service);
+            if let Some(scope) = self.service_keys.scope_of(token) {
+                return Ok(Caller::Service { scope });
             }
             return self.session(token);
         }
@@ -249,6 +395,32 @@ impl Authenticator {
         jwt.verify(token)
             .map(|clerk_user_id| Caller::User { clerk_user_id })
     }
+}
+
+/// Clerk's JOSE header `cat` (token category) of session tokens. Newer instances mark every
+/// token they sign with its category (session, JWT template, machine); older tokens have none.
+const SESSION_CATEGORY: &str = "cl_B7d4PD111AAA";
+
+/// Whether the token's header does not mark it as another category than a session token (a
+/// header without `cat` passes: the claims decide).
+fn session_category(token: &str) -> bool {
+    #[derive(Deserialize)]
+    struct CategoryHeader {
+        #[serde(default)]
+        cat: Option<String>,
+    }
+    use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+    let Some(header) = token.split('.').next() else {
+        return true;
+    };
+    // A header that cannot be read is refused by the full verification.
+    let Ok(bytes) = URL_SAFE_NO_PAD.decode(header.trim_end_matches('=')) else {
+        return true;
+    };
+    serde_json::from_slice::<CategoryHeader>(&bytes)
+        .ok()
+        .and_then(|h| h.cat)
+        .is_none_or(|cat| cat == SESSION_CATEGORY)
 }
 
 /// The token of `Bearer <token>` (scheme case-insensitive).
@@ -292,15 +464,41 @@ mod tests {
 
     use super::*;
 
+    const ALPHA: &str = "alpha-0123456789abcdef0123456789abcdef";
+    const BETA: &str = "beta-0123456789abcdef0123456789abcdef";
+
     #[test]
-    fn service_keys_match_exactly() {
-        let keys = ServiceKeys::new(vec!["alpha".into(), "".into(), "beta-key".into()]);
-        assert!(keys.matches("alpha"));
-        assert!(keys.matches("beta-key"));
-        assert!(!keys.matches("alph"));
-        assert!(!keys.matches("alphaa"));
-        assert!(!keys.matches(""));
+    fn service_keys_match_exactly_with_their_scope() {
+        let keys = ServiceKeys::parse(vec![ALPHA.into(), "".into(), format!("read:{BETA}")])
+            .expect("keys");
+        assert_eq!(keys.scope_of(ALPHA), Some(Scope::Full));
+        assert_eq!(keys.scope_of(BETA), Some(Scope::Read));
+        assert_eq!(keys.scope_of(&format!("read:{BETA}")), None);
+        assert_eq!(keys.scope_of(&ALPHA[..ALPHA.len() - 1]), None);
+        assert_eq!(keys.scope_of(&format!("{ALPHA}a")), None);
+        assert_eq!(keys.scope_of(""), None);
         assert_eq!(format!("{keys:?}"), "ServiceKeys(2 configured)");
+        let tokens = ServiceKeys::parse(vec![format!("tokens:{ALPHA}")]).expect("keys");
+        assert_eq!(tokens.scope_of(ALPHA), Some(Scope::Tokens));
+    }
+
+    #[test]
+    fn short_placeholder_and_unknown_scope_keys_are_refused_without_echoing_them() {
+        let short =
+            ServiceKeys::parse(vec![ALPHA.into(), "hunter2-short".into()]).expect_err("short");
+        assert_eq!(short, ServiceKeyError::TooShort { position: 2 });
+        assert!(!short.to_string().contains("hunter2"), "{short}");
+        let scoped_short = ServiceKeys::parse(vec!["read:hunter2".into()]).expect_err("short");
+        assert_eq!(scoped_short, ServiceKeyError::TooShort { position: 1 });
+        let placeholder =
+            ServiceKeys::parse(vec![PLACEHOLDER_KEY.into()]).expect_err("placeholder");
+        assert!(
+            placeholder.to_string().contains(".env.example"),
+            "{placeholder}"
+        );
+        let unknown = ServiceKeys::parse(vec![format!("admin:{ALPHA}")]).expect_err("scope");
+        assert!(unknown.to_string().contains("\"admin\""), "{unknown}");
+        assert!(!unknown.to_string().contains(ALPHA), "{unknown}");
     }
 
     #[test]
@@ -319,15 +517,21 @@ mod tests {
 
     #[test]
     fn a_service_key_in_the_cookie_is_not_a_service_caller() {
-        let auth = Authenticator::new(None, ServiceKeys::new(vec!["svc".into()]));
+        let auth = Authenticator::new(None, ServiceKeys::parse(vec![ALPHA.into()]).expect("key"));
         let mut headers = HeaderMap::new();
-        headers.insert(header::COOKIE, HeaderValue::from_static("__session=svc"));
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_str(&format!("__session={ALPHA}")).expect("header"),
+        );
         assert_eq!(auth.authenticate(&headers), Err(AuthFailure::Unrecognised));
         headers.insert(
             header::AUTHORIZATION,
-            HeaderValue::from_static("Bearer svc"),
+            HeaderValue::from_str(&format!("Bearer {ALPHA}")).expect("header"),
         );
-        assert_eq!(auth.authenticate(&headers), Ok(Caller::Service));
+        assert_eq!(
+            auth.authenticate(&headers),
+            Ok(Caller::Service { scope: Scope::Full })
+        );
         assert_eq!(
             auth.authenticate(&HeaderMap::new()),
             Err(AuthFailure::Missing)

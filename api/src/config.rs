@@ -14,7 +14,7 @@ use telemetry::{
     settings::{InvalidSetting, duration, log_format, number, server_limits, socket_addr},
 };
 
-use crate::auth::{Authenticator, JwtKeyError, JwtVerifier, ServiceKeys};
+use crate::auth::{Authenticator, JwtKeyError, JwtVerifier, ServiceKeyError, ServiceKeys};
 
 /// The default `DATABASE_URL`.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@localhost:5432/clerk_sync";
@@ -29,7 +29,8 @@ pub struct Config {
     pub addr: SocketAddr,
     /// `DATABASE_URL` and `DATABASE_MAX_CONNECTIONS`.
     pub database: DatabaseSettings,
-    /// `CLERK_JWT_KEY`, `CLERK_AUTHORIZED_PARTIES` and `API_SERVICE_KEYS`: who may call.
+    /// `CLERK_JWT_KEY`, `CLERK_AUTHORIZED_PARTIES`, `CLERK_ISSUER` and `API_SERVICE_KEYS`: who
+    /// may call.
     pub auth: Authenticator,
     /// `API_CORS_ORIGINS`: browser origins allowed to call (comma separated; none: no CORS
     /// headers at all).
@@ -98,6 +99,8 @@ pub enum ConfigError {
     #[error(transparent)]
     JwtKey(#[from] JwtKeyError),
     #[error(transparent)]
+    ServiceKey(#[from] ServiceKeyError),
+    #[error(transparent)]
     TokenKey(#[from] KeyError),
     #[error("CLERK_API_URL or CLERK_SECRET_KEY cannot be used: {0}")]
     Clerk(#[from] ClerkError),
@@ -130,10 +133,25 @@ impl Config {
     /// Reads settings through `lookup`; tests pass a map.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let authorized_parties = list(lookup("CLERK_AUTHORIZED_PARTIES"));
-        let jwt = present(&lookup, "CLERK_JWT_KEY")
-            .map(|pem| JwtVerifier::from_pem(&pem, authorized_parties))
+        let issuer = present(&lookup, "CLERK_ISSUER")
+            .map(|iss| {
+                let trimmed = iss.trim();
+                if trimmed.starts_with("https://") || trimmed.starts_with("http://") {
+                    Ok(trimmed.to_owned())
+                } else {
+                    Err(InvalidSetting::new(
+                        "CLERK_ISSUER",
+                        format!(
+                            "{trimmed:?} is not a URL: use the instance's Frontend API URL, e.g. https://clerk.example.com"
+                        ),
+                    ))
+                }
+            })
             .transpose()?;
-        let service_keys = ServiceKeys::new(list(lookup("API_SERVICE_KEYS")));
+        let jwt = present(&lookup, "CLERK_JWT_KEY")
+            .map(|pem| JwtVerifier::from_pem(&pem, authorized_parties, issuer))
+            .transpose()?;
+        let service_keys = ServiceKeys::parse(list(lookup("API_SERVICE_KEYS")))?;
         if jwt.is_none() && service_keys.is_empty() {
             return Err(ConfigError::NoCallers);
         }
@@ -197,12 +215,15 @@ mod tests {
 
     use super::*;
 
+    /// A service key long enough to be accepted.
+    const K1: &str = "k1-0123456789abcdef0123456789abcdef";
+
     /// An RSA public key (2048 bits), for parsing only.
     const PEM: &str = "-----BEGIN PUBLIC KEY-----\nMIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAx0tAuSX7apyNlbyaz3Gm\nBsToYpAMHLkD88T55SV0mmqQbm7D3kjlsbzqCxdOkI4PxevJeHuhyI9kif+DQYLU\nkbrIu1crr0FiaMzfHzzCfDxgsAgsczk7Nj1yut7QtCLhUvwbDdvXg8KUjjjFMGHr\nYCFxIZx9zKuRx1XClnyZzkPLtELaZAeLoLSKk/OUURQhoFTTdoBmSRCZCb5L+ecu\nH9xn0a2R+CMQ9p3y0TDD9FsC5Xfbi5cdvrczV27/pazpCFG6+o/aN/VqmB4RzrTH\n1addSomIjMhCOv6Ds2WVEYnRp82squB49P+haeIfaKEfmGW/KyW42kIqxcOHDNgB\nNQIDAQAB\n-----END PUBLIC KEY-----\n";
 
     #[test]
     fn defaults_apply_when_only_a_service_key_is_set() {
-        let config = Config::from_lookup(lookup(&[("API_SERVICE_KEYS", "k1")])).expect("valid");
+        let config = Config::from_lookup(lookup(&[("API_SERVICE_KEYS", K1)])).expect("valid");
         assert_eq!(config.addr.to_string(), "127.0.0.1:8081");
         assert_eq!(config.database.url, DEFAULT_DATABASE_URL);
         assert_eq!(config.database.max_connections, 10);
@@ -212,11 +233,11 @@ mod tests {
 
     #[test]
     fn server_limits_default_and_can_be_set() {
-        let config = Config::from_lookup(lookup(&[("API_SERVICE_KEYS", "k1")])).expect("valid");
+        let config = Config::from_lookup(lookup(&[("API_SERVICE_KEYS", K1)])).expect("valid");
         assert_eq!(config.limits.header_read_timeout, Duration::from_secs(10));
         assert_eq!(config.limits.max_connections, 1024);
         let config = Config::from_lookup(lookup(&[
-            ("API_SERVICE_KEYS", "k1"),
+            ("API_SERVICE_KEYS", K1),
             ("API_HEADER_TIMEOUT", "3s"),
             ("API_MAX_CONNECTIONS", "64"),
         ]))
@@ -224,7 +245,7 @@ mod tests {
         assert_eq!(config.limits.header_read_timeout, Duration::from_secs(3));
         assert_eq!(config.limits.max_connections, 64);
         for (name, bad) in [("API_MAX_CONNECTIONS", "0"), ("API_HEADER_TIMEOUT", "soon")] {
-            let err = Config::from_lookup(lookup(&[("API_SERVICE_KEYS", "k1"), (name, bad)]))
+            let err = Config::from_lookup(lookup(&[("API_SERVICE_KEYS", K1), (name, bad)]))
                 .expect_err("invalid");
             assert!(err.to_string().contains(name), "{err}");
         }
@@ -257,7 +278,10 @@ mod tests {
     #[test]
     fn the_config_debug_output_hides_secrets() {
         let config = Config::from_lookup(lookup(&[
-            ("API_SERVICE_KEYS", "svc-hunter2,svc-swordfish"),
+            (
+                "API_SERVICE_KEYS",
+                "svc-hunter2-0123456789abcdef0123456789,read:svc-swordfish-0123456789abcdef012345",
+            ),
             ("CLERK_JWT_KEY", PEM),
             ("DATABASE_URL", "postgres://app:pa55word@db:5432/clerk_sync"),
             (
@@ -294,15 +318,37 @@ mod tests {
     }
 
     #[test]
+    fn a_short_or_placeholder_service_key_stops_the_start() {
+        for bad in ["short-key", "replace_with_a_long_random_key"] {
+            let err = Config::from_lookup(lookup(&[("API_SERVICE_KEYS", bad)])).expect_err(bad);
+            let message = err.to_string();
+            assert!(message.contains("API_SERVICE_KEYS"), "{message}");
+            assert!(!message.contains(bad), "{message}");
+        }
+    }
+
+    #[test]
+    fn clerk_issuer_must_be_a_url() {
+        let err = Config::from_lookup(lookup(&[("CLERK_JWT_KEY", PEM), ("CLERK_ISSUER", "clerk")]))
+            .expect_err("not a URL");
+        assert!(err.to_string().contains("CLERK_ISSUER"), "{err}");
+        Config::from_lookup(lookup(&[
+            ("CLERK_JWT_KEY", PEM),
+            ("CLERK_ISSUER", "https://clerk.example.com/"),
+        ]))
+        .expect("valid");
+    }
+
+    #[test]
     fn cors_origins_must_be_origins() {
         let err = Config::from_lookup(lookup(&[
-            ("API_SERVICE_KEYS", "k"),
+            ("API_SERVICE_KEYS", K1),
             ("API_CORS_ORIGINS", "app.example.com"),
         ]))
         .expect_err("no scheme");
         assert!(err.to_string().contains("API_CORS_ORIGINS"), "{err}");
         let config = Config::from_lookup(lookup(&[
-            ("API_SERVICE_KEYS", "k"),
+            ("API_SERVICE_KEYS", K1),
             (
                 "API_CORS_ORIGINS",
                 "https://app.example.com/, http://localhost:5173",

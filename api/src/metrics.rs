@@ -20,11 +20,13 @@ use tracing::Instrument;
 
 use crate::state::AppState;
 
-/// Labels of `clerk_sync_api_requests_total`.
+/// Labels of `clerk_sync_api_requests_total`. Every value comes from a fixed set: a label taken
+/// from the request as sent (hyper accepts any token as a method) would let anyone grow the
+/// series, and the memory and `/metrics` size with them, without limit.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    /// The HTTP method.
-    pub method: String,
+    /// The HTTP method if it is a standard one, else `other` (see [`method_label`]).
+    pub method: &'static str,
     /// The route template (`/users/{id}`), or `unmatched`.
     pub route: String,
     /// The response status code.
@@ -71,6 +73,26 @@ impl Metrics {
     }
 }
 
+/// The `method` label: a standard method's name, or `other` for any other token.
+pub fn method_label(method: &http::Method) -> &'static str {
+    use http::Method;
+    const STANDARD: [(Method, &str); 9] = [
+        (Method::GET, "GET"),
+        (Method::HEAD, "HEAD"),
+        (Method::POST, "POST"),
+        (Method::PUT, "PUT"),
+        (Method::PATCH, "PATCH"),
+        (Method::DELETE, "DELETE"),
+        (Method::OPTIONS, "OPTIONS"),
+        (Method::CONNECT, "CONNECT"),
+        (Method::TRACE, "TRACE"),
+    ];
+    STANDARD
+        .iter()
+        .find(|(m, _)| m == method)
+        .map_or("other", |(_, name)| name)
+}
+
 /// Request id, span, log line, metrics and `Cache-Control: no-store` (the answers are personal
 /// data or tokens) for every request.
 pub async fn observe(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
@@ -79,7 +101,7 @@ pub async fn observe(State(state): State<Arc<AppState>>, request: Request, next:
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = request.method().to_string();
+    let method = method_label(request.method());
     let span = tracing::info_span!(
         "request",
         request_id = %id.to_str().unwrap_or_default(),

@@ -9,8 +9,10 @@ use prometheus_client::{
 /// Labels of `clerk_sync_events_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EventLabels {
-    /// The Clerk event type (`user.created`, …; `unparseable` when unreadable).
-    pub event_type: String,
+    /// The Clerk event type if it is one the worker handles (`user.created`, …), `unparseable`
+    /// when the body has none, else `other`: a body's `type` is never a label value (see
+    /// [`event_type_label`]).
+    pub event_type: &'static str,
     /// `applied`, `skipped_stale`, `skipped_deleted`, `duplicate`, `ignored`, `retried`,
     /// `dead_lettered`.
     pub outcome: &'static str,
@@ -78,9 +80,57 @@ impl Metrics {
     pub fn count(&self, event_type: &str, outcome: &'static str) {
         self.events
             .get_or_create(&EventLabels {
-                event_type: event_type.to_owned(),
+                event_type: event_type_label(event_type),
                 outcome,
             })
             .inc();
+    }
+}
+
+/// Event types that are label values of their own; every other type counts as `other`. Only
+/// types from this fixed list can become series, so no payload can grow `/metrics`.
+pub const LABELLED_EVENT_TYPES: [&str; 4] = [
+    "user.created",
+    "user.updated",
+    "user.deleted",
+    "unparseable",
+];
+
+/// The `event_type` label of an event type as read from a body.
+pub fn event_type_label(event_type: &str) -> &'static str {
+    LABELLED_EVENT_TYPES
+        .iter()
+        .find(|known| **known == event_type)
+        .copied()
+        .unwrap_or("other")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_type_labels_come_from_a_fixed_set() {
+        assert_eq!(event_type_label("user.updated"), "user.updated");
+        assert_eq!(event_type_label("unparseable"), "unparseable");
+        assert_eq!(event_type_label("session.created"), "other");
+        assert_eq!(event_type_label("user.updated\"} 1\nevil"), "other");
+        let mut registry = Registry::default();
+        let metrics = Metrics::register(&mut registry);
+        for i in 0..500 {
+            metrics.count(&format!("random.{i}"), "ignored");
+        }
+        metrics.count("user.created", "applied");
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+        let series: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("clerk_sync_events_total{"))
+            .collect();
+        assert_eq!(
+            series.len(),
+            2,
+            "one series for all unknown types: {series:?}"
+        );
     }
 }

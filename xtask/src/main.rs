@@ -23,7 +23,7 @@ use testkit::events;
 /// The development webhook secret (never use it in production).
 const DEV_SECRET: &str = "whsec_ZGV2LW9ubHktd2ViaG9vay1zZWNyZXQtY2xlcmstc3luYw==";
 /// The development service key of the api.
-const DEV_SERVICE_KEY: &str = "dev-service-key";
+const DEV_SERVICE_KEY: &str = "dev-service-key-not-for-production-0001";
 /// The development token key (base64 of 32 bytes).
 const DEV_TOKEN_KEY: &str = "ZGV2LW9ubHktdG9rZW4ta2V5LWNsZXJrLXN5bmMtMzI=";
 

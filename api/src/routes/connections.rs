@@ -15,7 +15,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::{
-    auth::Caller,
+    auth::{Caller, Scope},
     error::{ApiError, ErrorBody},
     routes::users::{ProviderName, visible_user},
     state::AppState,
@@ -128,11 +128,10 @@ pub async fn access_token(
     caller: Caller,
     path: Result<Path<(Uuid, ProviderName)>, PathRejection>,
 ) -> Result<Json<AccessToken>, ApiError> {
-    if caller != Caller::Service {
-        return Err(ApiError::Forbidden(
-            "reading access tokens needs a service key",
-        ));
-    }
+    caller.require_service(
+        Scope::Tokens,
+        "reading access tokens needs a service key with the `tokens` scope (or an unscoped key)",
+    )?;
     let Path((id, provider)) = path?;
     let calendar = state
         .calendar

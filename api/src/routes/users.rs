@@ -20,7 +20,12 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use crate::{auth::Caller, error::ApiError, error::ErrorBody, state::AppState};
+use crate::{
+    auth::{Caller, Scope},
+    error::ApiError,
+    error::ErrorBody,
+    state::AppState,
+};
 
 /// A user as the frontend reads it.
 #[derive(Debug, Serialize, ToSchema)]
@@ -135,7 +140,7 @@ pub async fn me(
 ) -> Result<Json<User>, ApiError> {
     match caller {
         Caller::User { clerk_user_id } => Ok(Json(by_clerk_id(&state.db, &clerk_user_id).await?)),
-        Caller::Service => Err(ApiError::Forbidden(
+        Caller::Service { .. } => Err(ApiError::Forbidden(
             "a service key has no user of its own: use /users/{id} or /users/by-clerk-id/{clerk_user_id}",
         )),
     }
@@ -203,11 +208,7 @@ pub async fn find_user_by_email(
     caller: Caller,
     query: Result<Query<EmailQuery>, QueryRejection>,
 ) -> Result<Json<User>, ApiError> {
-    if caller != Caller::Service {
-        return Err(ApiError::Forbidden(
-            "looking users up by email needs a service key",
-        ));
-    }
+    caller.require_service(Scope::Read, "looking users up by email needs a service key")?;
     let Query(query) = query?;
     let email = query
         .email
@@ -242,6 +243,7 @@ pub async fn find_user_by_email(
         (status = 200, description = "The updated user", body = User),
         (status = 400, description = "Malformed JSON or id", body = ErrorBody),
         (status = 401, description = "No or invalid credentials", body = ErrorBody),
+        (status = 403, description = "A service key with the `read` or `tokens` scope", body = ErrorBody),
         (status = 404, description = "No such user, or another user's id with a session token", body = ErrorBody),
         (status = 409, description = "`connected: true` but no connected account of that provider exists", body = ErrorBody),
         (status = 415, description = "Not `Content-Type: application/json`", body = ErrorBody),
@@ -254,6 +256,12 @@ pub async fn update_calendar_status(
     id: Result<Path<Uuid>, PathRejection>,
     body: Result<Json<CalendarStatusUpdate>, JsonRejection>,
 ) -> Result<Json<User>, ApiError> {
+    if caller.is_service() {
+        caller.require_service(
+            Scope::Full,
+            "changing calendar status needs an unscoped service key (the `read` and `tokens` scopes cannot)",
+        )?;
+    }
     let Path(id) = id?;
     let Json(update) = body?;
     let provider = calendar::Provider::from(update.provider);

@@ -239,3 +239,105 @@ async fn with_only_service_keys_configured_session_tokens_are_401() {
         200
     );
 }
+
+#[tokio::test]
+async fn jwt_template_tokens_signed_with_the_instance_key_are_401() {
+    let app = spawn_app().await;
+    app.insert_user("user_ada", None).await;
+    // What a JWT template typically yields: the user as `sub`, an audience, custom claims, no
+    // session id, a long lifetime.
+    let mut with_aud = claims("user_ada");
+    with_aud["aud"] = json!("https://db.example.test");
+    let mut with_aud_list = claims("user_ada");
+    with_aud_list["aud"] = json!(["authenticated"]);
+    let mut no_sid = claims("user_ada");
+    no_sid.as_object_mut().unwrap().remove("sid");
+    let mut empty_sid = claims("user_ada");
+    empty_sid["sid"] = json!("");
+    let mut long_lived = claims("user_ada");
+    long_lived["exp"] = json!(now() + 86_400);
+    let mut no_iat = claims("user_ada");
+    no_iat.as_object_mut().unwrap().remove("iat");
+    let template = json!({
+        "sub": "user_ada", "aud": "convex", "email": "ada@example.test", "role": "authenticated",
+        "iss": "https://clerk.example.test", "iat": now() - 10, "nbf": now() - 10,
+        "exp": now() + 3600, "jti": "jti_template",
+    });
+
+    for (what, token_claims) in [
+        ("aud string", with_aud),
+        ("aud list", with_aud_list),
+        ("no sid", no_sid),
+        ("empty sid", empty_sid),
+        ("a day long", long_lived),
+        ("no iat", no_iat),
+        ("template", template),
+    ] {
+        let token = sign_with(&token_claims, &CLERK_KEYS);
+        let response = app.get("/me", Some(&token)).await;
+        assert_eq!(response.status(), 401, "{what}");
+        assert_error(response, 401, "unauthenticated").await;
+    }
+    // Clerk's token category in the JOSE header: a template category is refused even with
+    // session-like claims; the session category passes.
+    let categorised = |cat: &str| {
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some("ins_test".into());
+        let header_json = json!({"alg": "RS256", "typ": "JWT", "kid": "ins_test", "cat": cat});
+        let signed = jsonwebtoken::encode(
+            &header,
+            &claims("user_ada"),
+            &EncodingKey::from_rsa_pem(CLERK_KEYS.private_pem.as_bytes()).unwrap(),
+        )
+        .unwrap();
+        // Re-sign with the category in the header (jsonwebtoken's Header has no `cat`).
+        let (_, rest) = signed.split_once('.').unwrap();
+        let (payload, _) = rest.split_once('.').unwrap();
+        use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+        let header_b64 = URL_SAFE_NO_PAD.encode(header_json.to_string());
+        let message = format!("{header_b64}.{payload}");
+        let key = EncodingKey::from_rsa_pem(CLERK_KEYS.private_pem.as_bytes()).unwrap();
+        let signature =
+            jsonwebtoken::crypto::sign(message.as_bytes(), &key, Algorithm::RS256).unwrap();
+        format!("{message}.{signature}")
+    };
+    assert_error(
+        app.get("/me", Some(&categorised("cl_B7d4PD222AAA"))).await,
+        401,
+        "unauthenticated",
+    )
+    .await;
+    assert_eq!(
+        app.get("/me", Some(&categorised("cl_B7d4PD111AAA")))
+            .await
+            .status(),
+        200
+    );
+    // A real session token of the same user still passes, and lives up to the bound.
+    let mut five_minutes = claims("user_ada");
+    five_minutes["exp"] = json!(now() - 10 + 300);
+    for token_claims in [claims("user_ada"), five_minutes] {
+        let token = sign_with(&token_claims, &CLERK_KEYS);
+        assert_eq!(app.get("/me", Some(&token)).await.status(), 200);
+    }
+}
+
+#[tokio::test]
+async fn with_clerk_issuer_set_iss_must_match() {
+    let app = spawn_app_with(&[("CLERK_ISSUER", "https://clerk.example.test/")]).await;
+    app.insert_user("user_ada", None).await;
+    assert_eq!(
+        app.get("/me", Some(&session_token("user_ada")))
+            .await
+            .status(),
+        200
+    );
+    let mut other = claims("user_ada");
+    other["iss"] = json!("https://clerk.other-instance.test");
+    let mut missing = claims("user_ada");
+    missing.as_object_mut().unwrap().remove("iss");
+    for token_claims in [other, missing] {
+        let token = sign_with(&token_claims, &CLERK_KEYS);
+        assert_error(app.get("/me", Some(&token)).await, 401, "unauthenticated").await;
+    }
+}

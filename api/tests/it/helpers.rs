@@ -21,9 +21,13 @@ use testkit::TestDb;
 use uuid::Uuid;
 
 /// The service key every test app accepts.
-pub const SERVICE_KEY: &str = "svc-test-key-0123456789abcdef";
+pub const SERVICE_KEY: &str = "svc-test-key-0123456789abcdef0123456789";
 /// A second accepted service key (rotation).
-pub const SERVICE_KEY_2: &str = "svc-test-key-second";
+pub const SERVICE_KEY_2: &str = "svc-test-key-second-0123456789abcdef";
+/// A service key with the `read` scope (`read:<key>` in `API_SERVICE_KEYS`).
+pub const READ_KEY: &str = "svc-read-only-key-0123456789abcdef0123";
+/// A service key with the `tokens` scope.
+pub const TOKENS_KEY: &str = "svc-tokens-key-0123456789abcdef0123456";
 /// A base64 32-byte `TOKEN_ENCRYPTION_KEY`.
 pub const TOKEN_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 
@@ -155,7 +159,7 @@ fn base_settings(db: &TestDb) -> HashMap<String, String> {
         ("DATABASE_MAX_CONNECTIONS".into(), "4".into()),
         (
             "API_SERVICE_KEYS".into(),
-            format!("{SERVICE_KEY}, {SERVICE_KEY_2}"),
+            format!("{SERVICE_KEY}, {SERVICE_KEY_2}, read:{READ_KEY}, tokens:{TOKENS_KEY}"),
         ),
         // As env files hold it: one line with literal \n sequences.
         (

@@ -1,6 +1,6 @@
 //! Health, readiness, metrics, request ids, CORS and the fallback.
 
-use crate::helpers::{SERVICE_KEY, assert_error, spawn_app, spawn_app_with};
+use crate::helpers::{SERVICE_KEY, TestApp, assert_error, spawn_app, spawn_app_with};
 
 #[tokio::test]
 async fn health_and_readiness_answer_200_with_the_database_up() {
@@ -77,6 +77,65 @@ async fn metrics_count_requests_by_route_template_and_status() {
         "{text}"
     );
     assert!(!text.contains(&id.to_string()), "raw path in metrics");
+}
+
+/// Lines of `/metrics`.
+async fn metrics_lines(app: &TestApp) -> usize {
+    app.get("/metrics", None)
+        .await
+        .text()
+        .await
+        .unwrap()
+        .lines()
+        .count()
+}
+
+/// Random request methods and paths, as anyone on the network can send them.
+async fn send_random_requests(app: &TestApp, count: usize, seed: u64) {
+    use rand::{Rng, SeedableRng, distr::Alphanumeric, rngs::StdRng};
+    let mut rng = StdRng::seed_from_u64(seed);
+    for _ in 0..count {
+        let len = rng.random_range(1..12);
+        let token: String = (&mut rng)
+            .sample_iter(&Alphanumeric)
+            .take(len)
+            .map(char::from)
+            .collect();
+        let method = reqwest::Method::from_bytes(token.to_uppercase().as_bytes()).unwrap();
+        let path = match rng.random_range(0..3) {
+            0 => format!("/{token}/{}", rng.random::<u64>()),
+            1 => format!("/users/{}", uuid::Uuid::new_v4()),
+            _ => format!("/users/by-clerk-id/user_{}", rng.random::<u64>()),
+        };
+        let response = app
+            .client
+            .request(method, format!("{}{path}", app.address))
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_client_error(), "{}", response.status());
+    }
+}
+
+#[tokio::test]
+async fn random_methods_and_paths_do_not_grow_the_metrics() {
+    let app = spawn_app().await;
+    // The series these requests can make (method `other`, route `unmatched` or a template, a
+    // 4xx status) exist after a first round.
+    // The first read of `/metrics` makes its own series.
+    send_random_requests(&app, 200, 1).await;
+    metrics_lines(&app).await;
+    let before = metrics_lines(&app).await;
+
+    send_random_requests(&app, 2_000, 2).await;
+
+    let after = metrics_lines(&app).await;
+    assert!(
+        after.abs_diff(before) <= 3,
+        "/metrics grew from {before} to {after} lines after 2,000 random requests"
+    );
+    let text = app.get("/metrics", None).await.text().await.unwrap();
+    assert!(text.contains("method=\"other\""), "{text}");
 }
 
 #[tokio::test]

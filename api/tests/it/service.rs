@@ -3,7 +3,8 @@
 use serde_json::json;
 
 use crate::helpers::{
-    Connection, SERVICE_KEY, SERVICE_KEY_2, assert_error, json_body, session_token, spawn_app,
+    Connection, READ_KEY, SERVICE_KEY, SERVICE_KEY_2, assert_error, json_body, session_token,
+    spawn_app,
 };
 
 #[tokio::test]
@@ -48,7 +49,7 @@ async fn a_wrong_service_key_is_401() {
     let app = spawn_app().await;
     let id = app.insert_user("user_ada", None).await;
     let almost = &SERVICE_KEY[..SERVICE_KEY.len() - 1];
-    for key in [almost, "svc-test-key-0123456789abcdefX", "nope"] {
+    for key in [almost, "svc-test-key-0123456789abcdef0123456789X", "nope"] {
         assert_error(
             app.get(&format!("/users/{id}"), Some(key)).await,
             401,
@@ -269,4 +270,38 @@ async fn a_bad_calendar_status_body_is_rejected_with_a_clear_message() {
         "unauthenticated",
     )
     .await;
+}
+
+#[tokio::test]
+async fn a_read_scoped_key_reads_users_but_cannot_change_calendar_status() {
+    let app = spawn_app().await;
+    let ada = app.insert_user("user_ada", Some("ada@example.test")).await;
+    for path in [
+        format!("/users/{ada}"),
+        "/users/by-clerk-id/user_ada".to_owned(),
+        "/users?email=ada@example.test".to_owned(),
+        format!("/users/{ada}/calendar-connections"),
+    ] {
+        assert_eq!(app.get(&path, Some(READ_KEY)).await.status(), 200, "{path}");
+    }
+    let message = assert_error(
+        app.patch(
+            &format!("/users/{ada}/calendar-status"),
+            Some(READ_KEY),
+            &json!({"provider": "google", "connected": false}),
+        )
+        .await,
+        403,
+        "forbidden",
+    )
+    .await;
+    assert!(message.contains("scope"), "{message}");
+    let response = app
+        .patch(
+            &format!("/users/{ada}/calendar-status"),
+            Some(SERVICE_KEY),
+            &json!({"provider": "google", "connected": false}),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
 }

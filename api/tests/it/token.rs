@@ -5,8 +5,8 @@ use calendar::crypto::TokenCipher;
 use testkit::fake_clerk::{FakeClerk, SECRET_KEY};
 
 use crate::helpers::{
-    Connection, SERVICE_KEY, TOKEN_KEY, TestApp, assert_error, json_body, session_token, spawn_app,
-    spawn_app_with,
+    Connection, READ_KEY, SERVICE_KEY, TOKEN_KEY, TOKENS_KEY, TestApp, assert_error, json_body,
+    session_token, spawn_app, spawn_app_with,
 };
 
 async fn app_with_clerk(clerk: &FakeClerk) -> TestApp {
@@ -172,6 +172,24 @@ async fn a_session_token_gets_403_even_for_its_own_user() {
         "unauthenticated",
     )
     .await;
+}
+
+#[tokio::test]
+async fn only_tokens_scoped_and_unscoped_keys_read_tokens() {
+    let clerk = FakeClerk::start().await;
+    let app = app_with_clerk(&clerk).await;
+    let id = plant(&app, "ya29.stored", 3600).await;
+    let message = assert_error(
+        app.get(&token_path(id, "google"), Some(READ_KEY)).await,
+        403,
+        "forbidden",
+    )
+    .await;
+    assert!(message.contains("tokens"), "{message}");
+    for key in [TOKENS_KEY, SERVICE_KEY] {
+        let body = json_body(app.get(&token_path(id, "google"), Some(key)).await).await;
+        assert_eq!(body["access_token"], "ya29.stored");
+    }
 }
 
 #[tokio::test]
