@@ -41,6 +41,10 @@ pub struct Config {
     pub calendar: Option<CalendarSettings>,
     /// `API_HEADER_TIMEOUT` (default `10s`) and `API_MAX_CONNECTIONS` (default 1024).
     pub limits: ServerLimits,
+    /// How long a request may take before `408`: longer than two calls to Clerk
+    /// (`2 × CLERK_API_TIMEOUT + 5s`, at least 10 s), so that a slow Clerk is answered `503`
+    /// by the handler rather than cut off.
+    pub request_timeout: Duration,
     /// `LOG_FORMAT`: `plain` (default) or `json`.
     pub log_format: LogFormat,
 }
@@ -172,6 +176,7 @@ impl Config {
             })
             .collect::<Result<Vec<_>, _>>()?;
 
+        let clerk_timeout = duration(&lookup, "CLERK_API_TIMEOUT", CLERK_TIMEOUT)?;
         let calendar = match (
             present(&lookup, "TOKEN_ENCRYPTION_KEY"),
             present(&lookup, "CLERK_SECRET_KEY"),
@@ -181,11 +186,7 @@ impl Config {
                     present(&lookup, "CLERK_API_URL").unwrap_or_else(|| DEFAULT_API_URL.to_owned());
                 Some(CalendarSettings {
                     cipher: TokenCipher::from_setting(&key)?,
-                    clerk: ClerkClient::new(
-                        base.trim(),
-                        secret.trim(),
-                        duration(&lookup, "CLERK_API_TIMEOUT", CLERK_TIMEOUT)?,
-                    )?,
+                    clerk: ClerkClient::new(base.trim(), secret.trim(), clerk_timeout)?,
                 })
             }
             _ => None,
@@ -204,6 +205,8 @@ impl Config {
             cors_origins,
             calendar,
             limits: server_limits(&lookup, "API_HEADER_TIMEOUT", "API_MAX_CONNECTIONS")?,
+            request_timeout: (clerk_timeout * 2 + Duration::from_secs(5))
+                .max(Duration::from_secs(10)),
             log_format: log_format(&lookup)?,
         })
     }
@@ -315,6 +318,18 @@ mod tests {
         assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(redact_url("postgres://h/db?x=@"), "postgres://h/db?x=@");
         assert_eq!(redact_url("nonsense"), "[unparseable URL]");
+    }
+
+    #[test]
+    fn the_request_timeout_outlasts_two_clerk_calls() {
+        let config = Config::from_lookup(lookup(&[("API_SERVICE_KEYS", K1)])).expect("valid");
+        assert_eq!(config.request_timeout, Duration::from_secs(25));
+        let config = Config::from_lookup(lookup(&[
+            ("API_SERVICE_KEYS", K1),
+            ("CLERK_API_TIMEOUT", "1s"),
+        ]))
+        .expect("valid");
+        assert_eq!(config.request_timeout, Duration::from_secs(10));
     }
 
     #[test]

@@ -98,6 +98,7 @@ impl ApiError {
             Self::Database(_) => "internal_error",
             Self::Token(e) if e.is_transient() => "token_temporarily_unavailable",
             Self::Token(TokenError::Clerk(_)) => "clerk_error",
+            Self::Token(TokenError::Crypto(_)) => "stored_token_invalid",
             Self::Token(_) => "internal_error",
             Self::TokensNotConfigured => "tokens_not_configured",
         }
@@ -117,9 +118,11 @@ impl ApiError {
             Self::Token(TokenError::Clerk(_)) => {
                 "Clerk refused to hand out a fresh token; see the API's log (by request id)".into()
             }
-            Self::Token(_) => {
-                "the stored token cannot be decrypted; see the API's log (by request id)".into()
+            Self::Token(TokenError::Crypto(_)) => {
+                "the stored token does not decrypt for this connection (altered, or moved from another row in the database) and was not served; see the API's log (by request id)"
+                    .into()
             }
+            Self::Token(_) => "internal error; see the API's log (by request id)".into(),
             other => other.to_string(),
         }
     }

@@ -104,10 +104,11 @@ impl Application {
             );
         }
         let router = router
-            // Slow bodies (slowloris) end with 408; headers are guarded by the server loop.
+            // Slow bodies (slowloris) end with 408; headers are guarded by the server loop. Longer
+            // than the handlers' own calls to Clerk, which answer 503 when Clerk is slow.
             .layer(tower_http::timeout::TimeoutLayer::with_status_code(
                 http::StatusCode::REQUEST_TIMEOUT,
-                Duration::from_secs(10),
+                config.request_timeout,
             ))
             .layer(middleware::from_fn_with_state(
                 state.clone(),

@@ -19,6 +19,8 @@ pub struct CalendarAccount {
     pub email: Option<String>,
     /// Approved scopes, space separated, as Clerk sends them.
     pub scopes: String,
+    /// When the account was added in Clerk (ms since the epoch), if Clerk says.
+    pub created_at: Option<i64>,
 }
 
 fn text(value: &Value, key: &str) -> Option<String> {
@@ -74,6 +76,7 @@ fn read(account: &Value) -> Option<(CalendarAccount, bool)> {
             provider_user_id,
             email: text(account, "email_address"),
             scopes: text(account, "approved_scopes").unwrap_or_default(),
+            created_at: account.get("created_at").and_then(Value::as_i64),
         },
         verified,
     ))

@@ -229,6 +229,16 @@ impl ClerkClient {
 }
 
 impl ClerkClient {
+    /// One user as a raw user object (`GET /v1/users/{id}`); `None` when Clerk does not know it.
+    pub async fn get_user(&self, clerk_user_id: &str) -> Result<Option<Value>, ClerkError> {
+        let path = format!("/users/{}", encode_segment(clerk_user_id));
+        match self.get(&path, &[]).await {
+            Ok(value) => Ok(Some(value)),
+            Err(ClerkError::Status { status: 404, .. }) => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
     /// How many users the instance has (`GET /v1/users/count`).
     pub async fn count_users(&self) -> Result<u64, ClerkError> {
         let value = self.get("/users/count", &[]).await?;
@@ -239,22 +249,36 @@ impl ClerkClient {
     }
 }
 
-/// The token for one account among a provider's tokens: by external account id, then by
-/// provider user id, then the only one.
+/// The token for one account among a provider's tokens: the one whose external account id, or
+/// else provider user id, is the account's. A token that names another account is never used
+/// for this one; a token that names no account at all is used only when it is the only one.
 pub fn token_for<'a>(
     tokens: &'a [OAuthToken],
     external_account_id: &str,
     provider_user_id: &str,
 ) -> Option<&'a OAuthToken> {
+    let names_another = |t: &OAuthToken| {
+        t.external_account_id
+            .as_deref()
+            .is_some_and(|id| id != external_account_id)
+            || t.provider_user_id
+                .as_deref()
+                .is_some_and(|id| id != provider_user_id)
+    };
     tokens
         .iter()
-        .find(|t| t.external_account_id.as_deref() == Some(external_account_id))
-        .or_else(|| {
-            tokens
-                .iter()
-                .find(|t| t.provider_user_id.as_deref() == Some(provider_user_id))
+        .find(|t| {
+            t.external_account_id.as_deref() == Some(external_account_id) && !names_another(t)
         })
-        .or_else(|| (tokens.len() == 1).then(|| &tokens[0]))
+        .or_else(|| {
+            tokens.iter().find(|t| {
+                t.provider_user_id.as_deref() == Some(provider_user_id) && !names_another(t)
+            })
+        })
+        .or_else(|| {
+            let [only] = tokens else { return None };
+            (only.external_account_id.is_none() && only.provider_user_id.is_none()).then_some(only)
+        })
 }
 
 /// Clerk's `{"errors":[{"message","long_message","code"}]}`, shortened; never echoes tokens
@@ -337,6 +361,42 @@ mod tests {
             scopes: vec![],
         };
         assert!(!format!("{token:?}").contains("ya29"));
+    }
+
+    fn token(external: Option<&str>, provider_user: Option<&str>) -> OAuthToken {
+        OAuthToken {
+            token: format!("tok-{external:?}-{provider_user:?}"),
+            expires_at: None,
+            external_account_id: external.map(str::to_owned),
+            provider_user_id: provider_user.map(str::to_owned),
+            scopes: vec![],
+        }
+    }
+
+    #[test]
+    fn a_token_of_another_account_is_never_used() {
+        let other = [token(Some("eac_other"), Some("200"))];
+        assert_eq!(
+            token_for(&other, "eac_mine", "100"),
+            None,
+            "the only token, but not ours"
+        );
+        let half = [token(Some("eac_other"), Some("100"))];
+        assert_eq!(token_for(&half, "eac_mine", "100"), None, "ids disagree");
+        let mine = [
+            token(Some("eac_other"), Some("200")),
+            token(Some("eac_mine"), None),
+        ];
+        assert_eq!(token_for(&mine, "eac_mine", "100"), Some(&mine[1]));
+        let by_user = [token(None, Some("100"))];
+        assert_eq!(token_for(&by_user, "eac_mine", "100"), Some(&by_user[0]));
+        let anonymous = [token(None, None)];
+        assert_eq!(
+            token_for(&anonymous, "eac_mine", "100"),
+            Some(&anonymous[0])
+        );
+        let two_anonymous = [token(None, None), token(None, None)];
+        assert_eq!(token_for(&two_anonymous, "eac_mine", "100"), None);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use crate::{
     Provider,
     accounts::CalendarAccount,
     clerk::{ClerkClient, ClerkError, OAuthToken, token_for},
-    crypto::{CryptoError, TokenCipher},
+    crypto::{Binding, CryptoError, FORMAT_BOUND, FORMAT_LEGACY, TokenCipher, TokenColumn},
 };
 
 /// `status` of a usable connection.
@@ -104,15 +104,154 @@ fn stmt(sql: &str, values: Vec<Value>) -> Statement {
     Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
 }
 
-/// Makes the user's connections equal `fetched` (inside the caller's transaction): removed or
-/// no-longer-calendar accounts are deleted with their tokens, the others upserted with their
-/// tokens encrypted, and both flags recomputed.
+/// Takes the lock under which every change of one user is made (the worker's events, the api's
+/// calendar changes and token refreshes), to the end of the caller's transaction.
+pub async fn lock_user<C: ConnectionTrait>(conn: &C, clerk_user_id: &str) -> Result<(), DbErr> {
+    conn.execute_raw(stmt(
+        "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+        vec![clerk_user_id.into()],
+    ))
+    .await?;
+    Ok(())
+}
+
+/// A user's choice to disconnect a provider's calendar (`PATCH …/calendar-status` with
+/// `connected: false`), which events from Clerk respect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Disconnect {
+    pub provider: Provider,
+    pub at: DateTime<Utc>,
+}
+
+impl Disconnect {
+    /// Whether the choice covers this account: same provider, and added in Clerk before the
+    /// choice (an account removed and added again in Clerk afterwards is a new connection).
+    pub fn covers(&self, account: &CalendarAccount) -> bool {
+        account.provider == self.provider
+            && account
+                .created_at
+                .is_none_or(|created| created <= self.at.timestamp_millis())
+    }
+}
+
+fn disconnects_from(rows: Vec<sea_orm::QueryResult>) -> Result<Vec<Disconnect>, DbErr> {
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let provider: String = row.try_get("", "provider")?;
+        let at: DateTime<Utc> = row.try_get("", "disconnected_at")?;
+        if let Some(provider) = Provider::parse(&provider) {
+            out.push(Disconnect { provider, at });
+        }
+    }
+    Ok(out)
+}
+
+/// The user's recorded disconnects, by the user's Clerk id (none for a user not stored yet).
+pub async fn disconnects_of_clerk_user<C: ConnectionTrait>(
+    conn: &C,
+    clerk_user_id: &str,
+) -> Result<Vec<Disconnect>, DbErr> {
+    let rows = conn
+        .query_all_raw(stmt(
+            "SELECT d.provider, d.disconnected_at FROM calendar_disconnects d \
+             JOIN users u ON u.id = d.user_id WHERE u.clerk_user_id = $1",
+            vec![clerk_user_id.into()],
+        ))
+        .await?;
+    disconnects_from(rows)
+}
+
+async fn disconnects_of<C: ConnectionTrait>(
+    conn: &C,
+    user_id: Uuid,
+) -> Result<Vec<Disconnect>, DbErr> {
+    let rows = conn
+        .query_all_raw(stmt(
+            "SELECT provider, disconnected_at FROM calendar_disconnects WHERE user_id = $1",
+            vec![user_id.into()],
+        ))
+        .await?;
+    disconnects_from(rows)
+}
+
+/// The accounts no recorded disconnect covers.
+pub fn not_disconnected(
+    accounts: &[CalendarAccount],
+    disconnects: &[Disconnect],
+) -> Vec<CalendarAccount> {
+    accounts
+        .iter()
+        .filter(|a| !disconnects.iter().any(|d| d.covers(a)))
+        .cloned()
+        .collect()
+}
+
+/// Records that the user disconnected `provider` (inside the caller's transaction, under the
+/// user's lock): its connections and their tokens are deleted and later events do not bring
+/// them back (see [`Disconnect::covers`]).
+pub async fn disconnect<C: ConnectionTrait>(
+    conn: &C,
+    user_id: Uuid,
+    provider: Provider,
+) -> Result<(), DbErr> {
+    conn.execute_raw(stmt(
+        "INSERT INTO calendar_disconnects (user_id, provider, disconnected_at) \
+         VALUES ($1, $2, now()) \
+         ON CONFLICT (user_id, provider) DO UPDATE SET disconnected_at = now()",
+        vec![user_id.into(), provider.as_str().into()],
+    ))
+    .await?;
+    conn.execute_raw(stmt(
+        "DELETE FROM user_calendar_connections WHERE user_id = $1 AND provider = $2",
+        vec![user_id.into(), provider.as_str().into()],
+    ))
+    .await?;
+    refresh_flags(conn, user_id).await
+}
+
+/// Forgets the user's disconnect of `provider` (the user connects again).
+pub async fn forget_disconnect<C: ConnectionTrait>(
+    conn: &C,
+    user_id: Uuid,
+    provider: Provider,
+) -> Result<(), DbErr> {
+    conn.execute_raw(stmt(
+        "DELETE FROM calendar_disconnects WHERE user_id = $1 AND provider = $2",
+        vec![user_id.into(), provider.as_str().into()],
+    ))
+    .await?;
+    Ok(())
+}
+
+/// Which connections [`sync_connections`] makes equal to what was fetched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncScope {
+    /// Every provider's (an event from Clerk: the user's whole state).
+    All,
+    /// One provider's only (the user connecting that provider again).
+    Only(Provider),
+}
+
+/// Makes the user's connections equal `fetched` (inside the caller's transaction, under the
+/// user's lock): removed or no-longer-calendar accounts, and accounts the user disconnected, are
+/// deleted with their tokens; the others upserted with their tokens sealed to their row; both
+/// flags recomputed.
 pub async fn sync_connections<C: ConnectionTrait>(
     conn: &C,
     cipher: Option<&TokenCipher>,
     user_id: Uuid,
     fetched: &[Fetched],
+    scope: SyncScope,
 ) -> Result<(), StoreError> {
+    let disconnects = disconnects_of(conn, user_id).await?;
+    let fetched: Vec<&Fetched> = fetched
+        .iter()
+        .filter(|f| !disconnects.iter().any(|d| d.covers(&f.account)))
+        .filter(|f| match scope {
+            SyncScope::All => true,
+            SyncScope::Only(provider) => f.account.provider == provider,
+        })
+        .collect();
     let keep: Vec<String> = fetched
         .iter()
         .map(|f| {
@@ -123,18 +262,45 @@ pub async fn sync_connections<C: ConnectionTrait>(
             )
         })
         .collect();
+    let only: Option<&str> = match scope {
+        SyncScope::All => None,
+        SyncScope::Only(provider) => Some(provider.as_str()),
+    };
     conn.execute_raw(stmt(
         "DELETE FROM user_calendar_connections WHERE user_id = $1 \
+         AND ($3::text IS NULL OR provider = $3) \
          AND NOT (provider || ':' || provider_user_id = ANY($2))",
-        vec![user_id.into(), keep.into()],
+        vec![user_id.into(), keep.into(), only.into()],
     ))
     .await?;
     for f in fetched {
+        // The row's id is part of what the token is sealed to: keep the existing one.
+        let existing = conn
+            .query_one_raw(stmt(
+                "SELECT id FROM user_calendar_connections \
+                 WHERE user_id = $1 AND provider = $2 AND provider_user_id = $3",
+                vec![
+                    user_id.into(),
+                    f.account.provider.as_str().into(),
+                    f.account.provider_user_id.as_str().into(),
+                ],
+            ))
+            .await?;
+        let id: Uuid = match existing {
+            Some(row) => row.try_get("", "id")?,
+            None => Uuid::new_v4(),
+        };
+        let binding = Binding {
+            connection_id: id,
+            user_id,
+            provider: f.account.provider,
+            column: TokenColumn::AccessToken,
+        };
         let (status, reason, sealed, expires_at) = match (&f.token, cipher) {
             (Ok(token), Some(cipher)) => (
                 CONNECTED,
                 None,
-                Some(cipher.encrypt(&token.token)?),
+                Some(cipher.seal(&token.token, &binding)?),
                 token.expires_at,
             ),
             (Ok(_), None) => (
@@ -151,17 +317,18 @@ pub async fn sync_connections<C: ConnectionTrait>(
         };
         conn.execute_raw(stmt(
             "INSERT INTO user_calendar_connections (id, user_id, provider, external_account_id, \
-                 provider_user_id, email, scopes, access_token, token_key_id, expires_at, status, \
-                 status_reason) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+                 provider_user_id, email, scopes, access_token, token_key_id, token_format, \
+                 expires_at, status, status_reason) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $13, $10, $11, $12) \
              ON CONFLICT (user_id, provider, provider_user_id) DO UPDATE SET \
                  external_account_id = EXCLUDED.external_account_id, email = EXCLUDED.email, \
                  scopes = EXCLUDED.scopes, access_token = EXCLUDED.access_token, \
-                 token_key_id = EXCLUDED.token_key_id, expires_at = EXCLUDED.expires_at, \
+                 refresh_token = NULL, token_key_id = EXCLUDED.token_key_id, \
+                 token_format = EXCLUDED.token_format, expires_at = EXCLUDED.expires_at, \
                  status = EXCLUDED.status, status_reason = EXCLUDED.status_reason, \
                  updated_at = now()",
             vec![
-                Uuid::new_v4().into(),
+                id.into(),
                 user_id.into(),
                 f.account.provider.as_str().into(),
                 f.account.external_account_id.as_str().into(),
@@ -173,6 +340,7 @@ pub async fn sync_connections<C: ConnectionTrait>(
                 expires_at.into(),
                 status.into(),
                 reason.into(),
+                FORMAT_BOUND.into(),
             ],
         ))
         .await?;
@@ -241,9 +409,62 @@ impl TokenError {
 /// Tokens closer than this to expiry are refreshed before being handed out.
 const EXPIRY_MARGIN_SECS: i64 = 60;
 
+/// A connection row as the token endpoint reads it.
+struct StoredConnection {
+    id: Uuid,
+    clerk_user_id: String,
+    external_account_id: String,
+    provider_user_id: String,
+    scopes: String,
+    blob: Option<Vec<u8>>,
+    key_id: Option<String>,
+    format: i16,
+    expires_at: Option<DateTime<Utc>>,
+}
+
+async fn connected_row<C: ConnectionTrait>(
+    conn: &C,
+    user_id: Uuid,
+    provider: Provider,
+    connection_id: Option<Uuid>,
+) -> Result<Option<StoredConnection>, DbErr> {
+    let row = conn
+        .query_one_raw(stmt(
+            "SELECT c.id, c.external_account_id, c.provider_user_id, c.scopes, c.access_token, \
+                    c.token_key_id, c.token_format, c.expires_at, u.clerk_user_id \
+             FROM user_calendar_connections c JOIN users u ON u.id = c.user_id \
+             WHERE c.user_id = $1 AND c.provider = $2 AND c.status = 'connected' \
+               AND ($3::uuid IS NULL OR c.id = $3) \
+             ORDER BY c.updated_at DESC LIMIT 1",
+            vec![
+                user_id.into(),
+                provider.as_str().into(),
+                connection_id.into(),
+            ],
+        ))
+        .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    Ok(Some(StoredConnection {
+        id: row.try_get("", "id")?,
+        clerk_user_id: row.try_get("", "clerk_user_id")?,
+        external_account_id: row.try_get("", "external_account_id")?,
+        provider_user_id: row.try_get("", "provider_user_id")?,
+        scopes: row.try_get("", "scopes")?,
+        blob: row.try_get("", "access_token")?,
+        key_id: row.try_get("", "token_key_id")?,
+        format: row.try_get("", "token_format")?,
+        expires_at: row.try_get("", "expires_at")?,
+    }))
+}
+
 /// The user's access token for `provider`, refreshed through Clerk (which refreshes expired
-/// provider tokens on request) when the stored one has expired or is about to. `Ok(None)` when
-/// the user has no usable connection of that provider.
+/// provider tokens on request) when the stored one has expired, is about to, has no known
+/// expiry, or is stored in the legacy unbound format. `Ok(None)` when the user has no usable
+/// connection of that provider, also when it was disconnected or deleted while Clerk answered.
+/// A stored token that does not decrypt for its row (moved from another row) is an error, never
+/// served.
 pub async fn fresh_access_token(
     db: &DatabaseConnection,
     cipher: &TokenCipher,
@@ -251,60 +472,75 @@ pub async fn fresh_access_token(
     user_id: Uuid,
     provider: Provider,
 ) -> Result<Option<FreshToken>, TokenError> {
-    let row = db
-        .query_one_raw(stmt(
-            "SELECT c.id, c.external_account_id, c.provider_user_id, c.scopes, c.access_token, \
-                    c.token_key_id, c.expires_at, u.clerk_user_id \
-             FROM user_calendar_connections c JOIN users u ON u.id = c.user_id \
-             WHERE c.user_id = $1 AND c.provider = $2 AND c.status = 'connected' \
-             ORDER BY c.updated_at DESC LIMIT 1",
-            vec![user_id.into(), provider.as_str().into()],
-        ))
-        .await?;
-    let Some(row) = row else {
+    let Some(stored) = connected_row(db, user_id, provider, None).await? else {
         return Ok(None);
     };
-    let id: Uuid = row.try_get("", "id")?;
-    let external_account_id: String = row.try_get("", "external_account_id")?;
-    let provider_user_id: String = row.try_get("", "provider_user_id")?;
-    let scopes: String = row.try_get("", "scopes")?;
-    let blob: Option<Vec<u8>> = row.try_get("", "access_token")?;
-    let key_id: Option<String> = row.try_get("", "token_key_id")?;
-    let expires_at: Option<DateTime<Utc>> = row.try_get("", "expires_at")?;
-    let clerk_user_id: String = row.try_get("", "clerk_user_id")?;
-
-    let still_fresh =
-        expires_at.is_none_or(|t| t > Utc::now() + ChronoDuration::seconds(EXPIRY_MARGIN_SECS));
-    if still_fresh && let (Some(blob), Some(key_id)) = (&blob, &key_id) {
+    let binding = Binding {
+        connection_id: stored.id,
+        user_id,
+        provider,
+        column: TokenColumn::AccessToken,
+    };
+    let still_fresh = stored
+        .expires_at
+        .is_some_and(|t| t > Utc::now() + ChronoDuration::seconds(EXPIRY_MARGIN_SECS));
+    if still_fresh
+        && stored.format != FORMAT_LEGACY
+        && let (Some(blob), Some(key_id)) = (&stored.blob, &stored.key_id)
+    {
+        let access_token = cipher
+            .open(key_id, blob, stored.format, &binding)
+            .inspect_err(|error| {
+                tracing::error!(
+                    connection_id = %stored.id,
+                    %user_id,
+                    provider = provider.as_str(),
+                    error.message = %error,
+                    "stored calendar token refused: it does not belong to this row"
+                );
+            })?;
         return Ok(Some(FreshToken {
-            access_token: cipher.decrypt(key_id, blob)?,
-            expires_at,
-            provider_user_id,
-            scopes,
+            access_token,
+            expires_at: stored.expires_at,
+            provider_user_id: stored.provider_user_id,
+            scopes: stored.scopes,
         }));
     }
 
-    let tokens = clerk.oauth_tokens(&clerk_user_id, provider).await?;
+    let tokens = clerk.oauth_tokens(&stored.clerk_user_id, provider).await?;
     let txn = db.begin().await?;
-    let fresh = match token_for(&tokens, &external_account_id, &provider_user_id) {
+    // Under the user's lock, and only if the connection is still there and connected: a
+    // disconnect or delete that committed while Clerk answered wins.
+    lock_user(&txn, &stored.clerk_user_id).await?;
+    let Some(current) = connected_row(&txn, user_id, provider, Some(stored.id)).await? else {
+        txn.rollback().await?;
+        return Ok(None);
+    };
+    let fresh = match token_for(
+        &tokens,
+        &current.external_account_id,
+        &current.provider_user_id,
+    ) {
         Some(token) => {
-            let sealed = cipher.encrypt(&token.token)?;
+            let sealed = cipher.seal(&token.token, &binding)?;
             txn.execute_raw(stmt(
                 "UPDATE user_calendar_connections SET access_token = $2, token_key_id = $3, \
-                   expires_at = $4, updated_at = now() WHERE id = $1",
+                   token_format = $5, refresh_token = NULL, expires_at = $4, updated_at = now() \
+                 WHERE id = $1",
                 vec![
-                    id.into(),
+                    current.id.into(),
                     sealed.blob.into(),
                     sealed.key_id.into(),
                     token.expires_at.into(),
+                    FORMAT_BOUND.into(),
                 ],
             ))
             .await?;
             Some(FreshToken {
                 access_token: token.token.clone(),
                 expires_at: token.expires_at,
-                provider_user_id,
-                scopes,
+                provider_user_id: current.provider_user_id,
+                scopes: current.scopes,
             })
         }
         None => {
@@ -312,9 +548,9 @@ pub async fn fresh_access_token(
                 "UPDATE user_calendar_connections SET access_token = NULL, token_key_id = NULL, \
                    status = $2, status_reason = $3, updated_at = now() WHERE id = $1",
                 vec![
-                    id.into(),
+                    current.id.into(),
                     TOKEN_UNAVAILABLE.into(),
-                    "Clerk returned no access token on refresh".into(),
+                    "Clerk returned no access token for this account on refresh".into(),
                 ],
             ))
             .await?;
@@ -326,8 +562,9 @@ pub async fn fresh_access_token(
     Ok(fresh)
 }
 
-/// Re-encrypts every stored token that is not under the first key. Returns how many were
-/// re-encrypted; `progress(done, total)` is called after each.
+/// Re-seals every stored token that is not under the first key or not bound to its row (the
+/// legacy format). Returns how many rows were re-sealed; `progress(done, total)` is called
+/// after each.
 pub async fn reencrypt_all(
     db: &DatabaseConnection,
     cipher: &TokenCipher,
@@ -338,8 +575,8 @@ pub async fn reencrypt_all(
         .query_all_raw(stmt(
             "SELECT id FROM user_calendar_connections \
              WHERE (access_token IS NOT NULL OR refresh_token IS NOT NULL) \
-               AND token_key_id IS DISTINCT FROM $1",
-            vec![primary.as_str().into()],
+               AND (token_key_id IS DISTINCT FROM $1 OR token_format <> $2)",
+            vec![primary.as_str().into(), FORMAT_BOUND.into()],
         ))
         .await?;
     let total = rows.len();
@@ -350,35 +587,55 @@ pub async fn reencrypt_all(
         // Re-read under a row lock: the worker may have rewritten the token meanwhile.
         let current = txn
             .query_one_raw(stmt(
-                "SELECT access_token, refresh_token, token_key_id FROM user_calendar_connections \
-                 WHERE id = $1 FOR UPDATE",
+                "SELECT user_id, provider, access_token, refresh_token, token_key_id, \
+                        token_format FROM user_calendar_connections WHERE id = $1 FOR UPDATE",
                 vec![id.into()],
             ))
             .await?;
         if let Some(current) = current {
             let key_id: Option<String> = current.try_get("", "token_key_id")?;
-            if key_id.as_deref() != Some(primary.as_str()) {
+            let format: i16 = current.try_get("", "token_format")?;
+            let user_id: Uuid = current.try_get("", "user_id")?;
+            let provider: String = current.try_get("", "provider")?;
+            let provider = Provider::parse(&provider).ok_or(CryptoError::UnknownFormat(format))?;
+            if key_id.as_deref() != Some(primary.as_str()) || format != FORMAT_BOUND {
                 let key_id = key_id.unwrap_or_default();
-                let reseal = |column: &str| -> Result<Option<Vec<u8>>, TokenError> {
-                    let blob: Option<Vec<u8>> = current.try_get("", column)?;
+                let place = Binding {
+                    connection_id: id,
+                    user_id,
+                    provider,
+                    column: TokenColumn::AccessToken,
+                };
+                let reseal = |column: TokenColumn| -> Result<Option<Vec<u8>>, TokenError> {
+                    let name = match column {
+                        TokenColumn::AccessToken => "access_token",
+                        TokenColumn::RefreshToken => "refresh_token",
+                    };
+                    let blob: Option<Vec<u8>> = current.try_get("", name)?;
+                    let binding = place.column(column);
                     match blob {
                         Some(blob) => {
-                            let plain = cipher.decrypt(&key_id, &blob)?;
-                            Ok(Some(cipher.encrypt(&plain)?.blob))
+                            let plain = if format == FORMAT_LEGACY {
+                                cipher.open_legacy(&key_id, &blob)?
+                            } else {
+                                cipher.open(&key_id, &blob, format, &binding)?
+                            };
+                            Ok(Some(cipher.seal(&plain, &binding)?.blob))
                         }
                         None => Ok(None),
                     }
                 };
-                let access = reseal("access_token")?;
-                let refresh = reseal("refresh_token")?;
+                let access = reseal(TokenColumn::AccessToken)?;
+                let refresh = reseal(TokenColumn::RefreshToken)?;
                 txn.execute_raw(stmt(
                     "UPDATE user_calendar_connections SET access_token = $2, refresh_token = $3, \
-                       token_key_id = $4, updated_at = now() WHERE id = $1",
+                       token_key_id = $4, token_format = $5, updated_at = now() WHERE id = $1",
                     vec![
                         id.into(),
                         access.into(),
                         refresh.into(),
                         primary.as_str().into(),
+                        FORMAT_BOUND.into(),
                     ],
                 ))
                 .await?;

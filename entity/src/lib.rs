@@ -1,6 +1,7 @@
 //! sea-orm entities for clerk-sync's tables, one module per table.
 
 pub mod backfill_checkpoints;
+pub mod calendar_disconnects;
 pub mod db_errors;
 pub mod deleted_users;
 pub mod prelude;

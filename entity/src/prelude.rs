@@ -1,6 +1,7 @@
 //! The entities under short names.
 
 pub use super::backfill_checkpoints::Entity as BackfillCheckpoints;
+pub use super::calendar_disconnects::Entity as CalendarDisconnects;
 pub use super::deleted_users::Entity as DeletedUsers;
 pub use super::processed_events::Entity as ProcessedEvents;
 pub use super::user_calendar_connections::Entity as UserCalendarConnections;

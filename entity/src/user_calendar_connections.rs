@@ -23,6 +23,8 @@ pub struct Model {
     pub refresh_token: Option<Vec<u8>>,
     /// Id of the key that encrypted the tokens.
     pub token_key_id: Option<String>,
+    /// How the tokens were sealed: 2 bound to this row and column, 1 legacy (never served).
+    pub token_format: i16,
     pub expires_at: Option<DateTimeWithTimeZone>,
     /// `connected`, or why the connection is not usable.
     pub status: String,

@@ -19,6 +19,9 @@ pub struct Model {
     pub google_calendar_connected: bool,
     /// Clerk's `updated_at` in ms: the version that makes stale events change nothing.
     pub clerk_updated_at: i64,
+    /// Orders two states with the same `clerk_updated_at`: the event's timestamp (zero-padded),
+    /// then its Svix id; empty for states read from Clerk's API.
+    pub clerk_version_tiebreak: String,
     pub clerk_created_at: Option<DateTimeWithTimeZone>,
     pub created_at: DateTimeWithTimeZone,
     pub updated_at: DateTimeWithTimeZone,

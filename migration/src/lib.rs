@@ -8,6 +8,7 @@ mod m20261123_000001_create_users;
 mod m20261123_000002_create_user_calendar_connections;
 mod m20261123_000003_create_sync_bookkeeping;
 mod m20261123_000004_create_backfill_checkpoints;
+mod m20261130_000005_security_review;
 
 /// All migrations, oldest first.
 pub struct Migrator;
@@ -20,6 +21,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000002_create_user_calendar_connections::Migration),
             Box::new(m20261123_000003_create_sync_bookkeeping::Migration),
             Box::new(m20261123_000004_create_backfill_checkpoints::Migration),
+            Box::new(m20261130_000005_security_review::Migration),
         ]
     }
 }

@@ -33,6 +33,8 @@ struct State {
     fail_users_from: Option<usize>,
     /// Offsets requested from `GET /v1/users`.
     offsets: Vec<usize>,
+    /// How long every answer is held back (a slow Clerk).
+    delay: std::time::Duration,
 }
 
 /// A running fake; stops when dropped.
@@ -64,7 +66,11 @@ impl FakeClerk {
                         let service = service_fn(move |request: Request<Incoming>| {
                             requests.fetch_add(1, Ordering::SeqCst);
                             let response = answer(&state, &request);
-                            async move { Ok::<_, Infallible>(response) }
+                            let delay = state.lock().unwrap().delay;
+                            async move {
+                                tokio::time::sleep(delay).await;
+                                Ok::<_, Infallible>(response)
+                            }
                         });
                         let _ = hyper::server::conn::http1::Builder::new()
                             .serve_connection(TokioIo::new(stream), service)
@@ -128,7 +134,12 @@ impl FakeClerk {
         }
     }
 
-    /// Sets the users served by `GET /v1/users`.
+    /// Holds every answer back this long (a slow Clerk; zero heals it).
+    pub fn set_delay(&self, delay: std::time::Duration) {
+        self.state.lock().unwrap().delay = delay;
+    }
+
+    /// Sets the users served by `GET /v1/users` (and one by one by `GET /v1/users/{id}`).
     pub fn set_users(&self, users: Vec<Value>) {
         self.state.lock().unwrap().users = users;
     }
@@ -208,6 +219,10 @@ fn answer(state: &Mutex<State>, request: &Request<Incoming>) -> Response<Full<By
             StatusCode::OK,
             &json!({"object": "total_count", "total_count": state.users.len()}),
         ),
+        ["v1", "users", user] => match state.users.iter().find(|u| u["id"] == *user) {
+            Some(found) => json_response(StatusCode::OK, found),
+            None => clerk_error(StatusCode::NOT_FOUND, "resource_not_found"),
+        },
         ["v1", "users"] => {
             let query: HashMap<String, String> = request
                 .uri()

@@ -26,7 +26,10 @@ use calendar::{
     accounts::calendar_accounts,
     clerk::{ClerkClient, ClerkError},
     crypto::TokenCipher,
-    store::{Fetched, StoreError, fetch_tokens, sync_connections},
+    store::{
+        Fetched, StoreError, SyncScope, disconnects_of_clerk_user, fetch_tokens, not_disconnected,
+        sync_connections,
+    },
 };
 
 use crate::event::{ClerkEvent, UserSnapshot};
@@ -77,6 +80,14 @@ impl Applier {
         let mut fetched = Vec::new();
         if let ClerkEvent::UserUpserted(user) = event {
             let accounts = calendar_accounts(&user.external_accounts);
+            // Accounts the user disconnected are not asked for tokens (the transaction checks
+            // again under the user's lock).
+            let accounts = if accounts.is_empty() {
+                accounts
+            } else {
+                let disconnects = disconnects_of_clerk_user(&self.db, &user.clerk_user_id).await?;
+                not_disconnected(&accounts, &disconnects)
+            };
             if !accounts.is_empty() && upsert_may_apply(&self.db, svix_id, user).await? {
                 let clerk = self.clerk.as_ref().filter(|_| self.cipher.is_some());
                 fetched = fetch_tokens(clerk, &user.clerk_user_id, &accounts).await?;
@@ -304,7 +315,14 @@ async fn apply_in(
                     .await?
                     .ok_or(DbErr::RecordNotFound("the user row just written".into()))?;
                 let user_id: Uuid = row.try_get("", "id")?;
-                sync_connections(txn, calendar.cipher, user_id, calendar.fetched).await?;
+                sync_connections(
+                    txn,
+                    calendar.cipher,
+                    user_id,
+                    calendar.fetched,
+                    SyncScope::All,
+                )
+                .await?;
             }
             Ok(outcome)
         }

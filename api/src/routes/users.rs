@@ -10,11 +10,12 @@ use axum::{
         rejection::{JsonRejection, PathRejection, QueryRejection},
     },
 };
+use calendar::{accounts::calendar_accounts, store, store::TokenError};
 use chrono::{DateTime, Utc};
 use entity::{user_calendar_connections as connections, users};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, PaginatorTrait,
-    QueryFilter, QuerySelect, Statement, TransactionTrait, sea_query::Expr,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, EntityTrait,
+    PaginatorTrait, QueryFilter, TransactionTrait,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -87,8 +88,10 @@ impl From<ProviderName> for calendar::Provider {
 pub struct CalendarStatusUpdate {
     /// `google` or `microsoft`.
     pub provider: ProviderName,
-    /// `false` disconnects (the provider's connections and their tokens are deleted); `true`
-    /// is accepted only when a connected account of that provider exists.
+    /// `false` disconnects: the provider's connections and their tokens are deleted, and later
+    /// updates from Clerk that still list the account do not connect it again. `true` connects
+    /// again: the accounts Clerk lists for the provider are stored with fresh tokens (`409` when
+    /// there is none).
     pub connected: bool,
 }
 
@@ -245,9 +248,11 @@ pub async fn find_user_by_email(
         (status = 401, description = "No or invalid credentials", body = ErrorBody),
         (status = 403, description = "A service key with the `read` or `tokens` scope", body = ErrorBody),
         (status = 404, description = "No such user, or another user's id with a session token", body = ErrorBody),
-        (status = 409, description = "`connected: true` but no connected account of that provider exists", body = ErrorBody),
+        (status = 409, description = "`connected: true` but the user has no connected account of that provider in Clerk", body = ErrorBody),
         (status = 415, description = "Not `Content-Type: application/json`", body = ErrorBody),
         (status = 422, description = "Unknown provider or missing field", body = ErrorBody),
+        (status = 502, description = "Clerk refused to hand out the account's token", body = ErrorBody),
+        (status = 503, description = "Clerk or the database is unavailable; retry later", body = ErrorBody),
     )
 )]
 pub async fn update_calendar_status(
@@ -267,54 +272,21 @@ pub async fn update_calendar_status(
     let provider = calendar::Provider::from(update.provider);
 
     let txn = state.db.begin().await?;
-    let user = visible_user(&txn, &caller, id).await?;
-    // The worker applies a user's events under this lock: take it so that an event being
-    // applied and this change do not interleave.
-    txn.execute_raw(Statement::from_sql_and_values(
-        DbBackend::Postgres,
-        "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
-        [user.clerk_user_id.as_str().into()],
-    ))
-    .await?;
-    // The user may have been deleted while we waited for the lock.
-    visible_user(&txn, &caller, id).await?;
-
+    let user = locked_user(&txn, &caller, id).await?;
     if update.connected {
-        let usable = connections::Entity::find()
-            .filter(connections::Column::UserId.eq(id))
-            .filter(connections::Column::Provider.eq(provider.as_str()))
-            .filter(connections::Column::Status.eq(calendar::store::CONNECTED))
-            .count(&txn)
-            .await?;
+        // The user connects again: their earlier choice to disconnect ends here.
+        store::forget_disconnect(&txn, id, provider).await?;
+        let usable = usable_connections(&txn, id, provider).await?;
+        store::refresh_flags(&txn, id).await?;
+        txn.commit().await?;
         if usable == 0 {
-            return Err(ApiError::Conflict(format!(
-                "no connected {} account: the user must connect one through Clerk first",
-                provider.as_str()
-            )));
+            reconnect_from_clerk(&state, &caller, &user, provider).await?;
         }
     } else {
-        connections::Entity::delete_many()
-            .filter(connections::Column::UserId.eq(id))
-            .filter(connections::Column::Provider.eq(provider.as_str()))
-            .exec(&txn)
-            .await?;
+        store::disconnect(&txn, id, provider).await?;
+        txn.commit().await?;
     }
-    let flag = match provider {
-        calendar::Provider::Google => users::Column::GoogleCalendarConnected,
-        calendar::Provider::Microsoft => users::Column::MicrosoftCalendarConnected,
-    };
-    users::Entity::update_many()
-        .col_expr(flag, Expr::value(update.connected))
-        .col_expr(users::Column::UpdatedAt, Expr::current_timestamp())
-        .filter(users::Column::Id.eq(id))
-        .exec(&txn)
-        .await?;
-    let updated = users::Entity::find_by_id(id)
-        .lock_exclusive()
-        .one(&txn)
-        .await?
-        .ok_or(ApiError::NotFound(NO_SUCH_USER))?;
-    txn.commit().await?;
+    let updated = visible_user(&state.db, &caller, id).await?;
     tracing::info!(
         user_id = %id,
         provider = provider.as_str(),
@@ -322,4 +294,97 @@ pub async fn update_calendar_status(
         "calendar status changed"
     );
     Ok(Json(updated.into()))
+}
+
+/// The user, under the lock the worker applies that user's events under (so that an event
+/// being applied and this change do not interleave), checked again after the wait: the user may
+/// have been deleted meanwhile.
+async fn locked_user(
+    txn: &DatabaseTransaction,
+    caller: &Caller,
+    id: Uuid,
+) -> Result<users::Model, ApiError> {
+    let user = visible_user(txn, caller, id).await?;
+    store::lock_user(txn, &user.clerk_user_id).await?;
+    visible_user(txn, caller, id).await
+}
+
+async fn usable_connections<C: ConnectionTrait>(
+    conn: &C,
+    user_id: Uuid,
+    provider: calendar::Provider,
+) -> Result<u64, ApiError> {
+    Ok(connections::Entity::find()
+        .filter(connections::Column::UserId.eq(user_id))
+        .filter(connections::Column::Provider.eq(provider.as_str()))
+        .filter(connections::Column::Status.eq(store::CONNECTED))
+        .count(conn)
+        .await?)
+}
+
+/// Connecting again after a disconnect: the provider's accounts are read from Clerk (the user's
+/// current state) and their tokens fetched, then stored as an event would store them. `409` when
+/// Clerk lists no calendar account of the provider, or when the API cannot ask Clerk (the
+/// connection then comes back with the user's next update from Clerk).
+async fn reconnect_from_clerk(
+    state: &AppState,
+    caller: &Caller,
+    user: &users::Model,
+    provider: calendar::Provider,
+) -> Result<(), ApiError> {
+    let no_account = || {
+        ApiError::Conflict(format!(
+            "no connected {} account: the user must connect one through Clerk first",
+            provider.as_str()
+        ))
+    };
+    let Some(calendar) = state.calendar.as_ref() else {
+        return Err(ApiError::Conflict(format!(
+            "no connected {} account right now; it is connected again with the user's next update from Clerk",
+            provider.as_str()
+        )));
+    };
+    let clerk_user = calendar
+        .clerk
+        .get_user(&user.clerk_user_id)
+        .await
+        .map_err(TokenError::from)?
+        .ok_or_else(no_account)?;
+    let accounts: Vec<_> = clerk_user
+        .get("external_accounts")
+        .and_then(serde_json::Value::as_array)
+        .map(|list| calendar_accounts(list))
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|a| a.provider == provider)
+        .collect();
+    if accounts.is_empty() {
+        return Err(no_account());
+    }
+    let fetched = store::fetch_tokens(Some(&calendar.clerk), &user.clerk_user_id, &accounts)
+        .await
+        .map_err(TokenError::from)?;
+    let txn = state.db.begin().await?;
+    locked_user(&txn, caller, user.id).await?;
+    store::sync_connections(
+        &txn,
+        Some(&calendar.cipher),
+        user.id,
+        &fetched,
+        store::SyncScope::Only(provider),
+    )
+    .await
+    .map_err(|e| match e {
+        store::StoreError::Db(e) => ApiError::Database(e),
+        store::StoreError::Crypto(e) => ApiError::Token(TokenError::Crypto(e)),
+    })?;
+    let usable = usable_connections(&txn, user.id, provider).await?;
+    txn.commit().await?;
+    if usable == 0 {
+        return Err(ApiError::Conflict(format!(
+            "Clerk lists a {} account but hands out no token for it (consent revoked or expired?): the user must connect it again through Clerk",
+            provider.as_str()
+        )));
+    }
+    Ok(())
 }

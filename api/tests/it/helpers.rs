@@ -9,6 +9,7 @@ use std::{
 };
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use calendar::crypto::{Binding, TokenCipher, TokenColumn};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use rsa::{
     RsaPrivateKey,
@@ -248,7 +249,7 @@ impl TestApp {
 
     /// Inserts a calendar connection with these token bytes and returns its id.
     pub async fn insert_connection(&self, row: Connection<'_>) -> Uuid {
-        let id = Uuid::new_v4();
+        let id = row.id.unwrap_or_else(Uuid::new_v4);
         self.db
             .conn
             .execute_raw(Statement::from_sql_and_values(
@@ -275,6 +276,36 @@ impl TestApp {
             .await
             .unwrap();
         id
+    }
+
+    /// Plants a connected account of `provider` whose access token `token` is sealed to its row
+    /// with [`TOKEN_KEY`], as the worker stores it; returns the connection's id.
+    pub async fn plant_token(
+        &self,
+        user_id: Uuid,
+        provider: &str,
+        token: &str,
+        expires_in_secs: i64,
+    ) -> Uuid {
+        let id = Uuid::new_v4();
+        let binding = Binding {
+            connection_id: id,
+            user_id,
+            provider: calendar::Provider::parse(provider).unwrap(),
+            column: TokenColumn::AccessToken,
+        };
+        let sealed = TokenCipher::from_setting(TOKEN_KEY)
+            .unwrap()
+            .seal(token, &binding)
+            .unwrap();
+        self.insert_connection(Connection {
+            id: Some(id),
+            provider,
+            token_key_id: Some(&sealed.key_id),
+            expires_in_secs,
+            ..Connection::google(user_id, &sealed.blob)
+        })
+        .await
     }
 
     /// Sets the `external_account_id` of a connection (to match what the fake Clerk serves).
@@ -310,6 +341,8 @@ impl TestApp {
 
 /// A connection row to plant.
 pub struct Connection<'a> {
+    /// The row's id (a new one when not given).
+    pub id: Option<Uuid>,
     pub user_id: Uuid,
     pub provider: &'a str,
     pub provider_user_id: &'a str,
@@ -325,6 +358,7 @@ impl<'a> Connection<'a> {
     /// A connected Google account with these (ciphertext) token bytes.
     pub fn google(user_id: Uuid, access_token: &'a [u8]) -> Self {
         Self {
+            id: None,
             user_id,
             provider: "google",
             provider_user_id: "google-user-1",

@@ -2,7 +2,10 @@
 
 use std::{collections::BTreeMap, process::Command, time::Duration};
 
-use calendar::crypto::TokenCipher;
+use calendar::{
+    Provider,
+    crypto::{Binding, FORMAT_LEGACY, TokenCipher, TokenColumn},
+};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
 use testkit::{
     TestBroker, TestDb,
@@ -31,7 +34,8 @@ async fn connections(
 ) -> BTreeMap<String, Connection> {
     db.query_all_raw(Statement::from_string(
         DbBackend::Postgres,
-        "SELECT provider, provider_user_id, status, access_token, token_key_id, external_account_id \
+        "SELECT id, user_id, provider, provider_user_id, status, access_token, token_key_id, \
+                token_format, external_account_id \
          FROM user_calendar_connections",
     ))
     .await
@@ -40,7 +44,18 @@ async fn connections(
     .map(|row| {
         let blob: Option<Vec<u8>> = row.try_get("", "access_token").unwrap();
         let key_id: Option<String> = row.try_get("", "token_key_id").unwrap();
-        let token = blob.map(|b| cipher.decrypt(key_id.as_deref().unwrap(), &b).unwrap());
+        let binding = Binding {
+            connection_id: row.try_get("", "id").unwrap(),
+            user_id: row.try_get("", "user_id").unwrap(),
+            provider: Provider::parse(&row.try_get::<String>("", "provider").unwrap()).unwrap(),
+            column: TokenColumn::AccessToken,
+        };
+        let format: i16 = row.try_get("", "token_format").unwrap();
+        let token = blob.map(|b| {
+            cipher
+                .open(key_id.as_deref().unwrap(), &b, format, &binding)
+                .unwrap()
+        });
         (
             format!(
                 "{}:{}",
@@ -411,4 +426,196 @@ async fn tokens_written_under_key_a_read_back_after_rotating_to_b_and_none_stay_
     )
     .await;
     assert_eq!(under_a, 0);
+}
+
+#[tokio::test]
+async fn rotate_token_key_reseals_legacy_unbound_tokens_to_their_rows() {
+    let db = TestDb::migrated().await;
+    let broker = TestBroker::new().await;
+    let clerk = FakeClerk::start().await;
+    let worker = spawn_calendar_worker(&db, &broker, &clerk, KEY_A).await;
+    clerk.set_token(USER, "oauth_google", "ya29.old", None, "g-100", "eac_g1");
+    send(
+        &broker,
+        &db.conn,
+        "msg_legacy_1",
+        10,
+        vec![google_calendar_account("g-100", "eac_g1")],
+    )
+    .await;
+    worker.stop().await;
+    // As a row written before tokens were bound: sealed without associated data, format 1.
+    let a = TokenCipher::from_setting(KEY_A).unwrap();
+    let legacy = a.seal_legacy_for_tests("ya29.old").unwrap();
+    db.conn
+        .execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "UPDATE user_calendar_connections SET access_token = $1, token_format = $2",
+            [legacy.blob.into(), FORMAT_LEGACY.into()],
+        ))
+        .await
+        .unwrap();
+
+    let output = Command::new(env!("CARGO_BIN_EXE_worker"))
+        .arg("rotate-token-key")
+        .env_clear()
+        .envs(worker_settings(
+            &db.url,
+            &broker,
+            &[("TOKEN_ENCRYPTION_KEY", KEY_A)],
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("re-encrypted 1"));
+    // `connections` opens bound values only: the row reads back, bound, under the same key.
+    let after = connections(&db.conn, &a).await;
+    assert_eq!(after["google:g-100"].token.as_deref(), Some("ya29.old"));
+    assert_eq!(
+        scalar(
+            &db.conn,
+            "SELECT count(*) FROM user_calendar_connections WHERE token_format <> 2"
+        )
+        .await,
+        0
+    );
+}
+
+/// The api on the same database, with a service key, asking the fake Clerk.
+async fn spawn_api(db: &TestDb, clerk: &FakeClerk) -> String {
+    let settings: std::collections::HashMap<&str, String> = [
+        ("API_ADDR", "127.0.0.1:0".to_owned()),
+        ("DATABASE_URL", db.url.clone()),
+        ("API_SERVICE_KEYS", API_KEY.to_owned()),
+        ("TOKEN_ENCRYPTION_KEY", KEY_A.to_owned()),
+        ("CLERK_SECRET_KEY", SECRET_KEY.to_owned()),
+        ("CLERK_API_URL", clerk.url()),
+    ]
+    .into_iter()
+    .collect();
+    let config = api::Config::from_lookup(move |name| settings.get(name).cloned()).unwrap();
+    let app = api::Application::build(config).await.unwrap();
+    let address = format!("http://127.0.0.1:{}", app.port());
+    tokio::spawn(app.run_until_stopped(std::future::pending()));
+    address
+}
+
+const API_KEY: &str = "svc-worker-test-key-0123456789abcdef";
+
+async fn api_status(client: &reqwest::Client, url: String) -> (u16, serde_json::Value) {
+    let response = client.get(url).bearer_auth(API_KEY).send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or_default())
+}
+
+async fn set_calendar_status(
+    client: &reqwest::Client,
+    api: &str,
+    user_id: &str,
+    connected: bool,
+) -> (u16, serde_json::Value) {
+    let response = client
+        .patch(format!("{api}/users/{user_id}/calendar-status"))
+        .bearer_auth(API_KEY)
+        .json(&serde_json::json!({"provider": "google", "connected": connected}))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or_default())
+}
+
+#[tokio::test]
+async fn a_disconnect_lasts_through_later_updates_until_the_user_connects_again() {
+    let db = TestDb::migrated().await;
+    let broker = TestBroker::new().await;
+    let clerk = FakeClerk::start().await;
+    let cipher = TokenCipher::from_setting(KEY_A).unwrap();
+    let worker = spawn_calendar_worker(&db, &broker, &clerk, KEY_A).await;
+    let api = spawn_api(&db, &clerk).await;
+    let client = reqwest::Client::new();
+    let expires = chrono::Utc::now().timestamp_millis() + 3_600_000;
+    clerk.set_token(
+        USER,
+        "oauth_google",
+        "ya29.first",
+        Some(expires),
+        "g-100",
+        "eac_g1",
+    );
+    let google = google_calendar_account("g-100", "eac_g1");
+    send(&broker, &db.conn, "msg_disc_1", 10, vec![google.clone()]).await;
+    assert_eq!(flags(&db.conn).await, (true, false));
+    let (_, user) = api_status(&client, format!("{api}/users/by-clerk-id/{USER}")).await;
+    let user_id = user["id"].as_str().unwrap().to_owned();
+    let token_url = format!("{api}/users/{user_id}/calendar-connections/google/token");
+
+    // The user disconnects Google.
+    let (status, body) = set_calendar_status(&client, &api, &user_id, false).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["google_calendar_connected"], false);
+
+    // Clerk still lists the account in the user's next update: the choice holds.
+    let requests_before = clerk.requests();
+    send(&broker, &db.conn, "msg_disc_2", 20, vec![google.clone()]).await;
+    assert!(connections(&db.conn, &cipher).await.is_empty());
+    assert_eq!(flags(&db.conn).await, (false, false));
+    assert_eq!(api_status(&client, token_url.clone()).await.0, 404);
+    assert_eq!(
+        clerk.requests(),
+        requests_before,
+        "no token was fetched for the disconnected account"
+    );
+
+    // The user connects again: the account comes back from Clerk, with a fresh token.
+    let mut clerk_user: serde_json::Value = serde_json::from_slice(&user_event_with_accounts(
+        "user.updated",
+        &state(USER, Some("cal@example.com"), "Cal", 20),
+        vec![google.clone()],
+    ))
+    .unwrap();
+    clerk.set_users(vec![clerk_user["data"].take()]);
+    clerk.set_token(
+        USER,
+        "oauth_google",
+        "ya29.second",
+        Some(expires),
+        "g-100",
+        "eac_g1",
+    );
+    let (status, body) = set_calendar_status(&client, &api, &user_id, true).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["google_calendar_connected"], true);
+    let (status, token) = api_status(&client, token_url.clone()).await;
+    assert_eq!(status, 200, "{token}");
+    assert_eq!(token["access_token"], "ya29.second");
+    // And later updates keep it.
+    send(&broker, &db.conn, "msg_disc_3", 30, vec![google.clone()]).await;
+    assert_eq!(flags(&db.conn).await, (true, false));
+
+    // Disconnected again, then the account is removed and added again in Clerk (a new
+    // account, created after the choice): that one connects.
+    assert_eq!(
+        set_calendar_status(&client, &api, &user_id, false).await.0,
+        200
+    );
+    let mut readded = google_calendar_account("g-100", "eac_g2");
+    readded["created_at"] = serde_json::json!(chrono::Utc::now().timestamp_millis() + 1_000);
+    clerk.set_token(
+        USER,
+        "oauth_google",
+        "ya29.readded",
+        Some(expires),
+        "g-100",
+        "eac_g2",
+    );
+    send(&broker, &db.conn, "msg_disc_4", 40, vec![readded]).await;
+    let rows = connections(&db.conn, &cipher).await;
+    assert_eq!(rows["google:g-100"].token.as_deref(), Some("ya29.readded"));
+    assert_eq!(flags(&db.conn).await, (true, false));
+    worker.stop().await;
 }
