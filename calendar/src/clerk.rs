@@ -192,8 +192,9 @@ impl ClerkClient {
         items
             .into_iter()
             .map(|item| {
-                let raw: RawToken =
-                    serde_json::from_value(item).map_err(|e| ClerkError::Decode(e.to_string()))?;
+                // The error names the field only: a token object holds the token itself.
+                let raw: RawToken = telemetry::json_errors::from_value(item)
+                    .map_err(|e| ClerkError::Decode(e.to_string()))?;
                 Ok(OAuthToken {
                     token: raw.token,
                     expires_at: raw.expires_at.and_then(timestamp),

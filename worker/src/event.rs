@@ -2,6 +2,7 @@
 //! only what clerk-sync stores.
 
 use serde::Deserialize;
+use telemetry::json_errors;
 
 /// An event the worker knows how to apply, or the type of one it ignores.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +60,24 @@ struct Envelope<'a> {
     data: &'a serde_json::value::RawValue,
 }
 
+/// The envelope's shape, owned: only to describe why a body is not an envelope.
+#[derive(Deserialize)]
+#[allow(dead_code)]
+struct EnvelopeShape {
+    #[serde(rename = "type")]
+    event_type: String,
+    data: serde_json::Value,
+}
+
+/// Why `data` is not a `T`: the field and the problem, never the value (bodies are personal
+/// data, and reasons go to logs and dead-letter headers).
+fn shape<T: serde::de::DeserializeOwned>(
+    data: &serde_json::value::RawValue,
+    error: &serde_json::Error,
+) -> String {
+    json_errors::describe_error::<T>(data.get().as_bytes(), error).to_string()
+}
+
 #[derive(Deserialize)]
 struct UserObject {
     id: String,
@@ -100,7 +119,9 @@ pub fn parse_typed(body: &[u8]) -> (String, Result<ClerkEvent, ParseError>) {
         Ok(envelope) => (envelope.event_type.clone(), from_envelope(envelope)),
         Err(error) => (
             event_type(body).unwrap_or_else(|| "unparseable".into()),
-            Err(ParseError::NotAnEnvelope(error.to_string())),
+            Err(ParseError::NotAnEnvelope(
+                json_errors::describe_error::<EnvelopeShape>(body, &error).to_string(),
+            )),
         ),
     }
 }
@@ -112,8 +133,8 @@ fn from_envelope(envelope: Envelope<'_>) -> Result<ClerkEvent, ParseError> {
     };
     match envelope.event_type.as_str() {
         "user.created" | "user.updated" => {
-            let user: UserObject =
-                serde_json::from_str(envelope.data.get()).map_err(|e| bad(e.to_string()))?;
+            let user: UserObject = serde_json::from_str(envelope.data.get())
+                .map_err(|e| bad(shape::<UserObject>(envelope.data, &e)))?;
             if user.id.trim().is_empty() {
                 return Err(bad("empty `id`".into()));
             }
@@ -137,8 +158,8 @@ fn from_envelope(envelope: Envelope<'_>) -> Result<ClerkEvent, ParseError> {
             }))
         }
         "user.deleted" => {
-            let deleted: DeletedObject =
-                serde_json::from_str(envelope.data.get()).map_err(|e| bad(e.to_string()))?;
+            let deleted: DeletedObject = serde_json::from_str(envelope.data.get())
+                .map_err(|e| bad(shape::<DeletedObject>(envelope.data, &e)))?;
             if deleted.id.trim().is_empty() {
                 return Err(bad("empty `id`".into()));
             }
@@ -154,10 +175,11 @@ fn from_envelope(envelope: Envelope<'_>) -> Result<ClerkEvent, ParseError> {
 
 /// Parses a bare Clerk user object (as the Backend API lists them) into a snapshot.
 pub fn parse_user(value: &serde_json::Value) -> Result<UserSnapshot, ParseError> {
-    let user = UserObject::deserialize(value).map_err(|e| ParseError::BadUser {
-        event_type: "user".into(),
-        reason: e.to_string(),
-    })?;
+    let user: UserObject =
+        json_errors::from_value(value.clone()).map_err(|e| ParseError::BadUser {
+            event_type: "user".into(),
+            reason: e.to_string(),
+        })?;
     snapshot(user).ok_or_else(|| ParseError::BadUser {
         event_type: "user".into(),
         reason: "empty `id`".into(),
@@ -266,6 +288,36 @@ mod tests {
             Ok(ClerkEvent::Ignored {
                 event_type: "session.created".into()
             })
+        );
+    }
+
+    #[test]
+    fn parse_errors_name_the_field_and_never_quote_personal_data() {
+        let cases = [
+            (
+                r#"{"type":"user.updated","data":{"id":"user_x","first_name":"Ada","updated_at":"ada@example.com"}}"#,
+                "updated_at",
+            ),
+            (
+                r#"{"type":"user.created","data":{"id":"user_x","updated_at":1,"email_addresses":[{"id":"idn_1","email_address":{"a":"ada@example.com"}}]}}"#,
+                "email_addresses[0].email_address",
+            ),
+            (
+                r#"{"type":"user.deleted","data":{"id":["ada@example.com"]}}"#,
+                "id",
+            ),
+            (r#"{"type":["ada@example.com"],"data":{}}"#, "type"),
+        ];
+        for (body, field) in cases {
+            let error = parse(body.as_bytes()).expect_err(body).to_string();
+            assert!(error.contains(field), "{error}");
+            assert!(!error.contains("ada@"), "{error}");
+        }
+        let value = serde_json::json!({"id": "user_x", "updated_at": "ada@example.com"});
+        let error = parse_user(&value).expect_err("bad").to_string();
+        assert!(
+            error.contains("updated_at") && !error.contains("ada@"),
+            "{error}"
         );
     }
 
