@@ -8,7 +8,9 @@
 //!    and nothing else happens.
 //! 3. A tombstone in `deleted_users` makes every later event for that user a no-op (Clerk never
 //!    reuses a user id; a delete wins over everything).
-//! 4. Upserts keep the newest Clerk `updated_at`: an older or equal version changes nothing.
+//! 4. Upserts keep the newest Clerk `updated_at`: an older version changes nothing, and of two
+//!    states with the same version the one with the later event timestamp (then the greater
+//!    Svix id) wins, whatever the arrival order ([`version_tiebreak`]).
 
 use chrono::{DateTime, Utc};
 use entity::db_errors::is_transient as is_transient_db;
@@ -32,7 +34,7 @@ use calendar::{
     },
 };
 
-use crate::event::{ClerkEvent, UserSnapshot};
+use crate::event::{ClerkEvent, UserSnapshot, version_tiebreak};
 
 /// Applies events: fetches calendar tokens from Clerk when an upsert may apply, then runs the
 /// transaction; transient failures are retried in process with exponential backoff and jitter.
@@ -187,12 +189,17 @@ pub async fn upsert_may_apply(
 ) -> Result<bool, DbErr> {
     let row = db
         .query_one_raw(stmt(
-            "SELECT                EXISTS (SELECT 1 FROM processed_events WHERE svix_id = $1) AS duplicate,                EXISTS (SELECT 1 FROM deleted_users WHERE clerk_user_id_sha256 = $2) AS deleted,                EXISTS (SELECT 1 FROM users WHERE clerk_user_id = $3 AND clerk_updated_at >= $4) AS stale",
+            "SELECT \
+               EXISTS (SELECT 1 FROM processed_events WHERE svix_id = $1) AS duplicate, \
+               EXISTS (SELECT 1 FROM deleted_users WHERE clerk_user_id_sha256 = $2) AS deleted, \
+               EXISTS (SELECT 1 FROM users WHERE clerk_user_id = $3 \
+                       AND (clerk_updated_at, clerk_version_tiebreak) >= ($4, $5)) AS stale",
             vec![
                 svix_id.unwrap_or_default().into(),
                 tombstone_key(&user.clerk_user_id).into(),
                 user.clerk_user_id.as_str().into(),
                 user.updated_at.into(),
+                version_tiebreak(user.event_timestamp, svix_id).into(),
             ],
         ))
         .await?;
@@ -305,7 +312,7 @@ async fn apply_in(
             if deleted.is_some() {
                 return Ok(Outcome::SkippedDeleted);
             }
-            let outcome = upsert_user(txn, user).await?;
+            let outcome = upsert_user(txn, user, svix_id).await?;
             if outcome == Outcome::Applied {
                 let row = txn
                     .query_one_raw(stmt(
@@ -333,16 +340,19 @@ async fn apply_in(
 async fn upsert_user(
     txn: &DatabaseTransaction,
     user: &UserSnapshot,
+    svix_id: Option<&str>,
 ) -> Result<Outcome, ApplyError> {
+    let tiebreak = version_tiebreak(user.event_timestamp, svix_id);
     let current = txn
         .query_one_raw(stmt(
-            "SELECT clerk_updated_at FROM users WHERE clerk_user_id = $1",
+            "SELECT clerk_updated_at, clerk_version_tiebreak FROM users WHERE clerk_user_id = $1",
             vec![user.clerk_user_id.as_str().into()],
         ))
         .await?;
     if let Some(row) = current {
         let version: i64 = row.try_get("", "clerk_updated_at")?;
-        if version >= user.updated_at {
+        let stored_tiebreak: String = row.try_get("", "clerk_version_tiebreak")?;
+        if (version, stored_tiebreak.as_str()) >= (user.updated_at, tiebreak.as_str()) {
             return Ok(Outcome::SkippedStale);
         }
     }
@@ -365,14 +375,16 @@ async fn upsert_user(
     let result = txn
         .execute_raw(stmt(
             "INSERT INTO users (id, clerk_user_id, email, first_name, last_name, \
-                 clerk_updated_at, clerk_created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                 clerk_updated_at, clerk_created_at, clerk_version_tiebreak) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
              ON CONFLICT (clerk_user_id) DO UPDATE SET \
                  email = EXCLUDED.email, first_name = EXCLUDED.first_name, \
                  last_name = EXCLUDED.last_name, clerk_updated_at = EXCLUDED.clerk_updated_at, \
+                 clerk_version_tiebreak = EXCLUDED.clerk_version_tiebreak, \
                  clerk_created_at = COALESCE(EXCLUDED.clerk_created_at, users.clerk_created_at), \
                  updated_at = now() \
-             WHERE users.clerk_updated_at < EXCLUDED.clerk_updated_at",
+             WHERE (users.clerk_updated_at, users.clerk_version_tiebreak) \
+                 < (EXCLUDED.clerk_updated_at, EXCLUDED.clerk_version_tiebreak)",
             vec![
                 Uuid::new_v4().into(),
                 user.clerk_user_id.as_str().into(),
@@ -383,6 +395,7 @@ async fn upsert_user(
                 user.created_at
                     .and_then(DateTime::<Utc>::from_timestamp_millis)
                     .into(),
+                tiebreak.as_str().into(),
             ],
         ))
         .await;

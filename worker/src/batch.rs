@@ -10,8 +10,8 @@
 //!    duplicates and change nothing.
 //! 3. Deletes first: tombstones, then the rows (connections go with them). An upsert of a user
 //!    with a tombstone changes nothing, whatever the order in the batch.
-//! 4. Per user only the newest upsert of the batch can apply (the others are stale next to it),
-//!    and only if it is newer than the stored row.
+//! 4. Per user only the newest upsert of the batch (by version, then tiebreak) can apply (the
+//!    others are stale next to it), and only if it is newer than the stored row.
 //! 5. Email addresses held by older rows are released, then the rows are upserted with the same
 //!    version guard as the single path.
 //!
@@ -26,7 +26,7 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, Transact
 
 use crate::{
     apply::{ApplyError, Outcome, stmt, tombstone_key, upsert_error},
-    event::{ClerkEvent, UserSnapshot},
+    event::{ClerkEvent, UserSnapshot, version_tiebreak},
 };
 
 /// One event of a batch.
@@ -170,15 +170,17 @@ async fn apply_in(
     // LATERAL with LIMIT 1 so that it stays an index lookup per user: a join of a small array
     // with a small (or bloated) table is otherwise planned as a hash join over a full scan.
     let mut tombstones: HashSet<String> = HashSet::new();
-    let mut stored: HashMap<String, i64> = HashMap::new();
+    let mut stored: HashMap<String, (i64, String)> = HashMap::new();
     let rows = txn
         .query_all_raw(stmt(
-            "SELECT x.key, NULL::bigint AS version FROM unnest($1::text[]) AS t(key), \
+            "SELECT x.key, NULL::bigint AS version, NULL::text AS tiebreak \
+             FROM unnest($1::text[]) AS t(key), \
                LATERAL (SELECT d.clerk_user_id_sha256 AS key FROM deleted_users d \
                         WHERE d.clerk_user_id_sha256 = t.key LIMIT 1) AS x \
              UNION ALL \
-             SELECT t.id, x.version FROM unnest($2::text[]) AS t(id), \
-               LATERAL (SELECT u.clerk_updated_at AS version FROM users u \
+             SELECT t.id, x.version, x.tiebreak FROM unnest($2::text[]) AS t(id), \
+               LATERAL (SELECT u.clerk_updated_at AS version, \
+                               u.clerk_version_tiebreak AS tiebreak FROM users u \
                         WHERE u.clerk_user_id = t.id LIMIT 1) AS x",
             vec![
                 strings(upsert_users.iter().map(|id| tombstone_key(id))),
@@ -193,41 +195,64 @@ async fn apply_in(
                 tombstones.insert(key);
             }
             Some(version) => {
-                stored.insert(key, version);
+                let tiebreak: String = row.try_get("", "tiebreak")?;
+                stored.insert(key, (version, tiebreak));
             }
         }
     }
-    // The newest upsert per user (the first of equal versions wins, as it would one by one).
-    let mut newest: HashMap<&str, (usize, &UserSnapshot)> = HashMap::new();
+    // The newest upsert per user by (version, tiebreak), as applying them one by one would
+    // leave it.
+    let mut newest: HashMap<&str, Winner<'_>> = HashMap::new();
     for &(i, user) in &upserts {
         if tombstones.contains(&tombstone_key(&user.clerk_user_id)) {
             outcomes[i] = Outcome::SkippedDeleted;
             continue;
         }
         outcomes[i] = Outcome::SkippedStale;
+        let tiebreak = version_tiebreak(user.event_timestamp, Some(items[i].svix_id));
         if stored
             .get(&user.clerk_user_id)
-            .is_some_and(|&version| version >= user.updated_at)
+            .is_some_and(|(version, stored_tiebreak)| {
+                (*version, stored_tiebreak.as_str()) >= (user.updated_at, tiebreak.as_str())
+            })
         {
             continue;
         }
-        newest
-            .entry(user.clerk_user_id.as_str())
-            .and_modify(|best| {
-                if user.updated_at > best.1.updated_at {
-                    *best = (i, user);
-                }
-            })
-            .or_insert((i, user));
+        let candidate = Winner {
+            index: i,
+            user,
+            tiebreak,
+        };
+        match newest.get_mut(user.clerk_user_id.as_str()) {
+            Some(best) if best.key() >= candidate.key() => {}
+            Some(best) => *best = candidate,
+            None => {
+                newest.insert(user.clerk_user_id.as_str(), candidate);
+            }
+        }
     }
     if newest.is_empty() {
         return Ok(());
     }
-    let winners: Vec<(usize, &UserSnapshot)> = newest.into_values().collect();
+    let winners: Vec<Winner<'_>> = newest.into_values().collect();
     for chunk in chunks(&winners) {
         upsert_chunk(txn, chunk, outcomes).await?;
     }
     Ok(())
+}
+
+/// The upsert of a batch that applies for its user: the newest by (version, tiebreak).
+struct Winner<'a> {
+    /// Its position in the batch.
+    index: usize,
+    user: &'a UserSnapshot,
+    tiebreak: String,
+}
+
+impl Winner<'_> {
+    fn key(&self) -> (i64, &str) {
+        (self.user.updated_at, self.tiebreak.as_str())
+    }
 }
 
 /// Largest JSON parameter sent in one statement. A bigger message leaves the socket in two
@@ -236,12 +261,14 @@ async fn apply_in(
 const MAX_PARAMETER_BYTES: usize = 8 * 1024;
 
 /// The winners as rows for `jsonb_to_recordset`, in chunks of at most [`MAX_PARAMETER_BYTES`].
-fn chunks<'a>(winners: &[(usize, &'a UserSnapshot)]) -> Vec<Vec<(usize, &'a UserSnapshot)>> {
+fn chunks<'a, 'w>(winners: &'w [Winner<'a>]) -> Vec<Vec<&'w Winner<'a>>> {
     let mut chunks = Vec::new();
     let mut current = Vec::new();
     let mut bytes = 0;
-    for &(i, user) in winners {
-        let size = 160
+    for winner in winners {
+        let user = winner.user;
+        let size = 200
+            + winner.tiebreak.len()
             + user.clerk_user_id.len()
             + user.email.as_ref().map_or(0, String::len)
             + user.first_name.as_ref().map_or(0, String::len)
@@ -251,7 +278,7 @@ fn chunks<'a>(winners: &[(usize, &'a UserSnapshot)]) -> Vec<Vec<(usize, &'a User
             bytes = 0;
         }
         bytes += size;
-        current.push((i, user));
+        current.push(winner);
     }
     if !current.is_empty() {
         chunks.push(current);
@@ -264,19 +291,21 @@ fn chunks<'a>(winners: &[(usize, &'a UserSnapshot)]) -> Vec<Vec<(usize, &'a User
 /// go.
 async fn upsert_chunk(
     txn: &DatabaseTransaction,
-    winners: Vec<(usize, &UserSnapshot)>,
+    winners: Vec<&Winner<'_>>,
     outcomes: &mut [Outcome],
 ) -> Result<(), ApplyError> {
     let rows = serde_json::Value::Array(
         winners
             .iter()
-            .map(|(_, user)| {
+            .map(|winner| {
+                let user = winner.user;
                 serde_json::json!({
                     "clerk_user_id": user.clerk_user_id,
                     "email": user.email,
                     "first_name": user.first_name,
                     "last_name": user.last_name,
                     "version": user.updated_at,
+                    "tiebreak": winner.tiebreak,
                     "created_ms": user.created_at,
                 })
             })
@@ -284,7 +313,8 @@ async fn upsert_chunk(
     );
     let with_email: Vec<(&str, &str, i64)> = winners
         .iter()
-        .filter_map(|(_, user)| {
+        .filter_map(|winner| {
+            let user = winner.user;
             let email = user.email.as_deref()?;
             Some((email, user.clerk_user_id.as_str(), user.updated_at))
         })
@@ -318,20 +348,23 @@ async fn upsert_chunk(
         .query_all_raw(stmt(
             "WITH written AS ( \
                INSERT INTO users (id, clerk_user_id, email, first_name, last_name, \
-                   clerk_updated_at, clerk_created_at) \
+                   clerk_updated_at, clerk_version_tiebreak, clerk_created_at) \
                SELECT gen_random_uuid(), c.clerk_user_id, c.email, c.first_name, c.last_name, \
-                   c.version, \
+                   c.version, c.tiebreak, \
                    CASE WHEN c.created_ms IS NULL THEN NULL \
                         ELSE 'epoch'::timestamptz + c.created_ms * interval '1 millisecond' END \
                FROM jsonb_to_recordset($1::jsonb) AS c(clerk_user_id text, email text, \
-                   first_name text, last_name text, version bigint, created_ms bigint) \
+                   first_name text, last_name text, version bigint, tiebreak text, \
+                   created_ms bigint) \
                ON CONFLICT (clerk_user_id) DO UPDATE SET \
                    email = EXCLUDED.email, first_name = EXCLUDED.first_name, \
                    last_name = EXCLUDED.last_name, clerk_updated_at = EXCLUDED.clerk_updated_at, \
+                   clerk_version_tiebreak = EXCLUDED.clerk_version_tiebreak, \
                    clerk_created_at = COALESCE(EXCLUDED.clerk_created_at, users.clerk_created_at), \
                    google_calendar_connected = false, microsoft_calendar_connected = false, \
                    updated_at = now() \
-               WHERE users.clerk_updated_at < EXCLUDED.clerk_updated_at \
+               WHERE (users.clerk_updated_at, users.clerk_version_tiebreak) \
+                   < (EXCLUDED.clerk_updated_at, EXCLUDED.clerk_version_tiebreak) \
                RETURNING id, clerk_user_id), \
              disconnected AS ( \
                DELETE FROM user_calendar_connections \
@@ -345,9 +378,9 @@ async fn upsert_chunk(
     for row in &written {
         applied_users.insert(row.try_get::<String>("", "clerk_user_id")?);
     }
-    for (i, user) in winners {
-        if applied_users.contains(&user.clerk_user_id) {
-            outcomes[i] = Outcome::Applied;
+    for winner in winners {
+        if applied_users.contains(&winner.user.clerk_user_id) {
+            outcomes[winner.index] = Outcome::Applied;
         }
     }
     Ok(())

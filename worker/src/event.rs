@@ -38,8 +38,27 @@ pub struct UserSnapshot {
     pub created_at: Option<i64>,
     /// Clerk's `updated_at`, ms since the epoch: the row's version.
     pub updated_at: i64,
+    /// The event envelope's `timestamp` (none for a user read from Clerk's API): with the Svix
+    /// id, it orders two different states of the same `updated_at` (see [`version_tiebreak`]).
+    pub event_timestamp: Option<i64>,
     /// The user's external accounts, as sent (calendar connections are derived from them).
     pub external_accounts: Vec<serde_json::Value>,
+}
+
+/// What orders two different states of a user with the same Clerk `updated_at`, so that the
+/// same one wins whatever the arrival order: the event's timestamp, zero-padded, then its Svix
+/// id, compared as bytes (`users.clerk_version_tiebreak` is `COLLATE "C"`). A state read from
+/// Clerk's API (backfill), with neither, has the empty tiebreak: it never replaces a stored
+/// state of the same version.
+pub fn version_tiebreak(event_timestamp: Option<i64>, svix_id: Option<&str>) -> String {
+    if event_timestamp.is_none() && svix_id.is_none() {
+        return String::new();
+    }
+    format!(
+        "{:020}/{}",
+        event_timestamp.unwrap_or(0).max(0),
+        svix_id.unwrap_or_default()
+    )
 }
 
 /// Why a body can never be applied. Permanent: retrying cannot help.
@@ -55,6 +74,9 @@ pub enum ParseError {
 struct Envelope<'a> {
     #[serde(rename = "type")]
     event_type: String,
+    /// When Clerk created the event (its unit is not documented, but one instance keeps one).
+    #[serde(default)]
+    timestamp: Option<i64>,
     /// Read later, by type, straight from the body's bytes.
     #[serde(borrow)]
     data: &'a serde_json::value::RawValue,
@@ -135,27 +157,9 @@ fn from_envelope(envelope: Envelope<'_>) -> Result<ClerkEvent, ParseError> {
         "user.created" | "user.updated" => {
             let user: UserObject = serde_json::from_str(envelope.data.get())
                 .map_err(|e| bad(shape::<UserObject>(envelope.data, &e)))?;
-            if user.id.trim().is_empty() {
-                return Err(bad("empty `id`".into()));
-            }
-            let email = user
-                .primary_email_address_id
-                .as_deref()
-                .and_then(|primary| {
-                    user.email_addresses
-                        .iter()
-                        .find(|address| address.id == primary)
-                        .map(|address| address.email_address.clone())
-                });
-            Ok(ClerkEvent::UserUpserted(UserSnapshot {
-                clerk_user_id: user.id,
-                email,
-                first_name: user.first_name,
-                last_name: user.last_name,
-                created_at: user.created_at,
-                updated_at: user.updated_at,
-                external_accounts: user.external_accounts,
-            }))
+            let mut snapshot = snapshot(user).ok_or_else(|| bad("empty `id`".into()))?;
+            snapshot.event_timestamp = envelope.timestamp;
+            Ok(ClerkEvent::UserUpserted(snapshot))
         }
         "user.deleted" => {
             let deleted: DeletedObject = serde_json::from_str(envelope.data.get())
@@ -206,6 +210,7 @@ fn snapshot(user: UserObject) -> Option<UserSnapshot> {
         last_name: user.last_name,
         created_at: user.created_at,
         updated_at: user.updated_at,
+        event_timestamp: None,
         external_accounts: user.external_accounts,
     })
 }

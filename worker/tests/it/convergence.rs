@@ -1,5 +1,6 @@
 //! Seeded, reproducible property test: random Clerk histories (creates, updates that move email
-//! addresses between users as Clerk allows, deletes), every event delivered 1 to 3 times in a
+//! addresses between users as Clerk allows, deletes, pairs of different states with the same
+//! Clerk `updated_at`), every event delivered 1 to 3 times in a
 //! random order to 3 workers at once. The tables must equal the model's answer.
 //!
 //! `CONVERGENCE_SEEDS` (default 3) seeds are run, starting at `CONVERGENCE_SEED_START` (default 1),
@@ -21,6 +22,8 @@ struct History {
     expected: BTreeMap<String, Row>,
     /// How many times an address moved from one user to another.
     moved_addresses: usize,
+    /// How many updates have a twin: another state with the same Clerk `updated_at`.
+    ties: usize,
 }
 
 fn generate(seed: u64, user_count: usize) -> History {
@@ -32,6 +35,7 @@ fn generate(seed: u64, user_count: usize) -> History {
     let mut released: Vec<String> = Vec::new();
     let mut history = Vec::new();
     let mut moved_addresses = 0;
+    let mut ties = 0;
 
     let choose_email = |rng: &mut StdRng,
                         i: usize,
@@ -126,7 +130,37 @@ fn generate(seed: u64, user_count: usize) -> History {
                     ..previous
                 };
                 history.push(events::user_event("user.updated", &state));
-                live.insert(i, state);
+                if rng.random_bool(0.15) {
+                    // A second, different state with the same Clerk `updated_at` (and an event
+                    // timestamp equal or later): the later event timestamp wins, then the
+                    // greater Svix id, whatever the arrival order.
+                    let twin = events::UserState {
+                        first_name: Some(format!("Twin{t}")),
+                        ..state.clone()
+                    };
+                    let first_stamp = t;
+                    let twin_stamp = t + rng.random_range(0..=1);
+                    let first_id = format!("msg_{seed}_{}", history.len() - 1);
+                    let twin_id = format!("msg_{seed}_{}", history.len());
+                    history.push(
+                        serde_json::to_vec(&events::envelope(
+                            "user.updated",
+                            events::user_object(&twin),
+                            twin_stamp,
+                        ))
+                        .unwrap(),
+                    );
+                    ties += 1;
+                    let key = |stamp: i64, id: &str| format!("{stamp:020}/{id}");
+                    let winner = if key(twin_stamp, &twin_id) > key(first_stamp, &first_id) {
+                        twin
+                    } else {
+                        state
+                    };
+                    live.insert(i, winner);
+                } else {
+                    live.insert(i, state);
+                }
             }
         }
     }
@@ -152,6 +186,7 @@ fn generate(seed: u64, user_count: usize) -> History {
             .collect(),
         expected,
         moved_addresses,
+        ties,
     }
 }
 
@@ -180,6 +215,10 @@ async fn run_seed(seed: u64, user_count: usize) {
         assert!(
             history.moved_addresses > 0,
             "seed {seed}: the history never moves an address between users"
+        );
+        assert!(
+            history.ties > 0,
+            "seed {seed}: no two states share a version"
         );
     }
     let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
