@@ -54,16 +54,36 @@ impl<A> Ledger<A> {
         self.outstanding.insert(tag, State::InBatch);
     }
 
-    /// The delivery left the batch for the slow path.
-    pub fn slow(&mut self, tag: u64) {
+    /// The delivery left the batch for the slow path; returns what can be acknowledged now
+    /// (ready deliveries that waited on it as part of a batch may now go one by one).
+    pub fn slow(&mut self, tag: u64) -> Plan<A> {
         if let Some(state) = self.outstanding.get_mut(&tag) {
             *state = State::Slow;
         }
+        self.plan()
     }
 
-    /// The delivery is settled by its own ack or nack (sent by the caller).
-    pub fn forget(&mut self, tag: u64) {
+    /// The delivery is settled by its own ack or nack (sent by the caller); returns what can be
+    /// acknowledged now that it no longer holds the others back.
+    pub fn forget(&mut self, tag: u64) -> Plan<A> {
         self.outstanding.remove(&tag);
+        self.plan()
+    }
+
+    /// Deliveries whose handler died: those not yet applied are forgotten (the caller gives
+    /// them back to the broker) and returned; applied ones stay to be acknowledged.
+    pub fn abandon(&mut self, tags: impl IntoIterator<Item = u64>) -> (Vec<u64>, Plan<A>) {
+        let mut abandoned = Vec::new();
+        for tag in tags {
+            if matches!(
+                self.outstanding.get(&tag),
+                Some(State::InBatch | State::Slow)
+            ) {
+                self.outstanding.remove(&tag);
+                abandoned.push(tag);
+            }
+        }
+        (abandoned, self.plan())
     }
 
     /// The delivery is applied; returns what can be acknowledged now.
@@ -134,9 +154,11 @@ impl Acks {
         }
     }
 
-    /// Marks a delivery as taking the slow path.
+    /// Marks a delivery as taking the slow path, and acknowledges what that lets through.
     pub async fn slow(&self, tag: u64) {
-        self.ledger.lock().await.slow(tag);
+        let mut ledger = self.ledger.lock().await;
+        let plan = ledger.slow(tag);
+        send_plan(plan).await;
     }
 
     /// A delivery is applied: acknowledges what can be.
@@ -148,34 +170,58 @@ impl Acks {
     pub async fn ready_all(&self, applied: impl IntoIterator<Item = (u64, Acker)>) {
         let mut ledger = self.ledger.lock().await;
         let plan = ledger.ready_all(applied);
-        if let Some(acker) = plan.multiple {
-            send_ack(&acker, true).await;
-        }
-        for acker in plan.single {
-            send_ack(&acker, false).await;
-        }
+        send_plan(plan).await;
     }
 
-    /// Acknowledges one delivery on its own (after a confirmed hand-over to another queue).
+    /// Acknowledges one delivery on its own (after a confirmed hand-over to another queue), and
+    /// what its settling lets through.
     pub async fn ack_one(&self, tag: u64, acker: &Acker) {
         let mut ledger = self.ledger.lock().await;
-        ledger.forget(tag);
+        let plan = ledger.forget(tag);
         send_ack(acker, false).await;
+        send_plan(plan).await;
     }
 
-    /// Gives one delivery back to the broker (a hand-over that failed: nothing is lost).
+    /// Gives one delivery back to the broker (a hand-over that failed: nothing is lost), and
+    /// acknowledges what its settling lets through.
     pub async fn requeue_one(&self, tag: u64, acker: &Acker) {
         let mut ledger = self.ledger.lock().await;
-        ledger.forget(tag);
-        if let Err(error) = acker
-            .nack(BasicNackOptions {
-                requeue: true,
-                ..BasicNackOptions::default()
-            })
-            .await
-        {
-            tracing::warn!(error.message = %error, "nack failed; the broker redelivers the event when the channel closes");
+        let plan = ledger.forget(tag);
+        send_requeue(acker).await;
+        send_plan(plan).await;
+    }
+
+    /// The handler of these deliveries died (a panic): the ones not applied yet go back to the
+    /// broker at once; applied ones are still acknowledged. Returns how many went back.
+    pub async fn abandon(&self, deliveries: &[(u64, Acker)]) -> usize {
+        let mut ledger = self.ledger.lock().await;
+        let (abandoned, plan) = ledger.abandon(deliveries.iter().map(|(tag, _)| *tag));
+        for (_, acker) in deliveries.iter().filter(|(tag, _)| abandoned.contains(tag)) {
+            send_requeue(acker).await;
         }
+        send_plan(plan).await;
+        abandoned.len()
+    }
+}
+
+async fn send_plan(plan: Plan<Acker>) {
+    if let Some(acker) = plan.multiple {
+        send_ack(&acker, true).await;
+    }
+    for acker in plan.single {
+        send_ack(&acker, false).await;
+    }
+}
+
+async fn send_requeue(acker: &Acker) {
+    if let Err(error) = acker
+        .nack(BasicNackOptions {
+            requeue: true,
+            ..BasicNackOptions::default()
+        })
+        .await
+    {
+        tracing::warn!(error.message = %error, "nack failed; the broker redelivers the event when the channel closes");
     }
 }
 
@@ -321,6 +367,63 @@ mod tests {
             ledger.ready(2, 2),
             Plan {
                 multiple: Some(3),
+                single: vec![]
+            }
+        );
+        assert!(ledger.outstanding.is_empty());
+    }
+
+    fn nothing() -> Plan<u64> {
+        Plan {
+            multiple: None,
+            single: vec![],
+        }
+    }
+
+    #[test]
+    fn a_committed_delivery_is_acknowledged_when_the_one_before_it_leaves_its_batch() {
+        // 1 is in a batch still applying; 2 (another batch) commits and waits behind it.
+        let mut ledger = ledger(1..=2);
+        assert_eq!(ledger.ready(2, 2), nothing());
+        // 1's batch fails: it takes the slow path, which must not hold 2 back.
+        assert_eq!(
+            ledger.slow(1),
+            Plan {
+                multiple: None,
+                single: vec![2]
+            }
+        );
+    }
+
+    #[test]
+    fn a_committed_delivery_is_acknowledged_when_the_one_before_it_goes_to_a_retry_queue() {
+        let mut ledger = ledger(1..=3);
+        assert_eq!(ledger.ready(2, 2), nothing());
+        assert_eq!(ledger.ready(3, 3), nothing());
+        // 1 is handed to a retry queue and acked on its own: 2 and 3 go at once.
+        assert_eq!(
+            ledger.forget(1),
+            Plan {
+                multiple: Some(3),
+                single: vec![]
+            }
+        );
+        assert!(ledger.outstanding.is_empty());
+    }
+
+    #[test]
+    fn deliveries_of_a_dead_handler_are_given_back_unless_applied() {
+        let mut ledger = ledger(1..=4);
+        ledger.slow(2);
+        assert_eq!(ledger.ready(4, 4), nothing());
+        // The handler of 1..=3 died with 3 applied (ready) and 1, 2 not.
+        ledger.ready(3, 3);
+        let (abandoned, plan) = ledger.abandon([1, 2, 3]);
+        assert_eq!(abandoned, vec![1, 2]);
+        assert_eq!(
+            plan,
+            Plan {
+                multiple: Some(4),
                 single: vec![]
             }
         );

@@ -79,6 +79,7 @@ impl Applier {
         event_type: &str,
         event: &ClerkEvent,
     ) -> Result<Outcome, ApplyError> {
+        crate::faults::reached(crate::faults::Point::Apply, svix_id);
         let mut fetched = Vec::new();
         if let ClerkEvent::UserUpserted(user) = event {
             let accounts = calendar_accounts(&user.external_accounts);
@@ -156,13 +157,18 @@ pub enum ApplyError {
     /// Writing calendar connections failed.
     #[error("calendar connections: {0}")]
     Store(#[from] StoreError),
+    /// Applying panicked (a bug, or a payload it cannot handle): retried like a transient
+    /// failure, so that a one-off is healed and a poison event ends in the dead-letter queue
+    /// after `MAX_ATTEMPTS` without stalling anything else. The message is for the log only.
+    #[error("the worker panicked while applying the event")]
+    Panicked(String),
 }
 
 impl ApplyError {
     /// Whether trying again later can succeed.
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::EmailHeld => true,
+            Self::EmailHeld | Self::Panicked(_) => true,
             Self::Db(error) => is_transient_db(error),
             Self::Clerk(error) => error.is_transient(),
             Self::Store(StoreError::Db(error)) => is_transient_db(error),
@@ -174,6 +180,7 @@ impl ApplyError {
     pub fn reason(&self) -> String {
         match self {
             Self::EmailHeld => "email_held_by_other_user".into(),
+            Self::Panicked(_) => "worker_panicked (see the worker's log)".into(),
             other => other.to_string(),
         }
     }

@@ -27,6 +27,7 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, Transact
 use crate::{
     apply::{ApplyError, Outcome, stmt, tombstone_key, upsert_error},
     event::{ClerkEvent, UserSnapshot, version_tiebreak},
+    faults,
 };
 
 /// One event of a batch.
@@ -57,6 +58,9 @@ pub async fn try_apply_batch(
     db: &DatabaseConnection,
     items: &[BatchItem<'_>],
 ) -> Result<Vec<Outcome>, ApplyError> {
+    for item in items {
+        faults::reached(faults::Point::Apply, Some(item.svix_id));
+    }
     let mut outcomes = vec![Outcome::Ignored; items.len()];
     if items
         .iter()

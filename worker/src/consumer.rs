@@ -16,7 +16,7 @@ use broker::{
     BrokerConfig, DEAD_ROUTING_KEY, Topology, close_channels, close_gracefully,
     connect_with_backoff, headers,
     lapin::{
-        BasicProperties, Channel, Connection,
+        Acker, BasicProperties, Channel, Connection,
         message::Delivery,
         options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions},
         types::FieldTable,
@@ -24,6 +24,7 @@ use broker::{
     publish_confirmed, wait_until_closed,
 };
 use futures_util::{FutureExt, StreamExt};
+use std::{collections::HashMap, panic::AssertUnwindSafe};
 use tokio::{
     sync::{Semaphore, watch},
     task::JoinSet,
@@ -32,9 +33,10 @@ use tracing::Instrument;
 
 use crate::{
     acks::Acks,
-    apply::{Applier, Outcome},
+    apply::{Applier, ApplyError, Outcome},
     batch::{BatchItem, batchable, try_apply_batch},
     event::{self, ClerkEvent, ParseError},
+    faults,
     metrics::Metrics,
 };
 
@@ -187,10 +189,14 @@ impl Consumer {
         let permits = Arc::new(Semaphore::new(self.options.concurrency.max(1)));
         let batch_size = self.options.batch_size.max(1);
         let mut in_flight = JoinSet::new();
+        // The deliveries each task handles, to give back those it did not settle if it dies.
+        let mut handled_by: HashMap<tokio::task::Id, Vec<(u64, Acker)>> = HashMap::new();
         let closed = wait_until_closed(connection);
         tokio::pin!(closed);
         let end = loop {
-            while in_flight.try_join_next().is_some() {}
+            if let Some(died) = reap(&mut in_flight, &mut handled_by, &acks).await {
+                break died;
+            }
             let permit = tokio::select! {
                 _ = shutdown.wait_for(|s| *s) => break SessionEnd::Stopped,
                 () = &mut closed => break SessionEnd::Lost,
@@ -231,18 +237,24 @@ impl Consumer {
             if !deliveries.is_empty() {
                 acks.register_all(deliveries.iter().map(|d| d.delivery_tag))
                     .await;
+                let ackers: Vec<(u64, Acker)> = deliveries
+                    .iter()
+                    .map(|d| (d.delivery_tag, d.acker.clone()))
+                    .collect();
                 let this = self.clone();
                 let publish_channel = publish_channel.clone();
                 let nacked = nacked.clone();
                 let acks = acks.clone();
-                in_flight.spawn(async move {
+                let task = in_flight.spawn(async move {
+                    // Held to the end, panic included: the permit comes back either way.
+                    let _permit = permit;
                     if this.handle_batch(deliveries, &publish_channel, &acks).await
                         == HandOver::Nacked
                     {
                         nacked.notify_one();
                     }
-                    drop(permit);
                 });
+                handled_by.insert(task.id(), ackers);
             }
             if lost {
                 break SessionEnd::Lost;
@@ -256,7 +268,15 @@ impl Consumer {
                 .await;
             tracing::info!(in_flight = in_flight.len(), "finishing in-flight events");
         }
-        while in_flight.join_next().await.is_some() {}
+        while let Some(joined) = in_flight.join_next_with_id().await {
+            let id = match &joined {
+                Ok((id, ())) => *id,
+                Err(error) => error.id(),
+            };
+            if let (Err(_), Some(deliveries)) = (&joined, handled_by.remove(&id)) {
+                acks.abandon(&deliveries).await;
+            }
+        }
         drop(consumer);
         // Closed here, before the connection: see `broker::close_gracefully`.
         close_channels(
@@ -286,12 +306,19 @@ impl Consumer {
         if !batched.is_empty() {
             let items: Vec<BatchItem<'_>> = batched.iter().filter_map(|r| r.item()).collect();
             let started = Instant::now();
-            match try_apply_batch(&self.applier.db, &items).await {
+            // A panic inside is contained: the batch is then applied event by event, where a
+            // panicking event is retried and in the end dead-lettered like any failure.
+            let applied = AssertUnwindSafe(try_apply_batch(&self.applier.db, &items))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|panic| Err(contained(&*panic)));
+            match applied {
                 Ok(outcomes) => {
                     let seconds = started.elapsed().as_secs_f64();
                     self.metrics.batch_size.observe(items.len() as f64);
                     let mut applied = 0;
                     for (r, outcome) in batched.iter().zip(outcomes) {
+                        faults::reached(faults::Point::Settle, r.svix_id.as_deref());
                         applied += usize::from(outcome == Outcome::Applied);
                         self.settled(r, outcome, seconds);
                         tracing::debug!(
@@ -368,17 +395,21 @@ impl Consumer {
             let started = Instant::now();
             let result = match &r.event {
                 Err(error) => Err(Failure::Permanent(error.to_string())),
-                Ok(parsed) => self
-                    .applier
-                    .apply(r.svix_id.as_deref(), &r.event_type, parsed)
-                    .await
-                    .map_err(|error| {
-                        if error.is_transient() {
-                            Failure::Transient(error.reason())
-                        } else {
-                            Failure::Permanent(error.reason())
-                        }
-                    }),
+                Ok(parsed) => AssertUnwindSafe(self.applier.apply(
+                    r.svix_id.as_deref(),
+                    &r.event_type,
+                    parsed,
+                ))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|panic| Err(contained(&*panic)))
+                .map_err(|error| {
+                    if error.is_transient() {
+                        Failure::Transient(error.reason())
+                    } else {
+                        Failure::Permanent(error.reason())
+                    }
+                }),
             };
             match result {
                 Ok(outcome) => {
@@ -471,6 +502,48 @@ impl Consumer {
             }
         }
     }
+}
+
+/// Collects the tasks that finished. A task that panicked (outside the apply path, which
+/// contains its own panics) gives back the deliveries it did not settle and ends the session:
+/// it is rebuilt rather than left consuming with deliveries that would never be settled.
+async fn reap(
+    in_flight: &mut JoinSet<()>,
+    handled_by: &mut HashMap<tokio::task::Id, Vec<(u64, Acker)>>,
+    acks: &Acks,
+) -> Option<SessionEnd> {
+    let mut died = None;
+    while let Some(joined) = in_flight.try_join_next_with_id() {
+        match joined {
+            Ok((id, ())) => {
+                handled_by.remove(&id);
+            }
+            Err(error) => {
+                let given_back = match handled_by.remove(&error.id()) {
+                    Some(deliveries) => acks.abandon(&deliveries).await,
+                    None => 0,
+                };
+                tracing::error!(
+                    given_back,
+                    error.message = %error,
+                    "a delivery handler died; its unsettled events went back to the queue, restarting the consumer session"
+                );
+                died = Some(SessionEnd::Lost);
+            }
+        }
+    }
+    died
+}
+
+/// A panic caught while applying, as the failure it is settled as; its message goes to the log.
+fn contained(payload: &(dyn std::any::Any + Send)) -> ApplyError {
+    let message = payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned());
+    tracing::error!(panic = %message, "applying events panicked; the events are retried");
+    ApplyError::Panicked(message)
 }
 
 /// Whether a delivery was settled, or its hand-over to another queue was nacked.

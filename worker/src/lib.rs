@@ -10,6 +10,7 @@ pub mod config;
 pub mod consumer;
 pub mod dlq;
 pub mod event;
+pub mod faults;
 pub mod metrics;
 pub mod progress;
 

@@ -7,12 +7,13 @@ use migration::{
 };
 use testkit::TestDb;
 
-const TABLES: [&str; 5] = [
+const TABLES: [&str; 6] = [
     "users",
     "user_calendar_connections",
     "processed_events",
     "deleted_users",
     "backfill_checkpoints",
+    "calendar_disconnects",
 ];
 
 async fn tables(db: &DatabaseConnection) -> Vec<String> {

@@ -12,4 +12,5 @@ mod faults;
 mod fuzz_corpus;
 mod helpers;
 mod ordering;
+mod panics;
 mod secrets;
