@@ -7,6 +7,8 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::StreamExt;
 use lapin::{Channel, Connection, ConnectionProperties, Event};
 
+use crate::BrokerVersion;
+
 /// Where and how to connect.
 #[derive(Clone)]
 pub struct BrokerConfig {
@@ -18,6 +20,8 @@ pub struct BrokerConfig {
     pub min_backoff: Duration,
     /// Longest delay between reconnect attempts.
     pub max_backoff: Duration,
+    /// The nodes' RabbitMQ release, asked once (see [`BrokerConfig::server_version`]).
+    version: std::sync::Arc<std::sync::OnceLock<BrokerVersion>>,
 }
 
 impl std::fmt::Debug for BrokerConfig {
@@ -78,7 +82,23 @@ impl BrokerConfig {
             connection_name: connection_name.into(),
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
+            version: std::sync::Arc::default(),
         }
+    }
+
+    /// The RabbitMQ release of the first node that tells it (all nodes of a cluster run one),
+    /// remembered once known; `None` when no node can be asked (TLS, all down).
+    pub async fn server_version(&self) -> Option<BrokerVersion> {
+        if let Some(version) = self.version.get() {
+            return Some(*version);
+        }
+        for url in &self.urls {
+            if let Some(version) = crate::version::detect(url).await {
+                let _ = self.version.set(version);
+                return Some(version);
+            }
+        }
+        None
     }
 }
 

@@ -5,13 +5,17 @@
 mod connect;
 mod publisher;
 mod topology;
+mod version;
 
 pub use connect::{
     BrokerConfig, BrokerError, close_channels, close_gracefully, connect_with_backoff, redact_url,
     wait_until_closed,
 };
 pub use publisher::{PublishError, Publisher, PublisherOptions, publish_confirmed};
-pub use topology::{DEAD_ROUTING_KEY, EVENTS_ROUTING_KEY, Topology, headers};
+pub use topology::{
+    DEAD_ROUTING_KEY, EVENTS_ROUTING_KEY, Topology, declare_queue, delivery_limit_argument, headers,
+};
+pub use version::{BrokerVersion, detect as detect_version};
 
 /// Re-exported so that the crates using this one name the same lapin.
 pub use lapin;

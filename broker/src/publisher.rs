@@ -232,7 +232,12 @@ async fn supervise(inner: Arc<Inner>, config: BrokerConfig) {
         let Some(connection) = connect_with_backoff(&config, stop).await else {
             return;
         };
-        match open_channels(&inner, &connection).await {
+        let version = config.server_version().await;
+        let opened = match inner.topology.declare(&connection, version).await {
+            Ok(()) => open_channels(&inner, &connection).await,
+            Err(error) => Err(error),
+        };
+        match opened {
             Ok(channels) => {
                 if let Ok(mut slot) = inner.channels.write() {
                     *slot = channels;
@@ -323,14 +328,11 @@ async fn open_channels(
     connection: &Connection,
 ) -> Result<Vec<Channel>, BrokerError> {
     let mut channels = Vec::with_capacity(inner.options.channels.max(1));
-    for i in 0..inner.options.channels.max(1) {
+    for _ in 0..inner.options.channels.max(1) {
         let channel = connection.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        if i == 0 {
-            inner.topology.declare(&channel).await?;
-        }
         channels.push(channel);
     }
     Ok(channels)

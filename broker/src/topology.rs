@@ -13,12 +13,12 @@
 use std::time::Duration;
 
 use lapin::{
-    Channel, ExchangeKind,
+    Channel, Connection, ExchangeKind,
     options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
     types::{AMQPValue, FieldTable, LongString, ShortString},
 };
 
-use crate::BrokerError;
+use crate::{BrokerError, BrokerVersion};
 
 /// Names of the AMQP headers clerk-sync writes. None starts with `x-`: RabbitMQ reserves those,
 /// and 3.13+ changed how it treats some of them.
@@ -89,8 +89,6 @@ pub struct Topology {
     retry_delays: Vec<Duration>,
     /// Quorum group size for new queues; `None` leaves RabbitMQ's default (every cluster member).
     replicas: Option<u32>,
-    /// Broker-side guard against a message that crashes every worker that takes it.
-    delivery_limit: u32,
 }
 
 /// Routing key of the main queue.
@@ -112,7 +110,6 @@ impl Topology {
             prefix: prefix.into(),
             retry_delays,
             replicas,
-            delivery_limit: 50,
         }
     }
 
@@ -211,8 +208,28 @@ impl Topology {
     }
 
     /// Declares the exchange, the main queue, the dead-letter queue and the retry tiers, and binds
-    /// them. Safe to call from every process at every connect.
-    pub async fn declare(&self, channel: &Channel) -> Result<(), BrokerError> {
+    /// them, on a channel of its own. Safe to call from every process at every connect.
+    /// `version` is the broker's release ([`crate::BrokerConfig::server_version`]): it decides how
+    /// the delivery limit is turned off ([`delivery_limit_argument`]).
+    pub async fn declare(
+        &self,
+        connection: &Connection,
+        version: Option<BrokerVersion>,
+    ) -> Result<(), BrokerError> {
+        let channel = connection.create_channel().await?;
+        let result = self.declare_on(connection, channel.clone(), version).await;
+        if channel.status().connected() {
+            let _ = channel.close(200, "topology declared".into()).await;
+        }
+        result
+    }
+
+    async fn declare_on(
+        &self,
+        connection: &Connection,
+        mut channel: Channel,
+        version: Option<BrokerVersion>,
+    ) -> Result<(), BrokerError> {
         channel
             .exchange_declare(
                 self.exchange().into(),
@@ -227,59 +244,77 @@ impl Topology {
             .await
             .map_err(|e| BrokerError::declare(self.exchange(), e))?;
 
-        // Dead-letter queue first: the main queue dead-letters into it.
+        for (queue, routing_key, args) in self.queue_declarations(version) {
+            match declare_queue(&channel, &queue, args, false).await {
+                Ok(()) => {}
+                Err(error) if is_delivery_limit_mismatch(&error) => {
+                    // Declared by an older clerk-sync with another delivery limit; arguments
+                    // cannot change in place. Keep using it (the failed declare closed the
+                    // channel) and say how to upgrade it.
+                    channel = connection.create_channel().await?;
+                    declare_queue(&channel, &queue, FieldTable::default(), true)
+                        .await
+                        .map_err(|e| BrokerError::declare(&queue, e))?;
+                    tracing::warn!(
+                        queue = %queue,
+                        "queue has a broker delivery limit from an older clerk-sync (or RabbitMQ 4's default): worker crashes count against it, and it can drop or dead-letter healthy messages; run `worker migrate-queues` (README, upgrading)"
+                    );
+                }
+                Err(error) => return Err(BrokerError::declare(&queue, error)),
+            }
+            self.bind(&channel, &queue, &routing_key).await?;
+        }
+        if channel.status().connected() {
+            let _ = channel.close(200, "topology declared".into()).await;
+        }
+        Ok(())
+    }
+
+    /// Every queue with its routing key and arguments, the dead-letter queue first (the main
+    /// queue dead-letters into it).
+    pub fn queue_declarations(
+        &self,
+        version: Option<BrokerVersion>,
+    ) -> Vec<(String, String, FieldTable)> {
+        let mut out = Vec::new();
         let mut dead_args = self.quorum_arguments();
         // A full dead-letter queue refuses rather than silently drops.
         dead_args.insert("x-overflow".into(), long_string("reject-publish"));
-        self.declare_bound(channel, &self.dead_queue(), DEAD_ROUTING_KEY, dead_args)
-            .await?;
+        // Listing dead letters returns them to the queue: no count of returns may drop one.
+        set_no_delivery_limit(&mut dead_args, version);
+        out.push((self.dead_queue(), DEAD_ROUTING_KEY.to_owned(), dead_args));
 
         let mut main_args = self.quorum_arguments();
-        // Poison guard: a message redelivered this often (every worker that took it died) is
-        // dead-lettered by the broker itself rather than crash-looping the fleet.
-        main_args.insert(
-            "x-delivery-limit".into(),
-            AMQPValue::LongUInt(self.delivery_limit),
-        );
+        // No broker delivery limit: RabbitMQ counts the returns of a worker that crashed or lost
+        // its connection against it (every prefetched message, healthy or not), so a few
+        // crashes would dead-letter healthy events. Events are counted by the worker itself
+        // (attempts, panics contained), which dead-letters what keeps failing.
+        set_no_delivery_limit(&mut main_args, version);
         self.dead_lettering_to(&mut main_args, DEAD_ROUTING_KEY);
-        self.declare_bound(channel, &self.main_queue(), EVENTS_ROUTING_KEY, main_args)
-            .await?;
+        out.push((self.main_queue(), EVENTS_ROUTING_KEY.to_owned(), main_args));
 
         for delay in &self.retry_delays {
             let mut args = self.quorum_arguments();
             let ttl = u32::try_from(delay.as_millis()).unwrap_or(u32::MAX);
             args.insert("x-message-ttl".into(), AMQPValue::LongUInt(ttl));
+            // Nobody consumes a retry tier (messages leave it by expiry): no delivery limit
+            // applies, and none is declared.
             self.dead_lettering_to(&mut args, EVENTS_ROUTING_KEY);
-            self.declare_bound(
-                channel,
-                &self.retry_queue(*delay),
-                &Self::retry_routing_key(*delay),
+            out.push((
+                self.retry_queue(*delay),
+                Self::retry_routing_key(*delay),
                 args,
-            )
-            .await?;
+            ));
         }
-        Ok(())
+        out
     }
 
-    async fn declare_bound(
+    async fn bind(
         &self,
         channel: &Channel,
         queue: &str,
         routing_key: &str,
-        args: FieldTable,
     ) -> Result<(), BrokerError> {
-        channel
-            .queue_declare(
-                ShortString::from(queue),
-                QueueDeclareOptions {
-                    // Quorum queues must be durable; messages survive a broker restart.
-                    durable: true,
-                    ..QueueDeclareOptions::default()
-                },
-                args,
-            )
-            .await
-            .map_err(|e| BrokerError::declare(queue, e))?;
         channel
             .queue_bind(
                 queue.into(),
@@ -291,6 +326,53 @@ impl Topology {
             .await
             .map_err(|e| BrokerError::declare(queue, e))?;
         Ok(())
+    }
+}
+
+/// Declares a durable `queue` with `args`, or with `passive` only checks that it exists (a miss
+/// closes the channel, as does a declaration with other arguments than the queue has).
+pub async fn declare_queue(
+    channel: &Channel,
+    queue: &str,
+    args: FieldTable,
+    passive: bool,
+) -> Result<(), lapin::Error> {
+    channel
+        .queue_declare(
+            ShortString::from(queue),
+            QueueDeclareOptions {
+                passive,
+                // Quorum queues must be durable; messages survive a broker restart.
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            args,
+        )
+        .await
+        .map(|_| ())
+}
+
+/// The broker refused a declaration because the queue exists with another `x-delivery-limit`.
+fn is_delivery_limit_mismatch(error: &lapin::Error) -> bool {
+    let text = error.to_string();
+    text.contains("inequivalent arg") && text.contains("x-delivery-limit")
+}
+
+/// The `x-delivery-limit` argument that means "no limit" on this release: none on 3.x (where no
+/// argument means no limit, and a negative one would dead-letter at the first return), `-1` on
+/// 4.x (where no argument means RabbitMQ's default of 20, and `-1` turns it off). When the
+/// release is unknown, the largest limit: never reached, and valid on both.
+pub fn delivery_limit_argument(version: Option<BrokerVersion>) -> Option<AMQPValue> {
+    match version {
+        Some(v) if v.major >= 4 => Some(AMQPValue::LongInt(-1)),
+        Some(_) => None,
+        None => Some(AMQPValue::LongInt(i32::MAX)),
+    }
+}
+
+fn set_no_delivery_limit(args: &mut FieldTable, version: Option<BrokerVersion>) {
+    if let Some(limit) = delivery_limit_argument(version) {
+        args.insert("x-delivery-limit".into(), limit);
     }
 }
 
@@ -372,6 +454,36 @@ impl Topology {
 #[cfg(test)]
 mod parse_tests {
     use super::*;
+
+    #[test]
+    fn the_delivery_limit_is_off_on_every_release() {
+        let v = |major, minor| Some(BrokerVersion { major, minor });
+        assert_eq!(delivery_limit_argument(v(3, 10)), None);
+        assert_eq!(delivery_limit_argument(v(3, 13)), None);
+        assert_eq!(
+            delivery_limit_argument(v(4, 0)),
+            Some(AMQPValue::LongInt(-1))
+        );
+        assert_eq!(
+            delivery_limit_argument(v(4, 3)),
+            Some(AMQPValue::LongInt(-1))
+        );
+        assert_eq!(
+            delivery_limit_argument(None),
+            Some(AMQPValue::LongInt(i32::MAX))
+        );
+        let t = Topology::from_lookup(&|_: &str| None).expect("defaults");
+        for (queue, _, args) in t.queue_declarations(v(4, 0)).into_iter().take(2) {
+            assert_eq!(
+                args.inner().get("x-delivery-limit"),
+                Some(&AMQPValue::LongInt(-1)),
+                "{queue}"
+            );
+        }
+        for (queue, _, args) in t.queue_declarations(v(3, 10)) {
+            assert!(args.inner().get("x-delivery-limit").is_none(), "{queue}");
+        }
+    }
 
     #[test]
     fn three_or_more_nodes_default_to_three_replicas_unless_configured() {

@@ -136,8 +136,11 @@ impl TestBroker {
         let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
             .await
             .unwrap();
+        topology
+            .declare(&connection, broker::detect_version(&amqp_url()).await)
+            .await
+            .unwrap();
         let channel = connection.create_channel().await.unwrap();
-        topology.declare(&channel).await.unwrap();
         let confirm_channel = connection.create_channel().await.unwrap();
         confirm_channel
             .confirm_select(ConfirmSelectOptions::default())

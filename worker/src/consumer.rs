@@ -67,6 +67,18 @@ impl Received {
             .map(|s| s.to_string())
             .or_else(|| headers::get_str(props.headers().as_ref(), headers::SVIX_ID));
         let (event_type, event) = event::parse_typed(&delivery.data);
+        // The queue has no broker delivery limit (crashes would count against it): an event
+        // that keeps coming back is pointed out instead.
+        if delivery.redelivered
+            && let Some(count) = headers::get_i64(props.headers().as_ref(), "x-delivery-count")
+            && count >= REDELIVERY_WARNING
+        {
+            tracing::warn!(
+                svix_id = svix_id.as_deref().unwrap_or("-"),
+                deliveries = count,
+                "event delivered again and again; if workers keep crashing, this event may be the cause (see `worker dlq` and the README)"
+            );
+        }
         Self {
             delivery,
             svix_id,
@@ -108,6 +120,9 @@ pub struct Consumer {
     /// [`SLOW_PATH_CONCURRENCY`].
     pub slow_path: Semaphore,
 }
+
+/// Deliveries of one event (RabbitMQ's `x-delivery-count`) from which each is logged.
+const REDELIVERY_WARNING: i64 = 10;
 
 /// Events applied one by one (calendar tokens from Clerk, failed batches) at once, across all
 /// batches in flight: keeps Clerk's API from seeing hundreds of calls at a time.
@@ -165,7 +180,9 @@ impl Consumer {
         consume_channel
             .basic_qos(self.options.prefetch, BasicQosOptions::default())
             .await?;
-        self.topology.declare(&consume_channel).await?;
+        self.topology
+            .declare(connection, self.broker.server_version().await)
+            .await?;
         let publish_channel = connection.create_channel().await?;
         publish_channel
             .confirm_select(ConfirmSelectOptions::default())

@@ -2,7 +2,10 @@
 //!
 //! Every command reads the queue with `basic.get` without acking, then acts only on the selected
 //! messages; the others are returned to the queue, in their order, when the channel closes.
-//! Listing therefore neither consumes nor reorders. A replayed message is published (confirmed)
+//! Listing therefore neither consumes nor reorders. RabbitMQ counts those returns as deliveries:
+//! the dead-letter queue is declared without a delivery limit (see `broker::Topology`), so no
+//! number of listings can drop a dead letter; `list --limit` and `show` read no further than
+//! they need. A replayed message is published (confirmed)
 //! to the main queue before its dead letter is acked: nothing is lost in between.
 
 use broker::{
@@ -35,6 +38,19 @@ pub enum DlqError {
     Broker(#[from] broker::BrokerError),
     #[error("no dead letter with id {0:?}; `worker dlq list` shows the ids")]
     NotFound(String),
+    #[error(
+        "{0} has consumers: stop every worker before migrating the queues, then run the command again"
+    )]
+    QueueInUse(String),
+    #[error(
+        "moving a message from {from} to {to} was not confirmed ({source}); it stays in {from}: run the command again"
+    )]
+    Move {
+        from: String,
+        to: String,
+        #[source]
+        source: PublishError,
+    },
     #[error(
         "publishing {id} back to the main queue was not confirmed ({source}); its dead letter was kept"
     )]
@@ -102,6 +118,38 @@ impl DeadLetter {
     }
 }
 
+/// A connection to the first node of `broker` that answers, for an ops command.
+pub(crate) async fn connect_first(
+    broker: &BrokerConfig,
+    purpose: &str,
+) -> Result<Connection, DlqError> {
+    let mut last = None;
+    for url in &broker.urls {
+        let props = ConnectionProperties::default()
+            .with_connection_name(format!("{} {purpose}", broker.connection_name).into());
+        match Connection::connect(url, props).await {
+            Ok(connection) => return Ok(connection),
+            Err(e) => last = Some(e),
+        }
+    }
+    match last {
+        Some(source) => Err(DlqError::Connect {
+            urls: broker
+                .urls
+                .iter()
+                .map(|u| redact_url(u))
+                .collect::<Vec<_>>()
+                .join(", "),
+            source,
+        }),
+        // parse_urls refuses an empty AMQP_URL; a config built in code may still have none.
+        None => Err(DlqError::Broker(broker::BrokerError::BadSetting {
+            name: "AMQP_URL",
+            reason: "no URL given".into(),
+        })),
+    }
+}
+
 /// An open view of the dead-letter queue. Dropping it (or `close`) returns every message not
 /// acked to the queue.
 pub struct DeadLetterQueue {
@@ -114,42 +162,11 @@ pub struct DeadLetterQueue {
 impl DeadLetterQueue {
     /// Connects to the first reachable node and declares the topology.
     pub async fn open(broker: &BrokerConfig, topology: Topology) -> Result<Self, DlqError> {
-        let mut last = None;
-        let mut connection = None;
-        for url in &broker.urls {
-            let props = ConnectionProperties::default()
-                .with_connection_name(format!("{} dlq", broker.connection_name).into());
-            match Connection::connect(url, props).await {
-                Ok(c) => {
-                    connection = Some(c);
-                    break;
-                }
-                Err(e) => last = Some(e),
-            }
-        }
-        let connection = match (connection, last) {
-            (Some(c), _) => c,
-            (None, Some(source)) => {
-                return Err(DlqError::Connect {
-                    urls: broker
-                        .urls
-                        .iter()
-                        .map(|u| redact_url(u))
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    source,
-                });
-            }
-            (None, None) => {
-                // parse_urls refuses an empty AMQP_URL; a config built in code may still have none.
-                return Err(DlqError::Broker(broker::BrokerError::BadSetting {
-                    name: "AMQP_URL",
-                    reason: "no URL given".into(),
-                }));
-            }
-        };
+        let connection = connect_first(broker, "dlq").await?;
+        topology
+            .declare(&connection, broker.server_version().await)
+            .await?;
         let channel = connection.create_channel().await?;
-        topology.declare(&channel).await?;
         let confirm = connection.create_channel().await?;
         confirm
             .confirm_select(ConfirmSelectOptions::default())
@@ -164,14 +181,31 @@ impl DeadLetterQueue {
 
     /// Takes every dead letter without acking (they stay in the queue until acked).
     pub async fn fetch_all(&self) -> Result<Vec<Delivery>, DlqError> {
+        self.fetch_until(|_| false, None).await
+    }
+
+    /// Takes dead letters without acking, oldest first, until `done` says so for the last one
+    /// taken or `limit` are taken: the others are not touched (a listing returns what it took).
+    pub async fn fetch_until(
+        &self,
+        done: impl Fn(&Delivery) -> bool,
+        limit: Option<usize>,
+    ) -> Result<Vec<Delivery>, DlqError> {
         let queue = self.topology.dead_queue();
         let mut out = Vec::new();
-        while let Some(message) = self
-            .channel
-            .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
-            .await?
-        {
+        while limit.is_none_or(|limit| out.len() < limit) {
+            let Some(message) = self
+                .channel
+                .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
+                .await?
+            else {
+                break;
+            };
+            let stop = done(&message.delivery);
             out.push(message.delivery);
+            if stop {
+                break;
+            }
         }
         Ok(out)
     }
@@ -214,23 +248,33 @@ impl DeadLetterQueue {
     }
 }
 
-/// `worker dlq list`: the dead letters, oldest first.
-pub async fn list(broker: &BrokerConfig, topology: Topology) -> Result<Vec<DeadLetter>, DlqError> {
+/// `worker dlq list [--limit N]`: the dead letters, oldest first; with a limit, only the first
+/// `limit` are read (the others are not redelivered).
+pub async fn list(
+    broker: &BrokerConfig,
+    topology: Topology,
+    limit: Option<usize>,
+) -> Result<Vec<DeadLetter>, DlqError> {
     let dlq = DeadLetterQueue::open(broker, topology).await?;
-    let letters = dlq.fetch_all().await;
+    let letters = dlq.fetch_until(|_| false, limit).await;
     dlq.close().await;
     Ok(letters?.iter().map(DeadLetter::from_delivery).collect())
 }
 
-/// `worker dlq show <id>`.
+/// `worker dlq show <id>`: reads dead letters up to the one asked for, no further.
 pub async fn show(
     broker: &BrokerConfig,
     topology: Topology,
     id: &str,
 ) -> Result<DeadLetter, DlqError> {
-    list(broker, topology)
-        .await?
-        .into_iter()
+    let dlq = DeadLetterQueue::open(broker, topology).await?;
+    let letters = dlq
+        .fetch_until(|d| DeadLetter::from_delivery(d).id == id, None)
+        .await;
+    dlq.close().await;
+    letters?
+        .iter()
+        .map(DeadLetter::from_delivery)
         .find(|l| l.id == id)
         .ok_or_else(|| DlqError::NotFound(id.to_owned()))
 }

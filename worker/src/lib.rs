@@ -13,6 +13,7 @@ pub mod event;
 pub mod faults;
 pub mod metrics;
 pub mod progress;
+pub mod queues;
 
 use std::{
     future::Future,

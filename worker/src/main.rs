@@ -42,8 +42,11 @@ enum Command {
         restart: bool,
     },
     /// Re-encrypt every stored calendar token under the first key of TOKEN_ENCRYPTION_KEY
-    /// (after adding a new key in front of the old one).
+    /// (after adding a new key in front of the old one), binding legacy ones to their rows.
     RotateTokenKey,
+    /// Rebuild queues declared by an older clerk-sync with a broker delivery limit, keeping
+    /// every message. Stop the workers first.
+    MigrateQueues,
 }
 
 #[derive(Subcommand)]
@@ -53,6 +56,9 @@ enum DlqCommand {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Read only the oldest N dead letters.
+        #[arg(long)]
+        limit: Option<usize>,
     },
     /// Show one dead letter's headers and body.
     Show {
@@ -172,6 +178,29 @@ async fn main() -> anyhow::Result<()> {
                 cipher.primary_key_id()
             );
         }
+        Command::MigrateQueues => {
+            // The probes of queues that may not exist fail by design; lapin would log each as
+            // an error. Failures that matter come back as this command's error.
+            telemetry::init_subscriber(
+                "warn,lapin=off",
+                config.log_format,
+                std::io::stderr,
+                std::io::stderr().is_terminal(),
+            );
+            let report = worker::queues::migrate(&config.broker, &config.topology)
+                .await
+                .context("queue migration stopped; run the command again to finish")?;
+            for queue in report {
+                if queue.rebuilt {
+                    println!(
+                        "{}: rebuilt, {} message(s) carried over",
+                        queue.queue, queue.moved
+                    );
+                } else {
+                    println!("{}: already current", queue.queue);
+                }
+            }
+        }
         Command::Dlq(command) => {
             // Ops commands print their results on stdout; only warnings go to the log (stderr).
             telemetry::init_subscriber(
@@ -190,8 +219,8 @@ async fn run_dlq(command: DlqCommand, config: Config) -> anyhow::Result<()> {
     let broker = &config.broker;
     let topology = config.topology.clone();
     match command {
-        DlqCommand::List { json } => {
-            let letters = dlq::list(broker, topology).await?;
+        DlqCommand::List { json, limit } => {
+            let letters = dlq::list(broker, topology, limit).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&letters)?);
             } else {

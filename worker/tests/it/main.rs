@@ -13,4 +13,5 @@ mod fuzz_corpus;
 mod helpers;
 mod ordering;
 mod panics;
+mod queues;
 mod secrets;
