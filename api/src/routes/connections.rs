@@ -117,8 +117,9 @@ pub async fn list_connections(
         (status = 200, description = "A usable access token", body = AccessToken),
         (status = 400, description = "Bad id or unknown provider", body = ErrorBody),
         (status = 401, description = "No or invalid credentials", body = ErrorBody),
-        (status = 403, description = "Session tokens may not read tokens", body = ErrorBody),
-        (status = 404, description = "No such user, or no usable connection of that provider", body = ErrorBody),
+        (status = 403, description = "Session tokens and `read`-scoped service keys may not read tokens", body = ErrorBody),
+        (status = 404, description = "No such user, or no usable connection of that provider (none connected, or the user disconnected it)", body = ErrorBody),
+        (status = 500, description = "`stored_token_invalid`: the stored token does not decrypt for this connection (moved or altered in the database); it is never served", body = ErrorBody),
         (status = 502, description = "Clerk refused to hand out a token", body = ErrorBody),
         (status = 503, description = "Clerk or the database is unavailable, or the endpoint is not configured; retry later", body = ErrorBody),
     )
