@@ -128,6 +128,12 @@ const REDELIVERY_WARNING: i64 = 10;
 /// batches in flight: keeps Clerk's API from seeing hundreds of calls at a time.
 pub const SLOW_PATH_CONCURRENCY: usize = 16;
 
+/// What woke the consume loop while it waited for a permit.
+enum Woke {
+    Permit(tokio::sync::OwnedSemaphorePermit),
+    Finished(Result<(tokio::task::Id, ()), tokio::task::JoinError>),
+}
+
 /// How a broker session ended.
 enum SessionEnd {
     Stopped,
@@ -214,18 +220,41 @@ impl Consumer {
             if let Some(died) = reap(&mut in_flight, &mut handled_by, &acks).await {
                 break died;
             }
-            let permit = tokio::select! {
+            let woke = tokio::select! {
                 _ = shutdown.wait_for(|s| *s) => break SessionEnd::Stopped,
                 () = &mut closed => break SessionEnd::Lost,
                 () = nacked.notified() => break SessionEnd::Lost,
+                Some(joined) = in_flight.join_next_with_id(), if !in_flight.is_empty() => {
+                    Woke::Finished(joined)
+                }
                 permit = permits.clone().acquire_owned() => match permit {
-                    Ok(p) => p,
+                    Ok(p) => Woke::Permit(p),
                     Err(_) => break SessionEnd::Lost,
                 },
             };
-            let first = tokio::select! {
+            let permit = match woke {
+                Woke::Permit(permit) => permit,
+                Woke::Finished(joined) => match settle_joined(joined, &mut handled_by, &acks).await
+                {
+                    Some(end) => break end,
+                    None => continue,
+                },
+            };
+            // A handler that dies while this waits for a delivery must be noticed here: its
+            // unsettled deliveries may hold the whole prefetch, and then none would come.
+            let woke = tokio::select! {
                 _ = shutdown.wait_for(|s| *s) => break SessionEnd::Stopped,
-                next = consumer.next() => next,
+                Some(joined) = in_flight.join_next_with_id(), if !in_flight.is_empty() => {
+                    Err(joined)
+                }
+                next = consumer.next() => Ok(next),
+            };
+            let first = match woke {
+                Ok(next) => next,
+                Err(joined) => match settle_joined(joined, &mut handled_by, &acks).await {
+                    Some(end) => break end,
+                    None => continue,
+                },
             };
             // The first delivery, then whatever else has already arrived, up to a batch: under
             // load batches fill up, when idle an event is applied as soon as it comes.
@@ -531,25 +560,38 @@ async fn reap(
 ) -> Option<SessionEnd> {
     let mut died = None;
     while let Some(joined) = in_flight.try_join_next_with_id() {
-        match joined {
-            Ok((id, ())) => {
-                handled_by.remove(&id);
-            }
-            Err(error) => {
-                let given_back = match handled_by.remove(&error.id()) {
-                    Some(deliveries) => acks.abandon(&deliveries).await,
-                    None => 0,
-                };
-                tracing::error!(
-                    given_back,
-                    error.message = %error,
-                    "a delivery handler died; its unsettled events went back to the queue, restarting the consumer session"
-                );
-                died = Some(SessionEnd::Lost);
-            }
+        if let Some(end) = settle_joined(joined, handled_by, acks).await {
+            died = Some(end);
         }
     }
     died
+}
+
+/// Forgets a finished task; for one that panicked, gives its unsettled deliveries back and
+/// says the session must end.
+async fn settle_joined(
+    joined: Result<(tokio::task::Id, ()), tokio::task::JoinError>,
+    handled_by: &mut HashMap<tokio::task::Id, Vec<(u64, Acker)>>,
+    acks: &Acks,
+) -> Option<SessionEnd> {
+    match joined {
+        Ok((id, ())) => {
+            handled_by.remove(&id);
+            None
+        }
+        Err(error) => {
+            let given_back = match handled_by.remove(&error.id()) {
+                Some(deliveries) => acks.abandon(&deliveries).await,
+                None => 0,
+            };
+            tracing::error!(
+                given_back,
+                error.message = %error,
+                "a delivery handler died; its unsettled events went back to the queue, restarting the consumer session"
+            );
+            Some(SessionEnd::Lost)
+        }
+    }
 }
 
 /// A panic caught while applying, as the failure it is settled as; its message goes to the log.

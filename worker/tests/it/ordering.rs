@@ -47,9 +47,11 @@ async fn a_created_arriving_after_a_newer_updated_changes_nothing() {
             ),
         )
         .await;
+    // Another state with the same version, from an event that orders before the stored one (same
+    // event timestamp, smaller Svix id): it changes nothing either.
     broker
         .publish_event(
-            "msg_o1_3",
+            "msg_o1_0",
             &events::user_event(
                 "user.updated",
                 &state("user_o1", Some("o1@example.com"), "Same", 20),
