@@ -29,6 +29,18 @@ async fn plant(app: &TestApp, token: &str, expires_in_secs: i64) -> uuid::Uuid {
     id
 }
 
+/// The fake Clerk serves `token` for Ada's planted Google account.
+fn serve(clerk: &FakeClerk, token: &str, expires_at_ms: Option<i64>) {
+    clerk.set_token(
+        "user_ada",
+        "oauth_google",
+        token,
+        expires_at_ms,
+        "google-user-1",
+        "eac_ada_google",
+    );
+}
+
 fn token_path(id: uuid::Uuid, provider: &str) -> String {
     format!("/users/{id}/calendar-connections/{provider}/token")
 }
@@ -57,14 +69,7 @@ async fn an_expired_token_is_refreshed_through_clerk() {
     let app = app_with_clerk(&clerk).await;
     let id = plant(&app, "ya29.stale", -60).await;
     let expires_ms = (chrono::Utc::now().timestamp() + 3600) * 1000;
-    clerk.set_token(
-        "user_ada",
-        "oauth_google",
-        "ya29.brand-new",
-        Some(expires_ms),
-        "google-user-1",
-        "eac_ada_google",
-    );
+    serve(&clerk, "ya29.brand-new", Some(expires_ms));
 
     let body = json_body(app.get(&token_path(id, "google"), Some(SERVICE_KEY)).await).await;
     assert_eq!(body["access_token"], "ya29.brand-new");
@@ -81,14 +86,7 @@ async fn clerk_being_down_answers_503_and_a_later_call_succeeds() {
     let clerk = FakeClerk::start().await;
     let app = app_with_clerk(&clerk).await;
     let id = plant(&app, "ya29.stale", -60).await;
-    clerk.set_token(
-        "user_ada",
-        "oauth_google",
-        "ya29.after-outage",
-        None,
-        "google-user-1",
-        "eac_ada_google",
-    );
+    serve(&clerk, "ya29.after-outage", None);
     clerk.fail_next(503, 1);
 
     let response = app.get(&token_path(id, "google"), Some(SERVICE_KEY)).await;
@@ -262,14 +260,7 @@ async fn a_legacy_unbound_token_is_not_served_but_refreshed_and_stored_bound() {
         vec![legacy.blob.into(), FORMAT_LEGACY.into()],
     )
     .await;
-    clerk.set_token(
-        "user_ada",
-        "oauth_google",
-        "ya29.from-clerk",
-        None,
-        "google-user-1",
-        "eac_ada_google",
-    );
+    serve(&clerk, "ya29.from-clerk", None);
     let body = json_body(app.get(&token_path(id, "google"), Some(SERVICE_KEY)).await).await;
     assert_eq!(body["access_token"], "ya29.from-clerk");
     assert_eq!(clerk.requests(), 1);
@@ -287,14 +278,7 @@ async fn a_token_without_expiry_is_refreshed_not_served_forever() {
     )
     .await;
     let expires_ms = (chrono::Utc::now().timestamp() + 3600) * 1000;
-    clerk.set_token(
-        "user_ada",
-        "oauth_google",
-        "ya29.with-expiry",
-        Some(expires_ms),
-        "google-user-1",
-        "eac_ada_google",
-    );
+    serve(&clerk, "ya29.with-expiry", Some(expires_ms));
     let body = json_body(app.get(&token_path(id, "google"), Some(SERVICE_KEY)).await).await;
     assert_eq!(body["access_token"], "ya29.with-expiry");
     assert!(body["expires_at"].is_string());
@@ -337,14 +321,7 @@ async fn a_disconnect_while_clerk_answers_wins_over_the_refresh() {
     let clerk = FakeClerk::start().await;
     let app = app_with_clerk(&clerk).await;
     let id = plant(&app, "ya29.stale", -60).await;
-    clerk.set_token(
-        "user_ada",
-        "oauth_google",
-        "ya29.too-late",
-        None,
-        "google-user-1",
-        "eac_ada_google",
-    );
+    serve(&clerk, "ya29.too-late", None);
     clerk.set_delay(std::time::Duration::from_secs(2));
     let path = token_path(id, "google");
     let refresh = app.get(&path, Some(SERVICE_KEY));

@@ -107,6 +107,26 @@ async fn spawn_calendar_worker(
     .await
 }
 
+/// Runs `worker rotate-token-key` with these keys; returns its standard output.
+fn rotate_token_key(db: &TestDb, broker: &TestBroker, keys: &str) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_worker"))
+        .arg("rotate-token-key")
+        .env_clear()
+        .envs(worker_settings(
+            &db.url,
+            broker,
+            &[("TOKEN_ENCRYPTION_KEY", keys)],
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
 async fn send(
     broker: &TestBroker,
     db: &DatabaseConnection,
@@ -390,22 +410,8 @@ async fn tokens_written_under_key_a_read_back_after_rotating_to_b_and_none_stay_
             .all(|c| c.key_id.as_deref() == Some(a.primary_key_id()))
     );
 
-    let output = Command::new(env!("CARGO_BIN_EXE_worker"))
-        .arg("rotate-token-key")
-        .env_clear()
-        .envs(worker_settings(
-            &db.url,
-            &broker,
-            &[("TOKEN_ENCRYPTION_KEY", &format!("{KEY_B} {KEY_A}"))],
-        ))
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(String::from_utf8_lossy(&output.stdout).contains("re-encrypted 2"));
+    let stdout = rotate_token_key(&db, &broker, &format!("{KEY_B} {KEY_A}"));
+    assert!(stdout.contains("re-encrypted 2"), "{stdout}");
 
     let only_b = TokenCipher::from_setting(KEY_B).unwrap();
     let after = connections(&db.conn, &only_b).await;
@@ -456,22 +462,8 @@ async fn rotate_token_key_reseals_legacy_unbound_tokens_to_their_rows() {
         .await
         .unwrap();
 
-    let output = Command::new(env!("CARGO_BIN_EXE_worker"))
-        .arg("rotate-token-key")
-        .env_clear()
-        .envs(worker_settings(
-            &db.url,
-            &broker,
-            &[("TOKEN_ENCRYPTION_KEY", KEY_A)],
-        ))
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(String::from_utf8_lossy(&output.stdout).contains("re-encrypted 1"));
+    let stdout = rotate_token_key(&db, &broker, KEY_A);
+    assert!(stdout.contains("re-encrypted 1"), "{stdout}");
     // `connections` opens bound values only: the row reads back, bound, under the same key.
     let after = connections(&db.conn, &a).await;
     assert_eq!(after["google:g-100"].token.as_deref(), Some("ya29.old"));
