@@ -39,6 +39,9 @@ pub struct Config {
     /// `10s`): what the token endpoint needs.
     /// `None` when the first two are not both set (the endpoint then answers 503).
     pub calendar: Option<CalendarSettings>,
+    /// `API_LAZY_SYNC` (default: on when `CLERK_SECRET_KEY` is set): a signed-in user's first read
+    /// before the worker stored them fetches them from Clerk ([`crate::lazy`]). `None`: off.
+    pub lazy: Option<LazySettings>,
     /// `API_HEADER_TIMEOUT` (default `10s`) and `API_MAX_CONNECTIONS` (default 1024).
     pub limits: ServerLimits,
     /// How long a request may take before `408`: longer than two calls to Clerk
@@ -91,6 +94,14 @@ pub struct CalendarSettings {
     /// Asks Clerk for a fresh token when the stored one expired (`CLERK_SECRET_KEY`,
     /// `CLERK_API_URL`).
     pub clerk: ClerkClient,
+}
+
+/// What lazy sync needs: Clerk's Backend API, and the token cipher when set (calendar
+/// connections are then stored with tokens, as the worker stores them).
+#[derive(Debug)]
+pub struct LazySettings {
+    pub clerk: ClerkClient,
+    pub cipher: Option<TokenCipher>,
 }
 
 /// A setting that cannot be used; the message names the variable, never a secret's value.
@@ -177,19 +188,46 @@ impl Config {
             .collect::<Result<Vec<_>, _>>()?;
 
         let clerk_timeout = duration(&lookup, "CLERK_API_TIMEOUT", CLERK_TIMEOUT)?;
-        let calendar = match (
-            present(&lookup, "TOKEN_ENCRYPTION_KEY"),
-            present(&lookup, "CLERK_SECRET_KEY"),
-        ) {
-            (Some(key), Some(secret)) => {
+        let clerk = match present(&lookup, "CLERK_SECRET_KEY") {
+            Some(secret) => {
                 let base =
                     present(&lookup, "CLERK_API_URL").unwrap_or_else(|| DEFAULT_API_URL.to_owned());
-                Some(CalendarSettings {
-                    cipher: TokenCipher::from_setting(&key)?,
-                    clerk: ClerkClient::new(base.trim(), secret.trim(), clerk_timeout)?,
-                })
+                Some(ClerkClient::new(base.trim(), secret.trim(), clerk_timeout)?)
             }
+            None => None,
+        };
+        let cipher = present(&lookup, "TOKEN_ENCRYPTION_KEY")
+            .map(|key| TokenCipher::from_setting(&key))
+            .transpose()?;
+        let calendar = match (&cipher, &clerk) {
+            (Some(cipher), Some(clerk)) => Some(CalendarSettings {
+                cipher: cipher.clone(),
+                clerk: clerk.clone(),
+            }),
             _ => None,
+        };
+        let lazy_sync = match present(&lookup, "API_LAZY_SYNC") {
+            None => clerk.is_some(),
+            Some(value) => match value.trim().to_ascii_lowercase().as_str() {
+                "true" | "1" | "on" | "yes" => true,
+                "false" | "0" | "off" | "no" => false,
+                _ => {
+                    return Err(
+                        InvalidSetting::new("API_LAZY_SYNC", "must be true or false").into(),
+                    );
+                }
+            },
+        };
+        let lazy = match (lazy_sync, clerk) {
+            (false, _) => None,
+            (true, Some(clerk)) => Some(LazySettings { clerk, cipher }),
+            (true, None) => {
+                return Err(InvalidSetting::new(
+                    "API_LAZY_SYNC",
+                    "is on, but CLERK_SECRET_KEY is not set: lazy sync reads users from Clerk's Backend API",
+                )
+                .into());
+            }
         };
 
         let max_connections = number(&lookup, "DATABASE_MAX_CONNECTIONS", 10)?;
@@ -204,6 +242,7 @@ impl Config {
             auth: Authenticator::new(jwt, service_keys),
             cors_origins,
             calendar,
+            lazy,
             limits: server_limits(&lookup, "API_HEADER_TIMEOUT", "API_MAX_CONNECTIONS")?,
             request_timeout: (clerk_timeout * 2 + Duration::from_secs(5))
                 .max(Duration::from_secs(10)),
@@ -318,6 +357,37 @@ mod tests {
         assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(redact_url("postgres://h/db?x=@"), "postgres://h/db?x=@");
         assert_eq!(redact_url("nonsense"), "[unparseable URL]");
+    }
+
+    #[test]
+    fn lazy_sync_is_on_with_a_clerk_secret_key_unless_turned_off() {
+        let config = Config::from_lookup(lookup(&[("API_SERVICE_KEYS", K1)])).expect("valid");
+        assert!(config.lazy.is_none());
+        let with_key = [("API_SERVICE_KEYS", K1), ("CLERK_SECRET_KEY", "sk_test_x")];
+        assert!(
+            Config::from_lookup(lookup(&with_key))
+                .expect("valid")
+                .lazy
+                .is_some()
+        );
+        let off = [
+            ("API_SERVICE_KEYS", K1),
+            ("CLERK_SECRET_KEY", "sk_test_x"),
+            ("API_LAZY_SYNC", "false"),
+        ];
+        assert!(
+            Config::from_lookup(lookup(&off))
+                .expect("valid")
+                .lazy
+                .is_none()
+        );
+        for bad in [
+            [("API_SERVICE_KEYS", K1), ("API_LAZY_SYNC", "true")],
+            [("API_SERVICE_KEYS", K1), ("API_LAZY_SYNC", "sometimes")],
+        ] {
+            let err = Config::from_lookup(lookup(&bad)).expect_err("invalid");
+            assert!(err.to_string().contains("API_LAZY_SYNC"), "{err}");
+        }
     }
 
     #[test]

@@ -12,7 +12,7 @@ use sea_orm::DbErr;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::auth::AuthFailure;
+use crate::{auth::AuthFailure, lazy::LazyError};
 
 /// The body of every error response.
 #[derive(Debug, Serialize, ToSchema)]
@@ -50,6 +50,8 @@ pub enum ApiError {
         "the token endpoint is not configured: set TOKEN_ENCRYPTION_KEY and CLERK_SECRET_KEY on the API"
     )]
     TokensNotConfigured,
+    #[error("lazy sync: {0}")]
+    LazySync(std::sync::Arc<crate::lazy::LazyError>),
 }
 
 impl ApiError {
@@ -83,6 +85,11 @@ impl ApiError {
                 TokenError::Db(_) | TokenError::Crypto(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
             Self::TokensNotConfigured => StatusCode::SERVICE_UNAVAILABLE,
+            Self::LazySync(e) => match **e {
+                LazyError::NotFound => StatusCode::NOT_FOUND,
+                LazyError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+                LazyError::Failed(_) => StatusCode::BAD_GATEWAY,
+            },
         }
     }
 
@@ -101,6 +108,11 @@ impl ApiError {
             Self::Token(TokenError::Crypto(_)) => "stored_token_invalid",
             Self::Token(_) => "internal_error",
             Self::TokensNotConfigured => "tokens_not_configured",
+            Self::LazySync(e) => match **e {
+                LazyError::NotFound => "not_found",
+                LazyError::Unavailable(_) => "clerk_unavailable",
+                LazyError::Failed(_) => "clerk_error",
+            },
         }
     }
 
@@ -123,6 +135,17 @@ impl ApiError {
                     .into()
             }
             Self::Token(_) => "internal error; see the API's log (by request id)".into(),
+            Self::LazySync(e) => match **e {
+                LazyError::NotFound => "no such user".into(),
+                LazyError::Unavailable(_) => {
+                    "the user is not synced yet and Clerk cannot be asked right now; retry shortly"
+                        .into()
+                }
+                LazyError::Failed(_) => {
+                    "the user is not synced yet and Clerk's answer could not be used; see the API's log (by request id)"
+                        .into()
+                }
+            },
             other => other.to_string(),
         }
     }

@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod lazy;
 pub mod metrics;
 pub mod openapi;
 pub mod routes;
@@ -81,10 +82,14 @@ impl Application {
         let (router, doc) = routes::router();
         let mut registry = Registry::default();
         let metrics = Metrics::register(&mut registry);
+        let lazy = config
+            .lazy
+            .map(|lazy| lazy::LazySync::new(db.clone(), lazy.clerk, lazy.cipher, &mut registry));
         let state = Arc::new(AppState {
             db: db.clone(),
             auth: config.auth,
             calendar: config.calendar,
+            lazy,
             metrics,
             registry: Mutex::new(registry),
             openapi: doc.to_json()?,

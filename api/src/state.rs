@@ -5,7 +5,7 @@ use std::sync::Mutex;
 use prometheus_client::registry::Registry;
 use sea_orm::DatabaseConnection;
 
-use crate::{auth::Authenticator, config::CalendarSettings, metrics::Metrics};
+use crate::{auth::Authenticator, config::CalendarSettings, lazy::LazySync, metrics::Metrics};
 
 /// The application state behind an `Arc`.
 pub struct AppState {
@@ -15,6 +15,8 @@ pub struct AppState {
     pub auth: Authenticator,
     /// The token endpoint's cipher and Clerk client, when configured.
     pub calendar: Option<CalendarSettings>,
+    /// Lazy sync of signed-in users not stored yet, when on.
+    pub lazy: Option<LazySync>,
     /// Request metrics.
     pub metrics: Metrics,
     /// The registry `/metrics` encodes.

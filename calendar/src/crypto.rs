@@ -99,12 +99,14 @@ pub enum CryptoError {
     Encrypt,
 }
 
+#[derive(Clone)]
 struct Key {
     id: String,
     cipher: Aes256Gcm,
 }
 
 /// The configured keys. `Debug` shows only their ids.
+#[derive(Clone)]
 pub struct TokenCipher {
     keys: Vec<Key>,
 }

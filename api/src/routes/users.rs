@@ -126,15 +126,30 @@ async fn by_clerk_id(db: &DatabaseConnection, clerk_user_id: &str) -> Result<Use
         .ok_or(ApiError::NotFound(NO_SUCH_USER))
 }
 
-/// The signed-in user.
+/// The signed-in user's own row; when it does not exist yet (the webhook is late or never came)
+/// and lazy sync is on, fetched from Clerk and stored first.
+async fn own_user(state: &AppState, clerk_user_id: &str) -> Result<User, ApiError> {
+    match (by_clerk_id(&state.db, clerk_user_id).await, &state.lazy) {
+        (Err(ApiError::NotFound(_)), Some(lazy)) => {
+            lazy.sync(clerk_user_id).await.map_err(ApiError::LazySync)?;
+            by_clerk_id(&state.db, clerk_user_id).await
+        }
+        (found, _) => found,
+    }
+}
+
+/// The signed-in user. A user not synced yet is fetched from Clerk and stored (lazy sync,
+/// `API_LAZY_SYNC`), so the first read after sign-up finds them.
 #[utoipa::path(
     get, path = "/me", tag = "users",
     security(("session_jwt" = []), ("session_cookie" = [])),
     responses(
-        (status = 200, description = "The caller's own user", body = User),
+        (status = 200, description = "The caller's own user (synced from Clerk first if no webhook brought it yet)", body = User),
         (status = 401, description = "No or invalid credentials", body = ErrorBody),
         (status = 403, description = "A service key has no user of its own", body = ErrorBody),
-        (status = 404, description = "The user has not been synced (yet)", body = ErrorBody),
+        (status = 404, description = "The user does not exist in Clerk, was deleted, or is not synced (lazy sync off)", body = ErrorBody),
+        (status = 502, description = "Not synced yet, and Clerk's answer could not be used", body = ErrorBody),
+        (status = 503, description = "Not synced yet, and Clerk or the database is unavailable; retry (`Retry-After`)", body = ErrorBody),
     )
 )]
 pub async fn me(
@@ -142,7 +157,7 @@ pub async fn me(
     caller: Caller,
 ) -> Result<Json<User>, ApiError> {
     match caller {
-        Caller::User { clerk_user_id } => Ok(Json(by_clerk_id(&state.db, &clerk_user_id).await?)),
+        Caller::User { clerk_user_id } => Ok(Json(own_user(&state, &clerk_user_id).await?)),
         Caller::Service { .. } => Err(ApiError::Forbidden(
             "a service key has no user of its own: use /users/{id} or /users/by-clerk-id/{clerk_user_id}",
         )),
@@ -170,7 +185,7 @@ pub async fn get_user(
     Ok(Json(visible_user(&state.db, &caller, id).await?.into()))
 }
 
-/// A user by Clerk user id.
+/// A user by Clerk user id (the caller's own id is synced lazily, as `/me`).
 #[utoipa::path(
     get, path = "/users/by-clerk-id/{clerk_user_id}", tag = "users",
     params(("clerk_user_id" = String, Path, description = "Clerk's user id (`user_…`)")),
@@ -179,6 +194,8 @@ pub async fn get_user(
         (status = 200, description = "The user", body = User),
         (status = 401, description = "No or invalid credentials", body = ErrorBody),
         (status = 404, description = "No such user, or another user's id with a session token", body = ErrorBody),
+        (status = 502, description = "The caller's own user, not synced yet, and Clerk's answer could not be used", body = ErrorBody),
+        (status = 503, description = "The caller's own user, not synced yet, and Clerk or the database is unavailable; retry", body = ErrorBody),
     )
 )]
 pub async fn get_user_by_clerk_id(
@@ -187,10 +204,15 @@ pub async fn get_user_by_clerk_id(
     clerk_user_id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<User>, ApiError> {
     let Path(clerk_user_id) = clerk_user_id?;
-    if !caller.may_see(&clerk_user_id) {
-        return Err(ApiError::NotFound(NO_SUCH_USER));
+    match caller {
+        // A user's own id is synced lazily, like `/me`; service keys may ask for any id, so
+        // their reads never call Clerk.
+        Caller::User { clerk_user_id: own } if own == clerk_user_id => {
+            Ok(Json(own_user(&state, &clerk_user_id).await?))
+        }
+        Caller::User { .. } => Err(ApiError::NotFound(NO_SUCH_USER)),
+        Caller::Service { .. } => Ok(Json(by_clerk_id(&state.db, &clerk_user_id).await?)),
     }
-    Ok(Json(by_clerk_id(&state.db, &clerk_user_id).await?))
 }
 
 /// A user by email address (service keys only).

@@ -5,6 +5,7 @@
 mod auth;
 mod connections;
 mod helpers;
+mod lazy;
 mod openapi;
 mod ops;
 mod service;
