@@ -1,0 +1,46 @@
+import { useCurrentUser, useSetCalendarStatus } from "@clerk-sync/react";
+
+/** The integration guide's component, as the CRM's frontend writes it. */
+export function MyComponent() {
+  const { user, isLoading, isSignedIn, error } = useCurrentUser();
+
+  if (isLoading) return <div>Loading...</div>;
+  if (!isSignedIn) return <div>Please sign in</div>;
+  if (error) return <div role="alert">Could not load your profile: {error.message}</div>;
+  if (!user) return <div>Loading...</div>;
+
+  return (
+    <div>
+      <h1>Welcome, {user.first_name}!</h1>
+      <p>Email: {user.email}</p>
+      <p>
+        Microsoft Calendar: {user.microsoft_calendar_connected ? "Connected" : "Not Connected"}
+      </p>
+    </div>
+  );
+}
+
+/** Connects or disconnects the Microsoft calendar. */
+function CalendarToggle() {
+  const { user } = useCurrentUser();
+  const { setCalendarStatus, isPending, error } = useSetCalendarStatus();
+  if (!user) return null;
+  const connected = user.microsoft_calendar_connected;
+  return (
+    <div>
+      <button disabled={isPending} onClick={() => void setCalendarStatus("microsoft", !connected)}>
+        {connected ? "Disconnect Microsoft calendar" : "Connect Microsoft calendar"}
+      </button>
+      {error ? <p role="alert">{error.message}</p> : null}
+    </div>
+  );
+}
+
+export function App() {
+  return (
+    <main style={{ fontFamily: "system-ui, sans-serif", margin: "2rem" }}>
+      <MyComponent />
+      <CalendarToggle />
+    </main>
+  );
+}

@@ -1,0 +1,366 @@
+// End to end: the demo page in headless Chromium against the real ingress, worker and api on the
+// machine's Postgres and RabbitMQ. Clerk's frontend is a test double whose session tokens are
+// RS256 JWTs minted here (the api verifies them with this test's public key); Clerk's Backend API
+// (lazy sync, calendar tokens) is a small fake served here. Clerk cannot be reached from here.
+//
+// Needs: the Rust binaries built (`cargo build -p ingress -p worker -p api`; CLERK_SYNC_BIN names
+// their folder, default ../target/debug), Chromium (CHROMIUM, default /usr/bin/chromium), and
+// createdb, dropdb and rabbitmqctl on the PATH. Everything it creates (a database, a RabbitMQ
+// vhost, processes) is removed at the end. Screenshots go to ../target/web/.
+import assert from "node:assert/strict";
+import { execFileSync, spawn } from "node:child_process";
+import { createHmac, generateKeyPairSync, randomBytes, sign } from "node:crypto";
+import { mkdirSync } from "node:fs";
+import { createServer } from "node:http";
+import { createServer as createNetServer } from "node:net";
+import path from "node:path";
+import { after, before, describe, it } from "node:test";
+import { fileURLToPath } from "node:url";
+
+import { chromium } from "playwright-core";
+
+import { committedTypesMatch } from "../scripts/generate-types.mjs";
+
+const web = path.dirname(path.dirname(fileURLToPath(import.meta.url)));
+const bin = process.env.CLERK_SYNC_BIN ?? path.resolve(web, "../target/debug");
+const shots = path.resolve(web, "../target/web");
+const run = randomBytes(4).toString("hex");
+const database = `clerk_sync_e2e_${run}`;
+const vhost = `clerk_sync_e2e_${run}`;
+const clerkSecret = "sk_test_e2e_fake_clerk_backend_api_key";
+const serviceKey = `svc-e2e-${randomBytes(16).toString("hex")}`;
+const webhookSecret = `whsec_${randomBytes(24).toString("base64")}`;
+const tokenKey = randomBytes(32).toString("base64");
+const { publicKey, privateKey } = generateKeyPairSync("rsa", {
+  modulusLength: 2048,
+  publicKeyEncoding: { type: "spki", format: "pem" },
+  privateKeyEncoding: { type: "pkcs8", format: "pem" },
+});
+
+const b64url = (data) => Buffer.from(data).toString("base64url");
+
+/** A Clerk session token (v2 claims) for `userId`, signed with this test's key. */
+function mintSessionToken(userId) {
+  const now = Math.floor(Date.now() / 1000);
+  const header = b64url(JSON.stringify({ alg: "RS256", typ: "JWT", kid: "ins_e2e" }));
+  const claims = b64url(
+    JSON.stringify({
+      sub: userId,
+      sid: `sess_${userId}`,
+      iss: "https://clerk.e2e.test",
+      iat: now - 5,
+      nbf: now - 5,
+      exp: now + 60,
+      jti: randomBytes(8).toString("hex"),
+      v: 2,
+    }),
+  );
+  const signature = sign("RSA-SHA256", Buffer.from(`${header}.${claims}`), privateKey);
+  return `${header}.${claims}.${b64url(signature)}`;
+}
+
+/** A Clerk user object, with a verified Microsoft calendar account when `microsoft` is set. */
+function clerkUser(id, first, updatedAt, microsoft) {
+  const email = { id: `idn_${id}`, email_address: `${id}@example.test`, verification: { status: "verified" } };
+  return {
+    id,
+    object: "user",
+    first_name: first,
+    last_name: "Synth",
+    primary_email_address_id: email.id,
+    email_addresses: [email],
+    external_accounts: microsoft
+      ? [
+          {
+            object: "external_account",
+            id: `idn_ms_${id}`,
+            external_account_id: `eac_ms_${id}`,
+            provider: "oauth_microsoft",
+            provider_user_id: `ms-${id}`,
+            approved_scopes: "Calendars.ReadWrite offline_access openid User.Read",
+            email_address: `${id}@contoso.example`,
+            verification: { status: "verified", strategy: "oauth_microsoft" },
+            created_at: 1_700_000_000_000,
+          },
+        ]
+      : [],
+    created_at: 1_700_000_000_000,
+    updated_at: updatedAt,
+  };
+}
+
+/** Clerk's Backend API, as far as clerk-sync uses it. */
+function startFakeClerk() {
+  const users = new Map();
+  const server = createServer((request, response) => {
+    const reply = (status, body) => {
+      response.writeHead(status, { "Content-Type": "application/json" });
+      response.end(JSON.stringify(body));
+    };
+    if (request.headers.authorization !== `Bearer ${clerkSecret}`) {
+      return reply(401, { errors: [{ code: "authentication_invalid" }] });
+    }
+    const parts = new URL(request.url, "http://x").pathname.split("/").filter(Boolean);
+    if (parts[0] === "v1" && parts[1] === "users" && parts.length === 3) {
+      const user = users.get(parts[2]);
+      return user ? reply(200, user) : reply(404, { errors: [{ code: "resource_not_found" }] });
+    }
+    if (parts[0] === "v1" && parts[1] === "users" && parts[3] === "oauth_access_tokens") {
+      const user = users.get(parts[2]);
+      const account = user?.external_accounts.find((a) => a.provider === parts[4]);
+      return reply(
+        200,
+        account
+          ? [
+              {
+                object: "oauth_access_token",
+                external_account_id: account.external_account_id,
+                provider_user_id: account.provider_user_id,
+                token: `EwB-e2e-${parts[2]}`,
+                provider: parts[4],
+                expires_at: Date.now() + 3_600_000,
+                scopes: ["Calendars.ReadWrite"],
+              },
+            ]
+          : [],
+      );
+    }
+    return reply(404, { errors: [{ code: "resource_not_found" }] });
+  });
+  return { users, server };
+}
+
+async function freePort() {
+  const server = createNetServer();
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address();
+  await new Promise((resolve) => server.close(resolve));
+  return port;
+}
+
+async function eventually(what, check, timeoutMs = 30_000) {
+  const deadline = Date.now() + timeoutMs;
+  let last;
+  while (Date.now() < deadline) {
+    try {
+      const value = await check();
+      if (value) return value;
+    } catch (error) {
+      last = error;
+    }
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  throw new Error(`timed out waiting for ${what}${last ? `: ${last}` : ""}`);
+}
+
+const children = [];
+function start(name, command, args, env, cwd = web) {
+  const child = spawn(command, args, { cwd, env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
+  child.output = "";
+  const collect = (chunk) => {
+    child.output += chunk;
+  };
+  child.stdout.on("data", collect);
+  child.stderr.on("data", collect);
+  child.name = name;
+  children.push(child);
+  return child;
+}
+
+async function ready(url, child) {
+  await eventually(`${child.name} at ${url}`, async () => {
+    if (child.exitCode !== null) throw new Error(`${child.name} exited: ${child.output}`);
+    return (await fetch(url)).ok;
+  });
+}
+
+/** Delivers a Clerk event to the ingress, signed as Svix signs it. */
+async function deliver(ingress, event) {
+  const body = JSON.stringify(event);
+  const id = `msg_e2e_${randomBytes(6).toString("hex")}`;
+  const timestamp = Math.floor(Date.now() / 1000);
+  const key = Buffer.from(webhookSecret.slice("whsec_".length), "base64");
+  const signature = createHmac("sha256", key).update(`${id}.${timestamp}.${body}`).digest("base64");
+  const response = await fetch(`${ingress}/webhooks/clerk`, {
+    method: "POST",
+    headers: {
+      "Content-Type": "application/json",
+      "svix-id": id,
+      "svix-timestamp": String(timestamp),
+      "svix-signature": `v1,${signature}`,
+    },
+    body,
+  });
+  assert.equal(response.status, 200, await response.text());
+}
+
+describe("the demo page against the real services", () => {
+  const fake = startFakeClerk();
+  let urls;
+  let browser;
+  let page;
+
+  before(async () => {
+    mkdirSync(shots, { recursive: true });
+    execFileSync("createdb", ["-h", "127.0.0.1", "-U", "postgres", database]);
+    execFileSync("rabbitmqctl", ["-q", "add_vhost", vhost]);
+    execFileSync("rabbitmqctl", ["-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"]);
+    await new Promise((resolve) => fake.server.listen(0, "127.0.0.1", resolve));
+    const [ingressPort, apiPort, workerPort, pagePort] = await Promise.all([
+      freePort(),
+      freePort(),
+      freePort(),
+      freePort(),
+    ]);
+    urls = {
+      ingress: `http://127.0.0.1:${ingressPort}`,
+      api: `http://127.0.0.1:${apiPort}`,
+      worker: `http://127.0.0.1:${workerPort}`,
+      page: `http://127.0.0.1:${pagePort}`,
+    };
+    const common = {
+      DATABASE_URL: `postgres://postgres@127.0.0.1:5432/${database}`,
+      AMQP_URL: `amqp://guest:guest@127.0.0.1:5672/${encodeURIComponent(vhost)}`,
+      RETRY_DELAYS: "500ms",
+      CLERK_SECRET_KEY: clerkSecret,
+      CLERK_API_URL: `http://127.0.0.1:${fake.server.address().port}`,
+      TOKEN_ENCRYPTION_KEY: tokenKey,
+      RUST_LOG: "warn",
+      NO_COLOR: "1",
+    };
+    const worker = start("worker", path.join(bin, "worker"), [], { ...common, WORKER_ADDR: `127.0.0.1:${workerPort}` });
+    await ready(`${urls.worker}/readyz`, worker);
+    const api = start("api", path.join(bin, "api"), [], {
+      ...common,
+      API_ADDR: `127.0.0.1:${apiPort}`,
+      CLERK_JWT_KEY: publicKey,
+      API_SERVICE_KEYS: serviceKey,
+      API_CORS_ORIGINS: urls.page,
+    });
+    const ingress = start("ingress", path.join(bin, "ingress"), [], {
+      ...common,
+      INGRESS_ADDR: `127.0.0.1:${ingressPort}`,
+      CLERK_WEBHOOK_SECRET: webhookSecret,
+    });
+    await Promise.all([ready(`${urls.api}/readyz`, api), ready(`${urls.ingress}/readyz`, ingress)]);
+
+    const vite = path.join(web, "node_modules", ".bin", "vite");
+    execFileSync(vite, ["build", "--logLevel", "warn"], {
+      cwd: path.join(web, "demo"),
+      env: { ...process.env, CLERK_DOUBLE: "1", VITE_API_URL: urls.api },
+    });
+    const preview = start(
+      "vite preview",
+      vite,
+      ["preview", "--host", "127.0.0.1", "--port", String(pagePort)],
+      { CLERK_DOUBLE: "1" },
+      path.join(web, "demo"),
+    );
+    await ready(urls.page, preview);
+
+    browser = await chromium.launch({
+      executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+      args: ["--no-sandbox"],
+    });
+    page = await browser.newPage({ viewport: { width: 800, height: 420 } });
+    await page.exposeFunction("__mintSessionToken", mintSessionToken);
+  });
+
+  after(async () => {
+    await browser?.close();
+    for (const child of children) child.kill("SIGTERM");
+    await Promise.all(
+      children.map((child) =>
+        child.exitCode !== null ? null : new Promise((resolve) => child.once("exit", resolve)),
+      ),
+    );
+    fake.server.close();
+    execFileSync("dropdb", ["-h", "127.0.0.1", "-U", "postgres", "--force", "--if-exists", database]);
+    execFileSync("rabbitmqctl", ["-q", "delete_vhost", vhost]);
+  });
+
+  const text = () => page.locator("main").innerText();
+  const shot = (name) => page.screenshot({ path: path.join(shots, `${name}.png`) });
+  const asService = (route) =>
+    fetch(`${urls.api}${route}`, { headers: { Authorization: `Bearer ${serviceKey}` } });
+
+  it("the committed API types match what the api serves", async () => {
+    assert.ok(
+      await committedTypesMatch(`${urls.api}/openapi.json`),
+      "packages/react/src/schema.ts drifted from /openapi.json: run npm run generate-types",
+    );
+  });
+
+  it("asks a signed-out visitor to sign in", async () => {
+    await page.goto(urls.page);
+    await page.getByText("Please sign in").waitFor();
+    await shot("01-signed-out");
+  });
+
+  it("shows a user who exists only in Clerk (no webhook yet) within 2 seconds", async () => {
+    fake.users.set("user_e2e_ada", clerkUser("user_e2e_ada", "Ada", 1_700_000_001_000, true));
+    const started = Date.now();
+    await page.evaluate(() => window.__clerkDouble.setUser("user_e2e_ada"));
+    await page.getByText("Welcome, Ada!").waitFor({ timeout: 2_000 });
+    const elapsed = Date.now() - started;
+    assert.ok(elapsed <= 2_000, `${elapsed} ms`);
+    const shown = await text();
+    assert.match(shown, /Email: user_e2e_ada@example\.test/);
+    assert.match(shown, /Microsoft Calendar: Connected/);
+    await shot("02-first-read-lazy-sync");
+  });
+
+  it("shows a user.updated from the ingress after the window regains focus", async () => {
+    const updated = clerkUser("user_e2e_ada", "Ada Lovelace", 1_700_000_002_000, true);
+    fake.users.set("user_e2e_ada", updated);
+    await deliver(urls.ingress, { type: "user.updated", object: "event", timestamp: Date.now(), data: updated });
+    await eventually("the worker applied the update", async () => {
+      const user = await (await asService("/users/by-clerk-id/user_e2e_ada")).json();
+      return user.first_name === "Ada Lovelace";
+    });
+    assert.match(await text(), /Welcome, Ada!/, "nothing refetches before the refocus");
+    // What a browser does when the tab becomes visible again (TanStack Query listens on window).
+    await page.evaluate(() => window.dispatchEvent(new Event("visibilitychange")));
+    await page.getByText("Welcome, Ada Lovelace!").waitFor({ timeout: 5_000 });
+    await shot("03-updated-after-refocus");
+  });
+
+  it("disconnects the Microsoft calendar from the toggle", async () => {
+    await page.getByRole("button", { name: "Disconnect Microsoft calendar" }).click();
+    await page.getByText("Microsoft Calendar: Not Connected").waitFor({ timeout: 5_000 });
+    const user = await (await asService("/users/by-clerk-id/user_e2e_ada")).json();
+    assert.equal(user.microsoft_calendar_connected, false);
+    const token = await asService(`/users/${user.id}/calendar-connections/microsoft/token`);
+    assert.equal(token.status, 404);
+    await shot("04-calendar-disconnected");
+  });
+
+  it("never shows the first user's data to a second user", async () => {
+    fake.users.set("user_e2e_grace", clerkUser("user_e2e_grace", "Grace", 1_700_000_003_000, false));
+    // Every text the page shows from here on.
+    await page.evaluate(() => {
+      window.__texts = [];
+      new MutationObserver(() => window.__texts.push(document.body.innerText)).observe(document.body, {
+        subtree: true,
+        childList: true,
+        characterData: true,
+      });
+    });
+    await page.evaluate(() => window.__clerkDouble.setUser("user_e2e_grace"));
+    await page.getByText("Welcome, Grace!").waitFor({ timeout: 5_000 });
+    const seen = await page.evaluate(() => window.__texts);
+    assert.ok(
+      seen.every((shown) => !shown.includes("Ada")),
+      `the second user saw the first user's data: ${JSON.stringify(seen)}`,
+    );
+    // And the api itself refuses Grace's token for Ada.
+    const response = await fetch(`${urls.api}/users/by-clerk-id/user_e2e_ada`, {
+      headers: { Authorization: `Bearer ${mintSessionToken("user_e2e_grace")}` },
+    });
+    assert.equal(response.status, 404);
+    await shot("05-second-user");
+
+    await page.evaluate(() => window.__clerkDouble.setUser(null));
+    await page.getByText("Please sign in").waitFor();
+  });
+});

@@ -1,0 +1,130 @@
+import { useAuth } from "@clerk/clerk-react";
+import { useMutation, useQuery, useQueryClient } from "@tanstack/react-query";
+import { useCallback } from "react";
+
+import { call, type CalendarConnection, type ClerkSyncError, type Provider, type User } from "./api";
+import { QUERY_KEY, useClerkSyncSettings } from "./provider";
+
+export interface CurrentUser {
+  /** The signed-in user as clerk-sync stores it; null while loading, signed out, or unknown. */
+  user: User | null;
+  /** True until it is known whether someone is signed in and, if so, their user is read. */
+  isLoading: boolean;
+  /** Whether a user is signed in (from Clerk). */
+  isSignedIn: boolean;
+  /** The last failure, if reading the user failed (after retries for what can pass). */
+  error: ClerkSyncError | null;
+  /** Reads the user again. */
+  refresh: () => Promise<void>;
+}
+
+/** The session token getter and the signed-in user's Clerk id, from Clerk. */
+function useSession() {
+  const { isLoaded, isSignedIn, userId, getToken } = useAuth();
+  return {
+    isLoaded,
+    isSignedIn: Boolean(isLoaded && isSignedIn),
+    userId: isLoaded && isSignedIn ? (userId ?? null) : null,
+    getToken: useCallback(() => getToken(), [getToken]),
+  };
+}
+
+/**
+ * The signed-in user: `GET /me`. A user who just signed up is fetched from Clerk by the API on
+ * this first read (lazy sync), so there is no "not synced yet" state to handle.
+ */
+export function useCurrentUser(): CurrentUser {
+  const { apiUrl } = useClerkSyncSettings();
+  const session = useSession();
+  const query = useQuery<User | null, ClerkSyncError>({
+    queryKey: [QUERY_KEY, session.userId, "me"],
+    enabled: session.isSignedIn,
+    queryFn: () => call<User>(apiUrl, session.getToken, "/me"),
+  });
+  const { refetch } = query;
+  const refresh = useCallback(async () => {
+    await refetch();
+  }, [refetch]);
+  return {
+    user: session.isSignedIn ? (query.data ?? null) : null,
+    isLoading: !session.isLoaded || (session.isSignedIn && query.isPending && !query.isError),
+    isSignedIn: session.isSignedIn,
+    error: session.isSignedIn ? (query.error ?? null) : null,
+    refresh,
+  };
+}
+
+export interface CalendarConnections {
+  /** The user's calendar connections (no tokens ever); empty while loading or signed out. */
+  connections: CalendarConnection[];
+  isLoading: boolean;
+  error: ClerkSyncError | null;
+  refresh: () => Promise<void>;
+}
+
+/** The signed-in user's calendar connections: `GET /users/{id}/calendar-connections`. */
+export function useCalendarConnections(): CalendarConnections {
+  const { apiUrl } = useClerkSyncSettings();
+  const session = useSession();
+  const { user } = useCurrentUser();
+  const query = useQuery<CalendarConnection[], ClerkSyncError>({
+    queryKey: [QUERY_KEY, session.userId, "calendar-connections"],
+    enabled: session.isSignedIn && user !== null,
+    queryFn: () =>
+      call<CalendarConnection[]>(
+        apiUrl,
+        session.getToken,
+        `/users/${encodeURIComponent(user?.id ?? "")}/calendar-connections`,
+      ),
+  });
+  const { refetch } = query;
+  const refresh = useCallback(async () => {
+    await refetch();
+  }, [refetch]);
+  return {
+    connections: query.data ?? [],
+    isLoading: session.isSignedIn && (user === null || query.isPending) && !query.isError,
+    error: query.error ?? null,
+    refresh,
+  };
+}
+
+export interface SetCalendarStatus {
+  /**
+   * Connects (`true`) or disconnects (`false`) the signed-in user's calendar of `provider`:
+   * `PATCH /users/{id}/calendar-status`. A disconnect lasts through later updates from Clerk
+   * until the user connects again. Resolves with the updated user.
+   */
+  setCalendarStatus: (provider: Provider, connected: boolean) => Promise<User>;
+  isPending: boolean;
+  error: ClerkSyncError | null;
+}
+
+/** Changing the signed-in user's calendar status; the cached user and connections follow. */
+export function useSetCalendarStatus(): SetCalendarStatus {
+  const { apiUrl } = useClerkSyncSettings();
+  const session = useSession();
+  const { user } = useCurrentUser();
+  const client = useQueryClient();
+  const mutation = useMutation<User, ClerkSyncError, { provider: Provider; connected: boolean }>({
+    mutationFn: ({ provider, connected }) => {
+      if (!user) {
+        return Promise.reject(new Error("no signed-in user to change"));
+      }
+      return call<User>(apiUrl, session.getToken, `/users/${encodeURIComponent(user.id)}/calendar-status`, {
+        method: "PATCH",
+        body: { provider, connected },
+      });
+    },
+    onSuccess: (updated) => {
+      client.setQueryData([QUERY_KEY, session.userId, "me"], updated);
+      void client.invalidateQueries({ queryKey: [QUERY_KEY, session.userId, "calendar-connections"] });
+    },
+  });
+  const { mutateAsync } = mutation;
+  const setCalendarStatus = useCallback(
+    (provider: Provider, connected: boolean) => mutateAsync({ provider, connected }),
+    [mutateAsync],
+  );
+  return { setCalendarStatus, isPending: mutation.isPending, error: mutation.error ?? null };
+}

@@ -1,0 +1,13 @@
+// @clerk-sync/react: the signed-in user as clerk-sync stores it, for React apps signed in with
+// Clerk. Put <ClerkSyncProvider apiUrl=…> inside <ClerkProvider>, then use the hooks.
+export { ClerkSyncProvider, type ClerkSyncProviderProps } from "./provider";
+export {
+  useCurrentUser,
+  useCalendarConnections,
+  useSetCalendarStatus,
+  type CurrentUser,
+  type CalendarConnections,
+  type SetCalendarStatus,
+} from "./hooks";
+export { ClerkSyncError, type User, type CalendarConnection, type Provider } from "./api";
+export type { components, paths } from "./schema";
