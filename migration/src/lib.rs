@@ -9,6 +9,7 @@ mod m20261123_000002_create_user_calendar_connections;
 mod m20261123_000003_create_sync_bookkeeping;
 mod m20261123_000004_create_backfill_checkpoints;
 mod m20261130_000005_security_review;
+mod m20261130_000006_create_reconcile_seen;
 
 /// All migrations, oldest first.
 pub struct Migrator;
@@ -22,6 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000003_create_sync_bookkeeping::Migration),
             Box::new(m20261123_000004_create_backfill_checkpoints::Migration),
             Box::new(m20261130_000005_security_review::Migration),
+            Box::new(m20261130_000006_create_reconcile_seen::Migration),
         ]
     }
 }

@@ -42,6 +42,8 @@ pub struct FakeClerk {
     url: String,
     state: Arc<Mutex<State>>,
     requests: Arc<AtomicUsize>,
+    /// (requests being answered now, the most at once so far).
+    in_flight: Arc<(AtomicUsize, AtomicUsize)>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -52,9 +54,11 @@ impl FakeClerk {
         let url = format!("http://{}", listener.local_addr().unwrap());
         let state = Arc::new(Mutex::new(State::default()));
         let requests = Arc::new(AtomicUsize::new(0));
+        let in_flight = Arc::new((AtomicUsize::new(0), AtomicUsize::new(0)));
         let task = {
             let state = state.clone();
             let requests = requests.clone();
+            let in_flight = in_flight.clone();
             tokio::spawn(async move {
                 loop {
                     let Ok((stream, _)) = listener.accept().await else {
@@ -62,13 +66,18 @@ impl FakeClerk {
                     };
                     let state = state.clone();
                     let requests = requests.clone();
+                    let in_flight = in_flight.clone();
                     tokio::spawn(async move {
                         let service = service_fn(move |request: Request<Incoming>| {
                             requests.fetch_add(1, Ordering::SeqCst);
+                            let now = in_flight.0.fetch_add(1, Ordering::SeqCst) + 1;
+                            in_flight.1.fetch_max(now, Ordering::SeqCst);
                             let response = answer(&state, &request);
                             let delay = state.lock().unwrap().delay;
+                            let in_flight = in_flight.clone();
                             async move {
                                 tokio::time::sleep(delay).await;
+                                in_flight.0.fetch_sub(1, Ordering::SeqCst);
                                 Ok::<_, Infallible>(response)
                             }
                         });
@@ -83,6 +92,7 @@ impl FakeClerk {
             url,
             state,
             requests,
+            in_flight,
             task,
         }
     }
@@ -152,6 +162,11 @@ impl FakeClerk {
     /// The offsets `GET /v1/users` was asked for, in order.
     pub fn user_offsets(&self) -> Vec<usize> {
         self.state.lock().unwrap().offsets.clone()
+    }
+
+    /// The most requests it was answering at the same time.
+    pub fn max_in_flight(&self) -> usize {
+        self.in_flight.1.load(Ordering::SeqCst)
     }
 
     /// Requests received so far.

@@ -72,6 +72,44 @@ impl Applier {
             .await
     }
 
+    /// Makes the stored calendar connections of `user` equal its external accounts (tokens
+    /// fetched again), when the stored row is at exactly `user`'s version: what a reconcile does
+    /// for a user whose profile is current but whose connections drifted. Returns whether it
+    /// changed anything (`false`: the row moved on meanwhile, or is gone).
+    pub async fn resync_connections(&self, user: &UserSnapshot) -> Result<bool, ApplyError> {
+        let disconnects = disconnects_of_clerk_user(&self.db, &user.clerk_user_id).await?;
+        let accounts = not_disconnected(&calendar_accounts(&user.external_accounts), &disconnects);
+        let clerk = self.clerk.as_ref().filter(|_| self.cipher.is_some());
+        let fetched = fetch_tokens(clerk, &user.clerk_user_id, &accounts).await?;
+        let txn = self.db.begin().await?;
+        txn.execute_raw(stmt(
+            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+            vec![user.clerk_user_id.as_str().into()],
+        ))
+        .await?;
+        let row = txn
+            .query_one_raw(stmt(
+                "SELECT id FROM users WHERE clerk_user_id = $1 AND clerk_updated_at = $2",
+                vec![user.clerk_user_id.as_str().into(), user.updated_at.into()],
+            ))
+            .await?;
+        let Some(row) = row else {
+            txn.rollback().await?;
+            return Ok(false);
+        };
+        let user_id: Uuid = row.try_get("", "id")?;
+        sync_connections(
+            &txn,
+            self.cipher.as_ref(),
+            user_id,
+            &fetched,
+            SyncScope::All,
+        )
+        .await?;
+        txn.commit().await?;
+        Ok(true)
+    }
+
     /// One attempt.
     async fn try_apply(
         &self,

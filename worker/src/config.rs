@@ -49,6 +49,9 @@ pub struct Config {
     pub clerk: Option<ClerkClient>,
     /// `TOKEN_ENCRYPTION_KEY`: base64 keys of 32 bytes, space separated; the first encrypts.
     pub token_cipher: Option<TokenCipher>,
+    /// `RECONCILE_INTERVAL` (off by default; e.g. `24h`): how often `worker run` reconciles the
+    /// tables with Clerk in the background (one worker at a time, under an advisory lock).
+    pub reconcile_interval: Option<Duration>,
 }
 
 impl std::fmt::Debug for Config {
@@ -107,6 +110,29 @@ impl Config {
                 InvalidSetting::new("IN_PROCESS_RETRIES", format!("{v:?} is not a whole number"))
             })?,
         };
+        let reconcile_interval = match lookup("RECONCILE_INTERVAL").filter(|v| !v.trim().is_empty())
+        {
+            None => None,
+            Some(value) => Some(
+                telemetry::settings::parse_duration(&value)
+                    .filter(|d| !d.is_zero())
+                    .ok_or_else(|| {
+                        InvalidSetting::new(
+                            "RECONCILE_INTERVAL",
+                            format!("{value:?} is not a duration such as 24h or 30m"),
+                        )
+                    })?,
+            ),
+        };
+        if reconcile_interval.is_some()
+            && lookup("CLERK_SECRET_KEY").is_none_or(|k| k.trim().is_empty())
+        {
+            return Err(InvalidSetting::new(
+                "RECONCILE_INTERVAL",
+                "is set, but CLERK_SECRET_KEY is not: reconciling reads Clerk's user list",
+            )
+            .into());
+        }
         let broker = BrokerConfig::from_lookup(&lookup, "clerk-sync worker")?;
         let topology = Topology::from_lookup(&lookup)?.with_default_replicas(broker.urls.len());
         Ok(Self {
@@ -143,6 +169,7 @@ impl Config {
                 None => None,
                 Some(keys) => Some(TokenCipher::from_setting(&keys)?),
             },
+            reconcile_interval,
         })
     }
 }
@@ -150,6 +177,26 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reconcile_interval_is_off_by_default_and_needs_clerk() {
+        assert_eq!(
+            Config::from_lookup(|_| None)
+                .expect("defaults")
+                .reconcile_interval,
+            None
+        );
+        let err = Config::from_lookup(|name| (name == "RECONCILE_INTERVAL").then(|| "24h".into()))
+            .expect_err("no Clerk key");
+        assert!(err.to_string().contains("CLERK_SECRET_KEY"), "{err}");
+        let config = Config::from_lookup(|name| match name {
+            "RECONCILE_INTERVAL" => Some("24h".into()),
+            "CLERK_SECRET_KEY" => Some("sk_test_x".into()),
+            _ => None,
+        })
+        .expect("valid");
+        assert_eq!(config.reconcile_interval, Some(Duration::from_secs(86_400)));
+    }
 
     #[test]
     fn defaults_match_the_contract() {

@@ -14,6 +14,7 @@ pub mod faults;
 pub mod metrics;
 pub mod progress;
 pub mod queues;
+pub mod reconcile;
 
 use std::{
     future::Future,
@@ -100,7 +101,20 @@ pub struct Application {
     consumer: Arc<Consumer>,
     registry: Arc<Mutex<Registry>>,
     retention: Duration,
+    reconciler: Option<Reconciler>,
 }
+
+/// The scheduled reconcile (`RECONCILE_INTERVAL`).
+struct Reconciler {
+    applier: Applier,
+    clerk: calendar::clerk::ClerkClient,
+    interval: Duration,
+    database_url: String,
+    metrics: metrics::Metrics,
+}
+
+/// Key of the session-level advisory lock one reconciling worker holds ("clerkrec").
+const RECONCILE_LOCK_KEY: i64 = 0x636c_6572_6b72_6563;
 
 impl Application {
     /// Connects to Postgres, applies migrations, and binds `WORKER_ADDR`.
@@ -127,6 +141,21 @@ impl Application {
         }
         let mut registry = Registry::default();
         let metrics = metrics::Metrics::register(&mut registry);
+        let reconciler = match (config.reconcile_interval, &config.clerk) {
+            (Some(interval), Some(clerk)) => Some(Reconciler {
+                applier: Applier {
+                    db: db.clone(),
+                    clerk: Some(clerk.clone()),
+                    cipher: config.token_cipher.clone(),
+                    in_process_retries: config.in_process_retries,
+                },
+                clerk: clerk.clone(),
+                interval,
+                database_url: config.database_url.clone(),
+                metrics: metrics.clone(),
+            }),
+            _ => None,
+        };
         let consumer = Arc::new(Consumer {
             applier: Applier {
                 db,
@@ -151,6 +180,7 @@ impl Application {
             consumer,
             registry: Arc::new(Mutex::new(registry)),
             retention: config.processed_events_retention,
+            reconciler,
         })
     }
 
@@ -200,14 +230,105 @@ impl Application {
             self.retention,
             stop_rx.clone(),
         ));
+        let reconciler = self
+            .reconciler
+            .map(|reconciler| tokio::spawn(reconcile_on_schedule(reconciler, stop_rx.clone())));
         let consumer = tokio::spawn(self.consumer.clone().run(stop_rx));
         shutdown.await;
         let _ = stop_tx.send(true);
         let _ = consumer.await;
         let _ = pruner.await;
+        if let Some(reconciler) = reconciler {
+            let _ = reconciler.await;
+        }
         let _ = ops.await;
         let _ = self.consumer.applier.db.clone().close().await;
         tracing::info!("worker stopped");
+    }
+}
+
+/// Reconciles every `interval` (the first time one interval after start), in one worker at a
+/// time: each run takes a session-level advisory lock on a connection of its own and skips when
+/// another worker holds it. A run stopped by shutdown resumes from its checkpoint next time.
+async fn reconcile_on_schedule(reconciler: Reconciler, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(reconciler.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tick.tick() => {}
+        }
+        let lock = match connect_database(&reconciler.database_url, 1).await {
+            Ok(lock) => lock,
+            Err(error) => {
+                tracing::warn!(error.message = %error, "cannot reach the database to reconcile; next time");
+                continue;
+            }
+        };
+        let got = lock
+            .query_one_raw(sea_orm::Statement::from_string(
+                sea_orm::DbBackend::Postgres,
+                format!("SELECT pg_try_advisory_lock({RECONCILE_LOCK_KEY}) AS got"),
+            ))
+            .await
+            .ok()
+            .flatten()
+            .and_then(|row| row.try_get::<bool>("", "got").ok())
+            .unwrap_or(false);
+        if got {
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => {}
+                () = reconcile_once(&reconciler) => {}
+            }
+            let _ = lock
+                .execute_unprepared(&format!("SELECT pg_advisory_unlock({RECONCILE_LOCK_KEY})"))
+                .await;
+        } else {
+            tracing::debug!("another worker is reconciling");
+        }
+        let _ = lock.close().await;
+    }
+}
+
+async fn reconcile_once(reconciler: &Reconciler) {
+    tracing::info!("reconcile started");
+    let options = reconcile::ReconcileOptions::default();
+    match reconcile::run(&reconciler.applier, &reconciler.clerk, &options, |_, _| {}).await {
+        Ok(report) => {
+            let metrics = &reconciler.metrics;
+            for (kind, drift) in [
+                ("missing", &report.missing),
+                ("older", &report.older),
+                ("connections", &report.connections),
+                ("gone", &report.gone),
+            ] {
+                metrics
+                    .reconcile_drift
+                    .get_or_create(&metrics::DriftLabels { kind })
+                    .inc_by(drift.count);
+            }
+            if report.failed.is_empty() {
+                metrics
+                    .reconcile_last_success
+                    .set(chrono::Utc::now().timestamp());
+                tracing::info!(
+                    scanned = report.scanned,
+                    repaired = report.drift(),
+                    "reconcile done"
+                );
+            } else {
+                tracing::warn!(
+                    scanned = report.scanned,
+                    repaired = report.drift(),
+                    failed = report.failed.len(),
+                    "reconcile done, but some users could not be repaired (`worker reconcile --dry-run` lists them)"
+                );
+            }
+        }
+        Err(error) => {
+            tracing::error!(error.message = %error, "reconcile failed");
+        }
     }
 }
 

@@ -44,6 +44,26 @@ enum Command {
     /// Re-encrypt every stored calendar token under the first key of TOKEN_ENCRYPTION_KEY
     /// (after adding a new key in front of the old one), binding legacy ones to their rows.
     RotateTokenKey,
+    /// Compare Clerk's users with the tables and repair the drift (missing, older, gone, calendar
+    /// connections) through the same apply path as events; resumable.
+    Reconcile {
+        /// Report the drift, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the report as JSON (with the ids of every user in each kind).
+        #[arg(long)]
+        json: bool,
+        /// Most rows that may be deleted, as a count (25) or a share of the table (2%);
+        /// default 1 %, at least 10. More: nothing is deleted and the run fails.
+        #[arg(long, value_parser = worker::reconcile::MaxDeletes::parse)]
+        max_deletes: Option<worker::reconcile::MaxDeletes>,
+        /// Users per page (at most 500).
+        #[arg(long, default_value_t = 500)]
+        page_size: u32,
+        /// Start from the first page even if an interrupted run left a checkpoint.
+        #[arg(long)]
+        restart: bool,
+    },
     /// Rebuild queues declared by an older clerk-sync with a broker delivery limit, keeping
     /// every message. Stop the workers first.
     MigrateQueues,
@@ -177,6 +197,76 @@ async fn main() -> anyhow::Result<()> {
                 "re-encrypted {done} connection(s) under key {}",
                 cipher.primary_key_id()
             );
+        }
+        Command::Reconcile {
+            dry_run,
+            json,
+            max_deletes,
+            page_size,
+            restart,
+        } => {
+            telemetry::init_subscriber(
+                "warn",
+                config.log_format,
+                std::io::stderr,
+                std::io::stderr().is_terminal(),
+            );
+            let clerk = config
+                .clerk
+                .clone()
+                .context("CLERK_SECRET_KEY is not set: reconcile reads Clerk's user list")?;
+            worker::migrate(&config.database_url)
+                .await
+                .context("cannot apply migrations on DATABASE_URL")?;
+            let applier = worker::Applier {
+                db: worker::connect_database(&config.database_url, 4)
+                    .await
+                    .context("cannot reach the database at DATABASE_URL")?,
+                clerk: config.clerk,
+                cipher: config.token_cipher,
+                in_process_retries: config.in_process_retries,
+            };
+            let options = worker::reconcile::ReconcileOptions {
+                dry_run,
+                max_deletes,
+                page_size,
+                restart,
+                ..Default::default()
+            };
+            let on_terminal = std::io::stderr().is_terminal();
+            let report = worker::reconcile::run(&applier, &clerk, &options, |done, total| {
+                if let (true, Some(total)) = (on_terminal, total) {
+                    worker::progress::progress_bar(
+                        usize::try_from(done.min(total)).unwrap_or(0),
+                        usize::try_from(total).unwrap_or(0),
+                    );
+                }
+            })
+            .await;
+            let report = match report {
+                Ok(report) => report,
+                Err(error) => {
+                    if let (
+                        true,
+                        worker::reconcile::ReconcileError::TooManyDeletes { report, .. },
+                    ) = (json, &error)
+                    {
+                        println!("{}", serde_json::to_string_pretty(report)?);
+                    }
+                    return Err(error).context("reconcile did not complete");
+                }
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("{}", worker::reconcile::summary(&report));
+            }
+            if !report.failed.is_empty() {
+                anyhow::bail!(
+                    "{} user(s) could not be repaired (listed in the report); fix the cause and run `worker reconcile` again",
+                    report.failed.len()
+                );
+            }
         }
         Command::MigrateQueues => {
             // The probes of queues that may not exist fail by design; lapin would log each as

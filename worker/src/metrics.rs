@@ -2,7 +2,7 @@
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 
@@ -31,6 +31,17 @@ pub struct Metrics {
     pub batch_size: Histogram,
     /// Batches that could not be applied together and were applied event by event.
     pub batch_fallbacks: Counter,
+    /// Drift the scheduled reconcile found and repaired, by kind.
+    pub reconcile_drift: Family<DriftLabels, Counter>,
+    /// When a scheduled reconcile last completed without failures (seconds since the epoch).
+    pub reconcile_last_success: Gauge,
+}
+
+/// Labels of `clerk_sync_reconcile_drift_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DriftLabels {
+    /// `missing`, `older`, `connections` or `gone`.
+    pub kind: &'static str,
 }
 
 impl Metrics {
@@ -47,7 +58,19 @@ impl Metrics {
             ]),
             batch_size: Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
             batch_fallbacks: Counter::default(),
+            reconcile_drift: Family::default(),
+            reconcile_last_success: Gauge::default(),
         };
+        registry.register(
+            "clerk_sync_reconcile_drift",
+            "Drift found and repaired by the scheduled reconcile, by kind",
+            metrics.reconcile_drift.clone(),
+        );
+        registry.register(
+            "clerk_sync_reconcile_last_success_timestamp_seconds",
+            "When the scheduled reconcile last completed without failures",
+            metrics.reconcile_last_success.clone(),
+        );
         registry.register(
             "clerk_sync_events",
             "Events consumed, by type and outcome",

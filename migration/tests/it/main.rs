@@ -7,13 +7,14 @@ use migration::{
 };
 use testkit::TestDb;
 
-const TABLES: [&str; 6] = [
+const TABLES: [&str; 7] = [
     "users",
     "user_calendar_connections",
     "processed_events",
     "deleted_users",
     "backfill_checkpoints",
     "calendar_disconnects",
+    "reconcile_seen",
 ];
 
 async fn tables(db: &DatabaseConnection) -> Vec<String> {

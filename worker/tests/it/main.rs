@@ -14,4 +14,5 @@ mod helpers;
 mod ordering;
 mod panics;
 mod queues;
+mod reconcile;
 mod secrets;
