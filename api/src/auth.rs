@@ -20,15 +20,10 @@
 //! when it has an `aud`, when its `iss` is not `CLERK_ISSUER` (if set), or when it lives longer
 //! than [`MAX_SESSION_LIFETIME_SECS`].
 
-use std::sync::Arc;
-
-use axum::extract::FromRequestParts;
-use http::{HeaderMap, header, request::Parts};
+use http::{HeaderMap, header};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
-
-use crate::{error::ApiError, state::AppState};
 
 /// Clerk's clock skew allowance for `exp`, `nbf` and `iat`.
 const CLOCK_SKEW_SECS: i64 = 5;
@@ -90,12 +85,11 @@ impl Caller {
         matches!(self, Self::Service { .. })
     }
 
-    /// `Ok` for a service key with at least `needed`; else the 403 to answer.
-    pub fn require_service(&self, needed: Scope, what: &'static str) -> Result<(), ApiError> {
+    /// `Ok` for a service key with at least `needed`; else `Err(why)`, the reason for the 403.
+    pub fn require_service(&self, needed: Scope, why: &'static str) -> Result<(), &'static str> {
         match self {
             Self::Service { scope } if *scope >= needed => Ok(()),
-            Self::Service { .. } => Err(ApiError::Forbidden(what)),
-            Self::User { .. } => Err(ApiError::Forbidden(what)),
+            Self::Service { .. } | Self::User { .. } => Err(why),
         }
     }
 }
@@ -442,20 +436,6 @@ fn session_cookie(headers: &HeaderMap) -> Option<String> {
         .find(|(name, _)| *name == SESSION_COOKIE)
         .map(|(_, value)| value.trim().trim_matches('"').to_owned())
         .filter(|v| !v.is_empty())
-}
-
-impl FromRequestParts<Arc<AppState>> for Caller {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &Arc<AppState>,
-    ) -> Result<Self, Self::Rejection> {
-        state.auth.authenticate(&parts.headers).map_err(|failure| {
-            tracing::info!(reason = %failure, "request not authenticated");
-            ApiError::Unauthenticated(failure)
-        })
-    }
 }
 
 #[cfg(test)]

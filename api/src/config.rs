@@ -14,7 +14,10 @@ use telemetry::{
     settings::{InvalidSetting, duration, log_format, number, server_limits, socket_addr},
 };
 
-use crate::auth::{Authenticator, JwtKeyError, JwtVerifier, ServiceKeyError, ServiceKeys};
+use crate::{
+    auth::{Authenticator, JwtKeyError, JwtVerifier, ServiceKeyError, ServiceKeys},
+    state::CalendarSettings,
+};
 
 /// The default `DATABASE_URL`.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@localhost:5432/clerk_sync";
@@ -84,16 +87,6 @@ pub fn redact_url(url: &str) -> String {
         }
         None => url.to_owned(),
     }
-}
-
-/// What `GET /users/{id}/calendar-connections/{provider}/token` needs.
-#[derive(Debug)]
-pub struct CalendarSettings {
-    /// Decrypts stored tokens and encrypts refreshed ones (`TOKEN_ENCRYPTION_KEY`).
-    pub cipher: TokenCipher,
-    /// Asks Clerk for a fresh token when the stored one expired (`CLERK_SECRET_KEY`,
-    /// `CLERK_API_URL`).
-    pub clerk: ClerkClient,
 }
 
 /// What lazy sync needs: Clerk's Backend API, and the token cipher when set (calendar

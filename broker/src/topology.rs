@@ -97,6 +97,49 @@ pub const EVENTS_ROUTING_KEY: &str = "events";
 pub const DEAD_ROUTING_KEY: &str = "dead";
 
 impl Topology {
+    /// Reads `QUEUE_PREFIX` (default `clerk_sync`), `QUEUE_REPLICAS` (default: the broker's) and
+    /// `RETRY_DELAYS` (default `5s,30s,5m`) through `lookup`.
+    pub fn from_lookup(lookup: &impl Fn(&str) -> Option<String>) -> Result<Self, BrokerError> {
+        let prefix = lookup("QUEUE_PREFIX").unwrap_or_else(|| "clerk_sync".into());
+        if prefix.is_empty()
+            || !prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        {
+            return Err(BrokerError::setting(
+                "QUEUE_PREFIX",
+                "use letters, digits, '.', '_' or '-'",
+            ));
+        }
+        let replicas = match lookup("QUEUE_REPLICAS") {
+            None => None,
+            Some(v) => Some(
+                v.trim()
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|n| *n >= 1)
+                    .ok_or_else(|| {
+                        BrokerError::setting("QUEUE_REPLICAS", "must be a whole number >= 1")
+                    })?,
+            ),
+        };
+        let retry_delays = match lookup("RETRY_DELAYS") {
+            None => Self::default_retry_delays(),
+            Some(v) => v
+                .split(',')
+                .map(|d| telemetry::settings::parse_duration(d).filter(|d| !d.is_zero()))
+                .collect::<Option<Vec<_>>>()
+                .filter(|d| !d.is_empty())
+                .ok_or_else(|| {
+                    BrokerError::setting(
+                        "RETRY_DELAYS",
+                        "must be a comma separated list of durations such as 5s,30s,5m",
+                    )
+                })?,
+        };
+        Ok(Self::new(prefix, retry_delays, replicas))
+    }
+
     /// A topology whose every name starts with `prefix`.
     pub fn new(
         prefix: impl Into<String>,
@@ -403,51 +446,6 @@ mod tests {
                 "cs.retry.30000ms"
             ]
         );
-    }
-}
-
-impl Topology {
-    /// Reads `QUEUE_PREFIX` (default `clerk_sync`), `QUEUE_REPLICAS` (default: the broker's) and
-    /// `RETRY_DELAYS` (default `5s,30s,5m`) through `lookup`.
-    pub fn from_lookup(lookup: &impl Fn(&str) -> Option<String>) -> Result<Self, BrokerError> {
-        let prefix = lookup("QUEUE_PREFIX").unwrap_or_else(|| "clerk_sync".into());
-        if prefix.is_empty()
-            || !prefix
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
-        {
-            return Err(BrokerError::setting(
-                "QUEUE_PREFIX",
-                "use letters, digits, '.', '_' or '-'",
-            ));
-        }
-        let replicas = match lookup("QUEUE_REPLICAS") {
-            None => None,
-            Some(v) => Some(
-                v.trim()
-                    .parse::<u32>()
-                    .ok()
-                    .filter(|n| *n >= 1)
-                    .ok_or_else(|| {
-                        BrokerError::setting("QUEUE_REPLICAS", "must be a whole number >= 1")
-                    })?,
-            ),
-        };
-        let retry_delays = match lookup("RETRY_DELAYS") {
-            None => Self::default_retry_delays(),
-            Some(v) => v
-                .split(',')
-                .map(|d| telemetry::settings::parse_duration(d).filter(|d| !d.is_zero()))
-                .collect::<Option<Vec<_>>>()
-                .filter(|d| !d.is_empty())
-                .ok_or_else(|| {
-                    BrokerError::setting(
-                        "RETRY_DELAYS",
-                        "must be a comma separated list of durations such as 5s,30s,5m",
-                    )
-                })?,
-        };
-        Ok(Self::new(prefix, retry_delays, replicas))
     }
 }
 

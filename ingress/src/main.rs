@@ -6,7 +6,8 @@ use anyhow::Context;
 use ingress::{Application, Config};
 
 /// mimalloc instead of glibc's malloc: a request allocates and frees dozens of small buffers
-/// across threads, where glibc's allocator spent ~18 % of the ingress's CPU under load.
+/// across threads, where glibc's allocator was a large share of the ingress's CPU under load
+/// (measured in BENCHMARKS.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -25,10 +25,7 @@ use broker::{
 };
 use futures_util::{FutureExt, StreamExt};
 use std::{collections::HashMap, panic::AssertUnwindSafe};
-use tokio::{
-    sync::{Semaphore, watch},
-    task::JoinSet,
-};
+use tokio::{sync::Semaphore, task::JoinSet};
 use tracing::Instrument;
 
 use crate::{
@@ -38,6 +35,7 @@ use crate::{
     event::{self, ClerkEvent, ParseError},
     faults,
     metrics::Metrics,
+    shutdown::Shutdown,
 };
 
 /// Tuning of the consumer.
@@ -141,15 +139,13 @@ enum SessionEnd {
 }
 
 impl Consumer {
-    /// Consumes until `shutdown` turns true; then stops taking deliveries, finishes and acks the
+    /// Consumes until `shutdown` fires; then stops taking deliveries, finishes and acks the
     /// ones in flight, and returns.
-    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(self: Arc<Self>, mut shutdown: Shutdown) {
         loop {
             let stop = {
-                let mut rx = shutdown.clone();
-                async move {
-                    let _ = rx.wait_for(|s| *s).await;
-                }
+                let mut shutdown = shutdown.clone();
+                async move { shutdown.recv().await }
             };
             let Some(connection) = connect_with_backoff(&self.broker, stop).await else {
                 return;
@@ -169,7 +165,7 @@ impl Consumer {
                 SessionEnd::Lost => {
                     tracing::warn!("lost RabbitMQ; reconnecting");
                     tokio::select! {
-                        _ = shutdown.wait_for(|s| *s) => return,
+                        () = shutdown.recv() => return,
                         () = tokio::time::sleep(self.broker.min_backoff) => {}
                     }
                 }
@@ -180,7 +176,7 @@ impl Consumer {
     async fn session(
         self: Arc<Self>,
         connection: &Connection,
-        shutdown: &mut watch::Receiver<bool>,
+        shutdown: &mut Shutdown,
     ) -> Result<SessionEnd, broker::BrokerError> {
         let consume_channel = connection.create_channel().await?;
         consume_channel
@@ -221,7 +217,7 @@ impl Consumer {
                 break died;
             }
             let woke = tokio::select! {
-                _ = shutdown.wait_for(|s| *s) => break SessionEnd::Stopped,
+                () = shutdown.recv() => break SessionEnd::Stopped,
                 () = &mut closed => break SessionEnd::Lost,
                 () = nacked.notified() => break SessionEnd::Lost,
                 Some(joined) = in_flight.join_next_with_id(), if !in_flight.is_empty() => {
@@ -243,7 +239,7 @@ impl Consumer {
             // A handler that dies while this waits for a delivery must be noticed here: its
             // unsettled deliveries may hold the whole prefetch, and then none would come.
             let woke = tokio::select! {
-                _ = shutdown.wait_for(|s| *s) => break SessionEnd::Stopped,
+                () = shutdown.recv() => break SessionEnd::Stopped,
                 Some(joined) = in_flight.join_next_with_id(), if !in_flight.is_empty() => {
                     Err(joined)
                 }
@@ -502,18 +498,15 @@ impl Consumer {
                 delivery.routing_key.as_str(),
             );
         }
-        let (routing_key, outcome) = match &failure {
-            Failure::Transient(_)
-                if attempts < i64::from(self.options.max_attempts)
-                    && !self.topology.retry_delays().is_empty() =>
-            {
-                let delays = self.topology.retry_delays();
-                let index = usize::try_from(attempts - 1)
-                    .unwrap_or(usize::MAX)
-                    .min(delays.len() - 1);
-                (Topology::retry_routing_key(delays[index]), "retried")
-            }
-            _ => (DEAD_ROUTING_KEY.to_owned(), "dead_lettered"),
+        let settlement = decide(
+            &failure,
+            attempts,
+            self.options.max_attempts,
+            self.topology.retry_delays(),
+        );
+        let routing_key = match settlement {
+            Settlement::Retry(delay) => Topology::retry_routing_key(delay),
+            Settlement::Dead => DEAD_ROUTING_KEY.to_owned(),
         };
         let properties = copy_properties(&delivery.properties).with_headers(table);
         match publish_confirmed(
@@ -526,11 +519,14 @@ impl Consumer {
         .await
         {
             Ok(()) => {
-                self.metrics.count(event_type, outcome);
-                if outcome == "dead_lettered" {
-                    tracing::error!(attempts, reason = failure.reason(), "event dead-lettered");
-                } else {
-                    tracing::warn!(attempts, reason = failure.reason(), queue = %routing_key, "event scheduled for retry");
+                self.metrics.count(event_type, settlement.as_str());
+                match settlement {
+                    Settlement::Dead => {
+                        tracing::error!(attempts, reason = failure.reason(), "event dead-lettered");
+                    }
+                    Settlement::Retry(_) => {
+                        tracing::warn!(attempts, reason = failure.reason(), queue = %routing_key, "event scheduled for retry");
+                    }
                 }
                 acks.ack_one(delivery.delivery_tag, &delivery.acker).await;
                 HandOver::Done
@@ -612,14 +608,52 @@ enum HandOver {
     Nacked,
 }
 
+/// Where a failed event goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settlement {
+    /// To the retry tier with this delay.
+    Retry(std::time::Duration),
+    /// To the dead-letter queue.
+    Dead,
+}
+
+impl Settlement {
+    /// The outcome label of the event metric.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Retry(_) => "retried",
+            Self::Dead => "dead_lettered",
+        }
+    }
+}
+
+/// Where the `attempts`-th failure of an event goes: a transient failure to the retry tier of
+/// that attempt (the last tier repeats) while attempts are left and tiers exist; anything else
+/// to the dead-letter queue.
+pub fn decide(
+    failure: &Failure,
+    attempts: i64,
+    max_attempts: u32,
+    delays: &[std::time::Duration],
+) -> Settlement {
+    match (failure, delays.last()) {
+        (Failure::Transient(_), Some(last)) if attempts < i64::from(max_attempts) => {
+            let tier = usize::try_from(attempts - 1).unwrap_or(0);
+            Settlement::Retry(delays.get(tier).copied().unwrap_or(*last))
+        }
+        _ => Settlement::Dead,
+    }
+}
+
 /// A failed attempt, and whether trying again can help.
-enum Failure {
+pub enum Failure {
     Transient(String),
     Permanent(String),
 }
 
 impl Failure {
-    fn reason(&self) -> &str {
+    /// Why it failed.
+    pub fn reason(&self) -> &str {
         match self {
             Self::Transient(reason) => reason,
             Self::Permanent(reason) => reason,
@@ -648,4 +682,44 @@ pub fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn transient_failures_climb_the_retry_tiers_then_go_to_the_dead_letter_queue() {
+        let tiers = [Duration::from_secs(5), Duration::from_secs(30)];
+        let transient = Failure::Transient("database down".into());
+        assert_eq!(
+            decide(&transient, 1, 4, &tiers),
+            Settlement::Retry(tiers[0])
+        );
+        assert_eq!(
+            decide(&transient, 2, 4, &tiers),
+            Settlement::Retry(tiers[1])
+        );
+        assert_eq!(
+            decide(&transient, 3, 4, &tiers),
+            Settlement::Retry(tiers[1]),
+            "the last tier repeats"
+        );
+        assert_eq!(
+            decide(&transient, 4, 4, &tiers),
+            Settlement::Dead,
+            "out of attempts"
+        );
+        assert_eq!(
+            decide(&transient, 1, 4, &[]),
+            Settlement::Dead,
+            "no retry tiers"
+        );
+        let permanent = Failure::Permanent("not a Clerk event".into());
+        assert_eq!(decide(&permanent, 1, 4, &tiers), Settlement::Dead);
+        assert_eq!(Settlement::Dead.as_str(), "dead_lettered");
+        assert_eq!(Settlement::Retry(tiers[0]).as_str(), "retried");
+    }
 }

@@ -294,15 +294,24 @@ pub struct Summary {
     pub dry_run: bool,
 }
 
-/// `worker dlq replay` (`drop == false`) and `worker dlq drop` (`drop == true`). With `dry_run`,
-/// nothing changes: the summary lists what would be done. An id that is not in the queue is an
-/// error, reported before anything is changed.
+/// What `act` does to the selected dead letters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Publish back to the main queue (confirmed), then remove (`worker dlq replay`).
+    Replay,
+    /// Remove for good (`worker dlq drop`).
+    Drop,
+    /// Change nothing: the summary lists what would be selected (`--dry-run`).
+    Preview,
+}
+
+/// `worker dlq replay` and `worker dlq drop`. An id that is not in the queue is an error,
+/// reported before anything is changed.
 pub async fn act(
     broker: &BrokerConfig,
     topology: Topology,
     selection: &Selection,
-    drop: bool,
-    dry_run: bool,
+    action: Action,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<Summary, DlqError> {
     let dlq = DeadLetterQueue::open(broker, topology).await?;
@@ -326,13 +335,13 @@ pub async fn act(
         let mut summary = Summary {
             selected: chosen.iter().map(|i| letters[*i].id.clone()).collect(),
             done: 0,
-            dry_run,
+            dry_run: action == Action::Preview,
         };
-        if dry_run {
+        if action == Action::Preview {
             return Ok(summary);
         }
         for (n, i) in chosen.iter().enumerate() {
-            if drop {
+            if action == Action::Drop {
                 dlq.drop_letter(&deliveries[*i]).await?;
             } else {
                 dlq.replay(&deliveries[*i]).await?;

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod progress;
 pub mod queues;
 pub mod reconcile;
+pub mod shutdown;
 
 use std::{
     future::Future,
@@ -30,7 +31,9 @@ use backon::{ExponentialBuilder, Retryable};
 use migration::{MIGRATION_LOCK_KEY, Migrator, MigratorTrait};
 use prometheus_client::registry::Registry;
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr};
-use tokio::{net::TcpListener, sync::watch};
+use tokio::net::TcpListener;
+
+use crate::shutdown::Shutdown;
 
 pub use apply::Applier;
 pub use config::{Config, ConfigError};
@@ -195,7 +198,7 @@ impl Application {
     /// Consumes until `shutdown` completes; then stops consuming, finishes and acks in-flight
     /// events, and returns.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) {
-        let (stop_tx, stop_rx) = watch::channel(false);
+        let (trigger, stop) = shutdown::channel();
         let ready = self.consumer.ready.clone();
         let readiness: telemetry::ops::Readiness = Arc::new(move || ready.load(Ordering::SeqCst));
         let registry = self.registry.clone();
@@ -213,10 +216,8 @@ impl Application {
             }
         };
         let ops_stop = {
-            let mut rx = stop_rx.clone();
-            async move {
-                let _ = rx.wait_for(|s| *s).await;
-            }
+            let mut stop = stop.clone();
+            async move { stop.recv().await }
         };
         let ops = tokio::spawn(telemetry::ops::serve(
             self.listener,
@@ -228,14 +229,14 @@ impl Application {
         let pruner = tokio::spawn(prune_processed_events(
             self.consumer.applier.db.clone(),
             self.retention,
-            stop_rx.clone(),
+            stop.clone(),
         ));
         let reconciler = self
             .reconciler
-            .map(|reconciler| tokio::spawn(reconcile_on_schedule(reconciler, stop_rx.clone())));
-        let consumer = tokio::spawn(self.consumer.clone().run(stop_rx));
+            .map(|reconciler| tokio::spawn(reconcile_on_schedule(reconciler, stop.clone())));
+        let consumer = tokio::spawn(self.consumer.clone().run(stop));
         shutdown.await;
-        let _ = stop_tx.send(true);
+        trigger.fire();
         let _ = consumer.await;
         let _ = pruner.await;
         if let Some(reconciler) = reconciler {
@@ -250,13 +251,13 @@ impl Application {
 /// Reconciles every `interval` (the first time one interval after start), in one worker at a
 /// time: each run takes a session-level advisory lock on a connection of its own and skips when
 /// another worker holds it. A run stopped by shutdown resumes from its checkpoint next time.
-async fn reconcile_on_schedule(reconciler: Reconciler, mut stop: watch::Receiver<bool>) {
+async fn reconcile_on_schedule(reconciler: Reconciler, mut stop: Shutdown) {
     let mut tick = tokio::time::interval(reconciler.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     loop {
         tokio::select! {
-            _ = stop.wait_for(|s| *s) => return,
+            () = stop.recv() => return,
             _ = tick.tick() => {}
         }
         let lock = match connect_database(&reconciler.database_url, 1).await {
@@ -278,7 +279,7 @@ async fn reconcile_on_schedule(reconciler: Reconciler, mut stop: watch::Receiver
             .unwrap_or(false);
         if got {
             tokio::select! {
-                _ = stop.wait_for(|s| *s) => {}
+                () = stop.recv() => {}
                 () = reconcile_once(&reconciler) => {}
             }
             let _ = lock
@@ -333,15 +334,11 @@ async fn reconcile_once(reconciler: &Reconciler) {
 }
 
 /// Deletes Svix ids older than `retention`, hourly.
-async fn prune_processed_events(
-    db: DatabaseConnection,
-    retention: Duration,
-    mut stop: watch::Receiver<bool>,
-) {
+async fn prune_processed_events(db: DatabaseConnection, retention: Duration, mut stop: Shutdown) {
     let mut tick = tokio::time::interval(Duration::from_secs(3600));
     loop {
         tokio::select! {
-            _ = stop.wait_for(|s| *s) => return,
+            () = stop.recv() => return,
             _ = tick.tick() => {}
         }
         let sql = format!(

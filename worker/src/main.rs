@@ -117,87 +117,9 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = Config::from_env().context("invalid worker configuration")?;
     match cli.command.unwrap_or(Command::Run) {
-        Command::Run => {
-            telemetry::init_subscriber(
-                "info",
-                config.log_format,
-                std::io::stdout,
-                std::io::stdout().is_terminal(),
-            );
-            let app = Application::build(config).await?;
-            app.run_until_stopped(telemetry::ops::shutdown_signal())
-                .await;
-        }
-        Command::Backfill { page_size, restart } => {
-            telemetry::init_subscriber(
-                "warn",
-                config.log_format,
-                std::io::stderr,
-                std::io::stderr().is_terminal(),
-            );
-            let clerk = config
-                .clerk
-                .clone()
-                .context("CLERK_SECRET_KEY is not set: the backfill reads Clerk's user list")?;
-            worker::migrate(&config.database_url)
-                .await
-                .context("cannot apply migrations on DATABASE_URL")?;
-            let applier = worker::Applier {
-                db: worker::connect_database(&config.database_url, 4)
-                    .await
-                    .context("cannot reach the database at DATABASE_URL")?,
-                clerk: config.clerk,
-                cipher: config.token_cipher,
-                in_process_retries: config.in_process_retries,
-            };
-            let options = worker::backfill::BackfillOptions {
-                page_size: page_size.clamp(1, 500),
-                restart,
-                ..Default::default()
-            };
-            let summary = worker::backfill::run(&applier, &clerk, &options, |done, total| {
-                if let Some(total) = total {
-                    worker::progress::progress_bar(
-                        usize::try_from(done.min(total)).unwrap_or(0),
-                        usize::try_from(total).unwrap_or(0),
-                    );
-                }
-            })
-            .await?;
-            println!(
-                "backfill done: {} users seen (from offset {}), {} applied, {} already newer, {} deleted, {} failed",
-                summary.seen,
-                summary.resumed_from,
-                summary.applied,
-                summary.unchanged,
-                summary.deleted,
-                summary.failed.len()
-            );
-            for (id, reason) in &summary.failed {
-                println!("  failed {id}: {reason}");
-            }
-        }
-        Command::RotateTokenKey => {
-            telemetry::init_subscriber(
-                "warn",
-                config.log_format,
-                std::io::stderr,
-                std::io::stderr().is_terminal(),
-            );
-            let cipher = config.token_cipher.as_ref().context(
-                "TOKEN_ENCRYPTION_KEY is not set: put the new key first, the old ones after it",
-            )?;
-            let db = worker::connect_database(&config.database_url, 2)
-                .await
-                .context("cannot reach the database at DATABASE_URL")?;
-            let done = calendar::store::reencrypt_all(&db, cipher, worker::progress::progress_bar)
-                .await
-                .context("re-encryption stopped; run the command again to finish")?;
-            println!(
-                "re-encrypted {done} connection(s) under key {}",
-                cipher.primary_key_id()
-            );
-        }
+        Command::Run => run(config).await,
+        Command::Backfill { page_size, restart } => backfill(config, page_size, restart).await,
+        Command::RotateTokenKey => rotate_token_key(config).await,
         Command::Reconcile {
             dry_run,
             json,
@@ -205,27 +127,6 @@ async fn main() -> anyhow::Result<()> {
             page_size,
             restart,
         } => {
-            telemetry::init_subscriber(
-                "warn",
-                config.log_format,
-                std::io::stderr,
-                std::io::stderr().is_terminal(),
-            );
-            let clerk = config
-                .clerk
-                .clone()
-                .context("CLERK_SECRET_KEY is not set: reconcile reads Clerk's user list")?;
-            worker::migrate(&config.database_url)
-                .await
-                .context("cannot apply migrations on DATABASE_URL")?;
-            let applier = worker::Applier {
-                db: worker::connect_database(&config.database_url, 4)
-                    .await
-                    .context("cannot reach the database at DATABASE_URL")?,
-                clerk: config.clerk,
-                cipher: config.token_cipher,
-                in_process_retries: config.in_process_retries,
-            };
             let options = worker::reconcile::ReconcileOptions {
                 dry_run,
                 max_deletes,
@@ -233,73 +134,166 @@ async fn main() -> anyhow::Result<()> {
                 restart,
                 ..Default::default()
             };
-            let on_terminal = std::io::stderr().is_terminal();
-            let report = worker::reconcile::run(&applier, &clerk, &options, |done, total| {
-                if let (true, Some(total)) = (on_terminal, total) {
-                    worker::progress::progress_bar(
-                        usize::try_from(done.min(total)).unwrap_or(0),
-                        usize::try_from(total).unwrap_or(0),
-                    );
-                }
-            })
-            .await;
-            let report = match report {
-                Ok(report) => report,
-                Err(error) => {
-                    if let (
-                        true,
-                        worker::reconcile::ReconcileError::TooManyDeletes { report, .. },
-                    ) = (json, &error)
-                    {
-                        println!("{}", serde_json::to_string_pretty(report)?);
-                    }
-                    return Err(error).context("reconcile did not complete");
-                }
-            };
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                println!("{}", worker::reconcile::summary(&report));
-            }
-            if !report.failed.is_empty() {
-                anyhow::bail!(
-                    "{} user(s) could not be repaired (listed in the report); fix the cause and run `worker reconcile` again",
-                    report.failed.len()
-                );
-            }
+            reconcile(config, options, json).await
         }
-        Command::MigrateQueues => {
-            // The probes of queues that may not exist fail by design; lapin would log each as
-            // an error. Failures that matter come back as this command's error.
-            telemetry::init_subscriber(
-                "warn,lapin=off",
-                config.log_format,
-                std::io::stderr,
-                std::io::stderr().is_terminal(),
-            );
-            let report = worker::queues::migrate(&config.broker, &config.topology)
-                .await
-                .context("queue migration stopped; run the command again to finish")?;
-            for queue in report {
-                if queue.rebuilt {
-                    println!(
-                        "{}: rebuilt, {} message(s) carried over",
-                        queue.queue, queue.moved
-                    );
-                } else {
-                    println!("{}: already current", queue.queue);
-                }
-            }
-        }
+        Command::MigrateQueues => migrate_queues(config).await,
         Command::Dlq(command) => {
-            // Ops commands print their results on stdout; only warnings go to the log (stderr).
-            telemetry::init_subscriber(
-                "warn",
-                config.log_format,
-                std::io::stderr,
-                std::io::stderr().is_terminal(),
+            ops_logs(&config, "warn");
+            run_dlq(command, config).await
+        }
+    }
+}
+
+/// Logs of an ops command: on stderr (its results go to stdout), `default_filter` unless
+/// `RUST_LOG` says otherwise.
+fn ops_logs(config: &Config, default_filter: &str) {
+    telemetry::init_subscriber(
+        default_filter,
+        config.log_format,
+        std::io::stderr,
+        std::io::stderr().is_terminal(),
+    );
+}
+
+/// `worker run`: consume until SIGTERM or Ctrl-C.
+async fn run(config: Config) -> anyhow::Result<()> {
+    telemetry::init_subscriber(
+        "info",
+        config.log_format,
+        std::io::stdout,
+        std::io::stdout().is_terminal(),
+    );
+    let app = Application::build(config).await?;
+    app.run_until_stopped(telemetry::ops::shutdown_signal())
+        .await;
+    Ok(())
+}
+
+/// What the commands that read Clerk's user list need: the migrated database and Clerk.
+async fn clerk_applier(
+    config: Config,
+    command: &str,
+) -> anyhow::Result<(worker::Applier, calendar::clerk::ClerkClient)> {
+    let clerk = config.clerk.clone().with_context(|| {
+        format!("CLERK_SECRET_KEY is not set: {command} reads Clerk's user list")
+    })?;
+    worker::migrate(&config.database_url)
+        .await
+        .context("cannot apply migrations on DATABASE_URL")?;
+    let applier = worker::Applier {
+        db: worker::connect_database(&config.database_url, 4)
+            .await
+            .context("cannot reach the database at DATABASE_URL")?,
+        clerk: config.clerk,
+        cipher: config.token_cipher,
+        in_process_retries: config.in_process_retries,
+    };
+    Ok((applier, clerk))
+}
+
+/// A progress bar on stderr when it is a terminal.
+fn progress(done: u64, total: Option<u64>) {
+    if let (true, Some(total)) = (std::io::stderr().is_terminal(), total) {
+        worker::progress::progress_bar(
+            usize::try_from(done.min(total)).unwrap_or(0),
+            usize::try_from(total).unwrap_or(0),
+        );
+    }
+}
+
+/// `worker backfill`.
+async fn backfill(config: Config, page_size: u32, restart: bool) -> anyhow::Result<()> {
+    ops_logs(&config, "warn");
+    let (applier, clerk) = clerk_applier(config, "the backfill").await?;
+    let options = worker::backfill::BackfillOptions {
+        page_size: page_size.clamp(1, 500),
+        restart,
+        ..Default::default()
+    };
+    let summary = worker::backfill::run(&applier, &clerk, &options, progress).await?;
+    println!(
+        "backfill done: {} users seen (from offset {}), {} applied, {} already newer, {} deleted, {} failed",
+        summary.seen,
+        summary.resumed_from,
+        summary.applied,
+        summary.unchanged,
+        summary.deleted,
+        summary.failed.len()
+    );
+    for (id, reason) in &summary.failed {
+        println!("  failed {id}: {reason}");
+    }
+    Ok(())
+}
+
+/// `worker rotate-token-key`.
+async fn rotate_token_key(config: Config) -> anyhow::Result<()> {
+    ops_logs(&config, "warn");
+    let cipher = config
+        .token_cipher
+        .as_ref()
+        .context("TOKEN_ENCRYPTION_KEY is not set: put the new key first, the old ones after it")?;
+    let db = worker::connect_database(&config.database_url, 2)
+        .await
+        .context("cannot reach the database at DATABASE_URL")?;
+    let done = calendar::store::reencrypt_all(&db, cipher, worker::progress::progress_bar)
+        .await
+        .context("re-encryption stopped; run the command again to finish")?;
+    println!(
+        "re-encrypted {done} connection(s) under key {}",
+        cipher.primary_key_id()
+    );
+    Ok(())
+}
+
+/// `worker reconcile`.
+async fn reconcile(
+    config: Config,
+    options: worker::reconcile::ReconcileOptions,
+    json: bool,
+) -> anyhow::Result<()> {
+    use worker::reconcile::{ReconcileError, run, summary};
+    ops_logs(&config, "warn");
+    let (applier, clerk) = clerk_applier(config, "reconcile").await?;
+    let report = match run(&applier, &clerk, &options, progress).await {
+        Ok(report) => report,
+        Err(error) => {
+            if let (true, ReconcileError::TooManyDeletes { report, .. }) = (json, &error) {
+                println!("{}", serde_json::to_string_pretty(report)?);
+            }
+            return Err(error).context("reconcile did not complete");
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{}", summary(&report));
+    }
+    if !report.failed.is_empty() {
+        anyhow::bail!(
+            "{} user(s) could not be repaired (listed in the report); fix the cause and run `worker reconcile` again",
+            report.failed.len()
+        );
+    }
+    Ok(())
+}
+
+/// `worker migrate-queues`.
+async fn migrate_queues(config: Config) -> anyhow::Result<()> {
+    // The probes of queues that may not exist fail by design; lapin would log each as an error.
+    // Failures that matter come back as this command's error.
+    ops_logs(&config, "warn,lapin=off");
+    let report = worker::queues::migrate(&config.broker, &config.topology)
+        .await
+        .context("queue migration stopped; run the command again to finish")?;
+    for queue in report {
+        if queue.rebuilt {
+            println!(
+                "{}: rebuilt, {} message(s) carried over",
+                queue.queue, queue.moved
             );
-            run_dlq(command, config).await?;
+        } else {
+            println!("{}: already current", queue.queue);
         }
     }
     Ok(())
@@ -338,12 +332,16 @@ async fn run_dlq(command: DlqCommand, config: Config) -> anyhow::Result<()> {
             } else {
                 Selection::Ids(selection.ids)
             };
+            let action = if dry_run {
+                dlq::Action::Preview
+            } else {
+                dlq::Action::Replay
+            };
             let summary = dlq::act(
                 broker,
                 topology,
                 &selection,
-                false,
-                dry_run,
+                action,
                 worker::progress::progress_bar,
             )
             .await?;
@@ -361,8 +359,7 @@ async fn run_dlq(command: DlqCommand, config: Config) -> anyhow::Result<()> {
                 broker,
                 topology,
                 &Selection::Ids(ids),
-                true,
-                false,
+                dlq::Action::Drop,
                 worker::progress::progress_bar,
             )
             .await?;

@@ -132,7 +132,8 @@ pub async fn access_token(
     caller.require_service(
         Scope::Tokens,
         "reading access tokens needs a service key with the `tokens` scope (or an unscoped key)",
-    )?;
+    )
+    .map_err(ApiError::Forbidden)?;
     let Path((id, provider)) = path?;
     let calendar = state
         .calendar

@@ -11,7 +11,15 @@ use http::StatusCode;
 use utoipa::OpenApi;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use crate::{error::ErrorBody, openapi::ApiDoc, state::AppState};
+use axum::extract::FromRequestParts;
+use http::request::Parts;
+
+use crate::{
+    auth::Caller,
+    error::{ApiError, ErrorBody},
+    openapi::ApiDoc,
+    state::AppState,
+};
 
 /// Every route, and the OpenAPI document describing them.
 pub fn router() -> (axum::Router<Arc<AppState>>, utoipa::openapi::OpenApi) {
@@ -52,4 +60,19 @@ async fn method_not_allowed() -> impl IntoResponse {
             message: "this route does not answer this method; see /openapi.json".into(),
         }),
     )
+}
+
+/// Every handler that takes a `Caller` authenticates the request first.
+impl FromRequestParts<Arc<AppState>> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        state.auth.authenticate(&parts.headers).map_err(|failure| {
+            tracing::info!(reason = %failure, "request not authenticated");
+            ApiError::Unauthenticated(failure)
+        })
+    }
 }

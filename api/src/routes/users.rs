@@ -233,7 +233,9 @@ pub async fn find_user_by_email(
     caller: Caller,
     query: Result<Query<EmailQuery>, QueryRejection>,
 ) -> Result<Json<User>, ApiError> {
-    caller.require_service(Scope::Read, "looking users up by email needs a service key")?;
+    caller
+        .require_service(Scope::Read, "looking users up by email needs a service key")
+        .map_err(ApiError::Forbidden)?;
     let Query(query) = query?;
     let email = query
         .email
@@ -287,7 +289,8 @@ pub async fn update_calendar_status(
         caller.require_service(
             Scope::Full,
             "changing calendar status needs an unscoped service key (the `read` and `tokens` scopes cannot)",
-        )?;
+        )
+    .map_err(ApiError::Forbidden)?;
     }
     let Path(id) = id?;
     let Json(update) = body?;
