@@ -173,11 +173,11 @@ impl Consumer {
         }
     }
 
-    async fn session(
-        self: Arc<Self>,
+    /// Opens the session's channels (QoS, topology, confirms) and starts consuming.
+    async fn open(
+        &self,
         connection: &Connection,
-        shutdown: &mut Shutdown,
-    ) -> Result<SessionEnd, broker::BrokerError> {
+    ) -> Result<(Channel, Channel, broker::lapin::Consumer), broker::BrokerError> {
         let consume_channel = connection.create_channel().await?;
         consume_channel
             .basic_qos(self.options.prefetch, BasicQosOptions::default())
@@ -189,7 +189,7 @@ impl Consumer {
         publish_channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        let mut consumer = consume_channel
+        let consumer = consume_channel
             .basic_consume(
                 self.topology.main_queue().as_str().into(),
                 "".into(),
@@ -197,6 +197,18 @@ impl Consumer {
                 FieldTable::default(),
             )
             .await?;
+        Ok((consume_channel, publish_channel, consumer))
+    }
+
+    /// One broker session: intake (a permit, then a batch of deliveries), hand-off to a task
+    /// that applies and settles them, until shutdown or the connection is lost; then the tasks
+    /// in flight finish.
+    async fn session(
+        self: Arc<Self>,
+        connection: &Connection,
+        shutdown: &mut Shutdown,
+    ) -> Result<SessionEnd, broker::BrokerError> {
+        let (consume_channel, publish_channel, mut consumer) = self.open(connection).await?;
         let tag = consumer.tag();
         self.ready.store(true, Ordering::SeqCst);
         tracing::info!(queue = %self.topology.main_queue(), "consuming");
@@ -204,23 +216,20 @@ impl Consumer {
         // Set by a hand-over the broker nacked: on RabbitMQ 3.10 a channel opened during a quorum
         // leader election can keep nacking, so the session is rebuilt with fresh channels.
         let nacked = Arc::new(tokio::sync::Notify::new());
-        let acks = Arc::new(Acks::default());
         let permits = Arc::new(Semaphore::new(self.options.concurrency.max(1)));
         let batch_size = self.options.batch_size.max(1);
-        let mut in_flight = JoinSet::new();
-        // The deliveries each task handles, to give back those it did not settle if it dies.
-        let mut handled_by: HashMap<tokio::task::Id, Vec<(u64, Acker)>> = HashMap::new();
+        let mut tasks = InFlight::default();
         let closed = wait_until_closed(connection);
         tokio::pin!(closed);
         let end = loop {
-            if let Some(died) = reap(&mut in_flight, &mut handled_by, &acks).await {
+            if let Some(died) = tasks.reap().await {
                 break died;
             }
             let woke = tokio::select! {
                 () = shutdown.recv() => break SessionEnd::Stopped,
                 () = &mut closed => break SessionEnd::Lost,
                 () = nacked.notified() => break SessionEnd::Lost,
-                Some(joined) = in_flight.join_next_with_id(), if !in_flight.is_empty() => {
+                Some(joined) = tasks.set.join_next_with_id(), if !tasks.set.is_empty() => {
                     Woke::Finished(joined)
                 }
                 permit = permits.clone().acquire_owned() => match permit {
@@ -230,8 +239,7 @@ impl Consumer {
             };
             let permit = match woke {
                 Woke::Permit(permit) => permit,
-                Woke::Finished(joined) => match settle_joined(joined, &mut handled_by, &acks).await
-                {
+                Woke::Finished(joined) => match tasks.settle(joined).await {
                     Some(end) => break end,
                     None => continue,
                 },
@@ -240,63 +248,34 @@ impl Consumer {
             // unsettled deliveries may hold the whole prefetch, and then none would come.
             let woke = tokio::select! {
                 () = shutdown.recv() => break SessionEnd::Stopped,
-                Some(joined) = in_flight.join_next_with_id(), if !in_flight.is_empty() => {
+                Some(joined) = tasks.set.join_next_with_id(), if !tasks.set.is_empty() => {
                     Err(joined)
                 }
                 next = consumer.next() => Ok(next),
             };
             let first = match woke {
                 Ok(next) => next,
-                Err(joined) => match settle_joined(joined, &mut handled_by, &acks).await {
+                Err(joined) => match tasks.settle(joined).await {
                     Some(end) => break end,
                     None => continue,
                 },
             };
-            // The first delivery, then whatever else has already arrived, up to a batch: under
-            // load batches fill up, when idle an event is applied as soon as it comes.
-            let mut deliveries = Vec::new();
-            let mut lost = false;
-            let mut next = first.map(Some);
-            loop {
-                match next {
-                    Some(Some(Ok(delivery))) => deliveries.push(delivery),
-                    Some(Some(Err(error))) => {
-                        tracing::warn!(error.message = %error, "consumer stream failed");
-                        lost = true;
-                        break;
-                    }
-                    Some(None) => {
-                        lost = true;
-                        break;
-                    }
-                    None => break,
-                }
-                if deliveries.len() >= batch_size {
-                    break;
-                }
-                next = consumer.next().now_or_never();
-            }
+            let (deliveries, lost) = next_batch(first, &mut consumer, batch_size);
             if !deliveries.is_empty() {
-                acks.register_all(deliveries.iter().map(|d| d.delivery_tag))
-                    .await;
-                let ackers: Vec<(u64, Acker)> = deliveries
-                    .iter()
-                    .map(|d| (d.delivery_tag, d.acker.clone()))
-                    .collect();
                 let this = self.clone();
                 let publish_channel = publish_channel.clone();
                 let nacked = nacked.clone();
-                let acks = acks.clone();
-                let task = in_flight.spawn(async move {
-                    // Held to the end, panic included: the permit comes back either way.
-                    let _permit = permit;
-                    if this.handle_batch(deliveries, &publish_channel, &acks).await
-                        == HandOver::Nacked
-                    {
-                        nacked.notify_one();
-                    }
-                });
-                handled_by.insert(task.id(), ackers);
+                tasks
+                    .spawn(deliveries, move |deliveries, acks| async move {
+                        // Held to the end, panic included: the permit comes back either way.
+                        let _permit = permit;
+                        if this.handle_batch(deliveries, &publish_channel, &acks).await
+                            == HandOver::Nacked
+                        {
+                            nacked.notify_one();
+                        }
+                    })
+                    .await;
             }
             if lost {
                 break SessionEnd::Lost;
@@ -308,17 +287,9 @@ impl Consumer {
             let _ = consume_channel
                 .basic_cancel(tag, BasicCancelOptions::default())
                 .await;
-            tracing::info!(in_flight = in_flight.len(), "finishing in-flight events");
+            tracing::info!(in_flight = tasks.set.len(), "finishing in-flight events");
         }
-        while let Some(joined) = in_flight.join_next_with_id().await {
-            let id = match &joined {
-                Ok((id, ())) => *id,
-                Err(error) => error.id(),
-            };
-            if let (Err(_), Some(deliveries)) = (&joined, handled_by.remove(&id)) {
-                acks.abandon(&deliveries).await;
-            }
-        }
+        tasks.finish().await;
         drop(consumer);
         // Closed here, before the connection: see `broker::close_gracefully`.
         close_channels(
@@ -546,46 +517,103 @@ impl Consumer {
     }
 }
 
-/// Collects the tasks that finished. A task that panicked (outside the apply path, which
-/// contains its own panics) gives back the deliveries it did not settle and ends the session:
-/// it is rebuilt rather than left consuming with deliveries that would never be settled.
-async fn reap(
-    in_flight: &mut JoinSet<()>,
-    handled_by: &mut HashMap<tokio::task::Id, Vec<(u64, Acker)>>,
-    acks: &Acks,
-) -> Option<SessionEnd> {
-    let mut died = None;
-    while let Some(joined) = in_flight.try_join_next_with_id() {
-        if let Some(end) = settle_joined(joined, handled_by, acks).await {
-            died = Some(end);
+/// The intake stage: the first delivery, then whatever else has already arrived, up to a batch
+/// (under load batches fill up; when idle an event is applied as soon as it comes). Also says
+/// whether the consumer stream ended (the session is lost).
+fn next_batch(
+    first: Option<Result<Delivery, broker::lapin::Error>>,
+    consumer: &mut broker::lapin::Consumer,
+    batch_size: usize,
+) -> (Vec<Delivery>, bool) {
+    let mut deliveries = Vec::new();
+    let mut next = Some(first);
+    loop {
+        match next {
+            Some(Some(Ok(delivery))) => deliveries.push(delivery),
+            Some(Some(Err(error))) => {
+                tracing::warn!(error.message = %error, "consumer stream failed");
+                return (deliveries, true);
+            }
+            Some(None) => return (deliveries, true),
+            None => return (deliveries, false),
         }
+        if deliveries.len() >= batch_size {
+            return (deliveries, false);
+        }
+        next = consumer.next().now_or_never();
     }
-    died
 }
 
-/// Forgets a finished task; for one that panicked, gives its unsettled deliveries back and
-/// says the session must end.
-async fn settle_joined(
-    joined: Result<(tokio::task::Id, ()), tokio::task::JoinError>,
-    handled_by: &mut HashMap<tokio::task::Id, Vec<(u64, Acker)>>,
-    acks: &Acks,
-) -> Option<SessionEnd> {
-    match joined {
-        Ok((id, ())) => {
-            handled_by.remove(&id);
-            None
+/// The tasks applying and settling batches of one session, with the deliveries each handles
+/// (to give back those it did not settle if it dies) and the session's ack ledger.
+#[derive(Default)]
+struct InFlight {
+    set: JoinSet<()>,
+    handled_by: HashMap<tokio::task::Id, Vec<(u64, Acker)>>,
+    acks: Arc<Acks>,
+}
+
+impl InFlight {
+    /// Registers `deliveries` with the ledger and runs `work` on them in a task of its own.
+    async fn spawn<F, Fut>(&mut self, deliveries: Vec<Delivery>, work: F)
+    where
+        F: FnOnce(Vec<Delivery>, Arc<Acks>) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.acks
+            .register_all(deliveries.iter().map(|d| d.delivery_tag))
+            .await;
+        let ackers: Vec<(u64, Acker)> = deliveries
+            .iter()
+            .map(|d| (d.delivery_tag, d.acker.clone()))
+            .collect();
+        let task = self.set.spawn(work(deliveries, self.acks.clone()));
+        self.handled_by.insert(task.id(), ackers);
+    }
+
+    /// Collects the tasks that finished. A task that panicked (outside the apply path, which
+    /// contains its own panics) gives back the deliveries it did not settle and ends the
+    /// session: it is rebuilt rather than left consuming with deliveries never settled.
+    async fn reap(&mut self) -> Option<SessionEnd> {
+        let mut died = None;
+        while let Some(joined) = self.set.try_join_next_with_id() {
+            if let Some(end) = self.settle(joined).await {
+                died = Some(end);
+            }
         }
-        Err(error) => {
-            let given_back = match handled_by.remove(&error.id()) {
-                Some(deliveries) => acks.abandon(&deliveries).await,
-                None => 0,
-            };
-            tracing::error!(
-                given_back,
-                error.message = %error,
-                "a delivery handler died; its unsettled events went back to the queue, restarting the consumer session"
-            );
-            Some(SessionEnd::Lost)
+        died
+    }
+
+    /// Forgets a finished task; for one that panicked, gives its unsettled deliveries back and
+    /// says the session must end.
+    async fn settle(
+        &mut self,
+        joined: Result<(tokio::task::Id, ()), tokio::task::JoinError>,
+    ) -> Option<SessionEnd> {
+        match joined {
+            Ok((id, ())) => {
+                self.handled_by.remove(&id);
+                None
+            }
+            Err(error) => {
+                let given_back = match self.handled_by.remove(&error.id()) {
+                    Some(deliveries) => self.acks.abandon(&deliveries).await,
+                    None => 0,
+                };
+                tracing::error!(
+                    given_back,
+                    error.message = %error,
+                    "a delivery handler died; its unsettled events went back to the queue, restarting the consumer session"
+                );
+                Some(SessionEnd::Lost)
+            }
+        }
+    }
+
+    /// Waits for every task; those that died give their unsettled deliveries back.
+    async fn finish(&mut self) {
+        while let Some(joined) = self.set.join_next_with_id().await {
+            let _ = self.settle(joined).await;
         }
     }
 }

@@ -11,7 +11,9 @@ use worker::{
     backfill::{self, BackfillOptions},
 };
 
-use crate::helpers::{scalar, spawn_worker, state, users, wait_for_users, worker_settings};
+use crate::helpers::{
+    publish_user, scalar, spawn_worker, state, users, wait_for_users, worker_settings,
+};
 
 fn clerk_users(n: usize) -> Vec<serde_json::Value> {
     (0..n)
@@ -47,15 +49,16 @@ async fn a_backfill_of_1000_users_keeps_newer_webhook_state_and_deleted_users_ou
     clerk.set_users(clerk_users(1000));
     // Live webhooks got there first: user 5 has a newer state, user 7 was deleted.
     let worker = spawn_worker(&db, &broker, &[]).await;
-    broker
-        .publish_event(
-            "msg_bf_new",
-            &events::user_event(
-                "user.updated",
-                &state("user_bf_0005", Some("new5@example.com"), "New", 200),
-            ),
-        )
-        .await;
+    publish_user(
+        &broker,
+        "msg_bf_new",
+        "user.updated",
+        "user_bf_0005",
+        Some("new5@example.com"),
+        "New",
+        200,
+    )
+    .await;
     broker
         .publish_event("msg_bf_del", &events::user_deleted("user_bf_0007", 1))
         .await;

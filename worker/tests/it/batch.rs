@@ -393,7 +393,21 @@ async fn an_address_release_rechecks_a_holder_row_rewritten_while_it_waited() {
         })
     };
     // The batch finds the old row holding the address and waits for its lock.
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    testkit::eventually(
+        std::time::Duration::from_secs(10),
+        "the batch waiting for the row lock",
+        || async {
+            (scalar(
+                &db.conn,
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .await
+                > 0)
+            .then_some(())
+        },
+    )
+    .await;
     other.commit().await.unwrap();
     let outcomes = batch.await.unwrap().unwrap();
     assert_eq!(outcomes, vec![Outcome::Applied]);

@@ -186,3 +186,21 @@ pub async fn wait_for_count(broker: &testkit::TestBroker, queue: &str, expected:
     }
     panic!("{queue} holds {last} messages, expected {expected}");
 }
+
+/// Publishes a `user.created` / `user.updated` for this state, as the ingress would.
+pub async fn publish_user(
+    broker: &TestBroker,
+    svix_id: &str,
+    event_type: &str,
+    id: &str,
+    email: Option<&str>,
+    first: &str,
+    version: i64,
+) {
+    broker
+        .publish_event(
+            svix_id,
+            &testkit::events::user_event(event_type, &state(id, email, first, version)),
+        )
+        .await;
+}

@@ -2,7 +2,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use testkit::{TestBroker, TestDb, events};
 
-use crate::helpers::{Row, scalar, spawn_worker, state, users, wait_for_users};
+use crate::helpers::{Row, publish_user, scalar, spawn_worker, state, users, wait_for_users};
 
 fn row(email: Option<&str>, first: &str, version: i64) -> Row {
     Row {
@@ -19,15 +19,16 @@ async fn a_created_arriving_after_a_newer_updated_changes_nothing() {
     let broker = TestBroker::new().await;
     let worker = spawn_worker(&db, &broker, &[]).await;
 
-    broker
-        .publish_event(
-            "msg_o1_2",
-            &events::user_event(
-                "user.updated",
-                &state("user_o1", Some("o1@example.com"), "New", 20),
-            ),
-        )
-        .await;
+    publish_user(
+        &broker,
+        "msg_o1_2",
+        "user.updated",
+        "user_o1",
+        Some("o1@example.com"),
+        "New",
+        20,
+    )
+    .await;
     let expected = BTreeMap::from([(
         "user_o1".to_string(),
         row(Some("o1@example.com"), "New", 20),
@@ -38,26 +39,28 @@ async fn a_created_arriving_after_a_newer_updated_changes_nothing() {
         "SELECT count(*) FROM users WHERE clerk_user_id = 'user_o1'",
     )
     .await;
-    broker
-        .publish_event(
-            "msg_o1_1",
-            &events::user_event(
-                "user.created",
-                &state("user_o1", Some("old@example.com"), "Old", 10),
-            ),
-        )
-        .await;
+    publish_user(
+        &broker,
+        "msg_o1_1",
+        "user.created",
+        "user_o1",
+        Some("old@example.com"),
+        "Old",
+        10,
+    )
+    .await;
     // Another state with the same version, from an event that orders before the stored one (same
     // event timestamp, smaller Svix id): it changes nothing either.
-    broker
-        .publish_event(
-            "msg_o1_0",
-            &events::user_event(
-                "user.updated",
-                &state("user_o1", Some("o1@example.com"), "Same", 20),
-            ),
-        )
-        .await;
+    publish_user(
+        &broker,
+        "msg_o1_0",
+        "user.updated",
+        "user_o1",
+        Some("o1@example.com"),
+        "Same",
+        20,
+    )
+    .await;
 
     testkit::eventually(Duration::from_secs(20), "both settled", || async {
         (scalar(&db.conn, "SELECT count(*) FROM processed_events").await == 3).then_some(())
@@ -135,15 +138,16 @@ async fn a_stale_event_wanting_an_address_a_newer_row_holds_waits_for_its_own_ne
     let broker = TestBroker::new().await;
     let worker = spawn_worker(&db, &broker, &[]).await;
     // Clerk timeline: u1 signs up with x (1), moves to w (2); u2 then signs up with x (3).
-    broker
-        .publish_event(
-            "msg_h_3",
-            &events::user_event(
-                "user.created",
-                &state("user_h2", Some("x@example.com"), "Two", 3),
-            ),
-        )
-        .await;
+    publish_user(
+        &broker,
+        "msg_h_3",
+        "user.created",
+        "user_h2",
+        Some("x@example.com"),
+        "Two",
+        3,
+    )
+    .await;
     wait_for_users(
         &db.conn,
         &BTreeMap::from([("user_h2".to_string(), row(Some("x@example.com"), "Two", 3))]),
@@ -151,25 +155,35 @@ async fn a_stale_event_wanting_an_address_a_newer_row_holds_waits_for_its_own_ne
     )
     .await;
     // u1's creation arrives while x belongs to the newer u2 row: it must be retried, not failed.
-    broker
-        .publish_event(
-            "msg_h_1",
-            &events::user_event(
-                "user.created",
-                &state("user_h1", Some("x@example.com"), "One", 1),
-            ),
-        )
-        .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    broker
-        .publish_event(
-            "msg_h_2",
-            &events::user_event(
-                "user.updated",
-                &state("user_h1", Some("w@example.com"), "One", 2),
-            ),
-        )
-        .await;
+    publish_user(
+        &broker,
+        "msg_h_1",
+        "user.created",
+        "user_h1",
+        Some("x@example.com"),
+        "One",
+        1,
+    )
+    .await;
+    // It fails for now (x belongs to a newer row) and goes to a retry queue.
+    testkit::eventually(Duration::from_secs(20), "the creation retried", || async {
+        worker
+            .metrics()
+            .await
+            .contains(r#"clerk_sync_events_total{event_type="user.created",outcome="retried"}"#)
+            .then_some(())
+    })
+    .await;
+    publish_user(
+        &broker,
+        "msg_h_2",
+        "user.updated",
+        "user_h1",
+        Some("w@example.com"),
+        "One",
+        2,
+    )
+    .await;
 
     wait_for_users(
         &db.conn,
@@ -218,15 +232,16 @@ async fn events_after_a_delete_never_resurrect_the_user() {
     wait_for_users(&db.conn, &BTreeMap::new(), Duration::from_secs(20)).await;
     // A late update (newer version than anything seen) and a replayed creation (new Svix id, as a
     // dashboard replay would have).
-    broker
-        .publish_event(
-            "msg_d_3",
-            &events::user_event(
-                "user.updated",
-                &state("user_d1", Some("d1@example.com"), "Back", 99),
-            ),
-        )
-        .await;
+    publish_user(
+        &broker,
+        "msg_d_3",
+        "user.updated",
+        "user_d1",
+        Some("d1@example.com"),
+        "Back",
+        99,
+    )
+    .await;
     broker.publish_event("msg_d_4", &created).await;
 
     testkit::eventually(Duration::from_secs(20), "all four settled", || async {
