@@ -23,6 +23,7 @@ for name in ("postgres", "rabbitmq", "ingress", "worker", "api"):
 patterns = [
     re.compile(r'lookup\("([A-Z][A-Z0-9_]+)"\)'),
     re.compile(r'&lookup,\s*"([A-Z][A-Z0-9_]+)"'),
+    re.compile(r'\(\s*lookup,\s*"([A-Z][A-Z0-9_]+)"'),
     re.compile(r'env::var\("([A-Z][A-Z0-9_]+)"\)'),
     # The second name of server_limits(&lookup, "…_HEADER_TIMEOUT", "…_MAX_CONNECTIONS").
     re.compile(r'server_limits\(\s*&lookup,\s*"[A-Z][A-Z0-9_]+",\s*"([A-Z][A-Z0-9_]+)"'),

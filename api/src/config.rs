@@ -140,89 +140,9 @@ impl Config {
 
     /// Reads settings through `lookup`; tests pass a map.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let authorized_parties = list(lookup("CLERK_AUTHORIZED_PARTIES"));
-        let issuer = present(&lookup, "CLERK_ISSUER")
-            .map(|iss| {
-                let trimmed = iss.trim();
-                if trimmed.starts_with("https://") || trimmed.starts_with("http://") {
-                    Ok(trimmed.to_owned())
-                } else {
-                    Err(InvalidSetting::new(
-                        "CLERK_ISSUER",
-                        format!(
-                            "{trimmed:?} is not a URL: use the instance's Frontend API URL, e.g. https://clerk.example.com"
-                        ),
-                    ))
-                }
-            })
-            .transpose()?;
-        let jwt = present(&lookup, "CLERK_JWT_KEY")
-            .map(|pem| JwtVerifier::from_pem(&pem, authorized_parties, issuer))
-            .transpose()?;
-        let service_keys = ServiceKeys::parse(list(lookup("API_SERVICE_KEYS")))?;
-        if jwt.is_none() && service_keys.is_empty() {
-            return Err(ConfigError::NoCallers);
-        }
-
-        let cors_origins = list(lookup("API_CORS_ORIGINS"))
-            .into_iter()
-            .map(|origin| {
-                let trimmed = origin.trim_end_matches('/');
-                if !(trimmed.starts_with("http://") || trimmed.starts_with("https://")) {
-                    return Err(InvalidSetting::new(
-                        "API_CORS_ORIGINS",
-                        format!("{origin:?} is not an origin such as https://app.example.com"),
-                    ));
-                }
-                HeaderValue::from_str(trimmed).map_err(|_| {
-                    InvalidSetting::new("API_CORS_ORIGINS", format!("{origin:?} is not an origin"))
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-
-        let clerk_timeout = duration(&lookup, "CLERK_API_TIMEOUT", CLERK_TIMEOUT)?;
-        let clerk = match present(&lookup, "CLERK_SECRET_KEY") {
-            Some(secret) => {
-                let base =
-                    present(&lookup, "CLERK_API_URL").unwrap_or_else(|| DEFAULT_API_URL.to_owned());
-                Some(ClerkClient::new(base.trim(), secret.trim(), clerk_timeout)?)
-            }
-            None => None,
-        };
-        let cipher = present(&lookup, "TOKEN_ENCRYPTION_KEY")
-            .map(|key| TokenCipher::from_setting(&key))
-            .transpose()?;
-        let calendar = match (&cipher, &clerk) {
-            (Some(cipher), Some(clerk)) => Some(CalendarSettings {
-                cipher: cipher.clone(),
-                clerk: clerk.clone(),
-            }),
-            _ => None,
-        };
-        let lazy_sync = match present(&lookup, "API_LAZY_SYNC") {
-            None => clerk.is_some(),
-            Some(value) => match value.trim().to_ascii_lowercase().as_str() {
-                "true" | "1" | "on" | "yes" => true,
-                "false" | "0" | "off" | "no" => false,
-                _ => {
-                    return Err(
-                        InvalidSetting::new("API_LAZY_SYNC", "must be true or false").into(),
-                    );
-                }
-            },
-        };
-        let lazy = match (lazy_sync, clerk) {
-            (false, _) => None,
-            (true, Some(clerk)) => Some(LazySettings { clerk, cipher }),
-            (true, None) => {
-                return Err(InvalidSetting::new(
-                    "API_LAZY_SYNC",
-                    "is on, but CLERK_SECRET_KEY is not set: lazy sync reads users from Clerk's Backend API",
-                )
-                .into());
-            }
-        };
-
+        let auth = authenticator(&lookup)?;
+        let cors_origins = cors_origins(&lookup)?;
+        let (calendar, lazy, clerk_timeout) = clerk_settings(&lookup)?;
         let max_connections = number(&lookup, "DATABASE_MAX_CONNECTIONS", 10)?;
         Ok(Self {
             addr: socket_addr(&lookup, "API_ADDR", "127.0.0.1:8081")?,
@@ -232,7 +152,7 @@ impl Config {
                 max_connections: u32::try_from(max_connections)
                     .map_err(|_| InvalidSetting::new("DATABASE_MAX_CONNECTIONS", "is too large"))?,
             },
-            auth: Authenticator::new(jwt, service_keys),
+            auth,
             cors_origins,
             calendar,
             lazy,
@@ -242,6 +162,104 @@ impl Config {
             log_format: log_format(&lookup)?,
         })
     }
+}
+
+/// `CLERK_JWT_KEY`, `CLERK_AUTHORIZED_PARTIES`, `CLERK_ISSUER` and `API_SERVICE_KEYS`.
+fn authenticator(lookup: &impl Fn(&str) -> Option<String>) -> Result<Authenticator, ConfigError> {
+    let authorized_parties = list(lookup("CLERK_AUTHORIZED_PARTIES"));
+    let issuer = present(lookup, "CLERK_ISSUER")
+        .map(|iss| {
+            let trimmed = iss.trim();
+            if trimmed.starts_with("https://") || trimmed.starts_with("http://") {
+                Ok(trimmed.to_owned())
+            } else {
+                Err(InvalidSetting::new(
+                    "CLERK_ISSUER",
+                    format!(
+                        "{trimmed:?} is not a URL: use the instance's Frontend API URL, e.g. https://clerk.example.com"
+                    ),
+                ))
+            }
+        })
+        .transpose()?;
+    let jwt = present(lookup, "CLERK_JWT_KEY")
+        .map(|pem| JwtVerifier::from_pem(&pem, authorized_parties, issuer))
+        .transpose()?;
+    let service_keys = ServiceKeys::parse(list(lookup("API_SERVICE_KEYS")))?;
+    if jwt.is_none() && service_keys.is_empty() {
+        return Err(ConfigError::NoCallers);
+    }
+
+    Ok(Authenticator::new(jwt, service_keys))
+}
+
+/// `API_CORS_ORIGINS`.
+fn cors_origins(lookup: &impl Fn(&str) -> Option<String>) -> Result<Vec<HeaderValue>, ConfigError> {
+    let origins = list(lookup("API_CORS_ORIGINS"))
+        .into_iter()
+        .map(|origin| {
+            let trimmed = origin.trim_end_matches('/');
+            if !(trimmed.starts_with("http://") || trimmed.starts_with("https://")) {
+                return Err(InvalidSetting::new(
+                    "API_CORS_ORIGINS",
+                    format!("{origin:?} is not an origin such as https://app.example.com"),
+                ));
+            }
+            HeaderValue::from_str(trimmed).map_err(|_| {
+                InvalidSetting::new("API_CORS_ORIGINS", format!("{origin:?} is not an origin"))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(origins)
+}
+
+/// `CLERK_SECRET_KEY`, `CLERK_API_URL`, `CLERK_API_TIMEOUT`, `TOKEN_ENCRYPTION_KEY` and
+/// `API_LAZY_SYNC`: what the token endpoint and lazy sync need, and Clerk's timeout.
+fn clerk_settings(
+    lookup: &impl Fn(&str) -> Option<String>,
+) -> Result<(Option<CalendarSettings>, Option<LazySettings>, Duration), ConfigError> {
+    let clerk_timeout = duration(lookup, "CLERK_API_TIMEOUT", CLERK_TIMEOUT)?;
+    let clerk = match present(lookup, "CLERK_SECRET_KEY") {
+        Some(secret) => {
+            let base =
+                present(lookup, "CLERK_API_URL").unwrap_or_else(|| DEFAULT_API_URL.to_owned());
+            Some(ClerkClient::new(base.trim(), secret.trim(), clerk_timeout)?)
+        }
+        None => None,
+    };
+    let cipher = present(lookup, "TOKEN_ENCRYPTION_KEY")
+        .map(|key| TokenCipher::from_setting(&key))
+        .transpose()?;
+    let calendar = match (&cipher, &clerk) {
+        (Some(cipher), Some(clerk)) => Some(CalendarSettings {
+            cipher: cipher.clone(),
+            clerk: clerk.clone(),
+        }),
+        _ => None,
+    };
+    let lazy_sync = match present(lookup, "API_LAZY_SYNC") {
+        None => clerk.is_some(),
+        Some(value) => match value.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "on" | "yes" => true,
+            "false" | "0" | "off" | "no" => false,
+            _ => {
+                return Err(InvalidSetting::new("API_LAZY_SYNC", "must be true or false").into());
+            }
+        },
+    };
+    let lazy = match (lazy_sync, clerk) {
+        (false, _) => None,
+        (true, Some(clerk)) => Some(LazySettings { clerk, cipher }),
+        (true, None) => {
+            return Err(InvalidSetting::new(
+                "API_LAZY_SYNC",
+                "is on, but CLERK_SECRET_KEY is not set: lazy sync reads users from Clerk's Backend API",
+            )
+            .into());
+        }
+    };
+
+    Ok((calendar, lazy, clerk_timeout))
 }
 
 #[cfg(test)]

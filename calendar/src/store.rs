@@ -274,78 +274,90 @@ pub async fn sync_connections<C: ConnectionTrait>(
     ))
     .await?;
     for f in fetched {
-        // The row's id is part of what the token is sealed to: keep the existing one.
-        let existing = conn
-            .query_one_raw(stmt(
-                "SELECT id FROM user_calendar_connections \
-                 WHERE user_id = $1 AND provider = $2 AND provider_user_id = $3",
-                vec![
-                    user_id.into(),
-                    f.account.provider.as_str().into(),
-                    f.account.provider_user_id.as_str().into(),
-                ],
-            ))
-            .await?;
-        let id: Uuid = match existing {
-            Some(row) => row.try_get("", "id")?,
-            None => Uuid::new_v4(),
-        };
-        let binding = Binding {
-            connection_id: id,
-            user_id,
-            provider: f.account.provider,
-            column: TokenColumn::AccessToken,
-        };
-        let (status, reason, sealed, expires_at) = match (&f.token, cipher) {
-            (Ok(token), Some(cipher)) => (
-                CONNECTED,
-                None,
-                Some(cipher.seal(&token.token, &binding)?),
-                token.expires_at,
-            ),
-            (Ok(_), None) => (
-                NOT_CONFIGURED,
-                Some("TOKEN_ENCRYPTION_KEY is not set on the worker".to_string()),
-                None,
-                None,
-            ),
-            (Err((status, reason)), _) => (*status, Some(reason.clone()), None, None),
-        };
-        let (key_id, blob) = match sealed {
-            Some(s) => (Some(s.key_id), Some(s.blob)),
-            None => (None, None),
-        };
-        conn.execute_raw(stmt(
-            "INSERT INTO user_calendar_connections (id, user_id, provider, external_account_id, \
-                 provider_user_id, email, scopes, access_token, token_key_id, token_format, \
-                 expires_at, status, status_reason) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $13, $10, $11, $12) \
-             ON CONFLICT (user_id, provider, provider_user_id) DO UPDATE SET \
-                 external_account_id = EXCLUDED.external_account_id, email = EXCLUDED.email, \
-                 scopes = EXCLUDED.scopes, access_token = EXCLUDED.access_token, \
-                 refresh_token = NULL, token_key_id = EXCLUDED.token_key_id, \
-                 token_format = EXCLUDED.token_format, expires_at = EXCLUDED.expires_at, \
-                 status = EXCLUDED.status, status_reason = EXCLUDED.status_reason, \
-                 updated_at = now()",
+        upsert_connection(conn, cipher, user_id, f).await?;
+    }
+    refresh_flags(conn, user_id).await?;
+    Ok(())
+}
+
+/// Upserts one fetched account's connection, its token sealed to the row (an existing row keeps
+/// its id: the id is part of what the token is sealed to).
+async fn upsert_connection<C: ConnectionTrait>(
+    conn: &C,
+    cipher: Option<&TokenCipher>,
+    user_id: Uuid,
+    f: &Fetched,
+) -> Result<(), StoreError> {
+    // The row's id is part of what the token is sealed to: keep the existing one.
+    let existing = conn
+        .query_one_raw(stmt(
+            "SELECT id FROM user_calendar_connections \
+             WHERE user_id = $1 AND provider = $2 AND provider_user_id = $3",
             vec![
-                id.into(),
                 user_id.into(),
                 f.account.provider.as_str().into(),
-                f.account.external_account_id.as_str().into(),
                 f.account.provider_user_id.as_str().into(),
-                f.account.email.clone().into(),
-                f.account.scopes.as_str().into(),
-                blob.into(),
-                key_id.into(),
-                expires_at.into(),
-                status.into(),
-                reason.into(),
-                FORMAT_BOUND.into(),
             ],
         ))
         .await?;
-    }
-    refresh_flags(conn, user_id).await?;
+    let id: Uuid = match existing {
+        Some(row) => row.try_get("", "id")?,
+        None => Uuid::new_v4(),
+    };
+    let binding = Binding {
+        connection_id: id,
+        user_id,
+        provider: f.account.provider,
+        column: TokenColumn::AccessToken,
+    };
+    let (status, reason, sealed, expires_at) = match (&f.token, cipher) {
+        (Ok(token), Some(cipher)) => (
+            CONNECTED,
+            None,
+            Some(cipher.seal(&token.token, &binding)?),
+            token.expires_at,
+        ),
+        (Ok(_), None) => (
+            NOT_CONFIGURED,
+            Some("TOKEN_ENCRYPTION_KEY is not set on the worker".to_string()),
+            None,
+            None,
+        ),
+        (Err((status, reason)), _) => (*status, Some(reason.clone()), None, None),
+    };
+    let (key_id, blob) = match sealed {
+        Some(s) => (Some(s.key_id), Some(s.blob)),
+        None => (None, None),
+    };
+    conn.execute_raw(stmt(
+        "INSERT INTO user_calendar_connections (id, user_id, provider, external_account_id, \
+             provider_user_id, email, scopes, access_token, token_key_id, token_format, \
+             expires_at, status, status_reason) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $13, $10, $11, $12) \
+         ON CONFLICT (user_id, provider, provider_user_id) DO UPDATE SET \
+             external_account_id = EXCLUDED.external_account_id, email = EXCLUDED.email, \
+             scopes = EXCLUDED.scopes, access_token = EXCLUDED.access_token, \
+             refresh_token = NULL, token_key_id = EXCLUDED.token_key_id, \
+             token_format = EXCLUDED.token_format, expires_at = EXCLUDED.expires_at, \
+             status = EXCLUDED.status, status_reason = EXCLUDED.status_reason, \
+             updated_at = now()",
+        vec![
+            id.into(),
+            user_id.into(),
+            f.account.provider.as_str().into(),
+            f.account.external_account_id.as_str().into(),
+            f.account.provider_user_id.as_str().into(),
+            f.account.email.clone().into(),
+            f.account.scopes.as_str().into(),
+            blob.into(),
+            key_id.into(),
+            expires_at.into(),
+            status.into(),
+            reason.into(),
+            FORMAT_BOUND.into(),
+        ],
+    ))
+    .await?;
     Ok(())
 }
 
@@ -481,6 +493,20 @@ pub async fn fresh_access_token(
         provider,
         column: TokenColumn::AccessToken,
     };
+    if let Some(token) = stored_token(cipher, &stored, &binding)? {
+        return Ok(Some(token));
+    }
+    refresh_token(db, cipher, clerk, &stored, &binding).await
+}
+
+/// The stored token while it is fresh, bound and known to expire later; `None` when it must be
+/// refreshed. A token that does not decrypt for its row is an error (logged), never served.
+fn stored_token(
+    cipher: &TokenCipher,
+    stored: &StoredConnection,
+    binding: &Binding,
+) -> Result<Option<FreshToken>, TokenError> {
+    let (user_id, provider) = (binding.user_id, binding.provider);
     let still_fresh = stored
         .expires_at
         .is_some_and(|t| t > Utc::now() + ChronoDuration::seconds(EXPIRY_MARGIN_SECS));
@@ -489,7 +515,7 @@ pub async fn fresh_access_token(
         && let (Some(blob), Some(key_id)) = (&stored.blob, &stored.key_id)
     {
         let access_token = cipher
-            .open(key_id, blob, stored.format, &binding)
+            .open(key_id, blob, stored.format, binding)
             .inspect_err(|error| {
                 tracing::error!(
                     connection_id = %stored.id,
@@ -502,11 +528,22 @@ pub async fn fresh_access_token(
         return Ok(Some(FreshToken {
             access_token,
             expires_at: stored.expires_at,
-            provider_user_id: stored.provider_user_id,
-            scopes: stored.scopes,
+            provider_user_id: stored.provider_user_id.clone(),
+            scopes: stored.scopes.clone(),
         }));
     }
+    Ok(None)
+}
 
+/// A new token from Clerk, stored sealed under the user's lock if the connection is still there.
+async fn refresh_token(
+    db: &DatabaseConnection,
+    cipher: &TokenCipher,
+    clerk: &ClerkClient,
+    stored: &StoredConnection,
+    binding: &Binding,
+) -> Result<Option<FreshToken>, TokenError> {
+    let (user_id, provider) = (binding.user_id, binding.provider);
     let tokens = clerk.oauth_tokens(&stored.clerk_user_id, provider).await?;
     let txn = db.begin().await?;
     // Under the user's lock, and only if the connection is still there and connected: a
@@ -522,7 +559,7 @@ pub async fn fresh_access_token(
         &current.provider_user_id,
     ) {
         Some(token) => {
-            let sealed = cipher.seal(&token.token, &binding)?;
+            let sealed = cipher.seal(&token.token, binding)?;
             txn.execute_raw(stmt(
                 "UPDATE user_calendar_connections SET access_token = $2, token_key_id = $3, \
                    token_format = $5, refresh_token = NULL, expires_at = $4, updated_at = now() \

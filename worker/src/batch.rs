@@ -88,7 +88,29 @@ async fn apply_in(
     items: &[BatchItem<'_>],
     outcomes: &mut [Outcome],
 ) -> Result<(), ApplyError> {
-    // 1. Locks, in the order of their keys.
+    lock_users(txn, items).await?;
+    let live = record_svix_ids(txn, items, outcomes).await?;
+    delete_users(txn, items, &live).await?;
+    let mut upserts: Vec<(usize, &UserSnapshot)> = Vec::new();
+    for &i in &live {
+        match items[i].event {
+            ClerkEvent::UserDeleted { .. } => outcomes[i] = Outcome::Applied,
+            ClerkEvent::UserUpserted(user) => upserts.push((i, user)),
+            ClerkEvent::Ignored { .. } => {}
+        }
+    }
+    if upserts.is_empty() {
+        return Ok(());
+    }
+    let winners = newest_upserts(txn, items, &upserts, outcomes).await?;
+    for chunk in chunks(&winners) {
+        upsert_chunk(txn, chunk, outcomes).await?;
+    }
+    Ok(())
+}
+
+/// Step 1: locks every user of the batch, in the order of their keys.
+async fn lock_users(txn: &DatabaseTransaction, items: &[BatchItem<'_>]) -> Result<(), ApplyError> {
     let users: BTreeSet<&str> = items
         .iter()
         .filter_map(|item| item.event.clerk_user_id())
@@ -100,8 +122,16 @@ async fn apply_in(
         vec![strings(users.iter().copied())],
     ))
     .await?;
+    Ok(())
+}
 
-    // 2. Duplicates.
+/// Step 2: records the Svix ids; returns the items that are not duplicates (the first of several
+/// deliveries of one id in the batch claims it), marking the others.
+async fn record_svix_ids(
+    txn: &DatabaseTransaction,
+    items: &[BatchItem<'_>],
+    outcomes: &mut [Outcome],
+) -> Result<Vec<usize>, ApplyError> {
     let about_users: Vec<usize> = (0..items.len())
         .filter(|&i| items[i].event.clerk_user_id().is_some())
         .collect();
@@ -122,15 +152,21 @@ async fn apply_in(
         .collect::<Result<_, _>>()?;
     let mut live = Vec::new();
     for &i in &about_users {
-        // The first of several deliveries of one id in the batch claims it.
         if fresh.remove(items[i].svix_id) {
             live.push(i);
         } else {
             outcomes[i] = Outcome::Duplicate;
         }
     }
+    Ok(live)
+}
 
-    // 3. Deletes.
+/// Step 3, deletes: tombstones, then the rows (their connections go with them).
+async fn delete_users(
+    txn: &DatabaseTransaction,
+    items: &[BatchItem<'_>],
+    live: &[usize],
+) -> Result<(), ApplyError> {
     let deleted: Vec<&str> = live
         .iter()
         .filter_map(|&i| match items[i].event {
@@ -138,34 +174,33 @@ async fn apply_in(
             _ => None,
         })
         .collect();
-    if !deleted.is_empty() {
-        txn.execute_raw(stmt(
-            "INSERT INTO deleted_users (clerk_user_id_sha256) SELECT unnest($1::text[]) \
-             ON CONFLICT DO NOTHING",
-            vec![strings(deleted.iter().map(|id| tombstone_key(id)))],
-        ))
-        .await?;
-        txn.execute_raw(stmt(
-            "DELETE FROM users USING (SELECT x.id FROM unnest($1::text[]) AS t(id), \
-               LATERAL (SELECT u.id FROM users u WHERE u.clerk_user_id = t.id LIMIT 1) AS x) AS s \
-             WHERE users.id = s.id",
-            vec![strings(deleted.iter().copied())],
-        ))
-        .await?;
-    }
-
-    // 4. Upserts: not deleted, newest of the batch per user, newer than the stored row.
-    let mut upserts: Vec<(usize, &UserSnapshot)> = Vec::new();
-    for &i in &live {
-        match items[i].event {
-            ClerkEvent::UserDeleted { .. } => outcomes[i] = Outcome::Applied,
-            ClerkEvent::UserUpserted(user) => upserts.push((i, user)),
-            ClerkEvent::Ignored { .. } => {}
-        }
-    }
-    if upserts.is_empty() {
+    if deleted.is_empty() {
         return Ok(());
     }
+    txn.execute_raw(stmt(
+        "INSERT INTO deleted_users (clerk_user_id_sha256) SELECT unnest($1::text[]) \
+         ON CONFLICT DO NOTHING",
+        vec![strings(deleted.iter().map(|id| tombstone_key(id)))],
+    ))
+    .await?;
+    txn.execute_raw(stmt(
+        "DELETE FROM users USING (SELECT x.id FROM unnest($1::text[]) AS t(id), \
+           LATERAL (SELECT u.id FROM users u WHERE u.clerk_user_id = t.id LIMIT 1) AS x) AS s \
+         WHERE users.id = s.id",
+        vec![strings(deleted.iter().copied())],
+    ))
+    .await?;
+    Ok(())
+}
+
+/// Step 4, the upserts that can apply: not deleted, the newest of the batch per user (by version,
+/// then tiebreak), newer than the stored row. The others are marked stale or deleted.
+async fn newest_upserts<'a>(
+    txn: &DatabaseTransaction,
+    items: &[BatchItem<'_>],
+    upserts: &[(usize, &'a UserSnapshot)],
+    outcomes: &mut [Outcome],
+) -> Result<Vec<Winner<'a>>, ApplyError> {
     let upsert_users: BTreeSet<&str> = upserts
         .iter()
         .map(|(_, user)| user.clerk_user_id.as_str())
@@ -207,7 +242,7 @@ async fn apply_in(
     // The newest upsert per user by (version, tiebreak), as applying them one by one would
     // leave it.
     let mut newest: HashMap<&str, Winner<'_>> = HashMap::new();
-    for &(i, user) in &upserts {
+    for &(i, user) in upserts {
         if tombstones.contains(&tombstone_key(&user.clerk_user_id)) {
             outcomes[i] = Outcome::SkippedDeleted;
             continue;
@@ -235,14 +270,7 @@ async fn apply_in(
             }
         }
     }
-    if newest.is_empty() {
-        return Ok(());
-    }
-    let winners: Vec<Winner<'_>> = newest.into_values().collect();
-    for chunk in chunks(&winners) {
-        upsert_chunk(txn, chunk, outcomes).await?;
-    }
-    Ok(())
+    Ok(newest.into_values().collect())
 }
 
 /// The upsert of a batch that applies for its user: the newest by (version, tiebreak).

@@ -448,33 +448,7 @@ pub async fn run(
         .await
         .map_err(|source| ReconcileError::List { offset, source })?;
         let count = users.len() as u64;
-        let mut snapshots = Vec::with_capacity(users.len());
-        for value in &users {
-            let id = value
-                .get("id")
-                .and_then(serde_json::Value::as_str)
-                .unwrap_or("?")
-                .to_owned();
-            match event::parse_user(value) {
-                Ok(user) => snapshots.push(user),
-                Err(error) => report.failed.push((id, error.to_string())),
-            }
-        }
-        let ids: Vec<&str> = snapshots.iter().map(|u| u.clerk_user_id.as_str()).collect();
-        if !options.dry_run && !ids.is_empty() {
-            db.execute_raw(stmt(
-                "INSERT INTO reconcile_seen (clerk_user_id) SELECT unnest($1::text[]) \
-                 ON CONFLICT DO NOTHING",
-                vec![strings(ids.iter().copied())],
-            ))
-            .await?;
-        }
-        seen.extend(ids.iter().map(|id| (*id).to_owned()));
-        let here = stored(db, &ids).await?;
-        for user in &snapshots {
-            report.scanned += 1;
-            compare_and_repair(applier, user, &here, options.dry_run, &mut report).await;
-        }
+        scan_page(applier, &users, options.dry_run, &mut seen, &mut report).await?;
         offset += count;
         let done = count < u64::from(page_size);
         if !options.dry_run {
@@ -493,6 +467,45 @@ pub async fn run(
             .await?;
     }
     Ok(report)
+}
+
+/// Compares one page of Clerk's users with their rows and repairs them; remembers their ids.
+async fn scan_page(
+    applier: &Applier,
+    users: &[serde_json::Value],
+    dry_run: bool,
+    seen: &mut HashSet<String>,
+    report: &mut Report,
+) -> Result<(), ReconcileError> {
+    let db = &applier.db;
+    let mut snapshots = Vec::with_capacity(users.len());
+    for value in users {
+        let id = value
+            .get("id")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("?")
+            .to_owned();
+        match event::parse_user(value) {
+            Ok(user) => snapshots.push(user),
+            Err(error) => report.failed.push((id, error.to_string())),
+        }
+    }
+    let ids: Vec<&str> = snapshots.iter().map(|u| u.clerk_user_id.as_str()).collect();
+    if !dry_run && !ids.is_empty() {
+        db.execute_raw(stmt(
+            "INSERT INTO reconcile_seen (clerk_user_id) SELECT unnest($1::text[]) \
+             ON CONFLICT DO NOTHING",
+            vec![strings(ids.iter().copied())],
+        ))
+        .await?;
+    }
+    seen.extend(ids.iter().map(|id| (*id).to_owned()));
+    let here = stored(db, &ids).await?;
+    for user in &snapshots {
+        report.scanned += 1;
+        compare_and_repair(applier, user, &here, dry_run, report).await;
+    }
+    Ok(())
 }
 
 /// Compares one Clerk user with its row and repairs the difference.
