@@ -66,13 +66,18 @@ impl Default for BackfillOptions {
     }
 }
 
-async fn checkpoint<C: ConnectionTrait>(db: &C) -> Result<(u64, bool), DbErr> {
+/// The checkpoint `name` (`backfill_checkpoints`): the next page's offset, and whether the run
+/// finished. `(0, false)` when there is none. Shared by the backfill and the reconcile.
+pub(crate) async fn checkpoint<C: ConnectionTrait>(
+    db: &C,
+    name: &str,
+) -> Result<(u64, bool), DbErr> {
     let row = db
         .query_one_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
             "SELECT next_offset, finished_at IS NOT NULL AS finished FROM backfill_checkpoints \
              WHERE name = $1",
-            vec![CHECKPOINT.into()],
+            vec![name.into()],
         ))
         .await?;
     Ok(match row {
@@ -84,7 +89,13 @@ async fn checkpoint<C: ConnectionTrait>(db: &C) -> Result<(u64, bool), DbErr> {
     })
 }
 
-async fn save<C: ConnectionTrait>(db: &C, offset: u64, finished: bool) -> Result<(), DbErr> {
+/// Saves the checkpoint `name`.
+pub(crate) async fn save<C: ConnectionTrait>(
+    db: &C,
+    name: &str,
+    offset: u64,
+    finished: bool,
+) -> Result<(), DbErr> {
     db.execute_raw(Statement::from_sql_and_values(
         DbBackend::Postgres,
         "INSERT INTO backfill_checkpoints (name, next_offset, finished_at, updated_at) \
@@ -92,7 +103,7 @@ async fn save<C: ConnectionTrait>(db: &C, offset: u64, finished: bool) -> Result
          ON CONFLICT (name) DO UPDATE SET next_offset = EXCLUDED.next_offset, \
            finished_at = EXCLUDED.finished_at, updated_at = now()",
         vec![
-            CHECKPOINT.into(),
+            name.into(),
             i64::try_from(offset).unwrap_or(i64::MAX).into(),
             finished.into(),
         ],
@@ -137,7 +148,7 @@ pub async fn run(
     options: &BackfillOptions,
     mut progress: impl FnMut(u64, Option<u64>),
 ) -> Result<Summary, BackfillError> {
-    let (saved, finished) = checkpoint(&applier.db).await?;
+    let (saved, finished) = checkpoint(&applier.db, CHECKPOINT).await?;
     let mut offset = if options.restart || finished {
         0
     } else {
@@ -177,7 +188,7 @@ pub async fn run(
         }
         offset += count;
         let done = count < u64::from(options.page_size.clamp(1, 500));
-        save(&applier.db, offset, done).await?;
+        save(&applier.db, CHECKPOINT, offset, done).await?;
         progress(offset, total);
         if done {
             return Ok(summary);

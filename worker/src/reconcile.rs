@@ -35,6 +35,7 @@ use serde::Serialize;
 
 use crate::{
     apply::{Applier, Outcome, tombstone_key},
+    backfill::{checkpoint, save},
     event::{self, ClerkEvent, UserSnapshot},
 };
 
@@ -370,35 +371,6 @@ fn expected_connections(user: &UserSnapshot, disconnects: &[Disconnect]) -> BTre
         .collect()
 }
 
-async fn checkpoint<C: ConnectionTrait>(db: &C) -> Result<Option<u64>, DbErr> {
-    let row = db
-        .query_one_raw(stmt(
-            "SELECT next_offset FROM backfill_checkpoints WHERE name = $1 AND finished_at IS NULL",
-            vec![CHECKPOINT.into()],
-        ))
-        .await?;
-    Ok(match row {
-        Some(row) => Some(u64::try_from(row.try_get::<i64>("", "next_offset")?).unwrap_or(0)),
-        None => None,
-    })
-}
-
-async fn save<C: ConnectionTrait>(db: &C, offset: u64, finished: bool) -> Result<(), DbErr> {
-    db.execute_raw(stmt(
-        "INSERT INTO backfill_checkpoints (name, next_offset, finished_at, updated_at) \
-         VALUES ($1, $2, CASE WHEN $3 THEN now() END, now()) \
-         ON CONFLICT (name) DO UPDATE SET next_offset = EXCLUDED.next_offset, \
-           finished_at = EXCLUDED.finished_at, updated_at = now()",
-        vec![
-            CHECKPOINT.into(),
-            i64::try_from(offset).unwrap_or(i64::MAX).into(),
-            finished.into(),
-        ],
-    ))
-    .await?;
-    Ok(())
-}
-
 /// Runs a reconcile. `progress(done, total)` is called after each page (`total`: Clerk's user
 /// count when it could be read).
 pub async fn run(
@@ -410,10 +382,9 @@ pub async fn run(
     let db = &applier.db;
     let mut pace = Pace::new(options.requests_per_second);
     let page_size = options.page_size.clamp(1, 500);
-    let resumed = if options.restart || options.dry_run {
-        None
-    } else {
-        checkpoint(db).await?
+    let resumed = match checkpoint(db, CHECKPOINT).await? {
+        (offset, false) if !options.restart && !options.dry_run && offset > 0 => Some(offset),
+        _ => None,
     };
     let mut seen: HashSet<String> = HashSet::new();
     match resumed {
@@ -452,7 +423,7 @@ pub async fn run(
         offset += count;
         let done = count < u64::from(page_size);
         if !options.dry_run {
-            save(db, offset, false).await?;
+            save(db, CHECKPOINT, offset, false).await?;
         }
         progress(offset, total);
         if done {
@@ -462,7 +433,7 @@ pub async fn run(
 
     delete_gone(applier, clerk, &mut pace, options, &seen, &mut report).await?;
     if !options.dry_run {
-        save(db, 0, true).await?;
+        save(db, CHECKPOINT, 0, true).await?;
         db.execute_raw(stmt("DELETE FROM reconcile_seen", vec![]))
             .await?;
     }
