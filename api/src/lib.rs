@@ -81,7 +81,7 @@ impl Application {
 
         let (router, doc) = routes::router();
         let mut registry = Registry::default();
-        let metrics = Metrics::register(&mut registry);
+        let metrics = Arc::new(Metrics::register(&mut registry));
         let lazy = config
             .lazy
             .map(|lazy| lazy::LazySync::new(db.clone(), lazy.clerk, lazy.cipher, &mut registry));
@@ -90,7 +90,6 @@ impl Application {
             auth: config.auth,
             calendar: config.calendar,
             lazy,
-            metrics,
             registry: Mutex::new(registry),
             openapi: doc.to_json()?,
         });
@@ -115,10 +114,7 @@ impl Application {
                 http::StatusCode::REQUEST_TIMEOUT,
                 config.request_timeout,
             ))
-            .layer(middleware::from_fn_with_state(
-                state.clone(),
-                metrics::observe,
-            ))
+            .layer(middleware::from_fn_with_state(metrics, metrics::observe))
             .with_state(state);
 
         let listener = TcpListener::bind(config.addr)

@@ -18,8 +18,6 @@ use prometheus_client::{
 use telemetry::request_id;
 use tracing::Instrument;
 
-use crate::state::AppState;
-
 /// Labels of `clerk_sync_api_requests_total`. Every value comes from a fixed set: a label taken
 /// from the request as sent (hyper accepts any token as a method) would let anyone grow the
 /// series, and the memory and `/metrics` size with them, without limit.
@@ -95,7 +93,11 @@ pub fn method_label(method: &http::Method) -> &'static str {
 
 /// Request id, span, log line, metrics and `Cache-Control: no-store` (the answers are personal
 /// data or tokens) for every request.
-pub async fn observe(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+pub async fn observe(
+    State(metrics): State<Arc<Metrics>>,
+    request: Request,
+    next: Next,
+) -> Response {
     let id = request_id::from_headers(request.headers());
     let route = request
         .extensions()
@@ -119,8 +121,7 @@ pub async fn observe(State(state): State<Arc<AppState>>, request: Request, next:
             "request finished"
         );
     });
-    state
-        .metrics
+    metrics
         .requests
         .get_or_create(&RequestLabels {
             method,
@@ -128,8 +129,7 @@ pub async fn observe(State(state): State<Arc<AppState>>, request: Request, next:
             status,
         })
         .inc();
-    state
-        .metrics
+    metrics
         .durations
         .get_or_create(&RouteLabels { route })
         .observe(elapsed.as_secs_f64());

@@ -7,7 +7,7 @@ use sea_orm::DatabaseConnection;
 
 use calendar::{clerk::ClerkClient, crypto::TokenCipher};
 
-use crate::{auth::Authenticator, lazy::LazySync, metrics::Metrics};
+use crate::{auth::Authenticator, lazy::LazySync};
 
 /// The application state behind an `Arc`.
 pub struct AppState {
@@ -19,8 +19,6 @@ pub struct AppState {
     pub calendar: Option<CalendarSettings>,
     /// Lazy sync of signed-in users not stored yet, when on.
     pub lazy: Option<LazySync>,
-    /// Request metrics.
-    pub metrics: Metrics,
     /// The registry `/metrics` encodes.
     pub registry: Mutex<Registry>,
     /// The OpenAPI document, serialized once at start-up.
