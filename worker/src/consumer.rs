@@ -451,24 +451,7 @@ impl Consumer {
         event_type: &str,
         failure: Failure,
     ) -> HandOver {
-        let old = delivery.properties.headers().as_ref();
-        let attempts = headers::get_i64(old, headers::ATTEMPTS).unwrap_or(0) + 1;
-        let now = now_ms();
-        let mut table = old.cloned().unwrap_or_default();
-        headers::set_i64(&mut table, headers::ATTEMPTS, attempts);
-        if headers::get_i64(old, headers::FIRST_FAILURE_AT).is_none() {
-            headers::set_i64(&mut table, headers::FIRST_FAILURE_AT, now);
-        }
-        headers::set_i64(&mut table, headers::LAST_FAILURE_AT, now);
-        headers::set_str(&mut table, headers::REASON, failure.reason());
-        headers::set_str(&mut table, headers::EVENT_TYPE, event_type);
-        if headers::get_str(old, headers::ORIGINAL_ROUTING_KEY).is_none() {
-            headers::set_str(
-                &mut table,
-                headers::ORIGINAL_ROUTING_KEY,
-                delivery.routing_key.as_str(),
-            );
-        }
+        let (table, attempts) = failure_headers(delivery, event_type, &failure, now_ms());
         let settlement = decide(
             &failure,
             attempts,
@@ -480,40 +463,36 @@ impl Consumer {
             Settlement::Dead => DEAD_ROUTING_KEY.to_owned(),
         };
         let properties = copy_properties(&delivery.properties).with_headers(table);
-        match publish_confirmed(
+        let handed_over = publish_confirmed(
             publish_channel,
             self.topology.exchange(),
             &routing_key,
             &delivery.data,
             properties,
         )
-        .await
-        {
-            Ok(()) => {
-                self.metrics.count(event_type, settlement.as_str());
-                match settlement {
-                    Settlement::Dead => {
-                        tracing::error!(attempts, reason = failure.reason(), "event dead-lettered");
-                    }
-                    Settlement::Retry(_) => {
-                        tracing::warn!(attempts, reason = failure.reason(), queue = %routing_key, "event scheduled for retry");
-                    }
-                }
-                acks.ack_one(delivery.delivery_tag, &delivery.acker).await;
+        .await;
+        if let Err(error) = handed_over {
+            // Not handed over: give it back to the broker so that nothing is lost.
+            tracing::error!(error.message = %error, "could not hand the failed event over; requeueing it");
+            acks.requeue_one(delivery.delivery_tag, &delivery.acker)
+                .await;
+            return if matches!(error, broker::PublishError::Nacked) {
+                HandOver::Nacked
+            } else {
                 HandOver::Done
+            };
+        }
+        self.metrics.count(event_type, settlement.as_str());
+        match settlement {
+            Settlement::Dead => {
+                tracing::error!(attempts, reason = failure.reason(), "event dead-lettered");
             }
-            Err(error) => {
-                // Not handed over: give it back to the broker so that nothing is lost.
-                tracing::error!(error.message = %error, "could not hand the failed event over; requeueing it");
-                acks.requeue_one(delivery.delivery_tag, &delivery.acker)
-                    .await;
-                if matches!(error, broker::PublishError::Nacked) {
-                    HandOver::Nacked
-                } else {
-                    HandOver::Done
-                }
+            Settlement::Retry(_) => {
+                tracing::warn!(attempts, reason = failure.reason(), queue = %routing_key, "event scheduled for retry");
             }
         }
+        acks.ack_one(delivery.delivery_tag, &delivery.acker).await;
+        HandOver::Done
     }
 }
 
@@ -636,6 +615,34 @@ enum HandOver {
     Nacked,
 }
 
+/// The headers a failed event carries to its next queue (attempts, failure times, reason, type,
+/// original routing key), and its attempt count.
+fn failure_headers(
+    delivery: &Delivery,
+    event_type: &str,
+    failure: &Failure,
+    now: i64,
+) -> (FieldTable, i64) {
+    let old = delivery.properties.headers().as_ref();
+    let attempts = headers::get_i64(old, headers::ATTEMPTS).unwrap_or(0) + 1;
+    let mut table = old.cloned().unwrap_or_default();
+    headers::set_i64(&mut table, headers::ATTEMPTS, attempts);
+    if headers::get_i64(old, headers::FIRST_FAILURE_AT).is_none() {
+        headers::set_i64(&mut table, headers::FIRST_FAILURE_AT, now);
+    }
+    headers::set_i64(&mut table, headers::LAST_FAILURE_AT, now);
+    headers::set_str(&mut table, headers::REASON, failure.reason());
+    headers::set_str(&mut table, headers::EVENT_TYPE, event_type);
+    if headers::get_str(old, headers::ORIGINAL_ROUTING_KEY).is_none() {
+        headers::set_str(
+            &mut table,
+            headers::ORIGINAL_ROUTING_KEY,
+            delivery.routing_key.as_str(),
+        );
+    }
+    (table, attempts)
+}
+
 /// Where a failed event goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Settlement {
@@ -717,6 +724,37 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[test]
+    fn failure_headers_count_attempts_and_keep_the_first_failure_and_routing_key() {
+        let first = Delivery::mock(1, "cs".into(), "events".into(), false, b"{}".to_vec());
+        let failure = Failure::Transient("database down".into());
+        let (table, attempts) = failure_headers(&first, "user.updated", &failure, 1_000);
+        assert_eq!(attempts, 1);
+        let t = Some(&table);
+        assert_eq!(headers::get_i64(t, headers::FIRST_FAILURE_AT), Some(1_000));
+        assert_eq!(
+            headers::get_str(t, headers::REASON).as_deref(),
+            Some("database down")
+        );
+        assert_eq!(
+            headers::get_str(t, headers::ORIGINAL_ROUTING_KEY).as_deref(),
+            Some("events")
+        );
+        // Back from a retry tier: the count grows, the first failure and routing key stay.
+        let mut again =
+            Delivery::mock(2, "cs".into(), "retry.5000ms".into(), false, b"{}".to_vec());
+        again.properties = BasicProperties::default().with_headers(table);
+        let (table, attempts) = failure_headers(&again, "user.updated", &failure, 2_000);
+        let t = Some(&table);
+        assert_eq!(attempts, 2);
+        assert_eq!(headers::get_i64(t, headers::FIRST_FAILURE_AT), Some(1_000));
+        assert_eq!(headers::get_i64(t, headers::LAST_FAILURE_AT), Some(2_000));
+        assert_eq!(
+            headers::get_str(t, headers::ORIGINAL_ROUTING_KEY).as_deref(),
+            Some("events")
+        );
+    }
 
     #[test]
     fn transient_failures_climb_the_retry_tiers_then_go_to_the_dead_letter_queue() {
