@@ -275,6 +275,34 @@ mod tests {
     const PEM: &str = "-----BEGIN PUBLIC KEY-----\nMIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAx0tAuSX7apyNlbyaz3Gm\nBsToYpAMHLkD88T55SV0mmqQbm7D3kjlsbzqCxdOkI4PxevJeHuhyI9kif+DQYLU\nkbrIu1crr0FiaMzfHzzCfDxgsAgsczk7Nj1yut7QtCLhUvwbDdvXg8KUjjjFMGHr\nYCFxIZx9zKuRx1XClnyZzkPLtELaZAeLoLSKk/OUURQhoFTTdoBmSRCZCb5L+ecu\nH9xn0a2R+CMQ9p3y0TDD9FsC5Xfbi5cdvrczV27/pazpCFG6+o/aN/VqmB4RzrTH\n1addSomIjMhCOv6Ds2WVEYnRp82squB49P+haeIfaKEfmGW/KyW42kIqxcOHDNgB\nNQIDAQAB\n-----END PUBLIC KEY-----\n";
 
     #[test]
+    fn reads_only_settings_of_the_catalog() {
+        let asked = std::sync::Mutex::new(Vec::<String>::new());
+        let values = [
+            ("API_SERVICE_KEYS", K1),
+            ("CLERK_JWT_KEY", PEM),
+            ("CLERK_SECRET_KEY", "sk_test_x"),
+            (
+                "TOKEN_ENCRYPTION_KEY",
+                "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+            ),
+        ];
+        Config::from_lookup(|name| {
+            asked.lock().expect("lock").push(name.to_owned());
+            values
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| (*v).to_owned())
+        })
+        .expect("valid");
+        for name in asked.lock().expect("lock").iter() {
+            assert!(
+                telemetry::catalog::is_listed(name),
+                "{name} is not in the catalog"
+            );
+        }
+    }
+
+    #[test]
     fn defaults_apply_when_only_a_service_key_is_set() {
         let config = Config::from_lookup(lookup(&[("API_SERVICE_KEYS", K1)])).expect("valid");
         assert_eq!(config.addr.to_string(), "127.0.0.1:8081");

@@ -95,6 +95,22 @@ mod tests {
     const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
     #[test]
+    fn reads_only_settings_of_the_catalog() {
+        let asked = std::sync::Mutex::new(Vec::<String>::new());
+        Config::from_lookup(|name| {
+            asked.lock().expect("lock").push(name.to_owned());
+            (name == "CLERK_WEBHOOK_SECRET").then(|| SECRET.to_owned())
+        })
+        .expect("valid");
+        for name in asked.lock().expect("lock").iter() {
+            assert!(
+                telemetry::catalog::is_listed(name),
+                "{name} is not in the catalog"
+            );
+        }
+    }
+
+    #[test]
     fn defaults_apply_when_only_the_secret_is_set() {
         let config =
             Config::from_lookup(lookup(&[("CLERK_WEBHOOK_SECRET", SECRET)])).expect("valid config");

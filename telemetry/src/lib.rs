@@ -3,6 +3,7 @@
 //! HTTP/1 server loop with health/readiness/metrics endpoints, and typed settings from the
 //! environment.
 
+pub mod catalog;
 pub mod json_errors;
 pub mod ops;
 pub mod request_id;

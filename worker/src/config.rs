@@ -199,6 +199,33 @@ mod tests {
     }
 
     #[test]
+    fn reads_only_settings_of_the_catalog() {
+        let asked = std::sync::Mutex::new(Vec::<String>::new());
+        let values = [
+            ("CLERK_SECRET_KEY", "sk_test_x"),
+            (
+                "TOKEN_ENCRYPTION_KEY",
+                "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+            ),
+            ("RECONCILE_INTERVAL", "24h"),
+        ];
+        Config::from_lookup(|name| {
+            asked.lock().expect("lock").push(name.to_owned());
+            values
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| (*v).to_owned())
+        })
+        .expect("valid");
+        for name in asked.lock().expect("lock").iter() {
+            assert!(
+                telemetry::catalog::is_listed(name),
+                "{name} is not in the catalog"
+            );
+        }
+    }
+
+    #[test]
     fn defaults_match_the_contract() {
         let config = Config::from_lookup(|_| None).expect("defaults");
         assert_eq!(config.database_url, DEFAULT_DATABASE_URL);

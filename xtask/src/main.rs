@@ -51,6 +51,8 @@ enum Task {
     },
     /// Benchmark ingress and worker against the broker's and the database's ceilings.
     Bench(bench::BenchArgs),
+    /// Write the README's configuration table from the settings list (telemetry/src/catalog.rs).
+    SettingsTable,
 }
 
 fn env_or(name: &str, default: &str) -> String {
@@ -67,7 +69,28 @@ async fn main() -> anyhow::Result<()> {
             user_id,
         } => send_event(&event_type, &url, &user_id).await,
         Task::Bench(args) => bench::run(args).await,
+        Task::SettingsTable => settings_table(),
     }
+}
+
+/// Rewrites the README's configuration table from `telemetry::catalog::SETTINGS`.
+fn settings_table() -> anyhow::Result<()> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
+    let readme = std::fs::read_to_string(&path)?;
+    let updated = telemetry::catalog::with_table(&readme).ok_or_else(|| {
+        anyhow::anyhow!(
+            "README.md has no settings table markers ({} … {})",
+            telemetry::catalog::TABLE_START,
+            telemetry::catalog::TABLE_END
+        )
+    })?;
+    if updated == readme {
+        println!("README.md's configuration table is up to date");
+    } else {
+        std::fs::write(&path, updated)?;
+        println!("README.md's configuration table rewritten from telemetry/src/catalog.rs");
+    }
+    Ok(())
 }
 
 /// The body of a sample event of `event_type`.

@@ -1,0 +1,325 @@
+//! Every setting the services read from the environment, with who reads it, its default and what
+//! it means: the one list the README's configuration table is generated from
+//! (`cargo xtask settings-table`). Tests check that the README's table is this list, that
+//! `.env.example` names every setting, and that each service's configuration reads only settings
+//! listed here.
+
+/// One environment variable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Setting {
+    /// The variable's name, e.g. `DATABASE_URL`.
+    pub name: &'static str,
+    /// The processes that read it (`ingress`, `worker`, `api`, `all`, …).
+    pub used_by: &'static str,
+    /// Its default, as the README shows it (Markdown).
+    pub default: &'static str,
+    /// What it means (Markdown).
+    pub meaning: &'static str,
+}
+
+/// Every setting, in the README's order.
+pub const SETTINGS: &[Setting] = &[
+    Setting {
+        name: "CLERK_WEBHOOK_SECRET",
+        used_by: "ingress",
+        default: "(required)",
+        meaning: "one or more `whsec_…` signing secrets separated by spaces; any may match (secret rotation)",
+    },
+    Setting {
+        name: "AMQP_URL",
+        used_by: "all",
+        default: "`amqp://guest:guest@localhost:5672/%2f`",
+        meaning: "broker URL; several comma separated URLs name the nodes of a cluster, tried in turn",
+    },
+    Setting {
+        name: "QUEUE_PREFIX",
+        used_by: "all",
+        default: "`clerk_sync`",
+        meaning: "prefix of the exchange and queue names",
+    },
+    Setting {
+        name: "QUEUE_REPLICAS",
+        used_by: "all",
+        default: "broker default (all nodes)",
+        meaning: "quorum group size of newly declared queues",
+    },
+    Setting {
+        name: "RETRY_DELAYS",
+        used_by: "all",
+        default: "`5s,30s,5m`",
+        meaning: "delays of the retry tiers (one queue each); attempt *n* waits the *n*-th delay, the last one repeats",
+    },
+    Setting {
+        name: "INGRESS_ADDR",
+        used_by: "ingress",
+        default: "`127.0.0.1:8080`",
+        meaning: "listen address",
+    },
+    Setting {
+        name: "INGRESS_BODY_LIMIT",
+        used_by: "ingress",
+        default: "`262144` (256 KiB)",
+        meaning: "largest body in bytes; larger gets `413` (checked on `Content-Length` and while reading). Clerk's payloads are a few tens of KB even for a user with many accounts; bodies in memory are bounded by `INGRESS_MAX_CONNECTIONS` × this limit (256 MiB at the defaults, reached only if every connection sends a maximal body at once)",
+    },
+    Setting {
+        name: "INGRESS_BODY_TIMEOUT",
+        used_by: "ingress",
+        default: "`10s`",
+        meaning: "time a client has to send the body (`408` after)",
+    },
+    Setting {
+        name: "INGRESS_HEADER_TIMEOUT",
+        used_by: "ingress",
+        default: "`10s`",
+        meaning: "time a client has to send the request headers",
+    },
+    Setting {
+        name: "INGRESS_MAX_CONNECTIONS",
+        used_by: "ingress",
+        default: "`1024`",
+        meaning: "connections served at once",
+    },
+    Setting {
+        name: "PUBLISH_TIMEOUT",
+        used_by: "ingress",
+        default: "`5s`",
+        meaning: "how long a webhook may wait for the broker's confirm (nacks and reconnects are retried within it) before `503`",
+    },
+    Setting {
+        name: "PUBLISH_CHANNELS",
+        used_by: "ingress",
+        default: "`2`",
+        meaning: "confirm-mode channels shared by all requests",
+    },
+    Setting {
+        name: "DATABASE_URL",
+        used_by: "worker, migration, api",
+        default: "`postgres://postgres@localhost:5432/clerk_sync`",
+        meaning: "Postgres URL (the api connects lazily: it starts while Postgres is down, `/readyz` says `503`)",
+    },
+    Setting {
+        name: "DATABASE_MAX_CONNECTIONS",
+        used_by: "worker, api",
+        default: "`10`",
+        meaning: "pool size",
+    },
+    Setting {
+        name: "WORKER_ADDR",
+        used_by: "worker",
+        default: "`127.0.0.1:8082`",
+        meaning: "health, readiness and metrics",
+    },
+    Setting {
+        name: "WORKER_PREFETCH",
+        used_by: "worker",
+        default: "`512`",
+        meaning: "deliveries RabbitMQ sends ahead (at least `WORKER_BATCH_SIZE` × `WORKER_CONCURRENCY` to keep batches full)",
+    },
+    Setting {
+        name: "WORKER_CONCURRENCY",
+        used_by: "worker",
+        default: "`3`",
+        meaning: "batches (or single events) applied at once; each holds a database connection",
+    },
+    Setting {
+        name: "WORKER_BATCH_SIZE",
+        used_by: "worker",
+        default: "`128`",
+        meaning: "events applied in one transaction at most; `1` applies every event on its own",
+    },
+    Setting {
+        name: "MAX_ATTEMPTS",
+        used_by: "worker",
+        default: "`10`",
+        meaning: "failed attempts before an event is dead-lettered",
+    },
+    Setting {
+        name: "IN_PROCESS_RETRIES",
+        used_by: "worker",
+        default: "`3`",
+        meaning: "quick retries (50 ms doubling to 1 s, with jitter) before an event goes to a retry queue",
+    },
+    Setting {
+        name: "RECONCILE_INTERVAL",
+        used_by: "worker",
+        default: "(off)",
+        meaning: "how often `worker run` reconciles the tables with Clerk in the background (e.g. `24h`; needs `CLERK_SECRET_KEY`); one worker at a time, under a Postgres advisory lock. See \"Repairing drift\"",
+    },
+    Setting {
+        name: "PROCESSED_EVENTS_RETENTION",
+        used_by: "worker",
+        default: "`168h`",
+        meaning: "how long Svix ids are kept for duplicate detection (Svix stops retrying after about 28 h; older replays are still harmless thanks to versions and tombstones)",
+    },
+    Setting {
+        name: "CLERK_SECRET_KEY",
+        used_by: "worker, api",
+        default: "(none)",
+        meaning: "Clerk Backend API key: calendar tokens, backfill, token refresh. Without it (or without `TOKEN_ENCRYPTION_KEY`) calendar connections are recorded as `not_configured`",
+    },
+    Setting {
+        name: "CLERK_API_URL",
+        used_by: "worker, api",
+        default: "`https://api.clerk.com`",
+        meaning: "Clerk Backend API base URL",
+    },
+    Setting {
+        name: "CLERK_API_TIMEOUT",
+        used_by: "worker, api",
+        default: "`10s`",
+        meaning: "timeout of one Clerk API call",
+    },
+    Setting {
+        name: "TOKEN_ENCRYPTION_KEY",
+        used_by: "worker, api",
+        default: "(none)",
+        meaning: "base64 of 32 bytes (`openssl rand -base64 32`); several space separated during a rotation, the first encrypts",
+    },
+    Setting {
+        name: "API_ADDR",
+        used_by: "api",
+        default: "`127.0.0.1:8081`",
+        meaning: "listen address of the read API",
+    },
+    Setting {
+        name: "API_LAZY_SYNC",
+        used_by: "api",
+        default: "on when `CLERK_SECRET_KEY` is set",
+        meaning: "`true`/`false`: a signed-in user's first read (`/me`, or `/users/by-clerk-id/` with their own id) before any webhook stored them fetches the user from Clerk's Backend API and stores it as the worker would (one Clerk call per user and process however many reads arrive at once)",
+    },
+    Setting {
+        name: "API_HEADER_TIMEOUT",
+        used_by: "api",
+        default: "`10s`",
+        meaning: "time a client has to send the request headers",
+    },
+    Setting {
+        name: "API_MAX_CONNECTIONS",
+        used_by: "api",
+        default: "`1024`",
+        meaning: "connections served at once",
+    },
+    Setting {
+        name: "CLERK_JWT_KEY",
+        used_by: "api",
+        default: "(none)",
+        meaning: "PEM public key of the Clerk instance (Dashboard > API keys) to verify session JWTs; literal `\\n` accepted",
+    },
+    Setting {
+        name: "CLERK_AUTHORIZED_PARTIES",
+        used_by: "api",
+        default: "(none)",
+        meaning: "comma separated origins; when set, a session JWT's `azp` must be one of them",
+    },
+    Setting {
+        name: "CLERK_ISSUER",
+        used_by: "api",
+        default: "(none: not checked)",
+        meaning: "the instance's Frontend API URL (e.g. `https://clerk.example.com`, the `iss` of its session tokens); when set, a session JWT's `iss` must be it",
+    },
+    Setting {
+        name: "API_SERVICE_KEYS",
+        used_by: "api",
+        default: "(none)",
+        meaning: "comma separated keys for trusted backends (at least one of these or `CLERK_JWT_KEY` is required). Each key at least 32 characters (`openssl rand -base64 32`); the `.env.example` placeholder is refused. A key may carry a scope: `read:<key>` reads users and connections only, `tokens:<key>` also reads calendar access tokens; a bare `<key>` has every right, calendar-status changes included",
+    },
+    Setting {
+        name: "API_CORS_ORIGINS",
+        used_by: "api",
+        default: "(none: no CORS headers)",
+        meaning: "comma separated frontend origins allowed by CORS (`GET`, `PATCH`, `OPTIONS`; credentials allowed for the `__session` cookie)",
+    },
+    Setting {
+        name: "LOG_FORMAT",
+        used_by: "all",
+        default: "`plain`",
+        meaning: "`plain` or `json`",
+    },
+    Setting {
+        name: "RUST_LOG",
+        used_by: "all",
+        default: "`info`",
+        meaning: "log filter (`tracing` syntax)",
+    },
+];
+
+/// Whether `name` is a listed setting.
+pub fn is_listed(name: &str) -> bool {
+    SETTINGS.iter().any(|s| s.name == name)
+}
+
+/// The configuration table as the README shows it.
+pub fn markdown_table() -> String {
+    let mut out = String::from("| variable | used by | default | meaning |\n|---|---|---|---|\n");
+    for s in SETTINGS {
+        out.push_str(&format!(
+            "| `{}` | {} | {} | {} |\n",
+            s.name, s.used_by, s.default, s.meaning
+        ));
+    }
+    out
+}
+
+/// The marker lines around the generated table in the README.
+pub const TABLE_START: &str = "<!-- settings table: generated from telemetry/src/catalog.rs by `cargo xtask settings-table` -->";
+/// The line after the generated table.
+pub const TABLE_END: &str = "<!-- end of settings table -->";
+
+/// `readme` with its table between the markers replaced by [`markdown_table`]; `None` when the
+/// markers are missing.
+pub fn with_table(readme: &str) -> Option<String> {
+    let start = readme.find(TABLE_START)? + TABLE_START.len();
+    let end = readme[start..].find(TABLE_END)? + start;
+    Some(format!(
+        "{}\n{}{}",
+        &readme[..start],
+        markdown_table(),
+        &readme[end..]
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn project_file(name: &str) -> String {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(name);
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    #[test]
+    fn the_readme_table_is_this_list() {
+        let readme = project_file("README.md");
+        let expected = with_table(&readme).expect("the README has the table markers");
+        assert!(
+            readme == expected,
+            "README.md's configuration table differs from telemetry/src/catalog.rs: run `cargo xtask settings-table`"
+        );
+    }
+
+    #[test]
+    fn env_example_names_every_setting() {
+        let example = project_file(".env.example");
+        for s in SETTINGS {
+            let named = example.lines().any(|line| {
+                let line = line.trim_start_matches('#').trim_start();
+                line.strip_prefix(s.name)
+                    .is_some_and(|rest| rest.starts_with('='))
+            });
+            assert!(named, ".env.example does not name {}", s.name);
+        }
+    }
+
+    #[test]
+    fn names_are_unique() {
+        for (i, s) in SETTINGS.iter().enumerate() {
+            assert!(
+                !SETTINGS[i + 1..].iter().any(|t| t.name == s.name),
+                "{}",
+                s.name
+            );
+        }
+    }
+}
