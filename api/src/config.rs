@@ -4,14 +4,14 @@
 use std::{net::SocketAddr, time::Duration};
 
 use calendar::{
-    clerk::{ClerkClient, ClerkError, DEFAULT_API_URL},
+    clerk::ClerkClient,
     crypto::{KeyError, TokenCipher},
 };
 use http::HeaderValue;
 use telemetry::{
     LogFormat,
     ops::ServerLimits,
-    settings::{InvalidSetting, duration, log_format, number, server_limits, socket_addr},
+    settings::{InvalidSetting, log_format, server_limits, socket_addr},
 };
 
 use crate::{
@@ -19,11 +19,7 @@ use crate::{
     state::CalendarSettings,
 };
 
-/// The default `DATABASE_URL`.
-pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@localhost:5432/clerk_sync";
-
-/// How long a call to Clerk's Backend API may take, unless `CLERK_API_TIMEOUT` says otherwise.
-const CLERK_TIMEOUT: Duration = Duration::from_secs(10);
+pub use telemetry::settings::{DEFAULT_DATABASE_URL, DatabaseSettings, redact_url};
 
 /// Everything the API needs to run.
 #[derive(Debug)]
@@ -55,40 +51,6 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
-/// Where the database is. `Debug` hides the password in the URL.
-pub struct DatabaseSettings {
-    /// `DATABASE_URL` (default `postgres://postgres@localhost:5432/clerk_sync`).
-    pub url: String,
-    /// `DATABASE_MAX_CONNECTIONS` (default 10).
-    pub max_connections: u32,
-}
-
-impl std::fmt::Debug for DatabaseSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DatabaseSettings")
-            .field("url", &redact_url(&self.url))
-            .field("max_connections", &self.max_connections)
-            .finish()
-    }
-}
-
-/// The URL with any password replaced by `***` (for logs and `Debug`).
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return "[unparseable URL]".into();
-    };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split(':').next().unwrap_or_default();
-            let hidden = if userinfo.contains(':') { ":***" } else { "" };
-            format!("{scheme}://{user}{hidden}@{host}{tail}")
-        }
-        None => url.to_owned(),
-    }
-}
-
 /// What lazy sync needs: Clerk's Backend API, and the token cipher when set (calendar
 /// connections are then stored with tokens, as the worker stores them).
 #[derive(Debug)]
@@ -110,8 +72,6 @@ pub enum ConfigError {
     ServiceKey(#[from] ServiceKeyError),
     #[error(transparent)]
     TokenKey(#[from] KeyError),
-    #[error("CLERK_API_URL or CLERK_SECRET_KEY cannot be used: {0}")]
-    Clerk(#[from] ClerkError),
     #[error(transparent)]
     Invalid(#[from] InvalidSetting),
 }
@@ -143,15 +103,9 @@ impl Config {
         let auth = authenticator(&lookup)?;
         let cors_origins = cors_origins(&lookup)?;
         let (calendar, lazy, clerk_timeout) = clerk_settings(&lookup)?;
-        let max_connections = number(&lookup, "DATABASE_MAX_CONNECTIONS", 10)?;
         Ok(Self {
             addr: socket_addr(&lookup, "API_ADDR", "127.0.0.1:8081")?,
-            database: DatabaseSettings {
-                url: present(&lookup, "DATABASE_URL")
-                    .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned()),
-                max_connections: u32::try_from(max_connections)
-                    .map_err(|_| InvalidSetting::new("DATABASE_MAX_CONNECTIONS", "is too large"))?,
-            },
+            database: telemetry::settings::database(&lookup)?,
             auth,
             cors_origins,
             calendar,
@@ -218,18 +172,9 @@ fn cors_origins(lookup: &impl Fn(&str) -> Option<String>) -> Result<Vec<HeaderVa
 fn clerk_settings(
     lookup: &impl Fn(&str) -> Option<String>,
 ) -> Result<(Option<CalendarSettings>, Option<LazySettings>, Duration), ConfigError> {
-    let clerk_timeout = duration(lookup, "CLERK_API_TIMEOUT", CLERK_TIMEOUT)?;
-    let clerk = match present(lookup, "CLERK_SECRET_KEY") {
-        Some(secret) => {
-            let base =
-                present(lookup, "CLERK_API_URL").unwrap_or_else(|| DEFAULT_API_URL.to_owned());
-            Some(ClerkClient::new(base.trim(), secret.trim(), clerk_timeout)?)
-        }
-        None => None,
-    };
-    let cipher = present(lookup, "TOKEN_ENCRYPTION_KEY")
-        .map(|key| TokenCipher::from_setting(&key))
-        .transpose()?;
+    let clerk_timeout = calendar::clerk::api_timeout(lookup)?;
+    let clerk = ClerkClient::from_lookup(lookup)?;
+    let cipher = TokenCipher::from_lookup(lookup)?;
     let calendar = match (&cipher, &clerk) {
         (Some(cipher), Some(clerk)) => Some(CalendarSettings {
             cipher: cipher.clone(),
@@ -306,7 +251,7 @@ mod tests {
     fn defaults_apply_when_only_a_service_key_is_set() {
         let config = Config::from_lookup(lookup(&[("API_SERVICE_KEYS", K1)])).expect("valid");
         assert_eq!(config.addr.to_string(), "127.0.0.1:8081");
-        assert_eq!(config.database.url, DEFAULT_DATABASE_URL);
+        assert_eq!(config.database.url.expose(), DEFAULT_DATABASE_URL);
         assert_eq!(config.database.max_connections, 10);
         assert!(config.cors_origins.is_empty());
         assert!(config.calendar.is_none());
@@ -385,17 +330,6 @@ mod tests {
         }
         assert!(debug.contains("db:5432"), "{debug}");
         assert!(config.calendar.is_some());
-    }
-
-    #[test]
-    fn urls_are_redacted_but_stay_recognisable() {
-        assert_eq!(
-            redact_url("postgres://u:p@h:5432/db"),
-            "postgres://u:***@h:5432/db"
-        );
-        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
-        assert_eq!(redact_url("postgres://h/db?x=@"), "postgres://h/db?x=@");
-        assert_eq!(redact_url("nonsense"), "[unparseable URL]");
     }
 
     #[test]

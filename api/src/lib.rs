@@ -61,7 +61,7 @@ impl Application {
     /// Binds the listener and sets up the database pool. The pool connects lazily, so the API
     /// starts while Postgres is down (`/readyz` answers 503 until it is reachable).
     pub async fn build(config: Config) -> Result<Self, StartError> {
-        let mut options = ConnectOptions::new(config.database.url.clone());
+        let mut options = ConnectOptions::new(config.database.url.expose().to_owned());
         options
             .max_connections(config.database.max_connections.max(1))
             .min_connections(0)
@@ -71,7 +71,7 @@ impl Application {
             .sqlx_logging(false);
         let db = Database::connect(options)
             .await
-            .map_err(|_| StartError::DatabaseUrl(redact_url(&config.database.url)))?;
+            .map_err(|_| StartError::DatabaseUrl(redact_url(config.database.url.expose())))?;
 
         if config.calendar.is_none() {
             tracing::warn!(

@@ -143,19 +143,7 @@ impl BrokerError {
     }
 }
 
-/// The URL with its password replaced, for logs and errors.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return "<unparseable URL>".into();
-    };
-    match rest.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split(':').next().unwrap_or_default();
-            format!("{scheme}://{user}:***@{host}")
-        }
-        None => url.to_owned(),
-    }
-}
+pub use telemetry::settings::redact_url;
 
 /// Connects to the first node that answers, cycling through the URLs with exponential backoff and
 /// jitter until one does. Returns `None` only if `shutdown` completes first.

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -41,25 +42,14 @@ impl ClerkError {
     }
 }
 
-/// An OAuth access token as Clerk hands it out.
-#[derive(Clone, PartialEq, Eq)]
+/// An OAuth access token as Clerk hands it out. `Debug` never shows the token.
+#[derive(Clone, Debug)]
 pub struct OAuthToken {
-    pub token: String,
+    pub token: SecretString,
     pub expires_at: Option<DateTime<Utc>>,
     pub external_account_id: Option<String>,
     pub provider_user_id: Option<String>,
     pub scopes: Vec<String>,
-}
-
-impl std::fmt::Debug for OAuthToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OAuthToken")
-            .field("token", &"[redacted]")
-            .field("expires_at", &self.expires_at)
-            .field("external_account_id", &self.external_account_id)
-            .field("provider_user_id", &self.provider_user_id)
-            .finish()
-    }
 }
 
 #[derive(Deserialize)]
@@ -84,24 +74,43 @@ fn timestamp(value: i64) -> Option<DateTime<Utc>> {
     }
 }
 
-/// The Backend API client.
-#[derive(Clone)]
+/// The Backend API client. `Debug` never shows the secret key.
+#[derive(Clone, Debug)]
 pub struct ClerkClient {
     http: reqwest::Client,
     base: String,
-    secret_key: String,
+    secret_key: SecretString,
 }
 
-impl std::fmt::Debug for ClerkClient {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClerkClient")
-            .field("base", &self.base)
-            .field("secret_key", &"[redacted]")
-            .finish()
-    }
+/// The default `CLERK_API_TIMEOUT`.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `CLERK_API_TIMEOUT` (default 10 s): how long one call to Clerk may take.
+pub fn api_timeout(
+    lookup: &impl Fn(&str) -> Option<String>,
+) -> Result<Duration, telemetry::settings::InvalidSetting> {
+    telemetry::settings::duration(lookup, "CLERK_API_TIMEOUT", DEFAULT_TIMEOUT)
 }
 
 impl ClerkClient {
+    /// The client the settings ask for: `CLERK_SECRET_KEY` (unset or blank: none),
+    /// `CLERK_API_URL` (default [`DEFAULT_API_URL`]) and `CLERK_API_TIMEOUT`. The same rules for
+    /// every process that calls Clerk.
+    pub fn from_lookup(
+        lookup: &impl Fn(&str) -> Option<String>,
+    ) -> Result<Option<Self>, telemetry::settings::InvalidSetting> {
+        let timeout = api_timeout(lookup)?;
+        let Some(secret) = lookup("CLERK_SECRET_KEY").filter(|k| !k.trim().is_empty()) else {
+            return Ok(None);
+        };
+        let base = lookup("CLERK_API_URL")
+            .filter(|u| !u.trim().is_empty())
+            .unwrap_or_else(|| DEFAULT_API_URL.to_owned());
+        Self::new(base.trim(), secret.trim(), timeout)
+            .map(Some)
+            .map_err(|e| telemetry::settings::InvalidSetting::new("CLERK_API_URL", e.to_string()))
+    }
+
     /// A client for `base_url` (e.g. `https://api.clerk.com`) authenticating with `secret_key`.
     pub fn new(base_url: &str, secret_key: &str, timeout: Duration) -> Result<Self, ClerkError> {
         let base = base_url.trim_end_matches('/').to_owned();
@@ -116,7 +125,7 @@ impl ClerkClient {
         Ok(Self {
             http,
             base,
-            secret_key: secret_key.to_owned(),
+            secret_key: SecretString::from(secret_key.to_owned()),
         })
     }
 
@@ -125,7 +134,7 @@ impl ClerkClient {
             .http
             .get(format!("{}/v1{path}", self.base))
             .query(query)
-            .bearer_auth(&self.secret_key)
+            .bearer_auth(self.secret_key.expose_secret())
             .header("Clerk-API-Version", "2025-11-10")
             .send()
             .await
@@ -196,7 +205,7 @@ impl ClerkClient {
                 let raw: RawToken = telemetry::json_errors::from_value(item)
                     .map_err(|e| ClerkError::Decode(e.to_string()))?;
                 Ok(OAuthToken {
-                    token: raw.token,
+                    token: SecretString::from(raw.token),
                     expires_at: raw.expires_at.and_then(timestamp),
                     external_account_id: raw.external_account_id,
                     provider_user_id: raw.provider_user_id,
@@ -366,7 +375,7 @@ mod tests {
 
     fn token(external: Option<&str>, provider_user: Option<&str>) -> OAuthToken {
         OAuthToken {
-            token: format!("tok-{external:?}-{provider_user:?}"),
+            token: format!("tok-{external:?}-{provider_user:?}").into(),
             expires_at: None,
             external_account_id: external.map(str::to_owned),
             provider_user_id: provider_user.map(str::to_owned),
@@ -378,26 +387,39 @@ mod tests {
     fn a_token_of_another_account_is_never_used() {
         let other = [token(Some("eac_other"), Some("200"))];
         assert_eq!(
-            token_for(&other, "eac_mine", "100"),
+            token_for(&other, "eac_mine", "100").map(|t| t.token.expose_secret()),
             None,
             "the only token, but not ours"
         );
         let half = [token(Some("eac_other"), Some("100"))];
-        assert_eq!(token_for(&half, "eac_mine", "100"), None, "ids disagree");
+        assert_eq!(
+            token_for(&half, "eac_mine", "100").map(|t| t.token.expose_secret()),
+            None,
+            "ids disagree"
+        );
         let mine = [
             token(Some("eac_other"), Some("200")),
             token(Some("eac_mine"), None),
         ];
-        assert_eq!(token_for(&mine, "eac_mine", "100"), Some(&mine[1]));
+        assert_eq!(
+            token_for(&mine, "eac_mine", "100").map(|t| t.token.expose_secret()),
+            Some(mine[1].token.expose_secret())
+        );
         let by_user = [token(None, Some("100"))];
-        assert_eq!(token_for(&by_user, "eac_mine", "100"), Some(&by_user[0]));
+        assert_eq!(
+            token_for(&by_user, "eac_mine", "100").map(|t| t.token.expose_secret()),
+            Some(by_user[0].token.expose_secret())
+        );
         let anonymous = [token(None, None)];
         assert_eq!(
-            token_for(&anonymous, "eac_mine", "100"),
-            Some(&anonymous[0])
+            token_for(&anonymous, "eac_mine", "100").map(|t| t.token.expose_secret()),
+            Some(anonymous[0].token.expose_secret())
         );
         let two_anonymous = [token(None, None), token(None, None)];
-        assert_eq!(token_for(&two_anonymous, "eac_mine", "100"), None);
+        assert_eq!(
+            token_for(&two_anonymous, "eac_mine", "100").map(|t| t.token.expose_secret()),
+            None
+        );
     }
 
     #[test]

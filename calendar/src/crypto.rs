@@ -148,6 +148,14 @@ fn key_id(key: &[u8]) -> String {
 }
 
 impl TokenCipher {
+    /// `TOKEN_ENCRYPTION_KEY` through `lookup` (unset or blank: none).
+    pub fn from_lookup(lookup: &impl Fn(&str) -> Option<String>) -> Result<Option<Self>, KeyError> {
+        lookup("TOKEN_ENCRYPTION_KEY")
+            .filter(|k| !k.trim().is_empty())
+            .map(|keys| Self::from_setting(&keys))
+            .transpose()
+    }
+
     /// Parses `TOKEN_ENCRYPTION_KEY`: one or more base64 keys of 32 bytes, space separated.
     pub fn from_setting(value: &str) -> Result<Self, KeyError> {
         let parts: Vec<&str> = value.split_whitespace().collect();

@@ -5,6 +5,7 @@ use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement, TransactionTrait, Value,
 };
+use secrecy::{ExposeSecret, SecretString};
 use uuid::Uuid;
 
 use crate::{
@@ -314,7 +315,7 @@ async fn upsert_connection<C: ConnectionTrait>(
         (Ok(token), Some(cipher)) => (
             CONNECTED,
             None,
-            Some(cipher.seal(&token.token, &binding)?),
+            Some(cipher.seal(token.token.expose_secret(), &binding)?),
             token.expires_at,
         ),
         (Ok(_), None) => (
@@ -377,23 +378,13 @@ pub async fn refresh_flags<C: ConnectionTrait>(conn: &C, user_id: Uuid) -> Resul
     Ok(())
 }
 
-/// A usable access token for a backend.
-#[derive(Clone, PartialEq, Eq)]
+/// A usable access token for a backend. `Debug` never shows the token.
+#[derive(Clone, Debug)]
 pub struct FreshToken {
-    pub access_token: String,
+    pub access_token: SecretString,
     pub expires_at: Option<DateTime<Utc>>,
     pub provider_user_id: String,
     pub scopes: String,
-}
-
-impl std::fmt::Debug for FreshToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FreshToken")
-            .field("access_token", &"[redacted]")
-            .field("expires_at", &self.expires_at)
-            .field("provider_user_id", &self.provider_user_id)
-            .finish()
-    }
 }
 
 /// Why a fresh token could not be had.
@@ -526,7 +517,7 @@ fn stored_token(
                 );
             })?;
         return Ok(Some(FreshToken {
-            access_token,
+            access_token: SecretString::from(access_token),
             expires_at: stored.expires_at,
             provider_user_id: stored.provider_user_id.clone(),
             scopes: stored.scopes.clone(),
@@ -559,7 +550,7 @@ async fn refresh_token(
         &current.provider_user_id,
     ) {
         Some(token) => {
-            let sealed = cipher.seal(&token.token, binding)?;
+            let sealed = cipher.seal(token.token.expose_secret(), binding)?;
             txn.execute_raw(stmt(
                 "UPDATE user_calendar_connections SET access_token = $2, token_key_id = $3, \
                    token_format = $5, refresh_token = NULL, expires_at = $4, updated_at = now() \

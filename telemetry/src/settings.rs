@@ -23,6 +23,74 @@ impl InvalidSetting {
     }
 }
 
+/// The URL with any password replaced by `***`, for logs, errors and `Debug`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "[unparseable URL]".into();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            let hidden = if userinfo.contains(':') { ":***" } else { "" };
+            format!("{scheme}://{user}{hidden}@{host}{tail}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// The default `DATABASE_URL`.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@localhost:5432/clerk_sync";
+
+/// A database URL, which may hold a password: `Debug` shows it redacted ([`redact_url`]).
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    /// The URL itself, to connect with; never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&redact_url(&self.0))
+    }
+}
+
+/// Where the database is: `DATABASE_URL` and `DATABASE_MAX_CONNECTIONS`.
+#[derive(Debug, Clone)]
+pub struct DatabaseSettings {
+    /// `DATABASE_URL` (default [`DEFAULT_DATABASE_URL`]).
+    pub url: DatabaseUrl,
+    /// `DATABASE_MAX_CONNECTIONS` (default 10).
+    pub max_connections: u32,
+}
+
+/// Reads `DATABASE_URL` (blank: the default) and `DATABASE_MAX_CONNECTIONS`.
+pub fn database(
+    lookup: &impl Fn(&str) -> Option<String>,
+) -> Result<DatabaseSettings, InvalidSetting> {
+    let url = lookup("DATABASE_URL")
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned());
+    if !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
+        return Err(InvalidSetting::new(
+            "DATABASE_URL",
+            "must start with postgres:// (e.g. postgres://user:pass@host:5432/db)",
+        ));
+    }
+    let max_connections = u32::try_from(number(lookup, "DATABASE_MAX_CONNECTIONS", 10)?)
+        .map_err(|_| InvalidSetting::new("DATABASE_MAX_CONNECTIONS", "is too large"))?;
+    Ok(DatabaseSettings {
+        url: DatabaseUrl(url),
+        max_connections,
+    })
+}
+
 /// Parses a duration such as `250ms`, `5s`, `5m` or `1h` (a bare number is seconds).
 pub fn parse_duration(value: &str) -> Option<Duration> {
     let value = value.trim();
@@ -145,5 +213,32 @@ mod tests {
         assert!(err.to_string().starts_with("X_COUNT"), "{err}");
         assert!(duration(&lookup, "X_WAIT", Duration::ZERO).is_err());
         assert!(socket_addr(&lookup, "X_ADDR", "127.0.0.1:1").is_err());
+    }
+}
+
+#[cfg(test)]
+mod url_tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_redacted_but_stay_recognisable() {
+        assert_eq!(
+            redact_url("postgres://u:p@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact_url("postgres://h/db?x=@"), "postgres://h/db?x=@");
+        assert_eq!(redact_url("nonsense"), "[unparseable URL]");
+        assert_eq!(
+            redact_url("amqp://guest:s3cret@localhost:5672/%2f"),
+            "amqp://guest:***@localhost:5672/%2f"
+        );
+        let url = database(&|name: &str| {
+            (name == "DATABASE_URL").then(|| "postgres://app:pa55@db:5432/x".to_owned())
+        })
+        .expect("valid")
+        .url;
+        assert_eq!(format!("{url:?}"), "postgres://app:***@db:5432/x");
+        assert_eq!(url.expose(), "postgres://app:pa55@db:5432/x");
     }
 }

@@ -4,23 +4,23 @@ use std::{net::SocketAddr, time::Duration};
 
 use broker::{BrokerConfig, BrokerError, Topology};
 use calendar::{
-    clerk::{ClerkClient, ClerkError, DEFAULT_API_URL},
+    clerk::ClerkClient,
     crypto::{KeyError, TokenCipher},
 };
 use telemetry::{
     LogFormat,
-    settings::{InvalidSetting, duration, log_format, number, socket_addr},
+    settings::{DatabaseSettings, InvalidSetting, duration, log_format, number, socket_addr},
 };
 
-/// The default `DATABASE_URL`.
-pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@localhost:5432/clerk_sync";
+pub use telemetry::settings::DEFAULT_DATABASE_URL;
 
-/// Everything the worker and its CLI need.
+/// Everything the worker and its CLI need. `Debug` shows no secret (the database URL's password
+/// is redacted, keys and the Clerk secret are hidden by their types).
+#[derive(Debug)]
 pub struct Config {
-    /// `DATABASE_URL` (default [`DEFAULT_DATABASE_URL`]). May hold a password: never printed.
-    pub database_url: String,
-    /// `DATABASE_MAX_CONNECTIONS`: pool size (default 10).
-    pub database_max_connections: u32,
+    /// `DATABASE_URL` (default [`DEFAULT_DATABASE_URL`]) and `DATABASE_MAX_CONNECTIONS` (pool
+    /// size, default 10).
+    pub database: DatabaseSettings,
     /// `AMQP_URL`: one or several comma separated broker URLs.
     pub broker: BrokerConfig,
     /// `QUEUE_PREFIX`, `QUEUE_REPLICAS`, `RETRY_DELAYS`.
@@ -54,23 +54,6 @@ pub struct Config {
     pub reconcile_interval: Option<Duration>,
 }
 
-impl std::fmt::Debug for Config {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Config")
-            .field("database_url", &"[redacted]")
-            .field("broker", &self.broker)
-            .field("topology", &self.topology)
-            .field("addr", &self.addr)
-            .field("prefetch", &self.prefetch)
-            .field("concurrency", &self.concurrency)
-            .field("batch_size", &self.batch_size)
-            .field("max_attempts", &self.max_attempts)
-            .field("clerk", &self.clerk)
-            .field("token_cipher", &self.token_cipher)
-            .finish_non_exhaustive()
-    }
-}
-
 /// A setting that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -80,8 +63,6 @@ pub enum ConfigError {
     Broker(#[from] BrokerError),
     #[error(transparent)]
     TokenKey(#[from] KeyError),
-    #[error("CLERK_API_URL: {0}")]
-    Clerk(#[from] ClerkError),
 }
 
 impl Config {
@@ -92,14 +73,7 @@ impl Config {
 
     /// Reads settings through `lookup`; tests pass a map.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let database_url = lookup("DATABASE_URL").unwrap_or_else(|| DEFAULT_DATABASE_URL.into());
-        if !database_url.starts_with("postgres://") && !database_url.starts_with("postgresql://") {
-            return Err(InvalidSetting::new(
-                "DATABASE_URL",
-                "must start with postgres:// (e.g. postgres://user:pass@host:5432/db)",
-            )
-            .into());
-        }
+        let database = telemetry::settings::database(&lookup)?;
         let prefetch = number(&lookup, "WORKER_PREFETCH", 512)?;
         let prefetch = u16::try_from(prefetch)
             .map_err(|_| InvalidSetting::new("WORKER_PREFETCH", "must be at most 65535"))?;
@@ -136,13 +110,7 @@ impl Config {
         let broker = BrokerConfig::from_lookup(&lookup, "clerk-sync worker")?;
         let topology = Topology::from_lookup(&lookup)?.with_default_replicas(broker.urls.len());
         Ok(Self {
-            database_url,
-            database_max_connections: u32::try_from(number(
-                &lookup,
-                "DATABASE_MAX_CONNECTIONS",
-                10,
-            )?)
-            .unwrap_or(u32::MAX),
+            database,
             broker,
             topology,
             addr: socket_addr(&lookup, "WORKER_ADDR", "127.0.0.1:8082")?,
@@ -157,18 +125,8 @@ impl Config {
                 Duration::from_secs(7 * 24 * 3600),
             )?,
             log_format: log_format(&lookup)?,
-            clerk: match lookup("CLERK_SECRET_KEY").filter(|k| !k.trim().is_empty()) {
-                None => None,
-                Some(key) => Some(ClerkClient::new(
-                    &lookup("CLERK_API_URL").unwrap_or_else(|| DEFAULT_API_URL.into()),
-                    key.trim(),
-                    duration(&lookup, "CLERK_API_TIMEOUT", Duration::from_secs(10))?,
-                )?),
-            },
-            token_cipher: match lookup("TOKEN_ENCRYPTION_KEY").filter(|k| !k.trim().is_empty()) {
-                None => None,
-                Some(keys) => Some(TokenCipher::from_setting(&keys)?),
-            },
+            clerk: ClerkClient::from_lookup(&lookup)?,
+            token_cipher: TokenCipher::from_lookup(&lookup)?,
             reconcile_interval,
         })
     }
@@ -228,7 +186,7 @@ mod tests {
     #[test]
     fn defaults_match_the_contract() {
         let config = Config::from_lookup(|_| None).expect("defaults");
-        assert_eq!(config.database_url, DEFAULT_DATABASE_URL);
+        assert_eq!(config.database.url.expose(), DEFAULT_DATABASE_URL);
         assert_eq!(config.addr.to_string(), "127.0.0.1:8082");
         assert_eq!(config.max_attempts, 10);
     }

@@ -112,7 +112,7 @@ struct Reconciler {
     applier: Applier,
     clerk: calendar::clerk::ClerkClient,
     interval: Duration,
-    database_url: String,
+    database_url: telemetry::settings::DatabaseUrl,
     metrics: metrics::Metrics,
 }
 
@@ -122,13 +122,18 @@ const RECONCILE_LOCK_KEY: i64 = 0x636c_6572_6b72_6563;
 impl Application {
     /// Connects to Postgres, applies migrations, and binds `WORKER_ADDR`.
     pub async fn build(config: Config) -> Result<Self, StartError> {
-        migrate(&config.database_url).await.map_err(|e| match e {
-            DbErr::Conn(_) | DbErr::ConnectionAcquire(_) => StartError::Database(e),
-            other => StartError::Migrations(other),
-        })?;
-        let db = connect_database(&config.database_url, config.database_max_connections)
+        migrate(config.database.url.expose())
             .await
-            .map_err(StartError::Database)?;
+            .map_err(|e| match e {
+                DbErr::Conn(_) | DbErr::ConnectionAcquire(_) => StartError::Database(e),
+                other => StartError::Migrations(other),
+            })?;
+        let db = connect_database(
+            config.database.url.expose(),
+            config.database.max_connections,
+        )
+        .await
+        .map_err(StartError::Database)?;
         let listener =
             TcpListener::bind(config.addr)
                 .await
@@ -154,7 +159,7 @@ impl Application {
                 },
                 clerk: clerk.clone(),
                 interval,
-                database_url: config.database_url.clone(),
+                database_url: config.database.url.clone(),
                 metrics: metrics.clone(),
             }),
             _ => None,
@@ -260,7 +265,7 @@ async fn reconcile_on_schedule(reconciler: Reconciler, mut stop: Shutdown) {
             () = stop.recv() => return,
             _ = tick.tick() => {}
         }
-        let lock = match connect_database(&reconciler.database_url, 1).await {
+        let lock = match connect_database(reconciler.database_url.expose(), 1).await {
             Ok(lock) => lock,
             Err(error) => {
                 tracing::warn!(error.message = %error, "cannot reach the database to reconcile; next time");

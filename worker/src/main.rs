@@ -177,11 +177,11 @@ async fn clerk_applier(
     let clerk = config.clerk.clone().with_context(|| {
         format!("CLERK_SECRET_KEY is not set: {command} reads Clerk's user list")
     })?;
-    worker::migrate(&config.database_url)
+    worker::migrate(config.database.url.expose())
         .await
         .context("cannot apply migrations on DATABASE_URL")?;
     let applier = worker::Applier {
-        db: worker::connect_database(&config.database_url, 4)
+        db: worker::connect_database(config.database.url.expose(), 4)
             .await
             .context("cannot reach the database at DATABASE_URL")?,
         clerk: config.clerk,
@@ -233,7 +233,7 @@ async fn rotate_token_key(config: Config) -> anyhow::Result<()> {
         .token_cipher
         .as_ref()
         .context("TOKEN_ENCRYPTION_KEY is not set: put the new key first, the old ones after it")?;
-    let db = worker::connect_database(&config.database_url, 2)
+    let db = worker::connect_database(config.database.url.expose(), 2)
         .await
         .context("cannot reach the database at DATABASE_URL")?;
     let done = calendar::store::reencrypt_all(&db, cipher, worker::progress::progress_bar)

@@ -152,7 +152,8 @@ pub async fn access_token(
         "no usable connection of this provider (none connected, or Clerk has no token for it)",
     ))?;
     Ok(Json(AccessToken {
-        access_token: fresh.access_token,
+        // The one place a token leaves its secret type: the answer to a trusted backend.
+        access_token: secrecy::ExposeSecret::expose_secret(&fresh.access_token).to_owned(),
         expires_at: fresh.expires_at,
         provider,
         provider_user_id: fresh.provider_user_id,
