@@ -224,7 +224,7 @@ impl RabbitCluster {
     /// SIGKILLs node `i`.
     pub fn kill(&self, i: usize) {
         if let Some(pid) = self.nodes[i].pid() {
-            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+            crate::process::send(pid.unsigned_abs(), crate::process::Signal::Kill);
             let deadline = Instant::now() + Duration::from_secs(10);
             while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(50));
@@ -238,7 +238,7 @@ impl Drop for RabbitCluster {
     fn drop(&mut self) {
         for node in &self.nodes {
             if let Some(pid) = node.pid() {
-                let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+                crate::process::send(pid.unsigned_abs(), crate::process::Signal::Kill);
             }
         }
         if let Ok(mut children) = self.children.lock() {

@@ -6,6 +6,7 @@
 pub mod cluster;
 pub mod events;
 pub mod fake_clerk;
+pub mod process;
 pub mod proxy;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -382,6 +382,22 @@ async fn apply_in(
     }
 }
 
+/// The version-guarded upsert of one user: `$1` id, `$2` Clerk id, `$3` email, `$4` first name,
+/// `$5` last name, `$6` Clerk `updated_at`, `$7` Clerk `created_at`, `$8` tiebreak. Changes
+/// nothing unless (`$6`, `$8`) is newer than the stored version. Public so that the benchmark
+/// measures this very statement.
+pub const UPSERT_USER: &str = "INSERT INTO users (id, clerk_user_id, email, first_name, last_name, \
+         clerk_updated_at, clerk_created_at, clerk_version_tiebreak) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+     ON CONFLICT (clerk_user_id) DO UPDATE SET \
+         email = EXCLUDED.email, first_name = EXCLUDED.first_name, \
+         last_name = EXCLUDED.last_name, clerk_updated_at = EXCLUDED.clerk_updated_at, \
+         clerk_version_tiebreak = EXCLUDED.clerk_version_tiebreak, \
+         clerk_created_at = COALESCE(EXCLUDED.clerk_created_at, users.clerk_created_at), \
+         updated_at = now() \
+     WHERE (users.clerk_updated_at, users.clerk_version_tiebreak) \
+         < (EXCLUDED.clerk_updated_at, EXCLUDED.clerk_version_tiebreak)";
+
 async fn upsert_user(
     txn: &DatabaseTransaction,
     user: &UserSnapshot,
@@ -419,17 +435,7 @@ async fn upsert_user(
     }
     let result = txn
         .execute_raw(stmt(
-            "INSERT INTO users (id, clerk_user_id, email, first_name, last_name, \
-                 clerk_updated_at, clerk_created_at, clerk_version_tiebreak) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-             ON CONFLICT (clerk_user_id) DO UPDATE SET \
-                 email = EXCLUDED.email, first_name = EXCLUDED.first_name, \
-                 last_name = EXCLUDED.last_name, clerk_updated_at = EXCLUDED.clerk_updated_at, \
-                 clerk_version_tiebreak = EXCLUDED.clerk_version_tiebreak, \
-                 clerk_created_at = COALESCE(EXCLUDED.clerk_created_at, users.clerk_created_at), \
-                 updated_at = now() \
-             WHERE (users.clerk_updated_at, users.clerk_version_tiebreak) \
-                 < (EXCLUDED.clerk_updated_at, EXCLUDED.clerk_version_tiebreak)",
+            UPSERT_USER,
             vec![
                 Uuid::new_v4().into(),
                 user.clerk_user_id.as_str().into(),

@@ -158,18 +158,7 @@ impl Drop for Children {
     fn drop(&mut self) {
         for (name, child) in &mut self.0 {
             // SIGTERM first: each process finishes its in-flight work.
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(child.id().to_string())
-                .status();
-            for _ in 0..100 {
-                if matches!(child.try_wait(), Ok(Some(_))) {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+            testkit::process::stop(child, Duration::from_secs(10));
             println!("stopped {name}");
         }
     }

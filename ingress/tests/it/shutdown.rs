@@ -46,11 +46,10 @@ async fn sigterm_stops_accepting_finishes_the_request_in_flight_and_exits_0() {
     stream.write_all(head.as_bytes()).unwrap();
     stream.write_all(&body[..10]).unwrap();
     std::thread::sleep(Duration::from_millis(200));
-    Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
+    assert!(testkit::process::send(
+        child.id(),
+        testkit::process::Signal::Term
+    ));
 
     // No new connections are served (once the signal is handled)...
     let refused =

@@ -260,11 +260,10 @@ async fn sigterm_lets_the_worker_finish_its_in_flight_events_and_exit_0_and_noth
     })
     .await;
 
-    Command::new("kill")
-        .arg("-TERM")
-        .arg(first.0.id().to_string())
-        .status()
-        .unwrap();
+    assert!(testkit::process::send(
+        first.0.id(),
+        testkit::process::Signal::Term
+    ));
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let status = loop {
         if let Some(status) = first.0.try_wait().unwrap() {

@@ -189,18 +189,11 @@ fn ingress_like_properties(svix_id: &str) -> BasicProperties {
         .with_headers(table)
 }
 
-/// The worker's upsert (worker/src/apply.rs, `upsert_user`), one row.
-const UPSERT_ONE: &str = "INSERT INTO users (id, clerk_user_id, email, first_name, last_name, \
-         clerk_updated_at, clerk_created_at) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7) \
-     ON CONFLICT (clerk_user_id) DO UPDATE SET \
-         email = EXCLUDED.email, first_name = EXCLUDED.first_name, \
-         last_name = EXCLUDED.last_name, clerk_updated_at = EXCLUDED.clerk_updated_at, \
-         clerk_created_at = COALESCE(EXCLUDED.clerk_created_at, users.clerk_created_at), \
-         updated_at = now() \
-     WHERE users.clerk_updated_at < EXCLUDED.clerk_updated_at";
+/// The worker's own upsert, one row.
+const UPSERT_ONE: &str = worker::apply::UPSERT_USER;
 
-/// The same upsert for many rows, bound as arrays.
+/// The same upsert for many rows, bound as arrays, with the worker's version guard (the
+/// ceilings' rows carry no tiebreak: the empty one).
 const UPSERT_MANY: &str = "INSERT INTO users (id, clerk_user_id, email, first_name, last_name, \
          clerk_updated_at, clerk_created_at) \
      SELECT id, clerk_user_id, email, first_name, last_name, clerk_updated_at, \
@@ -211,9 +204,11 @@ const UPSERT_MANY: &str = "INSERT INTO users (id, clerk_user_id, email, first_na
      ON CONFLICT (clerk_user_id) DO UPDATE SET \
          email = EXCLUDED.email, first_name = EXCLUDED.first_name, \
          last_name = EXCLUDED.last_name, clerk_updated_at = EXCLUDED.clerk_updated_at, \
+         clerk_version_tiebreak = EXCLUDED.clerk_version_tiebreak, \
          clerk_created_at = COALESCE(EXCLUDED.clerk_created_at, users.clerk_created_at), \
          updated_at = now() \
-     WHERE users.clerk_updated_at < EXCLUDED.clerk_updated_at";
+     WHERE (users.clerk_updated_at, users.clerk_version_tiebreak) \
+         < (EXCLUDED.clerk_updated_at, EXCLUDED.clerk_version_tiebreak)";
 
 /// Clerk's `created_at` of every ceiling user (ms).
 const CREATED_MS: i64 = 1_735_689_600_000;
@@ -268,6 +263,7 @@ pub async fn db_single(
                         row.last_name.into(),
                         row.updated_at.into(),
                         created.into(),
+                        "".into(),
                     ];
                     upsert_in_transaction(&db, UPSERT_ONE, values).await?;
                 }

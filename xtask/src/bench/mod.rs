@@ -412,18 +412,7 @@ async fn phases(
         "[3/7] database ceilings: {} upserts over {} users",
         o.events, o.users
     );
-    let db_single = ceilings::db_single(&db, o.events, o.users).await?;
-    ceilings::truncate(&db).await?;
-    println!(
-        "      1 row per transaction: {:.0} rows/s",
-        db_single.per_s()
-    );
-    let (db_batched, batch_rows) = ceilings::db_batched(&db, o.events, o.users).await?;
-    ceilings::truncate(&db).await?;
-    println!(
-        "      {batch_rows} rows per transaction: {:.0} rows/s",
-        db_batched.per_s()
-    );
+    let (db_single, db_batched, batch_rows) = database_ceilings(&db, o).await?;
 
     for &connections in &o.connections[1..] {
         let run_prefix = format!("{prefix}_c{connections}");
@@ -534,50 +523,7 @@ async fn phases(
     let _ = db.close().await;
     Ok(Report {
         machine,
-        settings: Settings {
-            events: o.events,
-            users: o.users,
-            deleted_users: events::deleted_count(o.users),
-            connections: o.connections.clone(),
-            profile: o.profile.name(),
-            smoke: o.smoke,
-            load_generator_build: if cfg!(debug_assertions) {
-                "dev"
-            } else {
-                "release"
-            },
-            date: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            git_commit: report::git_commit(workspace),
-            queue_prefix: prefix,
-            body_bytes_avg: body_size,
-            live_events: live_count,
-            live_connections: LIVE_CONNECTIONS,
-            db_batch_rows: batch_rows,
-            worker_env: report::recorded_env(
-                &[
-                    ("WORKER_PREFETCH", "512"),
-                    ("WORKER_CONCURRENCY", "3"),
-                    ("WORKER_BATCH_SIZE", "128"),
-                    ("DATABASE_MAX_CONNECTIONS", "10"),
-                    ("MAX_ATTEMPTS", "10"),
-                    ("IN_PROCESS_RETRIES", "3"),
-                    ("RETRY_DELAYS", "5s,30s,5m"),
-                    ("RUST_LOG", "info"),
-                ],
-                "WORKER_",
-                "WORKER_ADDR",
-            ),
-            ingress_env: report::recorded_env(
-                &[
-                    ("PUBLISH_CHANNELS", "2"),
-                    ("PUBLISH_TIMEOUT", "5s"),
-                    ("INGRESS_MAX_CONNECTIONS", "1024"),
-                    ("RUST_LOG", "info"),
-                ],
-                "INGRESS_",
-                "INGRESS_ADDR",
-            ),
-        },
+        settings: settings(o, workspace, prefix, body_size, live_count, batch_rows),
         ceilings: Ceilings {
             broker: broker_ceiling,
             broker_runs,
@@ -598,6 +544,81 @@ async fn phases(
         },
         checks,
     })
+}
+
+/// The run's settings, as the report records them.
+fn settings(
+    o: &Options,
+    workspace: &Path,
+    prefix: String,
+    body_size: usize,
+    live_count: usize,
+    batch_rows: usize,
+) -> Settings {
+    Settings {
+        events: o.events,
+        users: o.users,
+        deleted_users: events::deleted_count(o.users),
+        connections: o.connections.clone(),
+        profile: o.profile.name(),
+        smoke: o.smoke,
+        load_generator_build: if cfg!(debug_assertions) {
+            "dev"
+        } else {
+            "release"
+        },
+        date: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        git_commit: report::git_commit(workspace),
+        queue_prefix: prefix,
+        body_bytes_avg: body_size,
+        live_events: live_count,
+        live_connections: LIVE_CONNECTIONS,
+        db_batch_rows: batch_rows,
+        worker_env: report::recorded_env(
+            &[
+                ("WORKER_PREFETCH", "512"),
+                ("WORKER_CONCURRENCY", "3"),
+                ("WORKER_BATCH_SIZE", "128"),
+                ("DATABASE_MAX_CONNECTIONS", "10"),
+                ("MAX_ATTEMPTS", "10"),
+                ("IN_PROCESS_RETRIES", "3"),
+                ("RETRY_DELAYS", "5s,30s,5m"),
+                ("RUST_LOG", "info"),
+            ],
+            "WORKER_",
+            "WORKER_ADDR",
+        ),
+        ingress_env: report::recorded_env(
+            &[
+                ("PUBLISH_CHANNELS", "2"),
+                ("PUBLISH_TIMEOUT", "5s"),
+                ("INGRESS_MAX_CONNECTIONS", "1024"),
+                ("RUST_LOG", "info"),
+            ],
+            "INGRESS_",
+            "INGRESS_ADDR",
+        ),
+    }
+}
+
+/// The database's ceilings: the worker's upsert one row per transaction, then many.
+async fn database_ceilings(
+    db: &sea_orm::DatabaseConnection,
+    o: &Options,
+) -> anyhow::Result<(ceilings::Ceiling, ceilings::Ceiling, usize)> {
+    let db_single = ceilings::db_single(db, o.events, o.users).await?;
+    ceilings::truncate(db).await?;
+    println!(
+        "      1 row per transaction: {:.0} rows/s",
+        db_single.per_s()
+    );
+    let (db_batched, batch_rows) = ceilings::db_batched(db, o.events, o.users).await?;
+    ceilings::truncate(db).await?;
+    println!(
+        "      {batch_rows} rows per transaction: {:.0} rows/s",
+        db_batched.per_s()
+    );
+    Ok((db_single, db_batched, batch_rows))
 }
 
 /// One ingress run on `prefix` (tracked for clean-up), printed.

@@ -379,14 +379,9 @@ fn run_detached<F: std::future::Future<Output = ()> + Send + 'static>(future: F)
     .join();
 }
 
-/// Sends SIGTERM (the crate forbids unsafe code, so through `kill`).
+/// Sends SIGTERM.
 fn terminate(child: &Child) {
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
+    testkit::process::send(child.id(), testkit::process::Signal::Term);
 }
 
 /// A free TCP port on 127.0.0.1.
