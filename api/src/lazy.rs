@@ -157,6 +157,13 @@ impl LazySync {
     }
 
     async fn fetch_and_apply(&self, clerk_user_id: &str) -> (LazyOutcome, Result<(), LazyError>) {
+        // A read that missed the row just before an earlier flight stored it starts a flight of
+        // its own: it finds the row here and does not ask Clerk again.
+        match self.stored(clerk_user_id).await {
+            Ok(true) => return (LazyOutcome::AlreadySynced, Ok(())),
+            Ok(false) => {}
+            Err(error) => return (LazyOutcome::Unavailable, Err(LazyError::Unavailable(error))),
+        }
         match self.deleted(clerk_user_id).await {
             Ok(true) => return (LazyOutcome::Deleted, Err(LazyError::NotFound)),
             Ok(false) => {}
@@ -195,6 +202,19 @@ impl LazySync {
             ),
             Err(error) => (LazyOutcome::Failed, Err(LazyError::Failed(error.reason()))),
         }
+    }
+
+    async fn stored(&self, clerk_user_id: &str) -> Result<bool, String> {
+        self.applier
+            .db
+            .query_one_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT 1 AS one FROM users WHERE clerk_user_id = $1",
+                [clerk_user_id.into()],
+            ))
+            .await
+            .map(|row| row.is_some())
+            .map_err(|e| e.to_string())
     }
 
     async fn deleted(&self, clerk_user_id: &str) -> Result<bool, String> {
