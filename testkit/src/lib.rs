@@ -246,7 +246,14 @@ impl Drop for TestBroker {
                 return;
             };
             if let Ok(channel) = connection.create_channel().await {
-                for queue in topology.all_queues() {
+                // With the temporary queues `worker migrate-queues` makes, should a test stop
+                // in the middle of one.
+                let queues = topology.all_queues().into_iter().flat_map(|queue| {
+                    let migrating = format!("{queue}.migrating");
+                    [queue, migrating]
+                });
+                // Deleting a queue that does not exist succeeds.
+                for queue in queues {
                     let _ = channel
                         .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
                         .await;
