@@ -418,7 +418,10 @@ async fn upsert_chunk(
     Ok(())
 }
 
-fn strings<'a>(values: impl IntoIterator<Item = impl Into<std::borrow::Cow<'a, str>>>) -> Value {
+/// A text array parameter (shared with [`crate::reconcile`]).
+pub(crate) fn strings<'a>(
+    values: impl IntoIterator<Item = impl Into<std::borrow::Cow<'a, str>>>,
+) -> Value {
     values
         .into_iter()
         .map(|v| v.into().into_owned())

@@ -30,12 +30,13 @@ use calendar::{
     store::{Disconnect, not_disconnected},
 };
 use chrono::{DateTime, Utc};
-use sea_orm::{ConnectionTrait, DbBackend, DbErr, Statement, Value};
+use sea_orm::{ConnectionTrait, DbErr};
 use serde::Serialize;
 
 use crate::{
-    apply::{Applier, Outcome, tombstone_key},
+    apply::{Applier, Outcome, stmt, tombstone_key},
     backfill::{checkpoint, save},
+    batch::strings,
     event::{self, ClerkEvent, UserSnapshot},
 };
 
@@ -276,18 +277,6 @@ where
             Err(error) => return Err(error),
         }
     }
-}
-
-fn stmt(sql: &str, values: Vec<Value>) -> Statement {
-    Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
-}
-
-fn strings<'a>(values: impl IntoIterator<Item = &'a str>) -> Value {
-    values
-        .into_iter()
-        .map(str::to_owned)
-        .collect::<Vec<String>>()
-        .into()
 }
 
 /// The stored side of one page's users.
