@@ -248,6 +248,27 @@ pub fn is_listed(name: &str) -> bool {
     SETTINGS.iter().any(|s| s.name == name)
 }
 
+/// The names `read` asks for that are not listed (for the services' configuration tests): `read`
+/// gets a lookup that answers `values` and records every name asked.
+pub fn unlisted_reads(
+    values: &[(&str, &str)],
+    read: impl FnOnce(&dyn Fn(&str) -> Option<String>),
+) -> Vec<String> {
+    let asked = std::sync::Mutex::new(Vec::<String>::new());
+    let lookup = |name: &str| {
+        if let Ok(mut asked) = asked.lock() {
+            asked.push(name.to_owned());
+        }
+        values
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| (*v).to_owned())
+    };
+    read(&lookup);
+    let asked = asked.into_inner().unwrap_or_default();
+    asked.into_iter().filter(|name| !is_listed(name)).collect()
+}
+
 /// The configuration table as the README shows it.
 pub fn markdown_table() -> String {
     let mut out = String::from("| variable | used by | default | meaning |\n|---|---|---|---|\n");
@@ -310,6 +331,15 @@ mod tests {
             });
             assert!(named, ".env.example does not name {}", s.name);
         }
+    }
+
+    #[test]
+    fn a_name_that_is_not_listed_is_reported() {
+        let unlisted = unlisted_reads(&[("DATABASE_URL", "postgres://x")], |lookup| {
+            assert_eq!(lookup("DATABASE_URL").as_deref(), Some("postgres://x"));
+            lookup("NOT_A_SETTING");
+        });
+        assert_eq!(unlisted, vec!["NOT_A_SETTING".to_owned()]);
     }
 
     #[test]
