@@ -11,7 +11,7 @@ use worker::{
     event::{self, ClerkEvent},
 };
 
-use crate::helpers::{Row, scalar, state, users};
+use crate::helpers::{Row, row, scalar, state, users};
 
 fn upsert(
     event_type: &str,
@@ -31,15 +31,6 @@ fn deleted(id: &str, at: i64) -> ClerkEvent {
     event::parse(&events::user_deleted(id, at)).unwrap()
 }
 
-fn row(email: Option<&str>, first: &str, version: i64) -> Row {
-    Row {
-        email: email.map(Into::into),
-        first_name: Some(first.into()),
-        last_name: Some("Synth".into()),
-        version,
-    }
-}
-
 async fn apply_one(db: &DatabaseConnection, svix_id: &str, event: &ClerkEvent) -> Outcome {
     try_apply_event(
         db,
@@ -52,41 +43,47 @@ async fn apply_one(db: &DatabaseConnection, svix_id: &str, event: &ClerkEvent) -
     .unwrap()
 }
 
-#[tokio::test]
-async fn a_batch_applies_like_one_by_one_duplicates_stale_deleted_and_moved_addresses_included() {
-    let db = TestDb::migrated().await;
-    // Stored before the batch.
-    apply_one(
-        &db.conn,
-        "pre_a",
-        &upsert("user.created", "user_a", Some("a@x.test"), "A", 10),
-    )
-    .await;
-    apply_one(
-        &db.conn,
-        "pre_b",
-        &upsert("user.created", "user_b", Some("b@x.test"), "B", 10),
-    )
-    .await;
-    apply_one(
-        &db.conn,
-        "pre_c",
-        &upsert("user.created", "user_c", Some("c@x.test"), "C", 50),
-    )
-    .await;
-    apply_one(&db.conn, "pre_d", &deleted("user_d", 60)).await;
-    // user_a has a calendar connection that its next event no longer lists.
-    db.conn
-        .execute_unprepared(
-            "INSERT INTO user_calendar_connections (id, user_id, provider, external_account_id, \
-               provider_user_id, scopes, status) \
-             SELECT gen_random_uuid(), id, 'google', 'eac_1', 'g1', 'calendar', 'connected' \
-             FROM users WHERE clerk_user_id = 'user_a'; \
-             UPDATE users SET google_calendar_connected = true WHERE clerk_user_id = 'user_a'",
-        )
-        .await
-        .unwrap();
+/// One event of a batch: (svix id, event type, event).
+type Item = (&'static str, &'static str, ClerkEvent);
 
+fn upsert_item(
+    svix_id: &'static str,
+    event_type: &'static str,
+    id: &str,
+    email: Option<&str>,
+    first: &str,
+    version: i64,
+) -> Item {
+    (
+        svix_id,
+        event_type,
+        upsert(event_type, id, email, first, version),
+    )
+}
+
+/// Rows stored before the batch: a, b (10) and c (50), d deleted at 60, and a calendar
+/// connection of user_a that its next event no longer lists.
+async fn store_rows_before_the_batch(db: &DatabaseConnection) {
+    let a = upsert("user.created", "user_a", Some("a@x.test"), "A", 10);
+    apply_one(db, "pre_a", &a).await;
+    let b = upsert("user.created", "user_b", Some("b@x.test"), "B", 10);
+    apply_one(db, "pre_b", &b).await;
+    let c = upsert("user.created", "user_c", Some("c@x.test"), "C", 50);
+    apply_one(db, "pre_c", &c).await;
+    apply_one(db, "pre_d", &deleted("user_d", 60)).await;
+    db.execute_unprepared(
+        "INSERT INTO user_calendar_connections (id, user_id, provider, external_account_id, \
+           provider_user_id, scopes, status) \
+         SELECT gen_random_uuid(), id, 'google', 'eac_1', 'g1', 'calendar', 'connected' \
+         FROM users WHERE clerk_user_id = 'user_a'; \
+         UPDATE users SET google_calendar_connected = true WHERE clerk_user_id = 'user_a'",
+    )
+    .await
+    .unwrap();
+}
+
+/// Stale, duplicate, deleted, moved-address, ignored and equal-version events, in this order.
+fn mixed_batch() -> Vec<Item> {
     let ignored = event::parse(
         &serde_json::to_vec(&events::envelope(
             "session.created",
@@ -96,67 +93,27 @@ async fn a_batch_applies_like_one_by_one_duplicates_stale_deleted_and_moved_addr
         .unwrap(),
     )
     .unwrap();
-    let batch: Vec<(&str, &str, ClerkEvent)> = vec![
-        (
-            "m1",
-            "user.created",
-            upsert("user.created", "user_a", Some("old@x.test"), "A5", 5),
-        ),
-        (
-            "m2",
-            "user.updated",
-            upsert("user.updated", "user_a", Some("a@x.test"), "A20", 20),
-        ),
+    vec![
+        upsert_item("m1", "user.created", "user_a", Some("old@x.test"), "A5", 5),
+        upsert_item("m2", "user.updated", "user_a", Some("a@x.test"), "A20", 20),
         // Takes b's address: b's row is older, so b has given it up.
-        (
-            "m3",
-            "user.updated",
-            upsert("user.updated", "user_a", Some("b@x.test"), "A30", 30),
-        ),
-        (
-            "m3",
-            "user.updated",
-            upsert("user.updated", "user_a", Some("b@x.test"), "A30", 30),
-        ),
-        (
-            "m5",
-            "user.updated",
-            upsert("user.updated", "user_c", Some("c@x.test"), "C40", 40),
-        ),
-        (
-            "m6",
-            "user.updated",
-            upsert("user.updated", "user_d", None, "D", 99),
-        ),
-        (
-            "m7",
-            "user.created",
-            upsert("user.created", "user_e", Some("e@x.test"), "E", 1),
-        ),
+        upsert_item("m3", "user.updated", "user_a", Some("b@x.test"), "A30", 30),
+        upsert_item("m3", "user.updated", "user_a", Some("b@x.test"), "A30", 30),
+        upsert_item("m5", "user.updated", "user_c", Some("c@x.test"), "C40", 40),
+        upsert_item("m6", "user.updated", "user_d", None, "D", 99),
+        upsert_item("m7", "user.created", "user_e", Some("e@x.test"), "E", 1),
         ("m8", "user.deleted", deleted("user_e", 2)),
         ("m9", "session.created", ignored),
-        (
-            "pre_b",
-            "user.created",
-            upsert("user.created", "user_b", Some("b@x.test"), "B", 10),
-        ),
-        (
-            "m11",
-            "user.created",
-            upsert("user.created", "user_f", Some("f@x.test"), "F", 7),
-        ),
+        upsert_item("pre_b", "user.created", "user_b", Some("b@x.test"), "B", 10),
+        upsert_item("m11", "user.created", "user_f", Some("f@x.test"), "F", 7),
         // Equal versions: the first one wins, as one by one.
-        (
-            "m12",
-            "user.updated",
-            upsert("user.updated", "user_g", None, "G-first", 9),
-        ),
-        (
-            "m13",
-            "user.updated",
-            upsert("user.updated", "user_g", None, "G-second", 9),
-        ),
-    ];
+        upsert_item("m12", "user.updated", "user_g", None, "G-first", 9),
+        upsert_item("m13", "user.updated", "user_g", None, "G-second", 9),
+    ]
+}
+
+/// Applies every item (each of them batchable) in one batch.
+async fn apply_as_one_batch(db: &DatabaseConnection, batch: &[Item]) -> Vec<Outcome> {
     let items: Vec<BatchItem<'_>> = batch
         .iter()
         .map(|(svix_id, event_type, event)| {
@@ -168,7 +125,73 @@ async fn a_batch_applies_like_one_by_one_duplicates_stale_deleted_and_moved_addr
             }
         })
         .collect();
-    let outcomes = try_apply_batch(&db.conn, &items).await.unwrap();
+    try_apply_batch(db, &items).await.unwrap()
+}
+
+/// Every fresh event is recorded once; the ignored type is not; user_e's deletion left a
+/// tombstone.
+async fn assert_events_recorded_once_and_the_tombstone_kept(db: &DatabaseConnection) {
+    assert_eq!(
+        scalar(db, "SELECT count(*) FROM processed_events").await,
+        4 + 10
+    );
+    assert_eq!(
+        scalar(
+            db,
+            "SELECT count(*) FROM processed_events WHERE svix_id = 'm9'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        scalar(
+            db,
+            &format!(
+                "SELECT count(*) FROM deleted_users WHERE clerk_user_id_sha256 = '{}'",
+                tombstone_key("user_e")
+            )
+        )
+        .await,
+        1
+    );
+}
+
+/// The connection user_a's newest state no longer lists is gone, with its flag.
+async fn assert_the_unlisted_calendar_connection_removed(db: &DatabaseConnection) {
+    assert_eq!(
+        scalar(db, "SELECT count(*) FROM user_calendar_connections").await,
+        0
+    );
+    assert_eq!(
+        scalar(
+            db,
+            "SELECT count(*) FROM users WHERE google_calendar_connected"
+        )
+        .await,
+        0
+    );
+}
+
+/// created_at kept to the millisecond (testkit's users were created at 2025-01-01).
+async fn assert_created_at_kept_to_the_millisecond(db: &DatabaseConnection) {
+    assert_eq!(
+        scalar(
+            db,
+            "SELECT (extract(epoch FROM clerk_created_at) * 1000)::bigint FROM users \
+             WHERE clerk_user_id = 'user_f'"
+        )
+        .await,
+        1_735_689_600_000
+    );
+}
+
+#[tokio::test]
+async fn a_batch_applies_like_one_by_one_duplicates_stale_deleted_and_moved_addresses_included() {
+    let db = TestDb::migrated().await;
+    store_rows_before_the_batch(&db.conn).await;
+
+    let outcomes = apply_as_one_batch(&db.conn, &mixed_batch()).await;
+
     use Outcome::*;
     assert_eq!(
         outcomes,
@@ -198,53 +221,9 @@ async fn a_batch_applies_like_one_by_one_duplicates_stale_deleted_and_moved_addr
         ("user_g".to_string(), row(None, "G-second", 9)),
     ]);
     assert_eq!(users(&db.conn).await, expected);
-    // Every fresh event is recorded once; the ignored type is not.
-    assert_eq!(
-        scalar(&db.conn, "SELECT count(*) FROM processed_events").await,
-        4 + 10
-    );
-    assert_eq!(
-        scalar(
-            &db.conn,
-            "SELECT count(*) FROM processed_events WHERE svix_id = 'm9'"
-        )
-        .await,
-        0
-    );
-    assert_eq!(
-        scalar(
-            &db.conn,
-            &format!(
-                "SELECT count(*) FROM deleted_users WHERE clerk_user_id_sha256 = '{}'",
-                tombstone_key("user_e")
-            )
-        )
-        .await,
-        1
-    );
-    // The connection user_a's newest state no longer lists is gone, with its flag.
-    assert_eq!(
-        scalar(&db.conn, "SELECT count(*) FROM user_calendar_connections").await,
-        0
-    );
-    assert_eq!(
-        scalar(
-            &db.conn,
-            "SELECT count(*) FROM users WHERE google_calendar_connected"
-        )
-        .await,
-        0
-    );
-    // created_at kept to the millisecond (testkit's users were created at 2025-01-01).
-    assert_eq!(
-        scalar(
-            &db.conn,
-            "SELECT (extract(epoch FROM clerk_created_at) * 1000)::bigint FROM users \
-             WHERE clerk_user_id = 'user_f'"
-        )
-        .await,
-        1_735_689_600_000
-    );
+    assert_events_recorded_once_and_the_tombstone_kept(&db.conn).await;
+    assert_the_unlisted_calendar_connection_removed(&db.conn).await;
+    assert_created_at_kept_to_the_millisecond(&db.conn).await;
 }
 
 #[tokio::test]

@@ -187,6 +187,16 @@ pub async fn wait_for_count(broker: &testkit::TestBroker, queue: &str, expected:
     panic!("{queue} holds {last} messages, expected {expected}");
 }
 
+/// The row a user ends in after an event built from `state(_, email, first, version)`.
+pub fn row(email: Option<&str>, first: &str, version: i64) -> Row {
+    Row {
+        email: email.map(Into::into),
+        first_name: Some(first.into()),
+        last_name: Some("Synth".into()),
+        version,
+    }
+}
+
 /// Publishes a `user.created` / `user.updated` for this state, as the ingress would.
 pub async fn publish_user(
     broker: &TestBroker,

@@ -2,16 +2,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use testkit::{TestBroker, TestDb, events};
 
-use crate::helpers::{Row, publish_user, scalar, spawn_worker, state, users, wait_for_users};
-
-fn row(email: Option<&str>, first: &str, version: i64) -> Row {
-    Row {
-        email: email.map(Into::into),
-        first_name: Some(first.into()),
-        last_name: Some("Synth".into()),
-        version,
-    }
-}
+use crate::helpers::{publish_user, row, scalar, spawn_worker, state, users, wait_for_users};
 
 #[tokio::test]
 async fn a_created_arriving_after_a_newer_updated_changes_nothing() {
