@@ -22,6 +22,7 @@
 
 use http::{HeaderMap, header};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
+use secrecy::{ExposeSecret, SecretSlice};
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
@@ -157,22 +158,14 @@ struct SessionClaims {
     iss: Option<String>,
 }
 
-/// Verifies Clerk session JWTs with the instance's public key. `Debug` hides the key.
+/// Verifies Clerk session JWTs with the instance's public key (`DecodingKey`'s `Debug` hides
+/// the key material).
+#[derive(Debug)]
 pub struct JwtVerifier {
     key: DecodingKey,
     validation: Validation,
     authorized_parties: Vec<String>,
     issuer: Option<String>,
-}
-
-impl std::fmt::Debug for JwtVerifier {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JwtVerifier")
-            .field("key", &"[redacted]")
-            .field("authorized_parties", &self.authorized_parties)
-            .field("issuer", &self.issuer)
-            .finish()
-    }
 }
 
 impl JwtVerifier {
@@ -289,13 +282,15 @@ pub enum ServiceKeyError {
     UnknownScope { position: usize, scope: String },
 }
 
-/// The keys of trusted backends, each with its scope. `Debug` shows only how many there are.
-pub struct ServiceKeys(Vec<(Vec<u8>, Scope)>);
+/// The keys of trusted backends, each with its scope; `Debug` shows the scopes, never a key.
+#[derive(Debug)]
+pub struct ServiceKeys(Vec<ServiceKey>);
 
-impl std::fmt::Debug for ServiceKeys {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ServiceKeys({} configured)", self.0.len())
-    }
+/// One `API_SERVICE_KEYS` entry.
+#[derive(Debug)]
+struct ServiceKey {
+    key: SecretSlice<u8>,
+    scope: Scope,
 }
 
 impl ServiceKeys {
@@ -328,7 +323,10 @@ impl ServiceKeys {
             if key.chars().count() < MIN_SERVICE_KEY_LEN {
                 return Err(ServiceKeyError::TooShort { position });
             }
-            keys.push((key.as_bytes().to_vec(), scope));
+            keys.push(ServiceKey {
+                key: key.as_bytes().to_vec().into(),
+                scope,
+            });
         }
         Ok(Self(keys))
     }
@@ -343,8 +341,8 @@ impl ServiceKeys {
     pub fn scope_of(&self, token: &str) -> Option<Scope> {
         let token = token.as_bytes();
         let mut found = None;
-        for (key, scope) in &self.0 {
-            if bool::from(key.as_slice().ct_eq(token)) {
+        for ServiceKey { key, scope } in &self.0 {
+            if bool::from(key.expose_secret().ct_eq(token)) {
                 found = Some(*scope);
             }
         }
@@ -457,7 +455,12 @@ mod tests {
         assert_eq!(keys.scope_of(&ALPHA[..ALPHA.len() - 1]), None);
         assert_eq!(keys.scope_of(&format!("{ALPHA}a")), None);
         assert_eq!(keys.scope_of(""), None);
-        assert_eq!(format!("{keys:?}"), "ServiceKeys(2 configured)");
+        let shown = format!("{keys:?}");
+        assert!(
+            !shown.contains("0123456789abcdef"),
+            "a key in Debug: {shown}"
+        );
+        assert_eq!(shown.matches("REDACTED").count(), 2, "{shown}");
         let tokens = ServiceKeys::parse(vec![format!("tokens:{ALPHA}")]).expect("keys");
         assert_eq!(tokens.scope_of(ALPHA), Some(Scope::Tokens));
     }

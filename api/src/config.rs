@@ -11,7 +11,7 @@ use http::HeaderValue;
 use telemetry::{
     LogFormat,
     ops::ServerLimits,
-    settings::{InvalidSetting, log_format, server_limits, socket_addr},
+    settings::{InvalidSetting, flag, list, log_format, present, server_limits, socket_addr},
 };
 
 use crate::{
@@ -76,22 +76,6 @@ pub enum ConfigError {
     Invalid(#[from] InvalidSetting),
 }
 
-/// The non-empty items of a comma separated list, trimmed.
-fn list(value: Option<String>) -> Vec<String> {
-    value
-        .unwrap_or_default()
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect()
-}
-
-/// A setting that is set and not blank.
-fn present(lookup: &impl Fn(&str) -> Option<String>, name: &str) -> Option<String> {
-    lookup(name).filter(|v| !v.trim().is_empty())
-}
-
 impl Config {
     /// Reads the process environment.
     pub fn from_env() -> Result<Self, ConfigError> {
@@ -120,7 +104,7 @@ impl Config {
 
 /// `CLERK_JWT_KEY`, `CLERK_AUTHORIZED_PARTIES`, `CLERK_ISSUER` and `API_SERVICE_KEYS`.
 fn authenticator(lookup: &impl Fn(&str) -> Option<String>) -> Result<Authenticator, ConfigError> {
-    let authorized_parties = list(lookup("CLERK_AUTHORIZED_PARTIES"));
+    let authorized_parties = list(lookup, "CLERK_AUTHORIZED_PARTIES");
     let issuer = present(lookup, "CLERK_ISSUER")
         .map(|iss| {
             let trimmed = iss.trim();
@@ -139,7 +123,7 @@ fn authenticator(lookup: &impl Fn(&str) -> Option<String>) -> Result<Authenticat
     let jwt = present(lookup, "CLERK_JWT_KEY")
         .map(|pem| JwtVerifier::from_pem(&pem, authorized_parties, issuer))
         .transpose()?;
-    let service_keys = ServiceKeys::parse(list(lookup("API_SERVICE_KEYS")))?;
+    let service_keys = ServiceKeys::parse(list(lookup, "API_SERVICE_KEYS"))?;
     if jwt.is_none() && service_keys.is_empty() {
         return Err(ConfigError::NoCallers);
     }
@@ -149,7 +133,7 @@ fn authenticator(lookup: &impl Fn(&str) -> Option<String>) -> Result<Authenticat
 
 /// `API_CORS_ORIGINS`.
 fn cors_origins(lookup: &impl Fn(&str) -> Option<String>) -> Result<Vec<HeaderValue>, ConfigError> {
-    let origins = list(lookup("API_CORS_ORIGINS"))
+    let origins = list(lookup, "API_CORS_ORIGINS")
         .into_iter()
         .map(|origin| {
             let trimmed = origin.trim_end_matches('/');
@@ -182,16 +166,7 @@ fn clerk_settings(
         }),
         _ => None,
     };
-    let lazy_sync = match present(lookup, "API_LAZY_SYNC") {
-        None => clerk.is_some(),
-        Some(value) => match value.trim().to_ascii_lowercase().as_str() {
-            "true" | "1" | "on" | "yes" => true,
-            "false" | "0" | "off" | "no" => false,
-            _ => {
-                return Err(InvalidSetting::new("API_LAZY_SYNC", "must be true or false").into());
-            }
-        },
-    };
+    let lazy_sync = flag(lookup, "API_LAZY_SYNC")?.unwrap_or(clerk.is_some());
     let lazy = match (lazy_sync, clerk) {
         (false, _) => None,
         (true, Some(clerk)) => Some(LazySettings { clerk, cipher }),

@@ -78,20 +78,13 @@ pub enum LazyError {
 type Flight = Arc<OnceCell<Result<(), Arc<LazyError>>>>;
 
 /// Lazy sync of one API process.
+#[derive(Debug)]
 pub struct LazySync {
     applier: Applier,
     clerk: ClerkClient,
     /// Syncs under way, by Clerk user id: later callers await the first one's result.
     in_flight: Mutex<HashMap<String, Flight>>,
     outcomes: Family<LazyLabels, Counter>,
-}
-
-impl std::fmt::Debug for LazySync {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LazySync")
-            .field("clerk", &self.clerk)
-            .finish()
-    }
 }
 
 impl LazySync {

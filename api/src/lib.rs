@@ -23,7 +23,7 @@ use std::{
 use axum::middleware;
 use http::{HeaderName, Method, header};
 use prometheus_client::registry::Registry;
-use sea_orm::{ConnectOptions, Database, DatabaseConnection};
+use sea_orm::{Database, DatabaseConnection};
 use tokio::net::TcpListener;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
@@ -61,14 +61,11 @@ impl Application {
     /// Binds the listener and sets up the database pool. The pool connects lazily, so the API
     /// starts while Postgres is down (`/readyz` answers 503 until it is reachable).
     pub async fn build(config: Config) -> Result<Self, StartError> {
-        let mut options = ConnectOptions::new(config.database.url.expose().to_owned());
-        options
-            .max_connections(config.database.max_connections.max(1))
-            .min_connections(0)
-            .connect_timeout(Duration::from_secs(5))
-            .acquire_timeout(Duration::from_secs(5))
-            .connect_lazy(true)
-            .sqlx_logging(false);
+        let mut options = worker::pool_options(
+            config.database.url.expose(),
+            config.database.max_connections,
+        );
+        options.min_connections(0).connect_lazy(true);
         let db = Database::connect(options)
             .await
             .map_err(|_| StartError::DatabaseUrl(redact_url(config.database.url.expose())))?;

@@ -7,13 +7,15 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::StreamExt;
 use lapin::{Channel, Connection, ConnectionProperties, Event};
 
+use telemetry::secret::SecretUrl;
+
 use crate::BrokerVersion;
 
-/// Where and how to connect.
-#[derive(Clone)]
+/// Where and how to connect. `Debug` shows the URLs with their passwords redacted.
+#[derive(Clone, Debug)]
 pub struct BrokerConfig {
     /// AMQP URLs, one per cluster node; tried in turn.
-    pub urls: Vec<String>,
+    pub urls: Vec<SecretUrl>,
     /// Shown in the RabbitMQ management UI.
     pub connection_name: String,
     /// First delay between reconnect attempts; it doubles up to `max_backoff`.
@@ -22,20 +24,6 @@ pub struct BrokerConfig {
     pub max_backoff: Duration,
     /// The nodes' RabbitMQ release, asked once (see [`BrokerConfig::server_version`]).
     version: std::sync::Arc<std::sync::OnceLock<BrokerVersion>>,
-}
-
-impl std::fmt::Debug for BrokerConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BrokerConfig")
-            .field(
-                "urls",
-                &self.urls.iter().map(|u| redact_url(u)).collect::<Vec<_>>(),
-            )
-            .field("connection_name", &self.connection_name)
-            .field("min_backoff", &self.min_backoff)
-            .field("max_backoff", &self.max_backoff)
-            .finish()
-    }
 }
 
 impl BrokerConfig {
@@ -78,7 +66,7 @@ impl BrokerConfig {
     /// A configuration for these URLs with the default backoff (100 ms doubling to 5 s).
     pub fn new(urls: Vec<String>, connection_name: impl Into<String>) -> Self {
         Self {
-            urls,
+            urls: urls.into_iter().map(SecretUrl::new).collect(),
             connection_name: connection_name.into(),
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
@@ -93,7 +81,7 @@ impl BrokerConfig {
             return Some(*version);
         }
         for url in &self.urls {
-            if let Some(version) = crate::version::detect(url).await {
+            if let Some(version) = crate::version::detect(url.expose()).await {
                 let _ = self.version.set(version);
                 return Some(version);
             }
@@ -158,22 +146,22 @@ pub async fn connect_with_backoff(
         for url in &config.urls {
             let props = ConnectionProperties::default()
                 .with_connection_name(config.connection_name.clone().into());
-            let connecting = Connection::connect(url, props);
+            let connecting = Connection::connect(url.expose(), props);
             let result = tokio::select! {
                 () = &mut shutdown => return None,
                 r = tokio::time::timeout(Duration::from_secs(10), connecting) => r,
             };
             match result {
                 Ok(Ok(connection)) => {
-                    tracing::info!(node = %redact_url(url), "connected to RabbitMQ");
+                    tracing::info!(node = %url, "connected to RabbitMQ");
                     return Some(connection);
                 }
                 Ok(Err(error)) => tracing::warn!(
-                    node = %redact_url(url), attempt, error.message = %error,
+                    node = %url, attempt, error.message = %error,
                     "cannot connect to RabbitMQ; retrying"
                 ),
                 Err(_) => tracing::warn!(
-                    node = %redact_url(url), attempt,
+                    node = %url, attempt,
                     "connecting to RabbitMQ timed out after 10s; retrying"
                 ),
             }

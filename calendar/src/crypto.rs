@@ -14,7 +14,9 @@ use aes_gcm::{
     aead::{Aead, Generate, KeyInit, Payload},
 };
 use base64::{Engine, engine::general_purpose::STANDARD};
+use entity::Ciphertext;
 use sha2::{Digest, Sha256};
+use telemetry::secret::Redacted;
 
 const NONCE_LEN: usize = 12;
 
@@ -99,43 +101,23 @@ pub enum CryptoError {
     Encrypt,
 }
 
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 struct Key {
     id: String,
-    cipher: Aes256Gcm,
+    cipher: Redacted<Aes256Gcm>,
 }
 
 /// The configured keys. `Debug` shows only their ids.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct TokenCipher {
     keys: Vec<Key>,
 }
 
-impl std::fmt::Debug for TokenCipher {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let ids: Vec<&str> = self.keys.iter().map(|k| k.id.as_str()).collect();
-        f.debug_struct("TokenCipher")
-            .field("key_ids", &ids)
-            .finish()
-    }
-}
-
 /// An encrypted value and the id of the key that sealed it.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Sealed {
     pub key_id: String,
-    pub blob: Vec<u8>,
-}
-
-impl std::fmt::Debug for Sealed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "Sealed {{ key_id: {:?}, {} bytes }}",
-            self.key_id,
-            self.blob.len()
-        )
-    }
+    pub blob: Ciphertext,
 }
 
 /// The id of a key: the first 16 hex digits of its SHA-256 (reveals nothing usable).
@@ -184,7 +166,7 @@ impl TokenCipher {
                 })?;
                 Ok(Key {
                     id: key_id(&bytes),
-                    cipher,
+                    cipher: Redacted::new(cipher),
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -204,6 +186,7 @@ impl TokenCipher {
         let aad = binding.associated_data();
         let ciphertext = key
             .cipher
+            .expose()
             .encrypt(
                 &nonce,
                 Payload {
@@ -217,7 +200,7 @@ impl TokenCipher {
         blob.extend_from_slice(&ciphertext);
         Ok(Sealed {
             key_id: key.id.clone(),
-            blob,
+            blob: Ciphertext(blob),
         })
     }
 
@@ -256,6 +239,7 @@ impl TokenCipher {
         let nonce = Nonce::try_from(nonce).map_err(|_| CryptoError::Corrupt)?;
         let plaintext = key
             .cipher
+            .expose()
             .decrypt(
                 &nonce,
                 Payload {
@@ -275,13 +259,14 @@ impl TokenCipher {
         let nonce = Nonce::generate();
         let ciphertext = key
             .cipher
+            .expose()
             .encrypt(&nonce, plaintext.as_bytes())
             .map_err(|_| CryptoError::Encrypt)?;
         let mut blob = nonce.to_vec();
         blob.extend_from_slice(&ciphertext);
         Ok(Sealed {
             key_id: key.id.clone(),
-            blob,
+            blob: Ciphertext(blob),
         })
     }
 }
@@ -307,15 +292,15 @@ mod tests {
     fn a_token_round_trips_and_is_not_stored_in_clear() {
         let cipher = TokenCipher::from_setting(A).expect("key");
         let sealed = cipher.seal("ya29.secret-token", &place()).expect("seal");
-        assert!(!sealed.blob.windows(6).any(|w| w == b"secret"));
+        assert!(!sealed.blob.0.windows(6).any(|w| w == b"secret"));
         assert_eq!(
             cipher
-                .open(&sealed.key_id, &sealed.blob, FORMAT_BOUND, &place())
+                .open(&sealed.key_id, &sealed.blob.0, FORMAT_BOUND, &place())
                 .expect("open"),
             "ya29.secret-token"
         );
         let again = cipher.seal("ya29.secret-token", &place()).expect("seal");
-        assert_ne!(sealed.blob, again.blob, "a fresh nonce per value");
+        assert_ne!(sealed.blob.0, again.blob.0, "a fresh nonce per value");
     }
 
     #[test]
@@ -339,7 +324,7 @@ mod tests {
         ];
         for binding in elsewhere {
             assert!(matches!(
-                cipher.open(&sealed.key_id, &sealed.blob, FORMAT_BOUND, &binding),
+                cipher.open(&sealed.key_id, &sealed.blob.0, FORMAT_BOUND, &binding),
                 Err(CryptoError::Corrupt)
             ));
         }
@@ -350,21 +335,21 @@ mod tests {
         let cipher = TokenCipher::from_setting(A).expect("key");
         let legacy = cipher.seal_legacy_for_tests("ya29.old").expect("seal");
         assert!(matches!(
-            cipher.open(&legacy.key_id, &legacy.blob, FORMAT_LEGACY, &place()),
+            cipher.open(&legacy.key_id, &legacy.blob.0, FORMAT_LEGACY, &place()),
             Err(CryptoError::Legacy)
         ));
         assert!(matches!(
-            cipher.open(&legacy.key_id, &legacy.blob, FORMAT_BOUND, &place()),
+            cipher.open(&legacy.key_id, &legacy.blob.0, FORMAT_BOUND, &place()),
             Err(CryptoError::Corrupt)
         ));
         assert_eq!(
             cipher
-                .open_legacy(&legacy.key_id, &legacy.blob)
+                .open_legacy(&legacy.key_id, &legacy.blob.0)
                 .expect("legacy"),
             "ya29.old"
         );
         assert!(matches!(
-            cipher.open(&legacy.key_id, &legacy.blob, 7, &place()),
+            cipher.open(&legacy.key_id, &legacy.blob.0, 7, &place()),
             Err(CryptoError::UnknownFormat(7))
         ));
     }
@@ -376,7 +361,7 @@ mod tests {
         let rotated = TokenCipher::from_setting(&format!("{B} {A}")).expect("keys");
         assert_eq!(
             rotated
-                .open(&sealed.key_id, &sealed.blob, FORMAT_BOUND, &place())
+                .open(&sealed.key_id, &sealed.blob.0, FORMAT_BOUND, &place())
                 .expect("old key"),
             "tok"
         );
@@ -386,7 +371,7 @@ mod tests {
         );
         let only_new = TokenCipher::from_setting(B).expect("key");
         assert!(matches!(
-            only_new.open(&sealed.key_id, &sealed.blob, FORMAT_BOUND, &place()),
+            only_new.open(&sealed.key_id, &sealed.blob.0, FORMAT_BOUND, &place()),
             Err(CryptoError::UnknownKey(_))
         ));
     }
@@ -403,10 +388,10 @@ mod tests {
     fn tampered_ciphertext_is_rejected() {
         let cipher = TokenCipher::from_setting(A).expect("key");
         let mut sealed = cipher.seal("tok", &place()).expect("seal");
-        let last = sealed.blob.len() - 1;
-        sealed.blob[last] ^= 1;
+        let last = sealed.blob.0.len() - 1;
+        sealed.blob.0[last] ^= 1;
         assert!(matches!(
-            cipher.open(&sealed.key_id, &sealed.blob, FORMAT_BOUND, &place()),
+            cipher.open(&sealed.key_id, &sealed.blob.0, FORMAT_BOUND, &place()),
             Err(CryptoError::Corrupt)
         ));
     }

@@ -648,7 +648,7 @@ pub async fn reencrypt_all(
                             } else {
                                 cipher.open(&key_id, &blob, format, &binding)?
                             };
-                            Ok(Some(cipher.seal(&plain, &binding)?.blob))
+                            Ok(Some(cipher.seal(&plain, &binding)?.blob.0))
                         }
                         None => Ok(None),
                     }

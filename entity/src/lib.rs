@@ -2,9 +2,12 @@
 
 pub mod backfill_checkpoints;
 pub mod calendar_disconnects;
+pub mod ciphertext;
 pub mod db_errors;
 pub mod deleted_users;
 pub mod prelude;
 pub mod processed_events;
 pub mod user_calendar_connections;
 pub mod users;
+
+pub use ciphertext::Ciphertext;

@@ -2,8 +2,8 @@
 
 use sea_orm::entity::prelude::*;
 
-/// Tokens are ciphertext; `Debug` never prints them.
-#[derive(Clone, PartialEq, Eq, DeriveEntityModel)]
+/// Tokens are ciphertext, whose `Debug` shows only their length.
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "user_calendar_connections")]
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
@@ -18,9 +18,9 @@ pub struct Model {
     /// Approved scopes, space separated, as Clerk reports them.
     pub scopes: String,
     /// Nonce + AES-256-GCM ciphertext of the access token.
-    pub access_token: Option<Vec<u8>>,
+    pub access_token: Option<crate::Ciphertext>,
     /// Nonce + ciphertext of the refresh token (Clerk never provides one today).
-    pub refresh_token: Option<Vec<u8>>,
+    pub refresh_token: Option<crate::Ciphertext>,
     /// Id of the key that encrypted the tokens.
     pub token_key_id: Option<String>,
     /// How the tokens were sealed: 2 bound to this row and column, 1 legacy (never served).
@@ -31,27 +31,6 @@ pub struct Model {
     pub status_reason: Option<String>,
     pub created_at: DateTimeWithTimeZone,
     pub updated_at: DateTimeWithTimeZone,
-}
-
-impl std::fmt::Debug for Model {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UserCalendarConnection")
-            .field("id", &self.id)
-            .field("user_id", &self.user_id)
-            .field("provider", &self.provider)
-            .field("external_account_id", &self.external_account_id)
-            .field("status", &self.status)
-            .field(
-                "access_token",
-                &self.access_token.as_ref().map(|_| "[redacted]"),
-            )
-            .field(
-                "refresh_token",
-                &self.refresh_token.as_ref().map(|_| "[redacted]"),
-            )
-            .field("expires_at", &self.expires_at)
-            .finish_non_exhaustive()
-    }
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -109,10 +109,8 @@ mod tests {
             Config::from_lookup(lookup(&[("CLERK_WEBHOOK_SECRET", SECRET)])).expect("valid config");
         assert_eq!(config.addr.to_string(), "127.0.0.1:8080");
         assert_eq!(config.body_limit, 256 * 1024);
-        assert_eq!(
-            config.broker.urls,
-            vec![BrokerConfig::DEFAULT_URL.to_string()]
-        );
+        let urls: Vec<&str> = config.broker.urls.iter().map(|u| u.expose()).collect();
+        assert_eq!(urls, vec![BrokerConfig::DEFAULT_URL]);
         assert_eq!(config.topology.main_queue(), "clerk_sync.events");
     }
 

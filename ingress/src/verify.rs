@@ -3,6 +3,7 @@
 use base64::{Engine, engine::general_purpose::STANDARD};
 use http::HeaderMap;
 use svix::webhooks::{Webhook, WebhookError};
+use telemetry::secret::Redacted;
 
 /// A secret in `CLERK_WEBHOOK_SECRET` that cannot be used. Never carries the secret itself.
 #[derive(Debug, thiserror::Error)]
@@ -25,15 +26,10 @@ pub enum SecretError {
     },
 }
 
-/// The webhook secrets, ready to verify. `Debug` shows only how many there are.
+/// The webhook secrets, ready to verify. `Debug` shows each as `[redacted]`.
+#[derive(Debug)]
 pub struct Secrets {
-    webhooks: Vec<Webhook>,
-}
-
-impl std::fmt::Debug for Secrets {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Secrets({} redacted)", self.webhooks.len())
-    }
+    webhooks: Vec<Redacted<Webhook>>,
 }
 
 /// Why a delivery was not accepted.
@@ -120,13 +116,12 @@ impl Secrets {
                     position,
                     count,
                 })?;
-            webhooks.push(
-                Webhook::from_bytes(key).map_err(|_| SecretError::BadBase64 {
-                    variable,
-                    position,
-                    count,
-                })?,
-            );
+            let webhook = Webhook::from_bytes(key).map_err(|_| SecretError::BadBase64 {
+                variable,
+                position,
+                count,
+            })?;
+            webhooks.push(Redacted::new(webhook));
         }
         Ok(Self { webhooks })
     }
@@ -136,7 +131,7 @@ impl Secrets {
         check_headers_present(headers)?;
         let mut rejection = Rejection::BadSignature;
         for webhook in &self.webhooks {
-            match webhook.verify(body, headers) {
+            match webhook.expose().verify(body, headers) {
                 Ok(()) => return Ok(()),
                 Err(error) => {
                     rejection = match error {
@@ -277,6 +272,6 @@ mod tests {
     #[test]
     fn the_debug_output_hides_the_secrets() {
         let secrets = Secrets::parse("S", A).expect("valid");
-        assert_eq!(format!("{secrets:?}"), "Secrets(1 redacted)");
+        assert_eq!(format!("{secrets:?}"), "Secrets { webhooks: [[redacted]] }");
     }
 }

@@ -7,6 +7,7 @@ pub mod catalog;
 pub mod json_errors;
 pub mod ops;
 pub mod request_id;
+pub mod secret;
 pub mod settings;
 
 use std::sync::Mutex;

@@ -43,22 +43,8 @@ pub fn redact_url(url: &str) -> String {
 /// The default `DATABASE_URL`.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@localhost:5432/clerk_sync";
 
-/// A database URL, which may hold a password: `Debug` shows it redacted ([`redact_url`]).
-#[derive(Clone, PartialEq, Eq)]
-pub struct DatabaseUrl(String);
-
-impl DatabaseUrl {
-    /// The URL itself, to connect with; never log it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for DatabaseUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&redact_url(&self.0))
-    }
-}
+/// A database URL, which may hold a password: `Debug` shows it redacted.
+pub type DatabaseUrl = crate::secret::SecretUrl;
 
 /// Where the database is: `DATABASE_URL` and `DATABASE_MAX_CONNECTIONS`.
 #[derive(Debug, Clone)]
@@ -86,7 +72,7 @@ pub fn database(
     let max_connections = u32::try_from(number(lookup, "DATABASE_MAX_CONNECTIONS", 10)?)
         .map_err(|_| InvalidSetting::new("DATABASE_MAX_CONNECTIONS", "is too large"))?;
     Ok(DatabaseSettings {
-        url: DatabaseUrl(url),
+        url: DatabaseUrl::new(url),
         max_connections,
     })
 }
@@ -140,6 +126,73 @@ pub fn number(
                 InvalidSetting::new(name, format!("{v:?} is not a whole number above 0"))
             }),
     }
+}
+
+/// A setting that is set and not blank (blank means unset, for every setting).
+pub fn present(lookup: &impl Fn(&str) -> Option<String>, name: &str) -> Option<String> {
+    lookup(name).filter(|v| !v.trim().is_empty())
+}
+
+/// The non-empty items of a comma separated setting, trimmed (unset: none).
+pub fn list(lookup: &impl Fn(&str) -> Option<String>, name: &str) -> Vec<String> {
+    lookup(name)
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A non-zero duration setting, or `None` when unset or blank (something that is off by
+/// default); `example` shows the expected form in the error.
+pub fn optional_duration(
+    lookup: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+    example: &str,
+) -> Result<Option<Duration>, InvalidSetting> {
+    present(lookup, name)
+        .map(|value| {
+            parse_duration(&value)
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| {
+                    InvalidSetting::new(
+                        name,
+                        format!("{value:?} is not a duration such as {example}"),
+                    )
+                })
+        })
+        .transpose()
+}
+
+/// A whole number, 0 included, or `default` when unset.
+pub fn count(
+    lookup: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+    default: usize,
+) -> Result<usize, InvalidSetting> {
+    match lookup(name) {
+        None => Ok(default),
+        Some(v) => v
+            .trim()
+            .parse()
+            .map_err(|_| InvalidSetting::new(name, format!("{v:?} is not a whole number"))),
+    }
+}
+
+/// An on/off setting (`true`/`false`, `1`/`0`, `on`/`off`, `yes`/`no`), or `None` when unset or
+/// blank.
+pub fn flag(
+    lookup: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+) -> Result<Option<bool>, InvalidSetting> {
+    present(lookup, name)
+        .map(|value| match value.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "on" | "yes" => Ok(true),
+            "false" | "0" | "off" | "no" => Ok(false),
+            _ => Err(InvalidSetting::new(name, "must be true or false")),
+        })
+        .transpose()
 }
 
 /// A socket address, or `default` when unset.
@@ -213,6 +266,31 @@ mod tests {
         assert!(err.to_string().starts_with("X_COUNT"), "{err}");
         assert!(duration(&lookup, "X_WAIT", Duration::ZERO).is_err());
         assert!(socket_addr(&lookup, "X_ADDR", "127.0.0.1:1").is_err());
+        assert!(count(&lookup, "X_TRIES", 3).is_err());
+        assert!(flag(&lookup, "X_ON").is_err());
+        assert!(optional_duration(&lookup, "X_EVERY", "24h").is_err());
+    }
+
+    #[test]
+    fn blank_means_unset_and_lists_drop_empty_items() {
+        let lookup = lookup_from(&[("BLANK", "  "), ("LIST", " a, ,b ,"), ("ZERO", "0")]);
+        assert_eq!(present(&lookup, "BLANK"), None);
+        assert_eq!(flag(&lookup, "BLANK").expect("blank"), None);
+        assert_eq!(
+            optional_duration(&lookup, "BLANK", "24h").expect("blank"),
+            None
+        );
+        assert_eq!(list(&lookup, "LIST"), vec!["a", "b"]);
+        assert!(list(&lookup, "UNSET").is_empty());
+        assert_eq!(count(&lookup, "ZERO", 3).expect("zero"), 0);
+        assert_eq!(count(&lookup, "UNSET", 3).expect("unset"), 3);
+        let on = lookup_from(&[("X", "Yes"), ("Y", "off"), ("Z", "30m")]);
+        assert_eq!(flag(&on, "X").expect("yes"), Some(true));
+        assert_eq!(flag(&on, "Y").expect("off"), Some(false));
+        assert_eq!(
+            optional_duration(&on, "Z", "24h").expect("30m"),
+            Some(Duration::from_secs(1800))
+        );
     }
 }
 

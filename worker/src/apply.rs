@@ -38,7 +38,9 @@ use crate::event::{ClerkEvent, UserSnapshot, version_tiebreak};
 
 /// Applies events: fetches calendar tokens from Clerk when an upsert may apply, then runs the
 /// transaction; transient failures are retried in process with exponential backoff and jitter.
-/// Shared by the consumer and the backfill.
+/// Shared by the consumer and the backfill. `Debug` shows no secret (see [`ClerkClient`] and
+/// [`TokenCipher`]).
+#[derive(Debug)]
 pub struct Applier {
     pub db: DatabaseConnection,
     /// Clerk's Backend API (none: calendar connections are recorded as not configured).

@@ -9,7 +9,10 @@ use calendar::{
 };
 use telemetry::{
     LogFormat,
-    settings::{DatabaseSettings, InvalidSetting, duration, log_format, number, socket_addr},
+    settings::{
+        DatabaseSettings, InvalidSetting, count, duration, log_format, number, optional_duration,
+        present, socket_addr,
+    },
 };
 
 pub use telemetry::settings::DEFAULT_DATABASE_URL;
@@ -78,29 +81,9 @@ impl Config {
         let prefetch = u16::try_from(prefetch)
             .map_err(|_| InvalidSetting::new("WORKER_PREFETCH", "must be at most 65535"))?;
         let max_attempts = number(&lookup, "MAX_ATTEMPTS", 10)?;
-        let in_process_retries = match lookup("IN_PROCESS_RETRIES") {
-            None => 3,
-            Some(v) => v.trim().parse().map_err(|_| {
-                InvalidSetting::new("IN_PROCESS_RETRIES", format!("{v:?} is not a whole number"))
-            })?,
-        };
-        let reconcile_interval = match lookup("RECONCILE_INTERVAL").filter(|v| !v.trim().is_empty())
-        {
-            None => None,
-            Some(value) => Some(
-                telemetry::settings::parse_duration(&value)
-                    .filter(|d| !d.is_zero())
-                    .ok_or_else(|| {
-                        InvalidSetting::new(
-                            "RECONCILE_INTERVAL",
-                            format!("{value:?} is not a duration such as 24h or 30m"),
-                        )
-                    })?,
-            ),
-        };
-        if reconcile_interval.is_some()
-            && lookup("CLERK_SECRET_KEY").is_none_or(|k| k.trim().is_empty())
-        {
+        let in_process_retries = count(&lookup, "IN_PROCESS_RETRIES", 3)?;
+        let reconcile_interval = optional_duration(&lookup, "RECONCILE_INTERVAL", "24h or 30m")?;
+        if reconcile_interval.is_some() && present(&lookup, "CLERK_SECRET_KEY").is_none() {
             return Err(InvalidSetting::new(
                 "RECONCILE_INTERVAL",
                 "is set, but CLERK_SECRET_KEY is not: reconciling reads Clerk's user list",
@@ -181,12 +164,19 @@ mod tests {
     }
 
     #[test]
-    fn the_database_password_never_shows_in_debug() {
-        let config = Config::from_lookup(|name| {
-            (name == "DATABASE_URL").then(|| "postgres://u:hunter2@db/x".to_string())
+    fn the_database_and_broker_passwords_never_show_in_debug() {
+        let config = Config::from_lookup(|name| match name {
+            "DATABASE_URL" => Some("postgres://u:hunter2@db/x".to_string()),
+            "AMQP_URL" => Some("amqp://u:swordfish@rabbit:5672/%2f".to_string()),
+            _ => None,
         })
         .expect("valid");
-        assert!(!format!("{config:?}").contains("hunter2"));
+        let debug = format!("{config:?}");
+        assert!(
+            !debug.contains("hunter2") && !debug.contains("swordfish"),
+            "{debug}"
+        );
+        assert!(debug.contains("rabbit:5672"), "{debug}");
     }
 
     #[test]

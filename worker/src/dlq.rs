@@ -15,7 +15,7 @@ use broker::{
         message::Delivery,
         options::{BasicAckOptions, BasicGetOptions, ConfirmSelectOptions},
     },
-    publish_confirmed, redact_url,
+    publish_confirmed,
 };
 use serde::Serialize;
 
@@ -127,7 +127,7 @@ pub(crate) async fn connect_first(
     for url in &broker.urls {
         let props = ConnectionProperties::default()
             .with_connection_name(format!("{} {purpose}", broker.connection_name).into());
-        match Connection::connect(url, props).await {
+        match Connection::connect(url.expose(), props).await {
             Ok(connection) => return Ok(connection),
             Err(e) => last = Some(e),
         }
@@ -137,7 +137,7 @@ pub(crate) async fn connect_first(
             urls: broker
                 .urls
                 .iter()
-                .map(|u| redact_url(u))
+                .map(ToString::to_string)
                 .collect::<Vec<_>>()
                 .join(", "),
             source,

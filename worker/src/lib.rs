@@ -56,12 +56,10 @@ pub enum StartError {
     },
 }
 
-/// Connects to Postgres with the configured pool size, retrying for a short while (a database
-/// that starts alongside the worker).
-pub async fn connect_database(
-    url: &str,
-    max_connections: u32,
-) -> Result<DatabaseConnection, DbErr> {
+/// The pool settings of every clerk-sync process (worker, its CLI, the api): `max_connections`
+/// (at least 1), 5 s to connect and to get a connection, no per-statement logs. One
+/// connection is kept open; the api, which must start while Postgres is down, opens none ahead.
+pub fn pool_options(url: &str, max_connections: u32) -> ConnectOptions {
     let mut options = ConnectOptions::new(url.to_owned());
     options
         .max_connections(max_connections.max(1))
@@ -69,6 +67,16 @@ pub async fn connect_database(
         .connect_timeout(Duration::from_secs(5))
         .acquire_timeout(Duration::from_secs(5))
         .sqlx_logging(false);
+    options
+}
+
+/// Connects to Postgres with the configured pool size, retrying for a short while (a database
+/// that starts alongside the worker).
+pub async fn connect_database(
+    url: &str,
+    max_connections: u32,
+) -> Result<DatabaseConnection, DbErr> {
+    let options = pool_options(url, max_connections);
     (|| Database::connect(options.clone()))
         .retry(
             ExponentialBuilder::new()

@@ -303,7 +303,7 @@ impl TestApp {
             provider,
             token_key_id: Some(&sealed.key_id),
             expires_in_secs,
-            ..Connection::google(user_id, &sealed.blob)
+            ..Connection::google(user_id, &sealed.blob.0)
         })
         .await
     }
