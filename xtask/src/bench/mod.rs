@@ -188,9 +188,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     let markdown = report.markdown();
     println!("\n{markdown}");
+    // Through a `Value`: its keys are sorted, as in the committed result files.
     write(
         &options.json,
-        &serde_json::to_string_pretty(&report.json())?,
+        &serde_json::to_string_pretty(&serde_json::to_value(&report)?)?,
     )?;
     println!("JSON written to {}", options.json.display());
     if let Some(path) = &options.markdown {

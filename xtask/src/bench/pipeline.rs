@@ -184,8 +184,9 @@ impl Broker {
 }
 
 /// One correctness check.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct Check {
+    #[serde(rename = "check")]
     pub name: String,
     pub pass: bool,
     pub detail: String,

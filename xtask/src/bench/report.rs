@@ -2,10 +2,10 @@
 //! targets (pass or fail, never the exit status) and the correctness checks; as JSON and as a
 //! markdown table (also what is printed).
 
-use std::{fmt::Write as _, path::Path, time::Duration};
+use std::{collections::BTreeMap, fmt::Write as _, path::Path, time::Duration};
 
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
-use serde_json::{Value, json};
+use serde::{Serialize, Serializer};
 
 use super::{
     ceilings::{BROKER_IN_FLIGHT, Ceiling, DB_BATCH_CONCURRENCY, DB_SINGLE_CONCURRENCY},
@@ -14,16 +14,20 @@ use super::{
 };
 
 /// Where the run happened.
+#[derive(Serialize)]
 pub struct Machine {
     pub nproc: usize,
     pub mem_total_bytes: Option<u64>,
     pub cpu_model: String,
     pub kernel: String,
+    #[serde(rename = "postgres_version")]
     pub postgres: String,
+    #[serde(rename = "rabbitmq_version")]
     pub rabbitmq: String,
 }
 
-/// How the run was set up.
+/// How the run was set up. The JSON adds the ceilings' fixed settings ([`SettingsJson`]).
+#[derive(Serialize)]
 pub struct Settings {
     pub events: usize,
     pub users: usize,
@@ -41,7 +45,9 @@ pub struct Settings {
     pub live_connections: usize,
     pub db_batch_rows: usize,
     /// Worker and ingress settings: name, value, whether the environment set it.
+    #[serde(serialize_with = "env_json")]
     pub worker_env: Vec<(String, String, bool)>,
+    #[serde(serialize_with = "env_json")]
     pub ingress_env: Vec<(String, String, bool)>,
 }
 
@@ -79,9 +85,13 @@ impl IngressRun {
     }
 }
 
+#[derive(Serialize)]
 pub struct WorkerRun {
+    #[serde(serialize_with = "drain_json")]
     pub drain: Drain,
+    #[serde(rename = "peak_rss_bytes_after_drain")]
     pub peak_rss_after_drain: u64,
+    #[serde(rename = "peak_rss_bytes")]
     pub peak_rss: u64,
 }
 
@@ -106,14 +116,292 @@ pub struct Report {
 }
 
 /// A target of the issue.
+#[derive(Serialize)]
 pub struct Target {
+    #[serde(rename = "target")]
     pub name: &'static str,
     /// For people: `32 %`, `27.2 MiB`, `12.0 ms`.
     pub value: String,
     /// For scripts: a fraction of the ceiling, MiB or ms, as the name says.
+    #[serde(serialize_with = "round4_json")]
     pub measured: Option<f64>,
     /// `None`: not measured in this run (e.g. that connection count was not asked for).
     pub pass: Option<bool>,
+}
+
+/// The JSON: [`ReportJson`], keys sorted (see `bench::run`).
+impl Serialize for Report {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        ReportJson::new(self).serialize(serializer)
+    }
+}
+
+/// The report as the JSON has it: the figures rounded, with the ratios and targets derived
+/// from them. Committed result files are compared across runs: keep the keys.
+#[derive(Serialize)]
+struct ReportJson<'a> {
+    machine: &'a Machine,
+    settings: SettingsJson<'a>,
+    ceilings: CeilingsJson,
+    results: ResultsJson<'a>,
+    ratios: RatiosJson,
+    targets: Vec<Target>,
+    checks: &'a [Check],
+}
+
+impl<'a> ReportJson<'a> {
+    fn new(report: &'a Report) -> Self {
+        let broker = report.broker();
+        Self {
+            machine: &report.machine,
+            settings: SettingsJson {
+                settings: &report.settings,
+                broker_ceiling_in_flight: BROKER_IN_FLIGHT,
+                db_single_concurrency: DB_SINGLE_CONCURRENCY,
+                db_batch_concurrency: DB_BATCH_CONCURRENCY,
+            },
+            ceilings: CeilingsJson::new(&report.ceilings),
+            results: ResultsJson {
+                ingress: report
+                    .ingress
+                    .iter()
+                    .map(|r| IngressJson::new(r, broker))
+                    .collect(),
+                worker: &report.worker,
+                live: LiveJson::new(&report.live, broker),
+            },
+            ratios: RatiosJson::new(report),
+            targets: report.targets(),
+            checks: &report.checks,
+        }
+    }
+}
+
+/// [`Settings`] and the ceilings' fixed settings, in one object.
+#[derive(Serialize)]
+struct SettingsJson<'a> {
+    #[serde(flatten)]
+    settings: &'a Settings,
+    broker_ceiling_in_flight: usize,
+    db_single_concurrency: usize,
+    db_batch_concurrency: usize,
+}
+
+#[derive(Serialize)]
+struct CeilingsJson {
+    broker_msgs_per_s: f64,
+    broker_wall_s: f64,
+    broker_runs_msgs_per_s: Vec<f64>,
+    db_one_row_per_tx_rows_per_s: f64,
+    db_one_row_per_tx_wall_s: f64,
+    db_batched_rows_per_s: f64,
+    db_batched_wall_s: f64,
+}
+
+impl CeilingsJson {
+    fn new(c: &Ceilings) -> Self {
+        Self {
+            broker_msgs_per_s: round(c.broker.per_s(), 1),
+            broker_wall_s: round(c.broker.wall.as_secs_f64(), 3),
+            broker_runs_msgs_per_s: c.broker_runs.iter().map(|r| round(*r, 1)).collect(),
+            db_one_row_per_tx_rows_per_s: round(c.db_single.per_s(), 1),
+            db_one_row_per_tx_wall_s: round(c.db_single.wall.as_secs_f64(), 3),
+            db_batched_rows_per_s: round(c.db_batched.per_s(), 1),
+            db_batched_wall_s: round(c.db_batched.wall.as_secs_f64(), 3),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ResultsJson<'a> {
+    ingress: Vec<IngressJson<'a>>,
+    worker: &'a WorkerRun,
+    live: LiveJson<'a>,
+}
+
+/// One ingress run; `accepted_vs_broker_ceiling` needs the broker ceiling.
+#[derive(Serialize)]
+struct IngressJson<'a> {
+    connections: usize,
+    round: usize,
+    events: usize,
+    accepted: u64,
+    accepted_per_s: f64,
+    wall_s: f64,
+    latency_ms: LatencyJson,
+    /// Status to count (the keys become strings).
+    non_200: &'a BTreeMap<u16, u64>,
+    transport_errors: u64,
+    connect_failures: u64,
+    first_error: &'a Option<String>,
+    peak_rss_bytes: u64,
+    cpu_us_per_request: f64,
+    load_generator_cpu_us_per_request: f64,
+    accepted_vs_broker_ceiling: f64,
+}
+
+impl<'a> IngressJson<'a> {
+    fn new(r: &'a IngressRun, broker: f64) -> Self {
+        let l = &r.load;
+        Self {
+            connections: l.connections,
+            round: r.round,
+            events: l.events,
+            accepted: l.accepted,
+            accepted_per_s: round(l.accepted_per_s(), 1),
+            wall_s: round(l.wall.as_secs_f64(), 3),
+            latency_ms: LatencyJson {
+                p50: round(ms(l.latency.p50), 3),
+                p99: round(ms(l.latency.p99), 3),
+                max: round(ms(l.latency.max), 3),
+                mean: round(ms(l.latency.mean), 3),
+            },
+            non_200: &l.statuses,
+            transport_errors: l.transport_errors,
+            connect_failures: l.connect_failures,
+            first_error: &l.first_error,
+            peak_rss_bytes: r.peak_rss,
+            cpu_us_per_request: round(r.cpu_us_per_request(r.cpu), 1),
+            load_generator_cpu_us_per_request: round(r.cpu_us_per_request(r.load_generator_cpu), 1),
+            accepted_vs_broker_ceiling: ratio_json(l.accepted_per_s(), broker),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct LatencyJson {
+    p50: f64,
+    p99: f64,
+    max: f64,
+    mean: f64,
+}
+
+#[derive(Serialize)]
+struct DrainJson {
+    events: u64,
+    per_s: f64,
+    wall_s: f64,
+    applied_at_first_poll: u64,
+    since_start_s: f64,
+}
+
+#[derive(Serialize)]
+struct LiveJson<'a> {
+    ingress: IngressJson<'a>,
+    wait_after_last_request_s: f64,
+    applied_per_s: f64,
+    lag_seconds: LagJson,
+}
+
+impl<'a> LiveJson<'a> {
+    fn new(live: &'a Live, broker: f64) -> Self {
+        let lag = &live.lag;
+        Self {
+            ingress: IngressJson::new(&live.ingress, broker),
+            wait_after_last_request_s: round(live.drain.since_start.as_secs_f64(), 3),
+            applied_per_s: live.applied_per_s,
+            lag_seconds: LagJson {
+                note: LAG_NOTE,
+                observations: lag.count,
+                p50_le: lag.quantile_bound(0.5).filter(|x| x.is_finite()),
+                p99_le: lag.quantile_bound(0.99).filter(|x| x.is_finite()),
+                mean: lag.mean().map(|x| round(x, 4)),
+            },
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct LagJson {
+    note: &'static str,
+    observations: u64,
+    p50_le: Option<f64>,
+    p99_le: Option<f64>,
+    mean: Option<f64>,
+}
+
+#[derive(Serialize)]
+struct RatiosJson {
+    /// By connection count.
+    ingress_vs_broker: BTreeMap<String, IngressRatiosJson>,
+    worker_drain_vs_broker: f64,
+    worker_drain_vs_db_one_row_per_tx: f64,
+    worker_drain_vs_db_batched: f64,
+}
+
+impl RatiosJson {
+    fn new(report: &Report) -> Self {
+        let broker = report.broker();
+        let c = &report.ceilings;
+        let drain = report.worker.drain.per_s();
+        Self {
+            ingress_vs_broker: report
+                .settings
+                .connections
+                .iter()
+                .filter_map(|&connections| {
+                    let best = report.run_at(connections)?;
+                    let ratios = IngressRatiosJson {
+                        best: ratio_json(best.load.accepted_per_s(), broker),
+                        median_against_median: report
+                            .median_ratio_at(connections)
+                            .map(|x| round(x, 4)),
+                    };
+                    Some((connections.to_string(), ratios))
+                })
+                .collect(),
+            worker_drain_vs_broker: ratio_json(drain, broker),
+            worker_drain_vs_db_one_row_per_tx: ratio_json(drain, c.db_single.per_s()),
+            worker_drain_vs_db_batched: ratio_json(drain, c.db_batched.per_s()),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct IngressRatiosJson {
+    best: f64,
+    median_against_median: Option<f64>,
+}
+
+/// `x / of` to 4 places; 0 without a ceiling.
+fn ratio_json(x: f64, of: f64) -> f64 {
+    if of > 0.0 { round(x / of, 4) } else { 0.0 }
+}
+
+/// Name to `{"value", "from_env"}`.
+fn env_json<S: Serializer>(
+    vars: &[(String, String, bool)],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    #[derive(Serialize)]
+    struct Var<'a> {
+        value: &'a str,
+        from_env: bool,
+    }
+    serializer.collect_map(vars.iter().map(|(name, value, set)| {
+        (
+            name,
+            Var {
+                value,
+                from_env: *set,
+            },
+        )
+    }))
+}
+
+fn drain_json<S: Serializer>(d: &Drain, serializer: S) -> Result<S::Ok, S::Error> {
+    DrainJson {
+        events: d.events,
+        per_s: round(d.per_s(), 1),
+        wall_s: round(d.wall.as_secs_f64(), 3),
+        applied_at_first_poll: d.applied_at_first_poll,
+        since_start_s: round(d.since_start.as_secs_f64(), 3),
+    }
+    .serialize(serializer)
+}
+
+fn round4_json<S: Serializer>(x: &Option<f64>, serializer: S) -> Result<S::Ok, S::Error> {
+    x.map(|x| round(x, 4)).serialize(serializer)
 }
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -269,158 +557,6 @@ impl Report {
     /// Every check passed.
     pub fn checks_pass(&self) -> bool {
         self.checks.iter().all(|c| c.pass)
-    }
-
-    pub fn json(&self) -> Value {
-        let m = &self.machine;
-        let s = &self.settings;
-        let c = &self.ceilings;
-        let broker = self.broker();
-        let ratio = |x: f64, of: f64| if of > 0.0 { round(x / of, 4) } else { 0.0 };
-        let env = |vars: &[(String, String, bool)]| {
-            vars.iter()
-                .map(|(k, v, set)| (k.clone(), json!({"value": v, "from_env": set})))
-                .collect::<serde_json::Map<_, _>>()
-        };
-        let load = |r: &IngressRun| {
-            json!({
-                "connections": r.load.connections,
-                "round": r.round,
-                "events": r.load.events,
-                "accepted": r.load.accepted,
-                "accepted_per_s": round(r.load.accepted_per_s(), 1),
-                "wall_s": round(r.load.wall.as_secs_f64(), 3),
-                "latency_ms": {
-                    "p50": round(ms(r.load.latency.p50), 3),
-                    "p99": round(ms(r.load.latency.p99), 3),
-                    "max": round(ms(r.load.latency.max), 3),
-                    "mean": round(ms(r.load.latency.mean), 3),
-                },
-                "non_200": r
-                    .load
-                    .statuses
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), json!(v)))
-                    .collect::<serde_json::Map<_, _>>(),
-                "transport_errors": r.load.transport_errors,
-                "connect_failures": r.load.connect_failures,
-                "first_error": r.load.first_error,
-                "peak_rss_bytes": r.peak_rss,
-                "cpu_us_per_request": round(r.cpu_us_per_request(r.cpu), 1),
-                "load_generator_cpu_us_per_request":
-                    round(r.cpu_us_per_request(r.load_generator_cpu), 1),
-                "accepted_vs_broker_ceiling": ratio(r.load.accepted_per_s(), broker),
-            })
-        };
-        let drain = |d: &Drain| {
-            json!({
-                "events": d.events,
-                "per_s": round(d.per_s(), 1),
-                "wall_s": round(d.wall.as_secs_f64(), 3),
-                "applied_at_first_poll": d.applied_at_first_poll,
-                "since_start_s": round(d.since_start.as_secs_f64(), 3),
-            })
-        };
-        let lag = &self.live.lag;
-        let drain_rate = self.worker.drain.per_s();
-        let ingress_ratios: serde_json::Map<_, _> = self
-            .settings
-            .connections
-            .iter()
-            .filter_map(|&c| {
-                let best = self.run_at(c)?;
-                let value = json!({
-                    "best": ratio(best.load.accepted_per_s(), broker),
-                    "median_against_median": self.median_ratio_at(c).map(|x| round(x, 4)),
-                });
-                Some((c.to_string(), value))
-            })
-            .collect();
-        let targets: Vec<Value> = self
-            .targets()
-            .iter()
-            .map(|t| {
-                json!({
-                    "target": t.name,
-                    "value": t.value,
-                    "measured": t.measured.map(|x| round(x, 4)),
-                    "pass": t.pass,
-                })
-            })
-            .collect();
-        let checks: Vec<Value> = self
-            .checks
-            .iter()
-            .map(|c| json!({"check": c.name, "pass": c.pass, "detail": c.detail}))
-            .collect();
-        json!({
-            "machine": {
-                "nproc": m.nproc,
-                "mem_total_bytes": m.mem_total_bytes,
-                "cpu_model": m.cpu_model,
-                "kernel": m.kernel,
-                "postgres_version": m.postgres,
-                "rabbitmq_version": m.rabbitmq,
-            },
-            "settings": {
-                "events": s.events,
-                "users": s.users,
-                "deleted_users": s.deleted_users,
-                "connections": s.connections,
-                "profile": s.profile,
-                "smoke": s.smoke,
-                "load_generator_build": s.load_generator_build,
-                "date": s.date,
-                "git_commit": s.git_commit,
-                "queue_prefix": s.queue_prefix,
-                "body_bytes_avg": s.body_bytes_avg,
-                "live_events": s.live_events,
-                "live_connections": s.live_connections,
-                "broker_ceiling_in_flight": BROKER_IN_FLIGHT,
-                "db_single_concurrency": DB_SINGLE_CONCURRENCY,
-                "db_batch_rows": s.db_batch_rows,
-                "db_batch_concurrency": DB_BATCH_CONCURRENCY,
-                "worker_env": env(&s.worker_env),
-                "ingress_env": env(&s.ingress_env),
-            },
-            "ceilings": {
-                "broker_msgs_per_s": round(broker, 1),
-                "broker_wall_s": round(c.broker.wall.as_secs_f64(), 3),
-                "broker_runs_msgs_per_s": c.broker_runs.iter().map(|r| round(*r, 1)).collect::<Vec<_>>(),
-                "db_one_row_per_tx_rows_per_s": round(c.db_single.per_s(), 1),
-                "db_one_row_per_tx_wall_s": round(c.db_single.wall.as_secs_f64(), 3),
-                "db_batched_rows_per_s": round(c.db_batched.per_s(), 1),
-                "db_batched_wall_s": round(c.db_batched.wall.as_secs_f64(), 3),
-            },
-            "results": {
-                "ingress": self.ingress.iter().map(load).collect::<Vec<_>>(),
-                "worker": {
-                    "drain": drain(&self.worker.drain),
-                    "peak_rss_bytes_after_drain": self.worker.peak_rss_after_drain,
-                    "peak_rss_bytes": self.worker.peak_rss,
-                },
-                "live": {
-                    "ingress": load(&self.live.ingress),
-                    "wait_after_last_request_s": round(self.live.drain.since_start.as_secs_f64(), 3),
-                    "applied_per_s": self.live.applied_per_s,
-                    "lag_seconds": {
-                        "note": LAG_NOTE,
-                        "observations": lag.count,
-                        "p50_le": lag.quantile_bound(0.5).filter(|x| x.is_finite()),
-                        "p99_le": lag.quantile_bound(0.99).filter(|x| x.is_finite()),
-                        "mean": lag.mean().map(|x| round(x, 4)),
-                    },
-                },
-            },
-            "ratios": {
-                "ingress_vs_broker": ingress_ratios,
-                "worker_drain_vs_broker": ratio(drain_rate, broker),
-                "worker_drain_vs_db_one_row_per_tx": ratio(drain_rate, c.db_single.per_s()),
-                "worker_drain_vs_db_batched": ratio(drain_rate, c.db_batched.per_s()),
-            },
-            "targets": targets,
-            "checks": checks,
-        })
     }
 
     pub fn markdown(&self) -> String {
@@ -825,4 +961,468 @@ async fn rabbitmq_version() -> String {
         }
     }
     "unknown".into()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    fn secs(s: f64) -> Duration {
+        Duration::from_secs_f64(s)
+    }
+
+    fn load(connections: usize, accepted: u64, wall: f64, p99_ms: f64) -> LoadResult {
+        LoadResult {
+            connections,
+            events: 2000,
+            accepted,
+            statuses: BTreeMap::new(),
+            transport_errors: 0,
+            connect_failures: 0,
+            first_error: None,
+            wall: secs(wall),
+            latency: crate::bench::load::Latency {
+                p50: secs(0.004_123_456),
+                p99: secs(p99_ms / 1000.0),
+                max: secs(0.045_678_9),
+                mean: secs(0.005_555_5),
+            },
+        }
+    }
+
+    fn run(load: LoadResult, round: usize, live: bool) -> IngressRun {
+        IngressRun {
+            load,
+            peak_rss: 23_456_789,
+            cpu: secs(0.912_345),
+            load_generator_cpu: secs(0.271_828),
+            round,
+            live,
+        }
+    }
+
+    /// Every optional section present: three rounds at 64, one run at 200 with errors, a
+    /// connection count without a run, settings from the environment and defaults, a lag
+    /// histogram with observations.
+    fn full() -> Report {
+        let mut at200 = load(200, 1990, 1.234_567, 31.25);
+        at200.statuses = BTreeMap::from([(503, 7), (429, 2)]);
+        at200.transport_errors = 1;
+        at200.connect_failures = 1;
+        at200.first_error = Some("connection reset".into());
+        Report {
+            machine: Machine {
+                nproc: 2,
+                mem_total_bytes: Some(8_123_456_789),
+                cpu_model: "Some CPU @ 2.0GHz".into(),
+                kernel: "6.1.0".into(),
+                postgres: "16.4".into(),
+                rabbitmq: "4.0.5 (server)".into(),
+            },
+            settings: Settings {
+                events: 2000,
+                users: 200,
+                deleted_users: 10,
+                connections: vec![64, 200, 16],
+                profile: "dev",
+                smoke: true,
+                load_generator_build: "dev",
+                date: "2026-11-30T10:00:00Z".into(),
+                git_commit: "abc1234-dirty".into(),
+                queue_prefix: "clerk_sync_bench_42".into(),
+                body_bytes_avg: 1234,
+                live_events: 2000,
+                live_connections: 64,
+                db_batch_rows: 64,
+                worker_env: vec![
+                    ("WORKER_PREFETCH".into(), "512".into(), false),
+                    ("WORKER_EXTRA".into(), "x".into(), true),
+                ],
+                ingress_env: vec![("PUBLISH_CHANNELS".into(), "4".into(), true)],
+            },
+            ceilings: Ceilings {
+                broker: Ceiling {
+                    count: 2000,
+                    wall: secs(0.123_456_7),
+                },
+                broker_runs: vec![12_345.678, 16_200.049, 9_876.543_21],
+                db_single: Ceiling {
+                    count: 2000,
+                    wall: secs(4.567_891),
+                },
+                db_batched: Ceiling {
+                    count: 2000,
+                    wall: secs(0.333_333_3),
+                },
+            },
+            ingress: vec![
+                run(load(64, 2000, 1.301_234, 19.876_54), 1, false),
+                run(load(64, 2000, 1.111_111, 24.999), 2, false),
+                run(load(64, 2000, 1.777_777, 27.123), 3, false),
+                run(at200, 1, false),
+            ],
+            worker: WorkerRun {
+                drain: Drain {
+                    events: 2000,
+                    wall: secs(1.381_234),
+                    applied_at_first_poll: 17,
+                    since_start: secs(1.512_345_6),
+                },
+                peak_rss_after_drain: 45_456_789,
+                peak_rss: 47_111_222,
+            },
+            live: Live {
+                ingress: run(load(64, 2000, 1.762_222, 22.5), 1, true),
+                drain: Drain {
+                    events: 2000,
+                    wall: secs(2.012_345),
+                    applied_at_first_poll: 300,
+                    since_start: secs(0.456_789_1),
+                },
+                applied_per_s: 923.456_789_123,
+                lag: Histogram {
+                    buckets: vec![(0.1, 400), (0.5, 1500), (1.0, 1948), (f64::INFINITY, 1948)],
+                    sum: 736.123_456,
+                    count: 1948,
+                },
+            },
+            checks: vec![
+                Check::new("every request answered 200", true, "2000 of 2000 accepted"),
+                Check::new("users table equals", false, "3 differ"),
+            ],
+        }
+    }
+
+    /// Every optional section absent or empty: no memory figure, no settings recorded, no
+    /// ingress run, no broker run, zero-length walls, no lag observation, no check.
+    fn empty() -> Report {
+        let mut report = full();
+        report.machine.mem_total_bytes = None;
+        report.settings.worker_env.clear();
+        report.settings.ingress_env.clear();
+        report.settings.connections = vec![16];
+        report.ceilings.broker = Ceiling {
+            count: 0,
+            wall: Duration::ZERO,
+        };
+        report.ceilings.broker_runs.clear();
+        report.ceilings.db_single.wall = Duration::ZERO;
+        report.ceilings.db_batched.wall = Duration::ZERO;
+        report.ingress.clear();
+        report.worker.drain.wall = Duration::ZERO;
+        report.live.ingress = run(load(64, 0, 0.0, 0.0), 1, true);
+        report.live.lag = Histogram::default();
+        report.checks.clear();
+        report
+    }
+
+    /// One run per connection count, the lag past the largest bucket.
+    fn single_rounds() -> Report {
+        let mut report = full();
+        report.ingress.retain(|r| r.round == 1);
+        report.ceilings.broker_runs.truncate(1);
+        report.live.lag = Histogram {
+            buckets: vec![(0.1, 1), (0.5, 2), (f64::INFINITY, 100)],
+            sum: 250.0,
+            count: 100,
+        };
+        report
+    }
+
+    #[test]
+    fn derived_json_equals_the_hand_built_one() {
+        for (name, report) in [
+            ("full", full()),
+            ("empty", empty()),
+            ("single rounds", single_rounds()),
+        ] {
+            let derived = serde_json::to_value(&report).unwrap();
+            assert_eq!(derived, old_json(&report), "{name}");
+        }
+    }
+
+    /// `value` with every leaf replaced by its type and every array by its first element's
+    /// shape (all elements must share it).
+    fn shape(value: &Value) -> Value {
+        match value {
+            Value::Null => json!("null"),
+            Value::Bool(_) => json!("bool"),
+            Value::Number(_) => json!("number"),
+            Value::String(_) => json!("string"),
+            Value::Array(items) => {
+                let shapes: Vec<Value> = items.iter().map(shape).collect();
+                assert!(shapes.windows(2).all(|w| w[0] == w[1]), "{value}");
+                Value::Array(shapes.into_iter().take(1).collect())
+            }
+            Value::Object(map) => map.iter().map(|(k, v)| (k.clone(), shape(v))).collect(),
+        }
+    }
+
+    /// The keys of every section, pinned: the committed result files are compared across
+    /// runs, so a renamed or dropped key must be a deliberate change of this test too.
+    #[test]
+    fn json_keys_are_pinned() {
+        let connection = json!({
+            "connections": "number",
+            "round": "number",
+            "events": "number",
+            "accepted": "number",
+            "accepted_per_s": "number",
+            "wall_s": "number",
+            "latency_ms": {"p50": "number", "p99": "number", "max": "number", "mean": "number"},
+            "non_200": {"429": "number", "503": "number"},
+            "transport_errors": "number",
+            "connect_failures": "number",
+            "first_error": "string",
+            "peak_rss_bytes": "number",
+            "cpu_us_per_request": "number",
+            "load_generator_cpu_us_per_request": "number",
+            "accepted_vs_broker_ceiling": "number",
+        });
+        let env = json!({"value": "string", "from_env": "bool"});
+        let expected = json!({
+            "machine": {
+                "nproc": "number",
+                "mem_total_bytes": "number",
+                "cpu_model": "string",
+                "kernel": "string",
+                "postgres_version": "string",
+                "rabbitmq_version": "string",
+            },
+            "settings": {
+                "events": "number",
+                "users": "number",
+                "deleted_users": "number",
+                "connections": ["number"],
+                "profile": "string",
+                "smoke": "bool",
+                "load_generator_build": "string",
+                "date": "string",
+                "git_commit": "string",
+                "queue_prefix": "string",
+                "body_bytes_avg": "number",
+                "live_events": "number",
+                "live_connections": "number",
+                "broker_ceiling_in_flight": "number",
+                "db_single_concurrency": "number",
+                "db_batch_rows": "number",
+                "db_batch_concurrency": "number",
+                "worker_env": {"WORKER_PREFETCH": env},
+                "ingress_env": {"PUBLISH_CHANNELS": env},
+            },
+            "ceilings": {
+                "broker_msgs_per_s": "number",
+                "broker_wall_s": "number",
+                "broker_runs_msgs_per_s": ["number"],
+                "db_one_row_per_tx_rows_per_s": "number",
+                "db_one_row_per_tx_wall_s": "number",
+                "db_batched_rows_per_s": "number",
+                "db_batched_wall_s": "number",
+            },
+            "results": {
+                "ingress": [connection],
+                "worker": {
+                    "drain": {
+                        "events": "number",
+                        "per_s": "number",
+                        "wall_s": "number",
+                        "applied_at_first_poll": "number",
+                        "since_start_s": "number",
+                    },
+                    "peak_rss_bytes_after_drain": "number",
+                    "peak_rss_bytes": "number",
+                },
+                "live": {
+                    "ingress": connection,
+                    "wait_after_last_request_s": "number",
+                    "applied_per_s": "number",
+                    "lag_seconds": {
+                        "note": "string",
+                        "observations": "number",
+                        "p50_le": "number",
+                        "p99_le": "number",
+                        "mean": "number",
+                    },
+                },
+            },
+            "ratios": {
+                "ingress_vs_broker": {"64": {"best": "number", "median_against_median": "number"}},
+                "worker_drain_vs_broker": "number",
+                "worker_drain_vs_db_one_row_per_tx": "number",
+                "worker_drain_vs_db_batched": "number",
+            },
+            "targets": [{"target": "string", "value": "string", "measured": "number", "pass": "bool"}],
+            "checks": [{"check": "string", "pass": "bool", "detail": "string"}],
+        });
+        let mut report = full();
+        // Every optional value present; one connection count in the ratios, one setting and one
+        // check, so that every map and array has one shape.
+        report.settings.connections = vec![64];
+        report.settings.worker_env.truncate(1);
+        let mut errors = load(64, 1990, 1.2, 31.25);
+        errors.statuses = BTreeMap::from([(503, 7), (429, 2)]);
+        errors.first_error = Some("connection reset".into());
+        let mut at200 = errors.clone();
+        at200.connections = 200;
+        // At 64 and 200 connections: every target measured.
+        report.ingress = vec![run(errors.clone(), 1, false), run(at200, 1, false)];
+        report.live.ingress = run(errors, 1, true);
+        report.checks.truncate(1);
+        assert_eq!(shape(&serde_json::to_value(&report).unwrap()), expected);
+    }
+
+    /// The hand-built JSON this replaces, kept to prove the derive gives the same value.
+    fn old_json(self_: &Report) -> Value {
+        let m = &self_.machine;
+        let s = &self_.settings;
+        let c = &self_.ceilings;
+        let broker = self_.broker();
+        let ratio = |x: f64, of: f64| if of > 0.0 { round(x / of, 4) } else { 0.0 };
+        let env = |vars: &[(String, String, bool)]| {
+            vars.iter()
+                .map(|(k, v, set)| (k.clone(), json!({"value": v, "from_env": set})))
+                .collect::<serde_json::Map<_, _>>()
+        };
+        let load = |r: &IngressRun| {
+            json!({
+                "connections": r.load.connections,
+                "round": r.round,
+                "events": r.load.events,
+                "accepted": r.load.accepted,
+                "accepted_per_s": round(r.load.accepted_per_s(), 1),
+                "wall_s": round(r.load.wall.as_secs_f64(), 3),
+                "latency_ms": {
+                    "p50": round(ms(r.load.latency.p50), 3),
+                    "p99": round(ms(r.load.latency.p99), 3),
+                    "max": round(ms(r.load.latency.max), 3),
+                    "mean": round(ms(r.load.latency.mean), 3),
+                },
+                "non_200": r
+                    .load
+                    .statuses
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), json!(v)))
+                    .collect::<serde_json::Map<_, _>>(),
+                "transport_errors": r.load.transport_errors,
+                "connect_failures": r.load.connect_failures,
+                "first_error": r.load.first_error,
+                "peak_rss_bytes": r.peak_rss,
+                "cpu_us_per_request": round(r.cpu_us_per_request(r.cpu), 1),
+                "load_generator_cpu_us_per_request":
+                    round(r.cpu_us_per_request(r.load_generator_cpu), 1),
+                "accepted_vs_broker_ceiling": ratio(r.load.accepted_per_s(), broker),
+            })
+        };
+        let drain = |d: &Drain| {
+            json!({
+                "events": d.events,
+                "per_s": round(d.per_s(), 1),
+                "wall_s": round(d.wall.as_secs_f64(), 3),
+                "applied_at_first_poll": d.applied_at_first_poll,
+                "since_start_s": round(d.since_start.as_secs_f64(), 3),
+            })
+        };
+        let lag = &self_.live.lag;
+        let drain_rate = self_.worker.drain.per_s();
+        let ingress_ratios: serde_json::Map<_, _> = self_
+            .settings
+            .connections
+            .iter()
+            .filter_map(|&c| {
+                let best = self_.run_at(c)?;
+                let value = json!({
+                    "best": ratio(best.load.accepted_per_s(), broker),
+                    "median_against_median": self_.median_ratio_at(c).map(|x| round(x, 4)),
+                });
+                Some((c.to_string(), value))
+            })
+            .collect();
+        let targets: Vec<Value> = self_
+            .targets()
+            .iter()
+            .map(|t| {
+                json!({
+                    "target": t.name,
+                    "value": t.value,
+                    "measured": t.measured.map(|x| round(x, 4)),
+                    "pass": t.pass,
+                })
+            })
+            .collect();
+        let checks: Vec<Value> = self_
+            .checks
+            .iter()
+            .map(|c| json!({"check": c.name, "pass": c.pass, "detail": c.detail}))
+            .collect();
+        json!({
+            "machine": {
+                "nproc": m.nproc,
+                "mem_total_bytes": m.mem_total_bytes,
+                "cpu_model": m.cpu_model,
+                "kernel": m.kernel,
+                "postgres_version": m.postgres,
+                "rabbitmq_version": m.rabbitmq,
+            },
+            "settings": {
+                "events": s.events,
+                "users": s.users,
+                "deleted_users": s.deleted_users,
+                "connections": s.connections,
+                "profile": s.profile,
+                "smoke": s.smoke,
+                "load_generator_build": s.load_generator_build,
+                "date": s.date,
+                "git_commit": s.git_commit,
+                "queue_prefix": s.queue_prefix,
+                "body_bytes_avg": s.body_bytes_avg,
+                "live_events": s.live_events,
+                "live_connections": s.live_connections,
+                "broker_ceiling_in_flight": BROKER_IN_FLIGHT,
+                "db_single_concurrency": DB_SINGLE_CONCURRENCY,
+                "db_batch_rows": s.db_batch_rows,
+                "db_batch_concurrency": DB_BATCH_CONCURRENCY,
+                "worker_env": env(&s.worker_env),
+                "ingress_env": env(&s.ingress_env),
+            },
+            "ceilings": {
+                "broker_msgs_per_s": round(broker, 1),
+                "broker_wall_s": round(c.broker.wall.as_secs_f64(), 3),
+                "broker_runs_msgs_per_s": c.broker_runs.iter().map(|r| round(*r, 1)).collect::<Vec<_>>(),
+                "db_one_row_per_tx_rows_per_s": round(c.db_single.per_s(), 1),
+                "db_one_row_per_tx_wall_s": round(c.db_single.wall.as_secs_f64(), 3),
+                "db_batched_rows_per_s": round(c.db_batched.per_s(), 1),
+                "db_batched_wall_s": round(c.db_batched.wall.as_secs_f64(), 3),
+            },
+            "results": {
+                "ingress": self_.ingress.iter().map(load).collect::<Vec<_>>(),
+                "worker": {
+                    "drain": drain(&self_.worker.drain),
+                    "peak_rss_bytes_after_drain": self_.worker.peak_rss_after_drain,
+                    "peak_rss_bytes": self_.worker.peak_rss,
+                },
+                "live": {
+                    "ingress": load(&self_.live.ingress),
+                    "wait_after_last_request_s": round(self_.live.drain.since_start.as_secs_f64(), 3),
+                    "applied_per_s": self_.live.applied_per_s,
+                    "lag_seconds": {
+                        "note": LAG_NOTE,
+                        "observations": lag.count,
+                        "p50_le": lag.quantile_bound(0.5).filter(|x| x.is_finite()),
+                        "p99_le": lag.quantile_bound(0.99).filter(|x| x.is_finite()),
+                        "mean": lag.mean().map(|x| round(x, 4)),
+                    },
+                },
+            },
+            "ratios": {
+                "ingress_vs_broker": ingress_ratios,
+                "worker_drain_vs_broker": ratio(drain_rate, broker),
+                "worker_drain_vs_db_one_row_per_tx": ratio(drain_rate, c.db_single.per_s()),
+                "worker_drain_vs_db_batched": ratio(drain_rate, c.db_batched.per_s()),
+            },
+            "targets": targets,
+            "checks": checks,
+        })
+    }
 }
