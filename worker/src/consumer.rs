@@ -393,75 +393,87 @@ impl Consumer {
         self.metrics.count(&r.event_type, outcome.as_str());
     }
 
-    /// Applies one delivery on its own (with in-process retries) and settles it (ack, retry
-    /// queue or dead-letter queue).
+    /// Applies one delivery on its own (with in-process retries) and settles it: the apply,
+    /// decide and execute stages.
     async fn handle(&self, r: &Received, publish_channel: &Channel, acks: &Acks) -> HandOver {
+        let attempts = headers::get_i64(r.headers(), headers::ATTEMPTS).unwrap_or(0) + 1;
         let span = tracing::info_span!(
             "event",
             svix_id = r.svix_id.as_deref().unwrap_or("-"),
             event_type = %r.event_type,
-            attempt = headers::get_i64(r.headers(), headers::ATTEMPTS).unwrap_or(0) + 1,
+            attempt = attempts,
         );
         async {
             // Waiting here holds back no other delivery's ack (this one is marked slow).
             let _permit = self.slow_path.acquire().await;
             let started = Instant::now();
-            let result = match &r.event {
-                Err(error) => Err(Failure::Permanent(error.to_string())),
-                Ok(parsed) => AssertUnwindSafe(self.applier.apply(
-                    r.svix_id.as_deref(),
-                    &r.event_type,
-                    parsed,
-                ))
-                .catch_unwind()
+            let result = self.apply_one(r).await;
+            let settlement = decide(
+                &result,
+                attempts,
+                self.options.max_attempts,
+                self.topology.retry_delays(),
+            );
+            let seconds = started.elapsed().as_secs_f64();
+            self.execute(r, settlement, &result, seconds, publish_channel, acks)
                 .await
-                .unwrap_or_else(|panic| Err(contained(&*panic)))
-                .map_err(|error| {
-                    if error.is_transient() {
-                        Failure::Transient(error.reason())
-                    } else {
-                        Failure::Permanent(error.reason())
-                    }
-                }),
-            };
-            match result {
-                Ok(outcome) => {
-                    self.settled(r, outcome, started.elapsed().as_secs_f64());
-                    tracing::info!(outcome = outcome.as_str(), "event settled");
-                    acks.ready(r.delivery.delivery_tag, r.delivery.acker.clone())
-                        .await;
-                    HandOver::Done
-                }
-                Err(failure) => {
-                    self.settle_failure(&r.delivery, publish_channel, acks, &r.event_type, failure)
-                        .await
-                }
-            }
         }
         .instrument(span)
         .await
     }
 
-    /// Hands a failed event to a retry queue or the dead-letter queue, then acks the original.
-    async fn settle_failure(
+    /// The apply stage of one delivery: its outcome, or why it failed (a panic included).
+    async fn apply_one(&self, r: &Received) -> Result<Outcome, Failure> {
+        let parsed = r
+            .event
+            .as_ref()
+            .map_err(|error| Failure::Permanent(error.to_string()))?;
+        AssertUnwindSafe(
+            self.applier
+                .apply(r.svix_id.as_deref(), &r.event_type, parsed),
+        )
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| Err(contained(&*panic)))
+        .map_err(|error| {
+            if error.is_transient() {
+                Failure::Transient(error.reason())
+            } else {
+                Failure::Permanent(error.reason())
+            }
+        })
+    }
+
+    /// The execute stage: acks a settled event, or hands a failed one to its retry queue or
+    /// the dead-letter queue and then acks the original. When the hand-over fails the event is
+    /// requeued instead, so that nothing is lost.
+    async fn execute(
         &self,
-        delivery: &Delivery,
+        r: &Received,
+        settlement: Settlement,
+        result: &Result<Outcome, Failure>,
+        seconds: f64,
         publish_channel: &Channel,
         acks: &Acks,
-        event_type: &str,
-        failure: Failure,
     ) -> HandOver {
-        let (table, attempts) = failure_headers(delivery, event_type, &failure, now_ms());
-        let settlement = decide(
-            &failure,
-            attempts,
-            self.options.max_attempts,
-            self.topology.retry_delays(),
-        );
-        let routing_key = match settlement {
-            Settlement::Retry(delay) => Topology::retry_routing_key(delay),
-            Settlement::Dead => DEAD_ROUTING_KEY.to_owned(),
+        let delivery = &r.delivery;
+        let (routing_key, failure) = match (settlement, result) {
+            (Settlement::Ack(outcome), _) => {
+                self.settled(r, outcome, seconds);
+                tracing::info!(outcome = outcome.as_str(), "event settled");
+                acks.ready(delivery.delivery_tag, delivery.acker.clone())
+                    .await;
+                return HandOver::Done;
+            }
+            (Settlement::Retry(delay), Err(failure)) => {
+                (Topology::retry_routing_key(delay), failure)
+            }
+            (Settlement::Dead, Err(failure)) => (DEAD_ROUTING_KEY.to_owned(), failure),
+            (Settlement::Retry(_) | Settlement::Dead, Ok(_)) | (Settlement::Requeue, _) => {
+                return self.requeue(delivery, acks, "nothing to hand over").await;
+            }
         };
+        let (table, attempts) = failure_headers(delivery, &r.event_type, failure, now_ms());
         let properties = copy_properties(&delivery.properties).with_headers(table);
         let handed_over = publish_confirmed(
             publish_channel,
@@ -472,26 +484,30 @@ impl Consumer {
         )
         .await;
         if let Err(error) = handed_over {
-            // Not handed over: give it back to the broker so that nothing is lost.
             tracing::error!(error.message = %error, "could not hand the failed event over; requeueing it");
-            acks.requeue_one(delivery.delivery_tag, &delivery.acker)
-                .await;
-            return if matches!(error, broker::PublishError::Nacked) {
+            let nacked = matches!(error, broker::PublishError::Nacked);
+            let _ = self.requeue(delivery, acks, "hand-over failed").await;
+            return if nacked {
                 HandOver::Nacked
             } else {
                 HandOver::Done
             };
         }
-        self.metrics.count(event_type, settlement.as_str());
-        match settlement {
-            Settlement::Dead => {
-                tracing::error!(attempts, reason = failure.reason(), "event dead-lettered");
-            }
-            Settlement::Retry(_) => {
-                tracing::warn!(attempts, reason = failure.reason(), queue = %routing_key, "event scheduled for retry");
-            }
+        self.metrics.count(&r.event_type, settlement.as_str());
+        if settlement == Settlement::Dead {
+            tracing::error!(attempts, reason = failure.reason(), "event dead-lettered");
+        } else {
+            tracing::warn!(attempts, reason = failure.reason(), queue = %routing_key, "event scheduled for retry");
         }
         acks.ack_one(delivery.delivery_tag, &delivery.acker).await;
+        HandOver::Done
+    }
+
+    /// Gives a delivery back to the broker ([`Settlement::Requeue`]).
+    async fn requeue(&self, delivery: &Delivery, acks: &Acks, why: &str) -> HandOver {
+        tracing::debug!(why, "event requeued");
+        acks.requeue_one(delivery.delivery_tag, &delivery.acker)
+            .await;
         HandOver::Done
     }
 }
@@ -643,40 +659,48 @@ fn failure_headers(
     (table, attempts)
 }
 
-/// Where a failed event goes.
+/// What becomes of a delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Settlement {
+    /// Settled here (applied, or skipped as a duplicate or stale): acknowledged.
+    Ack(Outcome),
     /// To the retry tier with this delay.
     Retry(std::time::Duration),
     /// To the dead-letter queue.
     Dead,
+    /// Back to the queue it came from. [`decide`] never chooses it: the execute stage falls
+    /// back to it when an event cannot be handed over, so that nothing is lost.
+    Requeue,
 }
 
 impl Settlement {
     /// The outcome label of the event metric.
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::Ack(outcome) => outcome.as_str(),
             Self::Retry(_) => "retried",
             Self::Dead => "dead_lettered",
+            Self::Requeue => "requeued",
         }
     }
 }
 
-/// Where the `attempts`-th failure of an event goes: a transient failure to the retry tier of
-/// that attempt (the last tier repeats) while attempts are left and tiers exist; anything else
-/// to the dead-letter queue.
+/// What becomes of the `attempts`-th try of an event: acked when it settled; a transient
+/// failure to the retry tier of that attempt (the last tier repeats) while attempts are left
+/// and tiers exist; anything else to the dead-letter queue.
 pub fn decide(
-    failure: &Failure,
+    result: &Result<Outcome, Failure>,
     attempts: i64,
     max_attempts: u32,
     delays: &[std::time::Duration],
 ) -> Settlement {
-    match (failure, delays.last()) {
-        (Failure::Transient(_), Some(last)) if attempts < i64::from(max_attempts) => {
+    match (result, delays.last()) {
+        (Ok(outcome), _) => Settlement::Ack(*outcome),
+        (Err(Failure::Transient(_)), Some(last)) if attempts < i64::from(max_attempts) => {
             let tier = usize::try_from(attempts - 1).unwrap_or(0);
             Settlement::Retry(delays.get(tier).copied().unwrap_or(*last))
         }
-        _ => Settlement::Dead,
+        (Err(_), _) => Settlement::Dead,
     }
 }
 
@@ -759,7 +783,7 @@ mod tests {
     #[test]
     fn transient_failures_climb_the_retry_tiers_then_go_to_the_dead_letter_queue() {
         let tiers = [Duration::from_secs(5), Duration::from_secs(30)];
-        let transient = Failure::Transient("database down".into());
+        let transient = Err(Failure::Transient("database down".into()));
         assert_eq!(
             decide(&transient, 1, 4, &tiers),
             Settlement::Retry(tiers[0])
@@ -783,8 +807,13 @@ mod tests {
             Settlement::Dead,
             "no retry tiers"
         );
-        let permanent = Failure::Permanent("not a Clerk event".into());
+        let permanent = Err(Failure::Permanent("not a Clerk event".into()));
         assert_eq!(decide(&permanent, 1, 4, &tiers), Settlement::Dead);
+        assert_eq!(
+            decide(&Ok(Outcome::Applied), 7, 4, &tiers),
+            Settlement::Ack(Outcome::Applied),
+            "a settled event is acked, whatever its attempts"
+        );
         assert_eq!(Settlement::Dead.as_str(), "dead_lettered");
         assert_eq!(Settlement::Retry(tiers[0]).as_str(), "retried");
     }
