@@ -3,7 +3,7 @@
 use sea_orm::entity::prelude::*;
 use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, DeriveEntityModel, Serialize, Deserialize)]
 #[sea_orm(table_name = "users")]
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
@@ -23,6 +23,21 @@ pub struct Model {
     /// then its Svix id; empty for states read from Clerk's API.
     pub clerk_version_tiebreak: String,
     pub clerk_created_at: Option<DateTimeWithTimeZone>,
+    pub username: Option<String>,
+    pub image_url: Option<String>,
+    /// The id the product gave the user in Clerk (`external_id`).
+    pub external_id: Option<String>,
+    /// The primary phone number, E.164 as Clerk holds it.
+    pub primary_phone_number: Option<String>,
+    /// Clerk's `public_metadata` (`{}` when none).
+    pub public_metadata: Json,
+    /// Clerk's `private_metadata`: stored only with `SYNC_PRIVATE_METADATA=true`, else null.
+    pub private_metadata: Option<Json>,
+    /// Clerk's `unsafe_metadata`: stored only with `SYNC_PRIVATE_METADATA=true`, else null.
+    pub unsafe_metadata: Option<Json>,
+    pub banned: bool,
+    pub locked: bool,
+    pub last_sign_in_at: Option<DateTimeWithTimeZone>,
     pub created_at: DateTimeWithTimeZone,
     pub updated_at: DateTimeWithTimeZone,
 }
@@ -31,11 +46,19 @@ pub struct Model {
 pub enum Relation {
     #[sea_orm(has_many = "super::user_calendar_connections::Entity")]
     UserCalendarConnections,
+    #[sea_orm(has_many = "super::organization_memberships::Entity")]
+    OrganizationMemberships,
 }
 
 impl Related<super::user_calendar_connections::Entity> for Entity {
     fn to() -> RelationDef {
         Relation::UserCalendarConnections.def()
+    }
+}
+
+impl Related<super::organization_memberships::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::OrganizationMemberships.def()
     }
 }
 

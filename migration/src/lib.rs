@@ -10,6 +10,7 @@ mod m20261123_000003_create_sync_bookkeeping;
 mod m20261123_000004_create_backfill_checkpoints;
 mod m20261130_000005_security_review;
 mod m20261130_000006_create_reconcile_seen;
+mod m20261130_000007_organizations_and_profile;
 
 /// All migrations, oldest first.
 pub struct Migrator;
@@ -24,6 +25,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000004_create_backfill_checkpoints::Migration),
             Box::new(m20261130_000005_security_review::Migration),
             Box::new(m20261130_000006_create_reconcile_seen::Migration),
+            Box::new(m20261130_000007_organizations_and_profile::Migration),
         ]
     }
 }

@@ -7,7 +7,7 @@ use migration::{
 };
 use testkit::TestDb;
 
-const TABLES: [&str; 7] = [
+const TABLES: [&str; 11] = [
     "users",
     "user_calendar_connections",
     "processed_events",
@@ -15,6 +15,10 @@ const TABLES: [&str; 7] = [
     "backfill_checkpoints",
     "calendar_disconnects",
     "reconcile_seen",
+    "organizations",
+    "organization_memberships",
+    "deleted_organizations",
+    "deleted_memberships",
 ];
 
 async fn tables(db: &DatabaseConnection) -> Vec<String> {
@@ -121,4 +125,94 @@ async fn the_schema_enforces_the_contract() {
         .try_get::<i64>("", "n")
         .unwrap();
     assert_eq!(left, 0, "ON DELETE CASCADE");
+}
+
+async fn count(db: &DatabaseConnection, table: &str) -> i64 {
+    db.query_one_raw(Statement::from_string(
+        DbBackend::Postgres,
+        format!("SELECT count(*) AS n FROM {table}"),
+    ))
+    .await
+    .unwrap()
+    .unwrap()
+    .try_get::<i64>("", "n")
+    .unwrap()
+}
+
+#[tokio::test]
+async fn memberships_are_one_per_user_and_organization_and_go_with_either() {
+    let db = TestDb::migrated().await;
+    exec(
+        &db.conn,
+        "INSERT INTO users (id, clerk_user_id, email, clerk_updated_at) VALUES \
+           ('00000000-0000-0000-0000-0000000000a1', 'user_a', NULL, 1), \
+           ('00000000-0000-0000-0000-0000000000b1', 'user_b', NULL, 1); \
+         INSERT INTO organizations (id, clerk_organization_id, name, slug, clerk_updated_at) VALUES \
+           ('00000000-0000-0000-0000-0000000000f1', 'org_1', 'One', 'one', 1), \
+           ('00000000-0000-0000-0000-0000000000f2', 'org_2', 'Two', 'two', 1)",
+    )
+    .await
+    .unwrap();
+    let member = "INSERT INTO organization_memberships \
+                  (id, clerk_membership_id, organization_id, clerk_user_id, user_id, role, clerk_updated_at) VALUES";
+    let f1 = "'00000000-0000-0000-0000-0000000000f1'";
+    let f2 = "'00000000-0000-0000-0000-0000000000f2'";
+    let a = "'00000000-0000-0000-0000-0000000000a1'";
+    let b = "'00000000-0000-0000-0000-0000000000b1'";
+    for values in [
+        format!("(gen_random_uuid(), 'orgmem_1', {f1}, 'user_a', {a}, 'org:admin', 1)"),
+        format!("(gen_random_uuid(), 'orgmem_2', {f2}, 'user_a', {a}, 'org:member', 1)"),
+        format!("(gen_random_uuid(), 'orgmem_3', {f1}, 'user_b', {b}, 'org:member', 1)"),
+        // A user whose row does not exist yet: stored by Clerk id, linked later.
+        format!("(gen_random_uuid(), 'orgmem_4', {f1}, 'user_later', NULL, 'org:member', 1)"),
+    ] {
+        exec(&db.conn, &format!("{member} {values}")).await.unwrap();
+    }
+    assert!(
+        exec(
+            &db.conn,
+            &format!(
+                "{member} (gen_random_uuid(), 'orgmem_5', {f1}, 'user_a', {a}, 'org:member', 1)"
+            )
+        )
+        .await
+        .is_err(),
+        "a second membership of one user in one organization"
+    );
+    assert!(
+        exec(
+            &db.conn,
+            &format!(
+                "{member} (gen_random_uuid(), 'orgmem_1', {f2}, 'user_b', {b}, 'org:member', 1)"
+            )
+        )
+        .await
+        .is_err(),
+        "a Clerk membership id twice"
+    );
+    assert!(
+        exec(&db.conn, "INSERT INTO organizations (id, clerk_organization_id, name, slug, clerk_updated_at) VALUES (gen_random_uuid(), 'org_3', 'Three', 'one', 1)")
+            .await
+            .is_err(),
+        "a slug twice"
+    );
+    exec(&db.conn, "DELETE FROM users WHERE clerk_user_id = 'user_b'")
+        .await
+        .unwrap();
+    assert_eq!(
+        count(&db.conn, "organization_memberships").await,
+        3,
+        "the user's go"
+    );
+    exec(
+        &db.conn,
+        "DELETE FROM organizations WHERE clerk_organization_id = 'org_1'",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        count(&db.conn, "organization_memberships").await,
+        1,
+        "the organization's go"
+    );
 }
