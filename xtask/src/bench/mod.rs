@@ -47,7 +47,7 @@ use std::{
 use anyhow::{Context, bail};
 use broker::Topology;
 use migration::MigratorTrait as _;
-use sea_orm::{ConnectOptions, Database};
+use sea_orm::{ConnectOptions, Database, DatabaseConnection};
 
 use self::{
     events::Event,
@@ -69,6 +69,8 @@ const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432";
 const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// How long a started process may take to answer `/readyz`.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// The worker's accept-to-commit histogram.
+const LAG_HISTOGRAM: &str = "clerk_sync_event_lag_seconds";
 
 /// `cargo xtask bench` options.
 #[derive(clap::Args, Debug)]
@@ -254,7 +256,15 @@ struct Ctx<'a> {
     bin: &'a Path,
     log_dir: PathBuf,
     amqp_url: &'a str,
+    /// The node the bench's own AMQP connections use (the first of `amqp_url`).
+    amqp_node: &'a str,
     secret: String,
+    /// The queue prefix the worker drains (and the bench database's name).
+    prefix: String,
+    /// The topology of `prefix`.
+    main: Topology,
+    db: DatabaseConnection,
+    db_url: String,
 }
 
 impl Ctx<'_> {
@@ -328,19 +338,7 @@ async fn phases(
     let log_dir = workspace.join("target").join("bench");
     std::fs::create_dir_all(&log_dir)
         .with_context(|| format!("cannot create {}", log_dir.display()))?;
-
-    // Reach both servers before creating anything.
-    Broker::connect(amqp_node).await?.close().await;
-    cleanup.create_database(pg, &prefix).await?;
-    let db_url = pg.url(&prefix);
-    let mut connect = ConnectOptions::new(&db_url);
-    connect.max_connections(24).sqlx_logging(false);
-    let db = Database::connect(connect)
-        .await
-        .context("cannot connect to the bench database")?;
-    migration::Migrator::up(&db, None)
-        .await
-        .context("cannot apply the migrations to the bench database")?;
+    let (db, db_url) = bench_database(cleanup, amqp_node, pg, &prefix).await?;
 
     println!(
         "[1/7] generating {} events over {} users",
@@ -349,16 +347,107 @@ async fn phases(
     let plan = events::plan(o.events, o.users)?;
     let mut expected = plan.users;
     let body_size = events::average_size(&plan.events);
+    let secret = events::random_secret();
+    let main = topology(&prefix)?;
     let ctx = Ctx {
         bin,
-        log_dir: log_dir.clone(),
+        log_dir,
         amqp_url,
-        secret: events::random_secret(),
+        amqp_node,
+        secret,
+        prefix,
+        main,
+        db,
+        db_url,
     };
 
-    let main = topology(&prefix)?;
     let mut checks = Vec::new();
-    let mut ingress_runs = Vec::new();
+    let rounds = alternating_rounds(&ctx, cleanup, o, &plan.events, body_size).await?;
+    checks.extend(rounds.ingress.iter().map(answered_check));
+    println!(
+        "[3/7] database ceilings: {} upserts over {} users",
+        o.events, o.users
+    );
+    let (db_single, db_batched, batch_rows) = database_ceilings(&ctx.db, o).await?;
+    let more = other_connection_counts(&ctx, cleanup, o, &plan.events).await?;
+    checks.extend(more.iter().map(answered_check));
+    let mut ingress_runs = rounds.ingress;
+    ingress_runs.extend(more);
+
+    let queued = ingress_runs.first().map_or(0, |r| r.load.accepted);
+    let (worker, drained) = worker_drain(&ctx, cleanup, &expected, queued).await?;
+    checks.extend(drained.checks);
+    let live_count = o.events.min(LIVE_MAX_EVENTS);
+    let (live, live_checks) = live_phase(&ctx, cleanup, &worker, &mut expected, live_count).await?;
+    checks.extend(live_checks);
+    let worker_peak_rss = worker.stop(cleanup).await?;
+
+    println!("[7/7] report");
+    let machine = report::machine(&ctx.db).await;
+    let _ = ctx.db.close().await;
+    Ok(Report {
+        machine,
+        settings: settings(o, workspace, ctx.prefix, body_size, live_count, batch_rows),
+        ceilings: Ceilings {
+            broker: rounds.broker,
+            broker_runs: rounds.broker_runs,
+            db_single,
+            db_batched,
+        },
+        ingress: ingress_runs,
+        worker: WorkerRun {
+            drain: drained.drain,
+            peak_rss_after_drain: drained.peak_rss_after_drain,
+            peak_rss: worker_peak_rss,
+        },
+        live,
+        checks,
+    })
+}
+
+/// Reaches both servers, then creates the bench database `name` (dropped by `cleanup`),
+/// connects to it and applies the migrations: the connection and its URL.
+async fn bench_database(
+    cleanup: &mut Cleanup,
+    amqp_node: &str,
+    pg: &procs::PgServer,
+    name: &str,
+) -> anyhow::Result<(DatabaseConnection, String)> {
+    // Reach both servers before creating anything.
+    Broker::connect(amqp_node).await?.close().await;
+    cleanup.create_database(pg, name).await?;
+    let db_url = pg.url(name);
+    let mut connect = ConnectOptions::new(&db_url);
+    connect.max_connections(24).sqlx_logging(false);
+    let db = Database::connect(connect)
+        .await
+        .context("cannot connect to the bench database")?;
+    migration::Migrator::up(&db, None)
+        .await
+        .context("cannot apply the migrations to the bench database")?;
+    Ok((db, db_url))
+}
+
+/// Phase 2's runs.
+struct Rounds {
+    /// The fastest broker run.
+    broker: ceilings::Ceiling,
+    /// Every broker run, msgs/s.
+    broker_runs: Vec<f64>,
+    /// The ingress's runs at the first connection count, round 1 first.
+    ingress: Vec<IngressRun>,
+}
+
+/// Phase 2: runs of the broker ceiling and of the ingress at the first connection count,
+/// alternating, [`BROKER_CEILING_RUNS`] rounds. The first round's ingress fills the queue the
+/// worker drains.
+async fn alternating_rounds(
+    ctx: &Ctx<'_>,
+    cleanup: &mut Cleanup,
+    o: &Options,
+    events: &[Event],
+    body_size: usize,
+) -> anyhow::Result<Rounds> {
     let first_connections = o.connections[0];
     println!(
         "[2/7] broker ceiling ({} messages of {body_size} B, {} in flight) and ingress ({} events \
@@ -367,14 +456,15 @@ async fn phases(
         ceilings::BROKER_IN_FLIGHT,
         o.events,
     );
-    let ceiling_queue = format!("{prefix}.ceiling");
+    let ceiling_queue = format!("{}.ceiling", ctx.prefix);
     cleanup.track_queue(&ceiling_queue);
     // Both rates vary from run to run on a shared box, and drift over minutes: runs of the two
     // alternate, and the best of each is compared (the report gives every run).
     let mut broker_runs = Vec::new();
     let mut broker_ceiling: Option<ceilings::Ceiling> = None;
+    let mut ingress_runs = Vec::new();
     for round in 1..=BROKER_CEILING_RUNS {
-        let (node, queue, count) = (amqp_node.to_owned(), ceiling_queue.clone(), o.events);
+        let (node, queue, count) = (ctx.amqp_node.to_owned(), ceiling_queue.clone(), o.events);
         // On a thread of its own, as the load generator is.
         let run = load::on_own_thread(move || async move {
             ceilings::broker(&node, &queue, count, body_size).await
@@ -388,56 +478,89 @@ async fn phases(
         // The first round fills the queue the worker drains; the others publish to a prefix of
         // their own, deleted right after.
         let run_prefix = if round == 1 {
-            prefix.clone()
+            ctx.prefix.clone()
         } else {
-            format!("{prefix}_r{round}")
+            format!("{}_r{round}", ctx.prefix)
         };
-        let run = ingress_phase(
-            &ctx,
-            cleanup,
-            &run_prefix,
-            &plan.events,
-            first_connections,
-            round,
-        )
-        .await?;
+        let run =
+            ingress_phase(ctx, cleanup, &run_prefix, events, first_connections, round).await?;
         if round > 1 {
             cleanup.delete_topology_now(&topology(&run_prefix)?).await;
         }
-        checks.push(answered_check(&run));
         ingress_runs.push(run);
     }
-    let broker_ceiling = broker_ceiling.context("no broker ceiling run")?;
+    Ok(Rounds {
+        broker: broker_ceiling.context("no broker ceiling run")?,
+        broker_runs,
+        ingress: ingress_runs,
+    })
+}
 
-    println!(
-        "[3/7] database ceilings: {} upserts over {} users",
-        o.events, o.users
-    );
-    let (db_single, db_batched, batch_rows) = database_ceilings(&db, o).await?;
-
+/// Phase 4: an ingress run at each further connection count, on a prefix of its own deleted
+/// right after.
+async fn other_connection_counts(
+    ctx: &Ctx<'_>,
+    cleanup: &mut Cleanup,
+    o: &Options,
+    events: &[Event],
+) -> anyhow::Result<Vec<IngressRun>> {
+    let mut runs = Vec::new();
     for &connections in &o.connections[1..] {
-        let run_prefix = format!("{prefix}_c{connections}");
+        let run_prefix = format!("{}_c{connections}", ctx.prefix);
         println!(
             "[4/7] ingress: {} events over {connections} connections",
             o.events
         );
-        let run = ingress_phase(&ctx, cleanup, &run_prefix, &plan.events, connections, 1).await?;
+        let run = ingress_phase(ctx, cleanup, &run_prefix, events, connections, 1).await?;
         cleanup.delete_topology_now(&topology(&run_prefix)?).await;
-        checks.push(answered_check(&run));
-        ingress_runs.push(run);
+        runs.push(run);
     }
+    Ok(runs)
+}
 
-    let queued = ingress_runs.first().map_or(0, |r| r.load.accepted);
+/// The worker started for the drain; it keeps running through the live phase.
+struct Worker {
+    /// The connection that counts the messages in its queues.
+    broker: Broker,
+    addr: SocketAddr,
+    pid: u32,
+}
+
+impl Worker {
+    /// Its peak RSS, then stops it and closes the broker connection.
+    async fn stop(self, cleanup: &mut Cleanup) -> anyhow::Result<u64> {
+        let peak_rss = procs::peak_rss(self.pid)?;
+        cleanup.stop("worker").await?;
+        self.broker.close().await;
+        Ok(peak_rss)
+    }
+}
+
+/// Phase 5's figures and checks.
+struct Drained {
+    drain: pipeline::Drain,
+    peak_rss_after_drain: u64,
+    checks: Vec<Check>,
+}
+
+/// Phase 5: starts the worker on the queue the first round filled, times it until it has
+/// applied the `queued` events, then checks the queues and the users.
+async fn worker_drain(
+    ctx: &Ctx<'_>,
+    cleanup: &mut Cleanup,
+    expected: &[events::Expected],
+    queued: u64,
+) -> anyhow::Result<(Worker, Drained)> {
     println!("[5/7] worker drain: {queued} queued events");
-    let broker = Broker::connect(amqp_node).await?;
-    let worker_addr = procs::free_addr()?;
-    let worker_pid = start_worker(cleanup, &ctx, &db_url, &prefix, worker_addr)?;
+    let broker = Broker::connect(ctx.amqp_node).await?;
+    let addr = procs::free_addr()?;
+    let pid = start_worker(cleanup, ctx, addr)?;
     let drain = pipeline::wait_applied(
-        &db,
+        &ctx.db,
         cleanup,
         &broker,
-        &main,
-        worker_addr,
+        &ctx.main,
+        addr,
         (0, 0),
         queued,
         drain_timeout(queued),
@@ -446,105 +569,94 @@ async fn phases(
     println!("      {:.0} events/s", drain.per_s());
     // Acks follow commits; give the last ones a moment before looking at the queues.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    checks.extend(pipeline::check_queues(&broker, &main, "after the drain").await?);
-    checks.push(pipeline::check_users(&db, &expected, "after the drain").await?);
-    let peak_rss_after_drain = procs::peak_rss(worker_pid)?;
+    let mut checks = pipeline::check_queues(&broker, &ctx.main, "after the drain").await?;
+    checks.push(pipeline::check_users(&ctx.db, expected, "after the drain").await?);
+    let peak_rss_after_drain = procs::peak_rss(pid)?;
+    Ok((
+        Worker { broker, addr, pid },
+        Drained {
+            drain,
+            peak_rss_after_drain,
+            checks,
+        },
+    ))
+}
 
-    let live_count = o.events.min(LIVE_MAX_EVENTS);
+/// Phase 6: with the worker running, an ingress again and `count` newer updates of `expected`
+/// at [`LIVE_CONNECTIONS`]; the lag is the change of the worker's histogram. Checks the
+/// queues and the users again.
+async fn live_phase(
+    ctx: &Ctx<'_>,
+    cleanup: &mut Cleanup,
+    worker: &Worker,
+    expected: &mut [events::Expected],
+    count: usize,
+) -> anyhow::Result<(Live, Vec<Check>)> {
     println!(
-        "[6/7] live lag: {live_count} newer updates at {LIVE_CONNECTIONS} connections, worker running"
+        "[6/7] live lag: {count} newer updates at {LIVE_CONNECTIONS} connections, worker running"
     );
     cleanup
         .wait_ready(
             "worker",
-            &format!("http://{worker_addr}/readyz"),
+            &format!("http://{}/readyz", worker.addr),
             READY_TIMEOUT,
         )
         .await?;
-    let before = pipeline::Histogram::parse(
-        &pipeline::scrape(worker_addr).await?,
-        "clerk_sync_event_lag_seconds",
-    );
-    let live_events = events::newer_updates(&mut expected, live_count)?;
-    let applied_before = pipeline::processed(&db).await?;
-    let settled_before = pipeline::settled(worker_addr)
+    let before = pipeline::Histogram::parse(&pipeline::scrape(worker.addr).await?, LAG_HISTOGRAM);
+    let live_events = events::newer_updates(expected, count)?;
+    let applied_before = pipeline::processed(&ctx.db).await?;
+    let settled_before = pipeline::settled(worker.addr)
         .await
         .context("the worker's /metrics does not answer")?;
-    let mut live_ingress = ctx
+    let mut ingress = ctx
         .ingress_run(
             cleanup,
             "ingress-live",
-            &prefix,
+            &ctx.prefix,
             &live_events,
             LIVE_CONNECTIONS,
             1,
         )
         .await?;
-    live_ingress.live = true;
-    checks.push(answered_check(&live_ingress));
-    let live_drain = pipeline::wait_applied(
-        &db,
+    ingress.live = true;
+    let mut checks = vec![answered_check(&ingress)];
+    let drain = pipeline::wait_applied(
+        &ctx.db,
         cleanup,
-        &broker,
-        &main,
-        worker_addr,
+        &worker.broker,
+        &ctx.main,
+        worker.addr,
         (applied_before, settled_before),
-        live_ingress.load.accepted,
-        drain_timeout(live_ingress.load.accepted),
+        ingress.load.accepted,
+        drain_timeout(ingress.load.accepted),
     )
     .await?;
-    let live_applied_per_s = load::per_second(
-        live_ingress.load.accepted,
-        live_ingress.load.wall + live_drain.since_start,
-    );
+    let applied_per_s =
+        load::per_second(ingress.load.accepted, ingress.load.wall + drain.since_start);
     // The histogram is observed right after each commit.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let lag = pipeline::Histogram::parse(
-        &pipeline::scrape(worker_addr).await?,
-        "clerk_sync_event_lag_seconds",
-    )
-    .since(&before);
+    let lag = pipeline::Histogram::parse(&pipeline::scrape(worker.addr).await?, LAG_HISTOGRAM)
+        .since(&before);
     let show = |le: Option<f64>| le.map_or("-".into(), |le| format!("≤ {le} s"));
     println!(
         "      {:.0} accepted/s, worker {:.0} events/s; lag p50 {}, p99 {} (bucket bounds)",
-        live_ingress.load.accepted_per_s(),
-        live_applied_per_s,
+        ingress.load.accepted_per_s(),
+        applied_per_s,
         show(lag.quantile_bound(0.5)),
         show(lag.quantile_bound(0.99))
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
-    checks.extend(pipeline::check_queues(&broker, &main, "after the live phase").await?);
-    checks.push(pipeline::check_users(&db, &expected, "after the live phase").await?);
-    let worker_peak_rss = procs::peak_rss(worker_pid)?;
-    cleanup.stop("worker").await?;
-    broker.close().await;
-
-    println!("[7/7] report");
-    let machine = report::machine(&db).await;
-    let _ = db.close().await;
-    Ok(Report {
-        machine,
-        settings: settings(o, workspace, prefix, body_size, live_count, batch_rows),
-        ceilings: Ceilings {
-            broker: broker_ceiling,
-            broker_runs,
-            db_single,
-            db_batched,
-        },
-        ingress: ingress_runs,
-        worker: WorkerRun {
+    checks.extend(pipeline::check_queues(&worker.broker, &ctx.main, "after the live phase").await?);
+    checks.push(pipeline::check_users(&ctx.db, expected, "after the live phase").await?);
+    Ok((
+        Live {
+            ingress,
             drain,
-            peak_rss_after_drain,
-            peak_rss: worker_peak_rss,
-        },
-        live: Live {
-            ingress: live_ingress,
-            drain: live_drain,
-            applied_per_s: live_applied_per_s,
+            applied_per_s,
             lag,
         },
         checks,
-    })
+    ))
 }
 
 /// The run's settings, as the report records them.
@@ -649,18 +761,12 @@ async fn ingress_phase(
     Ok(run)
 }
 
-/// Starts the worker (it applies the migrations, already there, and consumes `prefix`).
-fn start_worker(
-    cleanup: &mut Cleanup,
-    ctx: &Ctx<'_>,
-    db_url: &str,
-    prefix: &str,
-    addr: SocketAddr,
-) -> anyhow::Result<u32> {
+/// Starts the worker (it applies the migrations, already there, and consumes the main prefix).
+fn start_worker(cleanup: &mut Cleanup, ctx: &Ctx<'_>, addr: SocketAddr) -> anyhow::Result<u32> {
     let env = vec![
-        ("DATABASE_URL".to_owned(), db_url.to_owned()),
+        ("DATABASE_URL".to_owned(), ctx.db_url.clone()),
         ("AMQP_URL".to_owned(), ctx.amqp_url.to_owned()),
-        ("QUEUE_PREFIX".to_owned(), prefix.to_owned()),
+        ("QUEUE_PREFIX".to_owned(), ctx.prefix.clone()),
         ("WORKER_ADDR".to_owned(), addr.to_string()),
         ("NO_COLOR".to_owned(), "1".to_owned()),
     ];
