@@ -6,7 +6,9 @@
 //!   row (`user_id`) once that row exists: a membership that arrives before its user is stored
 //!   and linked when the user's event comes, never retried or dead-lettered for it. Its
 //!   organization always exists first: every membership event carries the organization, which is
-//!   upserted with it.
+//!   upserted with it. A trigger on `users` links a user's waiting memberships when the row is
+//!   inserted (whichever path inserts it: events, batches, backfill, lazy sync) and removes
+//!   the memberships of a deleted user, linked or not.
 //! - `deleted_organizations` and `deleted_memberships`: tombstones (SHA-256 of the Clerk id, no
 //!   personal data) that stop late events from bringing a deleted one back.
 
@@ -66,7 +68,20 @@ impl MigrationTrait for Migration {
                    deleted_at timestamptz NOT NULL DEFAULT now()); \
                  CREATE TABLE IF NOT EXISTS deleted_memberships ( \
                    clerk_membership_id_sha256 text PRIMARY KEY, \
-                   deleted_at timestamptz NOT NULL DEFAULT now())",
+                   deleted_at timestamptz NOT NULL DEFAULT now()); \
+                 CREATE OR REPLACE FUNCTION clerk_sync_link_memberships() RETURNS trigger \
+                   LANGUAGE plpgsql AS $$ BEGIN \
+                     IF TG_OP = 'INSERT' THEN \
+                       UPDATE organization_memberships SET user_id = NEW.id \
+                         WHERE clerk_user_id = NEW.clerk_user_id AND user_id IS NULL; \
+                       RETURN NEW; \
+                     END IF; \
+                     DELETE FROM organization_memberships WHERE clerk_user_id = OLD.clerk_user_id; \
+                     RETURN OLD; \
+                   END $$; \
+                 DROP TRIGGER IF EXISTS users_link_memberships ON users; \
+                 CREATE TRIGGER users_link_memberships AFTER INSERT OR DELETE ON users \
+                   FOR EACH ROW EXECUTE FUNCTION clerk_sync_link_memberships()",
             )
             .await?;
         Ok(())
@@ -76,7 +91,9 @@ impl MigrationTrait for Migration {
         manager
             .get_connection()
             .execute_unprepared(
-                "DROP TABLE IF EXISTS deleted_memberships; \
+                "DROP TRIGGER IF EXISTS users_link_memberships ON users; \
+                 DROP FUNCTION IF EXISTS clerk_sync_link_memberships(); \
+                 DROP TABLE IF EXISTS deleted_memberships; \
                  DROP TABLE IF EXISTS deleted_organizations; \
                  DROP TABLE IF EXISTS organization_memberships; \
                  DROP TABLE IF EXISTS organizations; \

@@ -188,6 +188,12 @@ pub enum ApplyError {
         "email address is held by another user with a newer or equal version; waiting for that user's update"
     )]
     EmailHeld,
+    /// The organization's slug is held by another organization whose row is at least as new:
+    /// that organization's newer event, which frees it, is on its way. Transient.
+    #[error(
+        "organization slug is held by another organization with a newer or equal version; waiting for that organization's update"
+    )]
+    SlugHeld,
     /// A database failure.
     #[error("database: {0}")]
     Db(#[from] DbErr),
@@ -208,7 +214,7 @@ impl ApplyError {
     /// Whether trying again later can succeed.
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::EmailHeld | Self::Panicked(_) => true,
+            Self::EmailHeld | Self::SlugHeld | Self::Panicked(_) => true,
             Self::Db(error) => is_transient_db(error),
             Self::Clerk(error) => error.is_transient(),
             Self::Store(StoreError::Db(error)) => is_transient_db(error),
@@ -220,6 +226,7 @@ impl ApplyError {
     pub fn reason(&self) -> String {
         match self {
             Self::EmailHeld => "email_held_by_other_user".into(),
+            Self::SlugHeld => "slug_held_by_other_organization".into(),
             Self::Panicked(_) => "worker_panicked (see the worker's log)".into(),
             other => other.to_string(),
         }
@@ -282,6 +289,9 @@ pub async fn try_apply_event(
     event: &ClerkEvent,
     calendar: CalendarUpdate<'_>,
 ) -> Result<Outcome, ApplyError> {
+    if let ClerkEvent::Organization(org_event) = event {
+        return crate::orgs::apply(db, svix_id, event_type, org_event).await;
+    }
     let Some(clerk_user_id) = event.clerk_user_id() else {
         return Ok(Outcome::Ignored);
     };
@@ -380,7 +390,7 @@ async fn apply_in(
             }
             Ok(outcome)
         }
-        ClerkEvent::Ignored { .. } => Ok(Outcome::Ignored),
+        ClerkEvent::Organization(_) | ClerkEvent::Ignored { .. } => Ok(Outcome::Ignored),
     }
 }
 

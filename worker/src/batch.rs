@@ -49,6 +49,8 @@ pub fn batchable(svix_id: Option<&str>, event: &ClerkEvent) -> bool {
                 calendar::accounts::calendar_accounts(&user.external_accounts).is_empty()
             }
             ClerkEvent::UserDeleted { .. } | ClerkEvent::Ignored { .. } => true,
+            // Rare next to user events: applied one by one, under their organization's lock.
+            ClerkEvent::Organization(_) => false,
         }
 }
 
@@ -60,6 +62,16 @@ pub async fn try_apply_batch(
 ) -> Result<Vec<Outcome>, ApplyError> {
     for item in items {
         faults::reached(faults::Point::Apply, Some(item.svix_id));
+    }
+    if items
+        .iter()
+        .any(|item| matches!(item.event, ClerkEvent::Organization(_)))
+    {
+        // [`batchable`] keeps them out; were one here, the consumer's fall-back applies the
+        // batch one by one rather than counting it as ignored.
+        return Err(ApplyError::Db(sea_orm::DbErr::Custom(
+            "organization events are applied one by one, not in a batch".into(),
+        )));
     }
     let mut outcomes = vec![Outcome::Ignored; items.len()];
     if items
@@ -96,7 +108,8 @@ async fn apply_in(
         match items[i].event {
             ClerkEvent::UserDeleted { .. } => outcomes[i] = Outcome::Applied,
             ClerkEvent::UserUpserted(user) => upserts.push((i, user)),
-            ClerkEvent::Ignored { .. } => {}
+            // Never here: `try_apply_batch` refuses batches holding them.
+            ClerkEvent::Organization(_) | ClerkEvent::Ignored { .. } => {}
         }
     }
     if upserts.is_empty() {

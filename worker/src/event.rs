@@ -11,6 +11,8 @@ pub enum ClerkEvent {
     UserUpserted(UserSnapshot),
     /// `user.deleted`.
     UserDeleted { clerk_user_id: String },
+    /// `organization.*` and `organizationMembership.*` ([`crate::orgs`]).
+    Organization(crate::orgs::OrgEvent),
     /// Any other type (`session.created`, `email.created`, …): acknowledged and counted.
     Ignored { event_type: String },
 }
@@ -21,7 +23,7 @@ impl ClerkEvent {
         match self {
             Self::UserUpserted(user) => Some(&user.clerk_user_id),
             Self::UserDeleted { clerk_user_id } => Some(clerk_user_id),
-            Self::Ignored { .. } => None,
+            Self::Organization(_) | Self::Ignored { .. } => None,
         }
     }
 }
@@ -68,6 +70,8 @@ pub enum ParseError {
     NotAnEnvelope(String),
     #[error("{event_type} data is not a Clerk user object: {reason}")]
     BadUser { event_type: String, reason: String },
+    #[error("{event_type} data is not the Clerk object it should carry: {reason}")]
+    BadObject { event_type: String, reason: String },
 }
 
 #[derive(Deserialize)]
@@ -170,6 +174,9 @@ fn from_envelope(envelope: Envelope<'_>) -> Result<ClerkEvent, ParseError> {
             Ok(ClerkEvent::UserDeleted {
                 clerk_user_id: deleted.id,
             })
+        }
+        other if crate::orgs::handles(other) => {
+            crate::orgs::parse(other, envelope.data).map(ClerkEvent::Organization)
         }
         _ => Ok(ClerkEvent::Ignored {
             event_type: envelope.event_type,

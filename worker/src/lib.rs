@@ -12,6 +12,7 @@ pub mod dlq;
 pub mod event;
 pub mod faults;
 pub mod metrics;
+pub mod orgs;
 pub mod progress;
 pub mod queues;
 pub mod reconcile;

@@ -112,10 +112,20 @@ impl Metrics {
 
 /// Event types that are label values of their own; every other type counts as `other`. Only
 /// types from this fixed list can become series, so no payload can grow `/metrics`.
-pub const LABELLED_EVENT_TYPES: [&str; 4] = [
+pub const LABELLED_EVENT_TYPES: [&str; 13] = [
     "user.created",
     "user.updated",
     "user.deleted",
+    "organization.created",
+    "organization.updated",
+    "organization.deleted",
+    "organizationMembership.created",
+    "organizationMembership.updated",
+    "organizationMembership.deleted",
+    // Acknowledged and counted, not stored.
+    "organizationInvitation.created",
+    "organizationInvitation.accepted",
+    "organizationInvitation.revoked",
     "unparseable",
 ];
 

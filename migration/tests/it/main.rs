@@ -204,6 +204,48 @@ async fn memberships_are_one_per_user_and_organization_and_go_with_either() {
         3,
         "the user's go"
     );
+    // The waiting membership is linked when its user's row is inserted.
+    exec(
+        &db.conn,
+        "INSERT INTO users (id, clerk_user_id, email, clerk_updated_at) VALUES \
+           ('00000000-0000-0000-0000-0000000000c1', 'user_later', NULL, 1)",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        count(
+            &db.conn,
+            "organization_memberships WHERE clerk_membership_id = 'orgmem_4' \
+             AND user_id = '00000000-0000-0000-0000-0000000000c1'"
+        )
+        .await,
+        1,
+        "linked on insert"
+    );
+    // A deleted user's unlinked memberships go too.
+    exec(
+        &db.conn,
+        &format!(
+            "{member} (gen_random_uuid(), 'orgmem_6', {f2}, 'user_gone', NULL, 'org:member', 1)"
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(count(&db.conn, "organization_memberships").await, 4);
+    exec(
+        &db.conn,
+        "INSERT INTO users (id, clerk_user_id, email, clerk_updated_at) VALUES \
+           (gen_random_uuid(), 'user_gone', NULL, 1); \
+         UPDATE organization_memberships SET user_id = NULL WHERE clerk_user_id = 'user_gone'; \
+         DELETE FROM users WHERE clerk_user_id = 'user_gone'",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        count(&db.conn, "organization_memberships").await,
+        3,
+        "unlinked, gone too"
+    );
     exec(
         &db.conn,
         "DELETE FROM organizations WHERE clerk_organization_id = 'org_1'",
@@ -213,6 +255,6 @@ async fn memberships_are_one_per_user_and_organization_and_go_with_either() {
     assert_eq!(
         count(&db.conn, "organization_memberships").await,
         1,
-        "the organization's go"
+        "the organization's go (orgmem_4 of org_1 with it)"
     );
 }
