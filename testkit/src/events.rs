@@ -100,3 +100,68 @@ pub fn microsoft_calendar_account(provider_user_id: &str, external_account_id: &
         "verification": {"status": "verified", "strategy": "oauth_microsoft"}
     })
 }
+
+/// An organization's state at one version, as Clerk would send it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrgState {
+    pub id: String,
+    pub name: String,
+    pub slug: String,
+    /// Clerk's `updated_at`, ms.
+    pub updated_at: i64,
+}
+
+/// The `data` of an `organization.created` / `organization.updated` event (without
+/// `members_count`, as instances send it there).
+pub fn organization_object(org: &OrgState) -> Value {
+    json!({
+        "id": org.id, "object": "organization", "name": org.name, "slug": org.slug,
+        "image_url": "https://img.clerk.com/org", "logo_url": null, "has_image": false,
+        "created_at": 1_735_689_600_000_i64, "updated_at": org.updated_at, "created_by": "user_synthcreator",
+        "public_metadata": {"plan": "team"}, "private_metadata": {"billing": "internal"},
+        "admin_delete_enabled": true, "max_allowed_memberships": 20
+    })
+}
+
+/// An `organization.created` / `organization.updated` body.
+pub fn organization_event(event_type: &str, org: &OrgState) -> Vec<u8> {
+    serde_json::to_vec(&envelope(event_type, organization_object(org), org.updated_at)).unwrap()
+}
+
+/// An `organization.deleted` body.
+pub fn organization_deleted(id: &str, timestamp: i64) -> Vec<u8> {
+    serde_json::to_vec(&envelope(
+        "organization.deleted",
+        json!({"deleted": true, "id": id, "object": "organization"}),
+        timestamp,
+    ))
+    .unwrap()
+}
+
+/// A membership's state at one version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MembershipState {
+    pub id: String,
+    pub user_id: String,
+    pub role: String,
+    /// Clerk's `updated_at`, ms.
+    pub updated_at: i64,
+    /// The organization as the membership carries it.
+    pub organization: OrgState,
+}
+
+/// An `organizationMembership.created|updated|deleted` body (a delete carries the whole
+/// membership).
+pub fn membership_event(event_type: &str, membership: &MembershipState) -> Vec<u8> {
+    let mut organization = organization_object(&membership.organization);
+    organization["members_count"] = json!(3);
+    let data = json!({
+        "id": membership.id, "object": "organization_membership", "role": membership.role,
+        "role_name": "Member", "permissions": ["org:sys_profile:read"],
+        "created_at": 1_735_689_600_000_i64, "updated_at": membership.updated_at,
+        "public_metadata": {}, "organization": organization,
+        "public_user_data": {"user_id": membership.user_id, "first_name": "Ada", "last_name": null,
+            "identifier": "ada@example.com", "image_url": "https://img.clerk.com/u", "has_image": false}
+    });
+    serde_json::to_vec(&envelope(event_type, data, membership.updated_at)).unwrap()
+}

@@ -12,6 +12,7 @@ mod faults;
 mod fuzz_corpus;
 mod helpers;
 mod ordering;
+mod organizations;
 mod panics;
 mod queues;
 mod reconcile;
