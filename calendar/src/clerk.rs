@@ -227,18 +227,46 @@ impl ClerkClient {
                 ],
             )
             .await?;
-        match value {
-            Value::Array(items) => Ok(items),
-            Value::Object(mut map) => match map.remove("data") {
-                Some(Value::Array(items)) => Ok(items),
-                _ => Err(ClerkError::Decode("no user list in the answer".into())),
-            },
-            _ => Err(ClerkError::Decode("no user list in the answer".into())),
-        }
+        list(value, "user")
     }
 }
 
 impl ClerkClient {
+    /// One page of organizations (`GET /v1/organizations?limit=&offset=`), oldest first, as raw
+    /// organization objects.
+    pub async fn list_organizations(
+        &self,
+        limit: u32,
+        offset: u64,
+    ) -> Result<Vec<Value>, ClerkError> {
+        let query = [
+            ("limit", limit.min(500).to_string()),
+            ("offset", offset.to_string()),
+            ("order_by", "+created_at".into()),
+        ];
+        list(self.get("/organizations", &query).await?, "organization")
+    }
+
+    /// One page of an organization's memberships
+    /// (`GET /v1/organizations/{id}/memberships?limit=&offset=`), as raw membership objects.
+    pub async fn list_memberships(
+        &self,
+        clerk_organization_id: &str,
+        limit: u32,
+        offset: u64,
+    ) -> Result<Vec<Value>, ClerkError> {
+        let path = format!(
+            "/organizations/{}/memberships",
+            encode_segment(clerk_organization_id)
+        );
+        let query = [
+            ("limit", limit.min(500).to_string()),
+            ("offset", offset.to_string()),
+            ("order_by", "+created_at".into()),
+        ];
+        list(self.get(&path, &query).await?, "membership")
+    }
+
     /// One user as a raw user object (`GET /v1/users/{id}`); `None` when Clerk does not know it.
     pub async fn get_user(&self, clerk_user_id: &str) -> Result<Option<Value>, ClerkError> {
         let path = format!("/users/{}", encode_segment(clerk_user_id));
@@ -256,6 +284,18 @@ impl ClerkClient {
             .get("total_count")
             .and_then(Value::as_u64)
             .ok_or_else(|| ClerkError::Decode("no total_count in the answer".into()))
+    }
+}
+
+/// The items of a list answer: a bare array, or `{"data": [...], "total_count"}`.
+fn list(value: Value, what: &str) -> Result<Vec<Value>, ClerkError> {
+    match value {
+        Value::Array(items) => Ok(items),
+        Value::Object(mut map) => match map.remove("data") {
+            Some(Value::Array(items)) => Ok(items),
+            _ => Err(ClerkError::Decode(format!("no {what} list in the answer"))),
+        },
+        _ => Err(ClerkError::Decode(format!("no {what} list in the answer"))),
     }
 }
 

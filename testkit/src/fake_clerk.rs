@@ -35,6 +35,10 @@ struct State {
     offsets: Vec<usize>,
     /// How long every answer is held back (a slow Clerk).
     delay: std::time::Duration,
+    /// Organization objects served by `GET /v1/organizations`, in order.
+    organizations: Vec<Value>,
+    /// Clerk organization id -> membership objects (`GET /v1/organizations/{id}/memberships`).
+    memberships: HashMap<String, Vec<Value>>,
 }
 
 /// A running fake; stops when dropped.
@@ -154,6 +158,20 @@ impl FakeClerk {
         self.state.lock().unwrap().users = users;
     }
 
+    /// Sets the organizations served by `GET /v1/organizations`.
+    pub fn set_organizations(&self, organizations: Vec<Value>) {
+        self.state.lock().unwrap().organizations = organizations;
+    }
+
+    /// Sets the memberships served by `GET /v1/organizations/{id}/memberships`.
+    pub fn set_memberships(&self, clerk_organization_id: &str, memberships: Vec<Value>) {
+        self.state
+            .lock()
+            .unwrap()
+            .memberships
+            .insert(clerk_organization_id.to_owned(), memberships);
+    }
+
     /// Makes `GET /v1/users` answer 500 from this offset on (`None` heals it).
     pub fn fail_users_from(&self, offset: Option<usize>) {
         self.state.lock().unwrap().fail_users_from = offset;
@@ -239,35 +257,60 @@ fn answer(state: &Mutex<State>, request: &Request<Incoming>) -> Response<Full<By
             None => clerk_error(StatusCode::NOT_FOUND, "resource_not_found"),
         },
         ["v1", "users"] => {
-            let query: HashMap<String, String> = request
-                .uri()
-                .query()
-                .unwrap_or_default()
-                .split('&')
-                .filter_map(|kv| kv.split_once('='))
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .collect();
-            let limit: usize = query
-                .get("limit")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(10);
-            let offset: usize = query
-                .get("offset")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
+            let (limit, offset) = limit_offset(request);
             state.offsets.push(offset);
             if state.fail_users_from.is_some_and(|from| offset >= from) {
                 return clerk_error(StatusCode::INTERNAL_SERVER_ERROR, "injected_failure");
             }
-            let page: Vec<Value> = state
-                .users
-                .iter()
-                .skip(offset)
-                .take(limit.min(500))
+            json_response(
+                StatusCode::OK,
+                &Value::Array(page(&state.users, limit, offset)),
+            )
+        }
+        // Organizations and memberships come as `{data, total_count}`.
+        ["v1", "organizations"] => {
+            let (limit, offset) = limit_offset(request);
+            let data = page(&state.organizations, limit, offset);
+            json_response(
+                StatusCode::OK,
+                &json!({"data": data, "total_count": state.organizations.len()}),
+            )
+        }
+        ["v1", "organizations", organization, "memberships"] => {
+            let (limit, offset) = limit_offset(request);
+            let all = state
+                .memberships
+                .get(*organization)
                 .cloned()
-                .collect();
-            json_response(StatusCode::OK, &Value::Array(page))
+                .unwrap_or_default();
+            json_response(
+                StatusCode::OK,
+                &json!({"data": page(&all, limit, offset), "total_count": all.len()}),
+            )
         }
         _ => clerk_error(StatusCode::NOT_FOUND, "resource_not_found"),
     }
+}
+
+/// `limit` (default 10, at most 500) and `offset` (default 0) of a list request.
+fn limit_offset(request: &Request<Incoming>) -> (usize, usize) {
+    let query: HashMap<String, String> = request
+        .uri()
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    let number = |name: &str, default: usize| {
+        query
+            .get(name)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    (number("limit", 10).min(500), number("offset", 0))
+}
+
+fn page(items: &[Value], limit: usize, offset: usize) -> Vec<Value> {
+    items.iter().skip(offset).take(limit).cloned().collect()
 }

@@ -13,6 +13,7 @@ use serde::Serialize;
 use crate::{
     apply::{Applier, Outcome},
     event::{self, ClerkEvent},
+    orgs::{self, OrgEvent},
 };
 
 const CHECKPOINT: &str = "clerk_users";
@@ -21,7 +22,7 @@ const CHECKPOINT: &str = "clerk_users";
 #[derive(Debug, thiserror::Error)]
 pub enum BackfillError {
     #[error(
-        "Clerk's user list failed at offset {offset}: {source}; run `worker backfill` again to resume from there"
+        "Clerk's list failed at offset {offset}: {source}; run `worker backfill` again to resume from there"
     )]
     Clerk {
         offset: u64,
@@ -112,17 +113,34 @@ pub(crate) async fn save<C: ConnectionTrait>(
     Ok(())
 }
 
-/// Reads one page, retrying transient failures (honouring `Retry-After`).
+/// Reads one page of users.
 async fn page(
     clerk: &ClerkClient,
     options: &BackfillOptions,
     offset: u64,
 ) -> Result<Vec<serde_json::Value>, BackfillError> {
+    with_retries(options, offset, "users", || {
+        clerk.list_users(options.page_size, offset)
+    })
+    .await
+}
+
+/// Reads one page through `list`, retrying transient failures (honouring `Retry-After`).
+async fn with_retries<F, Fut>(
+    options: &BackfillOptions,
+    offset: u64,
+    what: &str,
+    list: F,
+) -> Result<Vec<serde_json::Value>, BackfillError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<serde_json::Value>, ClerkError>>,
+{
     let mut delay = Duration::from_millis(200);
     let mut attempt = 1;
     loop {
-        match clerk.list_users(options.page_size, offset).await {
-            Ok(users) => return Ok(users),
+        match list().await {
+            Ok(items) => return Ok(items),
             Err(error) if error.is_transient() && attempt < options.page_attempts => {
                 let wait = match &error {
                     ClerkError::RateLimited {
@@ -130,7 +148,7 @@ async fn page(
                     } => *after,
                     _ => delay,
                 };
-                tracing::warn!(offset, attempt, error.message = %error, ?wait, "listing users failed; retrying");
+                tracing::warn!(offset, attempt, what, error.message = %error, ?wait, "listing failed; retrying");
                 tokio::time::sleep(wait).await;
                 delay = (delay * 2).min(Duration::from_secs(10));
                 attempt += 1;
@@ -192,6 +210,134 @@ pub async fn run(
         progress(offset, total);
         if done {
             return Ok(summary);
+        }
+    }
+}
+
+const ORGANIZATIONS_CHECKPOINT: &str = "clerk_organizations";
+
+/// What a backfill of organizations did.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct OrganizationSummary {
+    /// Offset the run started from (non-zero when it resumed).
+    pub resumed_from: u64,
+    pub organizations: Tally,
+    pub memberships: Tally,
+}
+
+/// Counts of one kind of object.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Tally {
+    pub seen: u64,
+    pub applied: u64,
+    pub unchanged: u64,
+    /// Deleted here (a tombstone): not brought back.
+    pub deleted: u64,
+    /// `(Clerk id, reason)` of objects that could not be applied.
+    pub failed: Vec<(String, String)>,
+}
+
+impl Tally {
+    fn count(&mut self, id: String, result: Result<Outcome, String>) {
+        self.seen += 1;
+        match result {
+            Ok(Outcome::Applied) => self.applied += 1,
+            Ok(Outcome::SkippedDeleted) => self.deleted += 1,
+            Ok(_) => self.unchanged += 1,
+            Err(reason) => self.failed.push((id, reason)),
+        }
+    }
+}
+
+/// Applies one organization or membership as the matching `*.updated` event would.
+async fn apply_org(applier: &Applier, event: OrgEvent) -> Result<Outcome, String> {
+    applier
+        .apply(None, "backfill", &ClerkEvent::Organization(event))
+        .await
+        .map_err(|error| error.to_string())
+}
+
+fn id_of(value: &serde_json::Value) -> String {
+    value
+        .get("id")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or("?")
+        .to_owned()
+}
+
+/// `worker backfill --organizations`: pages through Clerk's organizations (oldest first) and
+/// each one's memberships, applying them through the same path as their `*.updated` events
+/// (version guard, tombstones). The offset of the next page of organizations is checkpointed
+/// after every page, when its memberships are done too.
+pub async fn run_organizations(
+    applier: &Applier,
+    clerk: &ClerkClient,
+    options: &BackfillOptions,
+    mut progress: impl FnMut(u64, Option<u64>),
+) -> Result<OrganizationSummary, BackfillError> {
+    let (saved, finished) = checkpoint(&applier.db, ORGANIZATIONS_CHECKPOINT).await?;
+    let mut offset = if options.restart || finished {
+        0
+    } else {
+        saved
+    };
+    let mut summary = OrganizationSummary {
+        resumed_from: offset,
+        ..OrganizationSummary::default()
+    };
+    let page_size = options.page_size.clamp(1, 500);
+    loop {
+        let organizations = with_retries(options, offset, "organizations", || {
+            clerk.list_organizations(page_size, offset)
+        })
+        .await?;
+        for value in &organizations {
+            let id = id_of(value);
+            let result = match orgs::parse_organization(value) {
+                Ok(org) => apply_org(applier, OrgEvent::Upserted(org)).await,
+                Err(error) => Err(error.to_string()),
+            };
+            summary.organizations.count(id.clone(), result);
+            memberships(applier, clerk, options, &id, &mut summary.memberships).await?;
+        }
+        let count = organizations.len() as u64;
+        offset += count;
+        let done = count < u64::from(page_size);
+        save(&applier.db, ORGANIZATIONS_CHECKPOINT, offset, done).await?;
+        progress(offset, None);
+        if done {
+            return Ok(summary);
+        }
+    }
+}
+
+/// Applies every membership of one organization.
+async fn memberships(
+    applier: &Applier,
+    clerk: &ClerkClient,
+    options: &BackfillOptions,
+    clerk_organization_id: &str,
+    tally: &mut Tally,
+) -> Result<(), BackfillError> {
+    let page_size = options.page_size.clamp(1, 500);
+    let mut offset = 0;
+    loop {
+        let page = with_retries(options, offset, "memberships", || {
+            clerk.list_memberships(clerk_organization_id, page_size, offset)
+        })
+        .await?;
+        for value in &page {
+            let result = match orgs::parse_membership(value) {
+                Ok(membership) => {
+                    apply_org(applier, OrgEvent::MembershipUpserted(membership)).await
+                }
+                Err(error) => Err(error.to_string()),
+            };
+            tally.count(id_of(value), result);
+        }
+        offset += page.len() as u64;
+        if (page.len() as u64) < u64::from(page_size) {
+            return Ok(());
         }
     }
 }

@@ -40,6 +40,10 @@ enum Command {
         /// Start from the first user even if an earlier run left a checkpoint.
         #[arg(long)]
         restart: bool,
+        /// Apply Clerk's organizations and their memberships instead of the users (run both
+        /// for everything; the order does not matter).
+        #[arg(long)]
+        organizations: bool,
     },
     /// Re-encrypt every stored calendar token under the first key of TOKEN_ENCRYPTION_KEY
     /// (after adding a new key in front of the old one), binding legacy ones to their rows.
@@ -118,7 +122,11 @@ async fn main() -> anyhow::Result<()> {
     let config = Config::from_env().context("invalid worker configuration")?;
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => run(config).await,
-        Command::Backfill { page_size, restart } => backfill(config, page_size, restart).await,
+        Command::Backfill {
+            page_size,
+            restart,
+            organizations,
+        } => backfill(config, page_size, restart, organizations).await,
         Command::RotateTokenKey => rotate_token_key(config).await,
         Command::Reconcile {
             dry_run,
@@ -202,7 +210,12 @@ fn progress(done: u64, total: Option<u64>) {
 }
 
 /// `worker backfill`.
-async fn backfill(config: Config, page_size: u32, restart: bool) -> anyhow::Result<()> {
+async fn backfill(
+    config: Config,
+    page_size: u32,
+    restart: bool,
+    organizations: bool,
+) -> anyhow::Result<()> {
     ops_logs(&config, "warn");
     let (applier, clerk) = clerk_applier(config, "the backfill").await?;
     let options = worker::backfill::BackfillOptions {
@@ -210,6 +223,27 @@ async fn backfill(config: Config, page_size: u32, restart: bool) -> anyhow::Resu
         restart,
         ..Default::default()
     };
+    if organizations {
+        let summary =
+            worker::backfill::run_organizations(&applier, &clerk, &options, progress).await?;
+        for (what, tally) in [
+            ("organizations", &summary.organizations),
+            ("memberships", &summary.memberships),
+        ] {
+            println!(
+                "backfill done: {} {what} seen, {} applied, {} already newer, {} deleted, {} failed",
+                tally.seen,
+                tally.applied,
+                tally.unchanged,
+                tally.deleted,
+                tally.failed.len()
+            );
+            for (id, reason) in &tally.failed {
+                println!("  failed {id}: {reason}");
+            }
+        }
+        return Ok(());
+    }
     let summary = worker::backfill::run(&applier, &clerk, &options, progress).await?;
     println!(
         "backfill done: {} users seen (from offset {}), {} applied, {} already newer, {} deleted, {} failed",

@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod backfill;
+mod backfill_orgs;
 mod batch;
 mod calendar;
 mod cluster;
@@ -14,6 +15,7 @@ mod helpers;
 mod ordering;
 mod organizations;
 mod panics;
+mod profile;
 mod queues;
 mod reconcile;
 mod secrets;

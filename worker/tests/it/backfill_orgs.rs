@@ -1,0 +1,150 @@
+//! `worker backfill --organizations` against the fake Clerk Backend API.
+
+use std::process::Command;
+
+use sea_orm::ConnectionTrait;
+use serde_json::Value;
+use testkit::{
+    TestBroker, TestDb,
+    events::{self, MembershipState, OrgState},
+    fake_clerk::{FakeClerk, SECRET_KEY},
+};
+
+use crate::helpers::{scalar, worker_settings};
+
+fn org(i: usize, version: i64) -> OrgState {
+    OrgState {
+        id: format!("org_bf_{i}"),
+        name: format!("Agency {i}"),
+        slug: format!("agency-{i}"),
+        updated_at: version,
+    }
+}
+
+/// A membership object as Clerk's API lists it (the `data` of a membership event).
+fn membership(id: &str, user: &str, role: &str, org: &OrgState) -> Value {
+    let body = events::membership_event(
+        "organizationMembership.updated",
+        &MembershipState {
+            id: id.into(),
+            user_id: user.into(),
+            role: role.into(),
+            updated_at: 500,
+            organization: org.clone(),
+        },
+    );
+    serde_json::from_slice::<Value>(&body).unwrap()["data"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_of_organizations_pages_through_them_and_their_memberships() {
+    let db = TestDb::migrated().await;
+    let broker = TestBroker::new().await;
+    let clerk = FakeClerk::start().await;
+    // Three organizations over two pages; the first has three memberships over two pages.
+    let orgs: Vec<OrgState> = (0..3).map(|i| org(i, 100)).collect();
+    clerk.set_organizations(orgs.iter().map(events::organization_object).collect());
+    clerk.set_memberships(
+        "org_bf_0",
+        vec![
+            membership("orgmem_bf_1", "user_bf_a", "org:admin", &orgs[0]),
+            membership("orgmem_bf_2", "user_bf_b", "org:member", &orgs[0]),
+            membership("orgmem_bf_3", "user_bf_c", "org:member", &orgs[0]),
+        ],
+    );
+    clerk.set_memberships(
+        "org_bf_2",
+        vec![membership(
+            "orgmem_bf_4",
+            "user_bf_a",
+            "org:member",
+            &orgs[2],
+        )],
+    );
+    // Already here: user a's row, a newer state of organization 1 and the deletion of
+    // organization 2 (from webhooks).
+    db.conn
+        .execute_unprepared(
+            "INSERT INTO users (id, clerk_user_id, clerk_updated_at) \
+               VALUES (gen_random_uuid(), 'user_bf_a', 1); \
+             INSERT INTO organizations (id, clerk_organization_id, name, slug, clerk_updated_at) \
+               VALUES (gen_random_uuid(), 'org_bf_1', 'Renamed', 'renamed', 900)",
+        )
+        .await
+        .unwrap();
+    broker
+        .publish_event(
+            "msg_bf_org_del",
+            &events::organization_deleted("org_bf_2", 1),
+        )
+        .await;
+    let worker = crate::helpers::spawn_worker(&db, &broker, &[]).await;
+    testkit::eventually(
+        std::time::Duration::from_secs(20),
+        "deletion applied",
+        || async {
+            (scalar(&db.conn, "SELECT count(*) FROM deleted_organizations").await == 1)
+                .then_some(())
+        },
+    )
+    .await;
+    worker.stop().await;
+
+    let url = clerk.url();
+    let output = Command::new(env!("CARGO_BIN_EXE_worker"))
+        .args(["backfill", "--organizations", "--page-size", "2"])
+        .env_clear()
+        .envs(worker_settings(
+            &db.url,
+            &broker,
+            &[("CLERK_SECRET_KEY", SECRET_KEY), ("CLERK_API_URL", &url)],
+        ))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("3 organizations seen, 1 applied, 1 already newer, 1 deleted, 0 failed"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("4 memberships seen, 3 applied, 0 already newer, 1 deleted, 0 failed"),
+        "{stdout}"
+    );
+    assert_eq!(
+        scalar(
+            &db.conn,
+            "SELECT count(*) FROM organizations WHERE clerk_organization_id = 'org_bf_1' AND name = 'Renamed'"
+        )
+        .await,
+        1,
+        "the newer state stays"
+    );
+    assert_eq!(
+        scalar(
+            &db.conn,
+            "SELECT count(*) FROM organizations WHERE clerk_organization_id = 'org_bf_2'"
+        )
+        .await,
+        0,
+        "a deleted organization is not brought back"
+    );
+    assert_eq!(
+        scalar(&db.conn, "SELECT count(*) FROM organization_memberships").await,
+        3
+    );
+    assert_eq!(
+        scalar(
+            &db.conn,
+            "SELECT count(*) FROM organization_memberships m JOIN users u ON u.id = m.user_id \
+             WHERE u.clerk_user_id = 'user_bf_a' AND m.role = 'org:admin'"
+        )
+        .await,
+        1,
+        "linked to the user's row"
+    );
+}
