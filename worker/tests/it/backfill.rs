@@ -12,7 +12,7 @@ use worker::{
 };
 
 use crate::helpers::{
-    publish_user, scalar, spawn_worker, state, users, wait_for_users, worker_settings,
+    scalar, spawn_worker, state, user_updated, users, wait_for_users, worker_settings,
 };
 
 fn clerk_users(n: usize) -> Vec<serde_json::Value> {
@@ -49,16 +49,9 @@ async fn a_backfill_of_1000_users_keeps_newer_webhook_state_and_deleted_users_ou
     clerk.set_users(clerk_users(1000));
     // Live webhooks got there first: user 5 has a newer state, user 7 was deleted.
     let worker = spawn_worker(&db, &broker, &[]).await;
-    publish_user(
-        &broker,
-        "msg_bf_new",
-        "user.updated",
-        "user_bf_0005",
-        Some("new5@example.com"),
-        "New",
-        200,
-    )
-    .await;
+    user_updated("user_bf_0005", Some("new5@example.com"), "New", 200)
+        .publish(&broker, "msg_bf_new")
+        .await;
     broker
         .publish_event("msg_bf_del", &events::user_deleted("user_bf_0007", 1))
         .await;

@@ -1,45 +1,25 @@
-use std::{collections::HashMap, time::Duration};
+use std::time::Duration;
 
-use testkit::{SECRET, TestBroker, TestDb, events, eventually, now_secs, svix_headers};
+use testkit::{SECRET, TestBroker, TestDb, eventually, now_secs, svix_headers};
 
-use crate::helpers::{scalar, spawn_worker, state, users};
+use crate::helpers::{scalar, spawn_ingress, spawn_worker, user_created, users};
 
 #[tokio::test]
 async fn a_signed_user_created_sent_to_the_ingress_lands_in_users_with_the_right_fields() {
     let db = TestDb::empty().await;
     let broker = TestBroker::new().await;
     let worker = spawn_worker(&db, &broker, &[]).await;
-    let mut settings: HashMap<String, String> = broker.settings().into_iter().collect();
-    settings.insert("CLERK_WEBHOOK_SECRET".into(), SECRET.into());
-    settings.insert("INGRESS_ADDR".into(), "127.0.0.1:0".into());
-    let ingress = ingress::Application::build(
-        ingress::Config::from_lookup(|name| settings.get(name).cloned()).unwrap(),
+    let ingress = spawn_ingress(broker.settings()).await;
+    let body = user_created(
+        "user_2abcSYNTHuser01",
+        Some("ada@example.com"),
+        "Ada",
+        1_735_689_600_100,
     )
-    .await
-    .unwrap();
-    let address = format!("http://127.0.0.1:{}", ingress.port());
-    let (stop_ingress, stopped) = tokio::sync::oneshot::channel::<()>();
-    let ingress_task = tokio::spawn(ingress.run_until_stopped(async move {
-        let _ = stopped.await;
-    }));
-    let client = reqwest::Client::new();
-    eventually(Duration::from_secs(20), "ingress ready", || async {
-        let r = client.get(format!("{address}/readyz")).send().await.ok()?;
-        (r.status() == 200).then_some(())
-    })
-    .await;
-    let body = events::user_event(
-        "user.created",
-        &state(
-            "user_2abcSYNTHuser01",
-            Some("ada@example.com"),
-            "Ada",
-            1_735_689_600_100,
-        ),
-    );
+    .body();
 
-    let response = client
-        .post(format!("{address}/webhooks/clerk"))
+    let response = reqwest::Client::new()
+        .post(ingress.webhook_url())
         .headers(svix_headers(SECRET, "msg_e2e_01", now_secs(), &body))
         .body(body)
         .send()
@@ -65,8 +45,7 @@ async fn a_signed_user_created_sent_to_the_ingress_lands_in_users_with_the_right
         .await,
         1
     );
-    let _ = stop_ingress.send(());
-    ingress_task.await.unwrap();
+    ingress.stop().await;
     worker.stop().await;
 }
 
@@ -75,10 +54,7 @@ async fn duplicates_are_acked_without_effect_and_unknown_types_are_acked_and_cou
     let db = TestDb::empty().await;
     let broker = TestBroker::new().await;
     let worker = spawn_worker(&db, &broker, &[]).await;
-    let v1 = events::user_event(
-        "user.created",
-        &state("user_dup", Some("dup@example.com"), "Dup", 10),
-    );
+    let v1 = user_created("user_dup", Some("dup@example.com"), "Dup", 10).body();
     let session =
         br#"{"type":"session.created","object":"event","data":{"id":"sess_1","object":"session"}}"#;
 

@@ -8,11 +8,11 @@ use std::{
 };
 
 use rand::{SeedableRng, rngs::StdRng, seq::SliceRandom};
-use testkit::{TestBroker, TestDb, amqp_url, events, eventually, proxy::TcpProxy};
+use testkit::{TestBroker, TestDb, amqp_url, eventually, proxy::TcpProxy};
 
 use crate::helpers::{
-    Row, scalar, spawn_worker, spawn_worker_at, state, users, wait_for_count, wait_for_users,
-    worker_settings,
+    Row, UserEvent, row, scalar, spawn_worker, spawn_worker_at, users, wait_for_count,
+    wait_for_users, worker_settings,
 };
 
 /// (svix id, body) pairs.
@@ -31,20 +31,10 @@ fn stream(prefix: &str, user_count: usize, versions: i64) -> (Events, BTreeMap<S
             } else {
                 "user.updated"
             };
-            let s = state(&id, Some(&email), &format!("V{v}"), v * 10);
-            out.push((
-                format!("msg_{prefix}_{u}_{v}"),
-                events::user_event(kind, &s),
-            ));
-            expected.insert(
-                id,
-                Row {
-                    email: Some(email),
-                    first_name: Some(format!("V{v}")),
-                    last_name: Some("Synth".into()),
-                    version: v * 10,
-                },
-            );
+            let first = format!("V{v}");
+            let body = UserEvent::new(kind, &id, Some(&email), &first, v * 10).body();
+            out.push((format!("msg_{prefix}_{u}_{v}"), body));
+            expected.insert(id, row(Some(&email), &first, v * 10));
         }
     }
     (out, expected)

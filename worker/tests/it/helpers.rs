@@ -197,20 +197,102 @@ pub fn row(email: Option<&str>, first: &str, version: i64) -> Row {
     }
 }
 
-/// Publishes a `user.created` / `user.updated` for this state, as the ingress would.
-pub async fn publish_user(
-    broker: &TestBroker,
-    svix_id: &str,
-    event_type: &str,
-    id: &str,
-    email: Option<&str>,
-    first: &str,
-    version: i64,
-) {
-    broker
-        .publish_event(
-            svix_id,
-            &testkit::events::user_event(event_type, &state(id, email, first, version)),
+/// A `user.created` / `user.updated` event for `state(id, email, first, version)`: to publish as
+/// the ingress would, or to keep as a body.
+pub struct UserEvent {
+    event_type: &'static str,
+    state: testkit::events::UserState,
+}
+
+/// A `user.created` for `state(id, email, first, version)`.
+pub fn user_created(id: &str, email: Option<&str>, first: &str, version: i64) -> UserEvent {
+    UserEvent::new("user.created", id, email, first, version)
+}
+
+/// A `user.updated` for `state(id, email, first, version)`.
+pub fn user_updated(id: &str, email: Option<&str>, first: &str, version: i64) -> UserEvent {
+    UserEvent::new("user.updated", id, email, first, version)
+}
+
+impl UserEvent {
+    pub fn new(
+        event_type: &'static str,
+        id: &str,
+        email: Option<&str>,
+        first: &str,
+        version: i64,
+    ) -> Self {
+        Self {
+            event_type,
+            state: state(id, email, first, version),
+        }
+    }
+
+    /// The event's body, as Clerk sends it.
+    pub fn body(&self) -> Vec<u8> {
+        testkit::events::user_event(self.event_type, &self.state)
+    }
+
+    /// Publishes it with this Svix id, as the ingress would.
+    pub async fn publish(&self, broker: &TestBroker, svix_id: &str) {
+        broker.publish_event(svix_id, &self.body()).await;
+    }
+}
+
+/// An ingress running in this process.
+pub struct TestIngress {
+    /// `http://127.0.0.1:<port>`.
+    pub address: String,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Starts an ingress in this process with `settings`, the test webhook secret and a free port,
+/// and waits until it answers ready.
+pub async fn spawn_ingress(settings: impl IntoIterator<Item = (String, String)>) -> TestIngress {
+    let mut settings: HashMap<String, String> = settings.into_iter().collect();
+    settings.insert("CLERK_WEBHOOK_SECRET".into(), testkit::SECRET.into());
+    settings.insert("INGRESS_ADDR".into(), "127.0.0.1:0".into());
+    let ingress = ingress::Application::build(
+        ingress::Config::from_lookup(|name| settings.get(name).cloned()).unwrap(),
+    )
+    .await
+    .unwrap();
+    let address = format!("http://127.0.0.1:{}", ingress.port());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(ingress.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+    let client = reqwest::Client::new();
+    testkit::eventually(Duration::from_secs(30), "ingress ready", || async {
+        let r = client.get(format!("{address}/readyz")).send().await.ok()?;
+        (r.status() == 200).then_some(())
+    })
+    .await;
+    TestIngress {
+        address,
+        stop,
+        task,
+    }
+}
+
+impl TestIngress {
+    /// Where Clerk's webhooks are posted.
+    pub fn webhook_url(&self) -> String {
+        format!("{}/webhooks/clerk", self.address)
+    }
+
+    /// Stops it and waits for it to finish, 30 s at most; `false` if it did not finish cleanly.
+    pub async fn shut_down(self) -> bool {
+        let _ = self.stop.send(());
+        matches!(
+            tokio::time::timeout(Duration::from_secs(30), self.task).await,
+            Ok(Ok(()))
         )
-        .await;
+    }
+
+    /// Stops it; it must finish cleanly.
+    pub async fn stop(self) {
+        assert!(self.shut_down().await, "the ingress did not stop cleanly");
+    }
 }

@@ -2,7 +2,9 @@ use std::{collections::BTreeMap, time::Duration};
 
 use testkit::{TestBroker, TestDb, events};
 
-use crate::helpers::{publish_user, row, scalar, spawn_worker, state, users, wait_for_users};
+use crate::helpers::{
+    row, scalar, spawn_worker, user_created, user_updated, users, wait_for_users,
+};
 
 #[tokio::test]
 async fn a_created_arriving_after_a_newer_updated_changes_nothing() {
@@ -10,16 +12,9 @@ async fn a_created_arriving_after_a_newer_updated_changes_nothing() {
     let broker = TestBroker::new().await;
     let worker = spawn_worker(&db, &broker, &[]).await;
 
-    publish_user(
-        &broker,
-        "msg_o1_2",
-        "user.updated",
-        "user_o1",
-        Some("o1@example.com"),
-        "New",
-        20,
-    )
-    .await;
+    user_updated("user_o1", Some("o1@example.com"), "New", 20)
+        .publish(&broker, "msg_o1_2")
+        .await;
     let expected = BTreeMap::from([(
         "user_o1".to_string(),
         row(Some("o1@example.com"), "New", 20),
@@ -30,28 +25,14 @@ async fn a_created_arriving_after_a_newer_updated_changes_nothing() {
         "SELECT count(*) FROM users WHERE clerk_user_id = 'user_o1'",
     )
     .await;
-    publish_user(
-        &broker,
-        "msg_o1_1",
-        "user.created",
-        "user_o1",
-        Some("old@example.com"),
-        "Old",
-        10,
-    )
-    .await;
+    user_created("user_o1", Some("old@example.com"), "Old", 10)
+        .publish(&broker, "msg_o1_1")
+        .await;
     // Another state with the same version, from an event that orders before the stored one (same
     // event timestamp, smaller Svix id): it changes nothing either.
-    publish_user(
-        &broker,
-        "msg_o1_0",
-        "user.updated",
-        "user_o1",
-        Some("o1@example.com"),
-        "Same",
-        20,
-    )
-    .await;
+    user_updated("user_o1", Some("o1@example.com"), "Same", 20)
+        .publish(&broker, "msg_o1_0")
+        .await;
 
     testkit::eventually(Duration::from_secs(20), "both settled", || async {
         (scalar(&db.conn, "SELECT count(*) FROM processed_events").await == 3).then_some(())
@@ -72,26 +53,11 @@ async fn two_users_swapping_emails_in_the_worst_order_converge_without_help() {
     let broker = TestBroker::new().await;
     let worker = spawn_worker(&db, &broker, &[]).await;
     // Clerk timeline: u1 has x, u2 has y; u1 moves to a temporary address, u2 takes x, u1 takes y.
-    let t1 = events::user_event(
-        "user.created",
-        &state("user_s1", Some("x@example.com"), "One", 1),
-    );
-    let t2 = events::user_event(
-        "user.created",
-        &state("user_s2", Some("y@example.com"), "Two", 2),
-    );
-    let t3 = events::user_event(
-        "user.updated",
-        &state("user_s1", Some("tmp@example.com"), "One", 3),
-    );
-    let t4 = events::user_event(
-        "user.updated",
-        &state("user_s2", Some("x@example.com"), "Two", 4),
-    );
-    let t5 = events::user_event(
-        "user.updated",
-        &state("user_s1", Some("y@example.com"), "One", 5),
-    );
+    let t1 = user_created("user_s1", Some("x@example.com"), "One", 1).body();
+    let t2 = user_created("user_s2", Some("y@example.com"), "Two", 2).body();
+    let t3 = user_updated("user_s1", Some("tmp@example.com"), "One", 3).body();
+    let t4 = user_updated("user_s2", Some("x@example.com"), "Two", 4).body();
+    let t5 = user_updated("user_s1", Some("y@example.com"), "One", 5).body();
     broker.publish_event("msg_s_1", &t1).await;
     broker.publish_event("msg_s_2", &t2).await;
     wait_for_users(
@@ -129,16 +95,9 @@ async fn a_stale_event_wanting_an_address_a_newer_row_holds_waits_for_its_own_ne
     let broker = TestBroker::new().await;
     let worker = spawn_worker(&db, &broker, &[]).await;
     // Clerk timeline: u1 signs up with x (1), moves to w (2); u2 then signs up with x (3).
-    publish_user(
-        &broker,
-        "msg_h_3",
-        "user.created",
-        "user_h2",
-        Some("x@example.com"),
-        "Two",
-        3,
-    )
-    .await;
+    user_created("user_h2", Some("x@example.com"), "Two", 3)
+        .publish(&broker, "msg_h_3")
+        .await;
     wait_for_users(
         &db.conn,
         &BTreeMap::from([("user_h2".to_string(), row(Some("x@example.com"), "Two", 3))]),
@@ -146,16 +105,9 @@ async fn a_stale_event_wanting_an_address_a_newer_row_holds_waits_for_its_own_ne
     )
     .await;
     // u1's creation arrives while x belongs to the newer u2 row: it must be retried, not failed.
-    publish_user(
-        &broker,
-        "msg_h_1",
-        "user.created",
-        "user_h1",
-        Some("x@example.com"),
-        "One",
-        1,
-    )
-    .await;
+    user_created("user_h1", Some("x@example.com"), "One", 1)
+        .publish(&broker, "msg_h_1")
+        .await;
     // It fails for now (x belongs to a newer row) and goes to a retry queue.
     testkit::eventually(Duration::from_secs(20), "the creation retried", || async {
         worker
@@ -165,16 +117,9 @@ async fn a_stale_event_wanting_an_address_a_newer_row_holds_waits_for_its_own_ne
             .then_some(())
     })
     .await;
-    publish_user(
-        &broker,
-        "msg_h_2",
-        "user.updated",
-        "user_h1",
-        Some("w@example.com"),
-        "One",
-        2,
-    )
-    .await;
+    user_updated("user_h1", Some("w@example.com"), "One", 2)
+        .publish(&broker, "msg_h_2")
+        .await;
 
     wait_for_users(
         &db.conn,
@@ -202,10 +147,7 @@ async fn events_after_a_delete_never_resurrect_the_user() {
     let db = TestDb::empty().await;
     let broker = TestBroker::new().await;
     let worker = spawn_worker(&db, &broker, &[]).await;
-    let created = events::user_event(
-        "user.created",
-        &state("user_d1", Some("d1@example.com"), "Gone", 10),
-    );
+    let created = user_created("user_d1", Some("d1@example.com"), "Gone", 10).body();
     broker.publish_event("msg_d_1", &created).await;
     wait_for_users(
         &db.conn,
@@ -223,16 +165,9 @@ async fn events_after_a_delete_never_resurrect_the_user() {
     wait_for_users(&db.conn, &BTreeMap::new(), Duration::from_secs(20)).await;
     // A late update (newer version than anything seen) and a replayed creation (new Svix id, as a
     // dashboard replay would have).
-    publish_user(
-        &broker,
-        "msg_d_3",
-        "user.updated",
-        "user_d1",
-        Some("d1@example.com"),
-        "Back",
-        99,
-    )
-    .await;
+    user_updated("user_d1", Some("d1@example.com"), "Back", 99)
+        .publish(&broker, "msg_d_3")
+        .await;
     broker.publish_event("msg_d_4", &created).await;
 
     testkit::eventually(Duration::from_secs(20), "all four settled", || async {

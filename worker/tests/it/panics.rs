@@ -4,21 +4,15 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use testkit::{TestBroker, TestDb, events, eventually};
+use testkit::{TestBroker, TestDb, eventually};
 use worker::faults::{Point, panic_at};
 
-use crate::helpers::{Row, scalar, spawn_worker, state, wait_for_users};
+use crate::helpers::{Row, row, scalar, spawn_worker, user_created, wait_for_users};
 
 fn user(n: usize) -> (String, Vec<u8>, Row) {
     let id = format!("user_panic_{n}");
-    let body = events::user_event("user.created", &state(&id, None, "Healthy", 5));
-    let row = Row {
-        email: None,
-        first_name: Some("Healthy".into()),
-        last_name: Some("Synth".into()),
-        version: 5,
-    };
-    (id, body, row)
+    let body = user_created(&id, None, "Healthy", 5).body();
+    (id, body, row(None, "Healthy", 5))
 }
 
 #[tokio::test]
@@ -39,11 +33,8 @@ async fn an_event_whose_apply_always_panics_is_dead_lettered_and_the_rest_flows(
     )
     .await;
 
-    broker
-        .publish_event(
-            &poison,
-            &events::user_event("user.created", &state("user_poisoned", None, "P", 1)),
-        )
+    user_created("user_poisoned", None, "P", 1)
+        .publish(&broker, &poison)
         .await;
     let mut expected = BTreeMap::new();
     for n in 0..30 {

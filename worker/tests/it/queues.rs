@@ -8,9 +8,9 @@ use broker::lapin::{
     options::{BasicGetOptions, QueueBindOptions, QueueDeleteOptions},
     types::{AMQPValue, FieldTable},
 };
-use testkit::{TestBroker, events};
+use testkit::TestBroker;
 
-use crate::helpers::{state, wait_for_count, worker_settings};
+use crate::helpers::{user_created, wait_for_count, worker_settings};
 
 fn worker_cli(broker: &TestBroker, args: &[&str]) -> (bool, String, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_worker"))
@@ -31,7 +31,7 @@ fn worker_cli(broker: &TestBroker, args: &[&str]) -> (bool, String, String) {
 }
 
 async fn dead_letter(broker: &TestBroker, id: &str) {
-    let body = events::user_event("user.created", &state(id, None, "Dead", 1));
+    let body = user_created(id, None, "Dead", 1).body();
     let properties = broker::lapin::BasicProperties::default().with_message_id(id.into());
     broker::publish_confirmed(
         &broker.confirm_channel,
@@ -81,8 +81,9 @@ async fn thirty_listings_in_a_row_keep_every_dead_letter() {
 #[tokio::test]
 async fn sixty_crashed_consumers_do_not_dead_letter_a_healthy_event() {
     let broker = TestBroker::new().await;
-    let body = events::user_event("user.created", &state("user_crashy", None, "C", 1));
-    broker.publish_event("msg_crashy", &body).await;
+    user_created("user_crashy", None, "C", 1)
+        .publish(&broker, "msg_crashy")
+        .await;
     let main = broker.topology.main_queue();
     for _ in 0..60 {
         take_and_crash(&broker, &main).await;
@@ -124,11 +125,9 @@ async fn a_main_queue_from_an_older_release_keeps_working_and_is_rebuilt_without
         .await
         .unwrap();
     for n in 0..3 {
-        let body = events::user_event(
-            "user.created",
-            &state(&format!("user_old_{n}"), None, "O", 1),
-        );
-        broker.publish_event(&format!("msg_old_{n}"), &body).await;
+        user_created(&format!("user_old_{n}"), None, "O", 1)
+            .publish(&broker, &format!("msg_old_{n}"))
+            .await;
     }
 
     // Every process still declares the topology (a warning, no failure).
@@ -157,11 +156,8 @@ async fn a_main_queue_from_an_older_release_keeps_working_and_is_rebuilt_without
         .await
         .unwrap();
     // New events still reach it, and a second run has nothing to do.
-    broker
-        .publish_event(
-            "msg_new",
-            &events::user_event("user.created", &state("user_new", None, "N", 1)),
-        )
+    user_created("user_new", None, "N", 1)
+        .publish(&broker, "msg_new")
         .await;
     wait_for_count(&broker, &main, 4).await;
     let (ok, stdout, _) = worker_cli(&broker, &["migrate-queues"]);
