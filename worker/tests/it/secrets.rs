@@ -2,7 +2,6 @@
 //! secret, key or token appears in them.
 
 use std::{
-    collections::HashMap,
     io::Write,
     sync::{Arc, Mutex},
     time::Duration,
@@ -17,9 +16,10 @@ use testkit::{
     proxy::TcpProxy,
     svix_headers,
 };
+use tracing::subscriber::DefaultGuard;
 use tracing_subscriber::fmt::MakeWriter;
 
-use crate::helpers::{scalar, spawn_worker_at, state};
+use crate::helpers::{TestIngress, TestWorker, scalar, spawn_ingress, spawn_worker_at, state};
 
 #[derive(Clone, Default)]
 struct Capture(Arc<Mutex<Vec<u8>>>);
@@ -34,6 +34,12 @@ impl Write for Capture {
     }
 }
 
+impl Capture {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
 impl<'a> MakeWriter<'a> for Capture {
     type Writer = Capture;
     fn make_writer(&'a self) -> Self::Writer {
@@ -45,31 +51,35 @@ const TOKEN_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 const ACCESS_TOKEN: &str = "ya29.SECRET-ACCESS-TOKEN-do-not-log";
 const DB_PASSWORD: &str = "pgsecret-hunter2";
 
-// A current-thread runtime: every task runs on this thread, so the scoped subscriber sees them.
-#[tokio::test]
-async fn failures_in_ingress_and_worker_never_log_a_secret_key_or_token() {
+/// Captures every log line of this thread, at debug, from here until the guard is dropped.
+fn capture_logs() -> (Capture, DefaultGuard) {
     let capture = Capture::default();
     let subscriber = tracing_subscriber::fmt()
         .with_env_filter("debug")
         .with_writer(capture.clone())
         .with_ansi(false)
         .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    (capture, tracing::subscriber::set_default(subscriber))
+}
 
-    let db = TestDb::migrated().await;
-    let broker = TestBroker::new().await;
-    let clerk = FakeClerk::start().await;
+/// A worker that reaches Postgres through `proxy` with a password, asks the fake Clerk for
+/// tokens, encrypts them with `TOKEN_KEY` and logs JSON.
+async fn spawn_worker_with_secrets(
+    db: &TestDb,
+    broker: &TestBroker,
+    proxy: &TcpProxy,
+    clerk: &FakeClerk,
+) -> TestWorker {
     // Postgres trusts local connections, so the password is accepted and only has to stay secret.
-    let proxy = TcpProxy::start("127.0.0.1:5432").await;
     let db_url = format!(
         "postgres://postgres:{DB_PASSWORD}@{}/{}",
         proxy.addr(),
         db.name
     );
     let clerk_url = clerk.url();
-    let worker = spawn_worker_at(
+    spawn_worker_at(
         &db_url,
-        &broker,
+        broker,
         &[
             ("CLERK_SECRET_KEY", SECRET_KEY),
             ("CLERK_API_URL", &clerk_url),
@@ -77,67 +87,43 @@ async fn failures_in_ingress_and_worker_never_log_a_secret_key_or_token() {
             ("LOG_FORMAT", "json"),
         ],
     )
-    .await;
-    let mut settings: HashMap<String, String> = broker.settings().into_iter().collect();
-    settings.insert("CLERK_WEBHOOK_SECRET".into(), SECRET.into());
-    settings.insert("INGRESS_ADDR".into(), "127.0.0.1:0".into());
-    let ingress = ingress::Application::build(
-        ingress::Config::from_lookup(|n| settings.get(n).cloned()).unwrap(),
-    )
     .await
-    .unwrap();
-    let address = format!("http://127.0.0.1:{}/webhooks/clerk", ingress.port());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let ingress_task = tokio::spawn(ingress.run_until_stopped(async move {
-        let _ = stopped.await;
-    }));
-    let client = reqwest::Client::new();
-    let body = user_event_with_accounts(
-        "user.updated",
-        &state("user_secret01", Some("s@example.com"), "Sec", 10),
-        vec![google_calendar_account("g-1", "eac_g1")],
-    );
-    eventually(Duration::from_secs(20), "ingress ready", || async {
-        let r = client
-            .get(address.replace("/webhooks/clerk", "/readyz"))
-            .send()
-            .await
-            .ok()?;
-        (r.status() == 200).then_some(())
-    })
-    .await;
+}
 
-    // A forged delivery (wrong secret) and a stale one.
+async fn post(ingress: &TestIngress, headers: http::HeaderMap, body: &[u8]) -> reqwest::StatusCode {
+    reqwest::Client::new()
+        .post(ingress.webhook_url())
+        .headers(headers)
+        .body(body.to_vec())
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+/// A forged delivery (wrong secret) and a stale one are both refused.
+async fn forged_and_stale_deliveries_are_rejected(ingress: &TestIngress, body: &[u8]) {
     let forged = svix_headers(
         "whsec_dGhpcyBpcyBhbm90aGVyIHNlY3JldA==",
         "msg_s1",
         now_secs(),
-        &body,
+        body,
     );
-    assert_eq!(
-        client
-            .post(&address)
-            .headers(forged)
-            .body(body.clone())
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        401
-    );
-    let stale = svix_headers(SECRET, "msg_s2", now_secs() - 3600, &body);
-    assert_eq!(
-        client
-            .post(&address)
-            .headers(stale)
-            .body(body.clone())
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        401
-    );
-    // Clerk failing, then the database cut while the event is retried, then everything healthy.
+    assert_eq!(post(ingress, forged, body).await, 401);
+    let stale = svix_headers(SECRET, "msg_s2", now_secs() - 3600, body);
+    assert_eq!(post(ingress, stale, body).await, 401);
+}
+
+/// Clerk failing (500, then 429), then the database cut while the event is retried, then
+/// everything healthy: the event lands.
+async fn a_delivery_survives_clerk_failures_and_a_database_cut(
+    ingress: &TestIngress,
+    body: &[u8],
+    clerk: &FakeClerk,
+    proxy: &TcpProxy,
+    capture: &Capture,
+    db: &TestDb,
+) {
     clerk.set_token(
         "user_secret01",
         "oauth_google",
@@ -149,29 +135,14 @@ async fn failures_in_ingress_and_worker_never_log_a_secret_key_or_token() {
     clerk.fail_next(500, 1);
     clerk.fail_next(429, 1);
     proxy.cut();
-    let good = svix_headers(SECRET, "msg_s3", now_secs(), &body);
-    assert_eq!(
-        client
-            .post(&address)
-            .headers(good)
-            .body(body.clone())
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    let good = svix_headers(SECRET, "msg_s3", now_secs(), body);
+    assert_eq!(post(ingress, good, body).await, 200);
     // The database stays cut until the worker has logged a retry (a fixed pause was too short
     // when the machine was busy: the event then came after the cut and nothing failed).
     eventually(
         Duration::from_secs(30),
         "a transient failure logged while the database is cut",
-        || async {
-            let logs = capture.0.lock().unwrap();
-            String::from_utf8_lossy(&logs)
-                .contains("transient failure")
-                .then_some(())
-        },
+        || async { capture.text().contains("transient failure").then_some(()) },
     )
     .await;
     proxy.restore();
@@ -185,11 +156,10 @@ async fn failures_in_ingress_and_worker_never_log_a_secret_key_or_token() {
             .then_some(())
     })
     .await;
-    let _ = stop.send(());
-    ingress_task.await.unwrap();
-    worker.stop().await;
+}
 
-    let logs = String::from_utf8_lossy(&capture.0.lock().unwrap()).into_owned();
+/// The failures were logged, and no secret appears anywhere in the lines.
+fn assert_failures_logged_without_a_secret(logs: &str) {
     assert!(
         logs.contains("webhook rejected"),
         "the failures were logged"
@@ -216,4 +186,31 @@ async fn failures_in_ingress_and_worker_never_log_a_secret_key_or_token() {
             "a secret appears in the logs: {secret}"
         );
     }
+}
+
+// A current-thread runtime: every task runs on this thread, so the scoped subscriber sees them.
+#[tokio::test]
+async fn failures_in_ingress_and_worker_never_log_a_secret_key_or_token() {
+    let (capture, _guard) = capture_logs();
+    let db = TestDb::migrated().await;
+    let broker = TestBroker::new().await;
+    let clerk = FakeClerk::start().await;
+    let proxy = TcpProxy::start("127.0.0.1:5432").await;
+    let worker = spawn_worker_with_secrets(&db, &broker, &proxy, &clerk).await;
+    let ingress = spawn_ingress(broker.settings()).await;
+    let body = user_event_with_accounts(
+        "user.updated",
+        &state("user_secret01", Some("s@example.com"), "Sec", 10),
+        vec![google_calendar_account("g-1", "eac_g1")],
+    );
+
+    forged_and_stale_deliveries_are_rejected(&ingress, &body).await;
+    a_delivery_survives_clerk_failures_and_a_database_cut(
+        &ingress, &body, &clerk, &proxy, &capture, &db,
+    )
+    .await;
+    ingress.stop().await;
+    worker.stop().await;
+
+    assert_failures_logged_without_a_secret(&capture.text());
 }
