@@ -1,9 +1,11 @@
 use std::{collections::BTreeMap, process::Command, time::Duration};
 
 use sea_orm::ConnectionTrait;
-use testkit::{TestBroker, TestDb, events, eventually};
+use testkit::{TestBroker, TestDb, eventually};
 
-use crate::helpers::{Row, spawn_worker, state, wait_for_count, wait_for_users, worker_settings};
+use crate::helpers::{
+    row, spawn_worker, user_created, wait_for_count, wait_for_users, worker_settings,
+};
 
 /// Runs the worker binary with the test's settings.
 fn worker_cli(db: &TestDb, broker: &TestBroker, args: &[&str]) -> (bool, String, String) {
@@ -20,11 +22,8 @@ fn worker_cli(db: &TestDb, broker: &TestBroker, args: &[&str]) -> (bool, String,
     )
 }
 
-#[tokio::test]
-async fn a_poison_event_is_dead_lettered_after_the_attempt_limit_and_replays_once_fixed() {
-    let db = TestDb::migrated().await;
-    let broker = TestBroker::new().await;
-    // The "bug": a trigger that fails every write of one user with a retryable error.
+/// The "bug": a trigger that fails every write of one user with a retryable error.
+async fn fail_every_write_of_user_poison(db: &TestDb) {
     db.conn
         .execute_unprepared(
             "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
@@ -35,31 +34,20 @@ async fn a_poison_event_is_dead_lettered_after_the_attempt_limit_and_replays_onc
         )
         .await
         .unwrap();
-    let worker = spawn_worker(
-        &db,
-        &broker,
-        &[("MAX_ATTEMPTS", "3"), ("IN_PROCESS_RETRIES", "1")],
-    )
-    .await;
-    let body = events::user_event(
-        "user.created",
-        &state("user_poison", Some("p@example.com"), "Poison", 7),
-    );
-    broker.publish_event("msg_poison_1", &body).await;
-    broker
-        .publish_event(
-            "msg_fine_1",
-            &events::user_event("user.created", &state("user_fine", None, "Fine", 1)),
-        )
-        .await;
+}
 
-    eventually(
-        Duration::from_secs(30),
-        "the poison event in the DLQ",
-        || async { (broker.count(&broker.topology.dead_queue()).await == 1).then_some(()) },
-    )
-    .await;
-    let (ok, stdout, stderr) = worker_cli(&db, &broker, &["dlq", "list", "--json"]);
+/// The fix.
+async fn let_user_poison_be_written_again(db: &TestDb) {
+    db.conn
+        .execute_unprepared("DROP TRIGGER poison ON users")
+        .await
+        .unwrap();
+}
+
+/// `dlq list --json` shows the one dead letter: its id, type, attempts, reason, failure times
+/// and the body byte for byte.
+fn assert_listed_with_attempts_reason_and_body(db: &TestDb, broker: &TestBroker, body: &[u8]) {
+    let (ok, stdout, stderr) = worker_cli(db, broker, &["dlq", "list", "--json"]);
     assert!(ok, "{stderr}");
     let letters: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(letters.as_array().unwrap().len(), 1, "{stdout}");
@@ -79,52 +67,69 @@ async fn a_poison_event_is_dead_lettered_after_the_attempt_limit_and_replays_onc
     );
     assert_eq!(
         letters[0]["body"].as_str().unwrap().as_bytes(),
-        &body[..],
+        body,
         "the body is kept byte for byte"
     );
-    // Listing consumed nothing.
-    wait_for_count(&broker, &broker.topology.dead_queue(), 1).await;
-    let (ok, table, _) = worker_cli(&db, &broker, &["dlq", "list"]);
+}
+
+/// Listing consumed nothing, and the table listing shows the letter too.
+async fn assert_listing_consumed_nothing(db: &TestDb, broker: &TestBroker) {
+    wait_for_count(broker, &broker.topology.dead_queue(), 1).await;
+    let (ok, table, _) = worker_cli(db, broker, &["dlq", "list"]);
     assert!(
         ok && table.contains("msg_poison_1") && table.contains("1 dead letter(s)"),
         "{table}"
     );
+}
 
-    // The fix, then the replay.
-    db.conn
-        .execute_unprepared("DROP TRIGGER poison ON users")
-        .await
-        .unwrap();
+/// A dry run first (it leaves the letter where it is), then the replay.
+async fn replay_msg_poison_1(db: &TestDb, broker: &TestBroker) {
     let (ok, dry, _) = worker_cli(
-        &db,
-        &broker,
+        db,
+        broker,
         &["dlq", "replay", "--id", "msg_poison_1", "--dry-run"],
     );
     assert!(ok && dry.contains("would replay 1"), "{dry}");
-    wait_for_count(&broker, &broker.topology.dead_queue(), 1).await;
-    let (ok, out, err) = worker_cli(&db, &broker, &["dlq", "replay", "--id", "msg_poison_1"]);
+    wait_for_count(broker, &broker.topology.dead_queue(), 1).await;
+    let (ok, out, err) = worker_cli(db, broker, &["dlq", "replay", "--id", "msg_poison_1"]);
     assert!(ok, "{out} {err}");
+}
 
+#[tokio::test]
+async fn a_poison_event_is_dead_lettered_after_the_attempt_limit_and_replays_once_fixed() {
+    let db = TestDb::migrated().await;
+    let broker = TestBroker::new().await;
+    fail_every_write_of_user_poison(&db).await;
+    let worker = spawn_worker(
+        &db,
+        &broker,
+        &[("MAX_ATTEMPTS", "3"), ("IN_PROCESS_RETRIES", "1")],
+    )
+    .await;
+    let poison = user_created("user_poison", Some("p@example.com"), "Poison", 7).body();
+    broker.publish_event("msg_poison_1", &poison).await;
+    user_created("user_fine", None, "Fine", 1)
+        .publish(&broker, "msg_fine_1")
+        .await;
+
+    eventually(
+        Duration::from_secs(30),
+        "the poison event in the DLQ",
+        || async { (broker.count(&broker.topology.dead_queue()).await == 1).then_some(()) },
+    )
+    .await;
+    assert_listed_with_attempts_reason_and_body(&db, &broker, &poison);
+    assert_listing_consumed_nothing(&db, &broker).await;
+
+    let_user_poison_be_written_again(&db).await;
+    replay_msg_poison_1(&db, &broker).await;
     wait_for_users(
         &db.conn,
         &BTreeMap::from([
-            (
-                "user_fine".to_string(),
-                Row {
-                    email: None,
-                    first_name: Some("Fine".into()),
-                    last_name: Some("Synth".into()),
-                    version: 1,
-                },
-            ),
+            ("user_fine".to_string(), row(None, "Fine", 1)),
             (
                 "user_poison".to_string(),
-                Row {
-                    email: Some("p@example.com".into()),
-                    first_name: Some("Poison".into()),
-                    last_name: Some("Synth".into()),
-                    version: 7,
-                },
+                row(Some("p@example.com"), "Poison", 7),
             ),
         ]),
         Duration::from_secs(20),
