@@ -147,6 +147,46 @@ async fn send(
     .await;
 }
 
+/// An hour from now, in ms: when the tokens the fake Clerk serves expire.
+fn in_an_hour() -> i64 {
+    chrono::Utc::now().timestamp_millis() + 3_600_000
+}
+
+/// The fake Clerk serves USER's Google token (account g-100) for this external account.
+fn serve_google_token(clerk: &FakeClerk, token: &str, external_account_id: &str, expires: i64) {
+    clerk.set_token(
+        USER,
+        "oauth_google",
+        token,
+        Some(expires),
+        "g-100",
+        external_account_id,
+    );
+}
+
+/// The raw column never holds a token in clear.
+async fn assert_no_token_stored_in_clear(db: &DatabaseConnection) {
+    let clear = scalar(
+        db,
+        "SELECT count(*) FROM user_calendar_connections \
+         WHERE position(convert_to('EwB-ms-token-1', 'UTF8') in access_token) > 0 \
+            OR position(convert_to('ya29', 'UTF8') in access_token) > 0",
+    )
+    .await;
+    assert_eq!(clear, 0);
+}
+
+/// Deleting the user deletes the connections.
+async fn delete_the_user_and_see_its_connections_go(broker: &TestBroker, db: &DatabaseConnection) {
+    broker
+        .publish_event("msg_cal_del", &events::user_deleted(USER, 99))
+        .await;
+    eventually(Duration::from_secs(20), "connections gone", || async {
+        (scalar(db, "SELECT count(*) FROM user_calendar_connections").await == 0).then_some(())
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn connecting_google_then_microsoft_then_removing_google_keeps_rows_flags_and_tokens_right() {
     let db = TestDb::migrated().await;
@@ -154,15 +194,8 @@ async fn connecting_google_then_microsoft_then_removing_google_keeps_rows_flags_
     let clerk = FakeClerk::start().await;
     let cipher = TokenCipher::from_setting(KEY_A).unwrap();
     let worker = spawn_calendar_worker(&db, &broker, &clerk, KEY_A).await;
-    let expires = chrono::Utc::now().timestamp_millis() + 3_600_000;
-    clerk.set_token(
-        USER,
-        "oauth_google",
-        "ya29.google-token-1",
-        Some(expires),
-        "g-100",
-        "eac_g1",
-    );
+    let expires = in_an_hour();
+    serve_google_token(&clerk, "ya29.google-token-1", "eac_g1", expires);
     clerk.set_token(
         USER,
         "oauth_microsoft",
@@ -185,14 +218,8 @@ async fn connecting_google_then_microsoft_then_removing_google_keeps_rows_flags_
     assert_eq!(flags(&db.conn).await, (true, false));
 
     // Step 2: Microsoft too.
-    send(
-        &broker,
-        &db.conn,
-        "msg_cal_2",
-        20,
-        vec![google.clone(), microsoft.clone()],
-    )
-    .await;
+    let both = vec![google.clone(), microsoft.clone()];
+    send(&broker, &db.conn, "msg_cal_2", 20, both.clone()).await;
     let rows = connections(&db.conn, &cipher).await;
     assert_eq!(rows.len(), 2);
     assert_eq!(
@@ -208,36 +235,12 @@ async fn connecting_google_then_microsoft_then_removing_google_keeps_rows_flags_
     assert_eq!(flags(&db.conn).await, (false, true));
 
     // A stale event (still with Google) does not bring the connection back.
-    send(
-        &broker,
-        &db.conn,
-        "msg_cal_2b",
-        25,
-        vec![google.clone(), microsoft.clone()],
-    )
-    .await;
+    send(&broker, &db.conn, "msg_cal_2b", 25, both).await;
     assert_eq!(connections(&db.conn, &cipher).await.len(), 1);
     assert_eq!(flags(&db.conn).await, (false, true));
 
-    // The raw column never holds a token in clear.
-    let clear = scalar(
-        &db.conn,
-        "SELECT count(*) FROM user_calendar_connections \
-         WHERE position(convert_to('EwB-ms-token-1', 'UTF8') in access_token) > 0 \
-            OR position(convert_to('ya29', 'UTF8') in access_token) > 0",
-    )
-    .await;
-    assert_eq!(clear, 0);
-
-    // Deleting the user deletes the connections.
-    broker
-        .publish_event("msg_cal_del", &events::user_deleted(USER, 99))
-        .await;
-    eventually(Duration::from_secs(20), "connections gone", || async {
-        (scalar(&db.conn, "SELECT count(*) FROM user_calendar_connections").await == 0)
-            .then_some(())
-    })
-    .await;
+    assert_no_token_stored_in_clear(&db.conn).await;
+    delete_the_user_and_see_its_connections_go(&broker, &db.conn).await;
     worker.stop().await;
 }
 
@@ -521,6 +524,40 @@ async fn set_calendar_status(
     (status, response.json().await.unwrap_or_default())
 }
 
+/// USER's id in the api.
+async fn api_user_id(client: &reqwest::Client, api: &str) -> String {
+    let (_, user) = api_status(client, format!("{api}/users/by-clerk-id/{USER}")).await;
+    user["id"].as_str().unwrap().to_owned()
+}
+
+/// The user disconnects Google (or connects it again) through the api, which answers with the
+/// new flag.
+async fn choose_google(client: &reqwest::Client, api: &str, user_id: &str, connected: bool) {
+    let (status, body) = set_calendar_status(client, api, user_id, connected).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["google_calendar_connected"], connected);
+}
+
+/// The fake Clerk lists USER again, with this Google account.
+fn clerk_lists_the_user_with(clerk: &FakeClerk, google: &serde_json::Value) {
+    let mut clerk_user: serde_json::Value = serde_json::from_slice(&user_event_with_accounts(
+        "user.updated",
+        &state(USER, Some("cal@example.com"), "Cal", 20),
+        vec![google.clone()],
+    ))
+    .unwrap();
+    clerk.set_users(vec![clerk_user["data"].take()]);
+}
+
+/// Google account g-100 removed and added again in Clerk: a new account (eac_g2), created
+/// after the user's choice, with a token of its own.
+fn google_added_again(clerk: &FakeClerk, expires: i64) -> serde_json::Value {
+    let mut readded = google_calendar_account("g-100", "eac_g2");
+    readded["created_at"] = serde_json::json!(chrono::Utc::now().timestamp_millis() + 1_000);
+    serve_google_token(clerk, "ya29.readded", "eac_g2", expires);
+    readded
+}
+
 #[tokio::test]
 async fn a_disconnect_lasts_through_later_updates_until_the_user_connects_again() {
     let db = TestDb::migrated().await;
@@ -530,26 +567,16 @@ async fn a_disconnect_lasts_through_later_updates_until_the_user_connects_again(
     let worker = spawn_calendar_worker(&db, &broker, &clerk, KEY_A).await;
     let api = spawn_api(&db, &clerk).await;
     let client = reqwest::Client::new();
-    let expires = chrono::Utc::now().timestamp_millis() + 3_600_000;
-    clerk.set_token(
-        USER,
-        "oauth_google",
-        "ya29.first",
-        Some(expires),
-        "g-100",
-        "eac_g1",
-    );
+    let expires = in_an_hour();
+    serve_google_token(&clerk, "ya29.first", "eac_g1", expires);
     let google = google_calendar_account("g-100", "eac_g1");
     send(&broker, &db.conn, "msg_disc_1", 10, vec![google.clone()]).await;
     assert_eq!(flags(&db.conn).await, (true, false));
-    let (_, user) = api_status(&client, format!("{api}/users/by-clerk-id/{USER}")).await;
-    let user_id = user["id"].as_str().unwrap().to_owned();
+    let user_id = api_user_id(&client, &api).await;
     let token_url = format!("{api}/users/{user_id}/calendar-connections/google/token");
 
     // The user disconnects Google.
-    let (status, body) = set_calendar_status(&client, &api, &user_id, false).await;
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(body["google_calendar_connected"], false);
+    choose_google(&client, &api, &user_id, false).await;
 
     // Clerk still lists the account in the user's next update: the choice holds.
     let requests_before = clerk.requests();
@@ -564,24 +591,9 @@ async fn a_disconnect_lasts_through_later_updates_until_the_user_connects_again(
     );
 
     // The user connects again: the account comes back from Clerk, with a fresh token.
-    let mut clerk_user: serde_json::Value = serde_json::from_slice(&user_event_with_accounts(
-        "user.updated",
-        &state(USER, Some("cal@example.com"), "Cal", 20),
-        vec![google.clone()],
-    ))
-    .unwrap();
-    clerk.set_users(vec![clerk_user["data"].take()]);
-    clerk.set_token(
-        USER,
-        "oauth_google",
-        "ya29.second",
-        Some(expires),
-        "g-100",
-        "eac_g1",
-    );
-    let (status, body) = set_calendar_status(&client, &api, &user_id, true).await;
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(body["google_calendar_connected"], true);
+    clerk_lists_the_user_with(&clerk, &google);
+    serve_google_token(&clerk, "ya29.second", "eac_g1", expires);
+    choose_google(&client, &api, &user_id, true).await;
     let (status, token) = api_status(&client, token_url.clone()).await;
     assert_eq!(status, 200, "{token}");
     assert_eq!(token["access_token"], "ya29.second");
@@ -589,22 +601,13 @@ async fn a_disconnect_lasts_through_later_updates_until_the_user_connects_again(
     send(&broker, &db.conn, "msg_disc_3", 30, vec![google.clone()]).await;
     assert_eq!(flags(&db.conn).await, (true, false));
 
-    // Disconnected again, then the account is removed and added again in Clerk (a new
-    // account, created after the choice): that one connects.
+    // Disconnected again, then the account is removed and added again in Clerk: that one
+    // connects.
     assert_eq!(
         set_calendar_status(&client, &api, &user_id, false).await.0,
         200
     );
-    let mut readded = google_calendar_account("g-100", "eac_g2");
-    readded["created_at"] = serde_json::json!(chrono::Utc::now().timestamp_millis() + 1_000);
-    clerk.set_token(
-        USER,
-        "oauth_google",
-        "ya29.readded",
-        Some(expires),
-        "g-100",
-        "eac_g2",
-    );
+    let readded = google_added_again(&clerk, expires);
     send(&broker, &db.conn, "msg_disc_4", 40, vec![readded]).await;
     let rows = connections(&db.conn, &cipher).await;
     assert_eq!(rows["google:g-100"].token.as_deref(), Some("ya29.readded"));
