@@ -263,7 +263,11 @@ pub async fn spawn_ingress(settings: impl IntoIterator<Item = (String, String)>)
     let task = tokio::spawn(ingress.run_until_stopped(async move {
         let _ = stopped.await;
     }));
-    let client = reqwest::Client::new();
+    // Each ask bounded, as the cluster test's client was: a hung request must not outlast the wait.
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
     testkit::eventually(Duration::from_secs(30), "ingress ready", || async {
         let r = client.get(format!("{address}/readyz")).send().await.ok()?;
         (r.status() == 200).then_some(())
