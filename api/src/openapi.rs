@@ -19,6 +19,7 @@ use utoipa::{
     tags(
         (name = "users", description = "Users as synced from Clerk"),
         (name = "calendar", description = "Calendar connections and their tokens"),
+        (name = "organizations", description = "Organizations as synced from Clerk, and their members"),
         (name = "ops", description = "Health, readiness, metrics, this document"),
     )
 )]

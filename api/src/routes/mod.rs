@@ -2,6 +2,7 @@
 
 pub mod connections;
 pub mod ops;
+pub mod organizations;
 pub mod users;
 
 use std::sync::Arc;
@@ -31,6 +32,9 @@ pub fn router() -> (axum::Router<Arc<AppState>>, utoipa::openapi::OpenApi) {
         .routes(routes!(users::update_calendar_status))
         .routes(routes!(connections::list_connections))
         .routes(routes!(connections::access_token))
+        .routes(routes!(organizations::my_organizations))
+        .routes(routes!(organizations::get_organization))
+        .routes(routes!(organizations::list_members))
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))

@@ -8,5 +8,6 @@ mod helpers;
 mod lazy;
 mod openapi;
 mod ops;
+mod organizations;
 mod service;
 mod token;

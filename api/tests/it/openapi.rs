@@ -11,6 +11,9 @@ const ROUTES: &[(&str, &str)] = &[
     ("patch", "/users/{id}/calendar-status"),
     ("get", "/users/{id}/calendar-connections"),
     ("get", "/users/{id}/calendar-connections/{provider}/token"),
+    ("get", "/me/organizations"),
+    ("get", "/organizations/{id}"),
+    ("get", "/organizations/{id}/members"),
     ("get", "/healthz"),
     ("get", "/readyz"),
     ("get", "/metrics"),
@@ -86,6 +89,58 @@ async fn the_openapi_document_lists_every_route_and_method() {
         .as_object()
         .unwrap();
     assert!(!connection.contains_key("access_token"));
+
+    // The organization routes, and the fields their answers carry.
+    for path in [
+        "/me/organizations",
+        "/organizations/{id}",
+        "/organizations/{id}/members",
+    ] {
+        assert!(doc["paths"][path]["get"].is_object(), "{path}");
+        assert!(
+            doc["paths"][path]["get"]["responses"]["404"].is_object(),
+            "{path}"
+        );
+    }
+    let organization = &doc["components"]["schemas"]["Organization"]["properties"];
+    for field in [
+        "id",
+        "clerk_organization_id",
+        "name",
+        "slug",
+        "image_url",
+        "public_metadata",
+        "members_count",
+        "created_at",
+        "updated_at",
+    ] {
+        assert!(organization[field].is_object(), "Organization.{field}");
+    }
+    let membership = &doc["components"]["schemas"]["OrganizationMembership"]["properties"];
+    for field in [
+        "organization",
+        "role",
+        "joined_at",
+        "created_at",
+        "updated_at",
+    ] {
+        assert!(
+            membership[field].is_object(),
+            "OrganizationMembership.{field}"
+        );
+    }
+    let member = &doc["components"]["schemas"]["OrganizationMember"]["properties"];
+    for field in [
+        "user_id",
+        "clerk_user_id",
+        "email",
+        "first_name",
+        "last_name",
+        "role",
+        "joined_at",
+    ] {
+        assert!(member[field].is_object(), "OrganizationMember.{field}");
+    }
 }
 
 #[tokio::test]

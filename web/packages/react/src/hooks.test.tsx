@@ -1,7 +1,14 @@
 import { act, cleanup, render, screen, waitFor } from "@testing-library/react";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 
-import { ClerkSyncProvider, useCurrentUser, useSetCalendarStatus, type User } from "./index";
+import {
+  ClerkSyncProvider,
+  useCurrentUser,
+  useOrganizations,
+  useSetCalendarStatus,
+  type OrganizationMembership,
+  type User,
+} from "./index";
 
 // Clerk's `useAuth`, played by a controllable double.
 const auth = vi.hoisted(() => ({
@@ -192,5 +199,99 @@ describe("useSetCalendarStatus", () => {
     await waitFor(() => expect(screen.getByRole("button").textContent).toBe("Not Connected"));
     const patch = calls.find((c) => c.init.method === "PATCH");
     expect(patch?.url).toBe(`http://api.test/users/${user("user_ada", "Ada").id}/calendar-status`);
+  });
+});
+
+function membership(clerkId: string, name: string, role: string): OrganizationMembership {
+  return {
+    organization: {
+      id: `00000000-0000-4000-9000-${clerkId.length.toString().padStart(12, "0")}`,
+      clerk_organization_id: clerkId,
+      name,
+      slug: name.toLowerCase(),
+      image_url: null,
+      public_metadata: { plan: "pro" },
+      members_count: 2,
+      created_at: "2026-11-30T00:00:00Z",
+      updated_at: "2026-11-30T00:00:00Z",
+    },
+    role,
+    joined_at: "2026-11-01T00:00:00Z",
+    created_at: "2026-11-30T00:00:00Z",
+    updated_at: "2026-11-30T00:00:00Z",
+  };
+}
+
+function Orgs({ name }: { name: string }) {
+  const { organizations, isLoading, error } = useOrganizations();
+  const state = isLoading
+    ? "loading"
+    : error
+      ? `error:${error.status}:${error.code}`
+      : organizations.map((m) => `${m.organization.name}=${m.role}`).join(",") || "none";
+  return <div data-testid={name}>{state}</div>;
+}
+
+describe("useOrganizations", () => {
+  it("asks nothing and lists nothing when signed out", () => {
+    renderApp(<Orgs name="a" />);
+    expect(screen.getByTestId("a").textContent).toBe("none");
+    expect(calls).toHaveLength(0);
+  });
+
+  it("reads /me/organizations once with the session token, with the caller's roles", async () => {
+    signIn("user_ada");
+    handler = () =>
+      json(200, [membership("org_acme", "Acme", "org:admin"), membership("org_beta", "Beta", "org:member")]);
+    renderApp(
+      <>
+        <Orgs name="a" />
+        <Orgs name="b" />
+      </>,
+    );
+    expect(screen.getByTestId("a").textContent).toBe("loading");
+    await waitFor(() => expect(screen.getByTestId("b").textContent).toBe("Acme=org:admin,Beta=org:member"));
+    expect(calls).toHaveLength(1);
+    expect(calls[0]?.url).toBe("http://api.test/me/organizations");
+    expect(new Headers(calls[0]?.init.headers).get("Authorization")).toBe("Bearer token-of-user_ada");
+  });
+
+  it("is an empty list for a user in no organization", async () => {
+    signIn("user_eve");
+    handler = () => json(200, []);
+    renderApp(<Orgs name="a" />);
+    await waitFor(() => expect(screen.getByTestId("a").textContent).toBe("none"));
+  });
+
+  it("surfaces a client error without retrying it", async () => {
+    signIn("user_gone");
+    handler = () => json(404, { error: "not_found", message: "no such user" });
+    renderApp(<Orgs name="a" />);
+    await waitFor(() => expect(screen.getByTestId("a").textContent).toBe("error:404:not_found"));
+    expect(calls).toHaveLength(1);
+  });
+
+  it("never shows the first user's organizations to the next user", async () => {
+    signIn("user_ada");
+    handler = (url, init) =>
+      new Headers(init.headers).get("Authorization") === "Bearer token-of-user_ada"
+        ? json(200, [membership("org_acme", "Acme", "org:admin")])
+        : json(200, [membership("org_bobco", "BobCo", "org:member")]);
+    const { rerender } = renderApp(<Orgs name="a" />);
+    await waitFor(() => expect(screen.getByTestId("a").textContent).toBe("Acme=org:admin"));
+    signIn("user_bob");
+    const seen: string[] = [];
+    function Recorder() {
+      const { organizations } = useOrganizations();
+      seen.push(...organizations.map((m) => m.organization.name));
+      return <Orgs name="a" />;
+    }
+    rerender(
+      <ClerkSyncProvider apiUrl="http://api.test/">
+        <Recorder />
+      </ClerkSyncProvider>,
+    );
+    await waitFor(() => expect(screen.getByTestId("a").textContent).toBe("BobCo=org:member"));
+    expect(seen).not.toContain("Acme");
   });
 });

@@ -4,6 +4,14 @@ import { useCallback } from "react";
 
 import { call, type CalendarConnection, type ClerkSyncError, type Provider, type User } from "./api";
 import { QUERY_KEY, useClerkSyncSettings } from "./provider";
+import type { components } from "./schema";
+
+/** An organization as the API serves it (generated from the API's OpenAPI document). */
+export type Organization = components["schemas"]["Organization"];
+/** One of the signed-in user's organizations, with their `role` and when they joined. */
+export type OrganizationMembership = components["schemas"]["OrganizationMembership"];
+/** A member of an organization, as `GET /organizations/{id}/members` serves it. */
+export type OrganizationMember = components["schemas"]["OrganizationMember"];
 
 export interface CurrentUser {
   /** The signed-in user as clerk-sync stores it; null while loading, signed out, or unknown. */
@@ -85,6 +93,39 @@ export function useCalendarConnections(): CalendarConnections {
     connections: query.data ?? [],
     isLoading: session.isSignedIn && (user === null || query.isPending) && !query.isError,
     error: query.error ?? null,
+    refresh,
+  };
+}
+
+export interface Organizations {
+  /** The signed-in user's organizations with their role in each; empty while loading or signed out. */
+  organizations: OrganizationMembership[];
+  isLoading: boolean;
+  error: ClerkSyncError | null;
+  refresh: () => Promise<void>;
+}
+
+/**
+ * The signed-in user's organizations: `GET /me/organizations`. Each entry is
+ * `{ organization, role, joined_at, created_at, updated_at }`; only memberships linked to the
+ * user's own row count.
+ */
+export function useOrganizations(): Organizations {
+  const { apiUrl } = useClerkSyncSettings();
+  const session = useSession();
+  const query = useQuery<OrganizationMembership[], ClerkSyncError>({
+    queryKey: [QUERY_KEY, session.userId, "organizations"],
+    enabled: session.isSignedIn,
+    queryFn: () => call<OrganizationMembership[]>(apiUrl, session.getToken, "/me/organizations"),
+  });
+  const { refetch } = query;
+  const refresh = useCallback(async () => {
+    await refetch();
+  }, [refetch]);
+  return {
+    organizations: session.isSignedIn ? (query.data ?? []) : [],
+    isLoading: !session.isLoaded || (session.isSignedIn && query.isPending && !query.isError),
+    error: session.isSignedIn ? (query.error ?? null) : null,
     refresh,
   };
 }

@@ -5,9 +5,14 @@ export {
   useCurrentUser,
   useCalendarConnections,
   useSetCalendarStatus,
+  useOrganizations,
   type CurrentUser,
   type CalendarConnections,
   type SetCalendarStatus,
+  type Organizations,
+  type Organization,
+  type OrganizationMembership,
+  type OrganizationMember,
 } from "./hooks";
 export { ClerkSyncError, type User, type CalendarConnection, type Provider } from "./api";
 export type { components, paths } from "./schema";

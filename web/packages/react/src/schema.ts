@@ -39,6 +39,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/me/organizations": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The signed-in user's organizations, with their role in each. */
+        get: operations["my_organizations"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/metrics": {
         parameters: {
             query?: never;
@@ -65,6 +82,40 @@ export interface paths {
         };
         /** This document: the OpenAPI description of every route, generated from the code. */
         get: operations["openapi_json"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/organizations/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** An organization by id. */
+        get: operations["get_organization"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/organizations/{id}/members": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** An organization's members (those whose user is stored here). */
+        get: operations["list_members"];
         put?: never;
         post?: never;
         delete?: never;
@@ -270,6 +321,94 @@ export interface components {
              */
             message: string;
         };
+        /** @description An organization as synced from Clerk. */
+        Organization: {
+            /**
+             * @description Clerk's id (`org_…`).
+             * @example org_2abc
+             */
+            clerk_organization_id: string;
+            /**
+             * Format: date-time
+             * @description When the row was created here.
+             */
+            created_at: string;
+            /**
+             * Format: uuid
+             * @description This service's id of the organization.
+             */
+            id: string;
+            image_url?: string | null;
+            /**
+             * Format: int32
+             * @description Clerk's member count, when the last update from Clerk carried one.
+             */
+            members_count?: number | null;
+            name: string;
+            /** @description Clerk's `public_metadata` (`{}` when none): an object of any JSON values. */
+            public_metadata: {
+                [key: string]: unknown;
+            };
+            slug?: string | null;
+            /**
+             * Format: date-time
+             * @description When the row last changed here.
+             */
+            updated_at: string;
+        };
+        /** @description A member of an organization. */
+        OrganizationMember: {
+            /**
+             * @description Clerk's id (`user_…`).
+             * @example user_2abc
+             */
+            clerk_user_id: string;
+            /** @description The primary email address (Clerk allows users without one). */
+            email?: string | null;
+            first_name?: string | null;
+            /**
+             * Format: date-time
+             * @description When the user joined (Clerk's `created_at` of the membership; when Clerk gave none, when
+             *     the membership was stored here).
+             */
+            joined_at: string;
+            last_name?: string | null;
+            /**
+             * @description Clerk's role key, e.g. `org:admin`, `org:member`.
+             * @example org:member
+             */
+            role: string;
+            /**
+             * Format: uuid
+             * @description This service's id of the user.
+             */
+            user_id: string;
+        };
+        /** @description One of the caller's organizations, with the caller's membership in it. */
+        OrganizationMembership: {
+            /**
+             * Format: date-time
+             * @description When the membership was stored here.
+             */
+            created_at: string;
+            /**
+             * Format: date-time
+             * @description When the caller joined (Clerk's `created_at` of the membership; when Clerk gave none,
+             *     when the membership was stored here).
+             */
+            joined_at: string;
+            organization: components["schemas"]["Organization"];
+            /**
+             * @description The caller's role in it: Clerk's role key, e.g. `org:admin`, `org:member`.
+             * @example org:admin
+             */
+            role: string;
+            /**
+             * Format: date-time
+             * @description When the membership (e.g. its role) last changed here.
+             */
+            updated_at: string;
+        };
         /**
          * @description A calendar provider.
          * @enum {string}
@@ -400,6 +539,71 @@ export interface operations {
             };
         };
     };
+    my_organizations: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The organizations the caller is a member of, by name (at most 500), each with the caller's role; empty when none */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OrganizationMembership"][];
+                };
+            };
+            /** @description No or invalid credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A service key has no user of its own */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The user does not exist in Clerk, was deleted, or is not synced (lazy sync off) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not synced yet, and Clerk's answer could not be used */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not synced yet, and Clerk or the database is unavailable; retry (`Retry-After`) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
     metrics: {
         parameters: {
             query?: never;
@@ -436,6 +640,106 @@ export interface operations {
                 };
                 content: {
                     "application/json": Record<string, never>;
+                };
+            };
+        };
+    };
+    get_organization: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The organization's id (this service's, not Clerk's) */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The organization */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Organization"];
+                };
+            };
+            /** @description The id is not a UUID */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No or invalid credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No such organization, or (session token) one the caller is not a member of */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    list_members: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The organization's id (this service's, not Clerk's) */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The members, longest-standing first, at most 500 (not paginated). Memberships whose user is not synced yet are not listed */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OrganizationMember"][];
+                };
+            };
+            /** @description The id is not a UUID */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No or invalid credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No such organization, or (session token) one the caller is not a member of */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
