@@ -57,6 +57,9 @@ pub struct Config {
 pub struct LazySettings {
     pub clerk: ClerkClient,
     pub cipher: Option<TokenCipher>,
+    /// `SYNC_PRIVATE_METADATA` (default `false`): whether the users it stores keep their private
+    /// and unsafe metadata, as the worker's setting of the same name.
+    pub sync_private_metadata: bool,
 }
 
 /// A setting that cannot be used; the message names the variable, never a secret's value.
@@ -151,8 +154,9 @@ fn cors_origins(lookup: &impl Fn(&str) -> Option<String>) -> Result<Vec<HeaderVa
     Ok(origins)
 }
 
-/// `CLERK_SECRET_KEY`, `CLERK_API_URL`, `CLERK_API_TIMEOUT`, `TOKEN_ENCRYPTION_KEY` and
-/// `API_LAZY_SYNC`: what the token endpoint and lazy sync need, and Clerk's timeout.
+/// `CLERK_SECRET_KEY`, `CLERK_API_URL`, `CLERK_API_TIMEOUT`, `TOKEN_ENCRYPTION_KEY`,
+/// `API_LAZY_SYNC` and `SYNC_PRIVATE_METADATA`: what the token endpoint and lazy sync need, and
+/// Clerk's timeout.
 fn clerk_settings(
     lookup: &impl Fn(&str) -> Option<String>,
 ) -> Result<(Option<CalendarSettings>, Option<LazySettings>, Duration), ConfigError> {
@@ -167,9 +171,14 @@ fn clerk_settings(
         _ => None,
     };
     let lazy_sync = flag(lookup, "API_LAZY_SYNC")?.unwrap_or(clerk.is_some());
+    let sync_private_metadata = flag(lookup, "SYNC_PRIVATE_METADATA")?.unwrap_or(false);
     let lazy = match (lazy_sync, clerk) {
         (false, _) => None,
-        (true, Some(clerk)) => Some(LazySettings { clerk, cipher }),
+        (true, Some(clerk)) => Some(LazySettings {
+            clerk,
+            cipher,
+            sync_private_metadata,
+        }),
         (true, None) => {
             return Err(InvalidSetting::new(
                 "API_LAZY_SYNC",
@@ -325,6 +334,32 @@ mod tests {
             let err = Config::from_lookup(lookup(&bad)).expect_err("invalid");
             assert!(err.to_string().contains("API_LAZY_SYNC"), "{err}");
         }
+    }
+
+    #[test]
+    fn lazy_sync_stores_private_metadata_only_when_asked() {
+        let with_key = [("API_SERVICE_KEYS", K1), ("CLERK_SECRET_KEY", "sk_test_x")];
+        let lazy = Config::from_lookup(lookup(&with_key))
+            .expect("valid")
+            .lazy
+            .expect("on");
+        assert!(!lazy.sync_private_metadata);
+        let on = [
+            ("API_SERVICE_KEYS", K1),
+            ("CLERK_SECRET_KEY", "sk_test_x"),
+            ("SYNC_PRIVATE_METADATA", "true"),
+        ];
+        let lazy = Config::from_lookup(lookup(&on))
+            .expect("valid")
+            .lazy
+            .expect("on");
+        assert!(lazy.sync_private_metadata);
+        let bad = [
+            ("API_SERVICE_KEYS", K1),
+            ("SYNC_PRIVATE_METADATA", "sometimes"),
+        ];
+        let err = Config::from_lookup(lookup(&bad)).expect_err("invalid");
+        assert!(err.to_string().contains("SYNC_PRIVATE_METADATA"), "{err}");
     }
 
     #[test]

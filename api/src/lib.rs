@@ -66,6 +66,10 @@ impl Application {
             config.database.max_connections,
         );
         options.min_connections(0).connect_lazy(true);
+        if let Some(lazy) = &config.lazy {
+            // Lazy sync stores users through this pool, as the worker does.
+            worker::apply::private_metadata_option(&mut options, lazy.sync_private_metadata);
+        }
         let db = Database::connect(options)
             .await
             .map_err(|_| StartError::DatabaseUrl(redact_url(config.database.url.expose())))?;

@@ -176,6 +176,12 @@ pub const SETTINGS: &[Setting] = &[
         meaning: "base64 of 32 bytes (`openssl rand -base64 32`); several space separated during a rotation, the first encrypts",
     },
     Setting {
+        name: "SYNC_PRIVATE_METADATA",
+        used_by: "worker, api",
+        default: "`false`",
+        meaning: "`true` stores users' `private_metadata` and `unsafe_metadata` (every path that writes users: events, backfill, reconcile, lazy sync); `false` writes those columns NULL. The API never returns them. Turned on later, a user's metadata is stored from their next update",
+    },
+    Setting {
         name: "API_ADDR",
         used_by: "api",
         default: "`127.0.0.1:8081`",

@@ -394,21 +394,86 @@ async fn apply_in(
     }
 }
 
+/// The Postgres setting through which `SYNC_PRIVATE_METADATA` reaches the upserts of users: the
+/// statements ([`UPSERT_USER`] and the batch's) store Clerk's private and unsafe metadata only on
+/// a connection where it is `on`, and write them NULL otherwise. It is a setting of the session,
+/// given when the pool connects ([`private_metadata_option`]), so that every path that writes a
+/// user through that pool (events one by one or in batches, backfill, reconcile, the api's lazy
+/// sync) follows it, and a connection opened without it never stores private data.
+pub const PRIVATE_METADATA_SETTING: &str = "clerk_sync.sync_private_metadata";
+
+/// SQL that is true when this session stores private and unsafe metadata.
+pub(crate) const STORES_PRIVATE_METADATA: &str =
+    "coalesce(current_setting('clerk_sync.sync_private_metadata', true), '') = 'on'";
+
+/// Makes every connection of the pool `options` describes store private and unsafe metadata
+/// when `sync` (`SYNC_PRIVATE_METADATA=true`); otherwise leaves `options` as they are (not
+/// stored).
+pub fn private_metadata_option(options: &mut sea_orm::ConnectOptions, sync: bool) {
+    if sync {
+        options.map_sqlx_postgres_opts(|pg| pg.options([(PRIVATE_METADATA_SETTING, "on")]));
+    }
+}
+
 /// The version-guarded upsert of one user: `$1` id, `$2` Clerk id, `$3` email, `$4` first name,
-/// `$5` last name, `$6` Clerk `updated_at`, `$7` Clerk `created_at`, `$8` tiebreak. Changes
-/// nothing unless (`$6`, `$8`) is newer than the stored version. Public so that the benchmark
-/// measures this very statement.
+/// `$5` last name, `$6` Clerk `updated_at`, `$7` Clerk `created_at`, `$8` tiebreak, `$9`
+/// username, `$10` image URL, `$11` external id, `$12` primary phone number, `$13` public
+/// metadata (jsonb), `$14` private metadata and `$15` unsafe metadata (jsonb, stored only when
+/// the session's [`PRIVATE_METADATA_SETTING`] is on, else NULL), `$16` banned, `$17` locked,
+/// `$18` last sign-in (timestamptz). Changes nothing unless (`$6`, `$8`) is newer than the stored
+/// version. Public so that the benchmark measures this very statement.
 pub const UPSERT_USER: &str = "INSERT INTO users (id, clerk_user_id, email, first_name, last_name, \
-         clerk_updated_at, clerk_created_at, clerk_version_tiebreak) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+         clerk_updated_at, clerk_created_at, clerk_version_tiebreak, username, image_url, \
+         external_id, primary_phone_number, public_metadata, private_metadata, unsafe_metadata, \
+         banned, locked, last_sign_in_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, coalesce($13::jsonb, '{}'), \
+         CASE WHEN coalesce(current_setting('clerk_sync.sync_private_metadata', true), '') = 'on' \
+              THEN $14::jsonb END, \
+         CASE WHEN coalesce(current_setting('clerk_sync.sync_private_metadata', true), '') = 'on' \
+              THEN $15::jsonb END, \
+         $16, $17, $18) \
      ON CONFLICT (clerk_user_id) DO UPDATE SET \
          email = EXCLUDED.email, first_name = EXCLUDED.first_name, \
          last_name = EXCLUDED.last_name, clerk_updated_at = EXCLUDED.clerk_updated_at, \
          clerk_version_tiebreak = EXCLUDED.clerk_version_tiebreak, \
          clerk_created_at = COALESCE(EXCLUDED.clerk_created_at, users.clerk_created_at), \
+         username = EXCLUDED.username, image_url = EXCLUDED.image_url, \
+         external_id = EXCLUDED.external_id, \
+         primary_phone_number = EXCLUDED.primary_phone_number, \
+         public_metadata = EXCLUDED.public_metadata, \
+         private_metadata = EXCLUDED.private_metadata, \
+         unsafe_metadata = EXCLUDED.unsafe_metadata, \
+         banned = EXCLUDED.banned, locked = EXCLUDED.locked, \
+         last_sign_in_at = EXCLUDED.last_sign_in_at, \
          updated_at = now() \
      WHERE (users.clerk_updated_at, users.clerk_version_tiebreak) \
          < (EXCLUDED.clerk_updated_at, EXCLUDED.clerk_version_tiebreak)";
+
+/// The parameters of [`UPSERT_USER`] for `user` under a fresh row id, `tiebreak` its version's
+/// tiebreak. Public so that the benchmark binds them as the worker does.
+pub fn upsert_user_values(user: &UserSnapshot, tiebreak: &str) -> Vec<Value> {
+    let at = |ms: Option<i64>| ms.and_then(DateTime::<Utc>::from_timestamp_millis);
+    vec![
+        Uuid::new_v4().into(),
+        user.clerk_user_id.as_str().into(),
+        user.email.clone().into(),
+        user.first_name.clone().into(),
+        user.last_name.clone().into(),
+        user.updated_at.into(),
+        at(user.created_at).into(),
+        tiebreak.into(),
+        user.username.clone().into(),
+        user.image_url.clone().into(),
+        user.external_id.clone().into(),
+        user.primary_phone_number.clone().into(),
+        user.public_metadata.clone().into(),
+        user.private_metadata.clone().into(),
+        user.unsafe_metadata.clone().into(),
+        user.banned.into(),
+        user.locked.into(),
+        at(user.last_sign_in_at).into(),
+    ]
+}
 
 async fn upsert_user(
     txn: &DatabaseTransaction,
@@ -446,21 +511,7 @@ async fn upsert_user(
         .await?;
     }
     let result = txn
-        .execute_raw(stmt(
-            UPSERT_USER,
-            vec![
-                Uuid::new_v4().into(),
-                user.clerk_user_id.as_str().into(),
-                user.email.clone().into(),
-                user.first_name.clone().into(),
-                user.last_name.clone().into(),
-                user.updated_at.into(),
-                user.created_at
-                    .and_then(DateTime::<Utc>::from_timestamp_millis)
-                    .into(),
-                tiebreak.as_str().into(),
-            ],
-        ))
+        .execute_raw(stmt(UPSERT_USER, upsert_user_values(user, &tiebreak)))
         .await;
     match result.map_err(upsert_error)? {
         done if done.rows_affected() == 0 => Ok(Outcome::SkippedStale),
@@ -495,6 +546,20 @@ mod tests {
         assert_eq!(
             tombstone_key("abc"),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn the_upsert_stores_private_metadata_only_under_the_setting() {
+        assert!(STORES_PRIVATE_METADATA.contains(&format!("'{PRIVATE_METADATA_SETTING}'")));
+        // Private, then unsafe metadata.
+        assert_eq!(UPSERT_USER.matches(STORES_PRIVATE_METADATA).count(), 2);
+        let user = crate::event::parse_user(&serde_json::json!({"id": "user_x", "updated_at": 1}))
+            .expect("parses");
+        assert_eq!(
+            upsert_user_values(&user, "").len(),
+            UPSERT_USER.matches('$').count(),
+            "one value per parameter"
         );
     }
 

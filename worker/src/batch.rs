@@ -25,7 +25,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, TransactionTrait, Value};
 
 use crate::{
-    apply::{ApplyError, Outcome, stmt, tombstone_key, upsert_error},
+    apply::{ApplyError, Outcome, STORES_PRIVATE_METADATA, stmt, tombstone_key, upsert_error},
     event::{ClerkEvent, UserSnapshot, version_tiebreak},
     faults,
 };
@@ -317,7 +317,19 @@ fn chunks<'a, 'w>(winners: &'w [Winner<'a>]) -> Vec<Vec<&'w Winner<'a>>> {
             + user.clerk_user_id.len()
             + user.email.as_ref().map_or(0, String::len)
             + user.first_name.as_ref().map_or(0, String::len)
-            + user.last_name.as_ref().map_or(0, String::len);
+            + user.last_name.as_ref().map_or(0, String::len)
+            + [
+                &user.username,
+                &user.image_url,
+                &user.external_id,
+                &user.primary_phone_number,
+            ]
+            .into_iter()
+            .map(|field| field.as_ref().map_or(0, String::len))
+            .sum::<usize>()
+            + json_len(&user.public_metadata)
+            + user.private_metadata.as_ref().map_or(0, json_len)
+            + user.unsafe_metadata.as_ref().map_or(0, json_len);
         if !current.is_empty() && bytes + size > MAX_PARAMETER_BYTES {
             chunks.push(std::mem::take(&mut current));
             bytes = 0;
@@ -329,6 +341,11 @@ fn chunks<'a, 'w>(winners: &'w [Winner<'a>]) -> Vec<Vec<&'w Winner<'a>>> {
         chunks.push(current);
     }
     chunks
+}
+
+/// The size of `value` as JSON text.
+fn json_len(value: &serde_json::Value) -> usize {
+    serde_json::to_vec(value).map_or(0, |text| text.len())
 }
 
 /// Releases the addresses the chunk's users take from older rows, then upserts them (one by one
@@ -352,6 +369,16 @@ async fn upsert_chunk(
                     "version": user.updated_at,
                     "tiebreak": winner.tiebreak,
                     "created_ms": user.created_at,
+                    "username": user.username,
+                    "image_url": user.image_url,
+                    "external_id": user.external_id,
+                    "primary_phone_number": user.primary_phone_number,
+                    "public_metadata": user.public_metadata,
+                    "private_metadata": user.private_metadata,
+                    "unsafe_metadata": user.unsafe_metadata,
+                    "banned": user.banned,
+                    "locked": user.locked,
+                    "last_sign_in_ms": user.last_sign_in_at,
                 })
             })
             .collect(),
@@ -389,35 +416,53 @@ async fn upsert_chunk(
         ))
         .await?;
     }
-    let result = txn
-        .query_all_raw(stmt(
-            "WITH written AS ( \
-               INSERT INTO users (id, clerk_user_id, email, first_name, last_name, \
-                   clerk_updated_at, clerk_version_tiebreak, clerk_created_at) \
-               SELECT gen_random_uuid(), c.clerk_user_id, c.email, c.first_name, c.last_name, \
-                   c.version, c.tiebreak, \
-                   CASE WHEN c.created_ms IS NULL THEN NULL \
-                        ELSE 'epoch'::timestamptz + c.created_ms * interval '1 millisecond' END \
-               FROM jsonb_to_recordset($1::jsonb) AS c(clerk_user_id text, email text, \
-                   first_name text, last_name text, version bigint, tiebreak text, \
-                   created_ms bigint) \
-               ON CONFLICT (clerk_user_id) DO UPDATE SET \
-                   email = EXCLUDED.email, first_name = EXCLUDED.first_name, \
-                   last_name = EXCLUDED.last_name, clerk_updated_at = EXCLUDED.clerk_updated_at, \
-                   clerk_version_tiebreak = EXCLUDED.clerk_version_tiebreak, \
-                   clerk_created_at = COALESCE(EXCLUDED.clerk_created_at, users.clerk_created_at), \
-                   google_calendar_connected = false, microsoft_calendar_connected = false, \
-                   updated_at = now() \
-               WHERE (users.clerk_updated_at, users.clerk_version_tiebreak) \
-                   < (EXCLUDED.clerk_updated_at, EXCLUDED.clerk_version_tiebreak) \
-               RETURNING id, clerk_user_id), \
-             disconnected AS ( \
-               DELETE FROM user_calendar_connections \
-               WHERE user_id IN (SELECT id FROM written)) \
-             SELECT clerk_user_id FROM written",
-            vec![rows.into()],
-        ))
-        .await;
+    let sql = format!(
+        "WITH written AS ( \
+           INSERT INTO users (id, clerk_user_id, email, first_name, last_name, \
+               clerk_updated_at, clerk_version_tiebreak, clerk_created_at, username, image_url, \
+               external_id, primary_phone_number, public_metadata, private_metadata, \
+               unsafe_metadata, banned, locked, last_sign_in_at) \
+           SELECT gen_random_uuid(), c.clerk_user_id, c.email, c.first_name, c.last_name, \
+               c.version, c.tiebreak, \
+               CASE WHEN c.created_ms IS NULL THEN NULL \
+                    ELSE 'epoch'::timestamptz + c.created_ms * interval '1 millisecond' END, \
+               c.username, c.image_url, c.external_id, c.primary_phone_number, \
+               coalesce(c.public_metadata, '{{}}'::jsonb), \
+               CASE WHEN {private} THEN c.private_metadata END, \
+               CASE WHEN {private} THEN c.unsafe_metadata END, \
+               coalesce(c.banned, false), coalesce(c.locked, false), \
+               CASE WHEN c.last_sign_in_ms IS NULL THEN NULL \
+                    ELSE 'epoch'::timestamptz + c.last_sign_in_ms * interval '1 millisecond' END \
+           FROM jsonb_to_recordset($1::jsonb) AS c(clerk_user_id text, email text, \
+               first_name text, last_name text, version bigint, tiebreak text, \
+               created_ms bigint, username text, image_url text, external_id text, \
+               primary_phone_number text, public_metadata jsonb, private_metadata jsonb, \
+               unsafe_metadata jsonb, banned boolean, locked boolean, last_sign_in_ms bigint) \
+           ON CONFLICT (clerk_user_id) DO UPDATE SET \
+               email = EXCLUDED.email, first_name = EXCLUDED.first_name, \
+               last_name = EXCLUDED.last_name, clerk_updated_at = EXCLUDED.clerk_updated_at, \
+               clerk_version_tiebreak = EXCLUDED.clerk_version_tiebreak, \
+               clerk_created_at = COALESCE(EXCLUDED.clerk_created_at, users.clerk_created_at), \
+               username = EXCLUDED.username, image_url = EXCLUDED.image_url, \
+               external_id = EXCLUDED.external_id, \
+               primary_phone_number = EXCLUDED.primary_phone_number, \
+               public_metadata = EXCLUDED.public_metadata, \
+               private_metadata = EXCLUDED.private_metadata, \
+               unsafe_metadata = EXCLUDED.unsafe_metadata, \
+               banned = EXCLUDED.banned, locked = EXCLUDED.locked, \
+               last_sign_in_at = EXCLUDED.last_sign_in_at, \
+               google_calendar_connected = false, microsoft_calendar_connected = false, \
+               updated_at = now() \
+           WHERE (users.clerk_updated_at, users.clerk_version_tiebreak) \
+               < (EXCLUDED.clerk_updated_at, EXCLUDED.clerk_version_tiebreak) \
+           RETURNING id, clerk_user_id), \
+         disconnected AS ( \
+           DELETE FROM user_calendar_connections \
+           WHERE user_id IN (SELECT id FROM written)) \
+         SELECT clerk_user_id FROM written",
+        private = STORES_PRIVATE_METADATA,
+    );
+    let result = txn.query_all_raw(stmt(&sql, vec![rows.into()])).await;
     let written = result.map_err(upsert_error)?;
     let mut applied_users = HashSet::with_capacity(written.len());
     for row in &written {

@@ -10,8 +10,8 @@ use calendar::{
 use telemetry::{
     LogFormat,
     settings::{
-        DatabaseSettings, InvalidSetting, count, duration, log_format, number, optional_duration,
-        present, socket_addr,
+        DatabaseSettings, InvalidSetting, count, duration, flag, log_format, number,
+        optional_duration, present, socket_addr,
     },
 };
 
@@ -55,6 +55,9 @@ pub struct Config {
     /// `RECONCILE_INTERVAL` (off by default; e.g. `24h`): how often `worker run` reconciles the
     /// tables with Clerk in the background (one worker at a time, under an advisory lock).
     pub reconcile_interval: Option<Duration>,
+    /// `SYNC_PRIVATE_METADATA` (default `false`): whether users' private and unsafe metadata
+    /// are stored (else those columns are NULL); see [`crate::apply::PRIVATE_METADATA_SETTING`].
+    pub sync_private_metadata: bool,
 }
 
 /// A setting that cannot be used.
@@ -111,6 +114,7 @@ impl Config {
             clerk: ClerkClient::from_lookup(&lookup)?,
             token_cipher: TokenCipher::from_lookup(&lookup)?,
             reconcile_interval,
+            sync_private_metadata: flag(&lookup, "SYNC_PRIVATE_METADATA")?.unwrap_or(false),
         })
     }
 }
@@ -118,6 +122,22 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn private_metadata_is_not_synced_unless_asked() {
+        let config = |value: Option<&str>| {
+            Config::from_lookup(|name| {
+                (name == "SYNC_PRIVATE_METADATA")
+                    .then(|| value.map(str::to_owned))
+                    .flatten()
+            })
+        };
+        assert!(!config(None).expect("defaults").sync_private_metadata);
+        assert!(!config(Some("false")).expect("valid").sync_private_metadata);
+        assert!(config(Some("true")).expect("valid").sync_private_metadata);
+        let err = config(Some("maybe")).expect_err("not a bool");
+        assert!(err.to_string().contains("SYNC_PRIVATE_METADATA"), "{err}");
+    }
 
     #[test]
     fn reconcile_interval_is_off_by_default_and_needs_clerk() {

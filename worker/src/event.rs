@@ -45,6 +45,24 @@ pub struct UserSnapshot {
     pub event_timestamp: Option<i64>,
     /// The user's external accounts, as sent (calendar connections are derived from them).
     pub external_accounts: Vec<serde_json::Value>,
+    pub username: Option<String>,
+    pub image_url: Option<String>,
+    /// The id the product gave the user in Clerk.
+    pub external_id: Option<String>,
+    /// The number whose id is `primary_phone_number_id`; none is a valid state.
+    pub primary_phone_number: Option<String>,
+    /// Clerk's `public_metadata` (`{}` when missing or null).
+    pub public_metadata: serde_json::Value,
+    /// Clerk's `private_metadata`, as sent: stored only with `SYNC_PRIVATE_METADATA=true`.
+    pub private_metadata: Option<serde_json::Value>,
+    /// Clerk's `unsafe_metadata`, as sent: stored only with `SYNC_PRIVATE_METADATA=true`.
+    pub unsafe_metadata: Option<serde_json::Value>,
+    /// Missing or null: `false`.
+    pub banned: bool,
+    /// Missing or null: `false`.
+    pub locked: bool,
+    /// Clerk's `last_sign_in_at`, ms since the epoch.
+    pub last_sign_in_at: Option<i64>,
 }
 
 /// What orders two different states of a user with the same Clerk `updated_at`, so that the
@@ -120,6 +138,43 @@ struct UserObject {
     #[serde(default)]
     created_at: Option<i64>,
     updated_at: i64,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    image_url: Option<String>,
+    #[serde(default)]
+    external_id: Option<String>,
+    #[serde(default)]
+    primary_phone_number_id: Option<String>,
+    /// `null` is taken as none, like a missing list.
+    #[serde(default, deserialize_with = "null_as_empty")]
+    phone_numbers: Vec<PhoneNumber>,
+    #[serde(default)]
+    public_metadata: Option<serde_json::Value>,
+    #[serde(default)]
+    private_metadata: Option<serde_json::Value>,
+    #[serde(default)]
+    unsafe_metadata: Option<serde_json::Value>,
+    #[serde(default)]
+    banned: Option<bool>,
+    #[serde(default)]
+    locked: Option<bool>,
+    #[serde(default)]
+    last_sign_in_at: Option<i64>,
+}
+
+#[derive(Deserialize)]
+struct PhoneNumber {
+    id: String,
+    phone_number: String,
+}
+
+fn null_as_empty<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Ok(Option::<Vec<T>>::deserialize(deserializer)?.unwrap_or_default())
 }
 
 #[derive(Deserialize)]
@@ -210,6 +265,12 @@ fn snapshot(user: UserObject) -> Option<UserSnapshot> {
                 .find(|address| address.id == primary)
                 .map(|address| address.email_address.clone())
         });
+    let primary_phone_number = user.primary_phone_number_id.as_deref().and_then(|primary| {
+        user.phone_numbers
+            .iter()
+            .find(|number| number.id == primary)
+            .map(|number| number.phone_number.clone())
+    });
     Some(UserSnapshot {
         clerk_user_id: user.id,
         email,
@@ -219,6 +280,19 @@ fn snapshot(user: UserObject) -> Option<UserSnapshot> {
         updated_at: user.updated_at,
         event_timestamp: None,
         external_accounts: user.external_accounts,
+        username: user.username,
+        image_url: user.image_url,
+        external_id: user.external_id,
+        primary_phone_number,
+        public_metadata: user
+            .public_metadata
+            .filter(|metadata| !metadata.is_null())
+            .unwrap_or_else(|| serde_json::json!({})),
+        private_metadata: user.private_metadata,
+        unsafe_metadata: user.unsafe_metadata,
+        banned: user.banned.unwrap_or(false),
+        locked: user.locked.unwrap_or(false),
+        last_sign_in_at: user.last_sign_in_at,
     })
 }
 
@@ -278,6 +352,67 @@ mod tests {
         };
         assert_eq!(user.email, None);
         assert_eq!(user.first_name, None);
+    }
+
+    #[test]
+    fn the_profile_is_read_and_the_primary_phone_is_the_one_named_not_the_first() {
+        let body = r#"{"type":"user.updated","data":{"id":"user_p","updated_at":7,
+            "username":"ada","image_url":"https://img.example/ada.png","external_id":"ext-1",
+            "primary_phone_number_id":"idn_phone_2","phone_numbers":[
+              {"id":"idn_phone_1","phone_number":"+15550000001","object":"phone_number"},
+              {"id":"idn_phone_2","phone_number":"+15550000002","reserved":false}],
+            "public_metadata":{"plan":"pro"},"private_metadata":{"ssn":"no"},
+            "unsafe_metadata":{"theme":"dark"},"banned":true,"locked":false,
+            "last_sign_in_at":1735689600500}}"#;
+        let ClerkEvent::UserUpserted(user) = parse(body.as_bytes()).expect("parses") else {
+            panic!("not an upsert")
+        };
+        assert_eq!(user.username.as_deref(), Some("ada"));
+        assert_eq!(
+            user.image_url.as_deref(),
+            Some("https://img.example/ada.png")
+        );
+        assert_eq!(user.external_id.as_deref(), Some("ext-1"));
+        assert_eq!(user.primary_phone_number.as_deref(), Some("+15550000002"));
+        assert_eq!(user.public_metadata, serde_json::json!({"plan": "pro"}));
+        assert_eq!(
+            user.private_metadata,
+            Some(serde_json::json!({"ssn": "no"}))
+        );
+        assert_eq!(
+            user.unsafe_metadata,
+            Some(serde_json::json!({"theme": "dark"}))
+        );
+        assert!(user.banned);
+        assert!(!user.locked);
+        assert_eq!(user.last_sign_in_at, Some(1_735_689_600_500));
+    }
+
+    #[test]
+    fn a_missing_or_null_profile_is_empty_not_an_error() {
+        let cases = [
+            r#"{"id":"user_q","updated_at":3}"#,
+            r#"{"id":"user_q","updated_at":3,"username":null,"image_url":null,"external_id":null,
+               "primary_phone_number_id":null,"phone_numbers":null,"public_metadata":null,
+               "private_metadata":null,"unsafe_metadata":null,"banned":null,"locked":null,
+               "last_sign_in_at":null}"#,
+            // A primary id naming no listed number: no number.
+            r#"{"id":"user_q","updated_at":3,"primary_phone_number_id":"idn_gone",
+               "phone_numbers":[{"id":"idn_other","phone_number":"+15550000003"}]}"#,
+        ];
+        for data in cases {
+            let value: serde_json::Value = serde_json::from_str(data).expect("json");
+            let user = parse_user(&value).expect(data);
+            assert_eq!(user.username, None);
+            assert_eq!(user.image_url, None);
+            assert_eq!(user.external_id, None);
+            assert_eq!(user.primary_phone_number, None, "{data}");
+            assert_eq!(user.public_metadata, serde_json::json!({}));
+            assert_eq!(user.private_metadata, None);
+            assert_eq!(user.unsafe_metadata, None);
+            assert!(!user.banned && !user.locked);
+            assert_eq!(user.last_sign_in_at, None);
+        }
     }
 
     #[test]

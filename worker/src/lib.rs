@@ -77,7 +77,22 @@ pub async fn connect_database(
     url: &str,
     max_connections: u32,
 ) -> Result<DatabaseConnection, DbErr> {
-    let options = pool_options(url, max_connections);
+    connect_with(pool_options(url, max_connections)).await
+}
+
+/// Connects the pool an [`Applier`] writes users through: [`connect_database`], with
+/// `SYNC_PRIVATE_METADATA` ([`apply::private_metadata_option`]).
+pub async fn connect_applier_database(
+    url: &str,
+    max_connections: u32,
+    sync_private_metadata: bool,
+) -> Result<DatabaseConnection, DbErr> {
+    let mut options = pool_options(url, max_connections);
+    apply::private_metadata_option(&mut options, sync_private_metadata);
+    connect_with(options).await
+}
+
+async fn connect_with(options: ConnectOptions) -> Result<DatabaseConnection, DbErr> {
     (|| Database::connect(options.clone()))
         .retry(
             ExponentialBuilder::new()
@@ -137,9 +152,10 @@ impl Application {
                 DbErr::Conn(_) | DbErr::ConnectionAcquire(_) => StartError::Database(e),
                 other => StartError::Migrations(other),
             })?;
-        let db = connect_database(
+        let db = connect_applier_database(
             config.database.url.expose(),
             config.database.max_connections,
+            config.sync_private_metadata,
         )
         .await
         .map_err(StartError::Database)?;

@@ -44,6 +44,26 @@ pub struct User {
     pub microsoft_calendar_connected: bool,
     /// Whether a Google calendar is connected.
     pub google_calendar_connected: bool,
+    pub username: Option<String>,
+    /// The profile image's URL.
+    pub image_url: Option<String>,
+    /// The id the product gave the user in Clerk (`external_id`).
+    pub external_id: Option<String>,
+    /// The primary phone number (E.164, as Clerk holds it); the user's own profile, like the
+    /// email.
+    pub primary_phone_number: Option<String>,
+    /// Clerk's `public_metadata` (`{}` when none). Private and unsafe metadata are never
+    /// returned.
+    #[schema(value_type = std::collections::HashMap<String, serde_json::Value>)]
+    pub public_metadata: serde_json::Value,
+    /// Whether Clerk bans the user from signing in.
+    pub banned: bool,
+    /// Whether Clerk has locked the user out (too many failed sign-ins).
+    pub locked: bool,
+    /// The user's last sign-in, as Clerk recorded it.
+    pub last_sign_in_at: Option<DateTime<Utc>>,
+    /// When the user was created in Clerk.
+    pub clerk_created_at: Option<DateTime<Utc>>,
     /// When the row was created here.
     pub created_at: DateTime<Utc>,
     /// When the row last changed here.
@@ -60,6 +80,15 @@ impl From<users::Model> for User {
             last_name: m.last_name,
             microsoft_calendar_connected: m.microsoft_calendar_connected,
             google_calendar_connected: m.google_calendar_connected,
+            username: m.username,
+            image_url: m.image_url,
+            external_id: m.external_id,
+            primary_phone_number: m.primary_phone_number,
+            public_metadata: m.public_metadata,
+            banned: m.banned,
+            locked: m.locked,
+            last_sign_in_at: m.last_sign_in_at.map(|at| at.with_timezone(&Utc)),
+            clerk_created_at: m.clerk_created_at.map(|at| at.with_timezone(&Utc)),
             created_at: m.created_at.with_timezone(&Utc),
             updated_at: m.updated_at.with_timezone(&Utc),
         }

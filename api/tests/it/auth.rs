@@ -2,6 +2,7 @@
 //! key, or a service key, is 401.
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use sea_orm::ConnectionTrait;
 use serde_json::json;
 
 use crate::helpers::{
@@ -31,6 +32,72 @@ async fn a_signed_in_user_reads_their_own_user_through_every_route() {
         assert_eq!(body["google_calendar_connected"], false);
         assert_eq!(body["microsoft_calendar_connected"], false);
         assert!(body["created_at"].is_string() && body["updated_at"].is_string());
+    }
+}
+
+#[tokio::test]
+async fn the_user_body_has_the_public_profile_and_never_private_metadata() {
+    let app = spawn_app().await;
+    let id = app.insert_user("user_ada", Some("ada@example.test")).await;
+    let fresh = app.get(&format!("/users/{id}"), Some(SERVICE_KEY)).await;
+    let body = json_body(fresh).await;
+    assert_eq!(body["public_metadata"], json!({}), "defaults");
+    assert_eq!(body["banned"], false);
+    assert_eq!(body["locked"], false);
+    for field in [
+        "username",
+        "image_url",
+        "external_id",
+        "primary_phone_number",
+        "last_sign_in_at",
+        "clerk_created_at",
+    ] {
+        assert!(body[field].is_null(), "{field}: {body}");
+    }
+    app.db
+        .conn
+        .execute_unprepared(
+            "UPDATE users SET username = 'ada', image_url = 'https://img.example/ada.png', \
+               external_id = 'ext-1', primary_phone_number = '+15550000002', \
+               public_metadata = '{\"plan\": \"pro\"}', \
+               private_metadata = '{\"secret\": \"p\"}', \
+               unsafe_metadata = '{\"secret\": \"u\"}', banned = true, locked = true, \
+               last_sign_in_at = '2025-01-01T00:00:00.500Z', \
+               clerk_created_at = '2024-12-31T00:00:00Z' WHERE clerk_user_id = 'user_ada'",
+        )
+        .await
+        .unwrap();
+    let token = session_token("user_ada");
+    for (path, credential) in [
+        ("/me".to_owned(), token.as_str()),
+        (format!("/users/{id}"), token.as_str()),
+        ("/users/by-clerk-id/user_ada".to_owned(), token.as_str()),
+        (format!("/users/{id}"), SERVICE_KEY),
+        ("/users/by-clerk-id/user_ada".to_owned(), SERVICE_KEY),
+    ] {
+        let response = app.get(&path, Some(credential)).await;
+        assert_eq!(response.status(), 200, "{path}");
+        let body = json_body(response).await;
+        assert_eq!(body["username"], "ada", "{path}");
+        assert_eq!(body["image_url"], "https://img.example/ada.png");
+        assert_eq!(body["external_id"], "ext-1");
+        assert_eq!(body["primary_phone_number"], "+15550000002");
+        assert_eq!(body["public_metadata"], json!({"plan": "pro"}));
+        assert_eq!(body["banned"], true);
+        assert_eq!(body["locked"], true);
+        let at = |field: &str| {
+            chrono::DateTime::parse_from_rfc3339(body[field].as_str().unwrap())
+                .unwrap()
+                .timestamp_millis()
+        };
+        assert_eq!(at("last_sign_in_at"), 1_735_689_600_500);
+        assert_eq!(at("clerk_created_at"), 1_735_603_200_000);
+        let object = body.as_object().unwrap();
+        assert!(
+            !object.contains_key("private_metadata") && !object.contains_key("unsafe_metadata"),
+            "{path}: {body}"
+        );
+        assert!(!body.to_string().contains("secret"), "{path}: {body}");
     }
 }
 

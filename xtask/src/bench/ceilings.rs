@@ -241,7 +241,6 @@ pub async fn db_single(
     users: usize,
 ) -> anyhow::Result<Ceiling> {
     let base = super::events::now_ms()?;
-    let created = sea_orm::prelude::ChronoDateTimeUtc::from_timestamp_millis(CREATED_MS);
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let tasks: Vec<_> = (0..DB_SINGLE_CONCURRENCY)
@@ -255,16 +254,27 @@ pub async fn db_single(
                         return Ok::<_, DbErr>(());
                     }
                     let row = row(k, users, base);
-                    let values: Vec<Value> = vec![
-                        uuid::Uuid::new_v4().into(),
-                        row.clerk_user_id.into(),
-                        row.email.into(),
-                        row.first_name.into(),
-                        row.last_name.into(),
-                        row.updated_at.into(),
-                        created.into(),
-                        "".into(),
-                    ];
+                    let user = worker::event::UserSnapshot {
+                        clerk_user_id: row.clerk_user_id,
+                        email: Some(row.email),
+                        first_name: Some(row.first_name),
+                        last_name: Some(row.last_name),
+                        created_at: Some(CREATED_MS),
+                        updated_at: row.updated_at,
+                        event_timestamp: None,
+                        external_accounts: Vec::new(),
+                        username: None,
+                        image_url: None,
+                        external_id: None,
+                        primary_phone_number: None,
+                        public_metadata: serde_json::json!({}),
+                        private_metadata: None,
+                        unsafe_metadata: None,
+                        banned: false,
+                        locked: false,
+                        last_sign_in_at: None,
+                    };
+                    let values = worker::apply::upsert_user_values(&user, "");
                     upsert_in_transaction(&db, UPSERT_ONE, values).await?;
                 }
             })

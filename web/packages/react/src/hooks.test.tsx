@@ -28,6 +28,9 @@ function user(id: string, first: string, microsoft = false): User {
     last_name: "Synth",
     microsoft_calendar_connected: microsoft,
     google_calendar_connected: false,
+    public_metadata: {},
+    banned: false,
+    locked: false,
     created_at: "2026-11-30T00:00:00Z",
     updated_at: "2026-11-30T00:00:00Z",
   };

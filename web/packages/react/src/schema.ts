@@ -416,6 +416,13 @@ export interface components {
         ProviderName: "google" | "microsoft";
         /** @description A user as the frontend reads it. */
         User: {
+            /** @description Whether Clerk bans the user from signing in. */
+            banned: boolean;
+            /**
+             * Format: date-time
+             * @description When the user was created in Clerk.
+             */
+            clerk_created_at?: string | null;
             /**
              * @description Clerk's id (`user_…`).
              * @example user_2abc
@@ -428,6 +435,8 @@ export interface components {
             created_at: string;
             /** @description The primary email address (Clerk allows users without one). */
             email?: string | null;
+            /** @description The id the product gave the user in Clerk (`external_id`). */
+            external_id?: string | null;
             first_name?: string | null;
             /** @description Whether a Google calendar is connected. */
             google_calendar_connected: boolean;
@@ -436,14 +445,36 @@ export interface components {
              * @description This service's id of the user.
              */
             id: string;
+            /** @description The profile image's URL. */
+            image_url?: string | null;
             last_name?: string | null;
+            /**
+             * Format: date-time
+             * @description The user's last sign-in, as Clerk recorded it.
+             */
+            last_sign_in_at?: string | null;
+            /** @description Whether Clerk has locked the user out (too many failed sign-ins). */
+            locked: boolean;
             /** @description Whether a Microsoft calendar is connected. */
             microsoft_calendar_connected: boolean;
+            /**
+             * @description The primary phone number (E.164, as Clerk holds it); the user's own profile, like the
+             *     email.
+             */
+            primary_phone_number?: string | null;
+            /**
+             * @description Clerk's `public_metadata` (`{}` when none). Private and unsafe metadata are never
+             *     returned.
+             */
+            public_metadata: {
+                [key: string]: unknown;
+            };
             /**
              * Format: date-time
              * @description When the row last changed here.
              */
             updated_at: string;
+            username?: string | null;
         };
     };
     responses: never;
