@@ -125,7 +125,12 @@ pub fn organization_object(org: &OrgState) -> Value {
 
 /// An `organization.created` / `organization.updated` body.
 pub fn organization_event(event_type: &str, org: &OrgState) -> Vec<u8> {
-    serde_json::to_vec(&envelope(event_type, organization_object(org), org.updated_at)).unwrap()
+    serde_json::to_vec(&envelope(
+        event_type,
+        organization_object(org),
+        org.updated_at,
+    ))
+    .unwrap()
 }
 
 /// An `organization.deleted` body.
