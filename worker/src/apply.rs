@@ -297,10 +297,19 @@ pub async fn try_apply_event(
     };
     let txn = db.begin().await?;
     let outcome = apply_in(&txn, svix_id, event_type, clerk_user_id, event, calendar).await;
-    match outcome {
-        Ok(Outcome::Duplicate) => {
+    finish(txn, outcome).await
+}
+
+/// Ends the transaction of one event: commits what it applied, rolls back a duplicate (it
+/// changed nothing worth keeping) and a failure.
+pub(crate) async fn finish<T: Applied>(
+    txn: DatabaseTransaction,
+    result: Result<T, ApplyError>,
+) -> Result<T, ApplyError> {
+    match result {
+        Ok(outcome) if outcome.duplicate() => {
             txn.rollback().await?;
-            Ok(Outcome::Duplicate)
+            Ok(outcome)
         }
         Ok(outcome) => {
             txn.commit().await?;
@@ -313,6 +322,44 @@ pub async fn try_apply_event(
             Err(error)
         }
     }
+}
+
+/// What a transaction applied: whether it was only a duplicate.
+pub(crate) trait Applied {
+    fn duplicate(&self) -> bool;
+}
+
+impl Applied for Outcome {
+    fn duplicate(&self) -> bool {
+        *self == Outcome::Duplicate
+    }
+}
+
+/// A batch: its outcomes are kept by the caller; it is committed whatever they are.
+impl Applied for () {
+    fn duplicate(&self) -> bool {
+        false
+    }
+}
+
+/// Records the Svix id of the event being applied; `false` when it was applied before (the
+/// caller then changes nothing).
+pub(crate) async fn record_svix_id(
+    txn: &DatabaseTransaction,
+    svix_id: Option<&str>,
+    event_type: &str,
+) -> Result<bool, DbErr> {
+    let Some(svix_id) = svix_id else {
+        return Ok(true);
+    };
+    let recorded = txn
+        .execute_raw(stmt(
+            "INSERT INTO processed_events (svix_id, event_type) VALUES ($1, $2) \
+             ON CONFLICT (svix_id) DO NOTHING",
+            vec![svix_id.into(), event_type.into()],
+        ))
+        .await?;
+    Ok(recorded.rows_affected() > 0)
 }
 
 async fn apply_in(
@@ -328,17 +375,8 @@ async fn apply_in(
         vec![clerk_user_id.into()],
     ))
     .await?;
-    if let Some(svix_id) = svix_id {
-        let recorded = txn
-            .execute_raw(stmt(
-                "INSERT INTO processed_events (svix_id, event_type) VALUES ($1, $2) \
-                 ON CONFLICT (svix_id) DO NOTHING",
-                vec![svix_id.into(), event_type.into()],
-            ))
-            .await?;
-        if recorded.rows_affected() == 0 {
-            return Ok(Outcome::Duplicate);
-        }
+    if !record_svix_id(txn, svix_id, event_type).await? {
+        return Ok(Outcome::Duplicate);
     }
     let tombstone = tombstone_key(clerk_user_id);
     match event {

@@ -25,7 +25,9 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, TransactionTrait, Value};
 
 use crate::{
-    apply::{ApplyError, Outcome, STORES_PRIVATE_METADATA, stmt, tombstone_key, upsert_error},
+    apply::{
+        ApplyError, Outcome, STORES_PRIVATE_METADATA, finish, stmt, tombstone_key, upsert_error,
+    },
     event::{ClerkEvent, UserSnapshot, version_tiebreak},
     faults,
 };
@@ -81,18 +83,9 @@ pub async fn try_apply_batch(
         return Ok(outcomes);
     }
     let txn = db.begin().await?;
-    match apply_in(&txn, items, &mut outcomes).await {
-        Ok(()) => {
-            txn.commit().await?;
-            Ok(outcomes)
-        }
-        Err(error) => {
-            // Dropping the transaction rolls it back; an explicit rollback may fail if the
-            // connection is gone, which changes nothing.
-            let _ = txn.rollback().await;
-            Err(error)
-        }
-    }
+    let applied = apply_in(&txn, items, &mut outcomes).await;
+    finish(txn, applied).await?;
+    Ok(outcomes)
 }
 
 async fn apply_in(

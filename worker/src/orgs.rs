@@ -17,7 +17,7 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use crate::{
-    apply::{ApplyError, Outcome, stmt, tombstone_key},
+    apply::{ApplyError, Outcome, finish, record_svix_id, stmt, tombstone_key},
     event::ParseError,
 };
 
@@ -220,20 +220,8 @@ pub async fn apply(
     event: &OrgEvent,
 ) -> Result<Outcome, ApplyError> {
     let txn = db.begin().await?;
-    match apply_in(&txn, svix_id, event_type, event).await {
-        Ok(Outcome::Duplicate) => {
-            txn.rollback().await?;
-            Ok(Outcome::Duplicate)
-        }
-        Ok(outcome) => {
-            txn.commit().await?;
-            Ok(outcome)
-        }
-        Err(error) => {
-            let _ = txn.rollback().await;
-            Err(error)
-        }
-    }
+    let outcome = apply_in(&txn, svix_id, event_type, event).await;
+    finish(txn, outcome).await
 }
 
 async fn apply_in(
@@ -256,17 +244,8 @@ async fn apply_in(
     if let Some(user_id) = user_id {
         lock(txn, user_id).await?;
     }
-    if let Some(svix_id) = svix_id {
-        let recorded = txn
-            .execute_raw(stmt(
-                "INSERT INTO processed_events (svix_id, event_type) VALUES ($1, $2) \
-                 ON CONFLICT (svix_id) DO NOTHING",
-                vec![svix_id.into(), event_type.into()],
-            ))
-            .await?;
-        if recorded.rows_affected() == 0 {
-            return Ok(Outcome::Duplicate);
-        }
+    if !record_svix_id(txn, svix_id, event_type).await? {
+        return Ok(Outcome::Duplicate);
     }
     match event {
         OrgEvent::Upserted(org) => upsert_organization(txn, org).await,

@@ -1,6 +1,6 @@
 //! `worker backfill` against the fake Clerk Backend API with 1,000 users.
 
-use std::{process::Command, time::Duration};
+use std::time::Duration;
 
 use testkit::{
     TestBroker, TestDb, events,
@@ -61,23 +61,14 @@ async fn a_backfill_of_1000_users_keeps_newer_webhook_state_and_deleted_users_ou
     .await;
 
     let url = clerk.url();
-    let output = Command::new(env!("CARGO_BIN_EXE_worker"))
-        .args(["backfill", "--page-size", "100"])
-        .env_clear()
-        .envs(worker_settings(
-            &db.url,
-            &broker,
-            &[("CLERK_SECRET_KEY", SECRET_KEY), ("CLERK_API_URL", &url)],
-        ))
-        .output()
-        .unwrap();
-
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout} {}",
-        String::from_utf8_lossy(&output.stderr)
+    let settings = worker_settings(
+        &db.url,
+        &broker,
+        &[("CLERK_SECRET_KEY", SECRET_KEY), ("CLERK_API_URL", &url)],
     );
+    let (ok, stdout, stderr) =
+        crate::helpers::worker_cli(settings, &["backfill", "--page-size", "100"]);
+    assert!(ok, "{stdout} {stderr}");
     assert!(stdout.contains("1000 users seen"), "{stdout}");
     assert!(
         stdout.contains("998 applied, 1 already newer, 1 deleted, 0 failed"),

@@ -1,7 +1,5 @@
 //! `worker backfill --organizations` against the fake Clerk Backend API.
 
-use std::process::Command;
-
 use sea_orm::ConnectionTrait;
 use serde_json::Value;
 use testkit::{
@@ -91,22 +89,16 @@ async fn a_backfill_of_organizations_pages_through_them_and_their_memberships() 
     worker.stop().await;
 
     let url = clerk.url();
-    let output = Command::new(env!("CARGO_BIN_EXE_worker"))
-        .args(["backfill", "--organizations", "--page-size", "2"])
-        .env_clear()
-        .envs(worker_settings(
-            &db.url,
-            &broker,
-            &[("CLERK_SECRET_KEY", SECRET_KEY), ("CLERK_API_URL", &url)],
-        ))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout} {}",
-        String::from_utf8_lossy(&output.stderr)
+    let settings = worker_settings(
+        &db.url,
+        &broker,
+        &[("CLERK_SECRET_KEY", SECRET_KEY), ("CLERK_API_URL", &url)],
     );
+    let (ok, stdout, stderr) = crate::helpers::worker_cli(
+        settings,
+        &["backfill", "--organizations", "--page-size", "2"],
+    );
+    assert!(ok, "{stdout} {stderr}");
     assert!(
         stdout.contains("3 organizations seen, 1 applied, 1 already newer, 1 deleted, 0 failed"),
         "{stdout}"

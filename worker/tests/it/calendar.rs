@@ -1,6 +1,6 @@
 //! Calendar connections from Clerk's external accounts, with tokens from a fake Clerk Backend API.
 
-use std::{collections::BTreeMap, process::Command, time::Duration};
+use std::{collections::BTreeMap, time::Duration};
 
 use calendar::{
     Provider,
@@ -109,22 +109,10 @@ async fn spawn_calendar_worker(
 
 /// Runs `worker rotate-token-key` with these keys; returns its standard output.
 fn rotate_token_key(db: &TestDb, broker: &TestBroker, keys: &str) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_worker"))
-        .arg("rotate-token-key")
-        .env_clear()
-        .envs(worker_settings(
-            &db.url,
-            broker,
-            &[("TOKEN_ENCRYPTION_KEY", keys)],
-        ))
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
+    let settings = worker_settings(&db.url, broker, &[("TOKEN_ENCRYPTION_KEY", keys)]);
+    let (ok, stdout, stderr) = crate::helpers::worker_cli(settings, &["rotate-token-key"]);
+    assert!(ok, "{stderr}");
+    stdout
 }
 
 async fn send(

@@ -1,4 +1,4 @@
-use std::{collections::BTreeMap, process::Command, time::Duration};
+use std::{collections::BTreeMap, time::Duration};
 
 use sea_orm::ConnectionTrait;
 use testkit::{TestBroker, TestDb, eventually};
@@ -9,17 +9,7 @@ use crate::helpers::{
 
 /// Runs the worker binary with the test's settings.
 fn worker_cli(db: &TestDb, broker: &TestBroker, args: &[&str]) -> (bool, String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_worker"))
-        .args(args)
-        .env_clear()
-        .envs(worker_settings(&db.url, broker, &[]))
-        .output()
-        .unwrap();
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    crate::helpers::worker_cli(worker_settings(&db.url, broker, &[]), args)
 }
 
 /// The "bug": a trigger that fails every write of one user with a retryable error.

@@ -300,3 +300,19 @@ impl TestIngress {
         assert!(self.shut_down().await, "the ingress did not stop cleanly");
     }
 }
+
+/// Runs the worker binary with `args` and exactly these `settings`: whether it exited 0, its
+/// standard output and its standard error.
+pub fn worker_cli(settings: HashMap<String, String>, args: &[&str]) -> (bool, String, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_worker"))
+        .args(args)
+        .env_clear()
+        .envs(settings)
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}

@@ -2,8 +2,6 @@
 //! message, and queues declared by an older release keep working and are rebuilt by
 //! `worker migrate-queues` without losing a message.
 
-use std::process::Command;
-
 use broker::lapin::{
     options::{BasicGetOptions, QueueBindOptions, QueueDeleteOptions},
     types::{AMQPValue, FieldTable},
@@ -13,21 +11,8 @@ use testkit::TestBroker;
 use crate::helpers::{user_created, wait_for_count, worker_settings};
 
 fn worker_cli(broker: &TestBroker, args: &[&str]) -> (bool, String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_worker"))
-        .args(args)
-        .env_clear()
-        .envs(worker_settings(
-            "postgres://127.0.0.1:1/unused",
-            broker,
-            &[],
-        ))
-        .output()
-        .unwrap();
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    let settings = worker_settings("postgres://127.0.0.1:1/unused", broker, &[]);
+    crate::helpers::worker_cli(settings, args)
 }
 
 async fn dead_letter(broker: &TestBroker, id: &str) {

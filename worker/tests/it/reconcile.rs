@@ -2,7 +2,7 @@
 //! apply path, the deletion guard, rate limits and resuming, webhooks during a scan, and the
 //! scheduled reconcile in one worker at a time.
 
-use std::{collections::BTreeMap, process::Command, time::Duration};
+use std::{collections::BTreeMap, time::Duration};
 
 use serde_json::Value;
 use testkit::{
@@ -80,22 +80,15 @@ fn reconcile_cli(
     args: &[&str],
 ) -> (bool, String, String) {
     let url = clerk.url();
-    let output = Command::new(env!("CARGO_BIN_EXE_worker"))
-        .arg("reconcile")
-        .args(args)
-        .env_clear()
-        .envs(worker_settings(
-            &db.url,
-            broker,
-            &[("CLERK_SECRET_KEY", SECRET_KEY), ("CLERK_API_URL", &url)],
-        ))
-        .output()
-        .unwrap();
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    let settings = worker_settings(
+        &db.url,
+        broker,
+        &[("CLERK_SECRET_KEY", SECRET_KEY), ("CLERK_API_URL", &url)],
+    );
+    let args: Vec<&str> = std::iter::once("reconcile")
+        .chain(args.iter().copied())
+        .collect();
+    crate::helpers::worker_cli(settings, &args)
 }
 
 fn count(report: &Value, kind: &str) -> u64 {
