@@ -1,7 +1,9 @@
 //! Seeded, reproducible property test: random Clerk histories (creates, updates that move email
 //! addresses between users as Clerk allows, deletes, pairs of different states with the same
-//! Clerk `updated_at`), every event delivered 1 to 3 times in a
-//! random order to 3 workers at once. The tables must equal the model's answer.
+//! Clerk `updated_at`; organizations created, renamed and deleted mid-history, memberships
+//! created, changing role, left and joined again, of users that may come later or never),
+//! every event delivered 1 to 3 times in a random order to 3 workers at once. The tables must
+//! equal the model's answer.
 //!
 //! `CONVERGENCE_SEEDS` (default 3) seeds are run, starting at `CONVERGENCE_SEED_START` (default 1),
 //! with `CONVERGENCE_USERS` (default 50) users each.
@@ -12,9 +14,10 @@ use std::{
 };
 
 use rand::{Rng, SeedableRng, rngs::StdRng, seq::SliceRandom};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
 use testkit::{
     TestBroker, TestDb,
-    events::{self, UserState},
+    events::{self, MembershipState, OrgState, UserState},
 };
 
 use crate::helpers::{Row, TestWorker, scalar, spawn_worker, users, wait_for_users};
@@ -22,10 +25,23 @@ use crate::helpers::{Row, TestWorker, scalar, spawn_worker, users, wait_for_user
 /// (svix id, body) pairs.
 type Events = Vec<(String, Vec<u8>)>;
 
+/// An organization's expected row: name and version.
+type OrgRow = (String, i64);
+
+/// A membership's expected row, by (organization, user): membership id, role, and whether it is
+/// linked to the user's row.
+type MemberRow = (String, String, bool);
+
 struct History {
     /// (svix id, body), in Clerk's order.
     events: Events,
     expected: BTreeMap<String, Row>,
+    organizations: BTreeMap<String, OrgRow>,
+    members: BTreeMap<(String, String), MemberRow>,
+    /// Role changes, memberships ended and joined again, organizations deleted with members.
+    role_changes: usize,
+    rejoins: usize,
+    deleted_with_members: usize,
     /// How many times an address moved from one user to another.
     moved_addresses: usize,
     /// How many updates have a twin: another state with the same Clerk `updated_at`.
@@ -49,6 +65,16 @@ struct Clerk {
     history: Vec<Vec<u8>>,
     moved_addresses: usize,
     ties: usize,
+    orgs: HashMap<usize, OrgState>,
+    deleted_orgs: Vec<usize>,
+    /// Current memberships by (organization, user).
+    memberships: HashMap<(usize, usize), MembershipState>,
+    /// (organization, user) pairs whose membership ended at least once.
+    left: Vec<(usize, usize)>,
+    next_membership: usize,
+    role_changes: usize,
+    rejoins: usize,
+    deleted_with_members: usize,
 }
 
 fn generate(seed: u64, user_count: usize) -> History {
@@ -72,6 +98,14 @@ impl Clerk {
             history: Vec::new(),
             moved_addresses: 0,
             ties: 0,
+            orgs: HashMap::new(),
+            deleted_orgs: Vec::new(),
+            memberships: HashMap::new(),
+            left: Vec::new(),
+            next_membership: 0,
+            role_changes: 0,
+            rejoins: 0,
+            deleted_with_members: 0,
         }
     }
 
@@ -79,8 +113,13 @@ impl Clerk {
         format!("msg_{}_{n}", self.seed)
     }
 
-    /// A random user (never one deleted) is created, deleted or updated.
+    /// A random user (never one deleted) is created, deleted or updated; or an organization
+    /// event happens.
     fn next_event(&mut self, user_count: usize) {
+        if self.rng.random_bool(0.35) {
+            self.next_organization_event(user_count);
+            return;
+        }
         let i = self.rng.random_range(0..user_count);
         if self.deleted.contains(&i) {
             return;
@@ -109,6 +148,8 @@ impl Clerk {
     }
 
     fn delete(&mut self, i: usize) {
+        // The user's memberships end with them (no event of their own).
+        self.memberships.retain(|(_, user), _| *user != i);
         if let Some(email) = self.live.remove(&i).and_then(|state| state.email) {
             self.holder.remove(&email);
             self.released.push(email);
@@ -206,6 +247,121 @@ impl Clerk {
         next
     }
 
+    /// A random organization (never one deleted) is created, renamed or deleted, or one of
+    /// its memberships is created, changes role or ends.
+    fn next_organization_event(&mut self, user_count: usize) {
+        let j = self.rng.random_range(0..(user_count / 10).max(2));
+        if self.deleted_orgs.contains(&j) {
+            return;
+        }
+        self.t += self.rng.random_range(1..=3);
+        match self.orgs.get(&j).cloned() {
+            None => {
+                let org = OrgState {
+                    id: format!("org_{}_{j}", self.seed),
+                    name: format!("Org{}", self.t),
+                    slug: format!("org-{}-{j}", self.seed),
+                    updated_at: self.t,
+                };
+                self.history
+                    .push(events::organization_event("organization.created", &org));
+                self.orgs.insert(j, org);
+            }
+            Some(_) if self.rng.random_bool(0.04) => self.delete_organization(j),
+            Some(org) if self.rng.random_bool(0.2) => {
+                let renamed = OrgState {
+                    name: format!("Org{}", self.t),
+                    updated_at: self.t,
+                    ..org
+                };
+                self.history
+                    .push(events::organization_event("organization.updated", &renamed));
+                self.orgs.insert(j, renamed);
+            }
+            Some(org) => self.membership_event(j, org, user_count),
+        }
+    }
+
+    fn delete_organization(&mut self, j: usize) {
+        let before = self.memberships.len();
+        self.memberships.retain(|(org, _), _| *org != j);
+        if self.memberships.len() < before {
+            self.deleted_with_members += 1;
+        }
+        let org = self.orgs.remove(&j).map(|o| o.id).unwrap_or_default();
+        self.deleted_orgs.push(j);
+        self.history
+            .push(events::organization_deleted(&org, self.t));
+    }
+
+    /// User `i` (who may not exist yet, or ever) joins `org`, changes role or leaves it.
+    fn membership_event(&mut self, j: usize, org: OrgState, user_count: usize) {
+        // Members come from a quarter of the users, so that pairs meet again (role changes,
+        // leaving and joining again).
+        let i = self.rng.random_range(0..(user_count / 4).max(1));
+        if self.deleted.contains(&i) {
+            return;
+        }
+        let t = self.t;
+        match self.memberships.get(&(j, i)).cloned() {
+            None => {
+                if self.left.contains(&(j, i)) {
+                    self.rejoins += 1;
+                }
+                self.next_membership += 1;
+                let membership = MembershipState {
+                    id: format!("orgmem_{}_{}", self.seed, self.next_membership),
+                    user_id: format!("user_{}_{i}", self.seed),
+                    role: if self.rng.random_bool(0.3) {
+                        "org:admin"
+                    } else {
+                        "org:member"
+                    }
+                    .into(),
+                    updated_at: t,
+                    organization: org,
+                };
+                self.history.push(events::membership_event(
+                    "organizationMembership.created",
+                    &membership,
+                ));
+                self.memberships.insert((j, i), membership);
+            }
+            Some(current) if self.rng.random_bool(0.3) => {
+                let ended = MembershipState {
+                    updated_at: t,
+                    organization: org,
+                    ..current
+                };
+                self.history.push(events::membership_event(
+                    "organizationMembership.deleted",
+                    &ended,
+                ));
+                self.memberships.remove(&(j, i));
+                self.left.push((j, i));
+            }
+            Some(current) => {
+                let role = if current.role == "org:admin" {
+                    "org:member"
+                } else {
+                    "org:admin"
+                };
+                let changed = MembershipState {
+                    role: role.into(),
+                    updated_at: t,
+                    organization: org,
+                    ..current
+                };
+                self.history.push(events::membership_event(
+                    "organizationMembership.updated",
+                    &changed,
+                ));
+                self.memberships.insert((j, i), changed);
+                self.role_changes += 1;
+            }
+        }
+    }
+
     /// The events with their svix ids, and the rows of the users still live.
     fn into_history(self) -> History {
         let expected = self
@@ -223,8 +379,28 @@ impl Clerk {
                 )
             })
             .collect();
+        let organizations = self
+            .orgs
+            .values()
+            .map(|o| (o.id.clone(), (o.name.clone(), o.updated_at)))
+            .collect();
+        let members = self
+            .memberships
+            .iter()
+            .map(|(&(j, i), m)| {
+                (
+                    (self.orgs[&j].id.clone(), m.user_id.clone()),
+                    (m.id.clone(), m.role.clone(), self.live.contains_key(&i)),
+                )
+            })
+            .collect();
         let seed = self.seed;
         History {
+            organizations,
+            members,
+            role_changes: self.role_changes,
+            rejoins: self.rejoins,
+            deleted_with_members: self.deleted_with_members,
             events: self
                 .history
                 .into_iter()
@@ -259,6 +435,15 @@ async fn random_histories_delivered_duplicated_and_shuffled_to_three_workers_con
 
 async fn run_seed(seed: u64, user_count: usize) {
     let history = generate(seed, user_count);
+    eprintln!(
+        "convergence seed {seed}: {} events, {} organizations and {} memberships left, {} role changes, {} joined again, {} organizations deleted with members",
+        history.events.len(),
+        history.organizations.len(),
+        history.members.len(),
+        history.role_changes,
+        history.rejoins,
+        history.deleted_with_members
+    );
     if user_count >= 50 {
         assert_the_history_moves_addresses_and_has_ties(seed, &history);
     }
@@ -275,6 +460,16 @@ async fn run_seed(seed: u64, user_count: usize) {
 
     wait_until_every_event_settled(&db, &broker, &history).await;
     assert_eq!(users(&db.conn).await, history.expected, "seed {seed}");
+    assert_eq!(
+        organizations(&db.conn).await,
+        history.organizations,
+        "seed {seed}: organizations"
+    );
+    assert_eq!(
+        members(&db.conn).await,
+        history.members,
+        "seed {seed}: memberships"
+    );
     assert_eq!(
         broker.count(&broker.topology.dead_queue()).await,
         0,
@@ -294,6 +489,61 @@ fn assert_the_history_moves_addresses_and_has_ties(seed: u64, history: &History)
         history.ties > 0,
         "seed {seed}: no two states share a version"
     );
+    assert!(
+        history.role_changes > 0 && history.rejoins > 0 && history.deleted_with_members > 0,
+        "seed {seed}: {} role changes, {} joined again, {} organizations deleted with members",
+        history.role_changes,
+        history.rejoins,
+        history.deleted_with_members
+    );
+}
+
+/// The organizations table: Clerk id → (name, version).
+async fn organizations(db: &DatabaseConnection) -> BTreeMap<String, OrgRow> {
+    db.query_all_raw(Statement::from_string(
+        DbBackend::Postgres,
+        "SELECT clerk_organization_id, name, clerk_updated_at FROM organizations",
+    ))
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|row| {
+        (
+            row.try_get("", "clerk_organization_id").unwrap(),
+            (
+                row.try_get("", "name").unwrap(),
+                row.try_get("", "clerk_updated_at").unwrap(),
+            ),
+        )
+    })
+    .collect()
+}
+
+/// The memberships table: (organization, user) → (membership id, role, linked).
+async fn members(db: &DatabaseConnection) -> BTreeMap<(String, String), MemberRow> {
+    db.query_all_raw(Statement::from_string(
+        DbBackend::Postgres,
+        "SELECT o.clerk_organization_id, m.clerk_user_id, m.clerk_membership_id, m.role, \
+           m.user_id IS NOT NULL AS linked \
+         FROM organization_memberships m JOIN organizations o ON o.id = m.organization_id",
+    ))
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|row| {
+        (
+            (
+                row.try_get("", "clerk_organization_id").unwrap(),
+                row.try_get("", "clerk_user_id").unwrap(),
+            ),
+            (
+                row.try_get("", "clerk_membership_id").unwrap(),
+                row.try_get("", "role").unwrap(),
+                row.try_get("", "linked").unwrap(),
+            ),
+        )
+    })
+    .collect()
 }
 
 /// Every event delivered 1 to 3 times, all in a random order.
