@@ -247,6 +247,20 @@ impl ClerkClient {
         list(self.get("/organizations", &query).await?, "organization")
     }
 
+    /// One organization as a raw organization object (`GET /v1/organizations/{id}`); `None`
+    /// when Clerk does not know it.
+    pub async fn get_organization(
+        &self,
+        clerk_organization_id: &str,
+    ) -> Result<Option<Value>, ClerkError> {
+        let path = format!("/organizations/{}", encode_segment(clerk_organization_id));
+        match self.get(&path, &[]).await {
+            Ok(value) => Ok(Some(value)),
+            Err(ClerkError::Status { status: 404, .. }) => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
     /// One page of an organization's memberships
     /// (`GET /v1/organizations/{id}/memberships?limit=&offset=`), as raw membership objects.
     pub async fn list_memberships(

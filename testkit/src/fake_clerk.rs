@@ -276,6 +276,14 @@ fn answer(state: &Mutex<State>, request: &Request<Incoming>) -> Response<Full<By
                 &json!({"data": data, "total_count": state.organizations.len()}),
             )
         }
+        ["v1", "organizations", organization] => match state
+            .organizations
+            .iter()
+            .find(|o| o["id"] == *organization)
+        {
+            Some(found) => json_response(StatusCode::OK, found),
+            None => clerk_error(StatusCode::NOT_FOUND, "resource_not_found"),
+        },
         ["v1", "organizations", organization, "memberships"] => {
             let (limit, offset) = limit_offset(request);
             let all = state

@@ -16,6 +16,7 @@ pub mod orgs;
 pub mod progress;
 pub mod queues;
 pub mod reconcile;
+pub mod reconcile_orgs;
 pub mod shutdown;
 
 use std::{
@@ -359,6 +360,40 @@ async fn reconcile_once(reconciler: &Reconciler) {
         }
         Err(error) => {
             tracing::error!(error.message = %error, "reconcile failed");
+        }
+    }
+    reconcile_organizations_once(reconciler).await;
+}
+
+/// The scheduled reconcile of organizations and memberships, after the users'.
+async fn reconcile_organizations_once(reconciler: &Reconciler) {
+    let options = reconcile::ReconcileOptions::default();
+    match reconcile_orgs::run(&reconciler.applier, &reconciler.clerk, &options).await {
+        Ok(report) => {
+            let metrics = &reconciler.metrics;
+            for (kind, drift) in [
+                ("organization_missing", &report.organizations.missing),
+                ("organization_older", &report.organizations.older),
+                ("organization_gone", &report.organizations.gone),
+                ("membership_missing", &report.memberships.missing),
+                ("membership_older", &report.memberships.older),
+                ("membership_gone", &report.memberships.gone),
+            ] {
+                metrics
+                    .reconcile_drift
+                    .get_or_create(&metrics::DriftLabels { kind })
+                    .inc_by(drift.count);
+            }
+            tracing::info!(
+                organizations = report.scanned_organizations,
+                memberships = report.scanned_memberships,
+                repaired = report.drift(),
+                failed = report.failed.len(),
+                "reconcile of organizations done"
+            );
+        }
+        Err(error) => {
+            tracing::error!(error.message = %error, "reconcile of organizations failed");
         }
     }
 }

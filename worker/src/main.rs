@@ -67,6 +67,9 @@ enum Command {
         /// Start from the first page even if an interrupted run left a checkpoint.
         #[arg(long)]
         restart: bool,
+        /// Reconcile Clerk's organizations and their memberships instead of the users.
+        #[arg(long)]
+        organizations: bool,
     },
     /// Rebuild queues declared by an older clerk-sync with a broker delivery limit, keeping
     /// every message. Stop the workers first.
@@ -134,6 +137,7 @@ async fn main() -> anyhow::Result<()> {
             max_deletes,
             page_size,
             restart,
+            organizations,
         } => {
             let options = worker::reconcile::ReconcileOptions {
                 dry_run,
@@ -142,7 +146,11 @@ async fn main() -> anyhow::Result<()> {
                 restart,
                 ..Default::default()
             };
-            reconcile(config, options, json).await
+            if organizations {
+                reconcile_organizations(config, options, json).await
+            } else {
+                reconcile(config, options, json).await
+            }
         }
         Command::MigrateQueues => migrate_queues(config).await,
         Command::Dlq(command) => {
@@ -310,6 +318,40 @@ async fn reconcile(
     if !report.failed.is_empty() {
         anyhow::bail!(
             "{} user(s) could not be repaired (listed in the report); fix the cause and run `worker reconcile` again",
+            report.failed.len()
+        );
+    }
+    Ok(())
+}
+
+/// `worker reconcile --organizations`.
+async fn reconcile_organizations(
+    config: Config,
+    options: worker::reconcile::ReconcileOptions,
+    json: bool,
+) -> anyhow::Result<()> {
+    use worker::{reconcile::ReconcileError, reconcile_orgs};
+    ops_logs(&config, "warn");
+    let (applier, clerk) = clerk_applier(config, "reconcile").await?;
+    let report = match reconcile_orgs::run(&applier, &clerk, &options).await {
+        Ok(report) => report,
+        Err(error) => {
+            if let (true, ReconcileError::TooManyOrganizationDeletes { report, .. }) =
+                (json, &error)
+            {
+                println!("{}", serde_json::to_string_pretty(report)?);
+            }
+            return Err(error).context("reconcile did not complete");
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{}", reconcile_orgs::summary(&report));
+    }
+    if !report.failed.is_empty() {
+        anyhow::bail!(
+            "{} organization(s) or membership(s) could not be repaired (listed in the report); fix the cause and run `worker reconcile --organizations` again",
             report.failed.len()
         );
     }

@@ -40,7 +40,9 @@ pub struct Metrics {
 /// Labels of `clerk_sync_reconcile_drift_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DriftLabels {
-    /// `missing`, `older`, `connections` or `gone`.
+    /// `missing`, `older`, `connections` or `gone` (users); `organization_missing`,
+    /// `organization_older`, `organization_gone`, `membership_missing`, `membership_older` or
+    /// `membership_gone`.
     pub kind: &'static str,
 }
 

@@ -70,6 +70,24 @@ pub enum ReconcileError {
         limit: usize,
         report: Box<Report>,
     },
+    #[error(
+        "{candidates} {what} would be deleted, more than the limit of {limit} (--max-deletes): nothing was deleted. Check that CLERK_SECRET_KEY belongs to this instance; if the deletions are right, run again with a higher --max-deletes"
+    )]
+    TooManyOrganizationDeletes {
+        /// `organization(s)` or `membership(s)`.
+        what: &'static str,
+        candidates: usize,
+        limit: usize,
+        report: Box<crate::reconcile_orgs::OrgReport>,
+    },
+    #[error(
+        "Clerk's organization list failed at offset {offset}: {source}; run `worker reconcile --organizations` again"
+    )]
+    ListOrganizations {
+        offset: u64,
+        #[source]
+        source: ClerkError,
+    },
     #[error("database: {0}; run `worker reconcile` again to resume")]
     Db(#[from] DbErr),
 }
@@ -148,7 +166,7 @@ pub struct Drift {
 }
 
 impl Drift {
-    fn add(&mut self, id: &str) {
+    pub(crate) fn add(&mut self, id: &str) {
         self.count += 1;
         self.ids.push(id.to_owned());
     }
@@ -228,13 +246,13 @@ pub fn summary(report: &Report) -> String {
 }
 
 /// Keeps calls to Clerk under a rate, and waits out `Retry-After`.
-struct Pace {
+pub(crate) struct Pace {
     interval: Duration,
     next: Instant,
 }
 
 impl Pace {
-    fn new(per_second: u32) -> Self {
+    pub(crate) fn new(per_second: u32) -> Self {
         Self {
             interval: Duration::from_secs(1) / per_second.max(1),
             next: Instant::now(),
@@ -251,7 +269,11 @@ impl Pace {
 }
 
 /// A call to Clerk, paced and retried while it fails transiently (honouring `Retry-After`).
-async fn call<T, F, Fut>(pace: &mut Pace, attempts: u32, mut f: F) -> Result<T, ClerkError>
+pub(crate) async fn call<T, F, Fut>(
+    pace: &mut Pace,
+    attempts: u32,
+    mut f: F,
+) -> Result<T, ClerkError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, ClerkError>>,

@@ -18,4 +18,5 @@ mod panics;
 mod profile;
 mod queues;
 mod reconcile;
+mod reconcile_orgs;
 mod secrets;

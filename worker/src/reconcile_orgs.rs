@@ -1,0 +1,455 @@
+//! `worker reconcile --organizations` (and the scheduled reconcile, after the users): compares
+//! Clerk's organizations and each one's memberships with the tables and repairs the drift
+//! through the same apply path as their events:
+//! - missing here (no row, no tombstone) or older here: applied;
+//! - newer here: left alone;
+//! - an organization Clerk does not list, and answers `404` for when asked by id, is deleted with
+//!   a tombstone; a membership its organization's listing no longer has is ended with a
+//!   tombstone. Both under `--max-deletes` (of each table), as for users.
+//!
+//! Rows written while the scan runs are not misjudged: only rows last written before the scan
+//! (organizations) or before their organization's listing was read (memberships) can be
+//! deletion candidates. Organizations are far fewer than users: a run is not checkpointed, an
+//! interrupted run starts again.
+
+use std::collections::HashSet;
+
+use calendar::clerk::ClerkClient;
+use chrono::{DateTime, Utc};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr};
+use serde::Serialize;
+
+use crate::{
+    apply::{Applier, Outcome, stmt, tombstone_key},
+    event::ClerkEvent,
+    orgs::{self, MembershipSnapshot, OrgEvent, OrgSnapshot},
+    reconcile::{Drift, MaxDeletes, Pace, ReconcileError, ReconcileOptions, call},
+};
+
+/// Drift of one kind of object.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Kinds {
+    /// In Clerk, no row here: applied.
+    pub missing: Drift,
+    /// Older here than in Clerk: applied.
+    pub older: Drift,
+    /// Newer here than in Clerk: left alone.
+    pub newer_here: Drift,
+    /// Gone from Clerk: deleted with a tombstone.
+    pub gone: Drift,
+}
+
+impl Kinds {
+    fn drift(&self) -> u64 {
+        self.missing.count + self.older.count + self.gone.count
+    }
+}
+
+/// What a reconcile of organizations found (and, unless a dry run, repaired).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct OrgReport {
+    pub dry_run: bool,
+    /// Organizations and memberships read from Clerk.
+    pub scanned_organizations: u64,
+    pub scanned_memberships: u64,
+    pub organizations: Kinds,
+    pub memberships: Kinds,
+    /// Objects that could not be repaired, with the reason.
+    pub failed: Vec<(String, String)>,
+}
+
+impl OrgReport {
+    /// How much differed (repaired, or to repair in a dry run).
+    pub fn drift(&self) -> u64 {
+        self.organizations.drift() + self.memberships.drift()
+    }
+}
+
+/// The report in a few lines, for people.
+pub fn summary(report: &OrgReport) -> String {
+    let (apply, delete) = if report.dry_run {
+        ("would apply", "would delete")
+    } else {
+        ("applied", "deleted")
+    };
+    let mut out = format!(
+        "reconcile {}: {} Clerk organizations and {} memberships read",
+        if report.dry_run { "dry run" } else { "done" },
+        report.scanned_organizations,
+        report.scanned_memberships
+    );
+    for (what, kinds) in [
+        ("organizations", &report.organizations),
+        ("memberships", &report.memberships),
+    ] {
+        out.push_str(&format!(
+            "\n  {what}: {} missing here ({apply}), {} older here ({apply}), {} gone from Clerk ({delete}), {} newer here (left alone)",
+            kinds.missing.count, kinds.older.count, kinds.gone.count, kinds.newer_here.count
+        ));
+    }
+    out.push_str(&format!("\n  failed: {}", report.failed.len()));
+    for (id, reason) in &report.failed {
+        out.push_str(&format!("\n    {id}: {reason}"));
+    }
+    out
+}
+
+/// Where a Clerk object stands here.
+enum Here {
+    /// Deleted here: final.
+    Tombstoned,
+    Missing,
+    At(i64),
+}
+
+async fn here(
+    db: &DatabaseConnection,
+    table: &str,
+    id_column: &str,
+    tombstones: &str,
+    id: &str,
+) -> Result<Here, DbErr> {
+    let tombstone = db
+        .query_one_raw(stmt(
+            &format!("SELECT 1 AS one FROM {tombstones} WHERE {id_column}_sha256 = $1"),
+            vec![tombstone_key(id).into()],
+        ))
+        .await?;
+    if tombstone.is_some() {
+        return Ok(Here::Tombstoned);
+    }
+    let row = db
+        .query_one_raw(stmt(
+            &format!("SELECT clerk_updated_at FROM {table} WHERE {id_column} = $1"),
+            vec![id.into()],
+        ))
+        .await?;
+    Ok(match row {
+        Some(row) => Here::At(row.try_get("", "clerk_updated_at")?),
+        None => Here::Missing,
+    })
+}
+
+async fn now(db: &DatabaseConnection) -> Result<DateTime<Utc>, DbErr> {
+    db.query_one_raw(stmt("SELECT now() AS now", vec![]))
+        .await?
+        .ok_or(DbErr::RecordNotFound("now()".into()))?
+        .try_get("", "now")
+}
+
+/// A stored membership no longer listed by Clerk, as the snapshot its deletion needs.
+async fn unlisted_memberships(
+    db: &DatabaseConnection,
+    clerk_organization_id: &str,
+    listed_at: DateTime<Utc>,
+    listed: &HashSet<String>,
+) -> Result<Vec<MembershipSnapshot>, DbErr> {
+    let rows = db
+        .query_all_raw(stmt(
+            "SELECT m.clerk_membership_id, m.clerk_user_id, m.role, m.clerk_updated_at, \
+               o.name, o.slug, o.clerk_updated_at AS organization_version \
+             FROM organization_memberships m JOIN organizations o ON o.id = m.organization_id \
+             WHERE o.clerk_organization_id = $1 AND m.updated_at < $2",
+            vec![clerk_organization_id.into(), listed_at.into()],
+        ))
+        .await?;
+    let mut out = Vec::new();
+    for row in rows {
+        let id: String = row.try_get("", "clerk_membership_id")?;
+        if listed.contains(&id) {
+            continue;
+        }
+        out.push(MembershipSnapshot {
+            clerk_membership_id: id,
+            clerk_user_id: row.try_get("", "clerk_user_id")?,
+            role: row.try_get("", "role")?,
+            created_at: None,
+            updated_at: row.try_get("", "clerk_updated_at")?,
+            organization: OrgSnapshot {
+                clerk_organization_id: clerk_organization_id.to_owned(),
+                name: row.try_get("", "name")?,
+                slug: row.try_get("", "slug")?,
+                image_url: None,
+                public_metadata: serde_json::json!({}),
+                members_count: None,
+                created_at: None,
+                // The stored version: the deletion's copy of the organization changes nothing.
+                updated_at: row.try_get("", "organization_version")?,
+            },
+        });
+    }
+    Ok(out)
+}
+
+/// The run's state.
+struct Scan<'a> {
+    applier: &'a Applier,
+    clerk: &'a ClerkClient,
+    options: &'a ReconcileOptions,
+    pace: Pace,
+    report: OrgReport,
+    seen_organizations: HashSet<String>,
+    /// Memberships Clerk no longer lists, found organization by organization.
+    unlisted: Vec<MembershipSnapshot>,
+}
+
+/// Runs a reconcile of organizations and memberships.
+pub async fn run(
+    applier: &Applier,
+    clerk: &ClerkClient,
+    options: &ReconcileOptions,
+) -> Result<OrgReport, ReconcileError> {
+    let started = now(&applier.db).await?;
+    let mut scan = Scan {
+        applier,
+        clerk,
+        options,
+        pace: Pace::new(options.requests_per_second),
+        report: OrgReport {
+            dry_run: options.dry_run,
+            ..OrgReport::default()
+        },
+        seen_organizations: HashSet::new(),
+        unlisted: Vec::new(),
+    };
+    let page_size = options.page_size.clamp(1, 500);
+    let mut offset = 0;
+    loop {
+        let page = call(&mut scan.pace, options.attempts, || {
+            clerk.list_organizations(page_size, offset)
+        })
+        .await
+        .map_err(|source| ReconcileError::ListOrganizations { offset, source })?;
+        for value in &page {
+            scan.organization(value).await?;
+        }
+        offset += page.len() as u64;
+        if (page.len() as u64) < u64::from(page_size) {
+            break;
+        }
+    }
+    scan.delete_gone(started).await?;
+    Ok(scan.report)
+}
+
+impl Scan<'_> {
+    /// One organization from Clerk's list, then its memberships.
+    async fn organization(&mut self, value: &serde_json::Value) -> Result<(), ReconcileError> {
+        self.report.scanned_organizations += 1;
+        let org = match orgs::parse_organization(value) {
+            Ok(org) => org,
+            Err(error) => {
+                let id = value.get("id").and_then(|v| v.as_str()).unwrap_or("?");
+                self.report.failed.push((id.to_owned(), error.to_string()));
+                return Ok(());
+            }
+        };
+        let id = org.clerk_organization_id.clone();
+        self.seen_organizations.insert(id.clone());
+        let db = &self.applier.db;
+        let stands = here(
+            db,
+            "organizations",
+            "clerk_organization_id",
+            "deleted_organizations",
+            &id,
+        )
+        .await?;
+        if matches!(stands, Here::Tombstoned) {
+            return Ok(());
+        }
+        let version = org.updated_at;
+        self.repair(stands, version, OrgEvent::Upserted(org), &id, true)
+            .await;
+        self.memberships(&id).await
+    }
+
+    /// Every membership Clerk lists for one organization.
+    async fn memberships(&mut self, clerk_organization_id: &str) -> Result<(), ReconcileError> {
+        let db = &self.applier.db;
+        let listed_at = now(db).await?;
+        let page_size = self.options.page_size.clamp(1, 500);
+        let mut listed = HashSet::new();
+        let mut offset = 0;
+        loop {
+            let page = call(&mut self.pace, self.options.attempts, || {
+                self.clerk
+                    .list_memberships(clerk_organization_id, page_size, offset)
+            })
+            .await
+            .map_err(|source| ReconcileError::ListOrganizations { offset, source })?;
+            for value in &page {
+                self.report.scanned_memberships += 1;
+                match orgs::parse_membership(value) {
+                    Ok(membership) => {
+                        let id = membership.clerk_membership_id.clone();
+                        listed.insert(id.clone());
+                        let stands = here(
+                            db,
+                            "organization_memberships",
+                            "clerk_membership_id",
+                            "deleted_memberships",
+                            &id,
+                        )
+                        .await?;
+                        let version = membership.updated_at;
+                        let event = OrgEvent::MembershipUpserted(membership);
+                        self.repair(stands, version, event, &id, false).await;
+                    }
+                    Err(error) => {
+                        let id = value.get("id").and_then(|v| v.as_str()).unwrap_or("?");
+                        self.report.failed.push((id.to_owned(), error.to_string()));
+                    }
+                }
+            }
+            offset += page.len() as u64;
+            if (page.len() as u64) < u64::from(page_size) {
+                break;
+            }
+        }
+        let unlisted = unlisted_memberships(db, clerk_organization_id, listed_at, &listed).await?;
+        self.unlisted.extend(unlisted);
+        Ok(())
+    }
+
+    /// Deletes what Clerk no longer has, under the deletion guard of each table.
+    async fn delete_gone(&mut self, started: DateTime<Utc>) -> Result<(), ReconcileError> {
+        let db = &self.applier.db;
+        let mut candidates = Vec::new();
+        let rows = db
+            .query_all_raw(stmt(
+                "SELECT clerk_organization_id, updated_at < $1 AS before FROM organizations",
+                vec![started.into()],
+            ))
+            .await?;
+        let organizations = rows.len() as u64;
+        for row in rows {
+            let id: String = row.try_get("", "clerk_organization_id")?;
+            let before: bool = row.try_get("", "before")?;
+            if before && !self.seen_organizations.contains(&id) {
+                candidates.push(id);
+            }
+        }
+        let memberships: i64 = db
+            .query_one_raw(stmt(
+                "SELECT count(*) AS n FROM organization_memberships",
+                vec![],
+            ))
+            .await?
+            .map(|row| row.try_get("", "n"))
+            .transpose()?
+            .unwrap_or(0);
+        for (what, count, rows) in [
+            ("organization(s)", candidates.len(), organizations),
+            (
+                "membership(s)",
+                self.unlisted.len(),
+                u64::try_from(memberships).unwrap_or(0),
+            ),
+        ] {
+            let limit = MaxDeletes::limit(self.options.max_deletes, rows);
+            if count > limit {
+                return Err(ReconcileError::TooManyOrganizationDeletes {
+                    what,
+                    candidates: count,
+                    limit,
+                    report: Box::new(self.report.clone()),
+                });
+            }
+        }
+        for membership in std::mem::take(&mut self.unlisted) {
+            let id = membership.clerk_membership_id.clone();
+            self.delete(OrgEvent::MembershipDeleted(membership), &id, false)
+                .await;
+        }
+        for id in candidates {
+            // Asked by id right before deleting: one created or listed late is not misjudged.
+            let current = call(&mut self.pace, self.options.attempts, || {
+                self.clerk.get_organization(&id)
+            })
+            .await
+            .map_err(|source| ReconcileError::Lookup {
+                id: id.clone(),
+                source,
+            })?;
+            if current.is_none() {
+                let event = OrgEvent::Deleted {
+                    clerk_organization_id: id.clone(),
+                };
+                self.delete(event, &id, true).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Compares one object at Clerk's `version` with where it stands here, and repairs it
+    /// through `event`.
+    async fn repair(
+        &mut self,
+        stands: Here,
+        version: i64,
+        event: OrgEvent,
+        id: &str,
+        organization: bool,
+    ) {
+        let kinds = if organization {
+            &mut self.report.organizations
+        } else {
+            &mut self.report.memberships
+        };
+        let drift = match stands {
+            Here::Tombstoned => return,
+            Here::Missing => &mut kinds.missing,
+            Here::At(stored) if stored < version => &mut kinds.older,
+            Here::At(stored) if stored > version => {
+                kinds.newer_here.add(id);
+                return;
+            }
+            Here::At(_) => return,
+        };
+        if self.options.dry_run {
+            drift.add(id);
+            return;
+        }
+        match self
+            .applier
+            .apply(None, "reconcile", &ClerkEvent::Organization(event))
+            .await
+        {
+            Ok(Outcome::Applied) => {
+                tracing::info!(id, "reconcile repaired an organization or membership");
+                drift.add(id);
+            }
+            // A webhook got there first, or a deletion: nothing to repair.
+            Ok(_) => {}
+            Err(error) => self.report.failed.push((id.to_owned(), error.reason())),
+        }
+    }
+
+    async fn delete(&mut self, event: OrgEvent, id: &str, organization: bool) {
+        let kinds = if organization {
+            &mut self.report.organizations
+        } else {
+            &mut self.report.memberships
+        };
+        if self.options.dry_run {
+            kinds.gone.add(id);
+            return;
+        }
+        match self
+            .applier
+            .apply(None, "reconcile", &ClerkEvent::Organization(event))
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(
+                    id,
+                    kind = "gone",
+                    "reconcile repaired an organization or membership"
+                );
+                kinds.gone.add(id);
+            }
+            Err(error) => self.report.failed.push((id.to_owned(), error.reason())),
+        }
+    }
+}
