@@ -88,14 +88,19 @@ pub struct LazySync {
 }
 
 impl LazySync {
-    /// Lazy sync through `clerk`, storing into `db` (tokens sealed with `cipher` when set), and
-    /// its metric registered in `registry`.
+    /// Lazy sync through Clerk's API, storing into `db` as `settings` say (tokens sealed with
+    /// their cipher when set, private metadata only with `SYNC_PRIVATE_METADATA`), and its
+    /// metric registered in `registry`.
     pub fn new(
         db: DatabaseConnection,
-        clerk: ClerkClient,
-        cipher: Option<calendar::crypto::TokenCipher>,
+        settings: crate::config::LazySettings,
         registry: &mut Registry,
     ) -> Self {
+        let crate::config::LazySettings {
+            clerk,
+            cipher,
+            sync_private_metadata,
+        } = settings;
         let outcomes = Family::<LazyLabels, Counter>::default();
         registry.register(
             "clerk_sync_api_lazy_syncs",
@@ -108,6 +113,7 @@ impl LazySync {
                 clerk: Some(clerk.clone()),
                 cipher,
                 in_process_retries: 2,
+                store_private_metadata: sync_private_metadata,
             },
             clerk,
             in_flight: Mutex::default(),

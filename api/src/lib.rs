@@ -66,10 +66,6 @@ impl Application {
             config.database.max_connections,
         );
         options.min_connections(0).connect_lazy(true);
-        if let Some(lazy) = &config.lazy {
-            // Lazy sync stores users through this pool, as the worker does.
-            worker::apply::private_metadata_option(&mut options, lazy.sync_private_metadata);
-        }
         let db = Database::connect(options)
             .await
             .map_err(|_| StartError::DatabaseUrl(redact_url(config.database.url.expose())))?;
@@ -85,7 +81,7 @@ impl Application {
         let metrics = Arc::new(Metrics::register(&mut registry));
         let lazy = config
             .lazy
-            .map(|lazy| lazy::LazySync::new(db.clone(), lazy.clerk, lazy.cipher, &mut registry));
+            .map(|lazy| lazy::LazySync::new(db.clone(), lazy, &mut registry));
         let state = Arc::new(AppState {
             db: db.clone(),
             auth: config.auth,

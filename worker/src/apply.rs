@@ -49,6 +49,9 @@ pub struct Applier {
     pub cipher: Option<TokenCipher>,
     /// Quick retries before giving up on this attempt.
     pub in_process_retries: usize,
+    /// `SYNC_PRIVATE_METADATA`: store users' private and unsafe metadata. When false they are
+    /// dropped from every event before it is applied, so they never reach the database.
+    pub store_private_metadata: bool,
 }
 
 impl Applier {
@@ -64,6 +67,13 @@ impl Applier {
             .with_max_delay(Duration::from_secs(1))
             .with_jitter()
             .with_max_times(self.in_process_retries);
+        let stripped;
+        let event = if !self.store_private_metadata && event.has_private_metadata() {
+            stripped = event.clone().without_private_metadata();
+            &stripped
+        } else {
+            event
+        };
         (|| self.try_apply(svix_id, event_type, event))
             .retry(backoff)
             .sleep(tokio::time::sleep)
@@ -432,32 +442,11 @@ async fn apply_in(
     }
 }
 
-/// The Postgres setting through which `SYNC_PRIVATE_METADATA` reaches the upserts of users: the
-/// statements ([`UPSERT_USER`] and the batch's) store Clerk's private and unsafe metadata only on
-/// a connection where it is `on`, and write them NULL otherwise. It is a setting of the session,
-/// given when the pool connects ([`private_metadata_option`]), so that every path that writes a
-/// user through that pool (events one by one or in batches, backfill, reconcile, the api's lazy
-/// sync) follows it, and a connection opened without it never stores private data.
-pub const PRIVATE_METADATA_SETTING: &str = "clerk_sync.sync_private_metadata";
-
-/// SQL that is true when this session stores private and unsafe metadata.
-pub(crate) const STORES_PRIVATE_METADATA: &str =
-    "coalesce(current_setting('clerk_sync.sync_private_metadata', true), '') = 'on'";
-
-/// Makes every connection of the pool `options` describes store private and unsafe metadata
-/// when `sync` (`SYNC_PRIVATE_METADATA=true`); otherwise leaves `options` as they are (not
-/// stored).
-pub fn private_metadata_option(options: &mut sea_orm::ConnectOptions, sync: bool) {
-    if sync {
-        options.map_sqlx_postgres_opts(|pg| pg.options([(PRIVATE_METADATA_SETTING, "on")]));
-    }
-}
-
 /// The version-guarded upsert of one user: `$1` id, `$2` Clerk id, `$3` email, `$4` first name,
 /// `$5` last name, `$6` Clerk `updated_at`, `$7` Clerk `created_at`, `$8` tiebreak, `$9`
 /// username, `$10` image URL, `$11` external id, `$12` primary phone number, `$13` public
-/// metadata (jsonb), `$14` private metadata and `$15` unsafe metadata (jsonb, stored only when
-/// the session's [`PRIVATE_METADATA_SETTING`] is on, else NULL), `$16` banned, `$17` locked,
+/// metadata (jsonb), `$14` private metadata and `$15` unsafe metadata (jsonb; none unless
+/// `SYNC_PRIVATE_METADATA=true`, see [`Applier::store_private_metadata`]), `$16` banned, `$17` locked,
 /// `$18` last sign-in (timestamptz). Changes nothing unless (`$6`, `$8`) is newer than the stored
 /// version. Public so that the benchmark measures this very statement.
 pub const UPSERT_USER: &str = "INSERT INTO users (id, clerk_user_id, email, first_name, last_name, \
@@ -465,11 +454,7 @@ pub const UPSERT_USER: &str = "INSERT INTO users (id, clerk_user_id, email, firs
          external_id, primary_phone_number, public_metadata, private_metadata, unsafe_metadata, \
          banned, locked, last_sign_in_at) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, coalesce($13::jsonb, '{}'), \
-         CASE WHEN coalesce(current_setting('clerk_sync.sync_private_metadata', true), '') = 'on' \
-              THEN $14::jsonb END, \
-         CASE WHEN coalesce(current_setting('clerk_sync.sync_private_metadata', true), '') = 'on' \
-              THEN $15::jsonb END, \
-         $16, $17, $18) \
+         $14::jsonb, $15::jsonb, $16, $17, $18) \
      ON CONFLICT (clerk_user_id) DO UPDATE SET \
          email = EXCLUDED.email, first_name = EXCLUDED.first_name, \
          last_name = EXCLUDED.last_name, clerk_updated_at = EXCLUDED.clerk_updated_at, \
@@ -588,10 +573,7 @@ mod tests {
     }
 
     #[test]
-    fn the_upsert_stores_private_metadata_only_under_the_setting() {
-        assert!(STORES_PRIVATE_METADATA.contains(&format!("'{PRIVATE_METADATA_SETTING}'")));
-        // Private, then unsafe metadata.
-        assert_eq!(UPSERT_USER.matches(STORES_PRIVATE_METADATA).count(), 2);
+    fn the_upsert_binds_one_value_per_parameter() {
         let user = crate::event::parse_user(&serde_json::json!({"id": "user_x", "updated_at": 1}))
             .expect("parses");
         assert_eq!(

@@ -25,9 +25,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, TransactionTrait, Value};
 
 use crate::{
-    apply::{
-        ApplyError, Outcome, STORES_PRIVATE_METADATA, finish, stmt, tombstone_key, upsert_error,
-    },
+    apply::{ApplyError, Outcome, finish, stmt, tombstone_key, upsert_error},
     event::{ClerkEvent, UserSnapshot, version_tiebreak},
     faults,
 };
@@ -409,8 +407,7 @@ async fn upsert_chunk(
         ))
         .await?;
     }
-    let sql = format!(
-        "WITH written AS ( \
+    let sql = "WITH written AS ( \
            INSERT INTO users (id, clerk_user_id, email, first_name, last_name, \
                clerk_updated_at, clerk_version_tiebreak, clerk_created_at, username, image_url, \
                external_id, primary_phone_number, public_metadata, private_metadata, \
@@ -420,9 +417,8 @@ async fn upsert_chunk(
                CASE WHEN c.created_ms IS NULL THEN NULL \
                     ELSE 'epoch'::timestamptz + c.created_ms * interval '1 millisecond' END, \
                c.username, c.image_url, c.external_id, c.primary_phone_number, \
-               coalesce(c.public_metadata, '{{}}'::jsonb), \
-               CASE WHEN {private} THEN c.private_metadata END, \
-               CASE WHEN {private} THEN c.unsafe_metadata END, \
+               coalesce(c.public_metadata, '{}'::jsonb), \
+               c.private_metadata, c.unsafe_metadata, \
                coalesce(c.banned, false), coalesce(c.locked, false), \
                CASE WHEN c.last_sign_in_ms IS NULL THEN NULL \
                     ELSE 'epoch'::timestamptz + c.last_sign_in_ms * interval '1 millisecond' END \
@@ -452,10 +448,8 @@ async fn upsert_chunk(
          disconnected AS ( \
            DELETE FROM user_calendar_connections \
            WHERE user_id IN (SELECT id FROM written)) \
-         SELECT clerk_user_id FROM written",
-        private = STORES_PRIVATE_METADATA,
-    );
-    let result = txn.query_all_raw(stmt(&sql, vec![rows.into()])).await;
+         SELECT clerk_user_id FROM written";
+    let result = txn.query_all_raw(stmt(sql, vec![rows.into()])).await;
     let written = result.map_err(upsert_error)?;
     let mut applied_users = HashSet::with_capacity(written.len());
     for row in &written {

@@ -56,7 +56,7 @@ pub struct Config {
     /// tables with Clerk in the background (one worker at a time, under an advisory lock).
     pub reconcile_interval: Option<Duration>,
     /// `SYNC_PRIVATE_METADATA` (default `false`): whether users' private and unsafe metadata
-    /// are stored (else those columns are NULL); see [`crate::apply::PRIVATE_METADATA_SETTING`].
+    /// are stored (else those columns are NULL); see [`crate::apply::Applier::store_private_metadata`].
     pub sync_private_metadata: bool,
 }
 

@@ -57,7 +57,9 @@ struct Received {
 }
 
 impl Received {
-    fn new(delivery: Delivery) -> Self {
+    /// Reads `delivery`; the user's private and unsafe metadata are dropped unless
+    /// `store_private_metadata` (`SYNC_PRIVATE_METADATA`).
+    fn new(delivery: Delivery, store_private_metadata: bool) -> Self {
         let props = &delivery.properties;
         let svix_id = props
             .message_id()
@@ -65,6 +67,13 @@ impl Received {
             .map(|s| s.to_string())
             .or_else(|| headers::get_str(props.headers().as_ref(), headers::SVIX_ID));
         let (event_type, event) = event::parse_typed(&delivery.data);
+        let event = event.map(|event| {
+            if store_private_metadata {
+                event
+            } else {
+                event.without_private_metadata()
+            }
+        });
         // The queue has no broker delivery limit (crashes would count against it): an event
         // that keeps coming back is pointed out instead.
         if delivery.redelivered
@@ -309,7 +318,11 @@ impl Consumer {
         publish_channel: &Channel,
         acks: &Acks,
     ) -> HandOver {
-        let received: Vec<Received> = deliveries.into_iter().map(Received::new).collect();
+        let store_private = self.applier.store_private_metadata;
+        let received: Vec<Received> = deliveries
+            .into_iter()
+            .map(|delivery| Received::new(delivery, store_private))
+            .collect();
         let (mut batched, mut slow): (Vec<&Received>, Vec<&Received>) = received
             .iter()
             .partition(|r| self.options.batch_size > 1 && r.batchable());

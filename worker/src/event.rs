@@ -18,6 +18,23 @@ pub enum ClerkEvent {
 }
 
 impl ClerkEvent {
+    /// The event without the user's private and unsafe metadata: what is applied unless
+    /// `SYNC_PRIVATE_METADATA=true`.
+    #[must_use]
+    pub fn without_private_metadata(mut self) -> Self {
+        if let Self::UserUpserted(user) = &mut self {
+            user.private_metadata = None;
+            user.unsafe_metadata = None;
+        }
+        self
+    }
+
+    /// Whether the event carries private or unsafe metadata.
+    pub fn has_private_metadata(&self) -> bool {
+        matches!(self, Self::UserUpserted(user)
+            if user.private_metadata.is_some() || user.unsafe_metadata.is_some())
+    }
+
     /// The Clerk user the event is about, if any.
     pub fn clerk_user_id(&self) -> Option<&str> {
         match self {

@@ -81,18 +81,6 @@ pub async fn connect_database(
     connect_with(pool_options(url, max_connections)).await
 }
 
-/// Connects the pool an [`Applier`] writes users through: [`connect_database`], with
-/// `SYNC_PRIVATE_METADATA` ([`apply::private_metadata_option`]).
-pub async fn connect_applier_database(
-    url: &str,
-    max_connections: u32,
-    sync_private_metadata: bool,
-) -> Result<DatabaseConnection, DbErr> {
-    let mut options = pool_options(url, max_connections);
-    apply::private_metadata_option(&mut options, sync_private_metadata);
-    connect_with(options).await
-}
-
 async fn connect_with(options: ConnectOptions) -> Result<DatabaseConnection, DbErr> {
     (|| Database::connect(options.clone()))
         .retry(
@@ -153,10 +141,9 @@ impl Application {
                 DbErr::Conn(_) | DbErr::ConnectionAcquire(_) => StartError::Database(e),
                 other => StartError::Migrations(other),
             })?;
-        let db = connect_applier_database(
+        let db = connect_database(
             config.database.url.expose(),
             config.database.max_connections,
-            config.sync_private_metadata,
         )
         .await
         .map_err(StartError::Database)?;
@@ -182,6 +169,7 @@ impl Application {
                     clerk: Some(clerk.clone()),
                     cipher: config.token_cipher.clone(),
                     in_process_retries: config.in_process_retries,
+                    store_private_metadata: config.sync_private_metadata,
                 },
                 clerk: clerk.clone(),
                 interval,
@@ -196,6 +184,7 @@ impl Application {
                 clerk: config.clerk,
                 cipher: config.token_cipher,
                 in_process_retries: config.in_process_retries,
+                store_private_metadata: config.sync_private_metadata,
             },
             broker: config.broker,
             topology: config.topology,

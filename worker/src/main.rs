@@ -197,16 +197,13 @@ async fn clerk_applier(
         .await
         .context("cannot apply migrations on DATABASE_URL")?;
     let applier = worker::Applier {
-        db: worker::connect_applier_database(
-            config.database.url.expose(),
-            4,
-            config.sync_private_metadata,
-        )
-        .await
-        .context("cannot reach the database at DATABASE_URL")?,
+        db: worker::connect_database(config.database.url.expose(), 4)
+            .await
+            .context("cannot reach the database at DATABASE_URL")?,
         clerk: config.clerk,
         cipher: config.token_cipher,
         in_process_retries: config.in_process_retries,
+        store_private_metadata: config.sync_private_metadata,
     };
     Ok((applier, clerk))
 }

@@ -95,6 +95,7 @@ async fn the_own_clerk_id_route_syncs_lazily_too_and_webhooks_after_it_follow_th
         clerk: None,
         cipher: None,
         in_process_retries: 0,
+        store_private_metadata: false,
     };
     let event = |first: &str, version: i64| -> ClerkEvent {
         parse(
@@ -158,6 +159,7 @@ async fn unknown_deleted_and_unreachable_users_answer_404_and_503() {
         clerk: None,
         cipher: None,
         in_process_retries: 0,
+        store_private_metadata: false,
     };
     applier
         .apply(

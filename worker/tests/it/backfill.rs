@@ -37,6 +37,7 @@ async fn applier(db: &TestDb, clerk: &FakeClerk) -> (Applier, calendar::clerk::C
         clerk: Some(client.clone()),
         cipher: None,
         in_process_retries: 3,
+        store_private_metadata: false,
     };
     (applier, client)
 }

@@ -246,3 +246,33 @@ async fn one_by_one_private_metadata_is_stored_when_asked() {
 async fn in_batches_private_metadata_is_stored_when_asked() {
     batched(true).await;
 }
+
+/// Backfill, reconcile and lazy sync apply Clerk's user objects through the `Applier`: it
+/// drops private and unsafe metadata unless told to store them.
+#[tokio::test]
+async fn the_applier_stores_private_metadata_only_when_asked() {
+    for store in [false, true] {
+        let db = TestDb::migrated().await;
+        let applier = worker::Applier {
+            db: worker::connect_database(&db.url, 2).await.unwrap(),
+            clerk: None,
+            cipher: None,
+            in_process_retries: 0,
+            store_private_metadata: store,
+        };
+        let body = event("user.updated", 10, &full_profile("7", 1_735_700_000_000));
+        let data = serde_json::from_slice::<Value>(&body).unwrap()["data"].clone();
+        let user = worker::event::parse_user(&data).unwrap();
+        let outcome = applier
+            .apply(
+                None,
+                "backfill",
+                &worker::event::ClerkEvent::UserUpserted(user),
+            )
+            .await
+            .unwrap();
+        assert_eq!(outcome, worker::apply::Outcome::Applied);
+        let stored = stored_at(&db.conn, 10).await;
+        assert_full(&stored, "7", 1_735_700_000_000, store);
+    }
+}

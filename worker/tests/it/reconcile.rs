@@ -48,6 +48,7 @@ fn applier(db: &TestDb) -> Applier {
         clerk: None,
         cipher: None,
         in_process_retries: 1,
+        store_private_metadata: false,
     }
 }
 
