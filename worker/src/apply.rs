@@ -404,6 +404,13 @@ async fn apply_in(
                     vec![clerk_user_id.into()],
                 ))
                 .await?;
+            // Memberships waiting for a user whose row never came (the `users` trigger takes
+            // the others).
+            txn.execute_raw(stmt(
+                "DELETE FROM organization_memberships WHERE clerk_user_id = $1",
+                vec![clerk_user_id.into()],
+            ))
+            .await?;
             tracing::debug!(rows = deleted.rows_affected(), "user deleted");
             Ok(Outcome::Applied)
         }

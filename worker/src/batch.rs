@@ -194,6 +194,12 @@ async fn delete_users(
         vec![strings(deleted.iter().copied())],
     ))
     .await?;
+    // Memberships waiting for a user whose row never came (the `users` trigger takes the others).
+    txn.execute_raw(stmt(
+        "DELETE FROM organization_memberships WHERE clerk_user_id = ANY($1)",
+        vec![strings(deleted.iter().copied())],
+    ))
+    .await?;
     Ok(())
 }
 
@@ -347,67 +353,28 @@ async fn upsert_chunk(
     winners: Vec<&Winner<'_>>,
     outcomes: &mut [Outcome],
 ) -> Result<(), ApplyError> {
-    let rows = serde_json::Value::Array(
-        winners
-            .iter()
-            .map(|winner| {
-                let user = winner.user;
-                serde_json::json!({
-                    "clerk_user_id": user.clerk_user_id,
-                    "email": user.email,
-                    "first_name": user.first_name,
-                    "last_name": user.last_name,
-                    "version": user.updated_at,
-                    "tiebreak": winner.tiebreak,
-                    "created_ms": user.created_at,
-                    "username": user.username,
-                    "image_url": user.image_url,
-                    "external_id": user.external_id,
-                    "primary_phone_number": user.primary_phone_number,
-                    "public_metadata": user.public_metadata,
-                    "private_metadata": user.private_metadata,
-                    "unsafe_metadata": user.unsafe_metadata,
-                    "banned": user.banned,
-                    "locked": user.locked,
-                    "last_sign_in_ms": user.last_sign_in_at,
-                })
-            })
-            .collect(),
-    );
-    let with_email: Vec<(&str, &str, i64)> = winners
-        .iter()
-        .filter_map(|winner| {
-            let user = winner.user;
-            let email = user.email.as_deref()?;
-            Some((email, user.clerk_user_id.as_str(), user.updated_at))
-        })
-        .collect();
-    // The holder's row belongs to a user outside this batch's locks: it may change while this
-    // statement waits for it. The lookup locks it (FOR UPDATE re-checks the lookup's conditions
-    // against the row's newest version), so the update works on a row that still matches; an
-    // update joined to a plain lookup would re-check only its own conditions.
-    if !with_email.is_empty() {
-        txn.execute_raw(stmt(
-            "WITH held AS ( \
-               SELECT x.id FROM \
-                 unnest($1::text[], $2::text[], $3::bigint[]) AS c(email, clerk_user_id, version), \
-                 LATERAL (SELECT u.id FROM users u WHERE u.email = c.email \
-                            AND u.clerk_user_id <> c.clerk_user_id \
-                            AND u.clerk_updated_at < c.version LIMIT 1 FOR UPDATE) AS x) \
-             UPDATE users SET email = NULL, updated_at = now() FROM held WHERE users.id = held.id",
-            vec![
-                strings(with_email.iter().map(|(email, _, _)| *email)),
-                strings(with_email.iter().map(|(_, id, _)| *id)),
-                with_email
-                    .iter()
-                    .map(|(_, _, version)| *version)
-                    .collect::<Vec<i64>>()
-                    .into(),
-            ],
-        ))
-        .await?;
+    free_emails(txn, &winners).await?;
+    let rows = json_rows(&winners);
+    let result = txn
+        .query_all_raw(stmt(UPSERT_USERS, vec![rows.into()]))
+        .await;
+    let written = result.map_err(upsert_error)?;
+    let mut applied_users = HashSet::with_capacity(written.len());
+    for row in &written {
+        applied_users.insert(row.try_get::<String>("", "clerk_user_id")?);
     }
-    let sql = "WITH written AS ( \
+    for winner in winners {
+        if applied_users.contains(&winner.user.clerk_user_id) {
+            outcomes[winner.index] = Outcome::Applied;
+        }
+    }
+    Ok(())
+}
+
+/// The batch's version-guarded upsert of users, from `jsonb_to_recordset` rows
+/// ([`json_rows`]): a user's calendar flags are reset (their connections are deleted: a user
+/// with calendar accounts is never batched). Returns the Clerk ids of the rows written.
+const UPSERT_USERS: &str = "WITH written AS ( \
            INSERT INTO users (id, clerk_user_id, email, first_name, last_name, \
                clerk_updated_at, clerk_version_tiebreak, clerk_created_at, username, image_url, \
                external_id, primary_phone_number, public_metadata, private_metadata, \
@@ -449,16 +416,73 @@ async fn upsert_chunk(
            DELETE FROM user_calendar_connections \
            WHERE user_id IN (SELECT id FROM written)) \
          SELECT clerk_user_id FROM written";
-    let result = txn.query_all_raw(stmt(sql, vec![rows.into()])).await;
-    let written = result.map_err(upsert_error)?;
-    let mut applied_users = HashSet::with_capacity(written.len());
-    for row in &written {
-        applied_users.insert(row.try_get::<String>("", "clerk_user_id")?);
-    }
-    for winner in winners {
-        if applied_users.contains(&winner.user.clerk_user_id) {
-            outcomes[winner.index] = Outcome::Applied;
-        }
+
+/// The winners as rows for [`UPSERT_USERS`].
+fn json_rows(winners: &[&Winner<'_>]) -> serde_json::Value {
+    serde_json::Value::Array(
+        winners
+            .iter()
+            .map(|winner| {
+                let user = winner.user;
+                serde_json::json!({
+                    "clerk_user_id": user.clerk_user_id,
+                    "email": user.email,
+                    "first_name": user.first_name,
+                    "last_name": user.last_name,
+                    "version": user.updated_at,
+                    "tiebreak": winner.tiebreak,
+                    "created_ms": user.created_at,
+                    "username": user.username,
+                    "image_url": user.image_url,
+                    "external_id": user.external_id,
+                    "primary_phone_number": user.primary_phone_number,
+                    "public_metadata": user.public_metadata,
+                    "private_metadata": user.private_metadata,
+                    "unsafe_metadata": user.unsafe_metadata,
+                    "banned": user.banned,
+                    "locked": user.locked,
+                    "last_sign_in_ms": user.last_sign_in_at,
+                })
+            })
+            .collect(),
+    )
+}
+
+/// Frees the addresses the winners take from users whose stored version is older (they gave
+/// them up before these versions; their own newer events set their new addresses).
+async fn free_emails(txn: &DatabaseTransaction, winners: &[&Winner<'_>]) -> Result<(), ApplyError> {
+    let with_email: Vec<(&str, &str, i64)> = winners
+        .iter()
+        .filter_map(|winner| {
+            let user = winner.user;
+            let email = user.email.as_deref()?;
+            Some((email, user.clerk_user_id.as_str(), user.updated_at))
+        })
+        .collect();
+    // The holder's row belongs to a user outside this batch's locks: it may change while this
+    // statement waits for it. The lookup locks it (FOR UPDATE re-checks the lookup's conditions
+    // against the row's newest version), so the update works on a row that still matches; an
+    // update joined to a plain lookup would re-check only its own conditions.
+    if !with_email.is_empty() {
+        txn.execute_raw(stmt(
+            "WITH held AS ( \
+               SELECT x.id FROM \
+                 unnest($1::text[], $2::text[], $3::bigint[]) AS c(email, clerk_user_id, version), \
+                 LATERAL (SELECT u.id FROM users u WHERE u.email = c.email \
+                            AND u.clerk_user_id <> c.clerk_user_id \
+                            AND u.clerk_updated_at < c.version LIMIT 1 FOR UPDATE) AS x) \
+             UPDATE users SET email = NULL, updated_at = now() FROM held WHERE users.id = held.id",
+            vec![
+                strings(with_email.iter().map(|(email, _, _)| *email)),
+                strings(with_email.iter().map(|(_, id, _)| *id)),
+                with_email
+                    .iter()
+                    .map(|(_, _, version)| *version)
+                    .collect::<Vec<i64>>()
+                    .into(),
+            ],
+        ))
+        .await?;
     }
     Ok(())
 }

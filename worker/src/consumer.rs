@@ -271,20 +271,12 @@ impl Consumer {
             };
             let (deliveries, lost) = next_batch(first, &mut consumer, batch_size);
             if !deliveries.is_empty() {
-                let this = self.clone();
-                let publish_channel = publish_channel.clone();
-                let nacked = nacked.clone();
-                tasks
-                    .spawn(deliveries, move |deliveries, acks| async move {
-                        // Held to the end, panic included: the permit comes back either way.
-                        let _permit = permit;
-                        if this.handle_batch(deliveries, &publish_channel, &acks).await
-                            == HandOver::Nacked
-                        {
-                            nacked.notify_one();
-                        }
-                    })
-                    .await;
+                let handed = Handed {
+                    publish_channel: publish_channel.clone(),
+                    nacked: nacked.clone(),
+                    permit,
+                };
+                self.clone().dispatch(&mut tasks, deliveries, handed).await;
             }
             if lost {
                 break SessionEnd::Lost;
@@ -307,6 +299,29 @@ impl Consumer {
         )
         .await;
         Ok(end)
+    }
+
+    /// The hand-off stage: applies and settles `deliveries` in a task of their own, holding
+    /// one of the session's permits until it is done (panic included).
+    async fn dispatch(
+        self: Arc<Self>,
+        tasks: &mut InFlight,
+        deliveries: Vec<Delivery>,
+        handed: Handed,
+    ) {
+        tasks
+            .spawn(deliveries, move |deliveries, acks| async move {
+                let Handed {
+                    publish_channel,
+                    nacked,
+                    permit: _permit,
+                } = handed;
+                if self.handle_batch(deliveries, &publish_channel, &acks).await == HandOver::Nacked
+                {
+                    nacked.notify_one();
+                }
+            })
+            .await;
     }
 
     /// Applies deliveries: those that need nothing from Clerk together in one transaction
@@ -635,6 +650,14 @@ fn contained(payload: &(dyn std::any::Any + Send)) -> ApplyError {
         .unwrap_or_else(|| "a panic without a message".to_owned());
     tracing::error!(panic = %message, "applying events panicked; the events are retried");
     ApplyError::Panicked(message)
+}
+
+/// What a batch's task takes along: the channel to hand failed events over on, the session's
+/// signal that a hand-over was nacked, and its permit.
+struct Handed {
+    publish_channel: Channel,
+    nacked: Arc<tokio::sync::Notify>,
+    permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// Whether a delivery was settled, or its hand-over to another queue was nacked.

@@ -338,5 +338,9 @@ async fn deleted_organizations_and_users_take_their_memberships_and_stay_deleted
     .await;
     settled(&db.conn, 9).await;
     assert_eq!(members(&db.conn, "org_c2").await.len(), 1);
+    // A user deleted before their row ever came takes their waiting membership along.
+    publish(&broker, "msg_c_9", events::user_deleted("user_c9", 95)).await;
+    settled(&db.conn, 10).await;
+    assert!(members(&db.conn, "org_c2").await.is_empty());
     no_dead_letters(&broker, worker).await;
 }
