@@ -11,6 +11,7 @@ mod m20261123_000004_create_backfill_checkpoints;
 mod m20261130_000005_security_review;
 mod m20261130_000006_create_reconcile_seen;
 mod m20261130_000007_organizations_and_profile;
+mod m20261130_000008_console_audit;
 
 /// All migrations, oldest first.
 pub struct Migrator;
@@ -26,6 +27,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000005_security_review::Migration),
             Box::new(m20261130_000006_create_reconcile_seen::Migration),
             Box::new(m20261130_000007_organizations_and_profile::Migration),
+            Box::new(m20261130_000008_console_audit::Migration),
         ]
     }
 }

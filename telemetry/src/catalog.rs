@@ -152,6 +152,12 @@ pub const SETTINGS: &[Setting] = &[
         meaning: "how long Svix ids are kept for duplicate detection (Svix stops retrying after about 28 h; older replays are still harmless thanks to versions and tombstones)",
     },
     Setting {
+        name: "CONSOLE_USERS",
+        used_by: "worker",
+        default: "(none: no console)",
+        meaning: "comma separated `name:role:key` entries that enable the operator's console at `/console` on `WORKER_ADDR`; role `viewer` (reads) or `operator` (also replays and drops dead letters, reveals personal fields); each key at least 32 characters (`openssl rand -base64 32`), the `.env.example` placeholder is refused. See \"The console\"",
+    },
+    Setting {
         name: "CLERK_SECRET_KEY",
         used_by: "worker, api",
         default: "(none)",

@@ -58,6 +58,10 @@ pub struct Config {
     /// `SYNC_PRIVATE_METADATA` (default `false`): whether users' private and unsafe metadata
     /// are stored (else those columns are NULL); see [`crate::apply::Applier::store_private_metadata`].
     pub sync_private_metadata: bool,
+    /// `CONSOLE_USERS` (off by default): `name:role:key, …`; when set, the operator's console is
+    /// served under `/console` on `WORKER_ADDR` (see [`crate::console`]). Keys never show in
+    /// `Debug`.
+    pub console_users: Option<crate::console::auth::ConsoleUsers>,
 }
 
 /// A setting that cannot be used.
@@ -115,6 +119,10 @@ impl Config {
             token_cipher: TokenCipher::from_lookup(&lookup)?,
             reconcile_interval,
             sync_private_metadata: flag(&lookup, "SYNC_PRIVATE_METADATA")?.unwrap_or(false),
+            console_users: present(&lookup, "CONSOLE_USERS")
+                .map(|value| crate::console::auth::ConsoleUsers::parse(&value))
+                .transpose()
+                .map_err(|reason| InvalidSetting::new("CONSOLE_USERS", reason))?,
         })
     }
 }
@@ -168,6 +176,10 @@ mod tests {
                 "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
             ),
             ("RECONCILE_INTERVAL", "24h"),
+            (
+                "CONSOLE_USERS",
+                "alice:operator:0123456789abcdef0123456789abcdef",
+            ),
         ];
         let unlisted = telemetry::catalog::unlisted_reads(&values, |lookup| {
             Config::from_lookup(lookup).expect("valid");
@@ -217,6 +229,29 @@ mod tests {
             Config::from_lookup(|name| (name == "TOKEN_ENCRYPTION_KEY").then(|| "short".into()))
                 .expect_err("bad key");
         assert!(err.to_string().contains("TOKEN_ENCRYPTION_KEY"), "{err}");
+    }
+
+    #[test]
+    fn console_users_are_optional_validated_and_their_keys_never_printed() {
+        assert!(
+            Config::from_lookup(|_| None)
+                .expect("defaults")
+                .console_users
+                .is_none()
+        );
+        let config = Config::from_lookup(|name| {
+            (name == "CONSOLE_USERS")
+                .then(|| "alice:operator:hunter2hunter2hunter2hunter2hunter2".into())
+        })
+        .expect("valid");
+        assert!(config.console_users.is_some());
+        assert!(!format!("{config:?}").contains("hunter2"));
+        let err = Config::from_lookup(|name| {
+            (name == "CONSOLE_USERS").then(|| "alice:operator:hunter2".into())
+        })
+        .expect_err("short key");
+        assert!(err.to_string().contains("CONSOLE_USERS"), "{err}");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
     }
 
     #[test]

@@ -74,6 +74,9 @@ pub struct DeadLetter {
     pub last_failure_at: Option<i64>,
     /// Seconds since the first failure (or since the ingress accepted it).
     pub age_seconds: Option<i64>,
+    /// The Clerk user the event is about, read from the body: `data.public_user_data.user_id`
+    /// (memberships) or `data.id` when it is a user id (`user_…`).
+    pub clerk_user_id: Option<String>,
     /// Every AMQP header, stringified.
     pub headers: Vec<(String, String)>,
     /// The raw body, as received from Clerk.
@@ -105,6 +108,7 @@ impl DeadLetter {
             first_failure_at: first,
             last_failure_at: headers::get_i64(table, headers::LAST_FAILURE_AT),
             age_seconds: since.map(|t| (now_ms() - t).max(0) / 1000),
+            clerk_user_id: clerk_user_id_of(&delivery.data),
             headers: table
                 .map(|t| {
                     t.inner()
@@ -114,6 +118,107 @@ impl DeadLetter {
                 })
                 .unwrap_or_default(),
             body: String::from_utf8_lossy(&delivery.data).into_owned(),
+        }
+    }
+}
+
+/// The Clerk user id an event body is about: `data.public_user_data.user_id`, else `data.id`
+/// when it names a user (`user_…`).
+pub fn clerk_user_id_of(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Envelope {
+        data: Option<Data>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Data {
+        id: Option<serde_json::Value>,
+        public_user_data: Option<PublicUserData>,
+    }
+    #[derive(serde::Deserialize)]
+    struct PublicUserData {
+        user_id: Option<serde_json::Value>,
+    }
+    let data = serde_json::from_slice::<Envelope>(body).ok()?.data?;
+    if let Some(serde_json::Value::String(id)) = data.public_user_data.and_then(|p| p.user_id) {
+        return Some(id);
+    }
+    match data.id {
+        Some(serde_json::Value::String(id)) if id.starts_with("user_") => Some(id),
+        _ => None,
+    }
+}
+
+/// Which dead letters a listing or an action is about; every part that is set must match. The
+/// CLI (`worker dlq list|replay --type … --reason … --clerk-user-id … --older-than …`) and the
+/// console share it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// The event type, exactly (`user.created`).
+    pub event_type: Option<String>,
+    /// A substring of the reason, case-insensitive.
+    pub reason: Option<String>,
+    /// The Clerk user id, exactly (see [`DeadLetter::clerk_user_id`]).
+    pub clerk_user_id: Option<String>,
+    /// Dead letters at least this many seconds old (see [`DeadLetter::age_seconds`]).
+    pub older_than_seconds: Option<i64>,
+    /// Dead letters at most this many seconds old.
+    pub newer_than_seconds: Option<i64>,
+}
+
+impl Filter {
+    /// Whether nothing is set (every dead letter matches).
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Whether `letter` matches every part that is set. A letter of unknown age matches no age
+    /// bound.
+    pub fn matches(&self, letter: &DeadLetter) -> bool {
+        let type_ok = self
+            .event_type
+            .as_deref()
+            .is_none_or(|t| letter.event_type.as_deref() == Some(t));
+        let reason_ok = self.reason.as_deref().is_none_or(|r| {
+            letter
+                .reason
+                .as_deref()
+                .is_some_and(|reason| reason.to_lowercase().contains(&r.to_lowercase()))
+        });
+        let user_ok = self
+            .clerk_user_id
+            .as_deref()
+            .is_none_or(|u| letter.clerk_user_id.as_deref() == Some(u));
+        let older_ok = self
+            .older_than_seconds
+            .is_none_or(|min| letter.age_seconds.is_some_and(|age| age >= min));
+        let newer_ok = self
+            .newer_than_seconds
+            .is_none_or(|max| letter.age_seconds.is_some_and(|age| age <= max));
+        type_ok && reason_ok && user_ok && older_ok && newer_ok
+    }
+
+    /// A one-line description, for summaries and the audit log (`all` when empty).
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(t) = &self.event_type {
+            parts.push(format!("type={t}"));
+        }
+        if let Some(r) = &self.reason {
+            parts.push(format!("reason~{r}"));
+        }
+        if let Some(u) = &self.clerk_user_id {
+            parts.push(format!("clerk_user_id={u}"));
+        }
+        if let Some(s) = self.older_than_seconds {
+            parts.push(format!("older_than={s}s"));
+        }
+        if let Some(s) = self.newer_than_seconds {
+            parts.push(format!("newer_than={s}s"));
+        }
+        if parts.is_empty() {
+            "all".into()
+        } else {
+            parts.join(" ")
         }
     }
 }
@@ -248,17 +353,36 @@ impl DeadLetterQueue {
     }
 }
 
-/// `worker dlq list [--limit N]`: the dead letters, oldest first; with a limit, only the first
-/// `limit` are read (the others are not redelivered).
+/// `worker dlq list [--limit N] [filter flags]`: the dead letters that match `filter`, oldest
+/// first; with a limit, reading stops at the `limit`-th match (the others are not redelivered).
 pub async fn list(
     broker: &BrokerConfig,
     topology: Topology,
     limit: Option<usize>,
+    filter: &Filter,
 ) -> Result<Vec<DeadLetter>, DlqError> {
+    if limit == Some(0) {
+        return Ok(Vec::new());
+    }
     let dlq = DeadLetterQueue::open(broker, topology).await?;
-    let letters = dlq.fetch_until(|_| false, limit).await;
+    let found = std::sync::atomic::AtomicUsize::new(0);
+    let letters = dlq
+        .fetch_until(
+            |d| {
+                if filter.matches(&DeadLetter::from_delivery(d)) {
+                    found.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                limit.is_some_and(|limit| found.load(std::sync::atomic::Ordering::Relaxed) >= limit)
+            },
+            None,
+        )
+        .await;
     dlq.close().await;
-    Ok(letters?.iter().map(DeadLetter::from_delivery).collect())
+    Ok(letters?
+        .iter()
+        .map(DeadLetter::from_delivery)
+        .filter(|l| filter.matches(l))
+        .collect())
 }
 
 /// `worker dlq show <id>`: reads dead letters up to the one asked for, no further.
@@ -284,10 +408,12 @@ pub async fn show(
 pub enum Selection {
     All,
     Ids(Vec<String>),
+    /// Every dead letter the filter matches (none is not an error).
+    Matching(Filter),
 }
 
 /// What `replay` or `drop` did.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Clone, Serialize)]
 pub struct Summary {
     pub selected: Vec<String>,
     pub done: usize,
@@ -329,6 +455,7 @@ pub async fn act(
             .filter(|(_, l)| match selection {
                 Selection::All => true,
                 Selection::Ids(ids) => ids.contains(&l.id),
+                Selection::Matching(filter) => filter.matches(l),
             })
             .map(|(i, _)| i)
             .collect();

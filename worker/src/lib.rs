@@ -7,6 +7,7 @@ pub mod apply;
 pub mod backfill;
 pub mod batch;
 pub mod config;
+pub mod console;
 pub mod consumer;
 pub mod dlq;
 pub mod event;
@@ -118,6 +119,7 @@ pub struct Application {
     registry: Arc<Mutex<Registry>>,
     retention: Duration,
     reconciler: Option<Reconciler>,
+    console: Option<Arc<console::Console>>,
 }
 
 /// The scheduled reconcile (`RECONCILE_INTERVAL`).
@@ -162,6 +164,16 @@ impl Application {
         }
         let mut registry = Registry::default();
         let metrics = metrics::Metrics::register(&mut registry);
+        let registry = Arc::new(Mutex::new(registry));
+        let console = config.console_users.map(|users| {
+            Arc::new(console::Console::new(
+                users,
+                db.clone(),
+                config.broker.clone(),
+                config.topology.clone(),
+                registry.clone(),
+            ))
+        });
         let reconciler = match (config.reconcile_interval, &config.clerk) {
             (Some(interval), Some(clerk)) => Some(Reconciler {
                 applier: Applier {
@@ -201,9 +213,10 @@ impl Application {
         Ok(Self {
             listener,
             consumer,
-            registry: Arc::new(Mutex::new(registry)),
+            registry,
             retention: config.processed_events_retention,
             reconciler,
+            console,
         })
     }
 
@@ -222,10 +235,21 @@ impl Application {
         let ready = self.consumer.ready.clone();
         let readiness: telemetry::ops::Readiness = Arc::new(move || ready.load(Ordering::SeqCst));
         let registry = self.registry.clone();
+        let console = self.console.clone();
+        // Health, readiness and metrics (GET); the console under /console when CONSOLE_USERS
+        // is set (it reads request bodies, with a size limit), else 404 there like anywhere.
         let handler = move |request: http::Request<hyper::body::Incoming>, _id| {
             let readiness = readiness.clone();
             let registry = registry.clone();
+            let console = console.clone();
             async move {
+                let path = request.uri().path();
+                if path == "/console" || path.starts_with("/console/") {
+                    return match console {
+                        Some(console) => console.handle(request).await,
+                        None => telemetry::ops::text(http::StatusCode::NOT_FOUND, "not found\n"),
+                    };
+                }
                 telemetry::ops::endpoints(
                     request.method(),
                     request.uri().path(),

@@ -83,9 +83,11 @@ enum DlqCommand {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
-        /// Read only the oldest N dead letters.
+        /// Read only the oldest N dead letters (that match the filter).
         #[arg(long)]
         limit: Option<usize>,
+        #[command(flatten)]
+        filter: FilterArgs,
     },
     /// Show one dead letter's headers and body.
     Show {
@@ -93,9 +95,12 @@ enum DlqCommand {
         id: String,
     },
     /// Publish dead letters back to the main queue (confirmed), then remove them from the DLQ.
+    /// Select with `--all`, `--id …`, or filter flags (every dead letter they match).
     Replay {
         #[command(flatten)]
         selection: SelectionArgs,
+        #[command(flatten)]
+        filter: FilterArgs,
         /// Show what would be replayed, change nothing.
         #[arg(long)]
         dry_run: bool,
@@ -108,8 +113,48 @@ enum DlqCommand {
     },
 }
 
+/// Which dead letters `list` shows and `replay` acts on (all given must match); shared with
+/// the console through `dlq::Filter`.
 #[derive(Args)]
-#[group(required = true, multiple = false)]
+struct FilterArgs {
+    /// Only this event type (e.g. user.created).
+    #[arg(long = "type")]
+    event_type: Option<String>,
+    /// Only reasons containing this text (case-insensitive).
+    #[arg(long)]
+    reason: Option<String>,
+    /// Only events about this Clerk user id (data.id or data.public_user_data.user_id).
+    #[arg(long)]
+    clerk_user_id: Option<String>,
+    /// Only dead letters at least this old (30s, 5m, 2h).
+    #[arg(long, value_parser = parse_age)]
+    older_than: Option<i64>,
+    /// Only dead letters at most this old.
+    #[arg(long, value_parser = parse_age)]
+    newer_than: Option<i64>,
+}
+
+impl FilterArgs {
+    fn into_filter(self) -> dlq::Filter {
+        dlq::Filter {
+            event_type: self.event_type,
+            reason: self.reason,
+            clerk_user_id: self.clerk_user_id,
+            older_than_seconds: self.older_than,
+            newer_than_seconds: self.newer_than,
+        }
+    }
+}
+
+/// An age such as `30s`, `5m` or `2h`, in seconds.
+fn parse_age(value: &str) -> Result<i64, String> {
+    telemetry::settings::parse_duration(value)
+        .and_then(|d| i64::try_from(d.as_secs()).ok())
+        .ok_or_else(|| format!("{value:?} is not a duration such as 30s, 5m or 2h"))
+}
+
+#[derive(Args)]
+#[group(required = false, multiple = false)]
 struct SelectionArgs {
     /// Every dead letter.
     #[arg(long)]
@@ -380,8 +425,12 @@ async fn run_dlq(command: DlqCommand, config: Config) -> anyhow::Result<()> {
     let broker = &config.broker;
     let topology = config.topology.clone();
     match command {
-        DlqCommand::List { json, limit } => {
-            let letters = dlq::list(broker, topology, limit).await?;
+        DlqCommand::List {
+            json,
+            limit,
+            filter,
+        } => {
+            let letters = dlq::list(broker, topology, limit, &filter.into_filter()).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&letters)?);
             } else {
@@ -403,11 +452,22 @@ async fn run_dlq(command: DlqCommand, config: Config) -> anyhow::Result<()> {
             }
             println!("body:\n{}", letter.body);
         }
-        DlqCommand::Replay { selection, dry_run } => {
-            let selection = if selection.all {
-                Selection::All
-            } else {
-                Selection::Ids(selection.ids)
+        DlqCommand::Replay {
+            selection,
+            filter,
+            dry_run,
+        } => {
+            let filter = filter.into_filter();
+            let selection = match (selection.all, selection.ids.is_empty(), filter.is_empty()) {
+                (true, true, true) => Selection::All,
+                (false, false, true) => Selection::Ids(selection.ids),
+                (false, true, false) => Selection::Matching(filter),
+                (false, true, true) => anyhow::bail!(
+                    "say which dead letters to replay: --all, --id <id>…, or filter flags (--type, --reason, --clerk-user-id, --older-than, --newer-than)"
+                ),
+                _ => anyhow::bail!(
+                    "--all, --id and the filter flags cannot be combined: use one of them"
+                ),
             };
             let action = if dry_run {
                 dlq::Action::Preview

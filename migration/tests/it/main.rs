@@ -7,7 +7,7 @@ use migration::{
 };
 use testkit::TestDb;
 
-const TABLES: [&str; 11] = [
+const TABLES: [&str; 12] = [
     "users",
     "user_calendar_connections",
     "processed_events",
@@ -19,6 +19,7 @@ const TABLES: [&str; 11] = [
     "organization_memberships",
     "deleted_organizations",
     "deleted_memberships",
+    "console_audit",
 ];
 
 async fn tables(db: &DatabaseConnection) -> Vec<String> {

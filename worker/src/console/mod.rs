@@ -1,0 +1,305 @@
+//! The operator's console: server-rendered HTML pages on the worker's ops listener
+//! (`WORKER_ADDR`) under `/console`, enabled only when `CONSOLE_USERS` is set (else every
+//! `/console…` path answers 404 like any unknown path).
+//!
+//! - **Login** (`GET|POST /console/login`): a console user's name and key (see [`auth`]) open a
+//!   server-side session held in memory for 8 hours; its random token is the cookie
+//!   `clerk_sync_console` (`HttpOnly; SameSite=Strict; Path=/console`). The cookie has no
+//!   `Secure` attribute because the ops listener speaks plain HTTP: put the console behind a
+//!   TLS-terminating proxy (or an SSH tunnel) anywhere but on localhost.
+//! - **CSRF**: every POST form carries the session's CSRF token in a hidden field; a POST
+//!   without it, or with another, answers 403.
+//! - **Headers**: every console response has a strict `Content-Security-Policy` (no scripts at
+//!   all, styles only from `/console/style.css`, forms only to this origin, no framing),
+//!   `X-Frame-Options: DENY`, `Cache-Control: no-store` and `Referrer-Policy: no-referrer`.
+//! - **Roles**: viewers read every page; operators also replay and drop dead letters and reveal
+//!   masked personal fields. Viewers see no action forms, and their POSTs to action URLs answer
+//!   403. Every action and reveal is written to `console_audit` ([`pages::audit`]).
+//! - **Dead letters** are listed and acted on through [`crate::dlq`], the same code as
+//!   `worker dlq`; one console operation on the dead-letter queue runs at a time in a worker
+//!   (a listing holds the messages it reads until it is done).
+
+pub mod auth;
+pub mod html;
+pub mod mask;
+pub mod pages;
+
+use broker::{BrokerConfig, Topology};
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use sea_orm::DatabaseConnection;
+use telemetry::{SharedRegistry, ops::FullResponse};
+
+use auth::{ConsoleUsers, Session, Sessions};
+use html::{Form, escape, page};
+
+/// The session cookie's name.
+pub const COOKIE: &str = "clerk_sync_console";
+
+/// The largest POST body read.
+const BODY_LIMIT: usize = 64 * 1024;
+
+/// The `Content-Security-Policy` of every console response.
+pub const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'";
+
+/// Everything the console needs.
+pub struct Console {
+    users: ConsoleUsers,
+    sessions: Sessions,
+    db: DatabaseConnection,
+    broker: BrokerConfig,
+    topology: Topology,
+    registry: SharedRegistry,
+    /// One operation on the dead-letter queue at a time (see the module docs).
+    dlq_lock: tokio::sync::Mutex<()>,
+}
+
+/// What a page handler returns: the HTML of a page, a redirect, or an error page.
+pub enum Outcome {
+    Html(StatusCode, String),
+    Redirect(String),
+}
+
+impl Console {
+    pub fn new(
+        users: ConsoleUsers,
+        db: DatabaseConnection,
+        broker: BrokerConfig,
+        topology: Topology,
+        registry: SharedRegistry,
+    ) -> Self {
+        Self {
+            users,
+            sessions: Sessions::default(),
+            db,
+            broker,
+            topology,
+            registry,
+            dlq_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Answers a request whose path is `/console` or below it.
+    pub async fn handle(&self, request: Request<hyper::body::Incoming>) -> FullResponse {
+        let (parts, body) = request.into_parts();
+        let path = parts.uri.path().to_owned();
+        let query = Form::parse(parts.uri.query().unwrap_or(""));
+        let token = session_cookie(&parts.headers);
+        let session = token.as_deref().and_then(|t| self.sessions.get(t));
+        let mut response = if parts.method == Method::POST {
+            let form = match Limited::new(body, BODY_LIMIT).collect().await {
+                Ok(collected) => Form::parse(&String::from_utf8_lossy(&collected.to_bytes())),
+                Err(_) => {
+                    return secure(html_response(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        page("Too large", None, "<p>The form is too large.</p>"),
+                    ));
+                }
+            };
+            self.post(&path, session, token.as_deref(), &form).await
+        } else if parts.method == Method::GET || parts.method == Method::HEAD {
+            drop(body);
+            self.get(&path, session, &query).await
+        } else {
+            html_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                page("Method not allowed", None, ""),
+            )
+        };
+        secure_in_place(&mut response);
+        response
+    }
+
+    async fn get(&self, path: &str, session: Option<Session>, query: &Form) -> FullResponse {
+        match path {
+            "/console/style.css" => {
+                let mut response =
+                    Response::new(Full::new(Bytes::from_static(html::STYLE.as_bytes())));
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/css; charset=utf-8"),
+                );
+                return response;
+            }
+            "/console/login" => {
+                return html_response(StatusCode::OK, pages::login_form(None));
+            }
+            _ => {}
+        }
+        let Some(session) = session else {
+            return redirect("/console/login");
+        };
+        let outcome = match path {
+            "/console" | "/console/" => pages::overview(self, &session).await,
+            "/console/dead-letters" => pages::dead_letters(self, &session, query).await,
+            "/console/dead-letter" => pages::dead_letter(self, &session, query, false).await,
+            "/console/events" => pages::events(self, &session, query).await,
+            "/console/audit" => pages::audit_log(self, &session).await,
+            _ => Outcome::Html(
+                StatusCode::NOT_FOUND,
+                page("Not found", Some(&session), "<p>No such page.</p>"),
+            ),
+        };
+        outcome.into_response()
+    }
+
+    async fn post(
+        &self,
+        path: &str,
+        session: Option<Session>,
+        token: Option<&str>,
+        form: &Form,
+    ) -> FullResponse {
+        if path == "/console/login" {
+            return self.login(form);
+        }
+        let Some(session) = session else {
+            return forbidden(None, "You are not logged in (or your session expired).");
+        };
+        if !form
+            .get("csrf")
+            .is_some_and(|t| auth::same_token(t, &session.csrf))
+        {
+            tracing::warn!(user = %session.user, path, "console POST without a valid CSRF token");
+            return forbidden(
+                Some(&session),
+                "The form's CSRF token is missing or wrong: reload the page and try again.",
+            );
+        }
+        if path == "/console/logout" {
+            if let Some(token) = token {
+                self.sessions.remove(token);
+            }
+            let mut response = redirect("/console/login");
+            response.headers_mut().insert(
+                header::SET_COOKIE,
+                HeaderValue::from_static(
+                    "clerk_sync_console=; HttpOnly; SameSite=Strict; Path=/console; Max-Age=0",
+                ),
+            );
+            return response;
+        }
+        let action = match path {
+            "/console/dead-letter/reveal" => pages::Act::Reveal,
+            "/console/dead-letter/replay" => pages::Act::ReplayOne,
+            "/console/dead-letter/drop" => pages::Act::DropOne,
+            "/console/dead-letters/replay" => pages::Act::ReplayMatching,
+            _ => {
+                return Outcome::Html(
+                    StatusCode::NOT_FOUND,
+                    page("Not found", Some(&session), "<p>No such action.</p>"),
+                )
+                .into_response();
+            }
+        };
+        if !session.role.may_act() {
+            tracing::warn!(user = %session.user, path, "console action refused to a viewer");
+            return forbidden(Some(&session), "Viewers cannot replay, drop or reveal.");
+        }
+        pages::act(self, &session, action, form)
+            .await
+            .into_response()
+    }
+
+    fn login(&self, form: &Form) -> FullResponse {
+        let name = form.get("name").unwrap_or("");
+        let key = form.get("key").unwrap_or("");
+        match self.users.check(name, key) {
+            Some((user, role)) => {
+                tracing::info!(user = %user, role = role.as_str(), "console login");
+                let token = self.sessions.create(user, role);
+                let mut response = redirect("/console");
+                if let Ok(cookie) = HeaderValue::from_str(&format!(
+                    "{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/console; Max-Age={}",
+                    auth::SESSION_LIFETIME.as_secs()
+                )) {
+                    response.headers_mut().insert(header::SET_COOKIE, cookie);
+                }
+                response
+            }
+            None => {
+                tracing::warn!(user = %name, "console login refused");
+                html_response(
+                    StatusCode::UNAUTHORIZED,
+                    pages::login_form(Some("Unknown name or wrong key.")),
+                )
+            }
+        }
+    }
+}
+
+impl Outcome {
+    fn into_response(self) -> FullResponse {
+        match self {
+            Self::Html(status, body) => html_response(status, body),
+            Self::Redirect(location) => redirect(&location),
+        }
+    }
+}
+
+/// The session token from the `Cookie` header.
+fn session_cookie(headers: &http::HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE)
+        .map(|(_, value)| value.to_owned())
+}
+
+fn html_response(status: StatusCode, body: String) -> FullResponse {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    response
+}
+
+fn redirect(location: &str) -> FullResponse {
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::SEE_OTHER;
+    if let Ok(location) = HeaderValue::from_str(location) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
+}
+
+fn forbidden(session: Option<&Session>, why: &str) -> FullResponse {
+    html_response(
+        StatusCode::FORBIDDEN,
+        page(
+            "Forbidden",
+            session,
+            &format!("<p class=\"error\">{}</p>", escape(why)),
+        ),
+    )
+}
+
+fn secure(mut response: FullResponse) -> FullResponse {
+    secure_in_place(&mut response);
+    response
+}
+
+/// The security headers of every console response.
+fn secure_in_place(response: &mut FullResponse) {
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+}
