@@ -6,6 +6,7 @@ mod backfill_orgs;
 mod batch;
 mod calendar;
 mod cluster;
+mod console;
 mod convergence;
 mod dead_letters;
 mod end_to_end;

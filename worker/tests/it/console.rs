@@ -1,0 +1,570 @@
+//! The operator's console (`/console` on the worker's ops listener): off without
+//! `CONSOLE_USERS`, login, roles, CSRF, security headers, masked bodies and audited reveals,
+//! and dead letters replayed and dropped through it with their audit log.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use sea_orm::{ConnectionTrait, DbBackend, Statement};
+use testkit::{TestBroker, TestDb, eventually};
+
+use crate::helpers::{
+    row, spawn_worker, user_created, wait_for_count, wait_for_users, worker_settings,
+};
+
+const OPERATOR_KEY: &str = "operator-key-0123456789abcdef0123456789";
+const VIEWER_KEY: &str = "viewer-key-0123456789abcdef0123456789ab";
+const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'";
+
+fn users_setting() -> String {
+    format!("ops:operator:{OPERATOR_KEY},watcher:viewer:{VIEWER_KEY}")
+}
+
+/// A browser without a browser: one session cookie kept by hand, no redirects followed.
+struct Browser {
+    base: String,
+    http: reqwest::Client,
+    cookie: Option<String>,
+}
+
+struct Page {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    body: String,
+}
+
+fn encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+impl Browser {
+    fn new(port: u16) -> Self {
+        Self {
+            base: format!("http://127.0.0.1:{port}"),
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+            cookie: None,
+        }
+    }
+
+    async fn page(&mut self, response: reqwest::Response) -> Page {
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        if let Some(set) = headers.get("set-cookie") {
+            let set = set.to_str().unwrap();
+            self.cookie = Some(set.split(';').next().unwrap().to_owned());
+        }
+        Page {
+            status,
+            headers,
+            body: response.text().await.unwrap(),
+        }
+    }
+
+    async fn get(&mut self, path: &str) -> Page {
+        let mut request = self.http.get(format!("{}{path}", self.base));
+        if let Some(cookie) = &self.cookie {
+            request = request.header("cookie", cookie);
+        }
+        let response = request.send().await.unwrap();
+        self.page(response).await
+    }
+
+    async fn post(&mut self, path: &str, fields: &[(&str, &str)]) -> Page {
+        let body = fields
+            .iter()
+            .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+            .collect::<Vec<_>>()
+            .join("&");
+        let mut request = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body);
+        if let Some(cookie) = &self.cookie {
+            request = request.header("cookie", cookie);
+        }
+        let response = request.send().await.unwrap();
+        self.page(response).await
+    }
+
+    /// Logs in; the session's CSRF token (read from a page's hidden field).
+    async fn login(&mut self, name: &str, key: &str) -> String {
+        let page = self
+            .post("/console/login", &[("name", name), ("key", key)])
+            .await;
+        assert_eq!(page.status, 303, "{}", page.body);
+        assert_eq!(page.headers["location"], "/console");
+        let cookie = page.headers["set-cookie"].to_str().unwrap();
+        for attribute in ["HttpOnly", "SameSite=Strict", "Path=/console"] {
+            assert!(cookie.contains(attribute), "{cookie}");
+        }
+        let overview = self.get("/console").await;
+        assert_eq!(overview.status, 200, "{}", overview.body);
+        csrf_of(&overview.body)
+    }
+}
+
+fn csrf_of(html: &str) -> String {
+    let start = html.find("name=\"csrf\" value=\"").expect("a CSRF field") + 19;
+    html[start..start + 64].to_owned()
+}
+
+fn assert_secure_headers(page: &Page) {
+    assert_eq!(page.headers["content-security-policy"], CSP);
+    assert_eq!(page.headers["x-frame-options"], "DENY");
+}
+
+#[tokio::test]
+async fn without_console_users_there_is_no_console() {
+    let db = TestDb::migrated().await;
+    let broker = TestBroker::new().await;
+    let worker = spawn_worker(&db, &broker, &[]).await;
+    let mut browser = Browser::new(worker.port);
+    for path in ["/console", "/console/login", "/console/style.css"] {
+        assert_eq!(browser.get(path).await.status, 404, "{path}");
+    }
+    let login = browser
+        .post("/console/login", &[("name", "ops"), ("key", OPERATOR_KEY)])
+        .await;
+    assert_eq!(login.status, 404);
+    assert_eq!(browser.get("/healthz").await.status, 200);
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn login_roles_csrf_and_security_headers() {
+    let db = TestDb::migrated().await;
+    let broker = TestBroker::new().await;
+    let users = users_setting();
+    let worker = spawn_worker(&db, &broker, &[("CONSOLE_USERS", &users)]).await;
+    let mut browser = Browser::new(worker.port);
+
+    let anonymous = browser.get("/console").await;
+    assert_eq!(anonymous.status, 303);
+    assert_eq!(anonymous.headers["location"], "/console/login");
+    assert_secure_headers(&anonymous);
+    let form = browser.get("/console/login").await;
+    assert_eq!(form.status, 200);
+    assert_secure_headers(&form);
+    assert!(!form.body.contains("<script"), "no JavaScript");
+    let css = browser.get("/console/style.css").await;
+    assert_eq!(css.status, 200);
+    assert!(
+        css.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/css")
+    );
+
+    // A wrong key, a viewer's key under the operator's name, an unknown name: refused.
+    for (name, key) in [
+        ("ops", "operator-key-0123456789abcdef0123456788"),
+        ("ops", VIEWER_KEY),
+        ("nobody", OPERATOR_KEY),
+    ] {
+        let refused = browser
+            .post("/console/login", &[("name", name), ("key", key)])
+            .await;
+        assert_eq!(refused.status, 401, "{name}");
+        assert!(!refused.headers.contains_key("set-cookie"));
+        assert!(refused.body.contains("wrong key"), "{}", refused.body);
+    }
+    assert_eq!(
+        browser.get("/console").await.status,
+        303,
+        "still logged out"
+    );
+
+    // A viewer reads every page and sees no action forms; their action POSTs are refused.
+    let csrf = browser.login("watcher", VIEWER_KEY).await;
+    let overview = browser.get("/console").await;
+    assert_secure_headers(&overview);
+    assert!(
+        overview.body.contains(&broker.topology.dead_queue()),
+        "{}",
+        overview.body
+    );
+    assert!(overview.body.contains(&broker.topology.main_queue()));
+    for path in [
+        "/console/dead-letters",
+        "/console/dead-letters?type=user.created&page=3",
+        "/console/events?svix_id=msg_nope",
+        "/console/events?clerk_user_id=user_nope",
+        "/console/audit",
+    ] {
+        let page = browser.get(path).await;
+        assert_eq!(page.status, 200, "{path}: {}", page.body);
+        assert_secure_headers(&page);
+        for action in ["/replay", "/drop", "/reveal"] {
+            assert!(
+                !page.body.contains(action),
+                "{path} shows {action} to a viewer"
+            );
+        }
+    }
+    for path in [
+        "/console/dead-letter/replay",
+        "/console/dead-letter/drop",
+        "/console/dead-letter/reveal",
+        "/console/dead-letters/replay",
+    ] {
+        let refused = browser
+            .post(
+                path,
+                &[("csrf", &csrf), ("id", "msg_x"), ("confirm", "yes")],
+            )
+            .await;
+        assert_eq!(refused.status, 403, "{path}");
+        assert_secure_headers(&refused);
+    }
+
+    // An operator's POST without the CSRF token, or with another session's, is refused.
+    let mut operator = Browser::new(worker.port);
+    let operator_csrf = operator.login("ops", OPERATOR_KEY).await;
+    assert_ne!(operator_csrf, csrf);
+    for fields in [
+        vec![("id", "msg_x"), ("confirm", "yes")],
+        vec![("csrf", csrf.as_str()), ("id", "msg_x"), ("confirm", "yes")],
+    ] {
+        let refused = operator.post("/console/dead-letter/drop", &fields).await;
+        assert_eq!(refused.status, 403, "{fields:?}");
+        assert!(refused.body.contains("CSRF"), "{}", refused.body);
+    }
+    assert_eq!(
+        operator.post("/console/logout", &[]).await.status,
+        403,
+        "logging out needs the token too"
+    );
+    // The dead-letter listing shows operators the way to act.
+    let listing = operator.get("/console/dead-letters").await;
+    assert!(
+        listing.body.contains("0</strong> dead letter(s)"),
+        "{}",
+        listing.body
+    );
+
+    // Logging out ends the session.
+    let out = browser.post("/console/logout", &[("csrf", &csrf)]).await;
+    assert_eq!(out.status, 303);
+    assert_eq!(browser.get("/console").await.status, 303);
+    assert!(
+        db.conn
+            .query_one_raw(Statement::from_string(
+                DbBackend::Postgres,
+                "SELECT count(*) AS n FROM console_audit"
+            ))
+            .await
+            .unwrap()
+            .unwrap()
+            .try_get::<i64>("", "n")
+            .unwrap()
+            == 0,
+        "refused actions did nothing"
+    );
+    worker.stop().await;
+}
+
+/// Every write of `user_poison…` fails with a retryable error until dropped.
+async fn fail_every_write_of_poison_users(db: &TestDb) {
+    db.conn
+        .execute_unprepared(
+            "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+               IF NEW.clerk_user_id LIKE 'user_poison%' THEN \
+                 RAISE EXCEPTION 'simulated outage for this user' USING ERRCODE = '40001'; \
+               END IF; RETURN NEW; END $$; \
+             CREATE TRIGGER poison BEFORE INSERT OR UPDATE ON users FOR EACH ROW EXECUTE FUNCTION poison();",
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn an_operator_reveals_replays_and_drops_dead_letters_and_the_audit_log_lists_it() {
+    let db = TestDb::migrated().await;
+    let broker = TestBroker::new().await;
+    fail_every_write_of_poison_users(&db).await;
+    let users = users_setting();
+    let worker = spawn_worker(
+        &db,
+        &broker,
+        &[
+            ("MAX_ATTEMPTS", "3"),
+            ("IN_PROCESS_RETRIES", "1"),
+            ("CONSOLE_USERS", &users),
+        ],
+    )
+    .await;
+    for n in 1..=3 {
+        user_created(
+            &format!("user_poison_{n}"),
+            Some(&format!("poison{n}@example.com")),
+            "Poison",
+            n,
+        )
+        .publish(&broker, &format!("msg_p{n}"))
+        .await;
+    }
+    broker.publish_event("msg_garbage", b"{not json").await;
+    eventually(Duration::from_secs(40), "4 dead letters", || async {
+        (broker.count(&broker.topology.dead_queue()).await == 4).then_some(())
+    })
+    .await;
+
+    // The CLI filters with the same code.
+    let settings = worker_settings(&db.url, &broker, &[]);
+    let (ok, out, err) = crate::helpers::worker_cli(
+        settings.clone(),
+        &[
+            "dlq",
+            "list",
+            "--json",
+            "--type",
+            "user.created",
+            "--reason",
+            "SIMULATED",
+        ],
+    );
+    assert!(ok, "{err}");
+    let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 3, "{out}");
+    let mut listed_users: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["clerk_user_id"].as_str().unwrap())
+        .collect();
+    listed_users.sort_unstable();
+    assert_eq!(
+        listed_users,
+        ["user_poison_1", "user_poison_2", "user_poison_3"]
+    );
+    let (ok, out, _) = crate::helpers::worker_cli(
+        settings.clone(),
+        &[
+            "dlq",
+            "replay",
+            "--clerk-user-id",
+            "user_poison_2",
+            "--dry-run",
+        ],
+    );
+    assert!(
+        ok && out.contains("would replay 1") && out.contains("msg_p2"),
+        "{out}"
+    );
+    let (ok, _, err) =
+        crate::helpers::worker_cli(settings.clone(), &["dlq", "replay", "--all", "--type", "x"]);
+    assert!(!ok && err.contains("cannot be combined"), "{err}");
+    wait_for_count(&broker, &broker.topology.dead_queue(), 4).await;
+
+    let mut browser = Browser::new(worker.port);
+    let csrf = browser.login("ops", OPERATOR_KEY).await;
+    let listing = browser.get("/console/dead-letters?type=user.created").await;
+    assert_eq!(listing.status, 200);
+    assert!(
+        listing.body.contains("<strong>3</strong> dead letter(s)"),
+        "{}",
+        listing.body
+    );
+    for id in ["msg_p1", "msg_p2", "msg_p3"] {
+        assert!(listing.body.contains(id), "{id}");
+    }
+    assert!(!listing.body.contains("msg_garbage"));
+    assert!(listing.body.contains("Replay all 3 matching"));
+    let all = browser.get("/console/dead-letters").await;
+    assert!(
+        all.body.contains("<strong>4</strong> dead letter(s)"),
+        "{}",
+        all.body
+    );
+
+    // Masked until revealed; the reveal is audited.
+    let masked = browser.get("/console/dead-letter?id=msg_p1").await;
+    assert_eq!(masked.status, 200);
+    assert!(masked.body.contains("simulated outage"), "{}", masked.body);
+    assert!(
+        !masked.body.contains("poison1@example.com"),
+        "{}",
+        masked.body
+    );
+    assert!(masked.body.contains("masked"));
+    assert!(masked.body.contains("/console/dead-letter/reveal"));
+    let revealed = browser
+        .post(
+            "/console/dead-letter/reveal",
+            &[("csrf", &csrf), ("id", "msg_p1")],
+        )
+        .await;
+    assert_eq!(revealed.status, 200, "{}", revealed.body);
+    assert!(
+        revealed.body.contains("poison1@example.com"),
+        "{}",
+        revealed.body
+    );
+    assert_eq!(
+        browser.get("/console/dead-letter?id=msg_nope").await.status,
+        404
+    );
+
+    // The cause is fixed: replay one (confirmation first), drop the garbage, replay the rest.
+    db.conn
+        .execute_unprepared("DROP TRIGGER poison ON users")
+        .await
+        .unwrap();
+    let confirm = browser
+        .post(
+            "/console/dead-letter/replay",
+            &[("csrf", &csrf), ("id", "msg_p1")],
+        )
+        .await;
+    assert!(
+        confirm.body.contains("replay <strong>1</strong>"),
+        "{}",
+        confirm.body
+    );
+    wait_for_count(&broker, &broker.topology.dead_queue(), 4).await;
+    let done = browser
+        .post(
+            "/console/dead-letter/replay",
+            &[("csrf", &csrf), ("id", "msg_p1"), ("confirm", "yes")],
+        )
+        .await;
+    assert!(
+        done.body.contains("Replayed <strong>1</strong>"),
+        "{}",
+        done.body
+    );
+    wait_for_users(
+        &db.conn,
+        &BTreeMap::from([(
+            "user_poison_1".to_string(),
+            row(Some("poison1@example.com"), "Poison", 1),
+        )]),
+        Duration::from_secs(20),
+    )
+    .await;
+    let dropped = browser
+        .post(
+            "/console/dead-letter/drop",
+            &[("csrf", &csrf), ("id", "msg_garbage"), ("confirm", "yes")],
+        )
+        .await;
+    assert!(
+        dropped.body.contains("Dropped <strong>1</strong>"),
+        "{}",
+        dropped.body
+    );
+    let confirm = browser
+        .post(
+            "/console/dead-letters/replay",
+            &[("csrf", &csrf), ("type", "user.created")],
+        )
+        .await;
+    assert!(
+        confirm.body.contains("replay <strong>2</strong>"),
+        "{}",
+        confirm.body
+    );
+    assert!(confirm.body.contains("name=\"confirm\" value=\"yes\""));
+    let done = browser
+        .post(
+            "/console/dead-letters/replay",
+            &[
+                ("csrf", &csrf),
+                ("type", "user.created"),
+                ("confirm", "yes"),
+            ],
+        )
+        .await;
+    assert!(
+        done.body.contains("Replayed <strong>2</strong>"),
+        "{}",
+        done.body
+    );
+    wait_for_users(
+        &db.conn,
+        &(1..=3)
+            .map(|n| {
+                (
+                    format!("user_poison_{n}"),
+                    row(Some(&format!("poison{n}@example.com")), "Poison", n),
+                )
+            })
+            .collect(),
+        Duration::from_secs(20),
+    )
+    .await;
+    wait_for_count(&broker, &broker.topology.dead_queue(), 0).await;
+
+    // The event lookup sees them processed.
+    let lookup = browser.get("/console/events?svix_id=msg_p2").await;
+    assert!(lookup.body.contains("user.created"), "{}", lookup.body);
+    let user = browser
+        .get("/console/events?clerk_user_id=user_poison_2")
+        .await;
+    assert!(user.body.contains("No tombstone"), "{}", user.body);
+    assert!(!user.body.contains("No row in users"), "{}", user.body);
+
+    // The audit log: who, role, what, target and how many, in order.
+    let rows = db
+        .conn
+        .query_all_raw(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT actor, role, action, target, count FROM console_audit ORDER BY id",
+        ))
+        .await
+        .unwrap();
+    let audit: Vec<(String, String, String, String, i64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.try_get("", "actor").unwrap(),
+                r.try_get("", "role").unwrap(),
+                r.try_get("", "action").unwrap(),
+                r.try_get("", "target").unwrap(),
+                r.try_get("", "count").unwrap(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("reveal", "msg_p1", 1),
+        ("replay", "msg_p1", 1),
+        ("drop", "msg_garbage", 1),
+        ("replay_matching", "type=user.created", 2),
+    ];
+    assert_eq!(audit.len(), expected.len(), "{audit:?}");
+    for (row, (action, target, count)) in audit.iter().zip(expected) {
+        assert_eq!(
+            (
+                row.0.as_str(),
+                row.1.as_str(),
+                row.2.as_str(),
+                row.3.as_str(),
+                row.4
+            ),
+            ("ops", "operator", action, target, count)
+        );
+    }
+    let page = browser.get("/console/audit").await;
+    for text in [
+        "reveal",
+        "replay_matching",
+        "type=user.created",
+        "msg_garbage",
+    ] {
+        assert!(page.body.contains(text), "{text}: {}", page.body);
+    }
+    worker.stop().await;
+}
