@@ -107,7 +107,7 @@ pub const SETTINGS: &[Setting] = &[
         name: "WORKER_ADDR",
         used_by: "worker",
         default: "`127.0.0.1:8082`",
-        meaning: "health, readiness and metrics",
+        meaning: "health, readiness and metrics; the operator's console too when `CONSOLE_USERS` is set",
     },
     Setting {
         name: "WORKER_PREFETCH",

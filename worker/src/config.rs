@@ -28,7 +28,8 @@ pub struct Config {
     pub broker: BrokerConfig,
     /// `QUEUE_PREFIX`, `QUEUE_REPLICAS`, `RETRY_DELAYS`.
     pub topology: Topology,
-    /// `WORKER_ADDR`: health, readiness and metrics (default `127.0.0.1:8082`).
+    /// `WORKER_ADDR`: health, readiness and metrics, and the console when `console_users` is set
+    /// (default `127.0.0.1:8082`).
     pub addr: SocketAddr,
     /// `WORKER_PREFETCH`: deliveries the broker sends ahead (default 512).
     pub prefetch: u16,

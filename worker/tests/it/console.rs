@@ -568,3 +568,48 @@ async fn an_operator_reveals_replays_and_drops_dead_letters_and_the_audit_log_li
     }
     worker.stop().await;
 }
+
+#[tokio::test]
+async fn dead_letters_are_paged_fifty_at_a_time() {
+    let db = TestDb::migrated().await;
+    let broker = TestBroker::new().await;
+    let users = users_setting();
+    let worker = spawn_worker(&db, &broker, &[("CONSOLE_USERS", &users)]).await;
+    for n in 0..120 {
+        broker
+            .publish_event(&format!("msg_garbage_{n:03}"), b"{not json <b>")
+            .await;
+    }
+    eventually(Duration::from_secs(30), "120 dead letters", || async {
+        (broker.count(&broker.topology.dead_queue()).await == 120).then_some(())
+    })
+    .await;
+    let mut browser = Browser::new(worker.port);
+    browser.login("watcher", VIEWER_KEY).await;
+    let rows = |html: &str| html.matches("href=\"/console/dead-letter?id=").count();
+    let first = browser.get("/console/dead-letters?reason=envelope").await;
+    assert!(
+        first.body.contains("<strong>120</strong> dead letter(s)"),
+        "{}",
+        first.body
+    );
+    assert!(first.body.contains("page 1 of 3"), "{}", first.body);
+    assert_eq!(rows(&first.body), 50);
+    assert!(
+        first.body.contains("reason=envelope&amp;page=2"),
+        "{}",
+        first.body
+    );
+    let last = browser
+        .get("/console/dead-letters?reason=envelope&page=3")
+        .await;
+    assert!(last.body.contains("page 3 of 3"), "{}", last.body);
+    assert_eq!(rows(&last.body), 20);
+    let one = browser.get("/console/dead-letter?id=msg_garbage_007").await;
+    assert!(
+        !one.body.contains("<b>"),
+        "a body that is not JSON stays hidden and escaped"
+    );
+    wait_for_count(&broker, &broker.topology.dead_queue(), 120).await;
+    worker.stop().await;
+}
