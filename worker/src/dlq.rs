@@ -113,12 +113,28 @@ impl DeadLetter {
                 .map(|t| {
                     t.inner()
                         .iter()
-                        .map(|(k, v)| (k.to_string(), format!("{v:?}")))
+                        .map(|(k, v)| (k.to_string(), header_text(v)))
                         .collect()
                 })
                 .unwrap_or_default(),
             body: String::from_utf8_lossy(&delivery.data).into_owned(),
         }
+    }
+}
+
+/// A header value as text: strings as they are, numbers as numbers, anything else (x-death
+/// tables, arrays) in its debug form.
+fn header_text(value: &broker::lapin::types::AMQPValue) -> String {
+    use broker::lapin::types::AMQPValue;
+    match value {
+        AMQPValue::LongString(v) => String::from_utf8_lossy(v.as_bytes()).into_owned(),
+        AMQPValue::ShortString(v) => v.as_str().to_owned(),
+        AMQPValue::LongLongInt(v) => v.to_string(),
+        AMQPValue::LongInt(v) => v.to_string(),
+        AMQPValue::ShortInt(v) => v.to_string(),
+        AMQPValue::Timestamp(v) => v.to_string(),
+        AMQPValue::Boolean(v) => v.to_string(),
+        other => format!("{other:?}"),
     }
 }
 

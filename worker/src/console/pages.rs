@@ -264,7 +264,7 @@ pub async fn dead_letters(console: &Console, session: &Session, query: &Form) ->
          <label>Reason contains <input name=\"reason\" value=\"{}\"></label>\
          <label>Clerk user id <input name=\"clerk_user_id\" value=\"{}\"></label>\
          <label>Older than <input name=\"older_than\" value=\"{}\" placeholder=\"1h\" size=\"5\"></label>\
-         <label>Newer than <input name=\"newer_than\" value=\"{}\" placeholder=\"2d\" size=\"5\"></label>\
+         <label>Newer than <input name=\"newer_than\" value=\"{}\" placeholder=\"48h\" size=\"5\"></label>\
          <button>Filter</button></form>",
         value("type"),
         value("reason"),

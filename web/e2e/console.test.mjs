@@ -1,0 +1,244 @@
+// End to end: the worker's operator console (/console on WORKER_ADDR, CONSOLE_USERS set) in
+// headless Chromium against the real ingress and worker on the machine's Postgres and RabbitMQ.
+// A webhook the worker can never apply (a user.updated without updated_at) is dead-lettered at
+// once; an operator logs in, filters the dead letters, sees the body masked, reveals it (audited),
+// drops it after the confirmation, and finds both in the audit log; a viewer sees no actions.
+//
+// Needs what demo.test.mjs needs (the Rust binaries built, Chromium, createdb, dropdb and
+// rabbitmqctl). Screenshots go to ../target/console/.
+import assert from "node:assert/strict";
+import { execFileSync, spawn } from "node:child_process";
+import { createHmac, randomBytes } from "node:crypto";
+import { mkdirSync } from "node:fs";
+import { createServer as createNetServer } from "node:net";
+import path from "node:path";
+import { after, before, describe, it } from "node:test";
+import { fileURLToPath } from "node:url";
+
+import { chromium } from "playwright-core";
+
+const web = path.dirname(path.dirname(fileURLToPath(import.meta.url)));
+const bin = process.env.CLERK_SYNC_BIN ?? path.resolve(web, "../target/debug");
+const shots = path.resolve(web, "../target/console");
+const run = randomBytes(4).toString("hex");
+const database = `clerk_sync_console_${run}`;
+const vhost = `clerk_sync_console_${run}`;
+const webhookSecret = `whsec_${randomBytes(24).toString("base64")}`;
+const operatorKey = randomBytes(24).toString("base64");
+const viewerKey = randomBytes(24).toString("base64");
+
+async function freePort() {
+  const server = createNetServer();
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address();
+  await new Promise((resolve) => server.close(resolve));
+  return port;
+}
+
+async function eventually(what, check, timeoutMs = 30_000) {
+  const deadline = Date.now() + timeoutMs;
+  let last;
+  while (Date.now() < deadline) {
+    try {
+      const value = await check();
+      if (value) return value;
+    } catch (error) {
+      last = error;
+    }
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  throw new Error(`timed out waiting for ${what}${last ? `: ${last}` : ""}`);
+}
+
+const children = [];
+function start(name, command, env) {
+  const child = spawn(command, [], { cwd: web, env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
+  child.output = "";
+  const collect = (chunk) => {
+    child.output += chunk;
+  };
+  child.stdout.on("data", collect);
+  child.stderr.on("data", collect);
+  child.name = name;
+  children.push(child);
+  return child;
+}
+
+async function ready(url, child) {
+  await eventually(`${child.name} at ${url}`, async () => {
+    if (child.exitCode !== null) throw new Error(`${child.name} exited: ${child.output}`);
+    return (await fetch(url)).ok;
+  });
+}
+
+/** Delivers a Clerk event to the ingress, signed as Svix signs it; returns its Svix id. */
+async function deliver(ingress, event) {
+  const body = JSON.stringify(event);
+  const id = `msg_console_${randomBytes(6).toString("hex")}`;
+  const timestamp = Math.floor(Date.now() / 1000);
+  const key = Buffer.from(webhookSecret.slice("whsec_".length), "base64");
+  const signature = createHmac("sha256", key).update(`${id}.${timestamp}.${body}`).digest("base64");
+  const response = await fetch(`${ingress}/webhooks/clerk`, {
+    method: "POST",
+    headers: {
+      "Content-Type": "application/json",
+      "svix-id": id,
+      "svix-timestamp": String(timestamp),
+      "svix-signature": `v1,${signature}`,
+    },
+    body,
+  });
+  assert.equal(response.status, 200, await response.text());
+  return id;
+}
+
+describe("the operator console in a browser", () => {
+  let urls;
+  let browser;
+  let svixId;
+
+  before(async () => {
+    mkdirSync(shots, { recursive: true });
+    execFileSync("createdb", ["-h", "127.0.0.1", "-U", "postgres", database]);
+    execFileSync("rabbitmqctl", ["-q", "add_vhost", vhost]);
+    execFileSync("rabbitmqctl", ["-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"]);
+    const [ingressPort, workerPort] = await Promise.all([freePort(), freePort()]);
+    urls = { ingress: `http://127.0.0.1:${ingressPort}`, worker: `http://127.0.0.1:${workerPort}` };
+    const common = {
+      DATABASE_URL: `postgres://postgres@127.0.0.1:5432/${database}`,
+      AMQP_URL: `amqp://guest:guest@127.0.0.1:5672/${encodeURIComponent(vhost)}`,
+      RUST_LOG: "warn",
+      NO_COLOR: "1",
+    };
+    const worker = start("worker", path.join(bin, "worker"), {
+      ...common,
+      WORKER_ADDR: `127.0.0.1:${workerPort}`,
+      CONSOLE_USERS: `ada:operator:${operatorKey},grace:viewer:${viewerKey}`,
+    });
+    await ready(`${urls.worker}/readyz`, worker);
+    const ingress = start("ingress", path.join(bin, "ingress"), {
+      ...common,
+      INGRESS_ADDR: `127.0.0.1:${ingressPort}`,
+      CLERK_WEBHOOK_SECRET: webhookSecret,
+    });
+    await ready(`${urls.ingress}/readyz`, ingress);
+    browser = await chromium.launch({
+      executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+      args: ["--no-sandbox"],
+    });
+    // No updated_at: the worker can never apply it and dead-letters it at once.
+    svixId = await deliver(urls.ingress, {
+      type: "user.updated",
+      object: "event",
+      timestamp: Date.now(),
+      data: {
+        id: "user_console_ada",
+        first_name: "Ada",
+        last_name: "Lovelace",
+        email_addresses: [{ id: "idn_1", email_address: "ada@example.test" }],
+        public_metadata: { plan: "secret-plan" },
+      },
+    });
+  });
+
+  after(async () => {
+    await browser?.close();
+    for (const child of children) child.kill("SIGTERM");
+    await Promise.all(
+      children.map((child) =>
+        child.exitCode !== null ? null : new Promise((resolve) => child.once("exit", resolve)),
+      ),
+    );
+    execFileSync("dropdb", ["-h", "127.0.0.1", "-U", "postgres", "--force", "--if-exists", database]);
+    execFileSync("rabbitmqctl", ["-q", "delete_vhost", vhost]);
+  });
+
+  async function login(name, key) {
+    const context = await browser.newContext({ viewport: { width: 1100, height: 700 } });
+    const page = await context.newPage();
+    const violations = [];
+    page.on("console", (message) => {
+      if (/Content Security Policy/i.test(message.text())) violations.push(message.text());
+    });
+    page.violations = violations;
+    await page.goto(`${urls.worker}/console`);
+    assert.match(page.url(), /\/console\/login$/);
+    await page.getByLabel("Name").fill(name);
+    await page.getByLabel("Key").fill(key);
+    await page.getByRole("button", { name: "Log in" }).click();
+    await page.getByRole("heading", { name: "Overview" }).waitFor();
+    return page;
+  }
+
+  const shot = (page, name) => page.screenshot({ path: path.join(shots, `${name}.png`), fullPage: true });
+
+  it("refuses a wrong key", async () => {
+    const page = await browser.newPage();
+    await page.goto(`${urls.worker}/console/login`);
+    await page.getByLabel("Name").fill("ada");
+    await page.getByLabel("Key").fill("x".repeat(40));
+    await page.getByRole("button", { name: "Log in" }).click();
+    await page.getByText("Unknown name or wrong key.").waitFor();
+    await shot(page, "01-login-refused");
+    await page.close();
+  });
+
+  it("lets an operator filter, reveal (audited) and drop a dead letter", async () => {
+    const page = await login("ada", operatorKey);
+    const main = () => page.locator("main").innerText();
+    await eventually("the dead letter in the overview", async () => {
+      await page.reload();
+      return /dead_lettered\s+1/.test(await main());
+    });
+    // The style sheet applied: the header is dark.
+    const background = await page.locator("header").evaluate((h) => getComputedStyle(h).backgroundColor);
+    assert.equal(background, "rgb(36, 41, 47)");
+    await shot(page, "02-overview");
+
+    await page.getByRole("link", { name: "Dead letters" }).click();
+    await page.getByLabel("Type").fill("user.updated");
+    await page.getByRole("button", { name: "Filter" }).click();
+    await page.getByText("1 dead letter(s) match type=user.updated").waitFor();
+    await shot(page, "03-dead-letters-filtered");
+
+    await page.getByRole("link", { name: svixId }).click();
+    await page.getByText("personal fields masked").waitFor();
+    let shown = await main();
+    assert.ok(!shown.includes("ada@example.test") && !shown.includes("Lovelace") && !shown.includes("secret-plan"), shown);
+    assert.match(shown, /user_console_ada/);
+    assert.match(shown, /clerk-sync-event-type\s+user\.updated/, "headers read as text");
+    await shot(page, "04-dead-letter-masked");
+
+    await page.getByRole("button", { name: /Reveal personal fields/ }).click();
+    await page.getByText("This reveal is in the audit log.").waitFor();
+    shown = await main();
+    assert.match(shown, /ada@example\.test/);
+    await shot(page, "05-dead-letter-revealed");
+
+    await page.getByRole("button", { name: "Drop…" }).click();
+    await page.getByText("This will drop 1 dead letter(s)").waitFor();
+    await shot(page, "06-drop-confirmation");
+    await page.getByRole("button", { name: "Yes, drop 1" }).click();
+    await page.getByText("Dropped 1 dead letter(s)").waitFor();
+    await shot(page, "07-dropped");
+
+    await page.getByRole("link", { name: "Audit log" }).first().click();
+    shown = await main();
+    assert.match(shown, /ada\s+operator\s+drop\s+msg_console_\w+\s+1/);
+    assert.match(shown, /ada\s+operator\s+reveal\s+msg_console_\w+\s+1/);
+    await shot(page, "08-audit-log");
+    assert.deepEqual(page.violations, [], "no Content-Security-Policy violation");
+    await page.context().close();
+  });
+
+  it("shows a viewer no action buttons", async () => {
+    const page = await login("grace", viewerKey);
+    await page.getByRole("link", { name: "Dead letters" }).click();
+    assert.equal(await page.getByRole("button", { name: /Replay|Drop|Reveal/ }).count(), 0);
+    await page.getByRole("link", { name: "Audit log" }).first().click();
+    await shot(page, "09-viewer-audit-log");
+    await page.getByRole("button", { name: "Log out" }).click();
+    await page.getByRole("heading", { name: "Log in" }).waitFor();
+    await page.context().close();
+  });
+});
