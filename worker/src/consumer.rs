@@ -415,8 +415,10 @@ impl Consumer {
         if outcome == Outcome::Applied
             && let Some(received) = headers::get_i64(r.headers(), headers::RECEIVED_AT)
         {
-            let lag_ms = now_ms().saturating_sub(received).max(0);
+            let now = now_ms();
+            let lag_ms = now.saturating_sub(received).max(0);
             self.metrics.lag_seconds.observe(lag_ms as f64 / 1000.0);
+            self.metrics.progress.applied(now, lag_ms);
         }
         self.metrics.count(&r.event_type, outcome.as_str());
     }

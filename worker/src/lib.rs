@@ -172,6 +172,7 @@ impl Application {
                 config.broker.clone(),
                 config.topology.clone(),
                 registry.clone(),
+                metrics.progress.clone(),
             ))
         });
         let reconciler = match (config.reconcile_interval, &config.clerk) {
@@ -270,6 +271,10 @@ impl Application {
             ops_stop,
             Duration::from_secs(2),
         ));
+        let sampler = self
+            .console
+            .clone()
+            .map(|console| tokio::spawn(console.sample_rates(stop.clone())));
         let pruner = tokio::spawn(prune_processed_events(
             self.consumer.applier.db.clone(),
             self.retention,
@@ -283,6 +288,9 @@ impl Application {
         trigger.fire();
         let _ = consumer.await;
         let _ = pruner.await;
+        if let Some(sampler) = sampler {
+            let _ = sampler.await;
+        }
         if let Some(reconciler) = reconciler {
             let _ = reconciler.await;
         }

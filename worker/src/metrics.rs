@@ -35,6 +35,32 @@ pub struct Metrics {
     pub reconcile_drift: Family<DriftLabels, Counter>,
     /// When a scheduled reconcile last completed without failures (seconds since the epoch).
     pub reconcile_last_success: Gauge,
+    /// The newest applied event's lag and when it was applied (for the console's overview; not
+    /// exported: the lag histogram is).
+    pub progress: Progress,
+}
+
+/// How far behind this worker is: the lag of the event it applied last, and when.
+#[derive(Clone, Debug, Default)]
+pub struct Progress {
+    last_lag_ms: std::sync::Arc<std::sync::atomic::AtomicI64>,
+    last_applied_ms: std::sync::Arc<std::sync::atomic::AtomicI64>,
+}
+
+impl Progress {
+    /// Records an event applied at `now_ms`, `lag_ms` after the ingress accepted it.
+    pub fn applied(&self, now_ms: i64, lag_ms: i64) {
+        use std::sync::atomic::Ordering;
+        self.last_lag_ms.store(lag_ms, Ordering::Relaxed);
+        self.last_applied_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    /// `(lag, applied at)` in ms of the last applied event; `None` before the first.
+    pub fn last(&self) -> Option<(i64, i64)> {
+        use std::sync::atomic::Ordering;
+        let at = self.last_applied_ms.load(Ordering::Relaxed);
+        (at > 0).then(|| (self.last_lag_ms.load(Ordering::Relaxed), at))
+    }
 }
 
 /// Labels of `clerk_sync_reconcile_drift_total`.
@@ -62,6 +88,7 @@ impl Metrics {
             batch_fallbacks: Counter::default(),
             reconcile_drift: Family::default(),
             reconcile_last_success: Gauge::default(),
+            progress: Progress::default(),
         };
         registry.register(
             "clerk_sync_reconcile_drift",

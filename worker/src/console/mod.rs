@@ -53,7 +53,24 @@ pub struct Console {
     registry: SharedRegistry,
     /// One operation on the dead-letter queue at a time (see the module docs).
     dlq_lock: tokio::sync::Mutex<()>,
+    /// How far behind this worker is.
+    progress: crate::metrics::Progress,
+    /// Samples of this worker's applied / retried / dead-lettered counts, newest last, over the
+    /// last [`RATE_HISTORY`] ([`Console::sample_rates`]).
+    samples: std::sync::Mutex<std::collections::VecDeque<Sample>>,
 }
+
+/// This worker's event counts at one instant.
+#[derive(Clone, Copy, Debug)]
+pub struct Sample {
+    pub at: std::time::Instant,
+    /// Applied, retried, dead-lettered.
+    pub counts: [f64; 3],
+}
+
+/// How often the counts are sampled, and how long samples are kept.
+pub const SAMPLE_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+pub const RATE_HISTORY: std::time::Duration = std::time::Duration::from_secs(16 * 60);
 
 /// What a page handler returns: the HTML of a page, a redirect, or an error page.
 pub enum Outcome {
@@ -68,6 +85,7 @@ impl Console {
         broker: BrokerConfig,
         topology: Topology,
         registry: SharedRegistry,
+        progress: crate::metrics::Progress,
     ) -> Self {
         Self {
             users,
@@ -77,7 +95,46 @@ impl Console {
             topology,
             registry,
             dlq_lock: tokio::sync::Mutex::new(()),
+            progress,
+            samples: std::sync::Mutex::default(),
         }
+    }
+
+    /// Samples this worker's event counts every [`SAMPLE_EVERY`] until `stop`, for the
+    /// overview's rates over the last minutes.
+    pub async fn sample_rates(self: std::sync::Arc<Self>, mut stop: crate::shutdown::Shutdown) {
+        let mut tick = tokio::time::interval(SAMPLE_EVERY);
+        loop {
+            tokio::select! {
+                () = stop.recv() => return,
+                _ = tick.tick() => self.sample(),
+            }
+        }
+    }
+
+    /// Records the counts now, forgetting samples older than [`RATE_HISTORY`].
+    pub fn sample(&self) {
+        let (counts, _) = pages::metric_counts(self);
+        let sample = Sample {
+            at: std::time::Instant::now(),
+            counts: [counts[0].1, counts[1].1, counts[2].1],
+        };
+        if let Ok(mut samples) = self.samples.lock() {
+            samples.push_back(sample);
+            while samples
+                .front()
+                .is_some_and(|s| sample.at.duration_since(s.at) > RATE_HISTORY)
+            {
+                samples.pop_front();
+            }
+        }
+    }
+
+    /// Events a minute (applied, retried, dead-lettered) over the last `window`, from the
+    /// oldest sample inside it to the newest; `None` until two samples span some time.
+    pub fn rates(&self, window: std::time::Duration) -> Option<[f64; 3]> {
+        let samples = self.samples.lock().ok()?;
+        rates_over(&samples, window)
     }
 
     /// Answers a request whose path is `/console` or below it.
@@ -229,6 +286,26 @@ impl Console {
     }
 }
 
+/// Events a minute between the oldest sample within `window` of the newest and the newest.
+fn rates_over(
+    samples: &std::collections::VecDeque<Sample>,
+    window: std::time::Duration,
+) -> Option<[f64; 3]> {
+    let newest = samples.back()?;
+    let oldest = samples
+        .iter()
+        .find(|s| newest.at.duration_since(s.at) <= window)?;
+    let minutes = newest.at.duration_since(oldest.at).as_secs_f64() / 60.0;
+    if minutes <= 0.0 {
+        return None;
+    }
+    let mut rates = [0.0; 3];
+    for (i, rate) in rates.iter_mut().enumerate() {
+        *rate = (newest.counts[i] - oldest.counts[i]).max(0.0) / minutes;
+    }
+    Some(rates)
+}
+
 impl Outcome {
     fn into_response(self) -> FullResponse {
         match self {
@@ -302,4 +379,48 @@ fn secure_in_place(response: &mut FullResponse) {
         header::REFERRER_POLICY,
         HeaderValue::from_static("no-referrer"),
     );
+}
+
+#[cfg(test)]
+mod rate_tests {
+    use std::{
+        collections::VecDeque,
+        time::{Duration, Instant},
+    };
+
+    use super::{Sample, rates_over};
+
+    #[test]
+    fn rates_are_per_minute_over_the_samples_inside_the_window() {
+        let start = Instant::now();
+        let at = |secs: u64, applied: f64| Sample {
+            at: start + Duration::from_secs(secs),
+            counts: [applied, 2.0, 0.0],
+        };
+        let mut samples = VecDeque::new();
+        assert_eq!(rates_over(&samples, Duration::from_secs(60)), None);
+        samples.push_back(at(0, 0.0));
+        assert_eq!(
+            rates_over(&samples, Duration::from_secs(60)),
+            None,
+            "one sample"
+        );
+        samples.push_back(at(240, 400.0));
+        samples.push_back(at(300, 460.0));
+        // The last minute: 60 more applied in 60 s; retried unchanged.
+        assert_eq!(
+            rates_over(&samples, Duration::from_secs(60)),
+            Some([60.0, 0.0, 0.0])
+        );
+        // The last five minutes: 460 in 5 minutes.
+        assert_eq!(
+            rates_over(&samples, Duration::from_secs(300)),
+            Some([92.0, 0.0, 0.0])
+        );
+        // A window longer than the history uses what there is.
+        assert_eq!(
+            rates_over(&samples, Duration::from_secs(900)),
+            Some([92.0, 0.0, 0.0])
+        );
+    }
 }

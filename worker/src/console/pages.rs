@@ -105,7 +105,7 @@ async fn queue_stats(console: &Console) -> Result<Vec<QueueStats>, DlqError> {
 
 /// Sums of `clerk_sync_events_total` by outcome, and the last reconcile, from this worker's
 /// own registry (since it started).
-fn metric_counts(console: &Console) -> (Vec<(&'static str, f64)>, Option<i64>) {
+pub(super) fn metric_counts(console: &Console) -> (Vec<(&'static str, f64)>, Option<i64>) {
     let text = console
         .registry
         .lock()
@@ -170,6 +170,8 @@ pub async fn overview(console: &Console, session: &Session) -> Outcome {
         );
     }
     body.push_str("</table>");
+    overview_rates(console, &mut body);
+    overview_ages(console, &mut body).await;
     let _ = write!(
         body,
         "<p>Last successful scheduled reconcile: {}</p>",
@@ -178,6 +180,70 @@ pub async fn overview(console: &Console, session: &Session) -> Outcome {
             .unwrap_or_else(|| "none in this worker".into())
     );
     Outcome::Html(StatusCode::OK, page("Overview", Some(session), &body))
+}
+
+/// This worker's events a minute over the last 1, 5 and 15 minutes.
+fn overview_rates(console: &Console, body: &mut String) {
+    body.push_str(
+        "<h2>Events a minute, this worker</h2><table><tr><th>over the last</th>\
+         <th>applied</th><th>retried</th><th>dead-lettered</th></tr>",
+    );
+    for minutes in [1, 5, 15] {
+        let cells = match console.rates(std::time::Duration::from_secs(minutes * 60)) {
+            Some(rates) => rates
+                .iter()
+                .map(|r| format!("<td class=\"num\">{r:.1}</td>"))
+                .collect::<String>(),
+            None => "<td colspan=\"3\">collecting (a sample every 10 s)</td>".into(),
+        };
+        let _ = write!(body, "<tr><td>{minutes} min</td>{cells}</tr>");
+    }
+    body.push_str("</table>");
+}
+
+/// How old the oldest work is: the lag of the event this worker applied last (the main
+/// queue's head is at most about that old while it keeps up), and the oldest dead letter.
+async fn overview_ages(console: &Console, body: &mut String) {
+    body.push_str("<h2>Ages</h2><table>");
+    let now = crate::consumer::now_ms();
+    let newest = match console.progress.last() {
+        Some((lag_ms, at_ms)) => format!(
+            "{:.1} s behind the ingress, applied {} s ago",
+            lag_ms as f64 / 1000.0,
+            (now - at_ms).max(0) / 1000
+        ),
+        None => "none applied by this worker yet".into(),
+    };
+    let _ = write!(
+        body,
+        "<tr><td>newest applied event</td><td>{}</td></tr>",
+        escape(&newest)
+    );
+    let oldest = {
+        let _one = console.dlq_lock.lock().await;
+        dlq::list(
+            &console.broker,
+            console.topology.clone(),
+            Some(1),
+            &Filter::default(),
+        )
+        .await
+    };
+    let oldest = match oldest {
+        Ok(letters) => match letters.first() {
+            Some(letter) => match letter.age_seconds {
+                Some(age) => format!("{age} s ({})", letter.id),
+                None => format!("unknown ({})", letter.id),
+            },
+            None => "no dead letters".into(),
+        },
+        Err(error) => format!("RabbitMQ: {error}"),
+    };
+    let _ = write!(
+        body,
+        "<tr><td>oldest dead letter</td><td>{}</td></tr></table>",
+        escape(&oldest)
+    );
 }
 
 /// The filter of a query or form (`type`, `reason`, `clerk_user_id`, `older_than`,

@@ -371,6 +371,30 @@ async fn an_operator_reveals_replays_and_drops_dead_letters_and_the_audit_log_li
 
     let mut browser = Browser::new(worker.port);
     let csrf = browser.login("ops", OPERATOR_KEY).await;
+    // The overview: rates over the last minutes (samples every 10 s: collecting at first) and
+    // the age and id of the oldest dead letter.
+    let overview = browser.get("/console").await;
+    for expected in [
+        "Events a minute, this worker",
+        "<td>15 min</td>",
+        "newest applied event",
+    ] {
+        assert!(
+            overview.body.contains(expected),
+            "{expected}: {}",
+            overview.body
+        );
+    }
+    let oldest = overview
+        .body
+        .split("<td>oldest dead letter</td><td>")
+        .nth(1)
+        .and_then(|rest| rest.split("</td>").next())
+        .unwrap_or_default();
+    assert!(
+        oldest.contains(" s (msg_"),
+        "the oldest dead letter's age and id: {oldest:?}"
+    );
     let listing = browser.get("/console/dead-letters?type=user.created").await;
     assert_eq!(listing.status, 200);
     assert!(
