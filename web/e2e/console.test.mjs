@@ -2,7 +2,10 @@
 // headless Chromium against the real ingress and worker on the machine's Postgres and RabbitMQ.
 // A webhook the worker can never apply (a user.updated without updated_at) is dead-lettered at
 // once; an operator logs in, filters the dead letters, sees the body masked, reveals it (audited),
-// drops it after the confirmation, and finds both in the audit log; a viewer sees no actions.
+// drops it after the confirmation, and finds both in the audit log. Three sign-ups hit a bug (a
+// trigger that refuses them) and are dead-lettered; once it is fixed the operator replays one,
+// sees it applied, and replays the rest with one action. A viewer sees no actions, and the
+// action URLs refuse them.
 //
 // Needs what demo.test.mjs needs (the Rust binaries built, Chromium, createdb, dropdb and
 // rabbitmqctl). Screenshots go to ../target/console/.
@@ -69,6 +72,30 @@ async function ready(url, child) {
     if (child.exitCode !== null) throw new Error(`${child.name} exited: ${child.output}`);
     return (await fetch(url)).ok;
   });
+}
+
+/** Runs SQL in the test's database. */
+function psql(sql) {
+  execFileSync("psql", ["-h", "127.0.0.1", "-U", "postgres", "-d", database, "-v", "ON_ERROR_STOP=1", "-q", "-c", sql]);
+}
+
+/** A `user.created` event for `id` at version `version`. */
+function userCreated(id, version) {
+  return {
+    type: "user.created",
+    object: "event",
+    timestamp: Date.now(),
+    data: {
+      id,
+      object: "user",
+      first_name: "Poison",
+      last_name: "Pill",
+      primary_email_address_id: "idn_1",
+      email_addresses: [{ id: "idn_1", email_address: `${id}@example.test` }],
+      created_at: 1735689600000,
+      updated_at: version,
+    },
+  };
 }
 
 /** Delivers a Clerk event to the ingress, signed as Svix signs it; returns its Svix id. */
@@ -231,10 +258,70 @@ describe("the operator console in a browser", () => {
     await page.context().close();
   });
 
+  it("lets an operator replay dead letters once their cause is fixed", async () => {
+    // The bug: writes of these users fail with an error retrying cannot help.
+    psql(
+      "CREATE FUNCTION console_bug() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN " +
+        "IF NEW.clerk_user_id LIKE 'user_poison_%' THEN RAISE EXCEPTION 'simulated bug'; END IF; " +
+        "RETURN NEW; END $$; " +
+        "CREATE TRIGGER console_bug BEFORE INSERT OR UPDATE ON users FOR EACH ROW EXECUTE FUNCTION console_bug()",
+    );
+    const ids = [];
+    for (const n of [1, 2, 3]) ids.push(await deliver(urls.ingress, userCreated(`user_poison_${n}`, n)));
+    const page = await login("ada", operatorKey);
+    const main = () => page.locator("main").innerText();
+    await eventually("three dead letters of type user.created", async () => {
+      await page.goto(`${urls.worker}/console/dead-letters?type=user.created`);
+      return /3 dead letter\(s\) match type=user\.created/.test(await main());
+    });
+    await shot(page, "10-poisoned");
+
+    psql("DROP TRIGGER console_bug ON users");
+    await page.getByRole("link", { name: ids[0] }).click();
+    await page.getByRole("button", { name: "Replay…" }).click();
+    await page.getByText("This will replay 1 dead letter(s)").waitFor();
+    await page.getByRole("button", { name: "Yes, replay 1" }).click();
+    await page.getByText("Replayed 1 dead letter(s)").waitFor();
+    const applied = async (user) => {
+      await page.goto(`${urls.worker}/console/events?clerk_user_id=${user}`);
+      const shown = await main();
+      return shown.includes(`User ${user}`) && !shown.includes("No row in users.");
+    };
+    await eventually("user_poison_1 applied", () => applied("user_poison_1"));
+    await shot(page, "11-replayed-one-applied");
+
+    await page.goto(`${urls.worker}/console/dead-letters?type=user.created`);
+    await page.getByText("2 dead letter(s) match type=user.created").waitFor();
+    await page.getByRole("button", { name: "Replay all 2 matching…" }).click();
+    await page.getByText("This will replay 2 dead letter(s)").waitFor();
+    await page.getByRole("button", { name: "Yes, replay 2" }).click();
+    await page.getByText("Replayed 2 dead letter(s)").waitFor();
+    await eventually("user_poison_2 applied", () => applied("user_poison_2"));
+    await eventually("user_poison_3 applied", () => applied("user_poison_3"));
+    await page.goto(`${urls.worker}/console/dead-letters?type=user.created`);
+    await page.getByText("0 dead letter(s) match type=user.created").waitFor();
+
+    await page.getByRole("link", { name: "Audit log" }).first().click();
+    const log = await main();
+    assert.match(log, new RegExp(`ada\\s+operator\\s+replay\\s+${ids[0]}\\s+1`));
+    assert.match(log, /ada\s+operator\s+replay_matching\s+type=user\.created\s+2/);
+    await shot(page, "12-audit-log-replays");
+    assert.deepEqual(page.violations, [], "no Content-Security-Policy violation");
+    await page.context().close();
+  });
+
   it("shows a viewer no action buttons", async () => {
     const page = await login("grace", viewerKey);
     await page.getByRole("link", { name: "Dead letters" }).click();
     assert.equal(await page.getByRole("button", { name: /Replay|Drop|Reveal/ }).count(), 0);
+    // The action URLs refuse a viewer, even with the session's CSRF token.
+    const csrf = await page.locator("input[name=csrf]").first().getAttribute("value").catch(() => null);
+    for (const action of ["/console/dead-letter/replay", "/console/dead-letter/drop", "/console/dead-letters/replay"]) {
+      const response = await page.request.post(`${urls.worker}${action}`, {
+        form: { csrf: csrf ?? "", id: "msg_any", confirm: "yes" },
+      });
+      assert.equal(response.status(), 403, action);
+    }
     await page.getByRole("link", { name: "Audit log" }).first().click();
     await shot(page, "09-viewer-audit-log");
     await page.getByRole("button", { name: "Log out" }).click();
