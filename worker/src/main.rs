@@ -191,11 +191,7 @@ async fn main() -> anyhow::Result<()> {
                 restart,
                 ..Default::default()
             };
-            if organizations {
-                reconcile_organizations(config, options, json).await
-            } else {
-                reconcile(config, options, json).await
-            }
+            reconcile(config, options, json, organizations).await
         }
         Command::MigrateQueues => migrate_queues(config).await,
         Command::Dlq(command) => {
@@ -334,20 +330,61 @@ async fn rotate_token_key(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `worker reconcile`.
+/// `worker reconcile [--organizations]`.
 async fn reconcile(
     config: Config,
     options: worker::reconcile::ReconcileOptions,
     json: bool,
+    organizations: bool,
 ) -> anyhow::Result<()> {
-    use worker::reconcile::{ReconcileError, run, summary};
+    use worker::{reconcile, reconcile_orgs};
     ops_logs(&config, "warn");
     let (applier, clerk) = clerk_applier(config, "reconcile").await?;
-    let report = match run(&applier, &clerk, &options, progress).await {
+    if organizations {
+        let result = reconcile_orgs::run(&applier, &clerk, &options).await;
+        let failed = |r: &reconcile_orgs::OrgReport| r.failed.len();
+        let what = (
+            "organization(s) or membership(s)",
+            "worker reconcile --organizations",
+        );
+        print_reconcile(result, json, reconcile_orgs::summary, failed, what)
+    } else {
+        let result = reconcile::run(&applier, &clerk, &options, progress).await;
+        let failed = |r: &reconcile::Report| r.failed.len();
+        print_reconcile(
+            result,
+            json,
+            reconcile::summary,
+            failed,
+            ("user(s)", "worker reconcile"),
+        )
+    }
+}
+
+/// Prints a reconcile's report (JSON, or the summary), also when the deletion guard stopped it;
+/// fails when it did not complete or left objects unrepaired (`what`: their kind and the
+/// command to run again).
+fn print_reconcile<R: serde::Serialize>(
+    result: Result<R, worker::reconcile::ReconcileError>,
+    json: bool,
+    summary: fn(&R) -> String,
+    failed: impl Fn(&R) -> usize,
+    (what, command): (&str, &str),
+) -> anyhow::Result<()> {
+    use worker::reconcile::ReconcileError;
+    let report = match result {
         Ok(report) => report,
         Err(error) => {
-            if let (true, ReconcileError::TooManyDeletes { report, .. }) = (json, &error) {
-                println!("{}", serde_json::to_string_pretty(report)?);
+            if json {
+                match &error {
+                    ReconcileError::TooManyDeletes { report, .. } => {
+                        println!("{}", serde_json::to_string_pretty(report)?);
+                    }
+                    ReconcileError::TooManyOrganizationDeletes { report, .. } => {
+                        println!("{}", serde_json::to_string_pretty(report)?);
+                    }
+                    _ => {}
+                }
             }
             return Err(error).context("reconcile did not complete");
         }
@@ -357,44 +394,10 @@ async fn reconcile(
     } else {
         println!("{}", summary(&report));
     }
-    if !report.failed.is_empty() {
+    let failed = failed(&report);
+    if failed > 0 {
         anyhow::bail!(
-            "{} user(s) could not be repaired (listed in the report); fix the cause and run `worker reconcile` again",
-            report.failed.len()
-        );
-    }
-    Ok(())
-}
-
-/// `worker reconcile --organizations`.
-async fn reconcile_organizations(
-    config: Config,
-    options: worker::reconcile::ReconcileOptions,
-    json: bool,
-) -> anyhow::Result<()> {
-    use worker::{reconcile::ReconcileError, reconcile_orgs};
-    ops_logs(&config, "warn");
-    let (applier, clerk) = clerk_applier(config, "reconcile").await?;
-    let report = match reconcile_orgs::run(&applier, &clerk, &options).await {
-        Ok(report) => report,
-        Err(error) => {
-            if let (true, ReconcileError::TooManyOrganizationDeletes { report, .. }) =
-                (json, &error)
-            {
-                println!("{}", serde_json::to_string_pretty(report)?);
-            }
-            return Err(error).context("reconcile did not complete");
-        }
-    };
-    if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        println!("{}", reconcile_orgs::summary(&report));
-    }
-    if !report.failed.is_empty() {
-        anyhow::bail!(
-            "{} organization(s) or membership(s) could not be repaired (listed in the report); fix the cause and run `worker reconcile --organizations` again",
-            report.failed.len()
+            "{failed} {what} could not be repaired (listed in the report); fix the cause and run `{command}` again"
         );
     }
     Ok(())
