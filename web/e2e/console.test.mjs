@@ -10,69 +10,28 @@
 // Needs what demo.test.mjs needs (the Rust binaries built, Chromium, createdb, dropdb and
 // rabbitmqctl). Screenshots go to ../target/console/.
 import assert from "node:assert/strict";
-import { execFileSync, spawn } from "node:child_process";
-import { createHmac, randomBytes } from "node:crypto";
+import { execFileSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
 import { mkdirSync } from "node:fs";
-import { createServer as createNetServer } from "node:net";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 
 import { chromium } from "playwright-core";
 
+import { Processes, createIsolation, deliver, dropIsolation, eventually, freePort, ready } from "./harness.mjs";
+
 const web = path.dirname(path.dirname(fileURLToPath(import.meta.url)));
 const bin = process.env.CLERK_SYNC_BIN ?? path.resolve(web, "../target/debug");
 const shots = path.resolve(web, "../target/console");
 const run = randomBytes(4).toString("hex");
 const database = `clerk_sync_console_${run}`;
-const vhost = `clerk_sync_console_${run}`;
+const processes = new Processes(web);
 const webhookSecret = `whsec_${randomBytes(24).toString("base64")}`;
+/** Delivers `event` to the ingress, signed; returns its Svix id (`msg_console_…`). */
+const send = (ingress, event) => deliver(ingress, webhookSecret, event, "msg_console");
 const operatorKey = randomBytes(24).toString("base64");
 const viewerKey = randomBytes(24).toString("base64");
-
-async function freePort() {
-  const server = createNetServer();
-  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const { port } = server.address();
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
-
-async function eventually(what, check, timeoutMs = 30_000) {
-  const deadline = Date.now() + timeoutMs;
-  let last;
-  while (Date.now() < deadline) {
-    try {
-      const value = await check();
-      if (value) return value;
-    } catch (error) {
-      last = error;
-    }
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
-  throw new Error(`timed out waiting for ${what}${last ? `: ${last}` : ""}`);
-}
-
-const children = [];
-function start(name, command, env) {
-  const child = spawn(command, [], { cwd: web, env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
-  child.output = "";
-  const collect = (chunk) => {
-    child.output += chunk;
-  };
-  child.stdout.on("data", collect);
-  child.stderr.on("data", collect);
-  child.name = name;
-  children.push(child);
-  return child;
-}
-
-async function ready(url, child) {
-  await eventually(`${child.name} at ${url}`, async () => {
-    if (child.exitCode !== null) throw new Error(`${child.name} exited: ${child.output}`);
-    return (await fetch(url)).ok;
-  });
-}
 
 /** Runs SQL in the test's database. */
 function psql(sql) {
@@ -98,27 +57,6 @@ function userCreated(id, version) {
   };
 }
 
-/** Delivers a Clerk event to the ingress, signed as Svix signs it; returns its Svix id. */
-async function deliver(ingress, event) {
-  const body = JSON.stringify(event);
-  const id = `msg_console_${randomBytes(6).toString("hex")}`;
-  const timestamp = Math.floor(Date.now() / 1000);
-  const key = Buffer.from(webhookSecret.slice("whsec_".length), "base64");
-  const signature = createHmac("sha256", key).update(`${id}.${timestamp}.${body}`).digest("base64");
-  const response = await fetch(`${ingress}/webhooks/clerk`, {
-    method: "POST",
-    headers: {
-      "Content-Type": "application/json",
-      "svix-id": id,
-      "svix-timestamp": String(timestamp),
-      "svix-signature": `v1,${signature}`,
-    },
-    body,
-  });
-  assert.equal(response.status, 200, await response.text());
-  return id;
-}
-
 describe("the operator console in a browser", () => {
   let urls;
   let browser;
@@ -126,24 +64,21 @@ describe("the operator console in a browser", () => {
 
   before(async () => {
     mkdirSync(shots, { recursive: true });
-    execFileSync("createdb", ["-h", "127.0.0.1", "-U", "postgres", database]);
-    execFileSync("rabbitmqctl", ["-q", "add_vhost", vhost]);
-    execFileSync("rabbitmqctl", ["-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"]);
+    const isolated = createIsolation(database);
     const [ingressPort, workerPort] = await Promise.all([freePort(), freePort()]);
     urls = { ingress: `http://127.0.0.1:${ingressPort}`, worker: `http://127.0.0.1:${workerPort}` };
     const common = {
-      DATABASE_URL: `postgres://postgres@127.0.0.1:5432/${database}`,
-      AMQP_URL: `amqp://guest:guest@127.0.0.1:5672/${encodeURIComponent(vhost)}`,
+      ...isolated,
       RUST_LOG: "warn",
       NO_COLOR: "1",
     };
-    const worker = start("worker", path.join(bin, "worker"), {
+    const worker = processes.start("worker", path.join(bin, "worker"), [], {
       ...common,
       WORKER_ADDR: `127.0.0.1:${workerPort}`,
       CONSOLE_USERS: `ada:operator:${operatorKey},grace:viewer:${viewerKey}`,
     });
     await ready(`${urls.worker}/readyz`, worker);
-    const ingress = start("ingress", path.join(bin, "ingress"), {
+    const ingress = processes.start("ingress", path.join(bin, "ingress"), [], {
       ...common,
       INGRESS_ADDR: `127.0.0.1:${ingressPort}`,
       CLERK_WEBHOOK_SECRET: webhookSecret,
@@ -154,7 +89,7 @@ describe("the operator console in a browser", () => {
       args: ["--no-sandbox"],
     });
     // No updated_at: the worker can never apply it and dead-letters it at once.
-    svixId = await deliver(urls.ingress, {
+    svixId = await send(urls.ingress, {
       type: "user.updated",
       object: "event",
       timestamp: Date.now(),
@@ -170,14 +105,8 @@ describe("the operator console in a browser", () => {
 
   after(async () => {
     await browser?.close();
-    for (const child of children) child.kill("SIGTERM");
-    await Promise.all(
-      children.map((child) =>
-        child.exitCode !== null ? null : new Promise((resolve) => child.once("exit", resolve)),
-      ),
-    );
-    execFileSync("dropdb", ["-h", "127.0.0.1", "-U", "postgres", "--force", "--if-exists", database]);
-    execFileSync("rabbitmqctl", ["-q", "delete_vhost", vhost]);
+    await processes.stopAll();
+    dropIsolation(database);
   });
 
   async function login(name, key) {
@@ -267,7 +196,7 @@ describe("the operator console in a browser", () => {
         "CREATE TRIGGER console_bug BEFORE INSERT OR UPDATE ON users FOR EACH ROW EXECUTE FUNCTION console_bug()",
     );
     const ids = [];
-    for (const n of [1, 2, 3]) ids.push(await deliver(urls.ingress, userCreated(`user_poison_${n}`, n)));
+    for (const n of [1, 2, 3]) ids.push(await send(urls.ingress, userCreated(`user_poison_${n}`, n)));
     const page = await login("ada", operatorKey);
     const main = () => page.locator("main").innerText();
     await eventually("three dead letters of type user.created", async () => {

@@ -8,11 +8,10 @@
 // createdb, dropdb and rabbitmqctl on the PATH. Everything it creates (a database, a RabbitMQ
 // vhost, processes) is removed at the end. Screenshots go to ../target/web/.
 import assert from "node:assert/strict";
-import { execFileSync, spawn } from "node:child_process";
-import { createHmac, generateKeyPairSync, randomBytes, sign } from "node:crypto";
+import { execFileSync } from "node:child_process";
+import { generateKeyPairSync, randomBytes, sign } from "node:crypto";
 import { mkdirSync } from "node:fs";
 import { createServer } from "node:http";
-import { createServer as createNetServer } from "node:net";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
@@ -20,13 +19,14 @@ import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
 
 import { committedTypesMatch } from "../scripts/generate-types.mjs";
+import { Processes, createIsolation, deliver, dropIsolation, eventually, freePort, ready } from "./harness.mjs";
 
 const web = path.dirname(path.dirname(fileURLToPath(import.meta.url)));
 const bin = process.env.CLERK_SYNC_BIN ?? path.resolve(web, "../target/debug");
 const shots = path.resolve(web, "../target/web");
 const run = randomBytes(4).toString("hex");
 const database = `clerk_sync_e2e_${run}`;
-const vhost = `clerk_sync_e2e_${run}`;
+const processes = new Processes(web);
 const clerkSecret = "sk_test_e2e_fake_clerk_backend_api_key";
 const serviceKey = `svc-e2e-${randomBytes(16).toString("hex")}`;
 const webhookSecret = `whsec_${randomBytes(24).toString("base64")}`;
@@ -130,70 +130,6 @@ function startFakeClerk() {
   return { users, server };
 }
 
-async function freePort() {
-  const server = createNetServer();
-  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const { port } = server.address();
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
-
-async function eventually(what, check, timeoutMs = 30_000) {
-  const deadline = Date.now() + timeoutMs;
-  let last;
-  while (Date.now() < deadline) {
-    try {
-      const value = await check();
-      if (value) return value;
-    } catch (error) {
-      last = error;
-    }
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
-  throw new Error(`timed out waiting for ${what}${last ? `: ${last}` : ""}`);
-}
-
-const children = [];
-function start(name, command, args, env, cwd = web) {
-  const child = spawn(command, args, { cwd, env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
-  child.output = "";
-  const collect = (chunk) => {
-    child.output += chunk;
-  };
-  child.stdout.on("data", collect);
-  child.stderr.on("data", collect);
-  child.name = name;
-  children.push(child);
-  return child;
-}
-
-async function ready(url, child) {
-  await eventually(`${child.name} at ${url}`, async () => {
-    if (child.exitCode !== null) throw new Error(`${child.name} exited: ${child.output}`);
-    return (await fetch(url)).ok;
-  });
-}
-
-/** Delivers a Clerk event to the ingress, signed as Svix signs it. */
-async function deliver(ingress, event) {
-  const body = JSON.stringify(event);
-  const id = `msg_e2e_${randomBytes(6).toString("hex")}`;
-  const timestamp = Math.floor(Date.now() / 1000);
-  const key = Buffer.from(webhookSecret.slice("whsec_".length), "base64");
-  const signature = createHmac("sha256", key).update(`${id}.${timestamp}.${body}`).digest("base64");
-  const response = await fetch(`${ingress}/webhooks/clerk`, {
-    method: "POST",
-    headers: {
-      "Content-Type": "application/json",
-      "svix-id": id,
-      "svix-timestamp": String(timestamp),
-      "svix-signature": `v1,${signature}`,
-    },
-    body,
-  });
-  assert.equal(response.status, 200, await response.text());
-}
-
 describe("the demo page against the real services", () => {
   const fake = startFakeClerk();
   let urls;
@@ -202,9 +138,7 @@ describe("the demo page against the real services", () => {
 
   before(async () => {
     mkdirSync(shots, { recursive: true });
-    execFileSync("createdb", ["-h", "127.0.0.1", "-U", "postgres", database]);
-    execFileSync("rabbitmqctl", ["-q", "add_vhost", vhost]);
-    execFileSync("rabbitmqctl", ["-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"]);
+    const isolated = createIsolation(database);
     await new Promise((resolve) => fake.server.listen(0, "127.0.0.1", resolve));
     const [ingressPort, apiPort, workerPort, pagePort] = await Promise.all([
       freePort(),
@@ -219,8 +153,7 @@ describe("the demo page against the real services", () => {
       page: `http://127.0.0.1:${pagePort}`,
     };
     const common = {
-      DATABASE_URL: `postgres://postgres@127.0.0.1:5432/${database}`,
-      AMQP_URL: `amqp://guest:guest@127.0.0.1:5672/${encodeURIComponent(vhost)}`,
+      ...isolated,
       RETRY_DELAYS: "500ms",
       CLERK_SECRET_KEY: clerkSecret,
       CLERK_API_URL: `http://127.0.0.1:${fake.server.address().port}`,
@@ -228,16 +161,16 @@ describe("the demo page against the real services", () => {
       RUST_LOG: "warn",
       NO_COLOR: "1",
     };
-    const worker = start("worker", path.join(bin, "worker"), [], { ...common, WORKER_ADDR: `127.0.0.1:${workerPort}` });
+    const worker = processes.start("worker", path.join(bin, "worker"), [], { ...common, WORKER_ADDR: `127.0.0.1:${workerPort}` });
     await ready(`${urls.worker}/readyz`, worker);
-    const api = start("api", path.join(bin, "api"), [], {
+    const api = processes.start("api", path.join(bin, "api"), [], {
       ...common,
       API_ADDR: `127.0.0.1:${apiPort}`,
       CLERK_JWT_KEY: publicKey,
       API_SERVICE_KEYS: serviceKey,
       API_CORS_ORIGINS: urls.page,
     });
-    const ingress = start("ingress", path.join(bin, "ingress"), [], {
+    const ingress = processes.start("ingress", path.join(bin, "ingress"), [], {
       ...common,
       INGRESS_ADDR: `127.0.0.1:${ingressPort}`,
       CLERK_WEBHOOK_SECRET: webhookSecret,
@@ -249,7 +182,7 @@ describe("the demo page against the real services", () => {
       cwd: path.join(web, "demo"),
       env: { ...process.env, CLERK_DOUBLE: "1", VITE_API_URL: urls.api },
     });
-    const preview = start(
+    const preview = processes.start(
       "vite preview",
       vite,
       ["preview", "--host", "127.0.0.1", "--port", String(pagePort)],
@@ -268,15 +201,9 @@ describe("the demo page against the real services", () => {
 
   after(async () => {
     await browser?.close();
-    for (const child of children) child.kill("SIGTERM");
-    await Promise.all(
-      children.map((child) =>
-        child.exitCode !== null ? null : new Promise((resolve) => child.once("exit", resolve)),
-      ),
-    );
+    await processes.stopAll();
     fake.server.close();
-    execFileSync("dropdb", ["-h", "127.0.0.1", "-U", "postgres", "--force", "--if-exists", database]);
-    execFileSync("rabbitmqctl", ["-q", "delete_vhost", vhost]);
+    dropIsolation(database);
   });
 
   const text = () => page.locator("main").innerText();
@@ -313,7 +240,7 @@ describe("the demo page against the real services", () => {
   it("shows a user.updated from the ingress after the window regains focus", async () => {
     const updated = clerkUser("user_e2e_ada", "Ada Lovelace", 1_700_000_002_000, true);
     fake.users.set("user_e2e_ada", updated);
-    await deliver(urls.ingress, { type: "user.updated", object: "event", timestamp: Date.now(), data: updated });
+    await deliver(urls.ingress, webhookSecret, { type: "user.updated", object: "event", timestamp: Date.now(), data: updated });
     await eventually("the worker applied the update", async () => {
       const user = await (await asService("/users/by-clerk-id/user_e2e_ada")).json();
       return user.first_name === "Ada Lovelace";
