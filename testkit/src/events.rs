@@ -158,15 +158,20 @@ pub struct MembershipState {
 /// An `organizationMembership.created|updated|deleted` body (a delete carries the whole
 /// membership).
 pub fn membership_event(event_type: &str, membership: &MembershipState) -> Vec<u8> {
+    let data = membership_object(membership);
+    serde_json::to_vec(&envelope(event_type, data, membership.updated_at)).unwrap()
+}
+
+/// A membership object, as events carry it and Clerk's API lists it.
+pub fn membership_object(membership: &MembershipState) -> Value {
     let mut organization = organization_object(&membership.organization);
     organization["members_count"] = json!(3);
-    let data = json!({
+    json!({
         "id": membership.id, "object": "organization_membership", "role": membership.role,
         "role_name": "Member", "permissions": ["org:sys_profile:read"],
         "created_at": 1_735_689_600_000_i64, "updated_at": membership.updated_at,
         "public_metadata": {}, "organization": organization,
         "public_user_data": {"user_id": membership.user_id, "first_name": "Ada", "last_name": null,
             "identifier": "ada@example.com", "image_url": "https://img.clerk.com/u", "has_image": false}
-    });
-    serde_json::to_vec(&envelope(event_type, data, membership.updated_at)).unwrap()
+    })
 }

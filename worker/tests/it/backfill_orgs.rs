@@ -21,17 +21,13 @@ fn org(i: usize, version: i64) -> OrgState {
 
 /// A membership object as Clerk's API lists it (the `data` of a membership event).
 fn membership(id: &str, user: &str, role: &str, org: &OrgState) -> Value {
-    let body = events::membership_event(
-        "organizationMembership.updated",
-        &MembershipState {
-            id: id.into(),
-            user_id: user.into(),
-            role: role.into(),
-            updated_at: 500,
-            organization: org.clone(),
-        },
-    );
-    serde_json::from_slice::<Value>(&body).unwrap()["data"].clone()
+    events::membership_object(&MembershipState {
+        id: id.into(),
+        user_id: user.into(),
+        role: role.into(),
+        updated_at: 500,
+        organization: org.clone(),
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -21,17 +21,13 @@ fn org(id: &str, version: i64) -> OrgState {
 
 /// A membership object as Clerk's API lists it.
 fn membership(id: &str, user: &str, role: &str, version: i64, org: &OrgState) -> Value {
-    let body = events::membership_event(
-        "organizationMembership.updated",
-        &MembershipState {
-            id: id.into(),
-            user_id: user.into(),
-            role: role.into(),
-            updated_at: version,
-            organization: org.clone(),
-        },
-    );
-    serde_json::from_slice::<Value>(&body).unwrap()["data"].clone()
+    events::membership_object(&MembershipState {
+        id: id.into(),
+        user_id: user.into(),
+        role: role.into(),
+        updated_at: version,
+        organization: org.clone(),
+    })
 }
 
 fn reconcile(
