@@ -132,6 +132,9 @@ struct FilterArgs {
     /// Only dead letters at most this old.
     #[arg(long, value_parser = parse_age)]
     newer_than: Option<i64>,
+    /// Only dead letters whose body contains this text (an email, a provider id, a name).
+    #[arg(long)]
+    contains: Option<String>,
 }
 
 impl FilterArgs {
@@ -142,6 +145,7 @@ impl FilterArgs {
             clerk_user_id: self.clerk_user_id,
             older_than_seconds: self.older_than,
             newer_than_seconds: self.newer_than,
+            body_contains: self.contains,
         }
     }
 }

@@ -264,15 +264,17 @@ pub fn filter_of(form: &Form) -> Result<Filter, String> {
         clerk_user_id: form.get("clerk_user_id").map(str::to_owned),
         older_than_seconds: age("older_than")?,
         newer_than_seconds: age("newer_than")?,
+        body_contains: form.get("body").map(str::to_owned),
     })
 }
 
-const FILTER_FIELDS: [&str; 5] = [
+const FILTER_FIELDS: [&str; 6] = [
     "type",
     "reason",
     "clerk_user_id",
     "older_than",
     "newer_than",
+    "body",
 ];
 
 /// The filter's fields as hidden inputs (to carry it into a POST).
@@ -309,6 +311,13 @@ pub async fn dead_letters(console: &Console, session: &Session, query: &Form) ->
         Ok(filter) => filter,
         Err(why) => return error_page(session, StatusCode::BAD_REQUEST, &why),
     };
+    if filter.body_contains.is_some() && !session.role.may_act() {
+        return error_page(
+            session,
+            StatusCode::FORBIDDEN,
+            "Searching bodies reveals personal data: operators only.",
+        );
+    }
     let letters = {
         let _one = console.dlq_lock.lock().await;
         dlq::list(&console.broker, console.topology.clone(), None, &filter).await
@@ -331,12 +340,20 @@ pub async fn dead_letters(console: &Console, session: &Session, query: &Form) ->
          <label>Clerk user id <input name=\"clerk_user_id\" value=\"{}\"></label>\
          <label>Older than <input name=\"older_than\" value=\"{}\" placeholder=\"1h\" size=\"5\"></label>\
          <label>Newer than <input name=\"newer_than\" value=\"{}\" placeholder=\"48h\" size=\"5\"></label>\
-         <button>Filter</button></form>",
+         {}<button>Filter</button></form>",
         value("type"),
         value("reason"),
         value("clerk_user_id"),
         value("older_than"),
         value("newer_than"),
+        if session.role.may_act() {
+            format!(
+                "<label>Body contains <input name=\"body\" value=\"{}\" placeholder=\"an email, a provider id\"></label>",
+                value("body")
+            )
+        } else {
+            String::new()
+        },
     );
     let _ = write!(
         body,

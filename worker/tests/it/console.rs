@@ -214,6 +214,9 @@ async fn login_roles_csrf_and_security_headers() {
             );
         }
     }
+    // Searching bodies would reveal what masking hides: operators only.
+    let searched = browser.get("/console/dead-letters?body=example.com").await;
+    assert_eq!(searched.status, 403, "{}", searched.body);
     for path in [
         "/console/dead-letter/replay",
         "/console/dead-letter/drop",
@@ -407,6 +410,19 @@ async fn an_operator_reveals_replays_and_drops_dead_letters_and_the_audit_log_li
     }
     assert!(!listing.body.contains("msg_garbage"));
     assert!(listing.body.contains("Replay all 3 matching"));
+    // Payload search: the body holds the address; the description does not echo it.
+    let searched = browser
+        .get("/console/dead-letters?body=poison2%40example.com")
+        .await;
+    assert_eq!(searched.status, 200, "{}", searched.body);
+    assert!(
+        searched
+            .body
+            .contains("<strong>1</strong> dead letter(s) match body~(19 chars)"),
+        "{}",
+        searched.body
+    );
+    assert!(searched.body.contains("msg_p2") && !searched.body.contains("msg_p1"));
     let all = browser.get("/console/dead-letters").await;
     assert!(
         all.body.contains("<strong>4</strong> dead letter(s)"),
