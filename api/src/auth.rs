@@ -425,15 +425,7 @@ fn bearer(value: &[u8]) -> Option<&str> {
 
 /// The value of the `__session` cookie, if sent.
 fn session_cookie(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == SESSION_COOKIE)
-        .map(|(_, value)| value.trim().trim_matches('"').to_owned())
-        .filter(|v| !v.is_empty())
+    telemetry::ops::cookie(headers, SESSION_COOKIE)
 }
 
 #[cfg(test)]

@@ -43,6 +43,20 @@ pub fn json(status: StatusCode, body: &impl std::fmt::Display) -> FullResponse {
     response
 }
 
+/// The value of the cookie `name` in a request's `Cookie` headers (quotes trimmed); `None`
+/// when absent or empty.
+pub fn cookie(headers: &http::HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value.trim().trim_matches('"').to_owned())
+        .filter(|v| !v.is_empty())
+}
+
 /// `GET /healthz`, `GET /readyz` and `GET /metrics`; `None` for any other request.
 pub fn endpoints(
     method: &http::Method,

@@ -317,14 +317,7 @@ impl Outcome {
 
 /// The session token from the `Cookie` header.
 fn session_cookie(headers: &http::HeaderMap) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == COOKIE)
-        .map(|(_, value)| value.to_owned())
+    telemetry::ops::cookie(headers, COOKIE)
 }
 
 fn html_response(status: StatusCode, body: String) -> FullResponse {

@@ -11,9 +11,7 @@ use worker::{
     backfill::{self, BackfillOptions},
 };
 
-use crate::helpers::{
-    scalar, spawn_worker, state, user_updated, users, wait_for_users, worker_settings,
-};
+use crate::helpers::{scalar, spawn_worker, state, user_updated, users, wait_for_users};
 
 fn clerk_users(n: usize) -> Vec<serde_json::Value> {
     (0..n)
@@ -61,12 +59,7 @@ async fn a_backfill_of_1000_users_keeps_newer_webhook_state_and_deleted_users_ou
     })
     .await;
 
-    let url = clerk.url();
-    let settings = worker_settings(
-        &db.url,
-        &broker,
-        &[("CLERK_SECRET_KEY", SECRET_KEY), ("CLERK_API_URL", &url)],
-    );
+    let settings = crate::helpers::settings_with_clerk(&db, &broker, &clerk);
     let (ok, stdout, stderr) =
         crate::helpers::worker_cli(settings, &["backfill", "--page-size", "100"]);
     assert!(ok, "{stdout} {stderr}");

@@ -5,10 +5,10 @@ use serde_json::Value;
 use testkit::{
     TestBroker, TestDb,
     events::{self, MembershipState, OrgState},
-    fake_clerk::{FakeClerk, SECRET_KEY},
+    fake_clerk::FakeClerk,
 };
 
-use crate::helpers::{scalar, worker_settings};
+use crate::helpers::scalar;
 
 fn org(i: usize, version: i64) -> OrgState {
     OrgState {
@@ -84,12 +84,7 @@ async fn a_backfill_of_organizations_pages_through_them_and_their_memberships() 
     .await;
     worker.stop().await;
 
-    let url = clerk.url();
-    let settings = worker_settings(
-        &db.url,
-        &broker,
-        &[("CLERK_SECRET_KEY", SECRET_KEY), ("CLERK_API_URL", &url)],
-    );
+    let settings = crate::helpers::settings_with_clerk(&db, &broker, &clerk);
     let (ok, stdout, stderr) = crate::helpers::worker_cli(
         settings,
         &["backfill", "--organizations", "--page-size", "2"],

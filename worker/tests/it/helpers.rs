@@ -316,3 +316,20 @@ pub fn worker_cli(settings: HashMap<String, String>, args: &[&str]) -> (bool, St
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
 }
+
+/// Settings for a worker on this database and prefix that reads Clerk's API from `clerk`.
+pub fn settings_with_clerk(
+    db: &TestDb,
+    broker: &TestBroker,
+    clerk: &testkit::fake_clerk::FakeClerk,
+) -> HashMap<String, String> {
+    let url = clerk.url();
+    worker_settings(
+        &db.url,
+        broker,
+        &[
+            ("CLERK_SECRET_KEY", testkit::fake_clerk::SECRET_KEY),
+            ("CLERK_API_URL", &url),
+        ],
+    )
+}

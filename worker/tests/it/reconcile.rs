@@ -16,7 +16,7 @@ use worker::{
     reconcile::{ReconcileError, ReconcileOptions, run},
 };
 
-use crate::helpers::{Row, scalar, spawn_worker, users, worker_settings};
+use crate::helpers::{Row, scalar, spawn_worker, users};
 
 fn id(n: usize) -> String {
     format!("user_rc_{n}")
@@ -80,12 +80,7 @@ fn reconcile_cli(
     clerk: &FakeClerk,
     args: &[&str],
 ) -> (bool, String, String) {
-    let url = clerk.url();
-    let settings = worker_settings(
-        &db.url,
-        broker,
-        &[("CLERK_SECRET_KEY", SECRET_KEY), ("CLERK_API_URL", &url)],
-    );
+    let settings = crate::helpers::settings_with_clerk(db, broker, clerk);
     let args: Vec<&str> = std::iter::once("reconcile")
         .chain(args.iter().copied())
         .collect();

@@ -5,10 +5,10 @@ use serde_json::Value;
 use testkit::{
     TestBroker, TestDb,
     events::{self, MembershipState, OrgState},
-    fake_clerk::{FakeClerk, SECRET_KEY},
+    fake_clerk::FakeClerk,
 };
 
-use crate::helpers::{scalar, worker_cli, worker_settings};
+use crate::helpers::{scalar, worker_cli};
 
 fn org(id: &str, version: i64) -> OrgState {
     OrgState {
@@ -36,12 +36,7 @@ fn reconcile(
     clerk: &FakeClerk,
     args: &[&str],
 ) -> (bool, String, String) {
-    let url = clerk.url();
-    let settings = worker_settings(
-        &db.url,
-        broker,
-        &[("CLERK_SECRET_KEY", SECRET_KEY), ("CLERK_API_URL", &url)],
-    );
+    let settings = crate::helpers::settings_with_clerk(db, broker, clerk);
     let args: Vec<&str> = ["reconcile", "--organizations"]
         .into_iter()
         .chain(args.iter().copied())
