@@ -15,6 +15,7 @@ pub mod faults;
 pub mod metrics;
 pub mod orgs;
 pub mod progress;
+pub mod prune;
 pub mod queues;
 pub mod reconcile;
 pub mod reconcile_orgs;
@@ -427,13 +428,13 @@ async fn prune_processed_events(db: DatabaseConnection, retention: Duration, mut
             () = stop.recv() => return,
             _ = tick.tick() => {}
         }
-        let sql = format!(
-            "DELETE FROM processed_events WHERE processed_at < now() - interval '{} seconds'",
-            retention.as_secs()
-        );
-        match db.execute_unprepared(&sql).await {
-            Ok(done) => tracing::debug!(rows = done.rows_affected(), "pruned processed_events"),
-            Err(error) => tracing::warn!(error.message = %error, "pruning processed_events failed"),
+        let pruning = prune::prune_expired(&db, retention, prune::PruneOptions::default());
+        tokio::select! {
+            () = stop.recv() => return,
+            result = pruning => match result {
+                Ok(report) => tracing::debug!(rows = report.deleted, batches = report.batches, skipped = report.skipped, "pruned processed_events"),
+                Err(error) => tracing::warn!(error.message = %error, "pruning processed_events failed"),
+            },
         }
     }
 }

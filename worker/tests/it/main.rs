@@ -16,6 +16,7 @@ mod helpers;
 mod ordering;
 mod organizations;
 mod panics;
+mod prune;
 mod profile;
 mod queues;
 mod reconcile;

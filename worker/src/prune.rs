@@ -1,0 +1,86 @@
+//! Forgetting Svix ids older than `PROCESSED_EVENTS_RETENTION`, cheaply: in bounded batches (a
+//! few thousand rows per short transaction, so no apply waits long behind it and no statement
+//! holds millions of row locks), by one worker at a time (a transaction-scoped advisory lock
+//! per batch: a worker that does not get it leaves the round to the one that has it).
+
+use std::time::Duration;
+
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, TransactionTrait};
+
+use crate::apply::stmt;
+
+/// Key of the advisory lock pruning takes ("prune" in ASCII); distinct from the migrations' and
+/// the reconcile's.
+pub const PRUNE_LOCK_KEY: i64 = 0x0070_7275_6e65;
+
+/// How a pruning round goes.
+#[derive(Debug, Clone, Copy)]
+pub struct PruneOptions {
+    /// Rows deleted per transaction at most.
+    pub batch_size: i64,
+    /// Pause between batches, so that pruning leaves the database to the applies.
+    pub pause: Duration,
+}
+
+impl Default for PruneOptions {
+    fn default() -> Self {
+        Self {
+            batch_size: 5_000,
+            pause: Duration::from_millis(20),
+        }
+    }
+}
+
+/// What a round did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PruneReport {
+    pub deleted: u64,
+    pub batches: u64,
+    /// Whether another worker was pruning, so this one left the round to it.
+    pub skipped: bool,
+}
+
+/// Deletes the Svix ids processed longer than `retention` ago, batch by batch, until none is
+/// left or another worker holds the pruning lock.
+pub async fn prune_expired(
+    db: &DatabaseConnection,
+    retention: Duration,
+    options: PruneOptions,
+) -> Result<PruneReport, DbErr> {
+    let mut report = PruneReport::default();
+    let retention_seconds = i64::try_from(retention.as_secs()).unwrap_or(i64::MAX);
+    loop {
+        let txn = db.begin().await?;
+        let locked: bool = txn
+            .query_one_raw(stmt(
+                "SELECT pg_try_advisory_xact_lock($1) AS locked",
+                vec![PRUNE_LOCK_KEY.into()],
+            ))
+            .await?
+            .map(|row| row.try_get("", "locked"))
+            .transpose()?
+            .unwrap_or(false);
+        if !locked {
+            txn.rollback().await?;
+            report.skipped = true;
+            return Ok(report);
+        }
+        let deleted = txn
+            .execute_raw(stmt(
+                "DELETE FROM processed_events WHERE svix_id IN ( \
+                   SELECT svix_id FROM processed_events \
+                   WHERE processed_at < now() - make_interval(secs => $1::double precision) \
+                   ORDER BY processed_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
+                vec![(retention_seconds as f64).into(), options.batch_size.into()],
+            ))
+            .await?
+            .rows_affected();
+        txn.commit().await?;
+        report.deleted += deleted;
+        report.batches += 1;
+        if deleted < u64::try_from(options.batch_size).unwrap_or(u64::MAX) {
+            return Ok(report);
+        }
+        tokio::time::sleep(options.pause).await;
+    }
+}
