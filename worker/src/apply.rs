@@ -449,21 +449,12 @@ async fn apply_in(
     }
 }
 
-/// The version-guarded upsert of one user: `$1` id, `$2` Clerk id, `$3` email, `$4` first name,
-/// `$5` last name, `$6` Clerk `updated_at`, `$7` Clerk `created_at`, `$8` tiebreak, `$9`
-/// username, `$10` image URL, `$11` external id, `$12` primary phone number, `$13` public
-/// metadata (jsonb), `$14` private metadata and `$15` unsafe metadata (jsonb; none unless
-/// `SYNC_PRIVATE_METADATA=true`, see [`Applier::store_private_metadata`]), `$16` banned, `$17` locked,
-/// `$18` last sign-in (timestamptz). Changes nothing unless (`$6`, `$8`) is newer than the stored
-/// version. Public so that the benchmark measures this very statement.
-pub const UPSERT_USER: &str = "INSERT INTO users (id, clerk_user_id, email, first_name, last_name, \
-         clerk_updated_at, clerk_created_at, clerk_version_tiebreak, username, image_url, \
-         external_id, primary_phone_number, public_metadata, private_metadata, unsafe_metadata, \
-         banned, locked, last_sign_in_at) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, coalesce($13::jsonb, '{}'), \
-         $14::jsonb, $15::jsonb, $16, $17, $18) \
-     ON CONFLICT (clerk_user_id) DO UPDATE SET \
-         email = EXCLUDED.email, first_name = EXCLUDED.first_name, \
+/// The `SET` list and version guard of an upsert of `users` that takes the incoming row
+/// (`EXCLUDED`) only when its (version, tiebreak) is newer than the stored one: shared by
+/// [`UPSERT_USER`] and the batch's upsert (`crate::batch`), so that both write the same columns.
+macro_rules! newer_user_state {
+    () => {
+        "email = EXCLUDED.email, first_name = EXCLUDED.first_name, \
          last_name = EXCLUDED.last_name, clerk_updated_at = EXCLUDED.clerk_updated_at, \
          clerk_version_tiebreak = EXCLUDED.clerk_version_tiebreak, \
          clerk_created_at = COALESCE(EXCLUDED.clerk_created_at, users.clerk_created_at), \
@@ -476,8 +467,29 @@ pub const UPSERT_USER: &str = "INSERT INTO users (id, clerk_user_id, email, firs
          banned = EXCLUDED.banned, locked = EXCLUDED.locked, \
          last_sign_in_at = EXCLUDED.last_sign_in_at, \
          updated_at = now() \
-     WHERE (users.clerk_updated_at, users.clerk_version_tiebreak) \
-         < (EXCLUDED.clerk_updated_at, EXCLUDED.clerk_version_tiebreak)";
+         WHERE (users.clerk_updated_at, users.clerk_version_tiebreak) \
+         < (EXCLUDED.clerk_updated_at, EXCLUDED.clerk_version_tiebreak)"
+    };
+}
+pub(crate) use newer_user_state;
+
+/// The version-guarded upsert of one user: `$1` id, `$2` Clerk id, `$3` email, `$4` first name,
+/// `$5` last name, `$6` Clerk `updated_at`, `$7` Clerk `created_at`, `$8` tiebreak, `$9`
+/// username, `$10` image URL, `$11` external id, `$12` primary phone number, `$13` public
+/// metadata (jsonb), `$14` private metadata and `$15` unsafe metadata (jsonb; none unless
+/// `SYNC_PRIVATE_METADATA=true`, see [`Applier::store_private_metadata`]), `$16` banned, `$17` locked,
+/// `$18` last sign-in (timestamptz). Changes nothing unless (`$6`, `$8`) is newer than the stored
+/// version. Public so that the benchmark measures this very statement.
+pub const UPSERT_USER: &str = concat!(
+    "INSERT INTO users (id, clerk_user_id, email, first_name, last_name, \
+         clerk_updated_at, clerk_created_at, clerk_version_tiebreak, username, image_url, \
+         external_id, primary_phone_number, public_metadata, private_metadata, unsafe_metadata, \
+         banned, locked, last_sign_in_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, coalesce($13::jsonb, '{}'), \
+         $14::jsonb, $15::jsonb, $16, $17, $18) \
+     ON CONFLICT (clerk_user_id) DO UPDATE SET ",
+    newer_user_state!()
+);
 
 /// The parameters of [`UPSERT_USER`] for `user` under a fresh row id, `tiebreak` its version's
 /// tiebreak. Public so that the benchmark binds them as the worker does.
@@ -552,11 +564,17 @@ async fn upsert_user(
 /// What a failed upsert of `users` means: a unique violation there can only be the email (the
 /// Clerk id conflict is the upsert's own), held by another user ([`ApplyError::EmailHeld`]).
 pub(crate) fn upsert_error(error: DbErr) -> ApplyError {
+    unique_violation_as(error, ApplyError::EmailHeld)
+}
+
+/// `held` when `error` is a unique violation (a value another row holds), else the database
+/// error itself.
+pub(crate) fn unique_violation_as(error: DbErr, held: ApplyError) -> ApplyError {
     if matches!(
         error.sql_err(),
         Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
     ) {
-        ApplyError::EmailHeld
+        held
     } else {
         error.into()
     }

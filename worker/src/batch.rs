@@ -25,7 +25,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, TransactionTrait, Value};
 
 use crate::{
-    apply::{ApplyError, Outcome, finish, stmt, tombstone_key, upsert_error},
+    apply::{ApplyError, Outcome, finish, newer_user_state, stmt, tombstone_key, upsert_error},
     event::{ClerkEvent, UserSnapshot, version_tiebreak},
     faults,
 };
@@ -374,7 +374,8 @@ async fn upsert_chunk(
 /// The batch's version-guarded upsert of users, from `jsonb_to_recordset` rows
 /// ([`json_rows`]): a user's calendar flags are reset (their connections are deleted: a user
 /// with calendar accounts is never batched). Returns the Clerk ids of the rows written.
-const UPSERT_USERS: &str = "WITH written AS ( \
+const UPSERT_USERS: &str = concat!(
+    "WITH written AS ( \
            INSERT INTO users (id, clerk_user_id, email, first_name, last_name, \
                clerk_updated_at, clerk_version_tiebreak, clerk_created_at, username, image_url, \
                external_id, primary_phone_number, public_metadata, private_metadata, \
@@ -395,27 +396,15 @@ const UPSERT_USERS: &str = "WITH written AS ( \
                primary_phone_number text, public_metadata jsonb, private_metadata jsonb, \
                unsafe_metadata jsonb, banned boolean, locked boolean, last_sign_in_ms bigint) \
            ON CONFLICT (clerk_user_id) DO UPDATE SET \
-               email = EXCLUDED.email, first_name = EXCLUDED.first_name, \
-               last_name = EXCLUDED.last_name, clerk_updated_at = EXCLUDED.clerk_updated_at, \
-               clerk_version_tiebreak = EXCLUDED.clerk_version_tiebreak, \
-               clerk_created_at = COALESCE(EXCLUDED.clerk_created_at, users.clerk_created_at), \
-               username = EXCLUDED.username, image_url = EXCLUDED.image_url, \
-               external_id = EXCLUDED.external_id, \
-               primary_phone_number = EXCLUDED.primary_phone_number, \
-               public_metadata = EXCLUDED.public_metadata, \
-               private_metadata = EXCLUDED.private_metadata, \
-               unsafe_metadata = EXCLUDED.unsafe_metadata, \
-               banned = EXCLUDED.banned, locked = EXCLUDED.locked, \
-               last_sign_in_at = EXCLUDED.last_sign_in_at, \
-               google_calendar_connected = false, microsoft_calendar_connected = false, \
-               updated_at = now() \
-           WHERE (users.clerk_updated_at, users.clerk_version_tiebreak) \
-               < (EXCLUDED.clerk_updated_at, EXCLUDED.clerk_version_tiebreak) \
+               google_calendar_connected = false, microsoft_calendar_connected = false, ",
+    newer_user_state!(),
+    " \
            RETURNING id, clerk_user_id), \
          disconnected AS ( \
            DELETE FROM user_calendar_connections \
            WHERE user_id IN (SELECT id FROM written)) \
-         SELECT clerk_user_id FROM written";
+         SELECT clerk_user_id FROM written"
+);
 
 /// The winners as rows for [`UPSERT_USERS`].
 fn json_rows(winners: &[&Winner<'_>]) -> serde_json::Value {

@@ -17,7 +17,9 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use crate::{
-    apply::{ApplyError, Outcome, finish, record_svix_id, stmt, tombstone_key},
+    apply::{
+        ApplyError, Outcome, finish, record_svix_id, stmt, tombstone_key, unique_violation_as,
+    },
     event::ParseError,
 };
 
@@ -330,16 +332,7 @@ async fn upsert_organization(
             ],
         ))
         .await
-        .map_err(|error| {
-            if matches!(
-                error.sql_err(),
-                Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
-            ) {
-                ApplyError::SlugHeld
-            } else {
-                error.into()
-            }
-        })?;
+        .map_err(|error| unique_violation_as(error, ApplyError::SlugHeld))?;
     Ok(if result.rows_affected() == 0 {
         Outcome::SkippedStale
     } else {
