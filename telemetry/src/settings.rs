@@ -115,16 +115,25 @@ pub fn number(
     name: &'static str,
     default: usize,
 ) -> Result<usize, InvalidSetting> {
+    whole(lookup, name, default, 1, "a whole number above 0")
+}
+
+/// A whole number of at least `min` (`expected` says so in the error), or `default` when unset.
+fn whole(
+    lookup: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+    default: usize,
+    min: usize,
+    expected: &str,
+) -> Result<usize, InvalidSetting> {
     match lookup(name) {
         None => Ok(default),
         Some(v) => v
             .trim()
             .parse::<usize>()
             .ok()
-            .filter(|n| *n > 0)
-            .ok_or_else(|| {
-                InvalidSetting::new(name, format!("{v:?} is not a whole number above 0"))
-            }),
+            .filter(|n| *n >= min)
+            .ok_or_else(|| InvalidSetting::new(name, format!("{v:?} is not {expected}"))),
     }
 }
 
@@ -171,13 +180,7 @@ pub fn count(
     name: &'static str,
     default: usize,
 ) -> Result<usize, InvalidSetting> {
-    match lookup(name) {
-        None => Ok(default),
-        Some(v) => v
-            .trim()
-            .parse()
-            .map_err(|_| InvalidSetting::new(name, format!("{v:?} is not a whole number"))),
-    }
+    whole(lookup, name, default, 0, "a whole number")
 }
 
 /// An on/off setting (`true`/`false`, `1`/`0`, `on`/`off`, `yes`/`no`), or `None` when unset or
