@@ -420,9 +420,9 @@ async fn reconcile_organizations_once(reconciler: &Reconciler) {
     }
 }
 
-/// Deletes Svix ids older than `retention`, hourly.
+/// Deletes Svix ids older than `retention`, every [`prune::interval`].
 async fn prune_processed_events(db: DatabaseConnection, retention: Duration, mut stop: Shutdown) {
-    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    let mut tick = tokio::time::interval(prune::interval(retention));
     loop {
         tokio::select! {
             () = stop.recv() => return,

@@ -13,6 +13,12 @@ use crate::apply::stmt;
 /// the reconcile's.
 pub const PRUNE_LOCK_KEY: i64 = 0x0070_7275_6e65;
 
+/// How often pruning runs: hourly, or every half retention when that is shorter (a short
+/// retention then bounds `processed_events` at about 1.5 retentions of events).
+pub fn interval(retention: Duration) -> Duration {
+    (retention / 2).clamp(Duration::from_secs(1), Duration::from_secs(3600))
+}
+
 /// How a pruning round goes.
 #[derive(Debug, Clone, Copy)]
 pub struct PruneOptions {
@@ -82,5 +88,19 @@ pub async fn prune_expired(
             return Ok(report);
         }
         tokio::time::sleep(options.pause).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pruning_runs_hourly_or_every_half_retention() {
+        let hour = Duration::from_secs(3600);
+        assert_eq!(interval(Duration::from_secs(168 * 3600)), hour);
+        assert_eq!(interval(2 * hour), hour);
+        assert_eq!(interval(Duration::from_secs(600)), Duration::from_secs(300));
+        assert_eq!(interval(Duration::ZERO), Duration::from_secs(1));
     }
 }
