@@ -15,14 +15,14 @@ use std::{
 use anyhow::Context;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::{Method, Request, client::conn::http1};
+use hyper::{Method, Request, client::conn::http1, header::HeaderValue};
 use hyper_util::rt::TokioIo;
 use tokio::{net::TcpStream, sync::Barrier};
 
 use super::events::Signed;
 
 /// A request that takes longer than this counts as a transport error.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+pub(super) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What one load run measured.
 #[derive(Debug, Clone)]
@@ -82,7 +82,7 @@ pub struct Latency {
 }
 
 impl Latency {
-    fn of(mut samples: Vec<Duration>) -> Self {
+    pub(super) fn of(mut samples: Vec<Duration>) -> Self {
         if samples.is_empty() {
             return Self::default();
         }
@@ -101,29 +101,77 @@ impl Latency {
     }
 }
 
-/// What one task saw.
+/// What one task (connection) saw.
 #[derive(Default)]
-struct TaskResult {
-    latencies: Vec<Duration>,
-    accepted: u64,
-    statuses: BTreeMap<u16, u64>,
-    transport_errors: u64,
-    connect_failures: u64,
-    first_error: Option<String>,
+pub(super) struct TaskResult {
+    pub(super) latencies: Vec<Duration>,
+    pub(super) accepted: u64,
+    pub(super) statuses: BTreeMap<u16, u64>,
+    pub(super) transport_errors: u64,
+    pub(super) connect_failures: u64,
+    pub(super) first_error: Option<String>,
 }
 
 impl TaskResult {
     /// An event got no answer.
-    fn error(&mut self, message: String) {
+    pub(super) fn error(&mut self, message: String) {
         self.transport_errors += 1;
         self.first_error.get_or_insert(message);
     }
+
+    /// A response with `status`, `latency` after the request started.
+    pub(super) fn answered(&mut self, status: u16, latency: Duration) {
+        self.latencies.push(latency);
+        if status == 200 {
+            self.accepted += 1;
+        } else {
+            *self.statuses.entry(status).or_default() += 1;
+        }
+    }
 }
 
-type Sender = http1::SendRequest<Full<Bytes>>;
+impl LoadResult {
+    /// The tasks' results added up; `events` requests were to be sent, `wall` is the time they
+    /// took.
+    pub(super) fn merge(
+        connections: usize,
+        events: usize,
+        tasks: Vec<TaskResult>,
+        wall: Duration,
+    ) -> Self {
+        let mut latencies = Vec::with_capacity(events);
+        let mut out = Self {
+            connections,
+            events,
+            accepted: 0,
+            statuses: BTreeMap::new(),
+            transport_errors: 0,
+            connect_failures: 0,
+            first_error: None,
+            wall,
+            latency: Latency::default(),
+        };
+        for result in tasks {
+            latencies.extend(result.latencies);
+            out.accepted += result.accepted;
+            for (status, count) in result.statuses {
+                *out.statuses.entry(status).or_default() += count;
+            }
+            out.transport_errors += result.transport_errors;
+            out.connect_failures += result.connect_failures;
+            if out.first_error.is_none() {
+                out.first_error = result.first_error;
+            }
+        }
+        out.latency = Latency::of(latencies);
+        out
+    }
+}
+
+pub(super) type Sender = http1::SendRequest<Full<Bytes>>;
 
 /// Opens a keep-alive HTTP/1.1 connection.
-async fn connect(addr: SocketAddr) -> anyhow::Result<Sender> {
+pub(super) async fn connect(addr: SocketAddr) -> anyhow::Result<Sender> {
     let stream = TcpStream::connect(addr)
         .await
         .with_context(|| format!("cannot connect to the ingress at {addr}"))?;
@@ -138,18 +186,30 @@ async fn connect(addr: SocketAddr) -> anyhow::Result<Sender> {
     Ok(sender)
 }
 
-/// Sends one event and reads the whole answer; returns its status.
-async fn send(sender: &mut Sender, host: &str, event: &Signed) -> anyhow::Result<u16> {
-    let request = Request::builder()
+/// The ingress's webhook request carrying `event` (no `host` header: [`send`] adds it).
+pub(super) fn webhook(event: &Signed) -> anyhow::Result<Request<Full<Bytes>>> {
+    Request::builder()
         .method(Method::POST)
         .uri("/webhooks/clerk")
-        .header("host", host)
         .header("content-type", "application/json")
         .header("svix-id", event.svix_id.clone())
         .header("svix-timestamp", event.timestamp.clone())
         .header("svix-signature", event.signature.clone())
         .body(Full::new(event.body.clone()))
-        .context("cannot build the request")?;
+        .context("cannot build the request")
+}
+
+/// Sends `request` (with a `host` header of `host` unless it has one) and reads the whole
+/// answer; returns its status.
+pub(super) async fn send(
+    sender: &mut Sender,
+    host: &HeaderValue,
+    mut request: Request<Full<Bytes>>,
+) -> anyhow::Result<u16> {
+    request
+        .headers_mut()
+        .entry(hyper::header::HOST)
+        .or_insert_with(|| host.clone());
     sender.ready().await.context("connection closed")?;
     let response = sender
         .send_request(request)
@@ -173,7 +233,13 @@ async fn task(
     start: Arc<Barrier>,
 ) -> TaskResult {
     let mut result = TaskResult::default();
-    let host = addr.to_string();
+    let host = match HeaderValue::from_str(&addr.to_string()) {
+        Ok(host) => host,
+        Err(error) => {
+            result.error(format!("{error}"));
+            return result;
+        }
+    };
     let mut sender = connect(addr).await;
     start.wait().await;
     loop {
@@ -190,15 +256,18 @@ async fn task(
         let Some(event) = events.get(index) else {
             return result;
         };
+        let request = match webhook(event) {
+            Ok(request) => request,
+            Err(error) => {
+                result.error(format!("{error:#}"));
+                sender = Ok(current);
+                continue;
+            }
+        };
         let started = Instant::now();
-        match tokio::time::timeout(REQUEST_TIMEOUT, send(&mut current, &host, event)).await {
+        match tokio::time::timeout(REQUEST_TIMEOUT, send(&mut current, &host, request)).await {
             Ok(Ok(status)) => {
-                result.latencies.push(started.elapsed());
-                if status == 200 {
-                    result.accepted += 1;
-                } else {
-                    *result.statuses.entry(status).or_default() += 1;
-                }
+                result.answered(status, started.elapsed());
                 sender = Ok(current);
             }
             Ok(Err(error)) => {
@@ -269,36 +338,14 @@ async fn run_here(
         .collect();
     start.wait().await;
     let started = Instant::now();
-    let mut latencies = Vec::with_capacity(events.len());
-    let mut out = LoadResult {
-        connections,
-        events: events.len(),
-        accepted: 0,
-        statuses: BTreeMap::new(),
-        transport_errors: 0,
-        connect_failures: 0,
-        first_error: None,
-        wall: Duration::ZERO,
-        latency: Latency::default(),
-    };
+    let mut results = Vec::with_capacity(connections);
     for task in tasks {
-        let result = task.await.context("a load task panicked")?;
-        latencies.extend(result.latencies);
-        out.accepted += result.accepted;
-        for (status, count) in result.statuses {
-            *out.statuses.entry(status).or_default() += count;
-        }
-        out.transport_errors += result.transport_errors;
-        out.connect_failures += result.connect_failures;
-        if out.first_error.is_none() {
-            out.first_error = result.first_error;
-        }
+        results.push(task.await.context("a load task panicked")?);
     }
-    out.wall = started.elapsed();
+    let mut out = LoadResult::merge(connections, events.len(), results, started.elapsed());
     // Events no task got to send (every connection failed) are errors too.
     let taken = next.load(Ordering::Relaxed).min(events.len());
     out.transport_errors += (events.len() - taken) as u64;
-    out.latency = Latency::of(latencies);
     Ok(out)
 }
 

@@ -33,6 +33,7 @@
 mod ceilings;
 mod events;
 mod load;
+pub mod paced;
 mod pipeline;
 mod procs;
 mod report;
