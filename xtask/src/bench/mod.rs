@@ -31,12 +31,15 @@
 //! a wrong final state, a dead letter), never for a missed speed target.
 
 mod ceilings;
-mod events;
-mod load;
+pub(crate) mod events;
+pub(crate) mod load;
 pub mod paced;
-mod pipeline;
-mod procs;
-mod report;
+pub(crate) mod pipeline;
+pub(crate) mod procs;
+pub(crate) mod reads;
+pub(crate) mod report;
+mod scale;
+mod seed;
 
 use std::{
     net::SocketAddr,
@@ -65,11 +68,11 @@ const LIVE_CONNECTIONS: usize = 64;
 /// At most this many events in the live-lag phase.
 const LIVE_MAX_EVENTS: usize = 5000;
 /// Set in the release build this task re-runs itself as.
-const REEXEC_ENV: &str = "CLERK_SYNC_BENCH_REEXEC";
-const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432";
-const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub(crate) const REEXEC_ENV: &str = "CLERK_SYNC_BENCH_REEXEC";
+pub(crate) const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432";
+pub(crate) const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// How long a started process may take to answer `/readyz`.
-const READY_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// The worker's accept-to-commit histogram.
 const LAG_HISTOGRAM: &str = "clerk_sync_event_lag_seconds";
 
@@ -99,6 +102,18 @@ pub struct BenchArgs {
     /// complete or an event is lost or wrong, never on speed.
     #[arg(long)]
     smoke: bool,
+    /// Skip the scale phases (drains at size, pruning, the read path).
+    #[arg(long)]
+    no_scale: bool,
+    /// Users seeded for the scale phases [default: 1000000; 20000 with --smoke].
+    #[arg(long)]
+    scale_users: Option<u64>,
+    /// Svix ids seeded for the scale phases [default: 10000000; 100000 with --smoke].
+    #[arg(long)]
+    scale_svix_ids: Option<u64>,
+    /// Seconds each read-path run lasts [default: 15; 2 with --smoke].
+    #[arg(long)]
+    read_seconds: Option<u64>,
 }
 
 /// The options with the defaults applied.
@@ -110,6 +125,7 @@ struct Options {
     json: PathBuf,
     markdown: Option<PathBuf>,
     smoke: bool,
+    scale: Option<scale::ScaleOptions>,
 }
 
 impl Options {
@@ -128,7 +144,20 @@ impl Options {
         if events == 0 {
             bail!("--events must be at least 1");
         }
+        let scale = (!args.no_scale).then(|| {
+            let mut so = scale::ScaleOptions::defaults(smoke);
+            so.users = args.scale_users.unwrap_or(so.users);
+            so.processed = args.scale_svix_ids.unwrap_or(so.processed);
+            if let Some(s) = args.read_seconds {
+                so.read_duration = Duration::from_secs(s);
+            }
+            so
+        });
+        if scale.as_ref().is_some_and(|so| so.users == 0 || so.read_duration.is_zero()) {
+            bail!("--scale-users and --read-seconds must be at least 1");
+        }
         Ok(Self {
+            scale,
             events,
             users,
             connections,
@@ -154,7 +183,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let reexec = options.profile == Profile::Release
         && cfg!(debug_assertions)
         && std::env::var_os(REEXEC_ENV).is_none();
-    let mut packages = vec!["ingress", "worker"];
+    let mut packages = vec!["ingress", "worker", "api"];
     if reexec {
         packages.push("xtask");
     }
@@ -208,14 +237,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn write(path: &Path, text: &str) -> anyhow::Result<()> {
+pub(crate) fn write(path: &Path, text: &str) -> anyhow::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
 }
 
-fn env_or(name: &str, default: &str) -> String {
+pub(crate) fn env_or(name: &str, default: &str) -> String {
     std::env::var(name)
         .ok()
         .filter(|v| !v.trim().is_empty())
@@ -223,7 +252,7 @@ fn env_or(name: &str, default: &str) -> String {
 }
 
 /// The workspace root (this crate's parent directory).
-fn workspace_root() -> anyhow::Result<PathBuf> {
+pub(crate) fn workspace_root() -> anyhow::Result<PathBuf> {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .map(Path::to_path_buf)
@@ -231,7 +260,7 @@ fn workspace_root() -> anyhow::Result<PathBuf> {
 }
 
 /// Runs the release build of this task with the same arguments, and exits with its status.
-async fn reexec_release(bin: &Path) -> anyhow::Result<()> {
+pub(crate) async fn reexec_release(bin: &Path) -> anyhow::Result<()> {
     let exe = bin.join("xtask");
     println!("running the bench from {} (release build)", exe.display());
     let mut child = tokio::process::Command::new(&exe)
@@ -269,17 +298,13 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    /// Starts an ingress on `prefix`, sends `events` (signed now) over `connections`
-    /// connections, stops it.
-    async fn ingress_run(
+    /// Starts an ingress named `name` publishing to `prefix`, ready: its pid and address.
+    async fn start_ingress(
         &self,
         cleanup: &mut Cleanup,
         name: &str,
         prefix: &str,
-        events: &[Event],
-        connections: usize,
-        round: usize,
-    ) -> anyhow::Result<IngressRun> {
+    ) -> anyhow::Result<(u32, SocketAddr)> {
         let addr = procs::free_addr()?;
         let env = vec![
             ("INGRESS_ADDR".to_owned(), addr.to_string()),
@@ -293,6 +318,21 @@ impl Ctx<'_> {
         cleanup
             .wait_ready(name, &format!("http://{addr}/readyz"), READY_TIMEOUT)
             .await?;
+        Ok((pid, addr))
+    }
+
+    /// Starts an ingress on `prefix`, sends `events` (signed now) over `connections`
+    /// connections, stops it.
+    async fn ingress_run(
+        &self,
+        cleanup: &mut Cleanup,
+        name: &str,
+        prefix: &str,
+        events: &[Event],
+        connections: usize,
+        round: usize,
+    ) -> anyhow::Result<IngressRun> {
+        let (pid, addr) = self.start_ingress(cleanup, name, prefix).await?;
         let signed = Arc::new(events::sign(events, &self.secret)?);
         let ingress_cpu_before = procs::cpu_time(&pid.to_string())?;
         let own_cpu_before = procs::cpu_time("self")?;
@@ -312,7 +352,7 @@ impl Ctx<'_> {
     }
 }
 
-fn topology(prefix: &str) -> anyhow::Result<Topology> {
+pub(crate) fn topology(prefix: &str) -> anyhow::Result<Topology> {
     // The same names the ingress and worker derive (they inherit RETRY_DELAYS).
     let retry_delays = std::env::var("RETRY_DELAYS").ok();
     Topology::from_lookup(&|name: &str| match name {
@@ -347,6 +387,8 @@ async fn phases(
     );
     let plan = events::plan(o.events, o.users)?;
     let mut expected = plan.users;
+    // The scale phases drain the same events again, from the start.
+    let initial = expected.clone();
     let body_size = events::average_size(&plan.events);
     let secret = events::random_secret();
     let main = topology(&prefix)?;
@@ -376,12 +418,22 @@ async fn phases(
     ingress_runs.extend(more);
 
     let queued = ingress_runs.first().map_or(0, |r| r.load.accepted);
-    let (worker, drained) = worker_drain(&ctx, cleanup, &expected, queued).await?;
+    println!("[5/7] worker drain: {queued} queued events");
+    let (worker, drained) = worker_drain(&ctx, cleanup, &expected, queued, &[]).await?;
     checks.extend(drained.checks);
     let live_count = o.events.min(LIVE_MAX_EVENTS);
     let (live, live_checks) = live_phase(&ctx, cleanup, &worker, &mut expected, live_count).await?;
     checks.extend(live_checks);
     let worker_peak_rss = worker.stop(cleanup).await?;
+    let scale = match &o.scale {
+        Some(so) => {
+            let (report, scale_checks) =
+                scale_phases(&ctx, cleanup, pg, so, &plan.events, initial).await?;
+            checks.extend(scale_checks);
+            Some(report)
+        }
+        None => None,
+    };
 
     println!("[7/7] report");
     let machine = report::machine(&ctx.db).await;
@@ -402,13 +454,43 @@ async fn phases(
             peak_rss: worker_peak_rss,
         },
         live,
+        scale,
         checks,
     })
 }
 
+/// Phases 8 and 9, in a database and under a queue prefix of their own.
+async fn scale_phases(
+    ctx: &Ctx<'_>,
+    cleanup: &mut Cleanup,
+    pg: &procs::PgServer,
+    so: &scale::ScaleOptions,
+    events: &[Event],
+    mut expected: Vec<events::Expected>,
+) -> anyhow::Result<(scale::ScaleReport, Vec<Check>)> {
+    let prefix = format!("{}_scale", ctx.prefix);
+    let (db, db_url) = bench_database(cleanup, ctx.amqp_node, pg, &prefix).await?;
+    let main = topology(&prefix)?;
+    cleanup.track_topology(&main);
+    let sctx = Ctx {
+        bin: ctx.bin,
+        log_dir: ctx.log_dir.clone(),
+        amqp_url: ctx.amqp_url,
+        amqp_node: ctx.amqp_node,
+        secret: ctx.secret.clone(),
+        prefix,
+        main,
+        db,
+        db_url,
+    };
+    let result = scale::run(&sctx, cleanup, so, events, &mut expected).await;
+    let _ = sctx.db.close().await;
+    result
+}
+
 /// Reaches both servers, then creates the bench database `name` (dropped by `cleanup`),
 /// connects to it and applies the migrations: the connection and its URL.
-async fn bench_database(
+pub(crate) async fn bench_database(
     cleanup: &mut Cleanup,
     amqp_node: &str,
     pg: &procs::PgServer,
@@ -551,11 +633,11 @@ async fn worker_drain(
     cleanup: &mut Cleanup,
     expected: &[events::Expected],
     queued: u64,
+    extra_env: &[(&str, &str)],
 ) -> anyhow::Result<(Worker, Drained)> {
-    println!("[5/7] worker drain: {queued} queued events");
     let broker = Broker::connect(ctx.amqp_node).await?;
     let addr = procs::free_addr()?;
-    let pid = start_worker(cleanup, ctx, addr)?;
+    let pid = start_worker(cleanup, ctx, addr, extra_env)?;
     let drain = pipeline::wait_applied(
         &ctx.db,
         cleanup,
@@ -763,14 +845,20 @@ async fn ingress_phase(
 }
 
 /// Starts the worker (it applies the migrations, already there, and consumes the main prefix).
-fn start_worker(cleanup: &mut Cleanup, ctx: &Ctx<'_>, addr: SocketAddr) -> anyhow::Result<u32> {
-    let env = vec![
+fn start_worker(
+    cleanup: &mut Cleanup,
+    ctx: &Ctx<'_>,
+    addr: SocketAddr,
+    extra_env: &[(&str, &str)],
+) -> anyhow::Result<u32> {
+    let mut env = vec![
         ("DATABASE_URL".to_owned(), ctx.db_url.clone()),
         ("AMQP_URL".to_owned(), ctx.amqp_url.to_owned()),
         ("QUEUE_PREFIX".to_owned(), ctx.prefix.clone()),
         ("WORKER_ADDR".to_owned(), addr.to_string()),
         ("NO_COLOR".to_owned(), "1".to_owned()),
     ];
+    env.extend(extra_env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
     // The events have no calendar accounts; never call Clerk from a benchmark.
     let unset = ["CLERK_SECRET_KEY", "TOKEN_ENCRYPTION_KEY"];
     cleanup.spawn(

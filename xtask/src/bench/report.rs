@@ -112,6 +112,8 @@ pub struct Report {
     pub ingress: Vec<IngressRun>,
     pub worker: WorkerRun,
     pub live: Live,
+    /// The scale phases (none with `--no-scale`).
+    pub scale: Option<super::scale::ScaleReport>,
     pub checks: Vec<Check>,
 }
 
@@ -146,6 +148,8 @@ struct ReportJson<'a> {
     results: ResultsJson<'a>,
     ratios: RatiosJson,
     targets: Vec<Target>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scale: Option<&'a super::scale::ScaleReport>,
     checks: &'a [Check],
 }
 
@@ -172,6 +176,7 @@ impl<'a> ReportJson<'a> {
             },
             ratios: RatiosJson::new(report),
             targets: report.targets(),
+            scale: report.scale.as_ref(),
             checks: &report.checks,
         }
     }
@@ -426,11 +431,11 @@ fn rate(x: f64, unit: &str) -> String {
     }
 }
 
-fn pct(x: f64) -> String {
+pub(super) fn pct(x: f64) -> String {
     format!("{:.0} %", x * 100.0)
 }
 
-fn mib(bytes: u64) -> String {
+pub(super) fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / MIB)
 }
 
@@ -520,7 +525,7 @@ impl Report {
             .runs_at(64)
             .map(|r| ms(r.load.latency.p99))
             .reduce(f64::max);
-        vec![
+        let mut targets = vec![
             Target {
                 name: "ingress accepted/s ≥ 80 % of the broker ceiling at 64 connections",
                 value: ingress_value,
@@ -551,7 +556,11 @@ impl Report {
                 measured: p99,
                 pass: p99.map(|x| x < 25.0),
             },
-        ]
+        ];
+        if let Some(scale) = &self.scale {
+            targets.extend(scale.targets());
+        }
+        targets
     }
 
     /// Every check passed.
@@ -565,6 +574,9 @@ impl Report {
         self.markdown_run(&mut out);
         self.markdown_ceilings(&mut out);
         self.markdown_results(&mut out);
+        if let Some(scale) = &self.scale {
+            scale.markdown(&mut out);
+        }
         self.markdown_targets(&mut out);
         self.markdown_checks(&mut out);
         out
@@ -852,7 +864,7 @@ fn errors(l: &LoadResult) -> String {
 }
 
 /// A markdown table with padded columns, readable as plain text too.
-fn table(out: &mut String, header: &[&str], rows: &[Vec<String>]) {
+pub(crate) fn table(out: &mut String, header: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (i, cell) in row.iter().enumerate() {

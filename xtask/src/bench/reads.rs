@@ -1,0 +1,394 @@
+//! The read path: `GET /users/by-clerk-id/{id}` with a service key and `GET /me` with session
+//! JWTs, over C keep-alive connections for a fixed time each, against a table of many users,
+//! and the ceiling they are judged against: a minimal client running the same select through a
+//! pool of the same size, as many at once as there are connections.
+
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Method, Request, header::HeaderValue};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use rsa::{
+    RsaPrivateKey,
+    pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding},
+    rand_core::OsRng,
+};
+use sea_orm::{ConnectOptions, Database};
+use serde::Serialize;
+use tokio::sync::Barrier;
+
+use super::{
+    load::{self, LoadResult, TaskResult},
+    seed,
+};
+
+/// The service key the bench's api accepts.
+pub const SERVICE_KEY: &str = "svc-bench-read-key-0123456789abcdef0123";
+
+/// The select the api runs for `GET /users/by-clerk-id/{id}` (every column of the user, by the
+/// unique index), as the ceiling client sends it.
+const SELECT_USER: &str = "SELECT id, clerk_user_id, email, first_name, last_name, \
+    microsoft_calendar_connected, google_calendar_connected, clerk_updated_at, \
+    clerk_version_tiebreak, clerk_created_at, username, image_url, external_id, \
+    primary_phone_number, public_metadata, private_metadata, unsafe_metadata, banned, locked, \
+    last_sign_in_at, created_at, updated_at FROM users WHERE clerk_user_id = $1 LIMIT 1";
+
+/// The instance key pair the bench signs session tokens with (the api gets the public half).
+pub struct SessionKeys {
+    encoding: EncodingKey,
+    /// `CLERK_JWT_KEY` for the api.
+    pub public_pem: String,
+}
+
+impl SessionKeys {
+    pub fn generate() -> anyhow::Result<Self> {
+        let private = RsaPrivateKey::new(&mut OsRng, 2048).context("cannot make an RSA key")?;
+        let private_pem = private
+            .to_pkcs8_pem(LineEnding::LF)
+            .context("cannot encode the private key")?;
+        let public_pem = private
+            .to_public_key()
+            .to_public_key_pem(LineEnding::LF)
+            .context("cannot encode the public key")?;
+        Ok(Self {
+            encoding: EncodingKey::from_rsa_pem(private_pem.as_bytes())
+                .context("cannot read the private key back")?,
+            public_pem,
+        })
+    }
+
+    /// A session token of `sub` as Clerk issues them: valid for 60 seconds from now.
+    pub fn session_token(&self, sub: &str, session: usize) -> anyhow::Result<String> {
+        let now = chrono::Utc::now().timestamp();
+        let claims = serde_json::json!({
+            "sub": sub, "sid": format!("sess_bench{session}"), "iss": ISSUER,
+            "azp": "http://localhost:3000", "exp": now + 60, "nbf": now - 5, "iat": now - 5,
+            "v": 2,
+        });
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some("ins_bench".into());
+        jsonwebtoken::encode(&header, &claims, &self.encoding).context("cannot sign a token")
+    }
+}
+
+/// `CLERK_ISSUER` of the bench's api and `iss` of its tokens.
+pub const ISSUER: &str = "https://clerk.bench.example";
+
+/// One measured read load.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReadRun {
+    pub what: String,
+    pub connections: usize,
+    pub requests: u64,
+    pub ok: u64,
+    pub errors: u64,
+    pub per_s: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    /// CPU time of the api per request (none for the ceiling).
+    pub api_cpu_us_per_request: Option<f64>,
+    /// CPU time of the load generator (or ceiling client) per request.
+    pub client_cpu_us_per_request: f64,
+}
+
+impl ReadRun {
+    fn of(what: &str, load: &LoadResult, api_cpu: Option<Duration>, client_cpu: Duration) -> Self {
+        let per_request = |cpu: Duration| {
+            if load.events == 0 {
+                0.0
+            } else {
+                cpu.as_secs_f64() * 1e6 / load.events as f64
+            }
+        };
+        let ms = |d: Duration| (d.as_secs_f64() * 1e5).round() / 100.0;
+        Self {
+            what: what.to_owned(),
+            connections: load.connections,
+            requests: load.events as u64,
+            ok: load.accepted,
+            errors: load.errors(),
+            per_s: load.accepted_per_s().round(),
+            p50_ms: ms(load.latency.p50),
+            p99_ms: ms(load.latency.p99),
+            max_ms: ms(load.latency.max),
+            api_cpu_us_per_request: api_cpu.map(|c| (per_request(c) * 10.0).round() / 10.0),
+            client_cpu_us_per_request: (per_request(client_cpu) * 10.0).round() / 10.0,
+        }
+    }
+
+    pub fn summary(&self) -> String {
+        format!(
+            "{:.0}/s, p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms, {} errors{}",
+            self.per_s,
+            self.p50_ms,
+            self.p99_ms,
+            self.max_ms,
+            self.errors,
+            self.api_cpu_us_per_request
+                .map(|c| format!(", api CPU {c:.0} µs/request"))
+                .unwrap_or_default()
+        )
+    }
+}
+
+/// Index of the `n`th request of connection `task`: spread over `0..len` without a pattern
+/// the database could cache (a multiplicative hash).
+fn pick(task: usize, n: u64, len: usize) -> usize {
+    let x = (task as u64)
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .wrapping_add(n.wrapping_mul(0xBF58_476D_1CE4_E5B9));
+    usize::try_from((x ^ (x >> 31)) % len as u64).unwrap_or(0)
+}
+
+/// The ceiling: `connections` tasks running [`SELECT_USER`] for random seeded users through a
+/// sqlx pool of `pool_size` connections, for `duration`, on a thread of its own.
+pub async fn ceiling(
+    db_url: &str,
+    pool_size: u32,
+    users: u64,
+    connections: usize,
+    duration: Duration,
+) -> anyhow::Result<ReadRun> {
+    let db_url = db_url.to_owned();
+    let cpu_before = super::procs::cpu_time("self")?;
+    let load = load::on_own_thread(move || async move {
+        let mut options = ConnectOptions::new(&db_url);
+        options
+            .max_connections(pool_size)
+            .min_connections(pool_size)
+            .sqlx_logging(false);
+        let db = Database::connect(options)
+            .await
+            .context("cannot connect the ceiling client")?;
+        let pool = db.get_postgres_connection_pool().clone();
+        let start = Arc::new(Barrier::new(connections + 1));
+        let tasks: Vec<_> = (0..connections)
+            .map(|task| {
+                let (pool, start) = (pool.clone(), Arc::clone(&start));
+                tokio::spawn(async move {
+                    let mut result = TaskResult::default();
+                    // Warm this connection's prepared statement before the clock starts.
+                    let _ = sea_orm::sqlx::query(SELECT_USER)
+                        .bind(seed::seeded_user(1))
+                        .fetch_optional(&pool)
+                        .await;
+                    start.wait().await;
+                    let deadline = Instant::now() + duration;
+                    let mut n = 0u64;
+                    while Instant::now() < deadline {
+                        let id = seed::seeded_user(pick(task, n, users as usize) as u64 + 1);
+                        n += 1;
+                        let started = Instant::now();
+                        match sea_orm::sqlx::query(SELECT_USER)
+                            .bind(id)
+                            .fetch_optional(&pool)
+                            .await
+                        {
+                            Ok(Some(_)) => result.answered(200, started.elapsed()),
+                            Ok(None) => result.answered(404, started.elapsed()),
+                            Err(error) => result.error(format!("{error}")),
+                        }
+                    }
+                    result
+                })
+            })
+            .collect();
+        start.wait().await;
+        let started = Instant::now();
+        let mut results = Vec::with_capacity(connections);
+        for task in tasks {
+            results.push(task.await.context("a ceiling task panicked")?);
+        }
+        let wall = started.elapsed();
+        let sent = results.iter().map(|r| r.latencies.len() as u64 + r.transport_errors);
+        let sent = usize::try_from(sent.sum::<u64>()).unwrap_or(usize::MAX);
+        let _ = db.close().await;
+        Ok(LoadResult::merge(connections, sent, results, wall))
+    })
+    .await?;
+    let client_cpu = super::procs::cpu_time("self")?.saturating_sub(cpu_before);
+    Ok(ReadRun::of(
+        &format!("ceiling: the select through a pool of {pool_size}"),
+        &load,
+        None,
+        client_cpu,
+    ))
+}
+
+/// What a read load asks for: the path and the credentials of its `n`th request.
+pub trait Reads: Send + Sync + 'static {
+    fn request(&self, task: usize, n: u64) -> (String, &HeaderValue);
+}
+
+/// `GET /users/by-clerk-id/{random seeded user}` with the service key.
+pub struct ServiceKeyReads {
+    pub users: u64,
+    pub authorization: HeaderValue,
+}
+
+impl Reads for ServiceKeyReads {
+    fn request(&self, task: usize, n: u64) -> (String, &HeaderValue) {
+        let user = pick(task, n, self.users as usize) as u64 + 1;
+        (
+            format!("/users/by-clerk-id/{}", seed::seeded_user(user)),
+            &self.authorization,
+        )
+    }
+}
+
+/// `GET /me` with the session token of a random one of `sessions` signed-in users (each
+/// frontend reuses its token until it is refreshed, every minute).
+pub struct SessionReads {
+    pub sessions: Vec<HeaderValue>,
+}
+
+impl SessionReads {
+    /// Tokens of `count` sessions of seeded users spread over the table.
+    pub fn sign(keys: &SessionKeys, count: usize, users: u64) -> anyhow::Result<Self> {
+        let stride = (users / count.max(1) as u64).max(1);
+        let sessions = (0..count)
+            .map(|i| {
+                let token = keys.session_token(&seed::seeded_user(1 + i as u64 * stride), i)?;
+                HeaderValue::from_str(&format!("Bearer {token}"))
+                    .context("a token is not a header value")
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Self { sessions })
+    }
+}
+
+impl Reads for SessionReads {
+    fn request(&self, task: usize, n: u64) -> (String, &HeaderValue) {
+        ("/me".to_owned(), &self.sessions[pick(task, n, self.sessions.len())])
+    }
+}
+
+/// Sends `reads` to the api at `addr` over `connections` connections for `duration`; the api's
+/// CPU time is read from `/proc/<api_pid>`.
+pub async fn against_api(
+    what: &str,
+    addr: SocketAddr,
+    api_pid: u32,
+    reads: Arc<dyn Reads>,
+    connections: usize,
+    duration: Duration,
+) -> anyhow::Result<ReadRun> {
+    let api_before = super::procs::cpu_time(&api_pid.to_string())?;
+    let client_before = super::procs::cpu_time("self")?;
+    let load = load::on_own_thread(move || async move {
+        let host = HeaderValue::from_str(&addr.to_string()).context("bad host")?;
+        let start = Arc::new(Barrier::new(connections + 1));
+        let tasks: Vec<_> = (0..connections)
+            .map(|task| {
+                let (reads, start, host) = (Arc::clone(&reads), Arc::clone(&start), host.clone());
+                tokio::spawn(read_task(addr, host, reads, task, start, duration))
+            })
+            .collect();
+        start.wait().await;
+        let started = Instant::now();
+        let mut results = Vec::with_capacity(connections);
+        for task in tasks {
+            results.push(task.await.context("a read task panicked")?);
+        }
+        let wall = started.elapsed();
+        let sent = results
+            .iter()
+            .map(|r| r.latencies.len() as u64 + r.transport_errors)
+            .sum::<u64>();
+        Ok(LoadResult::merge(
+            connections,
+            usize::try_from(sent).unwrap_or(usize::MAX),
+            results,
+            wall,
+        ))
+    })
+    .await?;
+    let client_cpu = super::procs::cpu_time("self")?.saturating_sub(client_before);
+    let api_cpu = super::procs::cpu_time(&api_pid.to_string())?.saturating_sub(api_before);
+    Ok(ReadRun::of(what, &load, Some(api_cpu), client_cpu))
+}
+
+/// One connection's loop: requests back to back until `duration` has passed.
+async fn read_task(
+    addr: SocketAddr,
+    host: HeaderValue,
+    reads: Arc<dyn Reads>,
+    task: usize,
+    start: Arc<Barrier>,
+    duration: Duration,
+) -> TaskResult {
+    let mut result = TaskResult::default();
+    let mut sender = load::connect(addr).await;
+    start.wait().await;
+    let deadline = Instant::now() + duration;
+    let mut n = 0u64;
+    while Instant::now() < deadline {
+        let mut current = match sender {
+            Ok(sender) => sender,
+            Err(error) => {
+                result.connect_failures += 1;
+                result.first_error.get_or_insert(format!("{error:#}"));
+                return result;
+            }
+        };
+        let (path, authorization) = reads.request(task, n);
+        n += 1;
+        let request = Request::builder()
+            .method(Method::GET)
+            .uri(path)
+            .header(hyper::header::AUTHORIZATION, authorization.clone())
+            .body(Full::new(Bytes::new()));
+        let request = match request {
+            Ok(request) => request,
+            Err(error) => {
+                result.error(format!("cannot build the request: {error}"));
+                sender = Ok(current);
+                continue;
+            }
+        };
+        let started = Instant::now();
+        match tokio::time::timeout(
+            load::REQUEST_TIMEOUT,
+            load::send(&mut current, &host, request),
+        )
+        .await
+        {
+            Ok(Ok(status)) => {
+                result.answered(status, started.elapsed());
+                sender = Ok(current);
+            }
+            Ok(Err(error)) => {
+                result.error(format!("{error:#}"));
+                sender = load::connect(addr).await;
+            }
+            Err(_) => {
+                result.error(format!("no answer within {:?}", load::REQUEST_TIMEOUT));
+                sender = load::connect(addr).await;
+            }
+        }
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn picks_cover_the_range() {
+        let mut seen = std::collections::HashSet::new();
+        for n in 0..10_000 {
+            let i = pick(3, n, 1000);
+            assert!(i < 1000);
+            seen.insert(i);
+        }
+        assert!(seen.len() > 990, "{} of 1000", seen.len());
+    }
+}

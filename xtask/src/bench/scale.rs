@@ -1,0 +1,576 @@
+//! The scale phases: the same events drained into an empty database and into one holding a
+//! million users and ten million Svix ids; the same again while the worker prunes those ten
+//! million (expired) ids; then the read path on that table, with webhooks arriving meanwhile.
+//!
+//! They run in a database and under a queue prefix of their own (`<prefix>_scale`), dropped and
+//! deleted by the run's guard like the others.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
+use serde::Serialize;
+
+use super::{
+    Ctx,
+    report::{Target, mib, pct, table}, READY_TIMEOUT, events,
+    events::{Event, Expected},
+    paced::{self, Pace},
+    pipeline::{self, Check},
+    procs::{self, Cleanup},
+    reads::{self, ReadRun, ServiceKeyReads, SessionKeys, SessionReads},
+    seed,
+};
+
+/// Connections of the ingress runs that fill the queues of the drains.
+const FILL_CONNECTIONS: usize = 64;
+/// Seeded Svix ids are this many days old, at least and at most: expired under the default
+/// retention (7 days), not under [`NO_PRUNING_RETENTION`].
+const SEEDED_AGE_DAYS: (u32, u32) = (15, 8);
+/// A retention under which none of the seeded ids has expired.
+const NO_PRUNING_RETENTION: &str = "720h";
+/// How long to wait for pruning to finish after the drain, at most.
+const PRUNE_WAIT: Duration = Duration::from_secs(600);
+/// Rate of the webhooks sent while the read path is measured.
+const LIVE_INGEST_RATE: f64 = 1000.0;
+/// Connections of that ingest.
+const LIVE_INGEST_CONNECTIONS: usize = 16;
+
+/// What the scale phases measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScaleReport {
+    pub users_seeded: u64,
+    pub processed_seeded: u64,
+    pub seed_users_s: f64,
+    pub seed_processed_s: f64,
+    pub events: u64,
+    pub drain_empty_per_s: f64,
+    pub drain_at_size_per_s: f64,
+    pub drain_pruning_per_s: f64,
+    /// Seeded Svix ids deleted while the pruning drain ran.
+    pub pruned_during_drain: u64,
+    /// Time pruning took to delete every expired id (from the worker's start).
+    pub prune_total_s: Option<f64>,
+    /// The longest any lock wait lasted while pruning ran (sampled every 10 ms).
+    pub longest_lock_wait_ms: f64,
+    /// Applies (events) slower than 100 ms during the pruning drain, and in the drain at size.
+    pub slow_applies_pruning: u64,
+    pub slow_applies_at_size: u64,
+    pub reads: Option<ReadsReport>,
+}
+
+/// The read path's figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReadsReport {
+    pub users: u64,
+    pub pool_size: u32,
+    pub sessions: usize,
+    pub ceiling: ReadRun,
+    pub service_key: ReadRun,
+    pub me: ReadRun,
+    pub api_peak_rss: u64,
+    pub live_ingest_rate: f64,
+    pub live_ingest_accepted: u64,
+    pub live_ingest_errors: u64,
+}
+
+/// Sizes of the scale phases.
+pub struct ScaleOptions {
+    pub users: u64,
+    pub processed: u64,
+    pub read_connections: usize,
+    pub read_duration: Duration,
+    pub sessions: usize,
+}
+
+impl ScaleOptions {
+    pub fn defaults(smoke: bool) -> Self {
+        if smoke {
+            Self {
+                users: 20_000,
+                processed: 100_000,
+                read_connections: 16,
+                read_duration: Duration::from_secs(2),
+                sessions: 50,
+            }
+        } else {
+            Self {
+                users: 1_000_000,
+                processed: 10_000_000,
+                read_connections: 64,
+                read_duration: Duration::from_secs(15),
+                sessions: 2_000,
+            }
+        }
+    }
+}
+
+async fn execute(db: &DatabaseConnection, sql: &str) -> anyhow::Result<()> {
+    db.execute_raw(Statement::from_string(DbBackend::Postgres, sql))
+        .await
+        .with_context(|| format!("cannot run {sql}"))?;
+    Ok(())
+}
+
+/// Forgets what the bench's events did (users, tombstones, their Svix ids), so the same events
+/// can be drained again as new.
+async fn forget_events(db: &DatabaseConnection) -> anyhow::Result<()> {
+    execute(db, "DELETE FROM users WHERE clerk_user_id LIKE 'user_2bench%'").await?;
+    execute(db, "DELETE FROM deleted_users").await?;
+    execute(db, "DELETE FROM processed_events WHERE svix_id < 'msg_s'").await?;
+    execute(db, "VACUUM ANALYZE users, deleted_users").await
+}
+
+/// Seeded Svix ids left (an index range scan: they sort after the bench's own).
+async fn seeded_left(db: &DatabaseConnection) -> anyhow::Result<u64> {
+    let row = db
+        .query_one_raw(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT count(*) AS n FROM processed_events WHERE svix_id >= 'msg_s'",
+        ))
+        .await
+        .context("cannot count the seeded Svix ids")?
+        .context("count(*) returned no row")?;
+    Ok(u64::try_from(row.try_get::<i64>("", "n")?).unwrap_or(0))
+}
+
+/// Fills the queue of `ctx.prefix` with `events` through an ingress, then times a worker
+/// (with `env`) draining it, checks the state and stops the worker. Returns events/s, the
+/// applies over 100 ms, and the checks.
+async fn fill_and_drain(
+    ctx: &Ctx<'_>,
+    cleanup: &mut Cleanup,
+    events: &[Event],
+    expected: &[Expected],
+    env: &[(&str, &str)],
+    label: &str,
+) -> anyhow::Result<(f64, u64, Vec<Check>, super::Worker)> {
+    let fill = ctx
+        .ingress_run(cleanup, "ingress-scale", &ctx.prefix, events, FILL_CONNECTIONS, 1)
+        .await?;
+    let mut checks = vec![super::answered_check(&fill)];
+    let (worker, drained) =
+        super::worker_drain(ctx, cleanup, expected, fill.load.accepted, env).await?;
+    let apply = pipeline::Histogram::parse(
+        &pipeline::scrape(worker.addr).await?,
+        "clerk_sync_apply_seconds",
+    );
+    let slow = apply.count_over(0.1);
+    println!(
+        "      {label}: {:.0} events/s, {slow} applies over 100 ms",
+        drained.drain.per_s()
+    );
+    checks.extend(drained.checks.into_iter().map(|mut c| {
+        c.name = format!("{} [{label}]", c.name);
+        c
+    }));
+    Ok((drained.drain.per_s(), slow, checks, worker))
+}
+
+/// Samples the longest wait of any lock (`pg_locks.waitstart`) every 10 ms until `stop`.
+fn watch_lock_waits(
+    db: DatabaseConnection,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Duration> {
+    tokio::spawn(async move {
+        let mut longest_us = 0i64;
+        while !stop.load(Ordering::Relaxed) {
+            let row = db
+                .query_one_raw(Statement::from_string(
+                    DbBackend::Postgres,
+                    "SELECT coalesce(max(extract(epoch FROM now() - waitstart) * 1e6), 0)::bigint \
+                     AS us FROM pg_locks WHERE NOT granted AND waitstart IS NOT NULL",
+                ))
+                .await;
+            if let Ok(Some(row)) = row
+                && let Ok(us) = row.try_get::<i64>("", "us")
+            {
+                longest_us = longest_us.max(us);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Duration::from_micros(u64::try_from(longest_us).unwrap_or(0))
+    })
+}
+
+/// Runs the scale phases in the database `ctx.db` (migrated, empty) under `ctx.prefix`.
+pub async fn run(
+    ctx: &Ctx<'_>,
+    cleanup: &mut Cleanup,
+    so: &ScaleOptions,
+    events: &[Event],
+    expected: &mut [Expected],
+) -> anyhow::Result<(ScaleReport, Vec<Check>)> {
+    let mut checks = Vec::new();
+    println!("[8] write path at size: {} events", events.len());
+    println!("      drain into an empty database");
+    let (empty, _, c, worker) = fill_and_drain(ctx, cleanup, events, expected, &[], "empty").await?;
+    checks.extend(c);
+    worker.stop(cleanup).await?;
+
+    println!(
+        "      seeding {} users and {} Svix ids ({}–{} days old)",
+        so.users, so.processed, SEEDED_AGE_DAYS.1, SEEDED_AGE_DAYS.0
+    );
+    let seed_users = seed::users(&ctx.db, so.users).await?;
+    let seed_processed = seed::processed_events(&ctx.db, so.processed, SEEDED_AGE_DAYS).await?;
+    execute(&ctx.db, "VACUUM ANALYZE users, processed_events").await?;
+    println!(
+        "      seeded in {:.0} s and {:.0} s",
+        seed_users.as_secs_f64(),
+        seed_processed.as_secs_f64()
+    );
+    forget_events(&ctx.db).await?;
+    let retention = [("PROCESSED_EVENTS_RETENTION", NO_PRUNING_RETENTION)];
+    let (at_size, slow_at_size, c, worker) =
+        fill_and_drain(ctx, cleanup, events, expected, &retention, "at size").await?;
+    checks.extend(c);
+    worker.stop(cleanup).await?;
+
+    forget_events(&ctx.db).await?;
+    let before = seeded_left(&ctx.db).await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = watch_lock_waits(ctx.db.clone(), Arc::clone(&stop));
+    let started = Instant::now();
+    // The default retention (7 days): every seeded id has expired; pruning starts with the
+    // worker.
+    let (pruning, slow_pruning, c, worker) =
+        fill_and_drain(ctx, cleanup, events, expected, &[], "at size, pruning").await?;
+    checks.extend(c);
+    let after_drain = seeded_left(&ctx.db).await?;
+    let mut prune_total = None;
+    while started.elapsed() < PRUNE_WAIT {
+        if seeded_left(&ctx.db).await? == 0 {
+            prune_total = Some(started.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let longest_wait = watcher.await.context("the lock watcher panicked")?;
+    println!(
+        "      pruned {} of {before} during the drain; all in {}; longest lock wait {:.1} ms",
+        before - after_drain,
+        prune_total.map_or("(not within the wait)".into(), |d| format!(
+            "{:.0} s",
+            d.as_secs_f64()
+        )),
+        longest_wait.as_secs_f64() * 1000.0
+    );
+    checks.push(Check::new(
+        "every expired Svix id pruned",
+        prune_total.is_some(),
+        format!("{before} seeded, {} left", seeded_left(&ctx.db).await?),
+    ));
+
+    let (reads, read_checks) = read_path(ctx, cleanup, so, &worker, expected).await?;
+    checks.extend(read_checks);
+    worker.stop(cleanup).await?;
+    Ok((
+        ScaleReport {
+            users_seeded: so.users,
+            processed_seeded: so.processed,
+            seed_users_s: seed_users.as_secs_f64(),
+            seed_processed_s: seed_processed.as_secs_f64(),
+            events: events.len() as u64,
+            drain_empty_per_s: empty,
+            drain_at_size_per_s: at_size,
+            drain_pruning_per_s: pruning,
+            pruned_during_drain: before - after_drain,
+            prune_total_s: prune_total.map(|d| d.as_secs_f64()),
+            longest_lock_wait_ms: longest_wait.as_secs_f64() * 1000.0,
+            slow_applies_pruning: slow_pruning,
+            slow_applies_at_size: slow_at_size,
+            reads: Some(reads),
+        },
+        checks,
+    ))
+}
+
+/// The read path against the seeded table, with the worker running and webhooks arriving at
+/// [`LIVE_INGEST_RATE`].
+async fn read_path(
+    ctx: &Ctx<'_>,
+    cleanup: &mut Cleanup,
+    so: &ScaleOptions,
+    worker: &super::Worker,
+    expected: &mut [Expected],
+) -> anyhow::Result<(ReadsReport, Vec<Check>)> {
+    println!(
+        "[9] read path: {} users, {} connections, {:?} per run, {LIVE_INGEST_RATE} webhooks/s \
+         meanwhile",
+        so.users, so.read_connections, so.read_duration
+    );
+    let keys = SessionKeys::generate()?;
+    let api_addr = procs::free_addr()?;
+    let pool_size: u32 = std::env::var("DATABASE_MAX_CONNECTIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let env = vec![
+        ("API_ADDR".to_owned(), api_addr.to_string()),
+        ("DATABASE_URL".to_owned(), ctx.db_url.clone()),
+        ("API_SERVICE_KEYS".to_owned(), reads::SERVICE_KEY.to_owned()),
+        ("CLERK_JWT_KEY".to_owned(), keys.public_pem.clone()),
+        ("CLERK_ISSUER".to_owned(), reads::ISSUER.to_owned()),
+        ("NO_COLOR".to_owned(), "1".to_owned()),
+    ];
+    let unset = ["CLERK_SECRET_KEY", "TOKEN_ENCRYPTION_KEY", "API_LAZY_SYNC"];
+    let api_pid = cleanup.spawn(
+        "api",
+        &ctx.bin.join("api"),
+        &[],
+        &env,
+        &unset,
+        &ctx.log_dir.join("api.log"),
+    )?;
+    cleanup
+        .wait_ready("api", &format!("http://{api_addr}/readyz"), READY_TIMEOUT)
+        .await?;
+
+    // Webhooks meanwhile: enough newer updates for the three runs, then the ingest ends.
+    let runs = 3u32;
+    let ingest_count =
+        (LIVE_INGEST_RATE * (so.read_duration * runs).as_secs_f64()).ceil() as usize + 1000;
+    let live_events = events::newer_updates(expected, ingest_count)?;
+    let signed = Arc::new(events::sign(&live_events, &ctx.secret)?);
+    let (_, ingress_addr) = ctx
+        .start_ingress(cleanup, "ingress-reads", &ctx.prefix)
+        .await?;
+    let applied_before = pipeline::processed(&ctx.db).await?;
+    let settled_before = pipeline::settled(worker.addr)
+        .await
+        .context("the worker's /metrics does not answer")?;
+    let mut pace = Pace::new(LIVE_INGEST_RATE, LIVE_INGEST_CONNECTIONS);
+    pace.limit = Some(signed.len() as u64);
+    let ingest = tokio::spawn(paced::run(
+        ingress_addr,
+        pace,
+        paced::webhook_requests(Arc::clone(&signed)),
+        std::future::pending::<()>(),
+    ));
+    // The service key reads and the session reads, each after the ceiling; the tokens are
+    // signed right before their run (they live a minute).
+    let service = Arc::new(ServiceKeyReads {
+        users: so.users,
+        authorization: hyper::header::HeaderValue::from_str(&format!(
+            "Bearer {}",
+            reads::SERVICE_KEY
+        ))
+        .context("bad service key header")?,
+    });
+    let ceiling = reads::ceiling(
+        &ctx.db_url,
+        pool_size,
+        so.users,
+        so.read_connections,
+        so.read_duration,
+    )
+    .await?;
+    println!("      {}: {}", ceiling.what, ceiling.summary());
+    let service_key = reads::against_api(
+        "GET /users/by-clerk-id/{id}, service key",
+        api_addr,
+        api_pid,
+        service,
+        so.read_connections,
+        so.read_duration,
+    )
+    .await?;
+    println!("      {}: {}", service_key.what, service_key.summary());
+    let sessions = Arc::new(SessionReads::sign(&keys, so.sessions, so.users)?);
+    let me = reads::against_api(
+        "GET /me, session JWTs",
+        api_addr,
+        api_pid,
+        sessions,
+        so.read_connections,
+        so.read_duration,
+    )
+    .await?;
+    println!("      {}: {}", me.what, me.summary());
+    let api_peak_rss = procs::peak_rss(api_pid)?;
+    cleanup.stop("api").await?;
+
+    let (ingest, _) = ingest.await.context("the ingest panicked")??;
+    cleanup.stop("ingress-reads").await?;
+    let mut checks = vec![Check::new(
+        "every webhook answered 200 (ingest during the reads)",
+        ingest.load.all_accepted(),
+        format!(
+            "{} of {} accepted at {LIVE_INGEST_RATE}/s",
+            ingest.load.accepted, ingest.load.events
+        ),
+    )];
+    checks.push(Check::new(
+        "every read answered 200",
+        ceiling.errors == 0 && service_key.errors == 0 && me.errors == 0,
+        format!(
+            "errors: ceiling {}, service key {}, /me {}",
+            ceiling.errors, service_key.errors, me.errors
+        ),
+    ));
+    pipeline::wait_applied(
+        &ctx.db,
+        cleanup,
+        &worker.broker,
+        &ctx.main,
+        worker.addr,
+        (applied_before, settled_before),
+        ingest.load.accepted,
+        super::drain_timeout(ingest.load.accepted),
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    checks.extend(pipeline::check_queues(&worker.broker, &ctx.main, "after the reads").await?);
+    checks.push(pipeline::check_users(&ctx.db, expected, "after the reads").await?);
+    Ok((
+        ReadsReport {
+            users: so.users,
+            pool_size,
+            sessions: so.sessions,
+            ceiling,
+            service_key,
+            me,
+            api_peak_rss,
+            live_ingest_rate: LIVE_INGEST_RATE,
+            live_ingest_accepted: ingest.load.accepted,
+            live_ingest_errors: ingest.load.errors(),
+        },
+        checks,
+    ))
+}
+
+impl ScaleReport {
+    /// The issue's targets for size, pruning and the read path.
+    pub fn targets(&self) -> Vec<Target> {
+        let ratio = |x: f64, of: f64| if of > 0.0 { x / of } else { 0.0 };
+        let at_size = ratio(self.drain_at_size_per_s, self.drain_empty_per_s);
+        let pruning_cost = 1.0 - ratio(self.drain_pruning_per_s, self.drain_at_size_per_s);
+        let mut targets = vec![
+            Target {
+                name: "drain at size (1 M users, 10 M Svix ids) ≥ 80 % of the drain into an empty database",
+                value: pct(at_size),
+                measured: Some(at_size),
+                pass: Some(at_size >= 0.8),
+            },
+            Target {
+                name: "pruning 10 M expired ids costs ≤ 10 % of the drain",
+                value: format!("{} slower", pct(pruning_cost)),
+                measured: Some(pruning_cost),
+                pass: Some(pruning_cost <= 0.1),
+            },
+            Target {
+                name: "no apply waits on pruning more than 100 ms (longest lock wait)",
+                value: format!("{:.1} ms", self.longest_lock_wait_ms),
+                measured: Some(self.longest_lock_wait_ms),
+                pass: Some(self.longest_lock_wait_ms <= 100.0),
+            },
+        ];
+        if let Some(r) = &self.reads {
+            let service = ratio(r.service_key.per_s, r.ceiling.per_s);
+            let me = ratio(r.me.per_s, r.service_key.per_s);
+            let p99 = r.service_key.p99_ms.max(r.me.p99_ms);
+            let rss = r.api_peak_rss as f64 / (1024.0 * 1024.0);
+            targets.extend([
+                Target {
+                    name: "service-key reads ≥ 50 % of the ceiling",
+                    value: pct(service),
+                    measured: Some(service),
+                    pass: Some(service >= 0.5),
+                },
+                Target {
+                    name: "/me ≥ 80 % of the service-key reads",
+                    value: pct(me),
+                    measured: Some(me),
+                    pass: Some(me >= 0.8),
+                },
+                Target {
+                    name: "read p99 ≤ 10 ms (both routes)",
+                    value: format!("{p99:.1} ms"),
+                    measured: Some(p99),
+                    pass: Some(p99 <= 10.0),
+                },
+                Target {
+                    name: "api peak RSS ≤ 64 MiB",
+                    value: mib(r.api_peak_rss),
+                    measured: Some(rss),
+                    pass: Some(rss <= 64.0),
+                },
+            ]);
+        }
+        targets
+    }
+
+    /// The section of the markdown report.
+    pub fn markdown(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let _ = writeln!(
+            out,
+            "\n### At size\n\n{} users and {} Svix ids seeded in {:.0} s and {:.0} s \
+             (`generate_series`); the same {} events drained three times.\n",
+            self.users_seeded,
+            self.processed_seeded,
+            self.seed_users_s,
+            self.seed_processed_s,
+            self.events
+        );
+        let rate = |x: f64| format!("{x:.0}/s");
+        let mut rows = vec![
+            vec!["worker drain, empty database".into(), rate(self.drain_empty_per_s), String::new()],
+            vec![
+                "worker drain at size (no pruning)".into(),
+                rate(self.drain_at_size_per_s),
+                format!("{} of empty; {} applies over 100 ms", pct(self.drain_at_size_per_s / self.drain_empty_per_s.max(1.0)), self.slow_applies_at_size),
+            ],
+            vec![
+                "worker drain at size, pruning the expired ids".into(),
+                rate(self.drain_pruning_per_s),
+                format!(
+                    "{} of at size; {} pruned meanwhile; {} applies over 100 ms; longest lock wait {:.1} ms",
+                    pct(self.drain_pruning_per_s / self.drain_at_size_per_s.max(1.0)),
+                    self.pruned_during_drain,
+                    self.slow_applies_pruning,
+                    self.longest_lock_wait_ms
+                ),
+            ],
+            vec![
+                "pruning every expired id".into(),
+                self.prune_total_s.map_or("not within 10 min".into(), |s| format!("{s:.0} s")),
+                format!("{:.0} ids/s", self.prune_total_s.map_or(0.0, |s| self.processed_seeded as f64 / s.max(0.001))),
+            ],
+        ];
+        if let Some(r) = &self.reads {
+            for run in [&r.ceiling, &r.service_key, &r.me] {
+                rows.push(vec![
+                    format!("{} ({} connections)", run.what, run.connections),
+                    rate(run.per_s),
+                    format!(
+                        "p50 {:.2} / p99 {:.2} / max {:.1} ms; {} errors; CPU/request: api {}, client {:.0} µs",
+                        run.p50_ms,
+                        run.p99_ms,
+                        run.max_ms,
+                        run.errors,
+                        run.api_cpu_us_per_request.map_or("-".into(), |c| format!("{c:.0} µs")),
+                        run.client_cpu_us_per_request
+                    ),
+                ]);
+            }
+            rows.push(vec![
+                "api peak RSS".into(),
+                mib(r.api_peak_rss),
+                format!(
+                    "{} users; pool of {}; {} sessions; webhooks meanwhile: {} accepted at {:.0}/s, {} errors",
+                    r.users, r.pool_size, r.sessions, r.live_ingest_accepted, r.live_ingest_rate, r.live_ingest_errors
+                ),
+            ]);
+        }
+        table(out, &["measure", "value", "detail"], &rows);
+    }
+}
