@@ -7,8 +7,12 @@
 //!   posts it to the ingress, as Clerk's dashboard does when testing an endpoint.
 //! - `cargo xtask bench` loads ingress and worker with signed events and reports their throughput,
 //!   latency, lag and memory next to the broker's and the database's ceilings (see `bench`).
+//! - `cargo xtask soak` runs ingress, worker and api under a steady paced load for an hour (by
+//!   default) and checks that memory, queue and `processed_events` stay flat and every event is
+//!   applied (see `soak`).
 
 mod bench;
+mod soak;
 
 use std::{
     process::{Child, Command, Stdio},
@@ -51,6 +55,9 @@ enum Task {
     },
     /// Benchmark ingress and worker against the broker's and the database's ceilings.
     Bench(bench::BenchArgs),
+    /// An hour (by default) of paced load on ingress, worker and api: memory, queue depth and
+    /// `processed_events` stay bounded, every event is applied.
+    Soak(soak::SoakArgs),
     /// Write the README's configuration table from the settings list (telemetry/src/catalog.rs).
     SettingsTable,
 }
@@ -69,6 +76,7 @@ async fn main() -> anyhow::Result<()> {
             user_id,
         } => send_event(&event_type, &url, &user_id).await,
         Task::Bench(args) => bench::run(args).await,
+        Task::Soak(args) => soak::run(args).await,
         Task::SettingsTable => settings_table(),
     }
 }

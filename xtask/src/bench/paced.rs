@@ -30,9 +30,6 @@
 //! let (paced, _requests) = run.await??;
 //! ```
 
-// Until its callers (the soak, a background ingest in the bench) land.
-#![allow(dead_code)]
-
 use std::{
     net::SocketAddr,
     sync::{
@@ -148,6 +145,11 @@ where
         anyhow::bail!("a paced load needs at least one connection");
     }
     load::on_own_thread(move || run_here(addr, pace, requests, stop)).await
+}
+
+/// The ingress's webhook request carrying `event`.
+pub fn webhook(event: &Signed) -> anyhow::Result<HttpRequest> {
+    load::webhook(event)
 }
 
 /// Every request of `events`, over and over (an endless iterator): re-sent events are
