@@ -56,6 +56,22 @@ impl Ceiling {
     }
 }
 
+/// Prefetch of the end-to-end ceiling's consumer (the worker's default).
+pub const E2E_PREFETCH: u16 = 512;
+/// The end-to-end ceiling's consumer acknowledges this many deliveries at once (`multiple`).
+pub const E2E_ACK_EVERY: u64 = 64;
+
+async fn connect(amqp_url: &str) -> anyhow::Result<Connection> {
+    Connection::connect(amqp_url, ConnectionProperties::default())
+        .await
+        .with_context(|| {
+            format!(
+                "cannot reach RabbitMQ at {}; is it running? (set AMQP_URL)",
+                broker::redact_url(amqp_url)
+            )
+        })
+}
+
 /// Publishes `count` messages of `size` bytes to a fresh quorum queue `queue` with
 /// [`BROKER_IN_FLIGHT`] unconfirmed at a time; deletes the queue.
 pub async fn broker(
@@ -64,14 +80,67 @@ pub async fn broker(
     count: usize,
     size: usize,
 ) -> anyhow::Result<Ceiling> {
-    let connection = Connection::connect(amqp_url, ConnectionProperties::default())
+    broker_run(amqp_url, queue, count, size, false).await
+}
+
+/// The broker end to end: the publisher of [`broker`], and at the same time a consumer on a
+/// connection of its own (prefetch [`E2E_PREFETCH`], acknowledging [`E2E_ACK_EVERY`]
+/// deliveries at once); timed until every message is consumed and acknowledged.
+pub async fn broker_end_to_end(
+    amqp_url: &str,
+    queue: &str,
+    count: usize,
+    size: usize,
+) -> anyhow::Result<Ceiling> {
+    broker_run(amqp_url, queue, count, size, true).await
+}
+
+/// Consumes `count` messages from `queue`, acknowledging in batches.
+async fn consume_all(connection: &Connection, queue: &str, count: u64) -> anyhow::Result<()> {
+    use broker::lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+    let channel = connection
+        .create_channel()
         .await
-        .with_context(|| {
-            format!(
-                "cannot reach RabbitMQ at {}; is it running? (set AMQP_URL)",
-                broker::redact_url(amqp_url)
-            )
-        })?;
+        .context("cannot open the consumer's channel")?;
+    channel
+        .basic_qos(E2E_PREFETCH, BasicQosOptions::default())
+        .await
+        .context("cannot set the prefetch")?;
+    let mut consumer = channel
+        .basic_consume(
+            queue.into(),
+            "bench-e2e".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .with_context(|| format!("cannot consume from {queue}"))?;
+    let mut received = 0u64;
+    while received < count {
+        let delivery = consumer
+            .next()
+            .await
+            .context("the consumer ended early")?
+            .context("a delivery failed")?;
+        received += 1;
+        if received % E2E_ACK_EVERY == 0 || received == count {
+            delivery
+                .ack(BasicAckOptions { multiple: true })
+                .await
+                .context("cannot acknowledge")?;
+        }
+    }
+    Ok(())
+}
+
+async fn broker_run(
+    amqp_url: &str,
+    queue: &str,
+    count: usize,
+    size: usize,
+    consume: bool,
+) -> anyhow::Result<Ceiling> {
+    let connection = connect(amqp_url).await?;
     let channel = connection
         .create_channel()
         .await
@@ -97,37 +166,57 @@ pub async fn broker(
         .await
         .with_context(|| format!("cannot declare the quorum queue {queue}"))?;
 
+    let consumer_connection = if consume {
+        Some(connect(amqp_url).await?)
+    } else {
+        None
+    };
+    let consumer = consumer_connection
+        .as_ref()
+        .map(|c| consume_all(c, queue, count as u64));
     let payload = vec![b'x'; size];
     let mut pending = FuturesUnordered::new();
     let mut refused = 0_u64;
     let mut first_refusal = None;
     let started = Instant::now();
-    for i in 0..count {
-        if pending.len() >= BROKER_IN_FLIGHT
-            && let Some(confirmation) = pending.next().await
-        {
+    let publish = async {
+        for i in 0..count {
+            if pending.len() >= BROKER_IN_FLIGHT
+                && let Some(confirmation) = pending.next().await
+            {
+                count_confirmation(confirmation, &mut refused, &mut first_refusal);
+            }
+            let svix_id = format!("msg_{:032x}", i);
+            let confirm = channel
+                .basic_publish(
+                    ShortString::from(""),
+                    queue.into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
+                    &payload,
+                    ingress_like_properties(&svix_id),
+                )
+                .await
+                .context("publishing to RabbitMQ failed")?;
+            pending.push(confirm);
+        }
+        while let Some(confirmation) = pending.next().await {
             count_confirmation(confirmation, &mut refused, &mut first_refusal);
         }
-        let svix_id = format!("msg_{:032x}", i);
-        let confirm = channel
-            .basic_publish(
-                ShortString::from(""),
-                queue.into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                },
-                &payload,
-                ingress_like_properties(&svix_id),
-            )
-            .await
-            .context("publishing to RabbitMQ failed")?;
-        pending.push(confirm);
-    }
-    while let Some(confirmation) = pending.next().await {
-        count_confirmation(confirmation, &mut refused, &mut first_refusal);
+        anyhow::Ok(())
+    };
+    match consumer {
+        Some(consumer) => {
+            tokio::try_join!(publish, consumer)?;
+        }
+        None => publish.await?,
     }
     let wall = started.elapsed();
+    if let Some(c) = &consumer_connection {
+        let _ = c.close(200, "bench done".into()).await;
+    }
     channel
         .queue_delete(queue.into(), QueueDeleteOptions::default())
         .await

@@ -66,7 +66,9 @@ const BROKER_CEILING_RUNS: usize = 3;
 /// Connections of the live-lag phase.
 const LIVE_CONNECTIONS: usize = 64;
 /// At most this many events in the live-lag phase.
-const LIVE_MAX_EVENTS: usize = 5000;
+const LIVE_MAX_EVENTS: usize = 50_000;
+/// Runs of the broker's end-to-end ceiling (before the live phase).
+const E2E_RUNS: usize = 2;
 /// Set in the release build this task re-runs itself as.
 pub(crate) const REEXEC_ENV: &str = "CLERK_SYNC_BENCH_REEXEC";
 pub(crate) const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432";
@@ -153,7 +155,10 @@ impl Options {
             }
             so
         });
-        if scale.as_ref().is_some_and(|so| so.users == 0 || so.read_duration.is_zero()) {
+        if scale
+            .as_ref()
+            .is_some_and(|so| so.users == 0 || so.read_duration.is_zero())
+        {
             bail!("--scale-users and --read-seconds must be at least 1");
         }
         Ok(Self {
@@ -422,7 +427,10 @@ async fn phases(
     let (worker, drained) = worker_drain(&ctx, cleanup, &expected, queued, &[]).await?;
     checks.extend(drained.checks);
     let live_count = o.events.min(LIVE_MAX_EVENTS);
-    let (live, live_checks) = live_phase(&ctx, cleanup, &worker, &mut expected, live_count).await?;
+    let e2e_runs = end_to_end_ceiling(&ctx, cleanup, live_count, body_size).await?;
+    let (mut live, live_checks) =
+        live_phase(&ctx, cleanup, &worker, &mut expected, live_count).await?;
+    live.e2e_runs = e2e_runs;
     checks.extend(live_checks);
     let worker_peak_rss = worker.stop(cleanup).await?;
     let scale = match &o.scale {
@@ -665,6 +673,32 @@ async fn worker_drain(
     ))
 }
 
+/// The broker's end-to-end ceiling, [`E2E_RUNS`] times: `count` messages of `size` bytes
+/// published with confirms and consumed at once (on a thread of its own).
+async fn end_to_end_ceiling(
+    ctx: &Ctx<'_>,
+    cleanup: &mut Cleanup,
+    count: usize,
+    size: usize,
+) -> anyhow::Result<Vec<f64>> {
+    let queue = format!("{}.e2e", ctx.prefix);
+    cleanup.track_queue(&queue);
+    let mut runs = Vec::new();
+    for round in 1..=E2E_RUNS {
+        let (node, queue) = (ctx.amqp_node.to_owned(), queue.clone());
+        let run = load::on_own_thread(move || async move {
+            ceilings::broker_end_to_end(&node, &queue, count, size).await
+        })
+        .await?;
+        println!(
+            "      broker end to end, round {round}: {:.0} msgs/s",
+            run.per_s()
+        );
+        runs.push(run.per_s());
+    }
+    Ok(runs)
+}
+
 /// Phase 6: with the worker running, an ingress again and `count` newer updates of `expected`
 /// at [`LIVE_CONNECTIONS`]; the lag is the change of the worker's histogram. Checks the
 /// queues and the users again.
@@ -691,6 +725,8 @@ async fn live_phase(
     let settled_before = pipeline::settled(worker.addr)
         .await
         .context("the worker's /metrics does not answer")?;
+    let servers_before = procs::ServerCpu::now();
+    let worker_before = procs::cpu_time(&worker.pid.to_string())?;
     let mut ingress = ctx
         .ingress_run(
             cleanup,
@@ -714,6 +750,14 @@ async fn live_phase(
         drain_timeout(ingress.load.accepted),
     )
     .await?;
+    let servers = procs::ServerCpu::now().since(servers_before);
+    let cpu = report::LiveCpu {
+        ingress: ingress.cpu,
+        load_generator: ingress.load_generator_cpu,
+        worker: procs::cpu_time(&worker.pid.to_string())?.saturating_sub(worker_before),
+        rabbitmq: servers.rabbitmq,
+        postgres: servers.postgres,
+    };
     let applied_per_s =
         load::per_second(ingress.load.accepted, ingress.load.wall + drain.since_start);
     // The histogram is observed right after each commit.
@@ -737,6 +781,8 @@ async fn live_phase(
             drain,
             applied_per_s,
             lag,
+            cpu,
+            e2e_runs: Vec::new(),
         },
         checks,
     ))
@@ -858,7 +904,11 @@ fn start_worker(
         ("WORKER_ADDR".to_owned(), addr.to_string()),
         ("NO_COLOR".to_owned(), "1".to_owned()),
     ];
-    env.extend(extra_env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+    env.extend(
+        extra_env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+    );
     // The events have no calendar accounts; never call Clerk from a benchmark.
     let unset = ["CLERK_SECRET_KEY", "TOKEN_ENCRYPTION_KEY"];
     cleanup.spawn(

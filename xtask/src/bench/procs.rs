@@ -39,8 +39,8 @@ pub struct Cleanup {
     topologies: Vec<Topology>,
     /// Other queues the run declared (the broker ceiling's).
     queues: Vec<String>,
-    /// The Postgres server and the name of the bench database, once created.
-    database: Option<(PgServer, String)>,
+    /// The Postgres server and the name of each database the run created.
+    databases: Vec<(PgServer, String)>,
 }
 
 impl Cleanup {
@@ -50,7 +50,7 @@ impl Cleanup {
             amqp_url: amqp_url.to_owned(),
             topologies: Vec::new(),
             queues: Vec::new(),
-            database: None,
+            databases: Vec::new(),
         }
     }
 
@@ -69,7 +69,7 @@ impl Cleanup {
             .await
             .with_context(|| format!("cannot create the bench database {name}"))?;
         let _ = admin.close().await;
-        self.database = Some((server.clone(), name.to_owned()));
+        self.databases.push((server.clone(), name.to_owned()));
         Ok(())
     }
 
@@ -234,10 +234,10 @@ impl Drop for Cleanup {
         let amqp_url = self.amqp_url.clone();
         let topologies = std::mem::take(&mut self.topologies);
         let queues = std::mem::take(&mut self.queues);
-        let database = self.database.take();
+        let databases = std::mem::take(&mut self.databases);
         run_detached(async move {
             let mut leftovers = Vec::new();
-            if let Some((server, name)) = database {
+            for (server, name) in databases {
                 let dropped = match Database::connect(admin_options(&server)).await {
                     Ok(admin) => {
                         let result = admin
@@ -428,6 +428,75 @@ pub fn cpu_time(pid: &str) -> anyhow::Result<Duration> {
         bail!("no utime/stime in {path}");
     };
     Ok(Duration::from_millis((user + system) * 1000 / USER_HZ))
+}
+
+/// `(comm, ppid, own CPU, CPU of its waited-for children)` of `/proc/<pid>/stat`.
+fn stat_of(pid: &str) -> Option<(String, u32, Duration, Duration)> {
+    const USER_HZ: u64 = 100;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (head, rest) = stat.rsplit_once(')')?;
+    let comm = head.split_once('(')?.1.to_owned();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+    // After the command name: state, ppid (1), …, utime (11), stime (12), cutime (13), cstime (14).
+    let ppid = u32::try_from(tick(1)?).ok()?;
+    let ms = |t: u64| Duration::from_millis(t * 1000 / USER_HZ);
+    Some((
+        comm,
+        ppid,
+        ms(tick(11)? + tick(12)?),
+        ms(tick(13)? + tick(14)?),
+    ))
+}
+
+/// CPU time used so far by every process of the servers on the box: Postgres (every `postgres`
+/// process, plus what its postmaster's exited children used) and RabbitMQ (`beam.smp` and the
+/// helpers it started).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ServerCpu {
+    pub postgres: Duration,
+    pub rabbitmq: Duration,
+}
+
+impl ServerCpu {
+    pub fn now() -> Self {
+        let mut out = Self::default();
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return out;
+        };
+        for entry in dir.flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name
+                .to_str()
+                .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+            else {
+                continue;
+            };
+            let Some((comm, ppid, own, children)) = stat_of(pid) else {
+                continue;
+            };
+            match comm.as_str() {
+                // The postmaster (not started by another postgres) also counts its exited
+                // backends.
+                "postgres" => {
+                    let postmaster =
+                        stat_of(&ppid.to_string()).is_none_or(|(c, ..)| c != "postgres");
+                    out.postgres += own + if postmaster { children } else { Duration::ZERO };
+                }
+                "beam.smp" => out.rabbitmq += own + children,
+                "erl_child_setup" | "inet_gethost" | "epmd" => out.rabbitmq += own,
+                _ => {}
+            }
+        }
+        out
+    }
+
+    pub fn since(self, before: Self) -> Self {
+        Self {
+            postgres: self.postgres.saturating_sub(before.postgres),
+            rabbitmq: self.rabbitmq.saturating_sub(before.rabbitmq),
+        }
+    }
 }
 
 /// The build profile of the binaries.

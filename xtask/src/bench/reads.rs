@@ -207,7 +207,9 @@ pub async fn ceiling(
             results.push(task.await.context("a ceiling task panicked")?);
         }
         let wall = started.elapsed();
-        let sent = results.iter().map(|r| r.latencies.len() as u64 + r.transport_errors);
+        let sent = results
+            .iter()
+            .map(|r| r.latencies.len() as u64 + r.transport_errors);
         let sent = usize::try_from(sent.sum::<u64>()).unwrap_or(usize::MAX);
         let _ = db.close().await;
         Ok(LoadResult::merge(connections, sent, results, wall))
@@ -266,7 +268,10 @@ impl SessionReads {
 
 impl Reads for SessionReads {
     fn request(&self, task: usize, n: u64) -> (String, &HeaderValue) {
-        ("/me".to_owned(), &self.sessions[pick(task, n, self.sessions.len())])
+        (
+            "/me".to_owned(),
+            &self.sessions[pick(task, n, self.sessions.len())],
+        )
     }
 }
 

@@ -103,6 +103,52 @@ pub struct Live {
     pub applied_per_s: f64,
     /// The lag histogram's change during the live phase.
     pub lag: Histogram,
+    /// CPU time, from the first request until the worker applied the last event, of every
+    /// process on the box: ingress, load generator, worker, RabbitMQ, Postgres.
+    pub cpu: LiveCpu,
+    /// The broker's end-to-end ceiling runs (publisher with confirms and a consumer acking in
+    /// batches, at once), msgs/s; the best is compared.
+    pub e2e_runs: Vec<f64>,
+}
+
+/// CPU time of each process during the live phase.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LiveCpu {
+    pub ingress: Duration,
+    pub load_generator: Duration,
+    pub worker: Duration,
+    pub rabbitmq: Duration,
+    pub postgres: Duration,
+}
+
+impl LiveCpu {
+    /// `(process, µs per event)`, and the total last.
+    pub fn per_event(&self, events: u64) -> Vec<(&'static str, f64)> {
+        let us = |d: Duration| {
+            if events == 0 {
+                0.0
+            } else {
+                round(d.as_secs_f64() * 1e6 / events as f64, 1)
+            }
+        };
+        let total =
+            self.ingress + self.load_generator + self.worker + self.rabbitmq + self.postgres;
+        vec![
+            ("ingress", us(self.ingress)),
+            ("load generator", us(self.load_generator)),
+            ("worker", us(self.worker)),
+            ("RabbitMQ", us(self.rabbitmq)),
+            ("Postgres", us(self.postgres)),
+            ("total", us(total)),
+        ]
+    }
+}
+
+impl Live {
+    /// The best end-to-end ceiling run.
+    pub fn e2e(&self) -> f64 {
+        self.e2e_runs.iter().copied().fold(0.0, f64::max)
+    }
 }
 
 pub struct Report {
@@ -296,6 +342,9 @@ struct LiveJson<'a> {
     wait_after_last_request_s: f64,
     applied_per_s: f64,
     lag_seconds: LagJson,
+    broker_end_to_end_runs_msgs_per_s: Vec<f64>,
+    accepted_vs_broker_end_to_end: f64,
+    cpu_us_per_event: BTreeMap<&'static str, f64>,
 }
 
 impl<'a> LiveJson<'a> {
@@ -312,6 +361,16 @@ impl<'a> LiveJson<'a> {
                 p99_le: lag.quantile_bound(0.99).filter(|x| x.is_finite()),
                 mean: lag.mean().map(|x| round(x, 4)),
             },
+            broker_end_to_end_runs_msgs_per_s: live.e2e_runs.iter().map(|r| round(*r, 1)).collect(),
+            accepted_vs_broker_end_to_end: ratio_json(
+                live.ingress.load.accepted_per_s(),
+                live.e2e(),
+            ),
+            cpu_us_per_event: live
+                .cpu
+                .per_event(live.ingress.load.accepted)
+                .into_iter()
+                .collect(),
         }
     }
 }
@@ -557,6 +616,16 @@ impl Report {
                 pass: p99.map(|x| x < 25.0),
             },
         ];
+        let e2e = self.live.e2e();
+        if e2e > 0.0 {
+            let live = self.live.ingress.load.accepted_per_s() / e2e;
+            targets.push(Target {
+                name: "live accepted/s (ingress and worker together) ≥ 70 % of the broker's end-to-end ceiling",
+                value: pct(live),
+                measured: Some(live),
+                pass: Some(live >= 0.7),
+            });
+        }
         if let Some(scale) = &self.scale {
             targets.extend(scale.targets());
         }
@@ -766,6 +835,25 @@ impl Report {
                 "broker".into(),
                 pct_of(live.accepted_per_s(), self.broker()),
             ],
+            vec![
+                format!(
+                    "live: ingress accepted/s against the broker end to end (publisher and consumer at once; best of {})",
+                    self.live.e2e_runs.len()
+                ),
+                rate(live.accepted_per_s(), "accepted"),
+                rate(self.live.e2e(), "msgs"),
+                pct_of(live.accepted_per_s(), self.live.e2e()),
+            ],
+            measure(
+                "live: CPU per event, µs (first request to last commit)".into(),
+                self.live
+                    .cpu
+                    .per_event(live.accepted)
+                    .iter()
+                    .map(|(name, us)| format!("{name} {us:.0}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ),
             measure("live: errors".into(), errors(live)),
             measure(
                 "live: worker applied/s (first request to last commit)".into(),
@@ -1125,7 +1213,16 @@ mod tests {
                     sum: 736.123_456,
                     count: 1948,
                 },
+                cpu: LiveCpu {
+                    ingress: secs(0.05),
+                    load_generator: secs(0.024),
+                    worker: secs(0.08),
+                    rabbitmq: secs(0.11),
+                    postgres: secs(0.2),
+                },
+                e2e_runs: vec![9_000.0, 11_000.5],
             },
+            scale: None,
             checks: vec![
                 Check::new("every request answered 200", true, "2000 of 2000 accepted"),
                 Check::new("users table equals", false, "3 differ"),

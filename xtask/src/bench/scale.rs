@@ -18,13 +18,13 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
 use serde::Serialize;
 
 use super::{
-    Ctx,
-    report::{Target, mib, pct, table}, READY_TIMEOUT, events,
+    Ctx, READY_TIMEOUT, events,
     events::{Event, Expected},
     paced::{self, Pace},
     pipeline::{self, Check},
     procs::{self, Cleanup},
     reads::{self, ReadRun, ServiceKeyReads, SessionKeys, SessionReads},
+    report::{Target, mib, pct, table},
     seed,
 };
 
@@ -121,7 +121,11 @@ async fn execute(db: &DatabaseConnection, sql: &str) -> anyhow::Result<()> {
 /// Forgets what the bench's events did (users, tombstones, their Svix ids), so the same events
 /// can be drained again as new.
 async fn forget_events(db: &DatabaseConnection) -> anyhow::Result<()> {
-    execute(db, "DELETE FROM users WHERE clerk_user_id LIKE 'user_2bench%'").await?;
+    execute(
+        db,
+        "DELETE FROM users WHERE clerk_user_id LIKE 'user_2bench%'",
+    )
+    .await?;
     execute(db, "DELETE FROM deleted_users").await?;
     execute(db, "DELETE FROM processed_events WHERE svix_id < 'msg_s'").await?;
     execute(db, "VACUUM ANALYZE users, deleted_users").await
@@ -152,7 +156,14 @@ async fn fill_and_drain(
     label: &str,
 ) -> anyhow::Result<(f64, u64, Vec<Check>, super::Worker)> {
     let fill = ctx
-        .ingress_run(cleanup, "ingress-scale", &ctx.prefix, events, FILL_CONNECTIONS, 1)
+        .ingress_run(
+            cleanup,
+            "ingress-scale",
+            &ctx.prefix,
+            events,
+            FILL_CONNECTIONS,
+            1,
+        )
         .await?;
     let mut checks = vec![super::answered_check(&fill)];
     let (worker, drained) =
@@ -210,7 +221,8 @@ pub async fn run(
     let mut checks = Vec::new();
     println!("[8] write path at size: {} events", events.len());
     println!("      drain into an empty database");
-    let (empty, _, c, worker) = fill_and_drain(ctx, cleanup, events, expected, &[], "empty").await?;
+    let (empty, _, c, worker) =
+        fill_and_drain(ctx, cleanup, events, expected, &[], "empty").await?;
     checks.extend(c);
     worker.stop(cleanup).await?;
 
@@ -523,11 +535,19 @@ impl ScaleReport {
         );
         let rate = |x: f64| format!("{x:.0}/s");
         let mut rows = vec![
-            vec!["worker drain, empty database".into(), rate(self.drain_empty_per_s), String::new()],
+            vec![
+                "worker drain, empty database".into(),
+                rate(self.drain_empty_per_s),
+                String::new(),
+            ],
             vec![
                 "worker drain at size (no pruning)".into(),
                 rate(self.drain_at_size_per_s),
-                format!("{} of empty; {} applies over 100 ms", pct(self.drain_at_size_per_s / self.drain_empty_per_s.max(1.0)), self.slow_applies_at_size),
+                format!(
+                    "{} of empty; {} applies over 100 ms",
+                    pct(self.drain_at_size_per_s / self.drain_empty_per_s.max(1.0)),
+                    self.slow_applies_at_size
+                ),
             ],
             vec![
                 "worker drain at size, pruning the expired ids".into(),
@@ -542,8 +562,13 @@ impl ScaleReport {
             ],
             vec![
                 "pruning every expired id".into(),
-                self.prune_total_s.map_or("not within 10 min".into(), |s| format!("{s:.0} s")),
-                format!("{:.0} ids/s", self.prune_total_s.map_or(0.0, |s| self.processed_seeded as f64 / s.max(0.001))),
+                self.prune_total_s
+                    .map_or("not within 10 min".into(), |s| format!("{s:.0} s")),
+                format!(
+                    "{:.0} ids/s",
+                    self.prune_total_s
+                        .map_or(0.0, |s| self.processed_seeded as f64 / s.max(0.001))
+                ),
             ],
         ];
         if let Some(r) = &self.reads {
