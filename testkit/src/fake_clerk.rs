@@ -1,5 +1,9 @@
 //! A local stand-in for Clerk's Backend API (the one fake the tests may use: Clerk cannot be
 //! reached from here). Serves OAuth access tokens and the user list, and can be told to fail.
+//!
+//! Opt-in, it enforces a rate limit modelled on Clerk's ([`RateLimit`]), and it can serve a
+//! large generated population of users ([`FakeClerk::generate_users`]) without holding them in
+//! memory.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -8,6 +12,7 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
     },
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use bytes::Bytes;
@@ -20,6 +25,187 @@ use tokio::net::TcpListener;
 
 /// The secret key the fake expects in `Authorization: Bearer`.
 pub const SECRET_KEY: &str = "sk_test_fakeclerkSYNTHkey000000000000";
+
+/// A limit of `requests` per `window` across every endpoint, as Clerk applies per instance.
+///
+/// The fake's windows are fixed and open on demand: a window opens at the first request after
+/// the previous one closed and admits `requests` requests; past that, until it closes, every
+/// request is answered `429` with Clerk's error body and `Retry-After:` the whole seconds until
+/// it closes (rounded up, at least 1). Rejected requests do not count against the limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub requests: usize,
+    pub window: Duration,
+}
+
+impl RateLimit {
+    /// Clerk's documented limit of the Backend API in production: 1,000 requests per 10 s.
+    pub const PRODUCTION: Self = Self {
+        requests: 1000,
+        window: Duration::from_secs(10),
+    };
+
+    /// The least time between the first and the last of `n` admitted requests under this limit:
+    /// `n` requests need `ceil(n / requests)` windows, and each window opens one `window` after
+    /// the previous one at the earliest.
+    pub fn minimum_time(&self, n: usize) -> Duration {
+        let windows = n.div_ceil(self.requests.max(1));
+        self.window * u32::try_from(windows.saturating_sub(1)).unwrap_or(u32::MAX)
+    }
+}
+
+/// The rate limit's state.
+struct Limiter {
+    limit: RateLimit,
+    /// When the current window opened, and how many requests it admitted.
+    window: Option<(Instant, usize)>,
+}
+
+impl Limiter {
+    /// `None`: admitted. `Some(seconds)`: rejected, for `Retry-After`.
+    fn admit(&mut self, now: Instant) -> Option<u64> {
+        match &mut self.window {
+            Some((opened, used)) if now < *opened + self.limit.window => {
+                if *used < self.limit.requests {
+                    *used += 1;
+                    None
+                } else {
+                    let left = (*opened + self.limit.window) - now;
+                    Some(left.as_secs_f64().ceil().max(1.0) as u64)
+                }
+            }
+            _ => {
+                self.window = Some((now, 1));
+                None
+            }
+        }
+    }
+}
+
+/// A generated population ([`FakeClerk::generate_users`]): how many users have which calendar
+/// accounts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Population {
+    pub users: usize,
+    /// Users with a Google account with a calendar scope (and a token).
+    pub google: usize,
+    /// Users with a Microsoft account with a calendar scope (and a token).
+    pub microsoft: usize,
+    /// Users with both (counted in `google` and in `microsoft` too).
+    pub both: usize,
+}
+
+impl Population {
+    /// Calendar connections a sync of every user leaves (one per account).
+    pub fn connections(&self) -> usize {
+        self.google + self.microsoft
+    }
+
+    /// Token requests a sync of every user makes (one per user and provider).
+    pub fn token_requests(&self) -> usize {
+        self.google + self.microsoft
+    }
+}
+
+/// The id of generated user `i`.
+pub fn generated_user_id(i: usize) -> String {
+    format!("user_2gen{i:07}")
+}
+
+/// Which calendar accounts generated user `i` has: `(google, microsoft)`. A fixed pseudo-random
+/// mix, a CRM's: 20 % of users connect Google, 5 % Microsoft, independently (so about 1 % both).
+fn generated_accounts(i: usize) -> (bool, bool) {
+    // splitmix64: well spread, and the same on every run.
+    let mut z = (i as u64).wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z % 100 < 20, (z >> 32) % 100 < 5)
+}
+
+/// Generated user `i`: a realistic user object (two email addresses, names, timestamps) with its
+/// calendar accounts.
+fn generated_user(i: usize) -> Value {
+    const FIRST: [&str; 8] = [
+        "Ada", "Grace", "Alan", "Edsger", "Barbara", "Ken", "Radia", "Linus",
+    ];
+    const LAST: [&str; 5] = ["Synth", "Sample", "Mock", "Fixture", "Stub"];
+    let state = crate::events::UserState {
+        id: generated_user_id(i),
+        email: Some(format!("gen{i}@example.com")),
+        first_name: Some(FIRST[i % FIRST.len()].to_owned()),
+        last_name: Some(LAST[i % LAST.len()].to_owned()),
+        updated_at: 1_735_689_600_000 + i as i64,
+    };
+    let mut user = crate::events::user_object(&state);
+    let (google, microsoft) = generated_accounts(i);
+    let mut accounts = Vec::new();
+    if google {
+        accounts.push(crate::events::google_calendar_account(
+            &format!("1{i:020}"),
+            &format!("eac_2gen{i:07}g"),
+        ));
+    }
+    if microsoft {
+        accounts.push(crate::events::microsoft_calendar_account(
+            &format!("00000000-0000-0000-0000-{i:012}"),
+            &format!("eac_2gen{i:07}m"),
+        ));
+    }
+    user["external_accounts"] = Value::Array(accounts);
+    user["last_sign_in_at"] = json!(1_735_775_000_000_i64 + i as i64);
+    user
+}
+
+/// The index of a generated user id, if it is one of the first `count`.
+fn generated_index(id: &str, count: usize) -> Option<usize> {
+    id.strip_prefix("user_2gen")
+        .and_then(|n| n.parse::<usize>().ok())
+        .filter(|i| *i < count && generated_user_id(*i) == id)
+}
+
+/// An access token object as Clerk lists it.
+fn token_object(
+    provider: &str,
+    token: &str,
+    expires_at_ms: Option<i64>,
+    provider_user_id: &str,
+    external_account_id: &str,
+) -> Value {
+    json!({
+        "object": "oauth_access_token", "external_account_id": external_account_id,
+        "provider_user_id": provider_user_id, "token": token, "provider": provider,
+        "expires_at": expires_at_ms, "scopes": ["openid", "email"], "label": null,
+        "public_metadata": {}
+    })
+}
+
+/// The token generated user `i` has for `provider`, if it has an account there (valid for an
+/// hour from now: Clerk refreshes expired tokens when asked).
+fn generated_tokens(i: usize, provider: &str) -> Vec<Value> {
+    let (google, microsoft) = generated_accounts(i);
+    let in_an_hour = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+        + 3_600_000;
+    match provider {
+        "oauth_google" if google => vec![token_object(
+            provider,
+            &format!("ya29.synthetic-google-{i}"),
+            Some(in_an_hour),
+            &format!("1{i:020}"),
+            &format!("eac_2gen{i:07}g"),
+        )],
+        "oauth_microsoft" if microsoft => vec![token_object(
+            provider,
+            &format!("EwB.synthetic-microsoft-{i}"),
+            Some(in_an_hour),
+            &format!("00000000-0000-0000-0000-{i:012}"),
+            &format!("eac_2gen{i:07}m"),
+        )],
+        _ => Vec::new(),
+    }
+}
 
 #[derive(Default)]
 struct State {
@@ -39,6 +225,12 @@ struct State {
     organizations: Vec<Value>,
     /// Clerk organization id -> membership objects (`GET /v1/organizations/{id}/memberships`).
     memberships: HashMap<String, Vec<Value>>,
+    /// Users generated on demand instead of `users` (0: none).
+    generated: usize,
+    /// The rate limit, when on.
+    limiter: Option<Limiter>,
+    /// Requests answered `429` by the rate limit.
+    rate_limited: usize,
 }
 
 /// A running fake; stops when dropped.
@@ -123,12 +315,13 @@ impl FakeClerk {
             .entry((clerk_user_id.to_owned(), provider.to_owned()))
             .or_default();
         list.retain(|t| t["external_account_id"] != external_account_id);
-        list.push(json!({
-            "object": "oauth_access_token", "external_account_id": external_account_id,
-            "provider_user_id": provider_user_id, "token": token, "provider": provider,
-            "expires_at": expires_at_ms, "scopes": ["openid", "email"], "label": null,
-            "public_metadata": {}
-        }));
+        list.push(token_object(
+            provider,
+            token,
+            expires_at_ms,
+            provider_user_id,
+            external_account_id,
+        ));
     }
 
     /// Stops serving tokens for this user and provider.
@@ -156,6 +349,40 @@ impl FakeClerk {
     /// Sets the users served by `GET /v1/users` (and one by one by `GET /v1/users/{id}`).
     pub fn set_users(&self, users: Vec<Value>) {
         self.state.lock().unwrap().users = users;
+    }
+
+    /// Serves `count` generated users instead of those of [`Self::set_users`] (ids
+    /// [`generated_user_id`]`(0..count)`, oldest first), each with its calendar accounts and
+    /// their tokens: about 20 % Google, 5 % Microsoft (see [`Population`]). They are built when
+    /// asked for, so 100,000 of them cost neither time nor memory up front.
+    pub fn generate_users(&self, count: usize) -> Population {
+        self.state.lock().unwrap().generated = count;
+        let mut population = Population {
+            users: count,
+            google: 0,
+            microsoft: 0,
+            both: 0,
+        };
+        for i in 0..count {
+            let (google, microsoft) = generated_accounts(i);
+            population.google += usize::from(google);
+            population.microsoft += usize::from(microsoft);
+            population.both += usize::from(google && microsoft);
+        }
+        population
+    }
+
+    /// Turns the rate limit on (`Some`, with a fresh window) or off (`None`).
+    pub fn set_rate_limit(&self, limit: Option<RateLimit>) {
+        self.state.lock().unwrap().limiter = limit.map(|limit| Limiter {
+            limit,
+            window: None,
+        });
+    }
+
+    /// Requests the rate limit answered `429` so far.
+    pub fn rate_limited(&self) -> usize {
+        self.state.lock().unwrap().rate_limited
     }
 
     /// Sets the organizations served by `GET /v1/organizations`.
@@ -225,6 +452,25 @@ fn answer(state: &Mutex<State>, request: &Request<Incoming>) -> Response<Full<By
         return clerk_error(StatusCode::UNAUTHORIZED, "authentication_invalid");
     }
     let mut state = state.lock().unwrap();
+    if let Some(retry_after) = state
+        .limiter
+        .as_mut()
+        .and_then(|limiter| limiter.admit(Instant::now()))
+    {
+        state.rate_limited += 1;
+        let mut response = json_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            &json!({"errors": [{
+                "message": "Too many requests",
+                "long_message": "Too many requests, please try again later.",
+                "code": "too_many_requests"
+            }]}),
+        );
+        response
+            .headers_mut()
+            .insert("retry-after", retry_after.to_string().parse().unwrap());
+        return response;
+    }
     if let Some(status) = state.failures.pop_front() {
         let mut response = clerk_error(
             StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
@@ -241,17 +487,34 @@ fn answer(state: &Mutex<State>, request: &Request<Incoming>) -> Response<Full<By
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match segments.as_slice() {
         ["v1", "users", user, "oauth_access_tokens", provider] => {
-            let tokens = state
+            let tokens = match state
                 .tokens
                 .get(&((*user).to_owned(), (*provider).to_owned()))
-                .cloned()
-                .unwrap_or_default();
+            {
+                Some(tokens) => tokens.clone(),
+                None => generated_index(user, state.generated)
+                    .map(|i| generated_tokens(i, provider))
+                    .unwrap_or_default(),
+            };
             json_response(StatusCode::OK, &Value::Array(tokens))
         }
-        ["v1", "users", "count"] => json_response(
-            StatusCode::OK,
-            &json!({"object": "total_count", "total_count": state.users.len()}),
-        ),
+        ["v1", "users", "count"] => {
+            let count = if state.generated > 0 {
+                state.generated
+            } else {
+                state.users.len()
+            };
+            json_response(
+                StatusCode::OK,
+                &json!({"object": "total_count", "total_count": count}),
+            )
+        }
+        ["v1", "users", user] if state.generated > 0 => {
+            match generated_index(user, state.generated) {
+                Some(i) => json_response(StatusCode::OK, &generated_user(i)),
+                None => clerk_error(StatusCode::NOT_FOUND, "resource_not_found"),
+            }
+        }
         ["v1", "users", user] => match state.users.iter().find(|u| u["id"] == *user) {
             Some(found) => json_response(StatusCode::OK, found),
             None => clerk_error(StatusCode::NOT_FOUND, "resource_not_found"),
@@ -262,10 +525,14 @@ fn answer(state: &Mutex<State>, request: &Request<Incoming>) -> Response<Full<By
             if state.fail_users_from.is_some_and(|from| offset >= from) {
                 return clerk_error(StatusCode::INTERNAL_SERVER_ERROR, "injected_failure");
             }
-            json_response(
-                StatusCode::OK,
-                &Value::Array(page(&state.users, limit, offset)),
-            )
+            let users = if state.generated > 0 {
+                (offset..state.generated.min(offset.saturating_add(limit)))
+                    .map(generated_user)
+                    .collect()
+            } else {
+                page(&state.users, limit, offset)
+            };
+            json_response(StatusCode::OK, &Value::Array(users))
         }
         // Organizations and memberships come as `{data, total_count}`.
         ["v1", "organizations"] => {
@@ -321,4 +588,71 @@ fn limit_offset(request: &Request<Incoming>) -> (usize, usize) {
 
 fn page(items: &[Value], limit: usize, offset: usize) -> Vec<Value> {
     items.iter().skip(offset).take(limit).cloned().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_limiter_admits_a_window_s_worth_then_says_when_it_frees() {
+        let limit = RateLimit {
+            requests: 3,
+            window: Duration::from_secs(10),
+        };
+        let mut limiter = Limiter {
+            limit,
+            window: None,
+        };
+        let start = Instant::now();
+        for _ in 0..3 {
+            assert_eq!(limiter.admit(start), None);
+        }
+        assert_eq!(limiter.admit(start + Duration::from_millis(500)), Some(10));
+        assert_eq!(limiter.admit(start + Duration::from_millis(9_500)), Some(1));
+        // The next window opens at the first request after the last one closed.
+        let later = start + Duration::from_millis(12_000);
+        assert_eq!(limiter.admit(later), None);
+        assert_eq!(limiter.admit(later), None);
+        assert_eq!(limiter.admit(later), None);
+        assert_eq!(limiter.admit(later + Duration::from_millis(2_000)), Some(8));
+    }
+
+    #[test]
+    fn the_minimum_time_counts_the_windows_after_the_first() {
+        let limit = RateLimit::PRODUCTION;
+        assert_eq!(limit.minimum_time(0), Duration::ZERO);
+        assert_eq!(limit.minimum_time(1000), Duration::ZERO);
+        assert_eq!(limit.minimum_time(1001), Duration::from_secs(10));
+        assert_eq!(limit.minimum_time(26_002), Duration::from_secs(260));
+    }
+
+    #[test]
+    fn a_generated_population_has_a_crm_s_calendar_mix() {
+        let mut population = Population {
+            users: 100_000,
+            google: 0,
+            microsoft: 0,
+            both: 0,
+        };
+        for i in 0..100_000 {
+            let (google, microsoft) = generated_accounts(i);
+            population.google += usize::from(google);
+            population.microsoft += usize::from(microsoft);
+            population.both += usize::from(google && microsoft);
+        }
+        assert!(
+            (19_000..21_000).contains(&population.google),
+            "{population:?}"
+        );
+        assert!(
+            (4_500..5_500).contains(&population.microsoft),
+            "{population:?}"
+        );
+        assert!((700..1_300).contains(&population.both), "{population:?}");
+        assert_eq!(generated_index(&generated_user_id(42), 100), Some(42));
+        assert_eq!(generated_index(&generated_user_id(142), 100), None);
+        let user = generated_user(7);
+        assert_eq!(user["id"], generated_user_id(7));
+    }
 }
