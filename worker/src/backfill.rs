@@ -3,20 +3,47 @@
 //! state (the version guard) and never brings back a deleted user (the tombstones). The offset of
 //! the next page is checkpointed in `backfill_checkpoints` after every page: a backfill that
 //! stopped resumes where it was.
+//!
+//! Every call to Clerk, the calendar-token requests of the users' connected accounts included
+//! (one per user and provider: most of the calls), is paced under Clerk's documented rate limit
+//! (the reconcile's [`Pace`]), so a backfill neither bursts into `429`s nor starves the live
+//! workers' token requests; a `429` that comes anyway is waited out (`Retry-After`) and the call
+//! tried again.
 
 use std::time::Duration;
 
-use calendar::clerk::{ClerkClient, ClerkError};
+use calendar::{
+    accounts::calendar_accounts,
+    clerk::{ClerkClient, ClerkError},
+};
+use futures_util::StreamExt as _;
 use sea_orm::{ConnectionTrait, DbBackend, DbErr, Statement};
 use serde::Serialize;
+use tokio::sync::Mutex;
 
 use crate::{
-    apply::{Applier, Outcome},
-    event::{self, ClerkEvent},
+    apply::{Applier, ApplyError, Outcome},
+    event::{self, ClerkEvent, UserSnapshot},
     orgs::{self, OrgEvent},
+    reconcile::Pace,
 };
 
 const CHECKPOINT: &str = "clerk_users";
+
+/// Clerk's documented production limit is 1,000 requests per 10 s per instance: the backfill
+/// makes 90 a second (with [`PACE_BURST`], at most 945 in any 10 s), leaving the rest to the
+/// workers' token requests for live events.
+pub const DEFAULT_REQUESTS_PER_SECOND: u32 = 90;
+
+/// How far ahead of its pace the backfill may call after falling behind (half a second's worth
+/// of calls): applying users and calling Clerk then overlap instead of the time spent applying
+/// being lost. Under a limit of `L` calls per window `W`, a pace `r` stays under it when
+/// `r × (W + PACE_BURST) < L`.
+pub const PACE_BURST: Duration = Duration::from_millis(500);
+
+/// Users of a page applied at the same time (each in its own transaction, as events are): the
+/// database's round trips and commits overlap, and so do the calls to Clerk and the applying.
+const APPLY_CONCURRENCY: usize = 4;
 
 /// Why a backfill stopped.
 #[derive(Debug, thiserror::Error)]
@@ -53,8 +80,11 @@ pub struct BackfillOptions {
     pub page_size: u32,
     /// Start from the beginning even if an earlier run left a checkpoint.
     pub restart: bool,
-    /// Attempts per page before giving up (transient Clerk errors, 429s).
+    /// Attempts per page before giving up (transient Clerk errors, 429s); also how often a
+    /// user whose token requests were rate-limited is tried again.
     pub page_attempts: u32,
+    /// Calls to Clerk per second at most (pages and calendar-token requests).
+    pub requests_per_second: u32,
 }
 
 impl Default for BackfillOptions {
@@ -63,6 +93,7 @@ impl Default for BackfillOptions {
             page_size: 100,
             restart: false,
             page_attempts: 5,
+            requests_per_second: DEFAULT_REQUESTS_PER_SECOND,
         }
     }
 }
@@ -113,20 +144,27 @@ pub(crate) async fn save<C: ConnectionTrait>(
     Ok(())
 }
 
+/// The pace of a backfill's calls to Clerk.
+fn pace(options: &BackfillOptions) -> Pace {
+    Pace::with_burst(options.requests_per_second, PACE_BURST)
+}
+
 /// Reads one page of users.
 async fn page(
     clerk: &ClerkClient,
+    pace: &mut Pace,
     options: &BackfillOptions,
     offset: u64,
 ) -> Result<Vec<serde_json::Value>, BackfillError> {
-    with_retries(options, offset, "users", || {
+    with_retries(pace, options, offset, "users", || {
         clerk.list_users(options.page_size, offset)
     })
     .await
 }
 
-/// Reads one page through `list`, retrying transient failures (honouring `Retry-After`).
+/// Reads one page through `list`, paced, retrying transient failures (honouring `Retry-After`).
 async fn with_retries<F, Fut>(
+    pace: &mut Pace,
     options: &BackfillOptions,
     offset: u64,
     what: &str,
@@ -139,6 +177,7 @@ where
     let mut delay = Duration::from_millis(200);
     let mut attempt = 1;
     loop {
+        pace.wait().await;
         match list().await {
             Ok(items) => return Ok(items),
             Err(error) if error.is_transient() && attempt < options.page_attempts => {
@@ -149,11 +188,53 @@ where
                     _ => delay,
                 };
                 tracing::warn!(offset, attempt, what, error.message = %error, ?wait, "listing failed; retrying");
-                tokio::time::sleep(wait).await;
+                pace.defer(wait);
                 delay = (delay * 2).min(Duration::from_secs(10));
                 attempt += 1;
             }
             Err(source) => return Err(BackfillError::Clerk { offset, source }),
+        }
+    }
+}
+
+/// Applies one user as a `user.updated` would. Its calendar-token requests (one per provider of
+/// its calendar accounts, made by the applier) are paced first; when Clerk rate-limits them
+/// anyway, `Retry-After` is waited out and the user tried again (up to `page_attempts` times).
+async fn apply_user(
+    applier: &Applier,
+    pace: &Mutex<Pace>,
+    options: &BackfillOptions,
+    user: UserSnapshot,
+) -> Result<Outcome, ApplyError> {
+    let mut providers: Vec<_> = calendar_accounts(&user.external_accounts)
+        .into_iter()
+        .map(|account| account.provider)
+        .collect();
+    providers.sort();
+    providers.dedup();
+    let event = ClerkEvent::UserUpserted(user);
+    let mut attempt = 1;
+    loop {
+        if !providers.is_empty() {
+            let mut pace = pace.lock().await;
+            for _ in &providers {
+                pace.wait().await;
+            }
+        }
+        match applier.apply(None, "backfill", &event).await {
+            Err(ApplyError::Clerk(ClerkError::RateLimited { retry_after }))
+                if attempt < options.page_attempts =>
+            {
+                let wait = retry_after.unwrap_or(Duration::from_secs(1));
+                tracing::warn!(
+                    attempt,
+                    ?wait,
+                    "Clerk rate-limited the calendar tokens; retrying"
+                );
+                pace.lock().await.defer(wait);
+                attempt += 1;
+            }
+            other => return other,
         }
     }
 }
@@ -172,38 +253,46 @@ pub async fn run(
     } else {
         saved
     };
+    let mut pace = pace(options);
+    pace.wait().await;
     let total = clerk.count_users().await.ok();
     let mut summary = Summary {
         resumed_from: offset,
         ..Summary::default()
     };
+    let pace = Mutex::new(pace);
     loop {
-        let users = page(clerk, options, offset).await?;
+        let users = page(clerk, &mut *pace.lock().await, options, offset).await?;
         let count = users.len() as u64;
-        for value in &users {
+        // Applied a few at a time; the results come back in the page's order.
+        let mut results = futures_util::stream::iter(users.iter().map(|value| {
+            let pace = &pace;
+            async move {
+                let id = value
+                    .get("id")
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or("?")
+                    .to_owned();
+                let result = match event::parse_user(value) {
+                    Ok(user) => apply_user(applier, pace, options, user)
+                        .await
+                        .map_err(|error| error.to_string()),
+                    Err(error) => Err(error.to_string()),
+                };
+                (id, result)
+            }
+        }))
+        .buffered(APPLY_CONCURRENCY);
+        while let Some((id, result)) = results.next().await {
             summary.seen += 1;
-            let id = value
-                .get("id")
-                .and_then(serde_json::Value::as_str)
-                .unwrap_or("?")
-                .to_owned();
-            let user = match event::parse_user(value) {
-                Ok(user) => user,
-                Err(error) => {
-                    summary.failed.push((id, error.to_string()));
-                    continue;
-                }
-            };
-            match applier
-                .apply(None, "backfill", &ClerkEvent::UserUpserted(user))
-                .await
-            {
+            match result {
                 Ok(Outcome::Applied) => summary.applied += 1,
                 Ok(Outcome::SkippedDeleted) => summary.deleted += 1,
                 Ok(_) => summary.unchanged += 1,
-                Err(error) => summary.failed.push((id, error.to_string())),
+                Err(reason) => summary.failed.push((id, reason)),
             }
         }
+        drop(results);
         offset += count;
         let done = count < u64::from(options.page_size.clamp(1, 500));
         save(&applier.db, CHECKPOINT, offset, done).await?;
@@ -286,8 +375,9 @@ pub async fn run_organizations(
         ..OrganizationSummary::default()
     };
     let page_size = options.page_size.clamp(1, 500);
+    let mut pace = pace(options);
     loop {
-        let organizations = with_retries(options, offset, "organizations", || {
+        let organizations = with_retries(&mut pace, options, offset, "organizations", || {
             clerk.list_organizations(page_size, offset)
         })
         .await?;
@@ -298,7 +388,15 @@ pub async fn run_organizations(
                 Err(error) => Err(error.to_string()),
             };
             summary.organizations.count(id.clone(), result);
-            memberships(applier, clerk, options, &id, &mut summary.memberships).await?;
+            memberships(
+                applier,
+                clerk,
+                &mut pace,
+                options,
+                &id,
+                &mut summary.memberships,
+            )
+            .await?;
         }
         let count = organizations.len() as u64;
         offset += count;
@@ -315,6 +413,7 @@ pub async fn run_organizations(
 async fn memberships(
     applier: &Applier,
     clerk: &ClerkClient,
+    pace: &mut Pace,
     options: &BackfillOptions,
     clerk_organization_id: &str,
     tally: &mut Tally,
@@ -322,7 +421,7 @@ async fn memberships(
     let page_size = options.page_size.clamp(1, 500);
     let mut offset = 0;
     loop {
-        let page = with_retries(options, offset, "memberships", || {
+        let page = with_retries(pace, options, offset, "memberships", || {
             clerk.list_memberships(clerk_organization_id, page_size, offset)
         })
         .await?;

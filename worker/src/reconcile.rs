@@ -245,26 +245,48 @@ pub fn summary(report: &Report) -> String {
     out
 }
 
-/// Keeps calls to Clerk under a rate, and waits out `Retry-After`.
+/// Keeps calls to Clerk under a rate, and waits out `Retry-After`. Shared by the reconcile and
+/// the backfill.
+///
+/// Each call is due one `interval` after the one before (`next`, the theoretical time of the
+/// next call); a call may go up to `tolerance` early, so a caller that fell behind (busy between
+/// calls) catches up with a short burst instead of losing the time. In any span `T`, at most
+/// `T / interval + tolerance / interval + 1` calls start.
 pub(crate) struct Pace {
     interval: Duration,
+    tolerance: Duration,
     next: Instant,
 }
 
 impl Pace {
+    /// `per_second` calls a second, evenly spaced (no burst).
     pub(crate) fn new(per_second: u32) -> Self {
+        Self::with_burst(per_second, Duration::ZERO)
+    }
+
+    /// `per_second` calls a second, and up to `burst`'s worth of calls early to catch up.
+    pub(crate) fn with_burst(per_second: u32, burst: Duration) -> Self {
+        let interval = Duration::from_secs(1) / per_second.max(1);
         Self {
-            interval: Duration::from_secs(1) / per_second.max(1),
+            interval,
+            tolerance: burst,
             next: Instant::now(),
         }
     }
 
-    async fn wait(&mut self) {
+    /// Waits until the next call may start.
+    pub(crate) async fn wait(&mut self) {
         let now = Instant::now();
-        if self.next > now {
-            tokio::time::sleep(self.next - now).await;
+        let earliest = self.next.checked_sub(self.tolerance).unwrap_or(self.next);
+        if earliest > now {
+            tokio::time::sleep(earliest - now).await;
         }
         self.next = Instant::now().max(self.next) + self.interval;
+    }
+
+    /// No call before `wait` from now (Clerk's `Retry-After`), and no burst right after.
+    pub(crate) fn defer(&mut self, wait: Duration) {
+        self.next = self.next.max(Instant::now() + wait + self.tolerance);
     }
 }
 

@@ -1,10 +1,11 @@
-//! `worker backfill` against the fake Clerk Backend API with 1,000 users.
+//! `worker backfill` against the fake Clerk Backend API with 1,000 users, and with generated
+//! users (some with calendar accounts) under a rate limit like Clerk's.
 
 use std::time::Duration;
 
 use testkit::{
     TestBroker, TestDb, events,
-    fake_clerk::{FakeClerk, SECRET_KEY},
+    fake_clerk::{FakeClerk, Population, RateLimit, SECRET_KEY},
 };
 use worker::{
     Applier,
@@ -127,4 +128,98 @@ async fn a_backfill_that_stopped_half_way_resumes_where_it_was() {
         (0, 0, 1000)
     );
     wait_for_users(&db.conn, &expected_rows, Duration::from_secs(1)).await;
+}
+
+/// A token key (base64 of 32 bytes).
+const TOKEN_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+
+/// A rate limit like Clerk's, in windows short enough for a test: 30 calls per second.
+const LIMIT: RateLimit = RateLimit {
+    requests: 30,
+    window: Duration::from_secs(1),
+};
+
+/// Every generated user is a row, and every calendar account a connected connection.
+async fn assert_every_user_and_calendar(db: &TestDb, population: &Population) {
+    assert_eq!(
+        scalar(&db.conn, "SELECT count(*) FROM users").await,
+        population.users as i64
+    );
+    assert_eq!(
+        scalar(
+            &db.conn,
+            "SELECT count(*) FROM user_calendar_connections WHERE status = 'connected'"
+        )
+        .await,
+        population.connections() as i64
+    );
+    assert_eq!(
+        scalar(&db.conn, "SELECT count(*) FROM user_calendar_connections").await,
+        population.connections() as i64
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_paced_under_clerk_s_rate_limit_syncs_every_user_and_calendar_without_a_429() {
+    let db = TestDb::migrated().await;
+    let clerk = FakeClerk::start().await;
+    let population = clerk.generate_users(300);
+    assert!(
+        population.google > 0 && population.microsoft > 0,
+        "{population:?}"
+    );
+    clerk.set_rate_limit(Some(LIMIT));
+    let (mut applier, client) = applier(&db, &clerk).await;
+    applier.cipher = Some(calendar::crypto::TokenCipher::from_setting(TOKEN_KEY).unwrap());
+    // 18 calls a second with half a second's burst: at most 18 × 1.5 + 1 = 28 in any second.
+    let options = BackfillOptions {
+        requests_per_second: 18,
+        ..BackfillOptions::default()
+    };
+
+    let summary = backfill::run(&applier, &client, &options, |_, _| {})
+        .await
+        .unwrap();
+
+    assert_eq!((summary.seen, summary.applied), (300, 300));
+    assert!(summary.failed.is_empty(), "{:?}", summary.failed);
+    assert_every_user_and_calendar(&db, &population).await;
+    assert_eq!(clerk.rate_limited(), 0, "paced under the limit: no 429");
+    // The count, 3 full pages and the empty one, one token request per user and provider.
+    assert_eq!(clerk.requests(), 1 + 4 + population.token_requests());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_faster_than_clerk_s_rate_limit_waits_out_the_429s_and_loses_no_user() {
+    let db = TestDb::migrated().await;
+    let clerk = FakeClerk::start().await;
+    let population = clerk.generate_users(300);
+    // Reached by any build on any machine: 15 calls in 2 s. The worker's default pace is 90
+    // calls a second.
+    clerk.set_rate_limit(Some(RateLimit {
+        requests: 15,
+        window: Duration::from_secs(2),
+    }));
+    let url = clerk.url();
+    let settings = [
+        ("DATABASE_URL", db.url.as_str()),
+        ("CLERK_SECRET_KEY", SECRET_KEY),
+        ("CLERK_API_URL", url.as_str()),
+        ("TOKEN_ENCRYPTION_KEY", TOKEN_KEY),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+
+    let (ok, stdout, stderr) = crate::helpers::worker_cli(settings, &["backfill"]);
+
+    assert!(ok, "{stdout} {stderr}");
+    assert!(
+        stdout.contains(
+            "300 users seen (from offset 0), 300 applied, 0 already newer, 0 deleted, 0 failed"
+        ),
+        "{stdout}"
+    );
+    assert!(clerk.rate_limited() > 0, "the limit was reached: {stderr}");
+    assert_every_user_and_calendar(&db, &population).await;
 }
