@@ -7,6 +7,8 @@
 //!   posts it to the ingress, as Clerk's dashboard does when testing an endpoint.
 //! - `cargo xtask bench` loads ingress and worker with signed events and reports their throughput,
 //!   latency, lag and memory next to the broker's and the database's ceilings (see `bench`).
+//! - `cargo xtask bench-backfill` times `worker backfill` of 100,000 users against the fake Clerk
+//!   API under Clerk's production rate limit and without one (see `bench::backfill`).
 //! - `cargo xtask soak` runs ingress, worker and api under a steady paced load for an hour (by
 //!   default) and checks that memory, queue and `processed_events` stay flat and every event is
 //!   applied (see `soak`).
@@ -55,6 +57,9 @@ enum Task {
     },
     /// Benchmark ingress and worker against the broker's and the database's ceilings.
     Bench(bench::BenchArgs),
+    /// Time `worker backfill` against the fake Clerk API, rate-limited as Clerk's production
+    /// instances are, and without a limit.
+    BenchBackfill(bench::backfill::BackfillBenchArgs),
     /// An hour (by default) of paced load on ingress, worker and api: memory, queue depth and
     /// `processed_events` stay bounded, every event is applied.
     Soak(soak::SoakArgs),
@@ -76,6 +81,7 @@ async fn main() -> anyhow::Result<()> {
             user_id,
         } => send_event(&event_type, &url, &user_id).await,
         Task::Bench(args) => bench::run(args).await,
+        Task::BenchBackfill(args) => bench::backfill::run(args).await,
         Task::Soak(args) => soak::run(args).await,
         Task::SettingsTable => settings_table(),
     }

@@ -30,6 +30,7 @@
 //! not complete or a correctness check failed (a request not answered 200, an event not applied,
 //! a wrong final state, a dead letter), never for a missed speed target.
 
+pub mod backfill;
 mod ceilings;
 pub(crate) mod events;
 pub(crate) mod load;
