@@ -166,6 +166,69 @@ pub struct JwtVerifier {
     validation: Validation,
     authorized_parties: Vec<String>,
     issuer: Option<String>,
+    verified: VerifiedTokens,
+}
+
+/// Session tokens verified before, until they expire: a frontend sends the same token with every
+/// request for the minute it lives, and an RS256 verification (pure-Rust RSA) costs far more
+/// than the rest of a request. Keyed by the SHA-256 of the whole token, so only the very token
+/// that passed finds its entry; holds the Clerk user id and `exp`, which is checked again on
+/// every hit (every other check depends on the token alone). Failures are never kept. Bounded:
+/// when full, expired entries are dropped, and if none has expired the whole map is (the next
+/// requests verify again).
+struct VerifiedTokens {
+    map: std::sync::Mutex<std::collections::HashMap<[u8; 32], (String, i64)>>,
+    capacity: usize,
+}
+
+/// Tokens kept at most: about 1 MiB, a minute of 10,000 signed-in users.
+const VERIFIED_TOKENS: usize = 10_000;
+
+impl std::fmt::Debug for VerifiedTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifiedTokens")
+            .field("capacity", &self.capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl VerifiedTokens {
+    fn new(capacity: usize) -> Self {
+        Self {
+            map: std::sync::Mutex::new(std::collections::HashMap::new()),
+            capacity,
+        }
+    }
+
+    fn digest(token: &str) -> [u8; 32] {
+        use sha2::Digest as _;
+        sha2::Sha256::digest(token.as_bytes()).into()
+    }
+
+    /// The Clerk user id of `token` if it passed before and has not expired at `now`.
+    fn get(&self, digest: &[u8; 32], now: i64) -> Option<String> {
+        let map = self.map.lock().ok()?;
+        let (sub, exp) = map.get(digest)?;
+        (*exp > now - CLOCK_SKEW_SECS).then(|| sub.clone())
+    }
+
+    fn insert(&self, digest: [u8; 32], sub: &str, exp: i64, now: i64) {
+        let Ok(mut map) = self.map.lock() else {
+            return;
+        };
+        if map.len() >= self.capacity {
+            map.retain(|_, (_, exp)| *exp > now - CLOCK_SKEW_SECS);
+            if map.len() >= self.capacity {
+                map.clear();
+            }
+        }
+        map.insert(digest, (sub.to_owned(), exp));
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.map.lock().map(|m| m.len()).unwrap_or(0)
+    }
 }
 
 impl JwtVerifier {
@@ -196,11 +259,25 @@ impl JwtVerifier {
                 .map(|p| p.trim_end_matches('/').to_owned())
                 .collect(),
             issuer: issuer.map(|i| i.trim().trim_end_matches('/').to_owned()),
+            verified: VerifiedTokens::new(VERIFIED_TOKENS),
         })
     }
 
-    /// The Clerk user id of a valid session token.
+    /// The Clerk user id of a valid session token (from [`VerifiedTokens`] when this token
+    /// passed before and has not expired).
     pub fn verify(&self, token: &str) -> Result<String, AuthFailure> {
+        let now = chrono::Utc::now().timestamp();
+        let digest = VerifiedTokens::digest(token);
+        if let Some(sub) = self.verified.get(&digest, now) {
+            return Ok(sub);
+        }
+        let (sub, exp) = self.verify_now(token, now)?;
+        self.verified.insert(digest, &sub, exp, now);
+        Ok(sub)
+    }
+
+    /// Every check of a session token: its Clerk user id and `exp`.
+    fn verify_now(&self, token: &str, now: i64) -> Result<(String, i64), AuthFailure> {
         if !session_category(token) {
             return Err(AuthFailure::NotASessionToken);
         }
@@ -215,7 +292,6 @@ impl JwtVerifier {
                 _ => AuthFailure::Malformed,
             })?;
         let claims = data.claims;
-        let now = chrono::Utc::now().timestamp();
         // Clerk's SDK: expired when exp <= now - skew; not valid when nbf or iat > now + skew.
         if claims.exp <= now - CLOCK_SKEW_SECS {
             return Err(AuthFailure::Expired);
@@ -255,7 +331,7 @@ impl JwtVerifier {
         if claims.sub.is_empty() {
             return Err(AuthFailure::Malformed);
         }
-        Ok(claims.sub)
+        Ok((claims.sub, claims.exp))
     }
 }
 
@@ -436,6 +512,34 @@ mod tests {
 
     const ALPHA: &str = "alpha-0123456789abcdef0123456789abcdef";
     const BETA: &str = "beta-0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn verified_tokens_answer_until_exp_and_stay_bounded() {
+        let cache = VerifiedTokens::new(3);
+        let now = 1_000;
+        let a = VerifiedTokens::digest("token-a");
+        cache.insert(a, "user_a", now + 60, now);
+        assert_eq!(cache.get(&a, now).as_deref(), Some("user_a"));
+        // Clerk's skew: still valid until `exp` is 5 s past.
+        assert_eq!(cache.get(&a, now + 64).as_deref(), Some("user_a"));
+        assert_eq!(cache.get(&a, now + 65), None);
+        // Another token (even one differing in a byte) is not found.
+        assert_eq!(cache.get(&VerifiedTokens::digest("token-b"), now), None);
+        // Full: expired entries go first, then everything.
+        cache.insert(
+            VerifiedTokens::digest("old"),
+            "user_old",
+            now - 10,
+            now - 70,
+        );
+        cache.insert(VerifiedTokens::digest("c"), "user_c", now + 60, now);
+        assert_eq!(cache.len(), 3);
+        cache.insert(VerifiedTokens::digest("d"), "user_d", now + 60, now);
+        assert_eq!(cache.len(), 3, "the expired entry made room");
+        cache.insert(VerifiedTokens::digest("e"), "user_e", now + 60, now);
+        assert_eq!(cache.len(), 1, "nothing expired: cleared");
+        assert!(!format!("{cache:?}").contains("user_"));
+    }
 
     #[test]
     fn service_keys_match_exactly_with_their_scope() {

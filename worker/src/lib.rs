@@ -70,6 +70,10 @@ pub fn pool_options(url: &str, max_connections: u32) -> ConnectOptions {
         .min_connections(1)
         .connect_timeout(Duration::from_secs(5))
         .acquire_timeout(Duration::from_secs(5))
+        // sqlx pings a connection on every checkout by default: a second round trip per read
+        // of the api and per batch of the worker. Only connections idle for a while are
+        // checked (those a server restart, proxy or firewall may have dropped).
+        .test_before_acquire_if_idle_for(Duration::from_secs(30))
         .sqlx_logging(false);
     options
 }

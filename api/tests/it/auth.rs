@@ -195,6 +195,43 @@ async fn expired_not_yet_valid_and_foreign_key_tokens_are_401() {
     }
 }
 
+/// A token that passed is remembered until it expires (a frontend sends the same one for a
+/// minute); only that very token: one with its signature or claims altered is checked afresh,
+/// and a remembered token is refused once it has expired.
+#[tokio::test]
+async fn a_verified_token_is_remembered_only_as_itself_and_only_until_it_expires() {
+    let app = spawn_app().await;
+    app.insert_user("user_ada", None).await;
+    app.insert_user("user_eve", None).await;
+    let mut short = claims("user_ada");
+    // Expired once `exp` is 5 s (Clerk's skew) in the past: 6 s from now.
+    short["exp"] = json!(now() + 1);
+    let token = sign_with(&short, &CLERK_KEYS);
+    for _ in 0..3 {
+        let response = app.get("/me", Some(&token)).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(json_body(response).await["clerk_user_id"], "user_ada");
+    }
+
+    // The same claims with a flipped signature byte, and Eve's claims under Ada's signature.
+    let (head_claims, signature) = token.rsplit_once('.').expect("three parts");
+    let mut flipped = signature.as_bytes().to_vec();
+    flipped[10] = if flipped[10] == b'A' { b'B' } else { b'A' };
+    let flipped = format!(
+        "{head_claims}.{}",
+        String::from_utf8(flipped).expect("ascii")
+    );
+    let eve = sign_with(&claims("user_eve"), &CLERK_KEYS);
+    let (eve_head_claims, _) = eve.rsplit_once('.').expect("three parts");
+    let grafted = format!("{eve_head_claims}.{signature}");
+    for forged in [flipped, grafted] {
+        assert_error(app.get("/me", Some(&forged)).await, 401, "unauthenticated").await;
+    }
+
+    tokio::time::sleep(std::time::Duration::from_millis(6_500)).await;
+    assert_error(app.get("/me", Some(&token)).await, 401, "unauthenticated").await;
+}
+
 #[tokio::test]
 async fn tokens_within_the_five_second_skew_are_accepted() {
     let app = spawn_app().await;

@@ -32,6 +32,7 @@ async fn expired_ids_go_in_bounded_batches_and_fresh_ones_stay() {
     let options = PruneOptions {
         batch_size: 5_000,
         pause: Duration::ZERO,
+        pause_ratio: 0,
     };
     let report = prune_expired(&db.conn, WEEK, options).await.unwrap();
     assert_eq!(report.deleted, 12_345);
@@ -61,6 +62,7 @@ async fn workers_pruning_at_once_delete_each_id_once_and_keep_the_fresh_ones() {
     let options = PruneOptions {
         batch_size: 1_000,
         pause: Duration::from_millis(1),
+        pause_ratio: 0,
     };
     let other = worker::connect_database(&db.url, 2).await.unwrap();
     let (a, b) = tokio::join!(

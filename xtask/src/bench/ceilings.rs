@@ -123,7 +123,7 @@ async fn consume_all(connection: &Connection, queue: &str, count: u64) -> anyhow
             .context("the consumer ended early")?
             .context("a delivery failed")?;
         received += 1;
-        if received % E2E_ACK_EVERY == 0 || received == count {
+        if received.is_multiple_of(E2E_ACK_EVERY) || received == count {
             delivery
                 .ack(BasicAckOptions { multiple: true })
                 .await

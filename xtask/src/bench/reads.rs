@@ -19,7 +19,7 @@ use rsa::{
     pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding},
     rand_core::OsRng,
 };
-use sea_orm::{ConnectOptions, Database};
+use sea_orm::Database;
 use serde::Serialize;
 use tokio::sync::Barrier;
 
@@ -159,12 +159,8 @@ pub async fn ceiling(
     let db_url = db_url.to_owned();
     let cpu_before = super::procs::cpu_time("self")?;
     let load = load::on_own_thread(move || async move {
-        let mut options = ConnectOptions::new(&db_url);
-        options
-            .max_connections(pool_size)
-            .min_connections(pool_size)
-            .sqlx_logging(false);
-        let db = Database::connect(options)
+        // The pool the api makes (the worker's options), of the same size.
+        let db = Database::connect(worker::pool_options(&db_url, pool_size))
             .await
             .context("cannot connect the ceiling client")?;
         let pool = db.get_postgres_connection_pool().clone();

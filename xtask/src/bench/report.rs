@@ -1432,6 +1432,16 @@ mod tests {
                         "p99_le": "number",
                         "mean": "number",
                     },
+                    "broker_end_to_end_runs_msgs_per_s": ["number"],
+                    "accepted_vs_broker_end_to_end": "number",
+                    "cpu_us_per_event": {
+                        "ingress": "number",
+                        "load generator": "number",
+                        "worker": "number",
+                        "RabbitMQ": "number",
+                        "Postgres": "number",
+                        "total": "number",
+                    },
                 },
             },
             "ratios": {

@@ -57,8 +57,13 @@ pub struct ScaleReport {
     pub pruned_during_drain: u64,
     /// Time pruning took to delete every expired id (from the worker's start).
     pub prune_total_s: Option<f64>,
-    /// The longest any lock wait lasted while pruning ran (sampled every 10 ms).
+    /// The longest wait of a session blocked by pruning while it ran (sampled every 10 ms).
     pub longest_lock_wait_ms: f64,
+    /// The longest lock wait of any session meanwhile (the worker's batches wait on each
+    /// other's row locks too).
+    pub longest_lock_wait_any_ms: f64,
+    /// The longest lock wait of any session during the drain at size without pruning.
+    pub longest_lock_wait_at_size_ms: f64,
     /// Applies (events) slower than 100 ms during the pruning drain, and in the drain at size.
     pub slow_applies_pruning: u64,
     pub slow_applies_at_size: u64,
@@ -155,6 +160,9 @@ async fn fill_and_drain(
     env: &[(&str, &str)],
     label: &str,
 ) -> anyhow::Result<(f64, u64, Vec<Check>, super::Worker)> {
+    // Every drain starts right after a checkpoint: the seeding's write-ahead log would
+    // otherwise be flushed (and full pages written again) during the one after it.
+    execute(&ctx.db, "CHECKPOINT").await?;
     let fill = ctx
         .ingress_run(
             cleanup,
@@ -184,29 +192,52 @@ async fn fill_and_drain(
     Ok((drained.drain.per_s(), slow, checks, worker))
 }
 
-/// Samples the longest wait of any lock (`pg_locks.waitstart`) every 10 ms until `stop`.
+/// The longest lock waits seen.
+#[derive(Debug, Clone, Copy, Default)]
+struct LockWaits {
+    /// Of any session on the database.
+    any: Duration,
+    /// Of sessions blocked by the pruning `DELETE`.
+    behind_pruning: Duration,
+}
+
+/// Samples the lock waits (`pg_locks.waitstart`) of the database every 10 ms until `stop`:
+/// the longest of any session, and the longest of those the pruning `DELETE` blocks.
 fn watch_lock_waits(
     db: DatabaseConnection,
     stop: Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<Duration> {
+) -> tokio::task::JoinHandle<LockWaits> {
     tokio::spawn(async move {
-        let mut longest_us = 0i64;
+        let (mut any_us, mut pruning_us) = (0i64, 0i64);
         while !stop.load(Ordering::Relaxed) {
             let row = db
                 .query_one_raw(Statement::from_string(
                     DbBackend::Postgres,
-                    "SELECT coalesce(max(extract(epoch FROM now() - waitstart) * 1e6), 0)::bigint \
-                     AS us FROM pg_locks WHERE NOT granted AND waitstart IS NOT NULL",
+                    "SELECT \
+                       coalesce(max(w.us), 0)::bigint AS any_us, \
+                       coalesce(max(w.us) FILTER (WHERE EXISTS ( \
+                         SELECT 1 FROM pg_stat_activity b \
+                         WHERE b.pid = ANY(pg_blocking_pids(w.pid)) \
+                           AND b.query LIKE 'DELETE FROM processed_events%')), 0)::bigint \
+                         AS pruning_us \
+                     FROM (SELECT l.pid, extract(epoch FROM now() - l.waitstart) * 1e6 AS us \
+                           FROM pg_locks l \
+                           WHERE NOT l.granted AND l.waitstart IS NOT NULL \
+                             AND l.database = (SELECT oid FROM pg_database \
+                                               WHERE datname = current_database())) AS w",
                 ))
                 .await;
-            if let Ok(Some(row)) = row
-                && let Ok(us) = row.try_get::<i64>("", "us")
-            {
-                longest_us = longest_us.max(us);
+            if let Ok(Some(row)) = row {
+                any_us = any_us.max(row.try_get::<i64>("", "any_us").unwrap_or(0));
+                pruning_us = pruning_us.max(row.try_get::<i64>("", "pruning_us").unwrap_or(0));
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        Duration::from_micros(u64::try_from(longest_us).unwrap_or(0))
+        let us = |v: i64| Duration::from_micros(u64::try_from(v).unwrap_or(0));
+        LockWaits {
+            any: us(any_us),
+            behind_pruning: us(pruning_us),
+        }
     })
 }
 
@@ -240,8 +271,12 @@ pub async fn run(
     );
     forget_events(&ctx.db).await?;
     let retention = [("PROCESSED_EVENTS_RETENTION", NO_PRUNING_RETENTION)];
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = watch_lock_waits(ctx.db.clone(), Arc::clone(&stop));
     let (at_size, slow_at_size, c, worker) =
         fill_and_drain(ctx, cleanup, events, expected, &retention, "at size").await?;
+    stop.store(true, Ordering::Relaxed);
+    let waits_at_size = watcher.await.context("the lock watcher panicked")?;
     checks.extend(c);
     worker.stop(cleanup).await?;
 
@@ -265,15 +300,19 @@ pub async fn run(
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     stop.store(true, Ordering::Relaxed);
-    let longest_wait = watcher.await.context("the lock watcher panicked")?;
+    let waits = watcher.await.context("the lock watcher panicked")?;
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     println!(
-        "      pruned {} of {before} during the drain; all in {}; longest lock wait {:.1} ms",
+        "      pruned {} of {before} during the drain; all in {}; longest lock wait behind \
+         pruning {:.1} ms (of any session {:.1} ms; {:.1} ms at size without pruning)",
         before - after_drain,
         prune_total.map_or("(not within the wait)".into(), |d| format!(
             "{:.0} s",
             d.as_secs_f64()
         )),
-        longest_wait.as_secs_f64() * 1000.0
+        ms(waits.behind_pruning),
+        ms(waits.any),
+        ms(waits_at_size.any),
     );
     checks.push(Check::new(
         "every expired Svix id pruned",
@@ -296,7 +335,9 @@ pub async fn run(
             drain_pruning_per_s: pruning,
             pruned_during_drain: before - after_drain,
             prune_total_s: prune_total.map(|d| d.as_secs_f64()),
-            longest_lock_wait_ms: longest_wait.as_secs_f64() * 1000.0,
+            longest_lock_wait_ms: ms(waits.behind_pruning),
+            longest_lock_wait_any_ms: ms(waits.any),
+            longest_lock_wait_at_size_ms: ms(waits_at_size.any),
             slow_applies_pruning: slow_pruning,
             slow_applies_at_size: slow_at_size,
             reads: Some(reads),
@@ -479,7 +520,7 @@ impl ScaleReport {
                 pass: Some(pruning_cost <= 0.1),
             },
             Target {
-                name: "no apply waits on pruning more than 100 ms (longest lock wait)",
+                name: "no apply waits on pruning more than 100 ms (longest lock wait behind it)",
                 value: format!("{:.1} ms", self.longest_lock_wait_ms),
                 measured: Some(self.longest_lock_wait_ms),
                 pass: Some(self.longest_lock_wait_ms <= 100.0),
@@ -553,11 +594,13 @@ impl ScaleReport {
                 "worker drain at size, pruning the expired ids".into(),
                 rate(self.drain_pruning_per_s),
                 format!(
-                    "{} of at size; {} pruned meanwhile; {} applies over 100 ms; longest lock wait {:.1} ms",
+                    "{} of at size; {} pruned meanwhile; {} applies over 100 ms; longest lock wait behind pruning {:.1} ms (any: {:.1} ms; at size without pruning: {:.1} ms)",
                     pct(self.drain_pruning_per_s / self.drain_at_size_per_s.max(1.0)),
                     self.pruned_during_drain,
                     self.slow_applies_pruning,
-                    self.longest_lock_wait_ms
+                    self.longest_lock_wait_ms,
+                    self.longest_lock_wait_any_ms,
+                    self.longest_lock_wait_at_size_ms
                 ),
             ],
             vec![
