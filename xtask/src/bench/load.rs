@@ -264,20 +264,35 @@ async fn task(
                 continue;
             }
         };
-        let started = Instant::now();
-        match tokio::time::timeout(REQUEST_TIMEOUT, send(&mut current, &host, request)).await {
-            Ok(Ok(status)) => {
-                result.answered(status, started.elapsed());
-                sender = Ok(current);
-            }
-            Ok(Err(error)) => {
-                result.error(format!("{error:#}"));
-                sender = connect(addr).await;
-            }
-            Err(_) => {
-                result.error(format!("no answer within {REQUEST_TIMEOUT:?}"));
-                sender = connect(addr).await;
-            }
+        sender = match exchange(&mut current, &host, request, &mut result).await {
+            Some(_) => Ok(current),
+            None => connect(addr).await,
+        };
+    }
+}
+
+/// Sends `request` over `current` within [`REQUEST_TIMEOUT`] and records the answer (its
+/// latency) or the failure in `result`: the status, or `None` when the connection cannot be
+/// used any more.
+pub(super) async fn exchange(
+    current: &mut Sender,
+    host: &HeaderValue,
+    request: Request<Full<Bytes>>,
+    result: &mut TaskResult,
+) -> Option<u16> {
+    let started = Instant::now();
+    match tokio::time::timeout(REQUEST_TIMEOUT, send(current, host, request)).await {
+        Ok(Ok(status)) => {
+            result.answered(status, started.elapsed());
+            Some(status)
+        }
+        Ok(Err(error)) => {
+            result.error(format!("{error:#}"));
+            None
+        }
+        Err(_) => {
+            result.error(format!("no answer within {REQUEST_TIMEOUT:?}"));
+            None
         }
     }
 }

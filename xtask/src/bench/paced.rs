@@ -288,15 +288,8 @@ async fn connection(
         };
         // Only the time on the wire counts as latency; a wait for a free connection shows in
         // `max_behind`.
-        let started = Instant::now();
-        match tokio::time::timeout(
-            load::REQUEST_TIMEOUT,
-            load::send(&mut current, &host, request),
-        )
-        .await
-        {
-            Ok(Ok(status)) => {
-                result.answered(status, started.elapsed());
+        match load::exchange(&mut current, &host, request, &mut result).await {
+            Some(status) => {
                 let counter = if status == 200 {
                     &progress.accepted
                 } else {
@@ -305,12 +298,7 @@ async fn connection(
                 counter.fetch_add(1, Ordering::Relaxed);
                 sender = Some(current);
             }
-            Ok(Err(error)) => {
-                result.error(format!("{error:#}"));
-                progress.errors.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(_) => {
-                result.error(format!("no answer within {:?}", load::REQUEST_TIMEOUT));
+            None => {
                 progress.errors.fetch_add(1, Ordering::Relaxed);
             }
         }

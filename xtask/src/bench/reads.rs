@@ -196,19 +196,9 @@ pub async fn ceiling(
                 })
             })
             .collect();
-        start.wait().await;
-        let started = Instant::now();
-        let mut results = Vec::with_capacity(connections);
-        for task in tasks {
-            results.push(task.await.context("a ceiling task panicked")?);
-        }
-        let wall = started.elapsed();
-        let sent = results
-            .iter()
-            .map(|r| r.latencies.len() as u64 + r.transport_errors);
-        let sent = usize::try_from(sent.sum::<u64>()).unwrap_or(usize::MAX);
+        let load = gather(start, tasks).await;
         let _ = db.close().await;
-        Ok(LoadResult::merge(connections, sent, results, wall))
+        load
     })
     .await?;
     let client_cpu = super::procs::cpu_time("self")?.saturating_sub(cpu_before);
@@ -292,23 +282,7 @@ pub async fn against_api(
                 tokio::spawn(read_task(addr, host, reads, task, start, duration))
             })
             .collect();
-        start.wait().await;
-        let started = Instant::now();
-        let mut results = Vec::with_capacity(connections);
-        for task in tasks {
-            results.push(task.await.context("a read task panicked")?);
-        }
-        let wall = started.elapsed();
-        let sent = results
-            .iter()
-            .map(|r| r.latencies.len() as u64 + r.transport_errors)
-            .sum::<u64>();
-        Ok(LoadResult::merge(
-            connections,
-            usize::try_from(sent).unwrap_or(usize::MAX),
-            results,
-            wall,
-        ))
+        gather(start, tasks).await
     })
     .await?;
     let client_cpu = super::procs::cpu_time("self")?.saturating_sub(client_before);
@@ -354,28 +328,38 @@ async fn read_task(
                 continue;
             }
         };
-        let started = Instant::now();
-        match tokio::time::timeout(
-            load::REQUEST_TIMEOUT,
-            load::send(&mut current, &host, request),
-        )
-        .await
-        {
-            Ok(Ok(status)) => {
-                result.answered(status, started.elapsed());
-                sender = Ok(current);
-            }
-            Ok(Err(error)) => {
-                result.error(format!("{error:#}"));
-                sender = load::connect(addr).await;
-            }
-            Err(_) => {
-                result.error(format!("no answer within {:?}", load::REQUEST_TIMEOUT));
-                sender = load::connect(addr).await;
-            }
-        }
+        sender = match load::exchange(&mut current, &host, request, &mut result).await {
+            Some(_) => Ok(current),
+            None => load::connect(addr).await,
+        };
     }
     result
+}
+
+/// Starts the clock when every task is ready (`start`), waits for them all and adds up what
+/// they measured (each counts what it sent: answered or failed).
+async fn gather(
+    start: Arc<Barrier>,
+    tasks: Vec<tokio::task::JoinHandle<TaskResult>>,
+) -> anyhow::Result<LoadResult> {
+    let connections = tasks.len();
+    start.wait().await;
+    let started = Instant::now();
+    let mut results = Vec::with_capacity(connections);
+    for task in tasks {
+        results.push(task.await.context("a read task panicked")?);
+    }
+    let wall = started.elapsed();
+    let sent = results
+        .iter()
+        .map(|r| r.latencies.len() as u64 + r.transport_errors)
+        .sum::<u64>();
+    Ok(LoadResult::merge(
+        connections,
+        usize::try_from(sent).unwrap_or(usize::MAX),
+        results,
+        wall,
+    ))
 }
 
 #[cfg(test)]
