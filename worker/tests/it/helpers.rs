@@ -71,7 +71,8 @@ impl TestWorker {
             let _ = stop.send(());
         }
         if let Some(task) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(30), task)
+            // Generous: a worker shutting down on a loaded machine (CI) can take a while.
+            tokio::time::timeout(Duration::from_secs(90), task)
                 .await
                 .unwrap()
                 .unwrap();
