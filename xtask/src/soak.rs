@@ -829,20 +829,7 @@ impl Running<'_> {
 
 /// Resident set size of `pid` in bytes (`VmRSS` of `/proc/<pid>/status`).
 fn rss(pid: u32) -> anyhow::Result<u64> {
-    let path = format!("/proc/{pid}/status");
-    let status = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
-    let kib = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| {
-            rest.trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse::<u64>()
-                .ok()
-        })
-        .with_context(|| format!("no VmRSS line in {path}"))?;
-    Ok(kib * 1024)
+    procs::status_bytes(pid, "VmRSS")
 }
 
 fn mib(bytes: u64) -> String {

@@ -395,11 +395,16 @@ pub fn free_addr() -> anyhow::Result<SocketAddr> {
 
 /// Peak resident set size of `pid` in bytes (`VmHWM` of `/proc/<pid>/status`).
 pub fn peak_rss(pid: u32) -> anyhow::Result<u64> {
+    status_bytes(pid, "VmHWM")
+}
+
+/// A `kB` field of `/proc/<pid>/status` (`VmHWM`, `VmRSS`) in bytes.
+pub fn status_bytes(pid: u32, field: &str) -> anyhow::Result<u64> {
     let path = format!("/proc/{pid}/status");
     let status = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
     let kib = status
         .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|rest| {
             rest.trim()
                 .trim_end_matches("kB")
@@ -407,7 +412,7 @@ pub fn peak_rss(pid: u32) -> anyhow::Result<u64> {
                 .parse::<u64>()
                 .ok()
         })
-        .with_context(|| format!("no VmHWM line in {path}"))?;
+        .with_context(|| format!("no {field} line in {path}"))?;
     Ok(kib * 1024)
 }
 
