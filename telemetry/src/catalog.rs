@@ -149,7 +149,7 @@ pub const SETTINGS: &[Setting] = &[
         name: "PROCESSED_EVENTS_RETENTION",
         used_by: "worker",
         default: "`168h`",
-        meaning: "how long Svix ids are kept for duplicate detection (Svix stops retrying after about 28 h; older replays are still harmless thanks to versions and tombstones). Expired ids are deleted hourly (every half retention when that is shorter) in batches of 2,000 paced to at most a fifth of one database connection, by one worker at a time",
+        meaning: "how long Svix ids are kept for duplicate detection (Svix stops retrying after about 28 h; older replays are still harmless thanks to versions and tombstones). Expired ids are deleted hourly (every half retention when that is shorter) in batches of 2,000 paced to at most a tenth of one database connection, by one worker at a time",
     },
     Setting {
         name: "CONSOLE_USERS",

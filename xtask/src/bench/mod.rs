@@ -619,6 +619,21 @@ struct Worker {
 }
 
 impl Worker {
+    /// Starts a worker (with `extra_env`) and waits until it consumes.
+    async fn start(
+        ctx: &Ctx<'_>,
+        cleanup: &mut Cleanup,
+        extra_env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        let broker = Broker::connect(ctx.amqp_node).await?;
+        let addr = procs::free_addr()?;
+        let pid = start_worker(cleanup, ctx, addr, extra_env)?;
+        cleanup
+            .wait_ready("worker", &format!("http://{addr}/readyz"), READY_TIMEOUT)
+            .await?;
+        Ok(Self { broker, addr, pid })
+    }
+
     /// Its peak RSS, then stops it and closes the broker connection.
     async fn stop(self, cleanup: &mut Cleanup) -> anyhow::Result<u64> {
         let peak_rss = procs::peak_rss(self.pid)?;

@@ -25,6 +25,7 @@ use tokio::sync::Barrier;
 
 use super::{
     load::{self, LoadResult, TaskResult},
+    paced::{self, Pace},
     seed,
 };
 
@@ -96,6 +97,10 @@ pub struct ReadRun {
     pub api_cpu_us_per_request: Option<f64>,
     /// CPU time of the load generator (or ceiling client) per request.
     pub client_cpu_us_per_request: f64,
+    /// For a paced run: the rate requests were sent at (none: as fast as answered).
+    pub offered_per_s: Option<f64>,
+    /// For a paced run: how far the sender ever fell behind its schedule.
+    pub max_behind_ms: Option<f64>,
 }
 
 impl ReadRun {
@@ -120,13 +125,26 @@ impl ReadRun {
             max_ms: ms(load.latency.max),
             api_cpu_us_per_request: api_cpu.map(|c| (per_request(c) * 10.0).round() / 10.0),
             client_cpu_us_per_request: (per_request(client_cpu) * 10.0).round() / 10.0,
+            offered_per_s: None,
+            max_behind_ms: None,
+        }
+    }
+
+    /// " (sent at R/s, at most B ms behind)" for a paced run, else nothing.
+    pub fn pacing(&self) -> String {
+        match (self.offered_per_s, self.max_behind_ms) {
+            (Some(rate), Some(behind)) => {
+                format!(" (sent at {rate:.0}/s, at most {behind:.1} ms behind)")
+            }
+            _ => String::new(),
         }
     }
 
     pub fn summary(&self) -> String {
         format!(
-            "{:.0}/s, p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms, {} errors{}",
+            "{:.0}/s{}, p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms, {} errors{}",
             self.per_s,
+            self.pacing(),
             self.p50_ms,
             self.p99_ms,
             self.max_ms,
@@ -215,6 +233,17 @@ pub trait Reads: Send + Sync + 'static {
     fn request(&self, task: usize, n: u64) -> (String, &HeaderValue);
 }
 
+/// The `n`th read of connection `task`, as an HTTP request.
+fn read_request(reads: &dyn Reads, task: usize, n: u64) -> anyhow::Result<paced::HttpRequest> {
+    let (path, authorization) = reads.request(task, n);
+    Request::builder()
+        .method(Method::GET)
+        .uri(path)
+        .header(hyper::header::AUTHORIZATION, authorization.clone())
+        .body(Full::new(Bytes::new()))
+        .context("cannot build a read request")
+}
+
 /// `GET /users/by-clerk-id/{random seeded user}` with the service key.
 pub struct ServiceKeyReads {
     pub users: u64,
@@ -290,6 +319,32 @@ pub async fn against_api(
     Ok(ReadRun::of(what, &load, Some(api_cpu), client_cpu))
 }
 
+/// Sends `reads` to the api at `addr` at `rate` per second for `duration` (open loop, over
+/// `connections` connections, [`paced`]): the latency a read sees when the api is busy but not
+/// saturated. The api's CPU time is read from `/proc/<api_pid>`.
+pub async fn paced_against_api(
+    what: &str,
+    addr: SocketAddr,
+    api_pid: u32,
+    reads: Arc<dyn Reads>,
+    connections: usize,
+    rate: f64,
+    duration: Duration,
+) -> anyhow::Result<ReadRun> {
+    let api_before = super::procs::cpu_time(&api_pid.to_string())?;
+    let client_before = super::procs::cpu_time("self")?;
+    let mut pace = Pace::new(rate, connections);
+    pace.limit = Some((rate * duration.as_secs_f64()).ceil() as u64);
+    let requests = (0u64..).map(move |n| read_request(reads.as_ref(), 0, n));
+    let (paced, _) = paced::run(addr, pace, requests, std::future::pending()).await?;
+    let client_cpu = super::procs::cpu_time("self")?.saturating_sub(client_before);
+    let api_cpu = super::procs::cpu_time(&api_pid.to_string())?.saturating_sub(api_before);
+    let mut run = ReadRun::of(what, &paced.load, Some(api_cpu), client_cpu);
+    run.offered_per_s = Some(rate);
+    run.max_behind_ms = Some((paced.max_behind.as_secs_f64() * 1e5).round() / 100.0);
+    Ok(run)
+}
+
 /// One connection's loop: requests back to back until `duration` has passed.
 async fn read_task(
     addr: SocketAddr,
@@ -313,17 +368,12 @@ async fn read_task(
                 return result;
             }
         };
-        let (path, authorization) = reads.request(task, n);
+        let request = read_request(reads.as_ref(), task, n);
         n += 1;
-        let request = Request::builder()
-            .method(Method::GET)
-            .uri(path)
-            .header(hyper::header::AUTHORIZATION, authorization.clone())
-            .body(Full::new(Bytes::new()));
         let request = match request {
             Ok(request) => request,
             Err(error) => {
-                result.error(format!("cannot build the request: {error}"));
+                result.error(format!("{error:#}"));
                 sender = Ok(current);
                 continue;
             }

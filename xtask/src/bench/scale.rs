@@ -40,6 +40,9 @@ const NO_PRUNING_RETENTION: &str = "720h";
 const PRUNE_WAIT: Duration = Duration::from_secs(90);
 /// Rate of the webhooks sent while the read path is measured.
 const LIVE_INGEST_RATE: f64 = 1000.0;
+/// Rate of the paced read runs: well below what the api serves on 2 CPUs with the ingest beside
+/// it, far above what a frontend of a few thousand signed-in users asks for.
+const PACED_READ_RATE: f64 = 2000.0;
 /// Connections of that ingest.
 const LIVE_INGEST_CONNECTIONS: usize = 16;
 
@@ -83,6 +86,9 @@ pub struct ReadsReport {
     pub ceiling: ReadRun,
     pub service_key: ReadRun,
     pub me: ReadRun,
+    /// The same two routes sent at a fixed rate (open loop), below saturation.
+    pub service_key_paced: ReadRun,
+    pub me_paced: ReadRun,
     pub api_peak_rss: u64,
     pub live_ingest_rate: f64,
     pub live_ingest_accepted: u64,
@@ -96,6 +102,8 @@ pub struct ScaleOptions {
     pub read_connections: usize,
     pub read_duration: Duration,
     pub sessions: usize,
+    /// Rate of the paced read runs.
+    pub paced_read_rate: f64,
 }
 
 impl ScaleOptions {
@@ -107,6 +115,7 @@ impl ScaleOptions {
                 read_connections: 16,
                 read_duration: Duration::from_secs(2),
                 sessions: 50,
+                paced_read_rate: 200.0,
             }
         } else {
             Self {
@@ -115,6 +124,7 @@ impl ScaleOptions {
                 read_connections: 64,
                 read_duration: Duration::from_secs(15),
                 sessions: 2_000,
+                paced_read_rate: PACED_READ_RATE,
             }
         }
     }
@@ -334,6 +344,10 @@ pub async fn run(
         ),
     ));
 
+    // The read path is measured beside a worker applying the live webhooks, not beside the
+    // one-off pruning of a ten-million-id backlog: a worker that prunes nothing takes over.
+    worker.stop(cleanup).await?;
+    let worker = super::Worker::start(ctx, cleanup, &retention).await?;
     let (reads, read_checks) = read_path(ctx, cleanup, so, &worker, expected).await?;
     checks.extend(read_checks);
     worker.stop(cleanup).await?;
@@ -404,7 +418,7 @@ async fn read_path(
         .await?;
 
     // Webhooks meanwhile: enough newer updates for the three runs, then the ingest ends.
-    let runs = 3u32;
+    let runs = 5u32;
     let ingest_count =
         (LIVE_INGEST_RATE * (so.read_duration * runs).as_secs_f64()).ceil() as usize + 1000;
     let live_events = events::newer_updates(expected, ingest_count)?;
@@ -447,23 +461,49 @@ async fn read_path(
         "GET /users/by-clerk-id/{id}, service key",
         api_addr,
         api_pid,
-        service,
+        service.clone(),
         so.read_connections,
         so.read_duration,
     )
     .await?;
     println!("      {}: {}", service_key.what, service_key.summary());
+    let service_key_paced = reads::paced_against_api(
+        "GET /users/by-clerk-id/{id}, service key, paced",
+        api_addr,
+        api_pid,
+        service,
+        so.read_connections,
+        so.paced_read_rate,
+        so.read_duration,
+    )
+    .await?;
+    println!(
+        "      {}: {}",
+        service_key_paced.what,
+        service_key_paced.summary()
+    );
     let sessions = Arc::new(SessionReads::sign(&keys, so.sessions, so.users)?);
     let me = reads::against_api(
         "GET /me, session JWTs",
         api_addr,
         api_pid,
-        sessions,
+        sessions.clone(),
         so.read_connections,
         so.read_duration,
     )
     .await?;
     println!("      {}: {}", me.what, me.summary());
+    let me_paced = reads::paced_against_api(
+        "GET /me, session JWTs, paced",
+        api_addr,
+        api_pid,
+        sessions,
+        so.read_connections,
+        so.paced_read_rate,
+        so.read_duration,
+    )
+    .await?;
+    println!("      {}: {}", me_paced.what, me_paced.summary());
     let api_peak_rss = procs::peak_rss(api_pid)?;
     cleanup.stop("api").await?;
 
@@ -479,10 +519,16 @@ async fn read_path(
     )];
     checks.push(Check::new(
         "every read answered 200",
-        ceiling.errors == 0 && service_key.errors == 0 && me.errors == 0,
+        [&ceiling, &service_key, &service_key_paced, &me, &me_paced]
+            .iter()
+            .all(|run| run.errors == 0 && run.ok == run.requests),
         format!(
-            "errors: ceiling {}, service key {}, /me {}",
-            ceiling.errors, service_key.errors, me.errors
+            "errors: ceiling {}, service key {} (paced {}), /me {} (paced {})",
+            ceiling.errors,
+            service_key.errors,
+            service_key_paced.errors,
+            me.errors,
+            me_paced.errors
         ),
     ));
     pipeline::wait_applied(
@@ -507,6 +553,8 @@ async fn read_path(
             ceiling,
             service_key,
             me,
+            service_key_paced,
+            me_paced,
             api_peak_rss,
             live_ingest_rate: LIVE_INGEST_RATE,
             live_ingest_accepted: ingest.load.accepted,
@@ -636,9 +684,15 @@ impl ScaleReport {
             ],
         ];
         if let Some(r) = &self.reads {
-            for run in [&r.ceiling, &r.service_key, &r.me] {
+            for run in [
+                &r.ceiling,
+                &r.service_key,
+                &r.service_key_paced,
+                &r.me,
+                &r.me_paced,
+            ] {
                 rows.push(vec![
-                    format!("{} ({} connections)", run.what, run.connections),
+                    format!("{} ({} connections){}", run.what, run.connections, run.pacing()),
                     rate(run.per_s),
                     format!(
                         "p50 {:.2} / p99 {:.2} / max {:.1} ms; {} errors; CPU/request: api {}, client {:.0} µs",
