@@ -101,6 +101,10 @@ pub struct ReadRun {
     pub offered_per_s: Option<f64>,
     /// For a paced run: how far the sender ever fell behind its schedule.
     pub max_behind_ms: Option<f64>,
+    /// CPU time of every Postgres process per request (the live ingest's share included).
+    pub postgres_cpu_us_per_request: Option<f64>,
+    /// Blocks Postgres read from outside its shared buffers, per request (the ingest's too).
+    pub blocks_read_per_request: Option<f64>,
 }
 
 impl ReadRun {
@@ -127,6 +131,8 @@ impl ReadRun {
             client_cpu_us_per_request: (per_request(client_cpu) * 10.0).round() / 10.0,
             offered_per_s: None,
             max_behind_ms: None,
+            postgres_cpu_us_per_request: None,
+            blocks_read_per_request: None,
         }
     }
 
@@ -152,7 +158,20 @@ impl ReadRun {
             self.api_cpu_us_per_request
                 .map(|c| format!(", api CPU {c:.0} µs/request"))
                 .unwrap_or_default()
-        )
+        ) + &self.database_cost()
+    }
+
+    /// ", Postgres CPU P µs/request, B blocks read/request" when measured, else nothing.
+    pub fn database_cost(&self) -> String {
+        match (
+            self.postgres_cpu_us_per_request,
+            self.blocks_read_per_request,
+        ) {
+            (Some(cpu), Some(blocks)) => {
+                format!(", Postgres CPU {cpu:.0} µs/request, {blocks:.2} blocks read/request")
+            }
+            _ => String::new(),
+        }
     }
 }
 

@@ -372,6 +372,37 @@ pub async fn run(
     ))
 }
 
+/// Blocks the bench's database has read from outside Postgres's shared buffers so far.
+async fn blocks_read(db: &DatabaseConnection) -> anyhow::Result<u64> {
+    let row = db
+        .query_one_raw(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT blks_read FROM pg_stat_database WHERE datname = current_database()",
+        ))
+        .await
+        .context("cannot read pg_stat_database")?
+        .context("pg_stat_database has no row for the bench's database")?;
+    Ok(u64::try_from(row.try_get::<i64>("", "blks_read")?).unwrap_or(0))
+}
+
+/// Runs one read load and adds what Postgres spent meanwhile: the CPU of its processes and the
+/// blocks read from outside its buffers, per request (the live ingest's share included;
+/// backends report their block counts within a second or so).
+async fn with_db_cost(
+    db: &DatabaseConnection,
+    load: impl Future<Output = anyhow::Result<ReadRun>>,
+) -> anyhow::Result<ReadRun> {
+    let cpu_before = procs::ServerCpu::now();
+    let blocks_before = blocks_read(db).await?;
+    let mut run = load.await?;
+    let cpu = procs::ServerCpu::now().since(cpu_before).postgres;
+    let blocks = blocks_read(db).await?.saturating_sub(blocks_before);
+    let requests = run.requests.max(1) as f64;
+    run.postgres_cpu_us_per_request = Some((cpu.as_secs_f64() * 1e7 / requests).round() / 10.0);
+    run.blocks_read_per_request = Some((blocks as f64 * 100.0 / requests).round() / 100.0);
+    Ok(run)
+}
+
 /// The read path against the seeded table, with the worker running and webhooks arriving at
 /// [`LIVE_INGEST_RATE`].
 async fn read_path(
@@ -444,33 +475,43 @@ async fn read_path(
         ))
         .context("bad service key header")?,
     });
-    let ceiling = reads::ceiling(
-        &ctx.db_url,
-        pool_size,
-        so.users,
-        so.read_connections,
-        so.read_duration,
+    let db = &ctx.db;
+    let ceiling = with_db_cost(
+        db,
+        reads::ceiling(
+            &ctx.db_url,
+            pool_size,
+            so.users,
+            so.read_connections,
+            so.read_duration,
+        ),
     )
     .await?;
     println!("      {}: {}", ceiling.what, ceiling.summary());
-    let service_key = reads::against_api(
-        "GET /users/by-clerk-id/{id}, service key",
-        api_addr,
-        api_pid,
-        service.clone(),
-        so.read_connections,
-        so.read_duration,
+    let service_key = with_db_cost(
+        db,
+        reads::against_api(
+            "GET /users/by-clerk-id/{id}, service key",
+            api_addr,
+            api_pid,
+            service.clone(),
+            so.read_connections,
+            so.read_duration,
+        ),
     )
     .await?;
     println!("      {}: {}", service_key.what, service_key.summary());
-    let service_key_paced = reads::paced_against_api(
-        "GET /users/by-clerk-id/{id}, service key, at half that rate",
-        api_addr,
-        api_pid,
-        service,
-        so.read_connections,
-        (service_key.per_s * PACED_READ_SHARE).max(1.0),
-        so.read_duration,
+    let service_key_paced = with_db_cost(
+        db,
+        reads::paced_against_api(
+            "GET /users/by-clerk-id/{id}, service key, at half that rate",
+            api_addr,
+            api_pid,
+            service,
+            so.read_connections,
+            (service_key.per_s * PACED_READ_SHARE).max(1.0),
+            so.read_duration,
+        ),
     )
     .await?;
     println!(
@@ -479,24 +520,30 @@ async fn read_path(
         service_key_paced.summary()
     );
     let sessions = Arc::new(SessionReads::sign(&keys, so.sessions, so.users)?);
-    let me = reads::against_api(
-        "GET /me, session JWTs",
-        api_addr,
-        api_pid,
-        sessions.clone(),
-        so.read_connections,
-        so.read_duration,
+    let me = with_db_cost(
+        db,
+        reads::against_api(
+            "GET /me, session JWTs",
+            api_addr,
+            api_pid,
+            sessions.clone(),
+            so.read_connections,
+            so.read_duration,
+        ),
     )
     .await?;
     println!("      {}: {}", me.what, me.summary());
-    let me_paced = reads::paced_against_api(
-        "GET /me, session JWTs, at half that rate",
-        api_addr,
-        api_pid,
-        sessions,
-        so.read_connections,
-        (me.per_s * PACED_READ_SHARE).max(1.0),
-        so.read_duration,
+    let me_paced = with_db_cost(
+        db,
+        reads::paced_against_api(
+            "GET /me, session JWTs, at half that rate",
+            api_addr,
+            api_pid,
+            sessions,
+            so.read_connections,
+            (me.per_s * PACED_READ_SHARE).max(1.0),
+            so.read_duration,
+        ),
     )
     .await?;
     println!("      {}: {}", me_paced.what, me_paced.summary());
@@ -691,13 +738,14 @@ impl ScaleReport {
                     format!("{} ({} connections){}", run.what, run.connections, run.pacing()),
                     rate(run.per_s),
                     format!(
-                        "p50 {:.2} / p99 {:.2} / max {:.1} ms; {} errors; CPU/request: api {}, client {:.0} µs",
+                        "p50 {:.2} / p99 {:.2} / max {:.1} ms; {} errors; CPU/request: api {}, client {:.0} µs{}",
                         run.p50_ms,
                         run.p99_ms,
                         run.max_ms,
                         run.errors,
                         run.api_cpu_us_per_request.map_or("-".into(), |c| format!("{c:.0} µs")),
-                        run.client_cpu_us_per_request
+                        run.client_cpu_us_per_request,
+                        run.database_cost()
                     ),
                 ]);
             }
