@@ -19,19 +19,26 @@ use super::{events::Expected, load::per_second, procs::Cleanup};
 /// How often `processed_events` is counted.
 const POLL: Duration = Duration::from_millis(25);
 
+/// The count `sql` selects as a column `n` (a bigint); `what` names it in errors.
+pub async fn count(db: &DatabaseConnection, sql: &str, what: &str) -> anyhow::Result<u64> {
+    let row = db
+        .query_one_raw(Statement::from_string(DbBackend::Postgres, sql))
+        .await
+        .with_context(|| format!("cannot count {what}"))?
+        .with_context(|| format!("counting {what} returned no row"))?;
+    let n: i64 = row.try_get("", "n")?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
 /// Rows in `processed_events` of the events the bench sent (`msg_` + hex). The Svix ids the
 /// scale phases seed (`msg_seed…`) sort after them: an index range scan skips those.
 pub async fn processed(db: &DatabaseConnection) -> anyhow::Result<u64> {
-    let row = db
-        .query_one_raw(Statement::from_string(
-            DbBackend::Postgres,
-            "SELECT count(*) AS n FROM processed_events WHERE svix_id < 'msg_s'",
-        ))
-        .await
-        .context("cannot count processed_events")?
-        .context("count(*) returned no row")?;
-    let n: i64 = row.try_get("", "n")?;
-    Ok(u64::try_from(n).unwrap_or(0))
+    count(
+        db,
+        "SELECT count(*) AS n FROM processed_events WHERE svix_id < 'msg_s'",
+        "processed_events",
+    )
+    .await
 }
 
 /// How long the worker took to apply a batch.

@@ -148,15 +148,12 @@ async fn forget_events(db: &DatabaseConnection) -> anyhow::Result<()> {
 
 /// Seeded Svix ids left (an index range scan: they sort after the bench's own).
 async fn seeded_left(db: &DatabaseConnection) -> anyhow::Result<u64> {
-    let row = db
-        .query_one_raw(Statement::from_string(
-            DbBackend::Postgres,
-            "SELECT count(*) AS n FROM processed_events WHERE svix_id >= 'msg_s'",
-        ))
-        .await
-        .context("cannot count the seeded Svix ids")?
-        .context("count(*) returned no row")?;
-    Ok(u64::try_from(row.try_get::<i64>("", "n")?).unwrap_or(0))
+    pipeline::count(
+        db,
+        "SELECT count(*) AS n FROM processed_events WHERE svix_id >= 'msg_s'",
+        "the seeded Svix ids",
+    )
+    .await
 }
 
 /// Fills the queue of `ctx.prefix` with `events` through an ingress, then times a worker
@@ -374,15 +371,12 @@ pub async fn run(
 
 /// Blocks the bench's database has read from outside Postgres's shared buffers so far.
 async fn blocks_read(db: &DatabaseConnection) -> anyhow::Result<u64> {
-    let row = db
-        .query_one_raw(Statement::from_string(
-            DbBackend::Postgres,
-            "SELECT blks_read FROM pg_stat_database WHERE datname = current_database()",
-        ))
-        .await
-        .context("cannot read pg_stat_database")?
-        .context("pg_stat_database has no row for the bench's database")?;
-    Ok(u64::try_from(row.try_get::<i64>("", "blks_read")?).unwrap_or(0))
+    pipeline::count(
+        db,
+        "SELECT blks_read AS n FROM pg_stat_database WHERE datname = current_database()",
+        "the blocks read (pg_stat_database)",
+    )
+    .await
 }
 
 /// Runs one read load and adds what Postgres spent meanwhile: the CPU of its processes and the
