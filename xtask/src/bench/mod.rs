@@ -114,7 +114,8 @@ pub struct BenchArgs {
     /// Svix ids seeded for the scale phases [default: 10000000; 100000 with --smoke].
     #[arg(long)]
     scale_svix_ids: Option<u64>,
-    /// Seconds each read-path run lasts [default: 15; 2 with --smoke].
+    /// Seconds each read-path run lasts, at most 50 (session tokens live a minute) [default: 15;
+    /// 2 with --smoke].
     #[arg(long)]
     read_seconds: Option<u64>,
 }
@@ -161,6 +162,14 @@ impl Options {
             .is_some_and(|so| so.users == 0 || so.read_duration.is_zero())
         {
             bail!("--scale-users and --read-seconds must be at least 1");
+        }
+        if scale
+            .as_ref()
+            .is_some_and(|so| so.read_duration > Duration::from_secs(50))
+        {
+            bail!(
+                "--read-seconds must be at most 50: the /me runs' session tokens live 60 seconds"
+            );
         }
         Ok(Self {
             scale,
