@@ -628,8 +628,9 @@ struct Worker {
 }
 
 impl Worker {
-    /// Starts a worker (with `extra_env`) and waits until it consumes.
-    async fn start(
+    /// Starts a worker (with `extra_env`) on a free port, with a broker connection to watch
+    /// its queues; does not wait for it.
+    async fn spawn(
         ctx: &Ctx<'_>,
         cleanup: &mut Cleanup,
         extra_env: &[(&str, &str)],
@@ -637,10 +638,29 @@ impl Worker {
         let broker = Broker::connect(ctx.amqp_node).await?;
         let addr = procs::free_addr()?;
         let pid = start_worker(cleanup, ctx, addr, extra_env)?;
-        cleanup
-            .wait_ready("worker", &format!("http://{addr}/readyz"), READY_TIMEOUT)
-            .await?;
         Ok(Self { broker, addr, pid })
+    }
+
+    /// Starts a worker (with `extra_env`) and waits until it consumes.
+    async fn start(
+        ctx: &Ctx<'_>,
+        cleanup: &mut Cleanup,
+        extra_env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        let worker = Self::spawn(ctx, cleanup, extra_env).await?;
+        worker.wait_ready(cleanup).await?;
+        Ok(worker)
+    }
+
+    /// Waits until it answers `/readyz` (consumes).
+    async fn wait_ready(&self, cleanup: &mut Cleanup) -> anyhow::Result<()> {
+        cleanup
+            .wait_ready(
+                "worker",
+                &format!("http://{}/readyz", self.addr),
+                READY_TIMEOUT,
+            )
+            .await
     }
 
     /// Its peak RSS, then stops it and closes the broker connection.
@@ -668,15 +688,13 @@ async fn worker_drain(
     queued: u64,
     extra_env: &[(&str, &str)],
 ) -> anyhow::Result<(Worker, Drained)> {
-    let broker = Broker::connect(ctx.amqp_node).await?;
-    let addr = procs::free_addr()?;
-    let pid = start_worker(cleanup, ctx, addr, extra_env)?;
+    let worker = Worker::spawn(ctx, cleanup, extra_env).await?;
     let drain = pipeline::wait_applied(
         &ctx.db,
         cleanup,
-        &broker,
+        &worker.broker,
         &ctx.main,
-        addr,
+        worker.addr,
         (0, 0),
         queued,
         drain_timeout(queued),
@@ -685,11 +703,11 @@ async fn worker_drain(
     println!("      {:.0} events/s", drain.per_s());
     // Acks follow commits; give the last ones a moment before looking at the queues.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut checks = pipeline::check_queues(&broker, &ctx.main, "after the drain").await?;
+    let mut checks = pipeline::check_queues(&worker.broker, &ctx.main, "after the drain").await?;
     checks.push(pipeline::check_users(&ctx.db, expected, "after the drain").await?);
-    let peak_rss_after_drain = procs::peak_rss(pid)?;
+    let peak_rss_after_drain = procs::peak_rss(worker.pid)?;
     Ok((
-        Worker { broker, addr, pid },
+        worker,
         Drained {
             drain,
             peak_rss_after_drain,
@@ -737,13 +755,7 @@ async fn live_phase(
     println!(
         "[6/7] live lag: {count} newer updates at {LIVE_CONNECTIONS} connections, worker running"
     );
-    cleanup
-        .wait_ready(
-            "worker",
-            &format!("http://{}/readyz", worker.addr),
-            READY_TIMEOUT,
-        )
-        .await?;
+    worker.wait_ready(cleanup).await?;
     let before = pipeline::Histogram::parse(&pipeline::scrape(worker.addr).await?, LAG_HISTOGRAM);
     let live_events = events::newer_updates(expected, count)?;
     let applied_before = pipeline::processed(&ctx.db).await?;

@@ -23,7 +23,7 @@ use super::{
     paced::{self, Pace},
     pipeline::{self, Check},
     procs::{self, Cleanup},
-    reads::{self, ReadRun, ServiceKeyReads, SessionKeys, SessionReads},
+    reads::{self, ReadRun, Reads, ServiceKeyReads, SessionKeys, SessionReads},
     report::{Target, mib, pct, table},
     seed,
 };
@@ -379,10 +379,10 @@ async fn blocks_read(db: &DatabaseConnection) -> anyhow::Result<u64> {
     .await
 }
 
-/// Runs one read load and adds what Postgres spent meanwhile: the CPU of its processes and the
-/// blocks read from outside its buffers, per request (the live ingest's share included;
-/// backends report their block counts within a second or so).
-async fn with_db_cost(
+/// Runs one read load, adds what Postgres spent meanwhile (the CPU of its processes and the
+/// blocks read from outside its buffers, per request; the live ingest's share included;
+/// backends report their block counts within a second or so) and prints its summary.
+async fn read_run(
     db: &DatabaseConnection,
     load: impl Future<Output = anyhow::Result<ReadRun>>,
 ) -> anyhow::Result<ReadRun> {
@@ -394,7 +394,46 @@ async fn with_db_cost(
     let requests = run.requests.max(1) as f64;
     run.postgres_cpu_us_per_request = Some((cpu.as_secs_f64() * 1e7 / requests).round() / 10.0);
     run.blocks_read_per_request = Some((blocks as f64 * 100.0 / requests).round() / 100.0);
+    println!("      {}: {}", run.what, run.summary());
     Ok(run)
+}
+
+/// One route of the api at `(address, pid)`: as fast as answered, then open loop at
+/// [`PACED_READ_SHARE`] of that rate, each through [`read_run`]. `reads` gives each run its
+/// requests.
+async fn read_route<R: Reads>(
+    db: &DatabaseConnection,
+    (addr, pid): (std::net::SocketAddr, u32),
+    so: &ScaleOptions,
+    what: &str,
+    reads: impl Fn() -> anyhow::Result<Arc<R>>,
+) -> anyhow::Result<(ReadRun, ReadRun)> {
+    let saturated = read_run(
+        db,
+        reads::against_api(
+            what,
+            addr,
+            pid,
+            reads()?,
+            so.read_connections,
+            so.read_duration,
+        ),
+    )
+    .await?;
+    let paced = read_run(
+        db,
+        reads::paced_against_api(
+            &format!("{what}, at half that rate"),
+            addr,
+            pid,
+            reads()?,
+            so.read_connections,
+            (saturated.per_s * PACED_READ_SHARE).max(1.0),
+            so.read_duration,
+        ),
+    )
+    .await?;
+    Ok((saturated, paced))
 }
 
 /// The read path against the seeded table, with the worker running and webhooks arriving at
@@ -438,7 +477,7 @@ async fn read_path(
         .wait_ready("api", &format!("http://{api_addr}/readyz"), READY_TIMEOUT)
         .await?;
 
-    // Webhooks meanwhile: enough newer updates for the three runs, then the ingest ends.
+    // Webhooks meanwhile: enough newer updates for the five runs, then the ingest ends.
     let runs = 5u32;
     let ingest_count =
         (LIVE_INGEST_RATE * (so.read_duration * runs).as_secs_f64()).ceil() as usize + 1000;
@@ -470,7 +509,7 @@ async fn read_path(
         .context("bad service key header")?,
     });
     let db = &ctx.db;
-    let ceiling = with_db_cost(
+    let ceiling = read_run(
         db,
         reads::ceiling(
             &ctx.db_url,
@@ -481,68 +520,20 @@ async fn read_path(
         ),
     )
     .await?;
-    println!("      {}: {}", ceiling.what, ceiling.summary());
-    let service_key = with_db_cost(
+    let api = (api_addr, api_pid);
+    let (service_key, service_key_paced) = read_route(
         db,
-        reads::against_api(
-            "GET /users/by-clerk-id/{id}, service key",
-            api_addr,
-            api_pid,
-            service.clone(),
-            so.read_connections,
-            so.read_duration,
-        ),
+        api,
+        so,
+        "GET /users/by-clerk-id/{id}, service key",
+        || Ok(service.clone()),
     )
     .await?;
-    println!("      {}: {}", service_key.what, service_key.summary());
-    let service_key_paced = with_db_cost(
-        db,
-        reads::paced_against_api(
-            "GET /users/by-clerk-id/{id}, service key, at half that rate",
-            api_addr,
-            api_pid,
-            service,
-            so.read_connections,
-            (service_key.per_s * PACED_READ_SHARE).max(1.0),
-            so.read_duration,
-        ),
-    )
+    // Each run signs fresh tokens (they live a minute), which the api verifies once each.
+    let (me, me_paced) = read_route(db, api, so, "GET /me, session JWTs", || {
+        Ok(Arc::new(SessionReads::sign(&keys, so.sessions, so.users)?))
+    })
     .await?;
-    println!(
-        "      {}: {}",
-        service_key_paced.what,
-        service_key_paced.summary()
-    );
-    let sessions = Arc::new(SessionReads::sign(&keys, so.sessions, so.users)?);
-    let me = with_db_cost(
-        db,
-        reads::against_api(
-            "GET /me, session JWTs",
-            api_addr,
-            api_pid,
-            sessions,
-            so.read_connections,
-            so.read_duration,
-        ),
-    )
-    .await?;
-    println!("      {}: {}", me.what, me.summary());
-    // Fresh tokens (they live a minute), which the api verifies once each, as in the run before.
-    let sessions = Arc::new(SessionReads::sign(&keys, so.sessions, so.users)?);
-    let me_paced = with_db_cost(
-        db,
-        reads::paced_against_api(
-            "GET /me, session JWTs, at half that rate",
-            api_addr,
-            api_pid,
-            sessions,
-            so.read_connections,
-            (me.per_s * PACED_READ_SHARE).max(1.0),
-            so.read_duration,
-        ),
-    )
-    .await?;
-    println!("      {}: {}", me_paced.what, me_paced.summary());
     let api_peak_rss = procs::peak_rss(api_pid)?;
     cleanup.stop("api").await?;
 
