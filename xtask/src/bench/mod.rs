@@ -979,3 +979,38 @@ fn answered_check(run: &IngressRun) -> Check {
         ),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    fn resolve(args: &[&str]) -> anyhow::Result<Options> {
+        let cli = Cli::try_parse_from(std::iter::once("bench").chain(args.iter().copied()))?;
+        Options::resolve(cli.bench, Path::new("."))
+    }
+
+    #[test]
+    fn read_runs_last_at_least_a_second_and_at_most_the_tokens_lifetime_less_ten_seconds() {
+        let options = resolve(&["--read-seconds", "50"]).expect("50 s is allowed");
+        let scale = options.scale.expect("scale phases by default");
+        assert_eq!(scale.read_duration, Duration::from_secs(50));
+        let Err(too_long) = resolve(&["--read-seconds", "51"]) else {
+            panic!("51 s is refused");
+        };
+        assert!(
+            format!("{too_long:#}").contains("--read-seconds must be at most 50"),
+            "{too_long:#}"
+        );
+        assert!(resolve(&["--read-seconds", "0"]).is_err());
+        // Without the scale phases the bound does not apply.
+        assert!(resolve(&["--no-scale", "--read-seconds", "51"]).is_ok());
+    }
+}
