@@ -281,6 +281,25 @@ impl ClerkClient {
         list(self.get(&path, &query).await?, "membership")
     }
 
+    /// The memberships of one user in one organization
+    /// (`GET /v1/organizations/{id}/memberships?user_id=`), as raw membership objects: asked
+    /// by user, not by offset, so a listing that shifted while it was read cannot hide one.
+    pub async fn memberships_of_user(
+        &self,
+        clerk_organization_id: &str,
+        clerk_user_id: &str,
+    ) -> Result<Vec<Value>, ClerkError> {
+        let path = format!(
+            "/organizations/{}/memberships",
+            encode_segment(clerk_organization_id)
+        );
+        let query = [
+            ("user_id", clerk_user_id.to_owned()),
+            ("limit", "10".into()),
+        ];
+        list(self.get(&path, &query).await?, "membership")
+    }
+
     /// One user as a raw user object (`GET /v1/users/{id}`); `None` when Clerk does not know it.
     pub async fn get_user(&self, clerk_user_id: &str) -> Result<Option<Value>, ClerkError> {
         let path = format!("/users/{}", encode_segment(clerk_user_id));

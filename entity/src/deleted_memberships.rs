@@ -9,6 +9,9 @@ pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
     pub clerk_membership_id_sha256: String,
     pub deleted_at: DateTimeWithTimeZone,
+    /// Clerk's `updated_at` (ms) of the membership it ended: a newer event of it is applied.
+    /// Null on tombstones older than the column: final for every version.
+    pub clerk_updated_at: Option<i64>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -12,6 +12,7 @@ mod m20261130_000005_security_review;
 mod m20261130_000006_create_reconcile_seen;
 mod m20261130_000007_organizations_and_profile;
 mod m20261130_000008_console_audit;
+mod m20261206_000009_second_review;
 
 /// All migrations, oldest first.
 pub struct Migrator;
@@ -28,6 +29,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000006_create_reconcile_seen::Migration),
             Box::new(m20261130_000007_organizations_and_profile::Migration),
             Box::new(m20261130_000008_console_audit::Migration),
+            Box::new(m20261206_000009_second_review::Migration),
         ]
     }
 }

@@ -6,7 +6,7 @@
 //! memory.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     convert::Infallible,
     sync::{
         Arc, Mutex,
@@ -225,6 +225,9 @@ struct State {
     organizations: Vec<Value>,
     /// Clerk organization id -> membership objects (`GET /v1/organizations/{id}/memberships`).
     memberships: HashMap<String, Vec<Value>>,
+    /// Membership ids a listing by offset skips (as Clerk's offset pages do when a member
+    /// before them leaves mid-listing); asked for by `user_id`, they are still served.
+    hidden_from_listing: HashSet<String>,
     /// Users generated on demand instead of `users` (0: none).
     generated: usize,
     /// The rate limit, when on.
@@ -399,6 +402,17 @@ impl FakeClerk {
             .insert(clerk_organization_id.to_owned(), memberships);
     }
 
+    /// Leaves this membership out of its organization's listing by offset, while a listing
+    /// filtered by `user_id` still serves it: what Clerk's offset paging does to one member
+    /// when another leaves while the list is read.
+    pub fn hide_from_listing(&self, clerk_membership_id: &str) {
+        self.state
+            .lock()
+            .unwrap()
+            .hidden_from_listing
+            .insert(clerk_membership_id.to_owned());
+    }
+
     /// Makes `GET /v1/users` answer 500 from this offset on (`None` heals it).
     pub fn fail_users_from(&self, offset: Option<usize>) {
         self.state.lock().unwrap().fail_users_from = offset;
@@ -553,11 +567,20 @@ fn answer(state: &Mutex<State>, request: &Request<Incoming>) -> Response<Full<By
         },
         ["v1", "organizations", organization, "memberships"] => {
             let (limit, offset) = limit_offset(request);
-            let all = state
+            let user = query_value(request, "user_id");
+            let all: Vec<Value> = state
                 .memberships
                 .get(*organization)
                 .cloned()
-                .unwrap_or_default();
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|m| match &user {
+                    Some(user) => m["public_user_data"]["user_id"] == **user,
+                    None => m["id"]
+                        .as_str()
+                        .is_none_or(|id| !state.hidden_from_listing.contains(id)),
+                })
+                .collect();
             json_response(
                 StatusCode::OK,
                 &json!({"data": page(&all, limit, offset), "total_count": all.len()}),
@@ -565,6 +588,18 @@ fn answer(state: &Mutex<State>, request: &Request<Incoming>) -> Response<Full<By
         }
         _ => clerk_error(StatusCode::NOT_FOUND, "resource_not_found"),
     }
+}
+
+/// One query parameter of a request, if given.
+fn query_value(request: &Request<Incoming>, name: &str) -> Option<String> {
+    request
+        .uri()
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_owned())
 }
 
 /// `limit` (default 10, at most 500) and `offset` (default 0) of a list request.

@@ -370,13 +370,26 @@ async fn membership_gone(txn: &DatabaseTransaction, m: &MembershipSnapshot) -> R
                 &m.clerk_user_id,
             )
             .await?
-            || tombstoned(
-                txn,
-                "SELECT 1 AS one FROM deleted_memberships WHERE clerk_membership_id_sha256 = $1",
-                &m.clerk_membership_id,
-            )
-            .await?,
+            || membership_tombstoned(txn, &m.clerk_membership_id, m.updated_at).await?,
     )
+}
+
+/// Whether a tombstone ends this membership at `version`: one written at that version or
+/// later, or one that predates versioned tombstones (final). A newer event of a membership
+/// whose tombstone is older is the member still in Clerk: it is applied.
+pub(crate) async fn membership_tombstoned<C: ConnectionTrait>(
+    db: &C,
+    clerk_membership_id: &str,
+    version: i64,
+) -> Result<bool, DbErr> {
+    Ok(db
+        .query_one_raw(stmt(
+            "SELECT 1 AS one FROM deleted_memberships WHERE clerk_membership_id_sha256 = $1 \
+               AND (clerk_updated_at IS NULL OR clerk_updated_at >= $2)",
+            vec![tombstone_key(clerk_membership_id).into(), version.into()],
+        ))
+        .await?
+        .is_some())
 }
 
 /// The version-guarded upsert of a membership, one per user and organization: a newer
@@ -464,15 +477,24 @@ async fn delete_membership(
     txn: &DatabaseTransaction,
     m: &MembershipSnapshot,
 ) -> Result<Outcome, ApplyError> {
+    // A final (unversioned) tombstone stays final; otherwise the newest version ended wins.
     txn.execute_raw(stmt(
-        "INSERT INTO deleted_memberships (clerk_membership_id_sha256) VALUES ($1) \
-         ON CONFLICT DO NOTHING",
-        vec![tombstone_key(&m.clerk_membership_id).into()],
+        "INSERT INTO deleted_memberships (clerk_membership_id_sha256, clerk_updated_at) \
+         VALUES ($1, $2) ON CONFLICT (clerk_membership_id_sha256) DO UPDATE SET \
+           clerk_updated_at = CASE WHEN deleted_memberships.clerk_updated_at IS NULL THEN NULL \
+             ELSE GREATEST(deleted_memberships.clerk_updated_at, EXCLUDED.clerk_updated_at) END",
+        vec![
+            tombstone_key(&m.clerk_membership_id).into(),
+            m.updated_at.into(),
+        ],
     ))
     .await?;
+    // Only the version it ended: a newer one (the member still in Clerk, applied after a
+    // deletion made on a stale reading) stays.
     txn.execute_raw(stmt(
-        "DELETE FROM organization_memberships WHERE clerk_membership_id = $1",
-        vec![m.clerk_membership_id.as_str().into()],
+        "DELETE FROM organization_memberships \
+         WHERE clerk_membership_id = $1 AND clerk_updated_at <= $2",
+        vec![m.clerk_membership_id.as_str().into(), m.updated_at.into()],
     ))
     .await?;
     upsert_organization(txn, &m.organization).await?;

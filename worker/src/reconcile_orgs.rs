@@ -5,7 +5,8 @@
 //! - newer here: left alone;
 //! - an organization Clerk does not list, and answers `404` for when asked by id, is deleted with
 //!   a tombstone; a membership its organization's listing no longer has is ended with a
-//!   tombstone. Both under `--max-deletes` (of each table), as for users.
+//!   tombstone once Clerk, asked again for that user's membership, does not have it either.
+//!   Both under `--max-deletes` (of each table), as for users.
 //!
 //! Rows written while the scan runs are not misjudged: only rows last written before the scan
 //! (organizations) or before their organization's listing was read (memberships) can be
@@ -102,22 +103,34 @@ enum Here {
     At(i64),
 }
 
-async fn here(
-    db: &DatabaseConnection,
-    table: &str,
-    id_column: &str,
-    tombstones: &str,
-    id: &str,
-) -> Result<Here, DbErr> {
+async fn organization_here(db: &DatabaseConnection, id: &str) -> Result<Here, DbErr> {
     let tombstone = db
         .query_one_raw(stmt(
-            &format!("SELECT 1 AS one FROM {tombstones} WHERE {id_column}_sha256 = $1"),
+            "SELECT 1 AS one FROM deleted_organizations WHERE clerk_organization_id_sha256 = $1",
             vec![tombstone_key(id).into()],
         ))
         .await?;
     if tombstone.is_some() {
         return Ok(Here::Tombstoned);
     }
+    stored_version(db, "organizations", "clerk_organization_id", id).await
+}
+
+/// Where a membership Clerk lists at `version` stands: a tombstone ends it only at that
+/// version or newer (see [`orgs::membership_tombstoned`]).
+async fn membership_here(db: &DatabaseConnection, id: &str, version: i64) -> Result<Here, DbErr> {
+    if orgs::membership_tombstoned(db, id, version).await? {
+        return Ok(Here::Tombstoned);
+    }
+    stored_version(db, "organization_memberships", "clerk_membership_id", id).await
+}
+
+async fn stored_version(
+    db: &DatabaseConnection,
+    table: &str,
+    id_column: &str,
+    id: &str,
+) -> Result<Here, DbErr> {
     let row = db
         .query_one_raw(stmt(
             &format!("SELECT clerk_updated_at FROM {table} WHERE {id_column} = $1"),
@@ -247,14 +260,7 @@ impl Scan<'_> {
         let id = org.clerk_organization_id.clone();
         self.seen_organizations.insert(id.clone());
         let db = &self.applier.db;
-        let stands = here(
-            db,
-            "organizations",
-            "clerk_organization_id",
-            "deleted_organizations",
-            &id,
-        )
-        .await?;
+        let stands = organization_here(db, &id).await?;
         if matches!(stands, Here::Tombstoned) {
             return Ok(());
         }
@@ -280,22 +286,12 @@ impl Scan<'_> {
             .map_err(|source| ReconcileError::ListOrganizations { offset, source })?;
             for value in &page {
                 self.report.scanned_memberships += 1;
+                // Listed is listed, even when it cannot be parsed: never a deletion candidate.
+                if let Some(id) = value.get("id").and_then(|v| v.as_str()) {
+                    listed.insert(id.to_owned());
+                }
                 match orgs::parse_membership(value) {
-                    Ok(membership) => {
-                        let id = membership.clerk_membership_id.clone();
-                        listed.insert(id.clone());
-                        let stands = here(
-                            db,
-                            "organization_memberships",
-                            "clerk_membership_id",
-                            "deleted_memberships",
-                            &id,
-                        )
-                        .await?;
-                        let version = membership.updated_at;
-                        let event = OrgEvent::MembershipUpserted(membership);
-                        self.repair(stands, version, event, &id, false).await;
-                    }
+                    Ok(membership) => self.compare_membership(membership).await?,
                     Err(error) => {
                         let id = value.get("id").and_then(|v| v.as_str()).unwrap_or("?");
                         self.report.failed.push((id.to_owned(), error.to_string()));
@@ -358,9 +354,7 @@ impl Scan<'_> {
             }
         }
         for membership in std::mem::take(&mut self.unlisted) {
-            let id = membership.clerk_membership_id.clone();
-            self.delete(OrgEvent::MembershipDeleted(membership), &id, false)
-                .await;
+            self.end_unlisted(membership).await?;
         }
         for id in candidates {
             // Asked by id right before deleting: one created or listed late is not misjudged.
@@ -378,6 +372,60 @@ impl Scan<'_> {
                 };
                 self.delete(event, &id, true).await;
             }
+        }
+        Ok(())
+    }
+
+    /// One membership Clerk has, compared with where it stands here and repaired.
+    async fn compare_membership(
+        &mut self,
+        membership: MembershipSnapshot,
+    ) -> Result<(), ReconcileError> {
+        let id = membership.clerk_membership_id.clone();
+        let version = membership.updated_at;
+        let stands = membership_here(&self.applier.db, &id, version).await?;
+        let event = OrgEvent::MembershipUpserted(membership);
+        self.repair(stands, version, event, &id, false).await;
+        Ok(())
+    }
+
+    /// A stored membership its organization's listing did not have. Clerk pages by offset: a
+    /// member who leaves while the list is read moves everyone after them up a place, and one
+    /// of them is never listed (equal `created_at`s in an unstable order do the same). So Clerk
+    /// is asked again for this user's membership of the organization before anything is
+    /// ended: still there, it is compared like a listed one; another membership of the same
+    /// user (they left and joined again) replaces it; none, it is ended with a tombstone.
+    async fn end_unlisted(&mut self, membership: MembershipSnapshot) -> Result<(), ReconcileError> {
+        let id = membership.clerk_membership_id.clone();
+        let (organization, user) = (
+            membership.organization.clerk_organization_id.clone(),
+            membership.clerk_user_id.clone(),
+        );
+        let current = call(&mut self.pace, self.options.attempts, || {
+            self.clerk.memberships_of_user(&organization, &user)
+        })
+        .await
+        .map_err(|source| ReconcileError::Lookup {
+            id: id.clone(),
+            source,
+        })?;
+        let mut still_member = false;
+        for value in &current {
+            self.report.scanned_memberships += 1;
+            still_member |= value.get("id").and_then(|v| v.as_str()) == Some(id.as_str());
+            match orgs::parse_membership(value) {
+                Ok(listed) => self.compare_membership(listed).await?,
+                Err(error) => {
+                    let listed_id = value.get("id").and_then(|v| v.as_str()).unwrap_or("?");
+                    self.report
+                        .failed
+                        .push((listed_id.to_owned(), error.to_string()));
+                }
+            }
+        }
+        if !still_member {
+            self.delete(OrgEvent::MembershipDeleted(membership), &id, false)
+                .await;
         }
         Ok(())
     }

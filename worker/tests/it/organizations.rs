@@ -344,3 +344,47 @@ async fn deleted_organizations_and_users_take_their_memberships_and_stay_deleted
     assert!(members(&db.conn, "org_c2").await.is_empty());
     no_dead_letters(&broker, worker).await;
 }
+
+#[tokio::test]
+async fn a_membership_tombstone_stops_events_up_to_its_version_and_no_newer_one() {
+    let db = TestDb::empty().await;
+    let broker = TestBroker::new().await;
+    let worker = spawn_worker(&db, &broker, &[]).await;
+    let team = org("org_t1", "Tee Lets", 10);
+    user_created("user_t1", None, "Tia", 1)
+        .publish(&broker, "msg_t_0")
+        .await;
+    let ended = membership("orgmem_t1", "user_t1", "org:member", 30, &team);
+    publish(
+        &broker,
+        "msg_t_1",
+        events::membership_event("organizationMembership.deleted", &ended),
+    )
+    .await;
+    // Older than the tombstone, or at its version: stays ended.
+    for (svix_id, version) in [("msg_t_2", 20), ("msg_t_3", 30)] {
+        let late = membership("orgmem_t1", "user_t1", "org:admin", version, &team);
+        publish(
+            &broker,
+            svix_id,
+            events::membership_event("organizationMembership.updated", &late),
+        )
+        .await;
+    }
+    settled(&db.conn, 4).await;
+    assert!(members(&db.conn, "org_t1").await.is_empty());
+    // Newer than what the tombstone ended: Clerk still has the member, so it is applied.
+    let newer = membership("orgmem_t1", "user_t1", "org:admin", 40, &team);
+    publish(
+        &broker,
+        "msg_t_4",
+        events::membership_event("organizationMembership.updated", &newer),
+    )
+    .await;
+    settled(&db.conn, 5).await;
+    assert_eq!(
+        members(&db.conn, "org_t1").await,
+        vec![("orgmem_t1".into(), "org:admin".into(), true)]
+    );
+    no_dead_letters(&broker, worker).await;
+}

@@ -191,3 +191,127 @@ async fn an_empty_organization_list_deletes_nothing_past_the_limit() {
         0
     );
 }
+
+/// Org `org_rs` with three members stored and in Clerk at version 100.
+async fn three_members(db: &TestDb, clerk: &FakeClerk) -> OrgState {
+    let team = org("org_rs", 100);
+    clerk.set_organizations(vec![events::organization_object(&team)]);
+    clerk.set_memberships(
+        "org_rs",
+        ["a", "b", "c"]
+            .iter()
+            .map(|u| {
+                membership(
+                    &format!("orgmem_rs{u}"),
+                    &format!("user_rs{u}"),
+                    "org:member",
+                    100,
+                    &team,
+                )
+            })
+            .collect(),
+    );
+    db.conn
+        .execute_unprepared(
+            "INSERT INTO organizations (id, clerk_organization_id, name, slug, clerk_updated_at) VALUES \
+               ('00000000-0000-0000-0000-0000000000a5', 'org_rs', 'Name of org_rs', 'slug-org_rs', 100); \
+             INSERT INTO organization_memberships \
+               (id, clerk_membership_id, organization_id, clerk_user_id, role, clerk_updated_at) VALUES \
+               (gen_random_uuid(), 'orgmem_rsa', '00000000-0000-0000-0000-0000000000a5', 'user_rsa', 'org:member', 100), \
+               (gen_random_uuid(), 'orgmem_rsb', '00000000-0000-0000-0000-0000000000a5', 'user_rsb', 'org:member', 100), \
+               (gen_random_uuid(), 'orgmem_rsc', '00000000-0000-0000-0000-0000000000a5', 'user_rsc', 'org:member', 100)",
+        )
+        .await
+        .unwrap();
+    team
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_a_shifted_listing_skipped_or_that_fails_to_parse_is_asked_for_again_and_kept() {
+    let db = TestDb::migrated().await;
+    let broker = TestBroker::new().await;
+    let clerk = FakeClerk::start().await;
+    let team = three_members(&db, &clerk).await;
+    // b is left out of the listing by offset (a member before it left mid-listing), c is listed
+    // with a field Clerk should not send; both are still members when asked by user.
+    clerk.hide_from_listing("orgmem_rsb");
+    let mut broken = membership("orgmem_rsc", "user_rsc", "org:member", 100, &team);
+    broken["updated_at"] = serde_json::json!("soon");
+    clerk.set_memberships(
+        "org_rs",
+        vec![
+            membership("orgmem_rsa", "user_rsa", "org:member", 100, &team),
+            membership("orgmem_rsb", "user_rsb", "org:member", 100, &team),
+            broken,
+        ],
+    );
+
+    let (ok, stdout, stderr) = reconcile(&db, &broker, &clerk, &["--json"]);
+    assert!(!ok && stderr.contains("could not be repaired"), "{stderr}");
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(count(&report, "memberships", "gone"), 0, "{report}");
+    assert_eq!(
+        scalar(&db.conn, "SELECT count(*) FROM organization_memberships").await,
+        3,
+        "every member Clerk still has keeps their membership"
+    );
+    assert_eq!(
+        scalar(&db.conn, "SELECT count(*) FROM deleted_memberships").await,
+        0
+    );
+    assert_eq!(report["failed"][0][0], "orgmem_rsc", "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_membership_ended_by_reconcile_comes_back_when_clerk_has_a_newer_version() {
+    let db = TestDb::migrated().await;
+    let broker = TestBroker::new().await;
+    let clerk = FakeClerk::start().await;
+    let team = three_members(&db, &clerk).await;
+    // Clerk says b is no member, listed or asked for by user: b's membership is ended.
+    clerk.set_memberships(
+        "org_rs",
+        vec![
+            membership("orgmem_rsa", "user_rsa", "org:member", 100, &team),
+            membership("orgmem_rsc", "user_rsc", "org:member", 100, &team),
+        ],
+    );
+    let (ok, stdout, stderr) = reconcile(&db, &broker, &clerk, &["--json"]);
+    assert!(ok, "{stdout} {stderr}");
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        report["memberships"]["gone"]["ids"][0], "orgmem_rsb",
+        "{report}"
+    );
+    let b =
+        "SELECT count(*) FROM organization_memberships WHERE clerk_membership_id = 'orgmem_rsb'";
+    assert_eq!(scalar(&db.conn, b).await, 0);
+
+    // Clerk lists b again at the version it was ended at: the tombstone holds.
+    let mut all = vec![
+        membership("orgmem_rsa", "user_rsa", "org:member", 100, &team),
+        membership("orgmem_rsb", "user_rsb", "org:member", 100, &team),
+        membership("orgmem_rsc", "user_rsc", "org:member", 100, &team),
+    ];
+    clerk.set_memberships("org_rs", all.clone());
+    let (ok, stdout, stderr) = reconcile(&db, &broker, &clerk, &["--json"]);
+    assert!(ok, "{stdout} {stderr}");
+    assert_eq!(scalar(&db.conn, b).await, 0);
+
+    // A newer version of b in Clerk (b is still a member, now an admin): applied.
+    all[1] = membership("orgmem_rsb", "user_rsb", "org:admin", 200, &team);
+    clerk.set_memberships("org_rs", all);
+    let (ok, stdout, stderr) = reconcile(&db, &broker, &clerk, &["--json"]);
+    assert!(ok, "{stdout} {stderr}");
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(count(&report, "memberships", "missing"), 1, "{report}");
+    assert_eq!(
+        scalar(
+            &db.conn,
+            "SELECT count(*) FROM organization_memberships \
+             WHERE clerk_membership_id = 'orgmem_rsb' AND role = 'org:admin' AND clerk_updated_at = 200"
+        )
+        .await,
+        1
+    );
+}
