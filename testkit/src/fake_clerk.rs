@@ -213,6 +213,9 @@ struct State {
     tokens: HashMap<(String, String), Vec<Value>>,
     /// Statuses to answer before serving normally again.
     failures: VecDeque<u16>,
+    /// (clerk user id, provider) -> Clerk errors (status, code) its token requests answer
+    /// before serving normally again.
+    token_failures: HashMap<(String, String), VecDeque<(u16, String)>>,
     /// User objects served by `GET /v1/users`, in order.
     users: Vec<Value>,
     /// `GET /v1/users` at this offset or beyond answers 500.
@@ -341,6 +344,27 @@ impl FakeClerk {
         let mut state = self.state.lock().unwrap();
         for _ in 0..times {
             state.failures.push_back(status);
+        }
+    }
+
+    /// Answers this user's next `times` token requests for `provider` (`oauth_google`,
+    /// `oauth_microsoft`) with Clerk's error body of `code` and `status` (429 comes with
+    /// `Retry-After: 1`); other requests are served normally.
+    pub fn fail_tokens(
+        &self,
+        clerk_user_id: &str,
+        provider: &str,
+        status: u16,
+        code: &str,
+        times: usize,
+    ) {
+        let mut state = self.state.lock().unwrap();
+        let queue = state
+            .token_failures
+            .entry((clerk_user_id.to_owned(), provider.to_owned()))
+            .or_default();
+        for _ in 0..times {
+            queue.push_back((status, code.to_owned()));
         }
     }
 
@@ -501,6 +525,22 @@ fn answer(state: &Mutex<State>, request: &Request<Incoming>) -> Response<Full<By
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match segments.as_slice() {
         ["v1", "users", user, "oauth_access_tokens", provider] => {
+            if let Some((status, code)) = state
+                .token_failures
+                .get_mut(&((*user).to_owned(), (*provider).to_owned()))
+                .and_then(VecDeque::pop_front)
+            {
+                let mut response = clerk_error(
+                    StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                    &code,
+                );
+                if status == 429 {
+                    response
+                        .headers_mut()
+                        .insert("retry-after", "1".parse().unwrap());
+                }
+                return response;
+            }
             let tokens = match state
                 .tokens
                 .get(&((*user).to_owned(), (*provider).to_owned()))

@@ -54,6 +54,25 @@ pub struct Applier {
     pub store_private_metadata: bool,
 }
 
+/// The longest `Retry-After` of Clerk's waited out in process; a longer one ends the in-process
+/// retries (the queue's retry tiers, or the caller, take it from there).
+pub const MAX_IN_PROCESS_RETRY_AFTER: Duration = Duration::from_secs(5);
+
+/// The in-process retry's next delay: the backoff's, but never sooner than Clerk's
+/// `Retry-After` on a 429, and no retry at all when Clerk asks for a longer wait than
+/// [`MAX_IN_PROCESS_RETRY_AFTER`].
+fn honour_retry_after(error: &ApplyError, delay: Option<Duration>) -> Option<Duration> {
+    match error {
+        ApplyError::Clerk(ClerkError::RateLimited {
+            retry_after: Some(after),
+        }) if *after > MAX_IN_PROCESS_RETRY_AFTER => None,
+        ApplyError::Clerk(ClerkError::RateLimited {
+            retry_after: Some(after),
+        }) => delay.map(|delay| delay.max(*after)),
+        _ => delay,
+    }
+}
+
 impl Applier {
     /// Applies `event`, retrying transient failures in process.
     pub async fn apply(
@@ -78,6 +97,7 @@ impl Applier {
             .retry(backoff)
             .sleep(tokio::time::sleep)
             .when(ApplyError::is_transient)
+            .adjust(honour_retry_after)
             .notify(|error, delay| {
                 tracing::warn!(error.message = %error, ?delay, "transient failure; retrying in process");
             })
@@ -582,6 +602,33 @@ pub(crate) fn unique_violation_as(error: DbErr, held: ApplyError) -> ApplyError 
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn in_process_retries_wait_at_least_clerk_s_retry_after_and_give_up_on_a_long_one() {
+        let limited = |secs| {
+            ApplyError::Clerk(ClerkError::RateLimited {
+                retry_after: Some(Duration::from_secs(secs)),
+            })
+        };
+        let backoff = Some(Duration::from_millis(50));
+        assert_eq!(
+            honour_retry_after(&limited(2), backoff),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(
+            honour_retry_after(&limited(0), backoff),
+            backoff,
+            "a shorter Retry-After keeps the backoff's delay"
+        );
+        assert_eq!(honour_retry_after(&limited(30), backoff), None);
+        assert_eq!(
+            honour_retry_after(&limited(2), None),
+            None,
+            "out of retries"
+        );
+        let unsaid = ApplyError::Clerk(ClerkError::RateLimited { retry_after: None });
+        assert_eq!(honour_retry_after(&unsaid, backoff), backoff);
+    }
     use super::*;
 
     #[test]

@@ -227,3 +227,38 @@ async fn service_key_reads_and_a_disabled_lazy_sync_never_call_clerk() {
     .await;
     assert_eq!(clerk.requests(), 0);
 }
+
+#[tokio::test]
+async fn a_rate_limited_token_call_during_lazy_sync_waits_out_clerk_s_retry_after() {
+    let clerk = FakeClerk::start().await;
+    let mut user = clerk_user("user_busy", "Busy", 1_000);
+    user["external_accounts"] = serde_json::json!([testkit::events::google_calendar_account(
+        "100000000000000000077",
+        "eac_busy"
+    )]);
+    clerk.set_users(vec![user]);
+    clerk.set_token(
+        "user_busy",
+        "oauth_google",
+        "ya29.busy",
+        None,
+        "100000000000000000077",
+        "eac_busy",
+    );
+    // The token request answers 429 with `Retry-After: 1` once.
+    clerk.fail_tokens("user_busy", "oauth_google", 429, "too_many_requests", 1);
+    let app = app_with(
+        &clerk,
+        &[("TOKEN_ENCRYPTION_KEY", crate::helpers::TOKEN_KEY)],
+    )
+    .await;
+
+    let started = std::time::Instant::now();
+    let body = json_body(app.get("/me", Some(&session_token("user_busy"))).await).await;
+    assert_eq!(body["google_calendar_connected"], true, "{body}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "retried after {:?}, before Clerk's Retry-After of 1 s",
+        started.elapsed()
+    );
+}
