@@ -36,6 +36,10 @@ pub enum DlqError {
     Amqp(#[from] broker::lapin::Error),
     #[error(transparent)]
     Broker(#[from] broker::BrokerError),
+    #[error(
+        "the action could not be recorded in the audit log ({0}), so nothing was done; check the database and try again"
+    )]
+    NotRecorded(String),
     #[error("no dead letter with id {0:?}; `worker dlq list` shows the ids")]
     NotFound(String),
     #[error(
@@ -313,29 +317,58 @@ impl DeadLetterQueue {
 
     /// Takes every dead letter without acking (they stay in the queue until acked).
     pub async fn fetch_all(&self) -> Result<Vec<Delivery>, DlqError> {
-        self.fetch_until(|_| false, None).await
-    }
-
-    /// Takes dead letters without acking, oldest first, until `done` says so for the last one
-    /// taken or `limit` are taken: the others are not touched (a listing returns what it took).
-    pub async fn fetch_until(
-        &self,
-        done: impl Fn(&Delivery) -> bool,
-        limit: Option<usize>,
-    ) -> Result<Vec<Delivery>, DlqError> {
         let queue = self.topology.dead_queue();
         let mut out = Vec::new();
-        while limit.is_none_or(|limit| out.len() < limit) {
+        while let Some(message) = self
+            .channel
+            .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
+            .await?
+        {
+            out.push(message.delivery);
+        }
+        Ok(out)
+    }
+
+    /// The dead letter `id`, reading no further than it; the others read are not kept.
+    async fn find(&self, id: &str) -> Result<Option<DeadLetter>, DlqError> {
+        let queue = self.topology.dead_queue();
+        while let Some(message) = self
+            .channel
+            .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
+            .await?
+        {
+            let letter = DeadLetter::from_delivery(&message.delivery);
+            if letter.id == id {
+                return Ok(Some(letter));
+            }
+        }
+        Ok(None)
+    }
+
+    /// See [`scan`].
+    async fn scan(&self, filter: &Filter, window: Window) -> Result<Scanned, DlqError> {
+        let queue = self.topology.dead_queue();
+        let mut out = Scanned::default();
+        while out.read < window.scan_at_most {
             let Some(message) = self
                 .channel
                 .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
                 .await?
             else {
+                out.complete = true;
                 break;
             };
-            let stop = done(&message.delivery);
-            out.push(message.delivery);
-            if stop {
+            out.read += 1;
+            // The delivery is dropped unacked: it goes back to the queue when the channel closes.
+            let letter = DeadLetter::from_delivery(&message.delivery);
+            if !filter.matches(&letter) {
+                continue;
+            }
+            out.matched += 1;
+            if out.matched > window.skip && out.letters.len() < window.take {
+                out.letters.push(letter);
+            }
+            if !window.count_all && out.letters.len() >= window.take {
                 break;
             }
         }
@@ -391,25 +424,55 @@ pub async fn list(
     if limit == Some(0) {
         return Ok(Vec::new());
     }
+    let window = Window {
+        skip: 0,
+        take: limit.unwrap_or(usize::MAX),
+        scan_at_most: usize::MAX,
+        count_all: false,
+    };
+    Ok(scan(broker, topology, filter, window).await?.letters)
+}
+
+/// Which part of a listing to keep, and how far to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    /// Matches to pass over before keeping any (earlier pages).
+    pub skip: usize,
+    /// Matches to keep at most.
+    pub take: usize,
+    /// Dead letters to read at most.
+    pub scan_at_most: usize,
+    /// Keep reading after `take` matches are kept, to count every match (a page count);
+    /// otherwise reading stops there.
+    pub count_all: bool,
+}
+
+/// A window of a listing.
+#[derive(Debug, Clone, Default)]
+pub struct Scanned {
+    /// The matches kept, oldest first.
+    pub letters: Vec<DeadLetter>,
+    /// Matches among the dead letters read.
+    pub matched: usize,
+    /// Dead letters read.
+    pub read: usize,
+    /// Whether the queue was read to its end (else `matched` counts the first `read` only).
+    pub complete: bool,
+}
+
+/// Reads dead letters oldest first, keeping only the matches in `window`: what the listing
+/// holds in memory is bounded by `window.take`, whatever the queue's length. Nothing is acked:
+/// every message read returns to the queue, in its order, when the channel closes.
+pub async fn scan(
+    broker: &BrokerConfig,
+    topology: Topology,
+    filter: &Filter,
+    window: Window,
+) -> Result<Scanned, DlqError> {
     let dlq = DeadLetterQueue::open(broker, topology).await?;
-    let found = std::sync::atomic::AtomicUsize::new(0);
-    let letters = dlq
-        .fetch_until(
-            |d| {
-                if filter.matches(&DeadLetter::from_delivery(d)) {
-                    found.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
-                limit.is_some_and(|limit| found.load(std::sync::atomic::Ordering::Relaxed) >= limit)
-            },
-            None,
-        )
-        .await;
+    let result = dlq.scan(filter, window).await;
     dlq.close().await;
-    Ok(letters?
-        .iter()
-        .map(DeadLetter::from_delivery)
-        .filter(|l| filter.matches(l))
-        .collect())
+    result
 }
 
 /// `worker dlq show <id>`: reads dead letters up to the one asked for, no further.
@@ -419,15 +482,9 @@ pub async fn show(
     id: &str,
 ) -> Result<DeadLetter, DlqError> {
     let dlq = DeadLetterQueue::open(broker, topology).await?;
-    let letters = dlq
-        .fetch_until(|d| DeadLetter::from_delivery(d).id == id, None)
-        .await;
+    let found = dlq.find(id).await;
     dlq.close().await;
-    letters?
-        .iter()
-        .map(DeadLetter::from_delivery)
-        .find(|l| l.id == id)
-        .ok_or_else(|| DlqError::NotFound(id.to_owned()))
+    found?.ok_or_else(|| DlqError::NotFound(id.to_owned()))
 }
 
 /// Which dead letters a command acts on.
@@ -465,7 +522,24 @@ pub async fn act(
     topology: Topology,
     selection: &Selection,
     action: Action,
+    progress: impl FnMut(usize, usize),
+) -> Result<Summary, DlqError> {
+    act_approved(broker, topology, selection, action, progress, async |_| {
+        Ok(())
+    })
+    .await
+}
+
+/// [`act`], with `approve` called with the selected ids once they are known and before
+/// anything is changed (not for a preview): an error from it cancels the action (the console
+/// records the action in its audit log there, and does not act when it cannot).
+pub async fn act_approved(
+    broker: &BrokerConfig,
+    topology: Topology,
+    selection: &Selection,
+    action: Action,
     mut progress: impl FnMut(usize, usize),
+    approve: impl AsyncFnOnce(&[String]) -> Result<(), DlqError>,
 ) -> Result<Summary, DlqError> {
     let dlq = DeadLetterQueue::open(broker, topology).await?;
     let result = async {
@@ -494,6 +568,7 @@ pub async fn act(
         if action == Action::Preview {
             return Ok(summary);
         }
+        approve(&summary.selected).await?;
         for (n, i) in chosen.iter().enumerate() {
             if action == Action::Drop {
                 dlq.drop_letter(&deliveries[*i]).await?;

@@ -125,6 +125,11 @@ impl ConsoleUsers {
         Ok(Self(users))
     }
 
+    /// Whether `name` is a configured user's name.
+    pub fn knows(&self, name: &str) -> bool {
+        self.0.iter().any(|user| user.name == name)
+    }
+
     /// The role of `name` if `key` is theirs. Every user's name and key are compared, each in
     /// constant time, whoever matches.
     pub fn check(&self, name: &str, key: &str) -> Option<(String, Role)> {

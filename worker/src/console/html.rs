@@ -25,7 +25,8 @@ pub const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:0;color:#1
 header{background:#24292f;color:#fff;padding:.6rem 1rem;display:flex;gap:1rem;align-items:center;flex-wrap:wrap}\
 header a{color:#fff;text-decoration:none}header .who{margin-left:auto}\
 main{padding:1rem;max-width:80rem}\
-table{border-collapse:collapse;background:#fff;margin:.5rem 0}\
+table{border-collapse:collapse;background:#fff;margin:.5rem 0;display:block;max-width:100%;overflow-x:auto}\
+td{overflow-wrap:anywhere}\
 th,td{border:1px solid #d0d7de;padding:.3rem .5rem;text-align:left;vertical-align:top}\
 td.num{text-align:right}\
 pre{background:#fff;border:1px solid #d0d7de;padding:.5rem;overflow:auto;max-height:40rem}\

@@ -276,7 +276,16 @@ impl Console {
                 response
             }
             None => {
-                tracing::warn!(user = %name, "console login refused");
+                // A name that is no user's is not logged as typed: it may be a key pasted
+                // into the wrong field, or a forged log line.
+                if self.users.knows(name) {
+                    tracing::warn!(user = %name, "console login refused: wrong key");
+                } else {
+                    tracing::warn!(
+                        name_chars = name.chars().count(),
+                        "console login refused: unknown name (not logged)"
+                    );
+                }
                 html_response(
                     StatusCode::UNAUTHORIZED,
                     pages::login_form(Some("Unknown name or wrong key.")),

@@ -12,10 +12,14 @@ use super::{
     html::{Form, csrf_field, encode, escape, hidden, page, time_ms},
     mask,
 };
-use crate::dlq::{self, Action, DeadLetter, DlqError, Filter, Selection};
+use crate::dlq::{self, Action, DeadLetter, DlqError, Filter, Selection, Window};
 
 /// Dead letters per page.
 pub const PAGE_SIZE: usize = 50;
+
+/// Dead letters one listing page reads at most: after an outage the queue may hold far more,
+/// and a page keeps only its own fifty in memory whatever it reads.
+pub const SCAN_LIMIT: usize = 10_000;
 
 /// The login page.
 pub fn login_form(error: Option<&str>) -> String {
@@ -48,6 +52,7 @@ fn error_page(session: &Session, status: StatusCode, message: &str) -> Outcome {
 fn dlq_error(session: &Session, error: DlqError) -> Outcome {
     let status = match error {
         DlqError::NotFound(_) => StatusCode::NOT_FOUND,
+        DlqError::NotRecorded(_) => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::BAD_GATEWAY,
     };
     error_page(session, status, &error.to_string())
@@ -318,20 +323,41 @@ pub async fn dead_letters(console: &Console, session: &Session, query: &Form) ->
             "Searching bodies reveals personal data: operators only.",
         );
     }
-    let letters = {
-        let _one = console.dlq_lock.lock().await;
-        dlq::list(&console.broker, console.topology.clone(), None, &filter).await
-    };
-    let letters = match letters {
-        Ok(letters) => letters,
-        Err(error) => return dlq_error(session, error),
-    };
-    let pages = letters.len().div_ceil(PAGE_SIZE).max(1);
     let page_no = query
         .get("page")
         .and_then(|p| p.parse::<usize>().ok())
         .unwrap_or(1)
-        .clamp(1, pages);
+        .max(1);
+    let window = Window {
+        skip: (page_no - 1) * PAGE_SIZE,
+        take: PAGE_SIZE,
+        scan_at_most: SCAN_LIMIT,
+        count_all: true,
+    };
+    let scanned = {
+        let _one = console.dlq_lock.lock().await;
+        dlq::scan(&console.broker, console.topology.clone(), &filter, window).await
+    };
+    let scanned = match scanned {
+        Ok(scanned) => scanned,
+        Err(error) => return dlq_error(session, error),
+    };
+    // A body search reveals what masking hides: recorded like a reveal (who, when, how many
+    // matched; the searched text never), and not shown when it cannot be recorded.
+    if filter.body_contains.is_some()
+        && let Err(error) = audit(
+            console,
+            session,
+            Act::Search,
+            &filter.describe(),
+            scanned.matched,
+            Some(scanned.matched),
+        )
+        .await
+    {
+        return db_error(session, error);
+    }
+    let pages = scanned.matched.div_ceil(PAGE_SIZE).max(1);
     let value = |name| escape(query.get(name).unwrap_or(""));
     let mut body = format!(
         "<form method=\"get\" action=\"/console/dead-letters\">\
@@ -358,27 +384,31 @@ pub async fn dead_letters(console: &Console, session: &Session, query: &Form) ->
     let _ = write!(
         body,
         "<p><strong>{}</strong> dead letter(s) match {}; page {page_no} of {pages}.</p>",
-        letters.len(),
+        scanned.matched,
         escape(&filter.describe())
     );
-    if session.role.may_act() && !letters.is_empty() {
+    if !scanned.complete {
+        let _ = write!(
+            body,
+            "<p class=\"notice\">Only the oldest {} dead letters were read (a page reads at most \
+             {SCAN_LIMIT}): narrow the filter (older than, newer than), or list them all with \
+             <code>worker dlq list</code>.</p>",
+            scanned.read
+        );
+    }
+    if session.role.may_act() && scanned.matched > 0 {
         let _ = write!(
             body,
             "<form method=\"post\" action=\"/console/dead-letters/replay\">{}{}\
-             <button>Replay all {} matching…</button></form>",
+             <button>Replay all matching…</button></form>",
             csrf_field(session),
             filter_hidden(query),
-            letters.len()
         );
     }
     body.push_str(
         "<table><tr><th>id</th><th>type</th><th>Clerk user</th><th>attempts</th><th>age</th><th>reason</th></tr>",
     );
-    for l in letters
-        .iter()
-        .skip((page_no - 1) * PAGE_SIZE)
-        .take(PAGE_SIZE)
-    {
+    for l in &scanned.letters {
         let _ = write!(
             body,
             "<tr><td><a href=\"/console/dead-letter?id={}\">{}</a></td><td>{}</td><td>{}</td>\
@@ -389,7 +419,7 @@ pub async fn dead_letters(console: &Console, session: &Session, query: &Form) ->
             escape(l.clerk_user_id.as_deref().unwrap_or("-")),
             l.attempts,
             age(l.age_seconds),
-            escape(l.reason.as_deref().unwrap_or("-")),
+            escape(&reason_text(l.reason.as_deref())),
         );
     }
     body.push_str("</table><p>");
@@ -457,7 +487,7 @@ fn letter_body(session: &Session, l: &DeadLetter, revealed: bool) -> String {
          <tr><th>age</th><td>{}</td></tr></table>",
         escape(l.event_type.as_deref().unwrap_or("-")),
         escape(l.clerk_user_id.as_deref().unwrap_or("-")),
-        escape(l.reason.as_deref().unwrap_or("-")),
+        escape(&reason_text(l.reason.as_deref())),
         l.attempts,
         time_ms(l.first_failure_at),
         time_ms(l.last_failure_at),
@@ -481,12 +511,8 @@ fn letter_body(session: &Session, l: &DeadLetter, revealed: bool) -> String {
     }
     body.push_str("<h2>Headers</h2><table>");
     for (name, value) in &l.headers {
-        let _ = write!(
-            body,
-            "<tr><th>{}</th><td>{}</td></tr>",
-            escape(name),
-            escape(value)
-        );
+        let (name, value) = header_row(name, value);
+        let _ = write!(body, "<tr><th>{name}</th><td>{value}</td></tr>");
     }
     body.push_str("</table>");
     if revealed {
@@ -505,6 +531,53 @@ fn letter_body(session: &Session, l: &DeadLetter, revealed: bool) -> String {
     body
 }
 
+/// A header as the dead-letter page shows it (escaped HTML): times in milliseconds as times
+/// (the number in a tooltip), and RabbitMQ's delivery count said for what it is.
+fn header_row(name: &str, value: &str) -> (String, String) {
+    if name == "x-delivery-count" {
+        return (
+            format!(
+                "{}<br><small>times RabbitMQ handed it out, console listings included; \
+                 not apply attempts</small>",
+                escape(name)
+            ),
+            escape(value),
+        );
+    }
+    let time = name
+        .ends_with("-at")
+        .then(|| value.parse::<i64>().ok())
+        .flatten()
+        .filter(|ms| *ms > 1_000_000_000_000);
+    match time {
+        Some(ms) => (
+            escape(name),
+            format!(
+                "<span title=\"{}\">{}</span>",
+                escape(value),
+                escape(&time_ms(Some(ms)))
+            ),
+        ),
+        None => (escape(name), escape(value)),
+    }
+}
+
+/// A dead letter's reason in words, for the codes that are not a sentence themselves.
+pub fn reason_text(reason: Option<&str>) -> String {
+    match reason {
+        None => "-".into(),
+        Some("email_held_by_other_user") => "Its email address is still stored for another user \
+             (that user's own change has not arrived yet, or failed): retried until it is freed \
+             (email_held_by_other_user)"
+            .into(),
+        Some("slug_held_by_other_organization") => "Its slug is still stored for another \
+             organization (that organization's own change has not arrived yet, or failed): \
+             retried until it is freed (slug_held_by_other_organization)"
+            .into(),
+        Some(reason) => reason.to_owned(),
+    }
+}
+
 /// An operator's action.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Act {
@@ -512,6 +585,8 @@ pub enum Act {
     ReplayOne,
     DropOne,
     ReplayMatching,
+    /// A dead-letter search by body text.
+    Search,
 }
 
 impl Act {
@@ -522,33 +597,60 @@ impl Act {
             Self::ReplayOne => "replay",
             Self::DropOne => "drop",
             Self::ReplayMatching => "replay_matching",
+            Self::Search => "search",
         }
     }
 }
 
-/// Records an action in `console_audit`.
+/// Records an action in `console_audit` before it is carried out: `count` is what it is about
+/// to touch, `done` what it did when that is already known (a reveal, a search). Returns the
+/// row's id, for [`audit_done`].
 pub async fn audit(
     console: &Console,
     session: &Session,
     action: Act,
     target: &str,
     count: usize,
-) -> Result<(), DbErr> {
+    done: Option<usize>,
+) -> Result<i64, DbErr> {
+    let as_i64 = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
     console
         .db
-        .execute_raw(Statement::from_sql_and_values(
+        .query_one_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
-            "INSERT INTO console_audit (actor, role, action, target, count) VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO console_audit (actor, role, action, target, count, done) \
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
             vec![
                 Value::from(session.user.clone()),
                 Value::from(session.role.as_str()),
                 Value::from(action.as_str()),
                 Value::from(target.to_owned()),
-                Value::from(i64::try_from(count).unwrap_or(i64::MAX)),
+                Value::from(as_i64(count)),
+                Value::from(done.map(as_i64)),
             ],
         ))
-        .await
-        .map(|_| ())
+        .await?
+        .ok_or_else(|| DbErr::RecordNotInserted)?
+        .try_get("", "id")
+}
+
+/// Records what an action audited by [`audit`] did. A failure here is logged: the action is
+/// in the log already, with what it was about to touch.
+async fn audit_done(console: &Console, id: i64, done: usize) {
+    let result = console
+        .db
+        .execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "UPDATE console_audit SET done = $2 WHERE id = $1",
+            vec![
+                Value::from(id),
+                Value::from(i64::try_from(done).unwrap_or(i64::MAX)),
+            ],
+        ))
+        .await;
+    if let Err(error) = result {
+        tracing::warn!(audit_id = id, done, error.message = %error, "console action done, but its count could not be recorded");
+    }
 }
 
 /// An operator's POST (role and CSRF token already checked): reveal at once (audited first);
@@ -559,7 +661,7 @@ pub async fn act(console: &Console, session: &Session, action: Act, form: &Form)
             return error_page(session, StatusCode::BAD_REQUEST, "which dead letter?");
         };
         // Audited before anything is shown: a reveal that cannot be recorded does not happen.
-        if let Err(error) = audit(console, session, Act::Reveal, id, 1).await {
+        if let Err(error) = audit(console, session, Act::Reveal, id, 1, Some(1)).await {
             return db_error(session, error);
         }
         tracing::info!(user = %session.user, id, "console reveal");
@@ -598,17 +700,31 @@ pub async fn act(console: &Console, session: &Session, action: Act, form: &Form)
         (true, Act::DropOne) => Action::Drop,
         (true, _) => Action::Replay,
     };
+    // Recorded before anything is changed; not done when it cannot be recorded.
+    let audit_id = std::sync::Mutex::new(None);
+    let done = std::sync::atomic::AtomicUsize::new(0);
     let result = {
         let _one = console.dlq_lock.lock().await;
-        dlq::act(
+        dlq::act_approved(
             &console.broker,
             console.topology.clone(),
             &selection,
             dlq_action,
-            |_, _| {},
+            |n, _| done.store(n, std::sync::atomic::Ordering::Relaxed),
+            async |selected: &[String]| {
+                let id = audit(console, session, action, &target, selected.len(), None)
+                    .await
+                    .map_err(|error| DlqError::NotRecorded(error.to_string()))?;
+                *audit_id.lock().unwrap_or_else(|e| e.into_inner()) = Some(id);
+                Ok(())
+            },
         )
         .await
     };
+    let recorded = *audit_id.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(id) = recorded {
+        audit_done(console, id, done.load(std::sync::atomic::Ordering::Relaxed)).await;
+    }
     let summary = match result {
         Ok(summary) => summary,
         Err(error) => return dlq_error(session, error),
@@ -644,9 +760,6 @@ pub async fn act(console: &Console, session: &Session, action: Act, form: &Form)
         return Outcome::Html(StatusCode::OK, page("Confirm", Some(session), &body));
     }
     tracing::info!(user = %session.user, action = action.as_str(), target, done = summary.done, "console action");
-    if let Err(error) = audit(console, session, action, &target, summary.done).await {
-        return db_error(session, error);
-    }
     let past = if action == Act::DropOne {
         "Dropped"
     } else {
@@ -659,6 +772,19 @@ pub async fn act(console: &Console, session: &Session, action: Act, form: &Form)
         escape(&target)
     );
     Outcome::Html(StatusCode::OK, page("Done", Some(session), &body))
+}
+
+/// SQL for a `timestamptz` column shown as the console shows times (UTC, to the second).
+fn at(column: &str) -> String {
+    format!("to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS \"UTC\"')")
+}
+
+/// SQL for a Clerk time in milliseconds (`clerk_updated_at`) shown as a time, to the
+/// millisecond (it is the row's version: two versions may be a millisecond apart).
+fn at_ms(column: &str) -> String {
+    format!(
+        "to_char(to_timestamp({column} / 1000.0) AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.MS \"UTC\"')"
+    )
 }
 
 /// Rows of a raw query, every column read as text.
@@ -729,8 +855,11 @@ pub async fn events(console: &Console, session: &Session, query: &Form) -> Outco
             let cols = ["svix_id", "event_type", "processed_at"];
             let found = rows(
                 console,
-                "SELECT svix_id, event_type, processed_at::text AS processed_at \
-                 FROM processed_events WHERE svix_id = $1",
+                &format!(
+                    "SELECT svix_id, event_type, {} AS processed_at \
+                     FROM processed_events WHERE svix_id = $1",
+                    at("processed_at")
+                ),
                 vec![svix_id.into()],
                 &cols,
             )
@@ -757,11 +886,16 @@ pub async fn events(console: &Console, session: &Session, query: &Form) -> Outco
             ];
             let found = rows(
                 console,
-                "SELECT clerk_user_id, clerk_updated_at::text AS clerk_updated_at, \
-                 google_calendar_connected::text AS google_calendar_connected, \
-                 microsoft_calendar_connected::text AS microsoft_calendar_connected, \
-                 created_at::text AS created_at, updated_at::text AS updated_at \
-                 FROM users WHERE clerk_user_id = $1",
+                &format!(
+                    "SELECT clerk_user_id, {} AS clerk_updated_at, \
+                     google_calendar_connected::text AS google_calendar_connected, \
+                     microsoft_calendar_connected::text AS microsoft_calendar_connected, \
+                     {} AS created_at, {} AS updated_at \
+                     FROM users WHERE clerk_user_id = $1",
+                    at_ms("clerk_updated_at"),
+                    at("created_at"),
+                    at("updated_at")
+                ),
                 vec![user.into()],
                 &cols,
             )
@@ -775,7 +909,10 @@ pub async fn events(console: &Console, session: &Session, query: &Form) -> Outco
             let tomb_cols = ["deleted_at"];
             let tomb = rows(
                 console,
-                "SELECT deleted_at::text AS deleted_at FROM deleted_users WHERE clerk_user_id_sha256 = $1",
+                &format!(
+                    "SELECT {} AS deleted_at FROM deleted_users WHERE clerk_user_id_sha256 = $1",
+                    at("deleted_at")
+                ),
                 vec![crate::apply::tombstone_key(user).into()],
                 &tomb_cols,
             )
@@ -788,10 +925,13 @@ pub async fn events(console: &Console, session: &Session, query: &Form) -> Outco
             let m_cols = ["clerk_organization_id", "clerk_membership_id", "role", "linked", "clerk_updated_at"];
             let memberships = rows(
                 console,
-                "SELECT o.clerk_organization_id, m.clerk_membership_id, m.role, \
-                 (m.user_id IS NOT NULL)::text AS linked, m.clerk_updated_at::text AS clerk_updated_at \
-                 FROM organization_memberships m JOIN organizations o ON o.id = m.organization_id \
-                 WHERE m.clerk_user_id = $1 ORDER BY 1",
+                &format!(
+                    "SELECT o.clerk_organization_id, m.clerk_membership_id, m.role, \
+                     (m.user_id IS NOT NULL)::text AS linked, {} AS clerk_updated_at \
+                     FROM organization_memberships m JOIN organizations o ON o.id = m.organization_id \
+                     WHERE m.clerk_user_id = $1 ORDER BY 1",
+                    at_ms("m.clerk_updated_at")
+                ),
                 vec![user.into()],
                 &m_cols,
             )
@@ -804,8 +944,11 @@ pub async fn events(console: &Console, session: &Session, query: &Form) -> Outco
             let o_cols = ["clerk_organization_id", "slug", "members_count", "clerk_updated_at"];
             let orgs = rows(
                 console,
-                "SELECT clerk_organization_id, slug, members_count::text AS members_count, \
-                 clerk_updated_at::text AS clerk_updated_at FROM organizations WHERE clerk_organization_id = $1",
+                &format!(
+                    "SELECT clerk_organization_id, slug, members_count::text AS members_count, \
+                     {} AS clerk_updated_at FROM organizations WHERE clerk_organization_id = $1",
+                    at_ms("clerk_updated_at")
+                ),
                 vec![user.into()],
                 &o_cols,
             )
@@ -815,7 +958,10 @@ pub async fn events(console: &Console, session: &Session, query: &Form) -> Outco
             }
             let org_tomb = rows(
                 console,
-                "SELECT deleted_at::text AS deleted_at FROM deleted_organizations WHERE clerk_organization_id_sha256 = $1",
+                &format!(
+                    "SELECT {} AS deleted_at FROM deleted_organizations WHERE clerk_organization_id_sha256 = $1",
+                    at("deleted_at")
+                ),
                 vec![crate::apply::tombstone_key(user).into()],
                 &tomb_cols,
             )
@@ -835,11 +981,15 @@ pub async fn events(console: &Console, session: &Session, query: &Form) -> Outco
 
 /// `GET /console/audit`: the newest 500 entries.
 pub async fn audit_log(console: &Console, session: &Session) -> Outcome {
-    let cols = ["at", "actor", "role", "action", "target", "count"];
+    let cols = ["at", "actor", "role", "action", "target", "count", "done"];
     let found = rows(
         console,
-        "SELECT at::text AS at, actor, role, action, target, count::text AS count \
-         FROM console_audit ORDER BY id DESC LIMIT 500",
+        &format!(
+            "SELECT {} AS at, actor, role, action, target, count::text AS count, \
+             COALESCE(done::text, 'not recorded') AS done \
+             FROM console_audit ORDER BY id DESC LIMIT 500",
+            at("at")
+        ),
         vec![],
         &cols,
     )
@@ -854,5 +1004,37 @@ pub async fn audit_log(console: &Console, session: &Session) -> Outcome {
             ),
         ),
         Err(error) => db_error(session, error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_held_email_reads_as_a_sentence_and_other_reasons_as_they_are() {
+        let held = reason_text(Some("email_held_by_other_user"));
+        assert!(
+            held.starts_with("Its email address is still stored for another user")
+                && held.ends_with("(email_held_by_other_user)"),
+            "{held}"
+        );
+        assert_eq!(reason_text(Some("database: timeout")), "database: timeout");
+        assert_eq!(reason_text(None), "-");
+    }
+
+    #[test]
+    fn failure_times_show_as_times_and_the_delivery_count_says_what_it_counts() {
+        let (name, value) = header_row("clerk-sync-first-failure-at", "1735689600123");
+        assert_eq!(name, "clerk-sync-first-failure-at");
+        assert_eq!(
+            value,
+            "<span title=\"1735689600123\">2025-01-01 00:00:00 UTC</span>"
+        );
+        let (name, value) = header_row("x-delivery-count", "7");
+        assert!(name.contains("not apply attempts"), "{name}");
+        assert_eq!(value, "7");
+        let (_, value) = header_row("clerk-sync-reason", "<b>");
+        assert_eq!(value, "&lt;b&gt;");
     }
 }

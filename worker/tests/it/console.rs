@@ -409,7 +409,7 @@ async fn an_operator_reveals_replays_and_drops_dead_letters_and_the_audit_log_li
         assert!(listing.body.contains(id), "{id}");
     }
     assert!(!listing.body.contains("msg_garbage"));
-    assert!(listing.body.contains("Replay all 3 matching"));
+    assert!(listing.body.contains("Replay all matching"));
     // Payload search: the body holds the address; the description does not echo it.
     let searched = browser
         .get("/console/dead-letters?body=poison2%40example.com")
@@ -423,6 +423,13 @@ async fn an_operator_reveals_replays_and_drops_dead_letters_and_the_audit_log_li
         searched.body
     );
     assert!(searched.body.contains("msg_p2") && !searched.body.contains("msg_p1"));
+    let searches = "SELECT count(*) FROM console_audit WHERE action = 'search' \
+                    AND target = 'body~(19 chars)' AND count = 1 AND done = 1 AND actor = 'ops'";
+    assert_eq!(
+        crate::helpers::scalar(&db.conn, searches).await,
+        1,
+        "the search is audited (who, how many matched), its text is not stored"
+    );
     let all = browser.get("/console/dead-letters").await;
     assert!(
         all.body.contains("<strong>4</strong> dead letter(s)"),
@@ -441,6 +448,20 @@ async fn an_operator_reveals_replays_and_drops_dead_letters_and_the_audit_log_li
     );
     assert!(masked.body.contains("masked"));
     assert!(masked.body.contains("/console/dead-letter/reveal"));
+    // Times as times (the milliseconds in a tooltip), RabbitMQ's delivery count said for what
+    // it is.
+    assert!(
+        masked
+            .body
+            .contains("<th>clerk-sync-first-failure-at</th><td><span title=\""),
+        "{}",
+        masked.body
+    );
+    assert!(
+        masked.body.contains("not apply attempts"),
+        "{}",
+        masked.body
+    );
     let revealed = browser
         .post(
             "/console/dead-letter/reveal",
@@ -555,6 +576,11 @@ async fn an_operator_reveals_replays_and_drops_dead_letters_and_the_audit_log_li
         .get("/console/events?clerk_user_id=user_poison_2")
         .await;
     assert!(user.body.contains("No tombstone"), "{}", user.body);
+    assert!(
+        user.body.contains("<td>1970-01-01 00:00:00.002 UTC</td>"),
+        "clerk_updated_at as a time: {}",
+        user.body
+    );
     assert!(!user.body.contains("No row in users"), "{}", user.body);
 
     // The audit log: who, role, what, target and how many, in order.
@@ -562,7 +588,7 @@ async fn an_operator_reveals_replays_and_drops_dead_letters_and_the_audit_log_li
         .conn
         .query_all_raw(Statement::from_string(
             DbBackend::Postgres,
-            "SELECT actor, role, action, target, count FROM console_audit ORDER BY id",
+            "SELECT actor, role, action, target, count FROM console_audit WHERE done = count ORDER BY id",
         ))
         .await
         .unwrap();
@@ -579,6 +605,7 @@ async fn an_operator_reveals_replays_and_drops_dead_letters_and_the_audit_log_li
         })
         .collect();
     let expected = [
+        ("search", "body~(19 chars)", 1),
         ("reveal", "msg_p1", 1),
         ("replay", "msg_p1", 1),
         ("drop", "msg_garbage", 1),
@@ -652,4 +679,97 @@ async fn dead_letters_are_paged_fifty_at_a_time() {
     );
     wait_for_count(&broker, &broker.topology.dead_queue(), 120).await;
     worker.stop().await;
+}
+
+#[tokio::test]
+async fn an_action_or_a_search_that_cannot_be_audited_is_not_done() {
+    let db = TestDb::migrated().await;
+    let broker = TestBroker::new().await;
+    let users = users_setting();
+    let worker = spawn_worker(&db, &broker, &[("CONSOLE_USERS", &users)]).await;
+    broker.publish_event("msg_bad_1", b"{not json").await;
+    wait_for_count(&broker, &broker.topology.dead_queue(), 1).await;
+    let mut browser = Browser::new(worker.port);
+    let csrf = browser.login("ops", OPERATOR_KEY).await;
+
+    // The audit log cannot be written.
+    db.conn
+        .execute_unprepared("ALTER TABLE console_audit RENAME TO console_audit_away")
+        .await
+        .unwrap();
+    let refused = browser
+        .post(
+            "/console/dead-letter/drop",
+            &[("csrf", &csrf), ("id", "msg_bad_1"), ("confirm", "yes")],
+        )
+        .await;
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert!(
+        refused
+            .body
+            .contains("could not be recorded in the audit log"),
+        "{}",
+        refused.body
+    );
+    let searched = browser.get("/console/dead-letters?body=not%20json").await;
+    assert_eq!(searched.status, 502, "{}", searched.body);
+    assert!(!searched.body.contains("msg_bad_1"), "{}", searched.body);
+    wait_for_count(&broker, &broker.topology.dead_queue(), 1).await;
+
+    // Recorded again: the drop happens, with what it did.
+    db.conn
+        .execute_unprepared("ALTER TABLE console_audit_away RENAME TO console_audit")
+        .await
+        .unwrap();
+    let dropped = browser
+        .post(
+            "/console/dead-letter/drop",
+            &[("csrf", &csrf), ("id", "msg_bad_1"), ("confirm", "yes")],
+        )
+        .await;
+    assert!(
+        dropped.body.contains("Dropped <strong>1</strong>"),
+        "{}",
+        dropped.body
+    );
+    wait_for_count(&broker, &broker.topology.dead_queue(), 0).await;
+    assert_eq!(
+        crate::helpers::scalar(
+            &db.conn,
+            "SELECT count(*) FROM console_audit WHERE action = 'drop' AND count = 1 AND done = 1"
+        )
+        .await,
+        1
+    );
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_refused_login_never_logs_a_name_that_is_no_user_s() {
+    let db = TestDb::migrated().await;
+    let broker = TestBroker::new().await;
+    let users = users_setting();
+    let (logs, _guard) = crate::secrets::capture_logs();
+    let worker = spawn_worker(&db, &broker, &[("CONSOLE_USERS", &users)]).await;
+    let mut browser = Browser::new(worker.port);
+    // The key typed into the name field, and a forged log line.
+    for (name, key) in [
+        (OPERATOR_KEY, "x"),
+        ("evil\nINFO console login user=ops", "x"),
+        ("ops", "wrong-key"),
+    ] {
+        let page = browser
+            .post("/console/login", &[("name", name), ("key", key)])
+            .await;
+        assert_eq!(page.status, 401, "{}", page.body);
+    }
+    worker.stop().await;
+    let text = logs.text();
+    assert!(text.contains("console login refused"), "{text}");
+    assert!(!text.contains(OPERATOR_KEY), "{text}");
+    assert!(!text.contains("evil"), "{text}");
+    assert!(
+        text.contains("user=ops") || text.contains("\"user\":\"ops\""),
+        "a configured user's name is logged: {text}"
+    );
 }

@@ -195,3 +195,71 @@ async fn an_unparseable_event_is_dead_lettered_at_once_and_can_be_dropped() {
     wait_for_count(&broker, &broker.topology.dead_queue(), 1).await;
     worker.stop().await;
 }
+
+#[tokio::test]
+async fn a_listing_window_keeps_only_its_page_reads_no_further_than_its_bound_and_takes_nothing() {
+    let db = TestDb::migrated().await;
+    let broker = TestBroker::new().await;
+    let worker = crate::helpers::spawn_worker(&db, &broker, &[]).await;
+    for n in 0..6 {
+        broker
+            .publish_event(&format!("msg_win_{n}"), b"{not json")
+            .await;
+    }
+    wait_for_count(&broker, &broker.topology.dead_queue(), 6).await;
+    worker.stop().await;
+    let settings: std::collections::HashMap<String, String> =
+        broker.settings().into_iter().collect();
+    let lookup = |name: &str| settings.get(name).cloned();
+    let config = broker::BrokerConfig::from_lookup(&lookup, "test").unwrap();
+    let topology = broker::Topology::from_lookup(&lookup).unwrap();
+    let scan = |window| {
+        let (config, topology) = (config.clone(), topology.clone());
+        async move {
+            worker::dlq::scan(&config, topology, &worker::dlq::Filter::default(), window)
+                .await
+                .unwrap()
+        }
+    };
+
+    // Page 2 of 2-letter pages, reading at most 4: letters 3 and 4 kept, 4 counted.
+    let bounded = scan(worker::dlq::Window {
+        skip: 2,
+        take: 2,
+        scan_at_most: 4,
+        count_all: true,
+    })
+    .await;
+    let ids: Vec<&str> = bounded.letters.iter().map(|l| l.id.as_str()).collect();
+    assert_eq!(ids, ["msg_win_2", "msg_win_3"]);
+    assert_eq!(
+        (bounded.matched, bounded.read, bounded.complete),
+        (4, 4, false)
+    );
+    // Unbounded: every letter counted, still two kept, the queue read to its end.
+    let whole = scan(worker::dlq::Window {
+        skip: 0,
+        take: 2,
+        scan_at_most: usize::MAX,
+        count_all: true,
+    })
+    .await;
+    assert_eq!(
+        (whole.letters.len(), whole.matched, whole.complete),
+        (2, 6, true)
+    );
+    // Nothing was taken, and the order is kept.
+    wait_for_count(&broker, &broker.topology.dead_queue(), 6).await;
+    let again = scan(worker::dlq::Window {
+        skip: 0,
+        take: 1,
+        scan_at_most: usize::MAX,
+        count_all: false,
+    })
+    .await;
+    assert_eq!(again.letters[0].id, "msg_win_0");
+    assert_eq!(
+        again.read, 1,
+        "without count_all, reading stops at the page"
+    );
+}

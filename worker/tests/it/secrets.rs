@@ -22,7 +22,7 @@ use tracing_subscriber::fmt::MakeWriter;
 use crate::helpers::{TestIngress, TestWorker, scalar, spawn_ingress, spawn_worker_at, state};
 
 #[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
+pub(crate) struct Capture(Arc<Mutex<Vec<u8>>>);
 
 impl Write for Capture {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -35,7 +35,7 @@ impl Write for Capture {
 }
 
 impl Capture {
-    fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
     }
 }
@@ -52,7 +52,7 @@ const ACCESS_TOKEN: &str = "ya29.SECRET-ACCESS-TOKEN-do-not-log";
 const DB_PASSWORD: &str = "pgsecret-hunter2";
 
 /// Captures every log line of this thread, at debug, from here until the guard is dropped.
-fn capture_logs() -> (Capture, DefaultGuard) {
+pub(crate) fn capture_logs() -> (Capture, DefaultGuard) {
     let capture = Capture::default();
     let subscriber = tracing_subscriber::fmt()
         .with_env_filter("debug")
