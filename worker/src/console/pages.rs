@@ -400,9 +400,15 @@ pub async fn dead_letters(console: &Console, session: &Session, query: &Form) ->
         let _ = write!(
             body,
             "<form method=\"post\" action=\"/console/dead-letters/replay\">{}{}\
-             <button>Replay all matching…</button></form>",
+             <button>Replay all {}matching…</button></form>",
             csrf_field(session),
             filter_hidden(query),
+            // Counted only when the whole queue was read; the confirmation counts anyway.
+            if scanned.complete {
+                format!("{} ", scanned.matched)
+            } else {
+                String::new()
+            },
         );
     }
     body.push_str(

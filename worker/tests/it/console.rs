@@ -409,7 +409,7 @@ async fn an_operator_reveals_replays_and_drops_dead_letters_and_the_audit_log_li
         assert!(listing.body.contains(id), "{id}");
     }
     assert!(!listing.body.contains("msg_garbage"));
-    assert!(listing.body.contains("Replay all matching"));
+    assert!(listing.body.contains("Replay all 3 matching"));
     // Payload search: the body holds the address; the description does not echo it.
     let searched = browser
         .get("/console/dead-letters?body=poison2%40example.com")
