@@ -13,6 +13,8 @@ declare global {
       setUser: (id: string | null) => void;
       /** How many times getToken threw `clerk_offline`. */
       offlineErrors: number;
+      /** How long getToken takes before it answers (or finds the browser offline). */
+      tokenDelayMs: number;
     };
     __mintSessionToken?: (userId: string) => Promise<string>;
   }
@@ -33,7 +35,10 @@ window.__clerkDouble = {
   get offlineErrors() {
     return offlineErrors;
   },
+  tokenDelayMs: 0,
 };
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 function subscribe(listener: () => void) {
   listeners.add(listener);
@@ -57,8 +62,10 @@ export function useAuth() {
   const current = useSyncExternalStore(subscribe, () => userId);
   const getToken = useCallback(async (): Promise<string | null> => {
     if (current === null) return null;
+    const delay = window.__clerkDouble?.tokenDelayMs ?? 0;
+    if (delay > 0) await sleep(delay);
     if (!navigator.onLine) {
-      await new Promise((resolve) => setTimeout(resolve, 300));
+      await sleep(300);
       offlineErrors += 1;
       throw new ClerkOfflineError();
     }
