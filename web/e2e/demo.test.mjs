@@ -1,5 +1,6 @@
-// End to end: the demo page in headless Chromium against the real ingress, worker and api on the
-// machine's Postgres and RabbitMQ. Clerk's frontend is a test double whose session tokens are
+// End to end: the demo page (on @clerk/react 6) in headless Chromium against the real ingress,
+// worker and api on the machine's Postgres and RabbitMQ. Clerk's frontend is a test double, shaped
+// like @clerk/react 6 (its getToken throws clerk_offline offline), whose session tokens are
 // RS256 JWTs minted here (the api verifies them with this test's public key); Clerk's Backend API
 // (lazy sync, calendar tokens) is a small fake served here. Clerk cannot be reached from here.
 //
@@ -289,5 +290,65 @@ describe("the demo page against the real services", () => {
 
     await page.evaluate(() => window.__clerkDouble.setUser(null));
     await page.getByText("Please sign in").waitFor();
+  });
+
+  it("keeps showing a signed-in user while the browser is offline, and a user.updated once back online", async () => {
+    fake.users.set("user_e2e_lin", clerkUser("user_e2e_lin", "Lin", 1_700_000_004_000, false));
+    await page.evaluate(() => window.__clerkDouble.setUser("user_e2e_lin"));
+    await page.getByText("Welcome, Lin!").waitFor({ timeout: 5_000 });
+    await page.evaluate(() => {
+      window.__offlineTexts = [];
+      new MutationObserver(() => window.__offlineTexts.push(document.body.innerText)).observe(document.body, {
+        subtree: true,
+        childList: true,
+        characterData: true,
+      });
+    });
+
+    // A refocus starts a read, and the browser goes offline while Clerk is fetching the token:
+    // getToken throws clerk_offline (Core 3), and the read waits for the network.
+    await page.evaluate(() => {
+      window.__clerkDouble.tokenDelayMs = 1_000;
+      window.dispatchEvent(new Event("visibilitychange"));
+    });
+    // Offline blocks every request, the api's (another port) included.
+    await page.context().setOffline(true);
+    assert.equal(await page.evaluate(() => navigator.onLine), false);
+    const blocked = await page.evaluate((api) => fetch(`${api}/healthz`).then(() => "answered", () => "blocked"), urls.api);
+    assert.equal(blocked, "blocked");
+    await eventually("getToken threw clerk_offline", () => page.evaluate(() => window.__clerkDouble.offlineErrors > 0));
+    await page.evaluate(() => {
+      window.__clerkDouble.tokenDelayMs = 0;
+    });
+    // Another refocus while offline asks nothing; the last profile read stays on screen.
+    await page.evaluate(() => window.dispatchEvent(new Event("visibilitychange")));
+    await page.waitForTimeout(1_500);
+    const offlineTexts = [...(await page.evaluate(() => window.__offlineTexts)), await page.locator("body").innerText()];
+    assert.ok(
+      offlineTexts.every(
+        (shown) => shown.includes("Welcome, Lin!") && !shown.includes("Please sign in") && !shown.includes("Could not"),
+      ),
+      `offline, the page stopped showing the user: ${JSON.stringify(offlineTexts)}`,
+    );
+    assert.match(await text(), /Email: user_e2e_lin@example\.test/);
+    await shot("06-offline-cached-user");
+
+    // Back online: the held read goes out by itself.
+    const reread = page.waitForResponse((response) => response.url() === `${urls.api}/me` && response.ok());
+    await page.context().setOffline(false);
+    await reread;
+
+    const updated = clerkUser("user_e2e_lin", "Lin Updated", 1_700_000_005_000, false);
+    fake.users.set("user_e2e_lin", updated);
+    await deliver(urls.ingress, webhookSecret, { type: "user.updated", object: "event", timestamp: Date.now(), data: updated });
+    await eventually("the worker applied the update", async () => {
+      const user = await (await asService("/users/by-clerk-id/user_e2e_lin")).json();
+      return user.first_name === "Lin Updated";
+    });
+    assert.match(await text(), /Welcome, Lin!/, "nothing refetches before the refocus");
+    await page.evaluate(() => window.dispatchEvent(new Event("visibilitychange")));
+    await page.getByText("Welcome, Lin Updated!").waitFor({ timeout: 5_000 });
+    assert.doesNotMatch(await text(), /Could not/);
+    await shot("07-back-online-updated");
   });
 });

@@ -6,9 +6,11 @@ export function MyComponent() {
 
   if (isLoading) return <div>Loading...</div>;
   if (!isSignedIn) return <div>Please sign in</div>;
-  if (error) return <div role="alert">Could not load your profile: {error.message}</div>;
-  if (!user) return <div>Loading...</div>;
+  if (!user) {
+    return error ? <div role="alert">Could not load your profile: {error.message}</div> : <div>Loading...</div>;
+  }
 
+  // A failed refresh (offline, say) leaves the last profile read on screen.
   return (
     <div>
       <h1>Welcome, {user.first_name}!</h1>
@@ -16,6 +18,11 @@ export function MyComponent() {
       <p>
         Microsoft Calendar: {user.microsoft_calendar_connected ? "Connected" : "Not Connected"}
       </p>
+      {error ? (
+        <p role="status">
+          {error.retryable ? "Could not refresh your profile; trying again." : `Could not refresh: ${error.message}`}
+        </p>
+      ) : null}
     </div>
   );
 }

@@ -9,26 +9,79 @@ export type CalendarConnection = components["schemas"]["CalendarConnection"];
 export type Provider = components["schemas"]["ProviderName"];
 type ErrorBody = components["schemas"]["ErrorBody"];
 
-/** A failed call: the HTTP status and the API's `{error, message}`. */
+/** A failed call: the HTTP status (0 when no answer came) and the API's `{error, message}`. */
 export class ClerkSyncError extends Error {
   readonly status: number;
   readonly code: string;
+  readonly #retryable: boolean | undefined;
 
-  constructor(status: number, code: string, message: string) {
+  constructor(status: number, code: string, message: string, options: { retryable?: boolean } = {}) {
     super(`${code}: ${message}`);
     this.name = "ClerkSyncError";
     this.status = status;
     this.code = code;
+    this.#retryable = options.retryable;
   }
 
-  /** Whether trying again later can help (the API or Clerk was unavailable). */
+  /**
+   * Whether trying again later can help: the API or Clerk was unavailable, the network was down,
+   * or the browser was offline (`clerk_offline`).
+   */
   get retryable(): boolean {
-    return this.status >= 500 || this.status === 429 || this.status === 0;
+    return this.#retryable ?? (this.status >= 500 || this.status === 429 || this.status === 0);
   }
 }
 
-/** Returns the current session token, or null when signed out (Clerk's `getToken`). */
+/**
+ * The session token getter: Clerk's `useAuth().getToken`, whichever Clerk React SDK the app uses.
+ * Resolves to the token, or null when signed out. Core 2 SDKs (`@clerk/clerk-react` 5) also
+ * resolve null while offline; Core 3 ones (`@clerk/react` 6) throw an error with
+ * `code: "clerk_offline"` instead, and one with `code: "clerk_runtime_not_browser"` on a server.
+ */
 export type GetToken = () => Promise<string | null>;
+
+/** The `code` of what a Clerk SDK threw (its `ClerkRuntimeError`s carry one), if any. */
+function clerkErrorCode(error: unknown): string | undefined {
+  if (typeof error === "object" && error !== null && "code" in error) {
+    const { code } = error as { code: unknown };
+    if (typeof code === "string") return code;
+  }
+  return undefined;
+}
+
+function browserOffline(): boolean {
+  return typeof navigator !== "undefined" && navigator.onLine === false;
+}
+
+/** The session token, or a `ClerkSyncError` saying why there is none. */
+async function sessionToken(getToken: GetToken): Promise<string> {
+  let token: string | null;
+  try {
+    token = await getToken();
+  } catch (error) {
+    const code = clerkErrorCode(error);
+    const message = error instanceof Error ? error.message : String(error);
+    if (code === "clerk_offline") {
+      // Core 3 offline: not a sign-out; worth trying again once the browser is back online.
+      throw new ClerkSyncError(0, "clerk_offline", message, { retryable: true });
+    }
+    if (code === "clerk_runtime_not_browser") {
+      // Asked for a token while rendering on a server: no point in asking again there.
+      throw new ClerkSyncError(0, code, message, { retryable: false });
+    }
+    throw new ClerkSyncError(0, code ?? "session_token_error", message);
+  }
+  if (!token) {
+    if (browserOffline()) {
+      // Core 2 SDKs answer null while offline: the same retryable failure as Core 3's.
+      throw new ClerkSyncError(0, "clerk_offline", "no session token while the browser is offline", {
+        retryable: true,
+      });
+    }
+    throw new ClerkSyncError(401, "unauthenticated", "signed out: no session token");
+  }
+  return token;
+}
 
 /** `fetch` of `path` on the API with the session token; JSON in and out. */
 export async function call<T>(
@@ -37,10 +90,7 @@ export async function call<T>(
   path: string,
   init: { method?: string; body?: unknown } = {},
 ): Promise<T> {
-  const token = await getToken();
-  if (!token) {
-    throw new ClerkSyncError(401, "unauthenticated", "signed out: no session token");
-  }
+  const token = await sessionToken(getToken);
   let response: Response;
   try {
     response = await fetch(`${apiUrl.replace(/\/+$/, "")}${path}`, {

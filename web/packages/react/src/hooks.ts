@@ -1,9 +1,8 @@
-import { useAuth } from "@clerk/clerk-react";
 import { useMutation, useQuery, useQueryClient } from "@tanstack/react-query";
 import { useCallback } from "react";
 
 import { call, type CalendarConnection, type ClerkSyncError, type Provider, type User } from "./api";
-import { QUERY_KEY, useClerkSyncSettings } from "./provider";
+import { QUERY_KEY, onServer, retry, useClerkSyncSettings } from "./provider";
 import type { components } from "./schema";
 
 /** An organization as the API serves it (generated from the API's OpenAPI document). */
@@ -18,7 +17,7 @@ export interface CurrentUser {
   user: User | null;
   /** True until it is known whether someone is signed in and, if so, their user is read. */
   isLoading: boolean;
-  /** Whether a user is signed in (from Clerk). */
+  /** Whether a user is signed in (the provider's `isSignedIn`); false while loading. */
   isSignedIn: boolean;
   /** The last failure, if reading the user failed (after retries for what can pass). */
   error: ClerkSyncError | null;
@@ -26,14 +25,17 @@ export interface CurrentUser {
   refresh: () => Promise<void>;
 }
 
-/** The session token getter and the signed-in user's Clerk id, from Clerk. */
+/**
+ * Who is signed in and their session token getter, as the provider was handed them. On a server
+ * nobody counts as known to be signed in yet: nothing is fetched there (Clerk's `getToken` throws
+ * `clerk_runtime_not_browser` outside a browser) and the hooks render their loading state.
+ */
 function useSession() {
-  const { isLoaded, isSignedIn, userId, getToken } = useAuth();
+  const { session } = useClerkSyncSettings();
   return {
-    isLoaded,
-    isSignedIn: Boolean(isLoaded && isSignedIn),
-    userId: isLoaded && isSignedIn ? (userId ?? null) : null,
-    getToken: useCallback(() => getToken(), [getToken]),
+    ...session,
+    /** Whether the hooks may read the API now. */
+    canFetch: session.isSignedIn && !onServer,
   };
 }
 
@@ -46,7 +48,8 @@ export function useCurrentUser(): CurrentUser {
   const session = useSession();
   const query = useQuery<User | null, ClerkSyncError>({
     queryKey: [QUERY_KEY, session.userId, "me"],
-    enabled: session.isSignedIn,
+    enabled: session.canFetch,
+    retry,
     queryFn: () => call<User>(apiUrl, session.getToken, "/me"),
   });
   const { refetch } = query;
@@ -77,7 +80,8 @@ export function useCalendarConnections(): CalendarConnections {
   const { user } = useCurrentUser();
   const query = useQuery<CalendarConnection[], ClerkSyncError>({
     queryKey: [QUERY_KEY, session.userId, "calendar-connections"],
-    enabled: session.isSignedIn && user !== null,
+    enabled: session.canFetch && user !== null,
+    retry,
     queryFn: () =>
       call<CalendarConnection[]>(
         apiUrl,
@@ -115,7 +119,8 @@ export function useOrganizations(): Organizations {
   const session = useSession();
   const query = useQuery<OrganizationMembership[], ClerkSyncError>({
     queryKey: [QUERY_KEY, session.userId, "organizations"],
-    enabled: session.isSignedIn,
+    enabled: session.canFetch,
+    retry,
     queryFn: () => call<OrganizationMembership[]>(apiUrl, session.getToken, "/me/organizations"),
   });
   const { refetch } = query;

@@ -1,5 +1,7 @@
 // @clerk-sync/react: the signed-in user as clerk-sync stores it, for React apps signed in with
-// Clerk. Put <ClerkSyncProvider apiUrl=…> inside <ClerkProvider>, then use the hooks.
+// Clerk. Put <ClerkSyncProvider apiUrl getToken isSignedIn userId> inside <ClerkProvider>, with
+// what the app's own Clerk SDK's useAuth() returns, then use the hooks. No Clerk package is
+// imported here, so any Clerk React SDK works (@clerk/react, @clerk/nextjs, @clerk/clerk-react…).
 export { ClerkSyncProvider, type ClerkSyncProviderProps } from "./provider";
 export {
   useCurrentUser,
@@ -14,5 +16,5 @@ export {
   type OrganizationMembership,
   type OrganizationMember,
 } from "./hooks";
-export { ClerkSyncError, type User, type CalendarConnection, type Provider } from "./api";
+export { ClerkSyncError, type GetToken, type User, type CalendarConnection, type Provider } from "./api";
 export type { components, paths } from "./schema";
