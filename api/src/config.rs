@@ -3,23 +3,18 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use calendar::{
-    clerk::ClerkClient,
-    crypto::{KeyError, TokenCipher},
-};
+use clerk_api::ClerkClient;
 use http::HeaderValue;
-use telemetry::{
-    LogFormat,
-    ops::ServerLimits,
-    settings::{InvalidSetting, flag, list, log_format, present, server_limits, socket_addr},
-};
+use settings::{InvalidSetting, flag, list, log_format, present, server_limits, socket_addr};
+use store::crypto::{KeyError, TokenCipher};
+use telemetry::{LogFormat, ops::ServerLimits};
 
 use crate::{
     auth::{Authenticator, JwtKeyError, JwtVerifier, ServiceKeyError, ServiceKeys},
     state::CalendarSettings,
 };
 
-pub use telemetry::settings::{DEFAULT_DATABASE_URL, DatabaseSettings, redact_url};
+pub use settings::{DEFAULT_DATABASE_URL, DatabaseSettings, redact_url};
 
 /// Everything the API needs to run.
 #[derive(Debug)]
@@ -92,7 +87,7 @@ impl Config {
         let (calendar, lazy, clerk_timeout) = clerk_settings(&lookup)?;
         Ok(Self {
             addr: socket_addr(&lookup, "API_ADDR", "127.0.0.1:8081")?,
-            database: telemetry::settings::database(&lookup)?,
+            database: settings::database(&lookup)?,
             auth,
             cors_origins,
             calendar,
@@ -160,7 +155,7 @@ fn cors_origins(lookup: &impl Fn(&str) -> Option<String>) -> Result<Vec<HeaderVa
 fn clerk_settings(
     lookup: &impl Fn(&str) -> Option<String>,
 ) -> Result<(Option<CalendarSettings>, Option<LazySettings>, Duration), ConfigError> {
-    let clerk_timeout = calendar::clerk::api_timeout(lookup)?;
+    let clerk_timeout = clerk_api::client::api_timeout(lookup)?;
     let clerk = ClerkClient::from_lookup(lookup)?;
     let cipher = TokenCipher::from_lookup(lookup)?;
     let calendar = match (&cipher, &clerk) {
@@ -193,7 +188,7 @@ fn clerk_settings(
 
 #[cfg(test)]
 mod tests {
-    use telemetry::settings::lookup_from as lookup;
+    use settings::lookup_from as lookup;
 
     use super::*;
 
@@ -214,7 +209,7 @@ mod tests {
                 "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
             ),
         ];
-        let unlisted = telemetry::catalog::unlisted_reads(&values, |lookup| {
+        let unlisted = settings::catalog::unlisted_reads(&values, |lookup| {
             Config::from_lookup(lookup).expect("valid");
         });
         assert!(unlisted.is_empty(), "not in the catalog: {unlisted:?}");

@@ -6,10 +6,10 @@ use axum::{
     extract::rejection::{JsonRejection, PathRejection, QueryRejection},
     response::{IntoResponse, Response},
 };
-use calendar::store::TokenError;
 use http::{HeaderValue, StatusCode, header};
 use sea_orm::DbErr;
 use serde::Serialize;
+use store::connections::TokenError;
 use utoipa::ToSchema;
 
 use crate::{auth::AuthFailure, lazy::LazyError};

@@ -13,19 +13,19 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use calendar::clerk::{ClerkClient, ClerkError};
+use clerk_api::client::{ClerkClient, ClerkError};
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family},
     registry::Registry,
 };
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
-use tokio::sync::OnceCell;
-use worker::{
-    Applier,
+use store::{
+    Applier, ApplierSettings,
     apply::{ApplyError, Outcome, tombstone_key},
     event::{ClerkEvent, parse_user},
 };
+use tokio::sync::OnceCell;
 
 /// What a lazy sync came to (the label of `clerk_sync_api_lazy_syncs_total`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -108,13 +108,16 @@ impl LazySync {
             outcomes.clone(),
         );
         Self {
-            applier: Applier {
+            applier: Applier::new(
                 db,
-                clerk: Some(clerk.clone()),
-                cipher,
-                in_process_retries: 2,
-                store_private_metadata: sync_private_metadata,
-            },
+                &ApplierSettings {
+                    clerk: Some(clerk.clone()),
+                    cipher,
+                    // On the request path: two quick retries, then the caller gets a 503.
+                    in_process_retries: 2,
+                    store_private_metadata: sync_private_metadata,
+                },
+            ),
             clerk,
             in_flight: Mutex::default(),
             outcomes,

@@ -61,7 +61,7 @@ impl Application {
     /// Binds the listener and sets up the database pool. The pool connects lazily, so the API
     /// starts while Postgres is down (`/readyz` answers 503 until it is reachable).
     pub async fn build(config: Config) -> Result<Self, StartError> {
-        let mut options = worker::pool_options(
+        let mut options = store::pool::pool_options(
             config.database.url.expose(),
             config.database.max_connections,
         );

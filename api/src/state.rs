@@ -5,7 +5,8 @@ use std::sync::Mutex;
 use prometheus_client::registry::Registry;
 use sea_orm::DatabaseConnection;
 
-use calendar::{clerk::ClerkClient, crypto::TokenCipher};
+use clerk_api::ClerkClient;
+use store::crypto::TokenCipher;
 
 use crate::{auth::Authenticator, lazy::LazySync};
 

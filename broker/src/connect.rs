@@ -7,7 +7,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::StreamExt;
 use lapin::{Channel, Connection, ConnectionProperties, Event};
 
-use telemetry::secret::SecretUrl;
+use settings::secret::SecretUrl;
 
 use crate::BrokerVersion;
 
@@ -131,7 +131,7 @@ impl BrokerError {
     }
 }
 
-pub use telemetry::settings::redact_url;
+pub use settings::redact_url;
 
 /// Connects to the first node that answers, cycling through the URLs with exponential backoff and
 /// jitter until one does. Returns `None` only if `shutdown` completes first.

@@ -127,7 +127,7 @@ impl Topology {
             None => Self::default_retry_delays(),
             Some(v) => v
                 .split(',')
-                .map(|d| telemetry::settings::parse_duration(d).filter(|d| !d.is_zero()))
+                .map(|d| settings::parse_duration(d).filter(|d| !d.is_zero()))
                 .collect::<Option<Vec<_>>>()
                 .filter(|d| !d.is_empty())
                 .ok_or_else(|| {

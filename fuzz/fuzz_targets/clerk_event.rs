@@ -2,5 +2,5 @@
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    worker::event::fuzz_case(data);
+    store::event::fuzz_case(data);
 });

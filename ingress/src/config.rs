@@ -3,11 +3,8 @@
 use std::{net::SocketAddr, time::Duration};
 
 use broker::{BrokerConfig, BrokerError, PublisherOptions, Topology};
-use telemetry::{
-    LogFormat,
-    ops::ServerLimits,
-    settings::{InvalidSetting, duration, log_format, number, server_limits, socket_addr},
-};
+use settings::{InvalidSetting, duration, log_format, number, server_limits, socket_addr};
+use telemetry::{LogFormat, ops::ServerLimits};
 
 use crate::verify::{SecretError, Secrets};
 
@@ -88,7 +85,7 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
-    use telemetry::settings::lookup_from as lookup;
+    use settings::lookup_from as lookup;
 
     use super::*;
 
@@ -97,7 +94,7 @@ mod tests {
     #[test]
     fn reads_only_settings_of_the_catalog() {
         let values = [("CLERK_WEBHOOK_SECRET", SECRET)];
-        let unlisted = telemetry::catalog::unlisted_reads(&values, |lookup| {
+        let unlisted = settings::catalog::unlisted_reads(&values, |lookup| {
             Config::from_lookup(lookup).expect("valid");
         });
         assert!(unlisted.is_empty(), "not in the catalog: {unlisted:?}");

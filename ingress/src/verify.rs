@@ -2,8 +2,8 @@
 
 use base64::{Engine, engine::general_purpose::STANDARD};
 use http::HeaderMap;
+use settings::secret::Redacted;
 use svix::webhooks::{Webhook, WebhookError};
-use telemetry::secret::Redacted;
 
 /// A secret in `CLERK_WEBHOOK_SECRET` that cannot be used. Never carries the secret itself.
 #[derive(Debug, thiserror::Error)]

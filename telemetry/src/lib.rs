@@ -1,14 +1,11 @@
 //! What every clerk-sync process needs to be observable: the tracing subscriber (plain or JSON
 //! logs, `RUST_LOG` overriding the default filter), Prometheus text encoding, request ids, and the
-//! HTTP/1 server loop with health/readiness/metrics endpoints, and typed settings from the
-//! environment.
+//! HTTP/1 server loop with health/readiness/metrics endpoints, and descriptions of JSON errors
+//! that never quote a value. Settings live in the `settings` crate.
 
-pub mod catalog;
 pub mod json_errors;
 pub mod ops;
 pub mod request_id;
-pub mod secret;
-pub mod settings;
 
 use std::sync::Mutex;
 

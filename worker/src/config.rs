@@ -3,19 +3,18 @@
 use std::{net::SocketAddr, time::Duration};
 
 use broker::{BrokerConfig, BrokerError, Topology};
-use calendar::{
-    clerk::ClerkClient,
+use clerk_api::ClerkClient;
+use settings::{
+    DatabaseSettings, InvalidSetting, count, duration, flag, log_format, number, optional_duration,
+    present, socket_addr,
+};
+use store::{
+    ApplierSettings,
     crypto::{KeyError, TokenCipher},
 };
-use telemetry::{
-    LogFormat,
-    settings::{
-        DatabaseSettings, InvalidSetting, count, duration, flag, log_format, number,
-        optional_duration, present, socket_addr,
-    },
-};
+use telemetry::LogFormat;
 
-pub use telemetry::settings::DEFAULT_DATABASE_URL;
+pub use settings::DEFAULT_DATABASE_URL;
 
 /// Everything the worker and its CLI need. `Debug` shows no secret (the database URL's password
 /// is redacted, keys and the Clerk secret are hidden by their types).
@@ -40,29 +39,26 @@ pub struct Config {
     pub batch_size: usize,
     /// `MAX_ATTEMPTS`: failed attempts before an event is dead-lettered (default 10).
     pub max_attempts: u32,
-    /// `IN_PROCESS_RETRIES`: quick retries (50 ms doubling to 1 s) of a transient failure before
-    /// the event goes to a delayed retry queue (default 3).
-    pub in_process_retries: usize,
     /// `PROCESSED_EVENTS_RETENTION`: how long Svix ids are kept for duplicate detection (default
     /// `168h`; Svix stops retrying after about 28 h, and replays are harmless anyway).
     pub processed_events_retention: Duration,
     /// `LOG_FORMAT`: `plain` (default) or `json`.
     pub log_format: LogFormat,
-    /// `CLERK_SECRET_KEY` + `CLERK_API_URL` (default `https://api.clerk.com`) +
-    /// `CLERK_API_TIMEOUT` (default `10s`): Clerk's Backend API, for calendar tokens and backfills.
-    pub clerk: Option<ClerkClient>,
-    /// `TOKEN_ENCRYPTION_KEY`: base64 keys of 32 bytes, space separated; the first encrypts.
-    pub token_cipher: Option<TokenCipher>,
+    /// How events are applied: `CLERK_SECRET_KEY` + `CLERK_API_URL` (default
+    /// `https://api.clerk.com`) + `CLERK_API_TIMEOUT` (default `10s`), Clerk's Backend API for
+    /// calendar tokens and backfills; `TOKEN_ENCRYPTION_KEY`, base64 keys of 32 bytes, space
+    /// separated, the first encrypts; `IN_PROCESS_RETRIES`, quick retries (50 ms doubling to
+    /// 1 s, at least Clerk's `Retry-After`) of a transient failure before the event goes to a
+    /// delayed retry queue (default 3); `SYNC_PRIVATE_METADATA` (default `false`), whether
+    /// users' private and unsafe metadata are stored (else those columns are NULL).
+    pub applier: ApplierSettings,
     /// `RECONCILE_INTERVAL` (off by default; e.g. `24h`): how often `worker run` reconciles the
     /// tables with Clerk in the background (one worker at a time, under an advisory lock).
     pub reconcile_interval: Option<Duration>,
-    /// `SYNC_PRIVATE_METADATA` (default `false`): whether users' private and unsafe metadata
-    /// are stored (else those columns are NULL); see [`crate::apply::Applier::store_private_metadata`].
-    pub sync_private_metadata: bool,
     /// `CONSOLE_USERS` (off by default): `name:role:key, …`; when set, the operator's console is
-    /// served under `/console` on `WORKER_ADDR` (see [`crate::console`]). Keys never show in
+    /// served under `/console` on `WORKER_ADDR` (see [`crate::ops::console`]). Keys never show in
     /// `Debug`.
-    pub console_users: Option<crate::console::auth::ConsoleUsers>,
+    pub console_users: Option<crate::ops::console::auth::ConsoleUsers>,
 }
 
 /// A setting that cannot be used.
@@ -84,7 +80,7 @@ impl Config {
 
     /// Reads settings through `lookup`; tests pass a map.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let database = telemetry::settings::database(&lookup)?;
+        let database = settings::database(&lookup)?;
         let prefetch = number(&lookup, "WORKER_PREFETCH", 512)?;
         let prefetch = u16::try_from(prefetch)
             .map_err(|_| InvalidSetting::new("WORKER_PREFETCH", "must be at most 65535"))?;
@@ -109,19 +105,21 @@ impl Config {
             concurrency: number(&lookup, "WORKER_CONCURRENCY", 3)?,
             batch_size: number(&lookup, "WORKER_BATCH_SIZE", 128)?,
             max_attempts: u32::try_from(max_attempts).unwrap_or(u32::MAX),
-            in_process_retries,
             processed_events_retention: duration(
                 &lookup,
                 "PROCESSED_EVENTS_RETENTION",
                 Duration::from_secs(7 * 24 * 3600),
             )?,
             log_format: log_format(&lookup)?,
-            clerk: ClerkClient::from_lookup(&lookup)?,
-            token_cipher: TokenCipher::from_lookup(&lookup)?,
+            applier: ApplierSettings {
+                clerk: ClerkClient::from_lookup(&lookup)?,
+                cipher: TokenCipher::from_lookup(&lookup)?,
+                in_process_retries,
+                store_private_metadata: flag(&lookup, "SYNC_PRIVATE_METADATA")?.unwrap_or(false),
+            },
             reconcile_interval,
-            sync_private_metadata: flag(&lookup, "SYNC_PRIVATE_METADATA")?.unwrap_or(false),
             console_users: present(&lookup, "CONSOLE_USERS")
-                .map(|value| crate::console::auth::ConsoleUsers::parse(&value))
+                .map(|value| crate::ops::console::auth::ConsoleUsers::parse(&value))
                 .transpose()
                 .map_err(|reason| InvalidSetting::new("CONSOLE_USERS", reason))?,
         })
@@ -141,9 +139,24 @@ mod tests {
                     .flatten()
             })
         };
-        assert!(!config(None).expect("defaults").sync_private_metadata);
-        assert!(!config(Some("false")).expect("valid").sync_private_metadata);
-        assert!(config(Some("true")).expect("valid").sync_private_metadata);
+        assert!(
+            !config(None)
+                .expect("defaults")
+                .applier
+                .store_private_metadata
+        );
+        assert!(
+            !config(Some("false"))
+                .expect("valid")
+                .applier
+                .store_private_metadata
+        );
+        assert!(
+            config(Some("true"))
+                .expect("valid")
+                .applier
+                .store_private_metadata
+        );
         let err = config(Some("maybe")).expect_err("not a bool");
         assert!(err.to_string().contains("SYNC_PRIVATE_METADATA"), "{err}");
     }
@@ -182,7 +195,7 @@ mod tests {
                 "alice:operator:0123456789abcdef0123456789abcdef",
             ),
         ];
-        let unlisted = telemetry::catalog::unlisted_reads(&values, |lookup| {
+        let unlisted = settings::catalog::unlisted_reads(&values, |lookup| {
             Config::from_lookup(lookup).expect("valid");
         });
         assert!(unlisted.is_empty(), "not in the catalog: {unlisted:?}");
@@ -220,7 +233,7 @@ mod tests {
             _ => None,
         })
         .expect("valid");
-        assert!(config.clerk.is_some() && config.token_cipher.is_some());
+        assert!(config.applier.clerk.is_some() && config.applier.cipher.is_some());
         let debug = format!("{config:?}");
         assert!(
             !debug.contains("hunter2") && !debug.contains("MDEyMzQ1"),

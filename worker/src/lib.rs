@@ -1,24 +1,13 @@
 //! The worker: consumes the raw Clerk events the ingress published and applies them to Postgres
-//! exactly once in effect (see [`apply`]), with retries and dead-lettering; plus the ops commands
-//! (`dlq`) that inspect and replay the dead-letter queue.
+//! exactly once in effect through the sync core (`store`), with retries and dead-lettering
+//! ([`consume`]); the ops tools beside it ([`ops`]: the dead-letter queue, queue migrations, the
+//! console); and the repairs that ask Clerk ([`repair`]: backfill, reconcile, scheduled or not).
 
-pub mod acks;
-pub mod apply;
-pub mod backfill;
-pub mod batch;
 pub mod config;
-pub mod console;
-pub mod consumer;
-pub mod dlq;
-pub mod event;
-pub mod faults;
+pub mod consume;
 pub mod metrics;
-pub mod orgs;
-pub mod progress;
-pub mod prune;
-pub mod queues;
-pub mod reconcile;
-pub mod reconcile_orgs;
+pub mod ops;
+pub mod repair;
 pub mod shutdown;
 
 use std::{
@@ -31,17 +20,19 @@ use std::{
     time::Duration,
 };
 
-use backon::{ExponentialBuilder, Retryable};
 use migration::{MIGRATION_LOCK_KEY, Migrator, MigratorTrait};
 use prometheus_client::registry::Registry;
-use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr};
+use sea_orm::{ConnectionTrait, DbErr};
+use store::{Applier, pool::connect_database};
 use tokio::net::TcpListener;
 
-use crate::shutdown::Shutdown;
+use crate::{
+    consume::{Consumer, ConsumerOptions, prune::prune_processed_events},
+    ops::console,
+    repair::scheduled::{Reconciler, reconcile_on_schedule},
+};
 
-pub use apply::Applier;
 pub use config::{Config, ConfigError};
-use consumer::{Consumer, ConsumerOptions};
 
 /// Why the worker could not start.
 #[derive(Debug, thiserror::Error)]
@@ -58,48 +49,6 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
-}
-
-/// The pool settings of every clerk-sync process (worker, its CLI, the api): `max_connections`
-/// (at least 1), 5 s to connect and to get a connection, no per-statement logs. One
-/// connection is kept open; the api, which must start while Postgres is down, opens none ahead.
-pub fn pool_options(url: &str, max_connections: u32) -> ConnectOptions {
-    let mut options = ConnectOptions::new(url.to_owned());
-    options
-        .max_connections(max_connections.max(1))
-        .min_connections(1)
-        .connect_timeout(Duration::from_secs(5))
-        .acquire_timeout(Duration::from_secs(5))
-        // sqlx pings a connection on every checkout by default: a second round trip per read
-        // of the api and per batch of the worker. Only connections idle for a while are
-        // checked (those a server restart, proxy or firewall may have dropped).
-        .test_before_acquire_if_idle_for(Duration::from_secs(30))
-        .sqlx_logging(false);
-    options
-}
-
-/// Connects to Postgres with the configured pool size, retrying for a short while (a database
-/// that starts alongside the worker).
-pub async fn connect_database(
-    url: &str,
-    max_connections: u32,
-) -> Result<DatabaseConnection, DbErr> {
-    connect_with(pool_options(url, max_connections)).await
-}
-
-async fn connect_with(options: ConnectOptions) -> Result<DatabaseConnection, DbErr> {
-    (|| Database::connect(options.clone()))
-        .retry(
-            ExponentialBuilder::new()
-                .with_min_delay(Duration::from_millis(200))
-                .with_max_delay(Duration::from_secs(2))
-                .with_max_times(5),
-        )
-        .sleep(tokio::time::sleep)
-        .notify(|error, delay| {
-            tracing::warn!(error.message = %error, ?delay, "database not reachable yet; retrying");
-        })
-        .await
 }
 
 /// Applies pending migrations under a Postgres advisory lock, so that several workers starting at
@@ -127,18 +76,6 @@ pub struct Application {
     console: Option<Arc<console::Console>>,
 }
 
-/// The scheduled reconcile (`RECONCILE_INTERVAL`).
-struct Reconciler {
-    applier: Applier,
-    clerk: calendar::clerk::ClerkClient,
-    interval: Duration,
-    database_url: telemetry::settings::DatabaseUrl,
-    metrics: metrics::Metrics,
-}
-
-/// Key of the session-level advisory lock one reconciling worker holds ("clerkrec").
-const RECONCILE_LOCK_KEY: i64 = 0x636c_6572_6b72_6563;
-
 impl Application {
     /// Connects to Postgres, applies migrations, and binds `WORKER_ADDR`.
     pub async fn build(config: Config) -> Result<Self, StartError> {
@@ -161,7 +98,7 @@ impl Application {
                     addr: config.addr,
                     source,
                 })?;
-        if config.clerk.is_none() || config.token_cipher.is_none() {
+        if config.applier.clerk.is_none() || config.applier.cipher.is_none() {
             tracing::warn!(
                 "CLERK_SECRET_KEY or TOKEN_ENCRYPTION_KEY is not set: calendar connections are \
                  recorded as not_configured and no tokens are stored"
@@ -180,15 +117,9 @@ impl Application {
                 metrics.progress.clone(),
             ))
         });
-        let reconciler = match (config.reconcile_interval, &config.clerk) {
+        let reconciler = match (config.reconcile_interval, &config.applier.clerk) {
             (Some(interval), Some(clerk)) => Some(Reconciler {
-                applier: Applier {
-                    db: db.clone(),
-                    clerk: Some(clerk.clone()),
-                    cipher: config.token_cipher.clone(),
-                    in_process_retries: config.in_process_retries,
-                    store_private_metadata: config.sync_private_metadata,
-                },
+                applier: Applier::new(db.clone(), &config.applier),
                 clerk: clerk.clone(),
                 interval,
                 database_url: config.database.url.clone(),
@@ -197,16 +128,10 @@ impl Application {
             _ => None,
         };
         let consumer = Arc::new(Consumer {
-            applier: Applier {
-                db,
-                clerk: config.clerk,
-                cipher: config.token_cipher,
-                in_process_retries: config.in_process_retries,
-                store_private_metadata: config.sync_private_metadata,
-            },
+            applier: Applier::new(db, &config.applier),
             broker: config.broker,
             topology: config.topology,
-            slow_path: tokio::sync::Semaphore::new(consumer::SLOW_PATH_CONCURRENCY),
+            slow_path: tokio::sync::Semaphore::new(consume::SLOW_PATH_CONCURRENCY),
             options: ConsumerOptions {
                 prefetch: config.prefetch,
                 concurrency: config.concurrency,
@@ -302,143 +227,5 @@ impl Application {
         let _ = ops.await;
         let _ = self.consumer.applier.db.clone().close().await;
         tracing::info!("worker stopped");
-    }
-}
-
-/// Reconciles every `interval` (the first time one interval after start), in one worker at a
-/// time: each run takes a session-level advisory lock on a connection of its own and skips when
-/// another worker holds it. A run stopped by shutdown resumes from its checkpoint next time.
-async fn reconcile_on_schedule(reconciler: Reconciler, mut stop: Shutdown) {
-    let mut tick = tokio::time::interval(reconciler.interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
-    loop {
-        tokio::select! {
-            () = stop.recv() => return,
-            _ = tick.tick() => {}
-        }
-        let lock = match connect_database(reconciler.database_url.expose(), 1).await {
-            Ok(lock) => lock,
-            Err(error) => {
-                tracing::warn!(error.message = %error, "cannot reach the database to reconcile; next time");
-                continue;
-            }
-        };
-        let got = lock
-            .query_one_raw(sea_orm::Statement::from_string(
-                sea_orm::DbBackend::Postgres,
-                format!("SELECT pg_try_advisory_lock({RECONCILE_LOCK_KEY}) AS got"),
-            ))
-            .await
-            .ok()
-            .flatten()
-            .and_then(|row| row.try_get::<bool>("", "got").ok())
-            .unwrap_or(false);
-        if got {
-            tokio::select! {
-                () = stop.recv() => {}
-                () = reconcile_once(&reconciler) => {}
-            }
-            let _ = lock
-                .execute_unprepared(&format!("SELECT pg_advisory_unlock({RECONCILE_LOCK_KEY})"))
-                .await;
-        } else {
-            tracing::debug!("another worker is reconciling");
-        }
-        let _ = lock.close().await;
-    }
-}
-
-async fn reconcile_once(reconciler: &Reconciler) {
-    tracing::info!("reconcile started");
-    let options = reconcile::ReconcileOptions::default();
-    match reconcile::run(&reconciler.applier, &reconciler.clerk, &options, |_, _| {}).await {
-        Ok(report) => {
-            let metrics = &reconciler.metrics;
-            for (kind, drift) in [
-                ("missing", &report.missing),
-                ("older", &report.older),
-                ("connections", &report.connections),
-                ("gone", &report.gone),
-            ] {
-                metrics
-                    .reconcile_drift
-                    .get_or_create(&metrics::DriftLabels { kind })
-                    .inc_by(drift.count);
-            }
-            if report.failed.is_empty() {
-                metrics
-                    .reconcile_last_success
-                    .set(chrono::Utc::now().timestamp());
-                tracing::info!(
-                    scanned = report.scanned,
-                    repaired = report.drift(),
-                    "reconcile done"
-                );
-            } else {
-                tracing::warn!(
-                    scanned = report.scanned,
-                    repaired = report.drift(),
-                    failed = report.failed.len(),
-                    "reconcile done, but some users could not be repaired (`worker reconcile --dry-run` lists them)"
-                );
-            }
-        }
-        Err(error) => {
-            tracing::error!(error.message = %error, "reconcile failed");
-        }
-    }
-    reconcile_organizations_once(reconciler).await;
-}
-
-/// The scheduled reconcile of organizations and memberships, after the users'.
-async fn reconcile_organizations_once(reconciler: &Reconciler) {
-    let options = reconcile::ReconcileOptions::default();
-    match reconcile_orgs::run(&reconciler.applier, &reconciler.clerk, &options).await {
-        Ok(report) => {
-            let metrics = &reconciler.metrics;
-            for (kind, drift) in [
-                ("organization_missing", &report.organizations.missing),
-                ("organization_older", &report.organizations.older),
-                ("organization_gone", &report.organizations.gone),
-                ("membership_missing", &report.memberships.missing),
-                ("membership_older", &report.memberships.older),
-                ("membership_gone", &report.memberships.gone),
-            ] {
-                metrics
-                    .reconcile_drift
-                    .get_or_create(&metrics::DriftLabels { kind })
-                    .inc_by(drift.count);
-            }
-            tracing::info!(
-                organizations = report.scanned_organizations,
-                memberships = report.scanned_memberships,
-                repaired = report.drift(),
-                failed = report.failed.len(),
-                "reconcile of organizations done"
-            );
-        }
-        Err(error) => {
-            tracing::error!(error.message = %error, "reconcile of organizations failed");
-        }
-    }
-}
-
-/// Deletes Svix ids older than `retention`, every [`prune::interval`].
-async fn prune_processed_events(db: DatabaseConnection, retention: Duration, mut stop: Shutdown) {
-    let mut tick = tokio::time::interval(prune::interval(retention));
-    loop {
-        tokio::select! {
-            () = stop.recv() => return,
-            _ = tick.tick() => {}
-        }
-        let pruning = prune::prune_expired(&db, retention, prune::PruneOptions::default());
-        tokio::select! {
-            () = stop.recv() => return,
-            result = pruning => match result {
-                Ok(report) => tracing::debug!(rows = report.deleted, batches = report.batches, skipped = report.skipped, "pruned processed_events"),
-                Err(error) => tracing::warn!(error.message = %error, "pruning processed_events failed"),
-            },
-        }
     }
 }

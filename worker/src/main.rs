@@ -7,7 +7,8 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use worker::{
     Application, Config,
-    dlq::{self, Selection},
+    ops::dlq::{self, Selection},
+    repair::{self, ReconcileError, ReconcileOptions},
 };
 
 /// mimalloc instead of glibc's malloc, as in the ingress: every delivery allocates its body,
@@ -59,8 +60,8 @@ enum Command {
         json: bool,
         /// Most rows that may be deleted, as a count (25) or a share of the table (2%);
         /// default 1 %, at least 10. More: nothing is deleted and the run fails.
-        #[arg(long, value_parser = worker::reconcile::MaxDeletes::parse)]
-        max_deletes: Option<worker::reconcile::MaxDeletes>,
+        #[arg(long, value_parser = repair::MaxDeletes::parse)]
+        max_deletes: Option<repair::MaxDeletes>,
         /// Users per page (at most 500).
         #[arg(long, default_value_t = 500)]
         page_size: u32,
@@ -152,7 +153,7 @@ impl FilterArgs {
 
 /// An age such as `30s`, `5m` or `2h`, in seconds.
 fn parse_age(value: &str) -> Result<i64, String> {
-    telemetry::settings::parse_duration(value)
+    settings::parse_duration(value)
         .and_then(|d| i64::try_from(d.as_secs()).ok())
         .ok_or_else(|| format!("{value:?} is not a duration such as 30s, 5m or 2h"))
 }
@@ -188,7 +189,7 @@ async fn main() -> anyhow::Result<()> {
             restart,
             organizations,
         } => {
-            let options = worker::reconcile::ReconcileOptions {
+            let options = ReconcileOptions {
                 dry_run,
                 max_deletes,
                 page_size,
@@ -234,29 +235,24 @@ async fn run(config: Config) -> anyhow::Result<()> {
 async fn clerk_applier(
     config: Config,
     command: &str,
-) -> anyhow::Result<(worker::Applier, calendar::clerk::ClerkClient)> {
-    let clerk = config.clerk.clone().with_context(|| {
+) -> anyhow::Result<(store::Applier, clerk_api::ClerkClient)> {
+    let clerk = config.applier.clerk.clone().with_context(|| {
         format!("CLERK_SECRET_KEY is not set: {command} reads Clerk's user list")
     })?;
     worker::migrate(config.database.url.expose())
         .await
         .context("cannot apply migrations on DATABASE_URL")?;
-    let applier = worker::Applier {
-        db: worker::connect_database(config.database.url.expose(), 4)
-            .await
-            .context("cannot reach the database at DATABASE_URL")?,
-        clerk: config.clerk,
-        cipher: config.token_cipher,
-        in_process_retries: config.in_process_retries,
-        store_private_metadata: config.sync_private_metadata,
-    };
+    let db = store::pool::connect_database(config.database.url.expose(), 4)
+        .await
+        .context("cannot reach the database at DATABASE_URL")?;
+    let applier = store::Applier::new(db, &config.applier);
     Ok((applier, clerk))
 }
 
 /// A progress bar on stderr when it is a terminal.
 fn progress(done: u64, total: Option<u64>) {
     if let (true, Some(total)) = (std::io::stderr().is_terminal(), total) {
-        worker::progress::progress_bar(
+        worker::consume::progress::progress_bar(
             usize::try_from(done.min(total)).unwrap_or(0),
             usize::try_from(total).unwrap_or(0),
         );
@@ -272,14 +268,14 @@ async fn backfill(
 ) -> anyhow::Result<()> {
     ops_logs(&config, "warn");
     let (applier, clerk) = clerk_applier(config, "the backfill").await?;
-    let options = worker::backfill::BackfillOptions {
+    let options = repair::backfill::BackfillOptions {
         page_size: page_size.clamp(1, 500),
         restart,
         ..Default::default()
     };
     if organizations {
         let summary =
-            worker::backfill::run_organizations(&applier, &clerk, &options, progress).await?;
+            repair::backfill::run_organizations(&applier, &clerk, &options, progress).await?;
         for (what, tally) in [
             ("organizations", &summary.organizations),
             ("memberships", &summary.memberships),
@@ -298,7 +294,7 @@ async fn backfill(
         }
         return Ok(());
     }
-    let summary = worker::backfill::run(&applier, &clerk, &options, progress).await?;
+    let summary = repair::backfill::run(&applier, &clerk, &options, progress).await?;
     println!(
         "backfill done: {} users seen (from offset {}), {} applied, {} already newer, {} deleted, {} failed",
         summary.seen,
@@ -317,16 +313,17 @@ async fn backfill(
 /// `worker rotate-token-key`.
 async fn rotate_token_key(config: Config) -> anyhow::Result<()> {
     ops_logs(&config, "warn");
-    let cipher = config
-        .token_cipher
-        .as_ref()
-        .context("TOKEN_ENCRYPTION_KEY is not set: put the new key first, the old ones after it")?;
-    let db = worker::connect_database(config.database.url.expose(), 2)
+    let cipher =
+        config.applier.cipher.as_ref().context(
+            "TOKEN_ENCRYPTION_KEY is not set: put the new key first, the old ones after it",
+        )?;
+    let db = store::pool::connect_database(config.database.url.expose(), 2)
         .await
         .context("cannot reach the database at DATABASE_URL")?;
-    let done = calendar::store::reencrypt_all(&db, cipher, worker::progress::progress_bar)
-        .await
-        .context("re-encryption stopped; run the command again to finish")?;
+    let done =
+        store::connections::reencrypt_all(&db, cipher, worker::consume::progress::progress_bar)
+            .await
+            .context("re-encryption stopped; run the command again to finish")?;
     println!(
         "re-encrypted {done} connection(s) under key {}",
         cipher.primary_key_id()
@@ -337,28 +334,27 @@ async fn rotate_token_key(config: Config) -> anyhow::Result<()> {
 /// `worker reconcile [--organizations]`.
 async fn reconcile(
     config: Config,
-    options: worker::reconcile::ReconcileOptions,
+    options: ReconcileOptions,
     json: bool,
     organizations: bool,
 ) -> anyhow::Result<()> {
-    use worker::{reconcile, reconcile_orgs};
     ops_logs(&config, "warn");
     let (applier, clerk) = clerk_applier(config, "reconcile").await?;
     if organizations {
-        let result = reconcile_orgs::run(&applier, &clerk, &options).await;
-        let failed = |r: &reconcile_orgs::OrgReport| r.failed.len();
+        let result = repair::organizations::run(&applier, &clerk, &options).await;
+        let failed = |r: &repair::OrgReport| r.failed.len();
         let what = (
             "organization(s) or membership(s)",
             "worker reconcile --organizations",
         );
-        print_reconcile(result, json, reconcile_orgs::summary, failed, what)
+        print_reconcile(result, json, repair::organizations_summary, failed, what)
     } else {
-        let result = reconcile::run(&applier, &clerk, &options, progress).await;
-        let failed = |r: &reconcile::Report| r.failed.len();
+        let result = repair::users::run(&applier, &clerk, &options, progress).await;
+        let failed = |r: &repair::Report| r.failed.len();
         print_reconcile(
             result,
             json,
-            reconcile::summary,
+            repair::summary,
             failed,
             ("user(s)", "worker reconcile"),
         )
@@ -369,13 +365,12 @@ async fn reconcile(
 /// fails when it did not complete or left objects unrepaired (`what`: their kind and the
 /// command to run again).
 fn print_reconcile<R: serde::Serialize>(
-    result: Result<R, worker::reconcile::ReconcileError>,
+    result: Result<R, ReconcileError>,
     json: bool,
     summary: fn(&R) -> String,
     failed: impl Fn(&R) -> usize,
     (what, command): (&str, &str),
 ) -> anyhow::Result<()> {
-    use worker::reconcile::ReconcileError;
     let report = match result {
         Ok(report) => report,
         Err(error) => {
@@ -412,7 +407,7 @@ async fn migrate_queues(config: Config) -> anyhow::Result<()> {
     // The probes of queues that may not exist fail by design; lapin would log each as an error.
     // Failures that matter come back as this command's error.
     ops_logs(&config, "warn,lapin=off");
-    let report = worker::queues::migrate(&config.broker, &config.topology)
+    let report = worker::ops::queues::migrate(&config.broker, &config.topology)
         .await
         .context("queue migration stopped; run the command again to finish")?;
     for queue in report {
@@ -486,7 +481,7 @@ async fn run_dlq(command: DlqCommand, config: Config) -> anyhow::Result<()> {
                 topology,
                 &selection,
                 action,
-                worker::progress::progress_bar,
+                worker::consume::progress::progress_bar,
             )
             .await?;
             if dry_run {
@@ -504,7 +499,7 @@ async fn run_dlq(command: DlqCommand, config: Config) -> anyhow::Result<()> {
                 topology,
                 &Selection::Ids(ids),
                 dlq::Action::Drop,
-                worker::progress::progress_bar,
+                worker::consume::progress::progress_bar,
             )
             .await?;
             println!("dropped {} dead letter(s)", summary.done);

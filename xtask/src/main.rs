@@ -87,15 +87,15 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-/// Rewrites the README's configuration table from `telemetry::catalog::SETTINGS`.
+/// Rewrites the README's configuration table from `settings::catalog::SETTINGS`.
 fn settings_table() -> anyhow::Result<()> {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
     let readme = std::fs::read_to_string(&path)?;
-    let updated = telemetry::catalog::with_table(&readme).ok_or_else(|| {
+    let updated = settings::catalog::with_table(&readme).ok_or_else(|| {
         anyhow::anyhow!(
             "README.md has no settings table markers ({} … {})",
-            telemetry::catalog::TABLE_START,
-            telemetry::catalog::TABLE_END
+            settings::catalog::TABLE_START,
+            settings::catalog::TABLE_END
         )
     })?;
     if updated == readme {

@@ -169,9 +169,9 @@ impl Options {
         })
     }
 
-    /// The worker's pruning interval for this retention (as `worker::prune::interval`).
+    /// The worker's pruning interval for this retention (as `worker::consume::prune::interval`).
     fn prune_interval(&self) -> Duration {
-        worker::prune::interval(self.retention)
+        worker::consume::prune::interval(self.retention)
     }
 
     /// The most rows `processed_events` may hold: a retention and a pruning interval of events,
@@ -188,7 +188,7 @@ impl Options {
 }
 
 fn parse_duration(flag: &str, value: &str) -> anyhow::Result<Duration> {
-    match telemetry::settings::parse_duration(value) {
+    match settings::parse_duration(value) {
         Some(d) if !d.is_zero() => Ok(d),
         _ => bail!("{flag} {value:?} is not a duration such as 45s, 10m or 1h"),
     }

@@ -140,7 +140,7 @@ pub async fn access_token(
         .as_ref()
         .ok_or(ApiError::TokensNotConfigured)?;
     visible_user(&state.db, &caller, id).await?;
-    let fresh = calendar::store::fresh_access_token(
+    let fresh = store::connections::fresh_access_token(
         &state.db,
         &calendar.cipher,
         &calendar.clerk,

@@ -10,7 +10,6 @@ use axum::{
         rejection::{JsonRejection, PathRejection, QueryRejection},
     },
 };
-use calendar::{accounts::calendar_accounts, store, store::TokenError};
 use chrono::{DateTime, Utc};
 use entity::{user_calendar_connections as connections, users};
 use sea_orm::{
@@ -18,6 +17,7 @@ use sea_orm::{
     PaginatorTrait, QueryFilter, TransactionTrait,
 };
 use serde::{Deserialize, Serialize};
+use store::{Provider, accounts::calendar_accounts, connections as saved, connections::TokenError};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
@@ -103,7 +103,7 @@ pub enum ProviderName {
     Microsoft,
 }
 
-impl From<ProviderName> for calendar::Provider {
+impl From<ProviderName> for Provider {
     fn from(p: ProviderName) -> Self {
         match p {
             ProviderName::Google => Self::Google,
@@ -323,21 +323,21 @@ pub async fn update_calendar_status(
     }
     let Path(id) = id?;
     let Json(update) = body?;
-    let provider = calendar::Provider::from(update.provider);
+    let provider = Provider::from(update.provider);
 
     let txn = state.db.begin().await?;
     let user = locked_user(&txn, &caller, id).await?;
     if update.connected {
         // The user connects again: their earlier choice to disconnect ends here.
-        store::forget_disconnect(&txn, id, provider).await?;
+        saved::forget_disconnect(&txn, id, provider).await?;
         let usable = usable_connections(&txn, id, provider).await?;
-        store::refresh_flags(&txn, id).await?;
+        saved::refresh_flags(&txn, id).await?;
         txn.commit().await?;
         if usable == 0 {
             reconnect_from_clerk(&state, &caller, &user, provider).await?;
         }
     } else {
-        store::disconnect(&txn, id, provider).await?;
+        saved::disconnect(&txn, id, provider).await?;
         txn.commit().await?;
     }
     let updated = visible_user(&state.db, &caller, id).await?;
@@ -359,19 +359,19 @@ async fn locked_user(
     id: Uuid,
 ) -> Result<users::Model, ApiError> {
     let user = visible_user(txn, caller, id).await?;
-    store::lock_user(txn, &user.clerk_user_id).await?;
+    saved::lock_user(txn, &user.clerk_user_id).await?;
     visible_user(txn, caller, id).await
 }
 
 async fn usable_connections<C: ConnectionTrait>(
     conn: &C,
     user_id: Uuid,
-    provider: calendar::Provider,
+    provider: Provider,
 ) -> Result<u64, ApiError> {
     Ok(connections::Entity::find()
         .filter(connections::Column::UserId.eq(user_id))
         .filter(connections::Column::Provider.eq(provider.as_str()))
-        .filter(connections::Column::Status.eq(store::CONNECTED))
+        .filter(connections::Column::Status.eq(saved::CONNECTED))
         .count(conn)
         .await?)
 }
@@ -384,7 +384,7 @@ async fn reconnect_from_clerk(
     state: &AppState,
     caller: &Caller,
     user: &users::Model,
-    provider: calendar::Provider,
+    provider: Provider,
 ) -> Result<(), ApiError> {
     let no_account = || {
         ApiError::Conflict(format!(
@@ -415,22 +415,22 @@ async fn reconnect_from_clerk(
     if accounts.is_empty() {
         return Err(no_account());
     }
-    let fetched = store::fetch_tokens(Some(&calendar.clerk), &user.clerk_user_id, &accounts)
+    let fetched = saved::fetch_tokens(Some(&calendar.clerk), &user.clerk_user_id, &accounts)
         .await
         .map_err(TokenError::from)?;
     let txn = state.db.begin().await?;
     locked_user(&txn, caller, user.id).await?;
-    store::sync_connections(
+    saved::sync_connections(
         &txn,
         Some(&calendar.cipher),
         user.id,
         &fetched,
-        store::SyncScope::Only(provider),
+        saved::SyncScope::Only(provider),
     )
     .await
     .map_err(|e| match e {
-        store::StoreError::Db(e) => ApiError::Database(e),
-        store::StoreError::Crypto(e) => ApiError::Token(TokenError::Crypto(e)),
+        saved::StoreError::Db(e) => ApiError::Database(e),
+        saved::StoreError::Crypto(e) => ApiError::Token(TokenError::Crypto(e)),
     })?;
     let usable = usable_connections(&txn, user.id, provider).await?;
     txn.commit().await?;

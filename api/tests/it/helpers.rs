@@ -9,7 +9,6 @@ use std::{
 };
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use calendar::crypto::{Binding, TokenCipher, TokenColumn};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use rsa::{
     RsaPrivateKey,
@@ -18,6 +17,7 @@ use rsa::{
 };
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use serde_json::{Value, json};
+use store::crypto::{Binding, TokenCipher, TokenColumn};
 use testkit::TestDb;
 use uuid::Uuid;
 
@@ -291,7 +291,7 @@ impl TestApp {
         let binding = Binding {
             connection_id: id,
             user_id,
-            provider: calendar::Provider::parse(provider).unwrap(),
+            provider: store::Provider::parse(provider).unwrap(),
             column: TokenColumn::AccessToken,
         };
         let sealed = TokenCipher::from_setting(TOKEN_KEY)

@@ -3,11 +3,11 @@
 
 use std::time::Duration;
 
+use store::event::{ClerkEvent, parse};
 use testkit::{
     events::{UserState, user_object},
     fake_clerk::{FakeClerk, SECRET_KEY},
 };
-use worker::event::{ClerkEvent, parse};
 
 use crate::helpers::{
     SERVICE_KEY, TestApp, assert_error, json_body, session_token, spawn_app_with,
@@ -90,7 +90,7 @@ async fn the_own_clerk_id_route_syncs_lazily_too_and_webhooks_after_it_follow_th
 
     // The late webhooks go through the same rules: an older one changes nothing, a newer one
     // applies.
-    let applier = worker::Applier {
+    let applier = store::Applier {
         db: app.db.conn.clone(),
         clerk: None,
         cipher: None,
@@ -109,7 +109,7 @@ async fn the_own_clerk_id_route_syncs_lazily_too_and_webhooks_after_it_follow_th
         .apply(Some("msg_late_1"), "user.created", &event("Created", 1_000))
         .await
         .unwrap();
-    assert_eq!(older, worker::apply::Outcome::SkippedStale);
+    assert_eq!(older, store::apply::Outcome::SkippedStale);
     assert_eq!(
         first_name_stored(&app, "user_late").await.as_deref(),
         Some("Lazy")
@@ -118,7 +118,7 @@ async fn the_own_clerk_id_route_syncs_lazily_too_and_webhooks_after_it_follow_th
         .apply(Some("msg_late_2"), "user.updated", &event("Renamed", 3_000))
         .await
         .unwrap();
-    assert_eq!(newer, worker::apply::Outcome::Applied);
+    assert_eq!(newer, store::apply::Outcome::Applied);
     assert_eq!(
         first_name_stored(&app, "user_late").await.as_deref(),
         Some("Renamed")
@@ -154,7 +154,7 @@ async fn unknown_deleted_and_unreachable_users_answer_404_and_503() {
     assert_eq!(clerk.requests(), 1);
 
     // Deleted (tombstone): Clerk is not asked.
-    let applier = worker::Applier {
+    let applier = store::Applier {
         db: app.db.conn.clone(),
         clerk: None,
         cipher: None,

@@ -1,8 +1,8 @@
 //! `GET /users/{id}/calendar-connections/{provider}/token`: service keys only; the stored token
 //! while fresh, else a new one from Clerk (the fake), stored encrypted.
 
-use calendar::crypto::{FORMAT_LEGACY, TokenCipher};
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
+use store::crypto::{FORMAT_LEGACY, TokenCipher};
 use testkit::fake_clerk::{FakeClerk, SECRET_KEY};
 
 use crate::helpers::{

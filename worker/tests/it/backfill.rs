@@ -3,14 +3,12 @@
 
 use std::time::Duration;
 
+use store::Applier;
 use testkit::{
     TestBroker, TestDb, events,
     fake_clerk::{FakeClerk, Population, RateLimit, SECRET_KEY},
 };
-use worker::{
-    Applier,
-    backfill::{self, BackfillOptions},
-};
+use worker::repair::backfill::{self, BackfillOptions};
 
 use crate::helpers::{scalar, spawn_worker, state, user_updated, users, wait_for_users};
 
@@ -27,12 +25,12 @@ fn clerk_users(n: usize) -> Vec<serde_json::Value> {
         .collect()
 }
 
-async fn applier(db: &TestDb, clerk: &FakeClerk) -> (Applier, calendar::clerk::ClerkClient) {
+async fn applier(db: &TestDb, clerk: &FakeClerk) -> (Applier, clerk_api::client::ClerkClient) {
     let client =
-        calendar::clerk::ClerkClient::new(&clerk.url(), SECRET_KEY, Duration::from_secs(5))
+        clerk_api::client::ClerkClient::new(&clerk.url(), SECRET_KEY, Duration::from_secs(5))
             .unwrap();
     let applier = Applier {
-        db: worker::connect_database(&db.url, 4).await.unwrap(),
+        db: store::pool::connect_database(&db.url, 4).await.unwrap(),
         clerk: Some(client.clone()),
         cipher: None,
         in_process_retries: 3,
@@ -170,7 +168,7 @@ async fn a_backfill_paced_under_clerk_s_rate_limit_syncs_every_user_and_calendar
     );
     clerk.set_rate_limit(Some(LIMIT));
     let (mut applier, client) = applier(&db, &clerk).await;
-    applier.cipher = Some(calendar::crypto::TokenCipher::from_setting(TOKEN_KEY).unwrap());
+    applier.cipher = Some(store::crypto::TokenCipher::from_setting(TOKEN_KEY).unwrap());
     // 18 calls a second with half a second's burst: at most 18 × 1.5 + 1 = 28 in any second.
     let options = BackfillOptions {
         requests_per_second: 18,

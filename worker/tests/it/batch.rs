@@ -4,12 +4,15 @@
 use std::collections::BTreeMap;
 
 use sea_orm::{ConnectionTrait, DatabaseConnection};
-use testkit::{TestDb, events};
-use worker::{
-    apply::{CalendarUpdate, Outcome, tombstone_key, try_apply_event},
-    batch::{BatchItem, batchable, try_apply_batch},
+use store::{
+    apply::{
+        CalendarUpdate, Outcome,
+        batch::{BatchItem, batchable, try_apply_batch},
+        tombstone_key, try_apply_event,
+    },
     event::{self, ClerkEvent},
 };
+use testkit::{TestDb, events};
 
 use crate::helpers::{Row, row, scalar, state, users};
 

@@ -2,11 +2,11 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use calendar::{
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
+use store::{
     Provider,
     crypto::{Binding, FORMAT_LEGACY, TokenCipher, TokenColumn},
 };
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
 use testkit::{
     TestBroker, TestDb,
     events::{self, google_calendar_account, microsoft_calendar_account, user_event_with_accounts},

@@ -216,14 +216,19 @@ async fn a_listing_window_keeps_only_its_page_reads_no_further_than_its_bound_an
     let scan = |window| {
         let (config, topology) = (config.clone(), topology.clone());
         async move {
-            worker::dlq::scan(&config, topology, &worker::dlq::Filter::default(), window)
-                .await
-                .unwrap()
+            worker::ops::dlq::scan(
+                &config,
+                topology,
+                &worker::ops::dlq::Filter::default(),
+                window,
+            )
+            .await
+            .unwrap()
         }
     };
 
     // Page 2 of 2-letter pages, reading at most 4: letters 3 and 4 kept, 4 counted.
-    let bounded = scan(worker::dlq::Window {
+    let bounded = scan(worker::ops::dlq::Window {
         skip: 2,
         take: 2,
         scan_at_most: 4,
@@ -237,7 +242,7 @@ async fn a_listing_window_keeps_only_its_page_reads_no_further_than_its_bound_an
         (4, 4, false)
     );
     // Unbounded: every letter counted, still two kept, the queue read to its end.
-    let whole = scan(worker::dlq::Window {
+    let whole = scan(worker::ops::dlq::Window {
         skip: 0,
         take: 2,
         scan_at_most: usize::MAX,
@@ -250,7 +255,7 @@ async fn a_listing_window_keeps_only_its_page_reads_no_further_than_its_bound_an
     );
     // Nothing was taken, and the order is kept.
     wait_for_count(&broker, &broker.topology.dead_queue(), 6).await;
-    let again = scan(worker::dlq::Window {
+    let again = scan(worker::ops::dlq::Window {
         skip: 0,
         take: 1,
         scan_at_most: usize::MAX,

@@ -7,7 +7,7 @@ fn the_clerk_event_fuzz_corpus_is_handled_without_panics() {
     let mut seen = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {
         let data = std::fs::read(entry.unwrap().path()).unwrap();
-        worker::event::fuzz_case(&data);
+        store::event::fuzz_case(&data);
         seen += 1;
     }
     assert!(seen >= 5, "corpus at {} has {seen} inputs", dir.display());

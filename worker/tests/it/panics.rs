@@ -4,8 +4,8 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
+use store::faults::{Point, panic_at};
 use testkit::{TestBroker, TestDb, eventually};
-use worker::faults::{Point, panic_at};
 
 use crate::helpers::{Row, row, scalar, spawn_worker, user_created, wait_for_users};
 

@@ -253,8 +253,8 @@ async fn in_batches_private_metadata_is_stored_when_asked() {
 async fn the_applier_stores_private_metadata_only_when_asked() {
     for store in [false, true] {
         let db = TestDb::migrated().await;
-        let applier = worker::Applier {
-            db: worker::connect_database(&db.url, 2).await.unwrap(),
+        let applier = store::Applier {
+            db: store::pool::connect_database(&db.url, 2).await.unwrap(),
             clerk: None,
             cipher: None,
             in_process_retries: 0,
@@ -262,16 +262,16 @@ async fn the_applier_stores_private_metadata_only_when_asked() {
         };
         let body = event("user.updated", 10, &full_profile("7", 1_735_700_000_000));
         let data = serde_json::from_slice::<Value>(&body).unwrap()["data"].clone();
-        let user = worker::event::parse_user(&data).unwrap();
+        let user = store::event::parse_user(&data).unwrap();
         let outcome = applier
             .apply(
                 None,
                 "backfill",
-                &worker::event::ClerkEvent::UserUpserted(user),
+                &store::event::ClerkEvent::UserUpserted(user),
             )
             .await
             .unwrap();
-        assert_eq!(outcome, worker::apply::Outcome::Applied);
+        assert_eq!(outcome, store::apply::Outcome::Applied);
         let stored = stored_at(&db.conn, 10).await;
         assert_full(&stored, "7", 1_735_700_000_000, store);
     }

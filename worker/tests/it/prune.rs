@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use sea_orm::ConnectionTrait;
 use testkit::TestDb;
-use worker::prune::{PruneOptions, prune_expired};
+use worker::consume::prune::{PruneOptions, prune_expired};
 
 use crate::helpers::scalar;
 
@@ -64,7 +64,7 @@ async fn workers_pruning_at_once_delete_each_id_once_and_keep_the_fresh_ones() {
         pause: Duration::from_millis(1),
         pause_ratio: 0,
     };
-    let other = worker::connect_database(&db.url, 2).await.unwrap();
+    let other = store::pool::connect_database(&db.url, 2).await.unwrap();
     let (a, b) = tokio::join!(
         prune_expired(&db.conn, WEEK, options),
         prune_expired(&other, WEEK, options)
@@ -81,11 +81,11 @@ async fn workers_pruning_at_once_delete_each_id_once_and_keep_the_fresh_ones() {
 async fn a_worker_leaves_the_round_to_the_one_holding_the_lock() {
     let db = TestDb::migrated().await;
     processed(&db, 10, 0).await;
-    let holder = worker::connect_database(&db.url, 1).await.unwrap();
+    let holder = store::pool::connect_database(&db.url, 1).await.unwrap();
     let txn = sea_orm::TransactionTrait::begin(&holder).await.unwrap();
     txn.execute_unprepared(&format!(
         "SELECT pg_advisory_xact_lock({})",
-        worker::prune::PRUNE_LOCK_KEY
+        worker::consume::prune::PRUNE_LOCK_KEY
     ))
     .await
     .unwrap();

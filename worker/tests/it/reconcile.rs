@@ -5,16 +5,16 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use serde_json::Value;
+use store::{
+    Applier,
+    event::{ClerkEvent, parse_user},
+};
 use testkit::{
     TestBroker, TestDb,
     events::{UserState, user_object},
     fake_clerk::{FakeClerk, SECRET_KEY},
 };
-use worker::{
-    Applier,
-    event::{ClerkEvent, parse_user},
-    reconcile::{ReconcileError, ReconcileOptions, run},
-};
+use worker::repair::{ReconcileError, ReconcileOptions, users::run};
 
 use crate::helpers::{Row, scalar, spawn_worker, users};
 
@@ -192,7 +192,7 @@ async fn a_rate_limited_scan_waits_and_an_interrupted_one_resumes_at_its_page() 
     let applier = applier(&db);
     clerk.set_users((0..120).map(|n| clerk_user(n, "First", 1_000)).collect());
     let client =
-        calendar::clerk::ClerkClient::new(&clerk.url(), SECRET_KEY, Duration::from_secs(5))
+        clerk_api::client::ClerkClient::new(&clerk.url(), SECRET_KEY, Duration::from_secs(5))
             .unwrap();
     let options = ReconcileOptions {
         page_size: 50,
@@ -255,7 +255,7 @@ async fn webhooks_during_a_scan_win_over_what_the_scan_read() {
     );
     clerk.set_delay(Duration::from_millis(300));
     let client =
-        calendar::clerk::ClerkClient::new(&clerk.url(), SECRET_KEY, Duration::from_secs(5))
+        clerk_api::client::ClerkClient::new(&clerk.url(), SECRET_KEY, Duration::from_secs(5))
             .unwrap();
     let options = ReconcileOptions {
         page_size: 20,
@@ -359,7 +359,7 @@ async fn calendar_connections_that_drifted_from_the_accounts_are_synced_again() 
         .unwrap();
     clerk.set_users(vec![user]);
     let client =
-        calendar::clerk::ClerkClient::new(&clerk.url(), SECRET_KEY, Duration::from_secs(5))
+        clerk_api::client::ClerkClient::new(&clerk.url(), SECRET_KEY, Duration::from_secs(5))
             .unwrap();
     let report = run(&applier, &client, &ReconcileOptions::default(), |_, _| {})
         .await

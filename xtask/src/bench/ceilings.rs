@@ -279,7 +279,7 @@ fn ingress_like_properties(svix_id: &str) -> BasicProperties {
 }
 
 /// The worker's own upsert, one row.
-const UPSERT_ONE: &str = worker::apply::UPSERT_USER;
+const UPSERT_ONE: &str = store::apply::UPSERT_USER;
 
 /// The same upsert for many rows, bound as arrays, with the worker's version guard (the
 /// ceilings' rows carry no tiebreak: the empty one).
@@ -343,7 +343,7 @@ pub async fn db_single(
                         return Ok::<_, DbErr>(());
                     }
                     let row = row(k, users, base);
-                    let user = worker::event::UserSnapshot {
+                    let user = store::event::UserSnapshot {
                         clerk_user_id: row.clerk_user_id,
                         email: Some(row.email),
                         first_name: Some(row.first_name),
@@ -363,7 +363,7 @@ pub async fn db_single(
                         locked: false,
                         last_sign_in_at: None,
                     };
-                    let values = worker::apply::upsert_user_values(&user, "");
+                    let values = store::apply::upsert_user_values(&user, "");
                     upsert_in_transaction(&db, UPSERT_ONE, values).await?;
                 }
             })

@@ -1,0 +1,20 @@
+//! The sync core: Clerk's users, organizations and calendar connections kept in Postgres.
+//! - [`event`]: Clerk's events parsed leniently, keeping only what is stored;
+//! - [`apply`]: applying them exactly once in effect, one at a time ([`Applier`]) or many in one
+//!   transaction ([`apply::batch`]), organizations and memberships too; tombstones for deletes;
+//! - [`accounts`], [`connections`], [`crypto`]: which external accounts are calendar
+//!   connections, their rows and their tokens sealed at rest;
+//! - [`pool`]: the database pool every process opens.
+//!
+//! The worker (consuming events) and the api (lazy sync, calendar status, tokens) both use it.
+
+pub mod accounts;
+pub mod apply;
+pub mod connections;
+pub mod crypto;
+pub mod event;
+pub mod faults;
+pub mod pool;
+
+pub use apply::{Applier, ApplierSettings};
+pub use clerk_api::Provider;
