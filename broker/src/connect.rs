@@ -110,6 +110,11 @@ pub enum BrokerError {
     /// A setting has a value that cannot be used.
     #[error("{name}: {reason}")]
     BadSetting { name: &'static str, reason: String },
+    /// No node accepted a connection.
+    #[error(
+        "cannot connect to RabbitMQ at {urls}: {reason}; check AMQP_URL and that the broker is up"
+    )]
+    Connect { urls: String, reason: String },
     /// Any other AMQP failure.
     #[error("RabbitMQ: {0}")]
     Amqp(#[from] lapin::Error),
@@ -133,8 +138,55 @@ impl BrokerError {
 
 pub use settings::redact_url;
 
+/// How long one node is given to accept a connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One pass over the nodes: a connection to the first that accepts one (each given 10 s),
+/// shown in RabbitMQ's management UI as `config.connection_name` and `purpose`. The error is the
+/// last node's, naming every node tried. What every connect of clerk-sync goes through: the
+/// long-running processes loop over it ([`connect_with_backoff`]), the ops commands call it once.
+pub async fn connect_first(
+    config: &BrokerConfig,
+    purpose: &str,
+) -> Result<Connection, BrokerError> {
+    let name = if purpose.is_empty() {
+        config.connection_name.clone()
+    } else {
+        format!("{} {purpose}", config.connection_name)
+    };
+    let mut last = None;
+    for url in &config.urls {
+        let props = ConnectionProperties::default().with_connection_name(name.clone().into());
+        match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url.expose(), props)).await
+        {
+            Ok(Ok(connection)) => {
+                tracing::info!(node = %url, "connected to RabbitMQ");
+                return Ok(connection);
+            }
+            Ok(Err(error)) => {
+                tracing::debug!(node = %url, error.message = %error, "cannot connect to RabbitMQ");
+                last = Some(error.to_string());
+            }
+            Err(_) => {
+                tracing::debug!(node = %url, "connecting to RabbitMQ timed out");
+                last = Some(format!("no answer within {}s", CONNECT_TIMEOUT.as_secs()));
+            }
+        }
+    }
+    Err(BrokerError::Connect {
+        urls: config
+            .urls
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+        reason: last.unwrap_or_else(|| "no URL given".into()),
+    })
+}
+
 /// Connects to the first node that answers, cycling through the URLs with exponential backoff and
-/// jitter until one does. Returns `None` only if `shutdown` completes first.
+/// jitter until one does ([`connect_first`] again and again). Returns `None` only if `shutdown`
+/// completes first.
 pub async fn connect_with_backoff(
     config: &BrokerConfig,
     shutdown: impl Future<Output = ()>,
@@ -143,27 +195,14 @@ pub async fn connect_with_backoff(
     let mut delays = backoff(config);
     let mut attempt: u64 = 0;
     loop {
-        for url in &config.urls {
-            let props = ConnectionProperties::default()
-                .with_connection_name(config.connection_name.clone().into());
-            let connecting = Connection::connect(url.expose(), props);
-            let result = tokio::select! {
-                () = &mut shutdown => return None,
-                r = tokio::time::timeout(Duration::from_secs(10), connecting) => r,
-            };
-            match result {
-                Ok(Ok(connection)) => {
-                    tracing::info!(node = %url, "connected to RabbitMQ");
-                    return Some(connection);
-                }
-                Ok(Err(error)) => tracing::warn!(
-                    node = %url, attempt, error.message = %error,
-                    "cannot connect to RabbitMQ; retrying"
-                ),
-                Err(_) => tracing::warn!(
-                    node = %url, attempt,
-                    "connecting to RabbitMQ timed out after 10s; retrying"
-                ),
+        let result = tokio::select! {
+            () = &mut shutdown => return None,
+            r = connect_first(config, "") => r,
+        };
+        match result {
+            Ok(connection) => return Some(connection),
+            Err(error) => {
+                tracing::warn!(attempt, error.message = %error, "cannot connect to RabbitMQ; retrying")
             }
         }
         attempt += 1;
@@ -173,6 +212,42 @@ pub async fn connect_with_backoff(
             () = tokio::time::sleep(delay) => {}
         }
     }
+}
+
+/// Messages ready and consumers of `queue` (a passive declare: nothing is created), or `None`
+/// when it does not exist. A miss closes the channel (AMQP's rule): use a channel of its own.
+pub async fn queue_depth(
+    channel: &Channel,
+    queue: &str,
+) -> Result<Option<QueueDepth>, lapin::Error> {
+    let options = lapin::options::QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    match channel
+        .queue_declare(queue.into(), options, lapin::types::FieldTable::default())
+        .await
+    {
+        Ok(queue) => Ok(Some(QueueDepth {
+            messages: queue.message_count(),
+            consumers: queue.consumer_count(),
+        })),
+        // A missing queue is a channel error (404 NOT_FOUND): the broker closes the channel.
+        Err(error) if !channel.status().connected() => {
+            tracing::debug!(queue, error.message = %error, "passive declare closed the channel");
+            Ok(None)
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// What [`queue_depth`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueDepth {
+    /// Messages ready for delivery.
+    pub messages: u32,
+    /// Consumers attached.
+    pub consumers: u32,
 }
 
 fn backoff(config: &BrokerConfig) -> impl Iterator<Item = Duration> {

@@ -8,8 +8,8 @@ mod topology;
 mod version;
 
 pub use connect::{
-    BrokerConfig, BrokerError, close_channels, close_gracefully, connect_with_backoff, redact_url,
-    wait_until_closed,
+    BrokerConfig, BrokerError, QueueDepth, close_channels, close_gracefully, connect_first,
+    connect_with_backoff, queue_depth, redact_url, wait_until_closed,
 };
 pub use publisher::{PublishError, Publisher, PublisherOptions, publish_confirmed};
 pub use topology::{

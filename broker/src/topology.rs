@@ -44,7 +44,20 @@ pub mod headers {
     /// The Clerk event type, when the worker could read it.
     pub const EVENT_TYPE: &str = "clerk-sync-event-type";
 
-    use lapin::types::{AMQPValue, FieldTable};
+    use lapin::{
+        BasicProperties,
+        types::{AMQPValue, FieldTable},
+    };
+
+    /// The Svix id of a message: its AMQP `message_id` (set by the ingress), else the
+    /// [`SVIX_ID`] header. The one place it is read from a message.
+    pub fn svix_id(properties: &BasicProperties) -> Option<String> {
+        properties
+            .message_id()
+            .as_ref()
+            .map(|s| s.to_string())
+            .or_else(|| get_str(properties.headers().as_ref(), SVIX_ID))
+    }
 
     /// An integer header, whatever integer type the sender used.
     pub fn get_i64(table: Option<&FieldTable>, name: &str) -> Option<i64> {

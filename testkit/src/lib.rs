@@ -18,7 +18,7 @@ use broker::{
         message::BasicGetMessage,
         options::{
             BasicAckOptions, BasicGetOptions, ConfirmSelectOptions, ExchangeDeleteOptions,
-            QueueDeclareOptions, QueueDeleteOptions,
+            QueueDeleteOptions,
         },
         types::FieldTable,
     },
@@ -201,18 +201,11 @@ impl TestBroker {
 
     /// Messages ready in `queue`, without consuming them.
     pub async fn count(&self, queue: &str) -> u32 {
-        self.channel
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
+        broker::queue_depth(&self.channel, queue)
             .await
             .unwrap()
-            .message_count()
+            .unwrap_or_else(|| panic!("queue {queue} does not exist"))
+            .messages
     }
 
     /// Takes (and acks) every message in `queue`.

@@ -107,6 +107,17 @@ fn honour_retry_after(error: &ApplyError, delay: Option<Duration>) -> Option<Dur
 }
 
 impl Applier {
+    /// `event` without what this applier does not store: users' private and unsafe metadata
+    /// unless `SYNC_PRIVATE_METADATA`. The one place that rule is applied; [`Self::apply`] and
+    /// the consumer (before batching) both go through it.
+    pub fn keep_only_stored(&self, event: ClerkEvent) -> ClerkEvent {
+        if self.store_private_metadata {
+            event
+        } else {
+            event.without_private_metadata()
+        }
+    }
+
     /// Applies `event`, retrying transient failures in process.
     pub async fn apply(
         &self,
@@ -121,7 +132,7 @@ impl Applier {
             .with_max_times(self.in_process_retries);
         let stripped;
         let event = if !self.store_private_metadata && event.has_private_metadata() {
-            stripped = event.clone().without_private_metadata();
+            stripped = self.keep_only_stored(event.clone());
             &stripped
         } else {
             event

@@ -65,23 +65,13 @@ struct Received {
 }
 
 impl Received {
-    /// Reads `delivery`; the user's private and unsafe metadata are dropped unless
-    /// `store_private_metadata` (`SYNC_PRIVATE_METADATA`).
-    fn new(delivery: Delivery, store_private_metadata: bool) -> Self {
+    /// Reads `delivery`; what `applier` does not store (private metadata, unless
+    /// `SYNC_PRIVATE_METADATA`) is dropped at once.
+    fn new(delivery: Delivery, applier: &Applier) -> Self {
         let props = &delivery.properties;
-        let svix_id = props
-            .message_id()
-            .as_ref()
-            .map(|s| s.to_string())
-            .or_else(|| headers::get_str(props.headers().as_ref(), headers::SVIX_ID));
+        let svix_id = headers::svix_id(props);
         let (event_type, event) = event::parse_typed(&delivery.data);
-        let event = event.map(|event| {
-            if store_private_metadata {
-                event
-            } else {
-                event.without_private_metadata()
-            }
-        });
+        let event = event.map(|event| applier.keep_only_stored(event));
         // The queue has no broker delivery limit (crashes would count against it): an event
         // that keeps coming back is pointed out instead.
         if delivery.redelivered
@@ -341,10 +331,9 @@ impl Consumer {
         publish_channel: &Channel,
         acks: &Acks,
     ) -> HandOver {
-        let store_private = self.applier.store_private_metadata;
         let received: Vec<Received> = deliveries
             .into_iter()
-            .map(|delivery| Received::new(delivery, store_private))
+            .map(|delivery| Received::new(delivery, &self.applier))
             .collect();
         let (mut batched, mut slow): (Vec<&Received>, Vec<&Received>) = received
             .iter()

@@ -11,7 +11,7 @@
 use broker::{
     BrokerConfig, EVENTS_ROUTING_KEY, PublishError, Topology, headers,
     lapin::{
-        Channel, Connection, ConnectionProperties,
+        Channel, Connection,
         message::Delivery,
         options::{BasicAckOptions, BasicGetOptions, ConfirmSelectOptions},
     },
@@ -24,14 +24,6 @@ use crate::consume::{copy_properties, now_ms};
 /// What can go wrong in a DLQ command.
 #[derive(Debug, thiserror::Error)]
 pub enum DlqError {
-    #[error(
-        "cannot connect to RabbitMQ at {urls}: {source}; check AMQP_URL and that the broker is up"
-    )]
-    Connect {
-        urls: String,
-        #[source]
-        source: broker::lapin::Error,
-    },
     #[error("RabbitMQ: {0}")]
     Amqp(#[from] broker::lapin::Error),
     #[error(transparent)]
@@ -91,12 +83,7 @@ impl DeadLetter {
     fn from_delivery(delivery: &Delivery) -> Self {
         let props = &delivery.properties;
         let table = props.headers().as_ref();
-        let id = props
-            .message_id()
-            .as_ref()
-            .map(|s| s.to_string())
-            .or_else(|| headers::get_str(table, headers::SVIX_ID))
-            .unwrap_or_else(|| "-".into());
+        let id = headers::svix_id(props).unwrap_or_else(|| "-".into());
         // Messages the broker dead-lettered itself (delivery limit) carry only x-death headers.
         let reason = headers::get_str(table, headers::REASON).or_else(|| {
             headers::get_str(table, "x-first-death-reason").map(|r| format!("broker: {r}"))
@@ -259,31 +246,7 @@ pub(crate) async fn connect_first(
     broker: &BrokerConfig,
     purpose: &str,
 ) -> Result<Connection, DlqError> {
-    let mut last = None;
-    for url in &broker.urls {
-        let props = ConnectionProperties::default()
-            .with_connection_name(format!("{} {purpose}", broker.connection_name).into());
-        match Connection::connect(url.expose(), props).await {
-            Ok(connection) => return Ok(connection),
-            Err(e) => last = Some(e),
-        }
-    }
-    match last {
-        Some(source) => Err(DlqError::Connect {
-            urls: broker
-                .urls
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(", "),
-            source,
-        }),
-        // parse_urls refuses an empty AMQP_URL; a config built in code may still have none.
-        None => Err(DlqError::Broker(broker::BrokerError::BadSetting {
-            name: "AMQP_URL",
-            reason: "no URL given".into(),
-        })),
-    }
+    Ok(broker::connect_first(broker, purpose).await?)
 }
 
 /// An open view of the dead-letter queue. Dropping it (or `close`) returns every message not

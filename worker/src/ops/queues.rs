@@ -124,17 +124,13 @@ async fn drain_and_delete(channel: &Channel, from: &str, to: &str) -> Result<usi
     let mut moved = 0;
     loop {
         moved += move_all(channel, from, to).await?;
-        let state = broker::lapin::options::QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
+        let Some(queue) = broker::queue_depth(channel, from).await? else {
+            break;
         };
-        let queue = channel
-            .queue_declare(from.into(), state, FieldTable::default())
-            .await?;
-        if queue.consumer_count() > 0 {
+        if queue.consumers > 0 {
             return Err(DlqError::QueueInUse(from.to_owned()));
         }
-        if queue.message_count() == 0 {
+        if queue.messages == 0 {
             break;
         }
     }
@@ -147,9 +143,7 @@ async fn drain_and_delete(channel: &Channel, from: &str, to: &str) -> Result<usi
 /// Whether `queue` exists (a passive declare, on a channel of its own: a miss closes it).
 async fn exists(connection: &Connection, queue: &str) -> Result<bool, DlqError> {
     let probe = connection.create_channel().await?;
-    let found = broker::declare_queue(&probe, queue, FieldTable::default(), true)
-        .await
-        .is_ok();
+    let found = broker::queue_depth(&probe, queue).await?.is_some();
     if probe.status().connected() {
         let _ = probe.close(200, "probe".into()).await;
     }

@@ -114,7 +114,7 @@ impl Console {
 
     /// Records the counts now, forgetting samples older than [`RATE_HISTORY`].
     pub fn sample(&self) {
-        let (counts, _) = pages::metric_counts(self);
+        let (counts, _) = pages::overview::metric_counts(self);
         let sample = Sample {
             at: std::time::Instant::now(),
             counts: [counts[0].1, counts[1].1, counts[2].1],
@@ -180,7 +180,7 @@ impl Console {
                 return response;
             }
             "/console/login" => {
-                return html_response(StatusCode::OK, pages::login_form(None));
+                return html_response(StatusCode::OK, pages::login::login_form(None));
             }
             _ => {}
         }
@@ -188,11 +188,15 @@ impl Console {
             return redirect("/console/login");
         };
         let outcome = match path {
-            "/console" | "/console/" => pages::overview(self, &session).await,
-            "/console/dead-letters" => pages::dead_letters(self, &session, query).await,
-            "/console/dead-letter" => pages::dead_letter(self, &session, query, false).await,
-            "/console/events" => pages::events(self, &session, query).await,
-            "/console/audit" => pages::audit_log(self, &session).await,
+            "/console" | "/console/" => pages::overview::overview(self, &session).await,
+            "/console/dead-letters" => {
+                pages::dead_letters::dead_letters(self, &session, query).await
+            }
+            "/console/dead-letter" => {
+                pages::dead_letter::dead_letter(self, &session, query, false).await
+            }
+            "/console/events" => pages::events::events(self, &session, query).await,
+            "/console/audit" => pages::audit::audit_log(self, &session).await,
             _ => Outcome::Html(
                 StatusCode::NOT_FOUND,
                 page("Not found", Some(&session), "<p>No such page.</p>"),
@@ -238,10 +242,10 @@ impl Console {
             return response;
         }
         let action = match path {
-            "/console/dead-letter/reveal" => pages::Act::Reveal,
-            "/console/dead-letter/replay" => pages::Act::ReplayOne,
-            "/console/dead-letter/drop" => pages::Act::DropOne,
-            "/console/dead-letters/replay" => pages::Act::ReplayMatching,
+            "/console/dead-letter/reveal" => pages::audit::Act::Reveal,
+            "/console/dead-letter/replay" => pages::audit::Act::ReplayOne,
+            "/console/dead-letter/drop" => pages::audit::Act::DropOne,
+            "/console/dead-letters/replay" => pages::audit::Act::ReplayMatching,
             _ => {
                 return Outcome::Html(
                     StatusCode::NOT_FOUND,
@@ -254,7 +258,7 @@ impl Console {
             tracing::warn!(user = %session.user, path, "console action refused to a viewer");
             return forbidden(Some(&session), "Viewers cannot replay, drop or reveal.");
         }
-        pages::act(self, &session, action, form)
+        pages::actions::act(self, &session, action, form)
             .await
             .into_response()
     }
@@ -288,7 +292,7 @@ impl Console {
                 }
                 html_response(
                     StatusCode::UNAUTHORIZED,
-                    pages::login_form(Some("Unknown name or wrong key.")),
+                    pages::login::login_form(Some("Unknown name or wrong key.")),
                 )
             }
         }
