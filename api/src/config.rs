@@ -9,10 +9,7 @@ use settings::{InvalidSetting, flag, list, log_format, present, server_limits, s
 use store::crypto::{KeyError, TokenCipher};
 use telemetry::{LogFormat, ops::ServerLimits};
 
-use crate::{
-    auth::{Authenticator, JwtKeyError, JwtVerifier, ServiceKeyError, ServiceKeys},
-    state::CalendarSettings,
-};
+use crate::auth::{Authenticator, JwtKeyError, JwtVerifier, ServiceKeyError, ServiceKeys};
 
 pub use settings::{DEFAULT_DATABASE_URL, DatabaseSettings, redact_url};
 
@@ -44,6 +41,16 @@ pub struct Config {
     pub request_timeout: Duration,
     /// `LOG_FORMAT`: `plain` (default) or `json`.
     pub log_format: LogFormat,
+}
+
+/// What `GET /users/{id}/calendar-connections/{provider}/token` needs.
+#[derive(Debug)]
+pub struct CalendarSettings {
+    /// Decrypts stored tokens and encrypts refreshed ones (`TOKEN_ENCRYPTION_KEY`).
+    pub cipher: TokenCipher,
+    /// Asks Clerk for a fresh token when the stored one expired (`CLERK_SECRET_KEY`,
+    /// `CLERK_API_URL`).
+    pub clerk: ClerkClient,
 }
 
 /// What lazy sync needs: Clerk's Backend API, and the token cipher when set (calendar

@@ -5,10 +5,7 @@ use std::sync::Mutex;
 use prometheus_client::registry::Registry;
 use sea_orm::DatabaseConnection;
 
-use clerk_api::ClerkClient;
-use store::crypto::TokenCipher;
-
-use crate::{auth::Authenticator, lazy::LazySync};
+use crate::{auth::Authenticator, config::CalendarSettings, lazy::LazySync};
 
 /// The application state behind an `Arc`.
 pub struct AppState {
@@ -24,14 +21,4 @@ pub struct AppState {
     pub registry: Mutex<Registry>,
     /// The OpenAPI document, serialized once at start-up.
     pub openapi: String,
-}
-
-/// What `GET /users/{id}/calendar-connections/{provider}/token` needs.
-#[derive(Debug)]
-pub struct CalendarSettings {
-    /// Decrypts stored tokens and encrypts refreshed ones (`TOKEN_ENCRYPTION_KEY`).
-    pub cipher: TokenCipher,
-    /// Asks Clerk for a fresh token when the stored one expired (`CLERK_SECRET_KEY`,
-    /// `CLERK_API_URL`).
-    pub clerk: ClerkClient,
 }

@@ -278,18 +278,34 @@ impl DeadLetterQueue {
         })
     }
 
-    /// Takes every dead letter without acking (they stay in the queue until acked).
-    pub async fn fetch_all(&self) -> Result<Vec<Delivery>, DlqError> {
+    /// Reads the queue once and keeps the deliveries `selection` names, with their ids, oldest
+    /// first (the others are not kept: they return to the queue when the channel closes). An
+    /// id of [`Selection::Ids`] that is not in the queue is an error; those of
+    /// [`Selection::Previewed`] that are gone are left out.
+    async fn select(&self, selection: &Selection) -> Result<Vec<(String, Delivery)>, DlqError> {
         let queue = self.topology.dead_queue();
-        let mut out = Vec::new();
+        let mut chosen = Vec::new();
         while let Some(message) = self
             .channel
             .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
             .await?
         {
-            out.push(message.delivery);
+            let letter = DeadLetter::from_delivery(&message.delivery);
+            let selected = match selection {
+                Selection::All => true,
+                Selection::Ids(ids) | Selection::Previewed(ids) => ids.contains(&letter.id),
+                Selection::Matching(filter) => filter.matches(&letter),
+            };
+            if selected {
+                chosen.push((letter.id, message.delivery));
+            }
         }
-        Ok(out)
+        if let Selection::Ids(ids) = selection
+            && let Some(missing) = ids.iter().find(|id| !chosen.iter().any(|(c, _)| c == *id))
+        {
+            return Err(DlqError::NotFound(missing.clone()));
+        }
+        Ok(chosen)
     }
 
     /// The dead letter `id`, reading no further than it; the others read are not kept.
@@ -339,7 +355,7 @@ impl DeadLetterQueue {
     }
 
     /// Publishes a dead letter back to the main queue (confirmed), then acks it.
-    pub async fn replay(&self, delivery: &Delivery) -> Result<(), DlqError> {
+    pub async fn replay(&self, id: &str, delivery: &Delivery) -> Result<(), DlqError> {
         let old = delivery.properties.headers().as_ref();
         let mut table = old.cloned().unwrap_or_default();
         // A replay gets a fresh set of attempts; the history headers stay for the record.
@@ -355,7 +371,7 @@ impl DeadLetterQueue {
         )
         .await
         .map_err(|source| DlqError::Replay {
-            id: DeadLetter::from_delivery(delivery).id,
+            id: id.to_owned(),
             source,
         })?;
         delivery.acker.ack(BasicAckOptions::default()).await?;
@@ -454,9 +470,13 @@ pub async fn show(
 #[derive(Debug, Clone)]
 pub enum Selection {
     All,
+    /// These dead letters; one not in the queue is an error, and nothing is done.
     Ids(Vec<String>),
     /// Every dead letter the filter matches (none is not an error).
     Matching(Filter),
+    /// What a preview selected: those of these still in the queue (others were replayed or
+    /// dropped meanwhile; the summary's count tells).
+    Previewed(Vec<String>),
 }
 
 /// What `replay` or `drop` did.
@@ -506,25 +526,9 @@ pub async fn act_approved(
 ) -> Result<Summary, DlqError> {
     let dlq = DeadLetterQueue::open(broker, topology).await?;
     let result = async {
-        let deliveries = dlq.fetch_all().await?;
-        let letters: Vec<DeadLetter> = deliveries.iter().map(DeadLetter::from_delivery).collect();
-        if let Selection::Ids(ids) = selection
-            && let Some(missing) = ids.iter().find(|id| !letters.iter().any(|l| &l.id == *id))
-        {
-            return Err(DlqError::NotFound(missing.clone()));
-        }
-        let chosen: Vec<usize> = letters
-            .iter()
-            .enumerate()
-            .filter(|(_, l)| match selection {
-                Selection::All => true,
-                Selection::Ids(ids) => ids.contains(&l.id),
-                Selection::Matching(filter) => filter.matches(l),
-            })
-            .map(|(i, _)| i)
-            .collect();
+        let chosen = dlq.select(selection).await?;
         let mut summary = Summary {
-            selected: chosen.iter().map(|i| letters[*i].id.clone()).collect(),
+            selected: chosen.iter().map(|(id, _)| id.clone()).collect(),
             done: 0,
             dry_run: action == Action::Preview,
         };
@@ -532,11 +536,11 @@ pub async fn act_approved(
             return Ok(summary);
         }
         approve(&summary.selected).await?;
-        for (n, i) in chosen.iter().enumerate() {
+        for (n, (id, delivery)) in chosen.iter().enumerate() {
             if action == Action::Drop {
-                dlq.drop_letter(&deliveries[*i]).await?;
+                dlq.drop_letter(delivery).await?;
             } else {
-                dlq.replay(&deliveries[*i]).await?;
+                dlq.replay(id, delivery).await?;
             }
             summary.done += 1;
             progress(n + 1, chosen.len());

@@ -121,6 +121,16 @@ fn csrf_of(html: &str) -> String {
     html[start..start + 64].to_owned()
 }
 
+/// The value of the hidden input `name` in a page.
+fn hidden_value(html: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = html
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no {name} in {html}"))
+        + marker.len();
+    html[start..].split('"').next().unwrap().to_owned()
+}
+
 fn assert_secure_headers(page: &Page) {
     assert_eq!(page.headers["content-security-policy"], CSP);
     assert_eq!(page.headers["x-frame-options"], "DENY");
@@ -539,12 +549,14 @@ async fn an_operator_reveals_replays_and_drops_dead_letters_and_the_audit_log_li
         confirm.body
     );
     assert!(confirm.body.contains("name=\"confirm\" value=\"yes\""));
+    let selection = hidden_value(&confirm.body, "selection");
     let done = browser
         .post(
             "/console/dead-letters/replay",
             &[
                 ("csrf", &csrf),
                 ("type", "user.created"),
+                ("selection", &selection),
                 ("confirm", "yes"),
             ],
         )
@@ -772,4 +784,89 @@ async fn a_refused_login_never_logs_a_name_that_is_no_user_s() {
         text.contains("user=ops") || text.contains("\"user\":\"ops\""),
         "a configured user's name is logged: {text}"
     );
+}
+
+#[tokio::test]
+async fn a_confirmed_replay_of_all_matching_acts_on_what_its_preview_listed() {
+    let db = TestDb::migrated().await;
+    let broker = TestBroker::new().await;
+    let users = users_setting();
+    let worker = spawn_worker(&db, &broker, &[("CONSOLE_USERS", &users)]).await;
+    for n in 1..=2 {
+        broker
+            .publish_event(&format!("msg_prev_{n}"), b"{not json")
+            .await;
+    }
+    wait_for_count(&broker, &broker.topology.dead_queue(), 2).await;
+    let mut browser = Browser::new(worker.port);
+    let csrf = browser.login("ops", OPERATOR_KEY).await;
+    let preview = browser
+        .post(
+            "/console/dead-letters/replay",
+            &[("csrf", &csrf), ("reason", "envelope")],
+        )
+        .await;
+    assert!(
+        preview.body.contains("replay <strong>2</strong>"),
+        "{}",
+        preview.body
+    );
+    let selection = hidden_value(&preview.body, "selection");
+    // Meanwhile: one previewed letter is dropped, and a new one that matches arrives.
+    let dropped = browser
+        .post(
+            "/console/dead-letter/drop",
+            &[("csrf", &csrf), ("id", "msg_prev_1"), ("confirm", "yes")],
+        )
+        .await;
+    assert!(
+        dropped.body.contains("Dropped <strong>1</strong>"),
+        "{}",
+        dropped.body
+    );
+    broker.publish_event("msg_prev_3", b"{not json").await;
+    wait_for_count(&broker, &broker.topology.dead_queue(), 2).await;
+
+    let done = browser
+        .post(
+            "/console/dead-letters/replay",
+            &[
+                ("csrf", &csrf),
+                ("reason", "envelope"),
+                ("selection", &selection),
+                ("confirm", "yes"),
+            ],
+        )
+        .await;
+    assert!(
+        done.body.contains("Replayed <strong>1</strong>"),
+        "{}",
+        done.body
+    );
+    assert!(
+        done.body.contains("1 of the 2 previewed were no longer"),
+        "{}",
+        done.body
+    );
+    // msg_prev_3 was not previewed: it was not replayed (it is still the oldest there).
+    let audit = crate::helpers::scalar(
+        &db.conn,
+        "SELECT count(*) FROM console_audit WHERE action = 'replay_matching' AND count = 1 AND done = 1",
+    )
+    .await;
+    assert_eq!(audit, 1);
+    // A confirmation is used once.
+    let again = browser
+        .post(
+            "/console/dead-letters/replay",
+            &[
+                ("csrf", &csrf),
+                ("reason", "envelope"),
+                ("selection", &selection),
+                ("confirm", "yes"),
+            ],
+        )
+        .await;
+    assert_eq!(again.status, 409, "{}", again.body);
+    worker.stop().await;
 }

@@ -23,6 +23,7 @@ pub mod auth;
 pub mod html;
 pub mod mask;
 pub mod pages;
+pub mod previews;
 
 use broker::{BrokerConfig, Topology};
 use bytes::Bytes;
@@ -51,6 +52,8 @@ pub struct Console {
     broker: BrokerConfig,
     topology: Topology,
     registry: SharedRegistry,
+    /// What "replay all matching" previews selected, until confirmed.
+    previews: previews::Previews,
     /// One operation on the dead-letter queue at a time (see the module docs).
     dlq_lock: tokio::sync::Mutex<()>,
     /// How far behind this worker is.
@@ -94,6 +97,7 @@ impl Console {
             broker,
             topology,
             registry,
+            previews: previews::Previews::default(),
             dlq_lock: tokio::sync::Mutex::new(()),
             progress,
             samples: std::sync::Mutex::default(),
