@@ -19,14 +19,14 @@ for name in ("postgres", "rabbitmq", "ingress", "worker", "api"):
     elif "healthcheck" not in services[name]:
         errors.append(f"docker-compose.yml: service {name!r} has no healthcheck")
 
-# The settings the services read: the README's configuration table, which is generated from the
-# one list in telemetry/src/catalog.rs (the Rust tests check the table, .env.example, and that
-# each service reads only listed settings).
-readme = (root / "README.md").read_text()
-table = readme.split("<!-- settings table:", 1)[1].split("<!-- end of settings table -->", 1)[0]
+# The settings the services read: the configuration table in docs/configuration.md, which is
+# generated from the one list in settings/src/catalog.rs (the Rust tests check the table,
+# .env.example, and that each service reads only listed settings).
+config_doc = (root / "docs" / "configuration.md").read_text()
+table = config_doc.split("<!-- settings table:", 1)[1].split("<!-- end of settings table -->", 1)[0]
 read = set(re.findall(r"^\| `([A-Z][A-Z0-9_]+)` \|", table, re.M))
 if not read:
-    errors.append("README.md has no generated settings table")
+    errors.append("docs/configuration.md has no generated settings table")
 
 named = set()
 for service in services.values():

@@ -313,7 +313,7 @@ impl Topology {
                         .map_err(|e| BrokerError::declare(&queue, e))?;
                     tracing::warn!(
                         queue = %queue,
-                        "queue has a broker delivery limit from an older clerk-sync (or RabbitMQ 4's default): worker crashes count against it, and it can drop or dead-letter healthy messages; run `worker migrate-queues` (README, upgrading)"
+                        "queue has a broker delivery limit from an older clerk-sync (or RabbitMQ 4's default): worker crashes count against it, and it can drop or dead-letter healthy messages; run `worker migrate-queues` (docs/operating.md, upgrading queues)"
                     );
                 }
                 Err(error) => return Err(BrokerError::declare(&queue, error)),

@@ -323,12 +323,12 @@ mod tests {
     }
 
     #[test]
-    fn the_readme_table_is_this_list() {
-        let readme = project_file("README.md");
-        let expected = with_table(&readme).expect("the README has the table markers");
+    fn the_configuration_doc_table_is_this_list() {
+        let readme = project_file("docs/configuration.md");
+        let expected = with_table(&readme).expect("docs/configuration.md has the table markers");
         assert!(
             readme == expected,
-            "README.md's configuration table differs from telemetry/src/catalog.rs: run `cargo xtask settings-table`"
+            "docs/configuration.md's settings table differs from settings/src/catalog.rs: run `cargo xtask settings-table`"
         );
     }
 

@@ -63,7 +63,7 @@ enum Task {
     /// An hour (by default) of paced load on ingress, worker and api: memory, queue depth and
     /// `processed_events` stay bounded, every event is applied.
     Soak(soak::SoakArgs),
-    /// Write the README's configuration table from the settings list (telemetry/src/catalog.rs).
+    /// Write the settings table in docs/configuration.md from the list in settings/src/catalog.rs.
     SettingsTable,
 }
 
@@ -87,22 +87,22 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-/// Rewrites the README's configuration table from `settings::catalog::SETTINGS`.
+/// Rewrites the settings table in docs/configuration.md from `settings::catalog::SETTINGS`.
 fn settings_table() -> anyhow::Result<()> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/configuration.md");
     let readme = std::fs::read_to_string(&path)?;
     let updated = settings::catalog::with_table(&readme).ok_or_else(|| {
         anyhow::anyhow!(
-            "README.md has no settings table markers ({} … {})",
+            "docs/configuration.md has no settings table markers ({} … {})",
             settings::catalog::TABLE_START,
             settings::catalog::TABLE_END
         )
     })?;
     if updated == readme {
-        println!("README.md's configuration table is up to date");
+        println!("docs/configuration.md's settings table is up to date");
     } else {
         std::fs::write(&path, updated)?;
-        println!("README.md's configuration table rewritten from telemetry/src/catalog.rs");
+        println!("docs/configuration.md's settings table rewritten from settings/src/catalog.rs");
     }
     Ok(())
 }

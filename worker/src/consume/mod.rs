@@ -81,7 +81,7 @@ impl Received {
             tracing::warn!(
                 svix_id = svix_id.as_deref().unwrap_or("-"),
                 deliveries = count,
-                "event delivered again and again; if workers keep crashing, this event may be the cause (see `worker dlq` and the README)"
+                "event delivered again and again; if workers keep crashing, this event may be the cause (see `worker dlq` and docs/operating.md)"
             );
         }
         Self {
