@@ -1,6 +1,6 @@
 //! Every setting the services read from the environment, with who reads it, its default and what
-//! it means: the one list the README's configuration table is generated from
-//! (`cargo xtask settings-table`). Tests check that the README's table is this list, that
+//! it means: the one list the configuration table of docs/configuration.md is generated from
+//! (`cargo xtask settings-table`). Tests check that that table is this list, that
 //! `.env.example` names every setting, and that each service's configuration reads only settings
 //! listed here.
 
@@ -11,13 +11,13 @@ pub struct Setting {
     pub name: &'static str,
     /// The processes that read it (`ingress`, `worker`, `api`, `all`, …).
     pub used_by: &'static str,
-    /// Its default, as the README shows it (Markdown).
+    /// Its default, as the docs show it (Markdown).
     pub default: &'static str,
     /// What it means (Markdown).
     pub meaning: &'static str,
 }
 
-/// Every setting, in the README's order.
+/// Every setting, in the docs' order.
 pub const SETTINGS: &[Setting] = &[
     Setting {
         name: "CLERK_WEBHOOK_SECRET",
@@ -281,7 +281,7 @@ pub fn unlisted_reads(
     asked.into_iter().filter(|name| !is_listed(name)).collect()
 }
 
-/// The configuration table as the README shows it.
+/// The configuration table as the docs show it.
 pub fn markdown_table() -> String {
     let mut out = String::from("| variable | used by | default | meaning |\n|---|---|---|---|\n");
     for s in SETTINGS {
@@ -293,8 +293,8 @@ pub fn markdown_table() -> String {
     out
 }
 
-/// The marker lines around the generated table in the README.
-pub const TABLE_START: &str = "<!-- settings table: generated from telemetry/src/catalog.rs by `cargo xtask settings-table` -->";
+/// The marker lines around the generated table in docs/configuration.md.
+pub const TABLE_START: &str = "<!-- settings table: generated from settings/src/catalog.rs by `cargo xtask settings-table` -->";
 /// The line after the generated table.
 pub const TABLE_END: &str = "<!-- end of settings table -->";
 
