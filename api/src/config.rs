@@ -11,15 +11,19 @@ use telemetry::{LogFormat, ops::ServerLimits};
 
 use crate::auth::{Authenticator, JwtKeyError, JwtVerifier, ServiceKeyError, ServiceKeys};
 
-pub use settings::{DEFAULT_DATABASE_URL, DatabaseSettings, redact_url};
+pub use settings::{DEFAULT_DATABASE_URL, DatabaseSettings, ReadReplicaSettings, redact_url};
 
 /// Everything the API needs to run.
 #[derive(Debug)]
 pub struct Config {
     /// `API_ADDR`: where to listen (default `127.0.0.1:8081`).
     pub addr: SocketAddr,
-    /// `DATABASE_URL` and `DATABASE_MAX_CONNECTIONS`.
+    /// `DATABASE_URL`, `DATABASE_MAX_CONNECTIONS` and `DATABASE_POOLER`.
     pub database: DatabaseSettings,
+    /// `DATABASE_READ_URL` and `DATABASE_READ_MAX_LAG` (default `5s`): a streaming replica for
+    /// reads ([`crate::reads`]), behind the same kind of pooler as `DATABASE_URL`. `None`:
+    /// every read goes to `DATABASE_URL`.
+    pub read_replica: Option<ReadReplicaSettings>,
     /// `CLERK_JWT_KEY`, `CLERK_AUTHORIZED_PARTIES`, `CLERK_ISSUER` and `API_SERVICE_KEYS`: who
     /// may call.
     pub auth: Authenticator,
@@ -95,6 +99,7 @@ impl Config {
         Ok(Self {
             addr: socket_addr(&lookup, "API_ADDR", "127.0.0.1:8081")?,
             database: settings::database(&lookup)?,
+            read_replica: settings::read_replica(&lookup)?,
             auth,
             cors_origins,
             calendar,
@@ -286,6 +291,10 @@ mod tests {
             ("CLERK_JWT_KEY", PEM),
             ("DATABASE_URL", "postgres://app:pa55word@db:5432/clerk_sync"),
             (
+                "DATABASE_READ_URL",
+                "postgres://reader:r3plicapw@replica:5432/clerk_sync",
+            ),
+            (
                 "TOKEN_ENCRYPTION_KEY",
                 "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
             ),
@@ -297,6 +306,7 @@ mod tests {
             "hunter2",
             "swordfish",
             "pa55word",
+            "r3plicapw",
             "sk_test_supersecret",
             "AAECAwQF",
             "x0tAuSX7",
@@ -304,6 +314,7 @@ mod tests {
             assert!(!debug.contains(secret), "{secret} in {debug}");
         }
         assert!(debug.contains("db:5432"), "{debug}");
+        assert!(debug.contains("replica:5432"), "{debug}");
         assert!(config.calendar.is_some());
     }
 

@@ -12,6 +12,7 @@ use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
 };
+use store::pool::Pool;
 
 use clerk_api::client::{ClerkClient, ClerkError};
 use prometheus_client::{
@@ -19,7 +20,7 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family},
     registry::Registry,
 };
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
+use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use store::{
     Applier, ApplierSettings,
     apply::{ApplyError, Outcome, tombstone_key},
@@ -91,11 +92,7 @@ impl LazySync {
     /// Lazy sync through Clerk's API, storing into `db` as `settings` say (tokens sealed with
     /// their cipher when set, private metadata only with `SYNC_PRIVATE_METADATA`), and its
     /// metric registered in `registry`.
-    pub fn new(
-        db: DatabaseConnection,
-        settings: crate::config::LazySettings,
-        registry: &mut Registry,
-    ) -> Self {
+    pub fn new(db: Pool, settings: crate::config::LazySettings, registry: &mut Registry) -> Self {
         let crate::config::LazySettings {
             clerk,
             cipher,

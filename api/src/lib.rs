@@ -10,6 +10,7 @@ pub mod error;
 pub mod lazy;
 pub mod metrics;
 pub mod openapi;
+pub mod reads;
 pub mod routes;
 pub mod state;
 
@@ -23,7 +24,7 @@ use std::{
 use axum::middleware;
 use http::{HeaderName, Method, header};
 use prometheus_client::registry::Registry;
-use sea_orm::{Database, DatabaseConnection};
+use store::pool::connect_lazily;
 use tokio::net::TcpListener;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
@@ -45,6 +46,11 @@ pub enum StartError {
         "DATABASE_URL ({0}) cannot be used: expected postgres://user:password@host:port/database"
     )]
     DatabaseUrl(String),
+    /// The same for the replica.
+    #[error(
+        "DATABASE_READ_URL ({0}) cannot be used: expected postgres://user:password@host:port/database"
+    )]
+    ReadUrl(String),
     #[error("cannot serialize the OpenAPI document: {0}")]
     OpenApi(#[from] serde_json::Error),
 }
@@ -53,7 +59,7 @@ pub enum StartError {
 pub struct Application {
     listener: TcpListener,
     router: axum::Router,
-    db: DatabaseConnection,
+    state: Arc<AppState>,
     limits: telemetry::ops::ServerLimits,
 }
 
@@ -61,14 +67,27 @@ impl Application {
     /// Binds the listener and sets up the database pool. The pool connects lazily, so the API
     /// starts while Postgres is down (`/readyz` answers 503 until it is reachable).
     pub async fn build(config: Config) -> Result<Self, StartError> {
-        let mut options = store::pool::pool_options(
-            config.database.url.expose(),
-            config.database.max_connections,
-        );
-        options.min_connections(0).connect_lazy(true);
-        let db = Database::connect(options)
-            .await
-            .map_err(|_| StartError::DatabaseUrl(redact_url(config.database.url.expose())))?;
+        let database = &config.database;
+        let db = connect_lazily(
+            database.url.expose(),
+            database.max_connections,
+            database.pooler,
+        )
+        .await
+        .map_err(|_| StartError::DatabaseUrl(redact_url(database.url.expose())))?;
+        let replica = match &config.read_replica {
+            Some(replica) => Some((
+                connect_lazily(
+                    replica.url.expose(),
+                    database.max_connections,
+                    database.pooler,
+                )
+                .await
+                .map_err(|_| StartError::ReadUrl(redact_url(replica.url.expose())))?,
+                replica.max_lag,
+            )),
+            None => None,
+        };
 
         if config.calendar.is_none() {
             tracing::warn!(
@@ -79,11 +98,13 @@ impl Application {
         let (router, doc) = routes::router();
         let mut registry = Registry::default();
         let metrics = Arc::new(Metrics::register(&mut registry));
+        let reads = reads::Reads::new(db.clone(), replica, &mut registry);
         let lazy = config
             .lazy
             .map(|lazy| lazy::LazySync::new(db.clone(), lazy, &mut registry));
         let state = Arc::new(AppState {
-            db: db.clone(),
+            db,
+            reads,
             auth: config.auth,
             calendar: config.calendar,
             lazy,
@@ -112,7 +133,7 @@ impl Application {
                 config.request_timeout,
             ))
             .layer(middleware::from_fn_with_state(metrics, metrics::observe))
-            .with_state(state);
+            .with_state(state.clone());
 
         let listener = TcpListener::bind(config.addr)
             .await
@@ -123,7 +144,7 @@ impl Application {
         Ok(Self {
             listener,
             router,
-            db,
+            state,
             limits: config.limits,
         })
     }
@@ -139,12 +160,25 @@ impl Application {
     }
 
     /// Serves until `shutdown` completes, then stops accepting, lets in-flight requests finish
-    /// and closes the database pool.
+    /// and closes the database pools. The read replica, when set, is checked in the background
+    /// meanwhile.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         tracing::info!(addr = ?self.listener.local_addr().ok(), "api listening");
+        let (watched, watch_stop) = tokio::sync::oneshot::channel::<()>();
+        let watcher = {
+            let state = self.state.clone();
+            tokio::spawn(async move {
+                state
+                    .reads
+                    .watch_replica(async move {
+                        let _ = watch_stop.await;
+                    })
+                    .await;
+            })
+        };
         // Our own accept loop rather than `axum::serve`: it adds the header read timeout, the
         // connection cap and the header size limit that face slow or greedy clients.
         let router = self.router;
@@ -165,8 +199,18 @@ impl Application {
             Duration::from_secs(20),
         )
         .await;
-        let _ = self.db.close().await;
+        let _ = watched.send(());
+        let _ = watcher.await;
+        close(&self.state).await;
         tracing::info!("api stopped");
         Ok(())
+    }
+}
+
+/// Closes the pools (the replica's too); handlers still holding the state see closed pools.
+async fn close(state: &AppState) {
+    let _ = state.db.clone().close().await;
+    if let Some(replica) = state.reads.replica_pool() {
+        let _ = replica.clone().close().await;
     }
 }

@@ -1,16 +1,19 @@
 //! What every handler shares.
 
 use std::sync::Mutex;
+use store::pool::Pool;
 
 use prometheus_client::registry::Registry;
-use sea_orm::DatabaseConnection;
 
-use crate::{auth::Authenticator, config::CalendarSettings, lazy::LazySync};
+use crate::{auth::Authenticator, config::CalendarSettings, lazy::LazySync, reads::Reads};
 
 /// The application state behind an `Arc`.
 pub struct AppState {
-    /// The Postgres pool (connects lazily: the API starts while the database is down).
-    pub db: DatabaseConnection,
+    /// The primary's pool (connects lazily: the API starts while the database is down): writes,
+    /// and reads that must see them.
+    pub db: Pool,
+    /// Where other reads go: a replica when configured and current, else the primary.
+    pub reads: Reads,
     /// Who may call.
     pub auth: Authenticator,
     /// The token endpoint's cipher and Clerk client, when configured.

@@ -101,7 +101,31 @@ pub const SETTINGS: &[Setting] = &[
         name: "DATABASE_MAX_CONNECTIONS",
         used_by: "worker, api",
         default: "`10`",
-        meaning: "pool size",
+        meaning: "pool size (the api opens a second pool of this size to `DATABASE_READ_URL` when set)",
+    },
+    Setting {
+        name: "DATABASE_POOLER",
+        used_by: "worker, migration, api",
+        default: "`none`",
+        meaning: "what sits in front of `DATABASE_URL`: `none` (direct connections), `session` (a pooler in session mode) or `transaction` (a pooler in transaction mode, e.g. PgBouncer's `pool_mode = transaction`, Supavisor's port 6543, Neon's pooled endpoint: every statement then runs in a transaction of its own and no named prepared statement outlives it). See \"Deploying on managed Postgres\"",
+    },
+    Setting {
+        name: "DATABASE_DIRECT_URL",
+        used_by: "worker, migration",
+        default: "(none: migrations use `DATABASE_URL`)",
+        meaning: "a connection that bypasses the pooler (e.g. Neon's direct endpoint, Supavisor's session port), used only to apply migrations; without it they go through `DATABASE_URL` too, safely in any pooler mode",
+    },
+    Setting {
+        name: "DATABASE_READ_URL",
+        used_by: "api",
+        default: "(none: reads go to `DATABASE_URL`)",
+        meaning: "a streaming replica of the database for the api's reads; reads that must see a write just made (lazy sync, `PATCH …/calendar-status`, the token endpoint) stay on `DATABASE_URL`, and so do all reads while the replica is unreachable or too far behind",
+    },
+    Setting {
+        name: "DATABASE_READ_MAX_LAG",
+        used_by: "api",
+        default: "`5s`",
+        meaning: "how far behind `DATABASE_READ_URL` may be (its last replayed transaction, checked every second in the background) before reads go to the primary",
     },
     Setting {
         name: "WORKER_ADDR",
@@ -143,7 +167,7 @@ pub const SETTINGS: &[Setting] = &[
         name: "RECONCILE_INTERVAL",
         used_by: "worker",
         default: "(off)",
-        meaning: "how often `worker run` reconciles the tables with Clerk in the background (e.g. `24h`; needs `CLERK_SECRET_KEY`); one worker at a time, under a Postgres advisory lock. See \"Repairing drift\"",
+        meaning: "how often `worker run` reconciles the tables with Clerk in the background (e.g. `24h`; needs `CLERK_SECRET_KEY`); one worker at a time (a lease row in the database), once per interval across all workers. See \"Repairing drift\"",
     },
     Setting {
         name: "PROCESSED_EVENTS_RETENTION",

@@ -31,35 +31,141 @@ pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@localhost:5432/clerk
 /// A database URL, which may hold a password: `Debug` shows it redacted.
 pub type DatabaseUrl = crate::secret::SecretUrl;
 
-/// Where the database is: `DATABASE_URL` and `DATABASE_MAX_CONNECTIONS`.
+/// What sits between the services and Postgres: `DATABASE_POOLER`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Pooler {
+    /// Direct connections, or a pooler that keeps each client's session (the default).
+    #[default]
+    None,
+    /// A pooler in session mode (PgBouncer `pool_mode = session`, Supavisor's session port):
+    /// each client connection keeps one server connection, so session state works; clerk-sync
+    /// only leaves out the startup parameters such poolers refuse.
+    Session,
+    /// A pooler in transaction mode (PgBouncer `pool_mode = transaction`, Supavisor's
+    /// transaction port, Neon's pooled endpoint): a server connection per transaction, so
+    /// nothing may rely on session state between transactions.
+    Transaction,
+}
+
+impl Pooler {
+    /// The setting's value for this mode.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Session => "session",
+            Self::Transaction => "transaction",
+        }
+    }
+
+    /// Whether a pooler sits in front of Postgres (startup parameters it may refuse are left
+    /// out).
+    pub fn is_pooled(self) -> bool {
+        self != Self::None
+    }
+}
+
+impl std::fmt::Display for Pooler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Pooler {
+    type Err = InvalidSetting;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "" | "none" => Ok(Self::None),
+            "session" => Ok(Self::Session),
+            "transaction" => Ok(Self::Transaction),
+            _ => Err(InvalidSetting::new(
+                "DATABASE_POOLER",
+                format!("{value:?} is not one of none, session or transaction"),
+            )),
+        }
+    }
+}
+
+/// Where the database is: `DATABASE_URL`, `DATABASE_MAX_CONNECTIONS` and `DATABASE_POOLER`.
 #[derive(Debug, Clone)]
 pub struct DatabaseSettings {
     /// `DATABASE_URL` (default [`DEFAULT_DATABASE_URL`]).
     pub url: DatabaseUrl,
     /// `DATABASE_MAX_CONNECTIONS` (default 10).
     pub max_connections: u32,
+    /// `DATABASE_POOLER` (default `none`): what sits in front of `DATABASE_URL`.
+    pub pooler: Pooler,
 }
 
-/// Reads `DATABASE_URL` (blank: the default) and `DATABASE_MAX_CONNECTIONS`.
+/// Reads `DATABASE_URL` (blank: the default), `DATABASE_MAX_CONNECTIONS` and `DATABASE_POOLER`.
 pub fn database(
     lookup: &impl Fn(&str) -> Option<String>,
 ) -> Result<DatabaseSettings, InvalidSetting> {
-    let url = lookup("DATABASE_URL")
+    let url = present(lookup, "DATABASE_URL")
         .map(|v| v.trim().to_owned())
-        .filter(|v| !v.is_empty())
         .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned());
-    if !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
-        return Err(InvalidSetting::new(
-            "DATABASE_URL",
-            "must start with postgres:// (e.g. postgres://user:pass@host:5432/db)",
-        ));
-    }
+    let url = postgres_url("DATABASE_URL", url)?;
     let max_connections = u32::try_from(number(lookup, "DATABASE_MAX_CONNECTIONS", 10)?)
         .map_err(|_| InvalidSetting::new("DATABASE_MAX_CONNECTIONS", "is too large"))?;
+    let pooler = lookup("DATABASE_POOLER")
+        .map(|v| v.parse())
+        .transpose()?
+        .unwrap_or_default();
     Ok(DatabaseSettings {
-        url: DatabaseUrl::new(url),
+        url,
         max_connections,
+        pooler,
     })
+}
+
+/// `DATABASE_DIRECT_URL` (optional): a connection that bypasses the pooler, for migrations.
+pub fn direct_database_url(
+    lookup: &impl Fn(&str) -> Option<String>,
+) -> Result<Option<DatabaseUrl>, InvalidSetting> {
+    present(lookup, "DATABASE_DIRECT_URL")
+        .map(|v| postgres_url("DATABASE_DIRECT_URL", v.trim().to_owned()))
+        .transpose()
+}
+
+/// A read replica of the database: `DATABASE_READ_URL` and `DATABASE_READ_MAX_LAG`.
+#[derive(Debug, Clone)]
+pub struct ReadReplicaSettings {
+    /// `DATABASE_READ_URL`: the replica (or a pooler in front of it).
+    pub url: DatabaseUrl,
+    /// `DATABASE_READ_MAX_LAG` (default 5 s): reads go to the primary while the replica's last
+    /// replayed transaction is older than this.
+    pub max_lag: Duration,
+}
+
+/// The default `DATABASE_READ_MAX_LAG`.
+pub const DEFAULT_READ_MAX_LAG: Duration = Duration::from_secs(5);
+
+/// Reads `DATABASE_READ_URL` (unset or blank: no replica) and `DATABASE_READ_MAX_LAG`.
+pub fn read_replica(
+    lookup: &impl Fn(&str) -> Option<String>,
+) -> Result<Option<ReadReplicaSettings>, InvalidSetting> {
+    let max_lag = duration(lookup, "DATABASE_READ_MAX_LAG", DEFAULT_READ_MAX_LAG)?;
+    present(lookup, "DATABASE_READ_URL")
+        .map(|v| {
+            Ok(ReadReplicaSettings {
+                url: postgres_url("DATABASE_READ_URL", v.trim().to_owned())?,
+                max_lag,
+            })
+        })
+        .transpose()
+}
+
+/// `url` if it is a Postgres URL; the error names `name`, never the URL (it may hold a
+/// password).
+fn postgres_url(name: &'static str, url: String) -> Result<DatabaseUrl, InvalidSetting> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(DatabaseUrl::new(url))
+    } else {
+        Err(InvalidSetting::new(
+            name,
+            "must start with postgres:// (e.g. postgres://user:pass@host:5432/db)",
+        ))
+    }
 }
 
 /// Parses a duration such as `250ms`, `5s`, `5m` or `1h` (a bare number is seconds).
@@ -283,6 +389,76 @@ mod tests {
 }
 
 #[cfg(test)]
+mod database_tests {
+    use super::*;
+
+    #[test]
+    fn the_pooler_is_none_unless_set_and_bad_values_are_refused() {
+        let settings = database(&lookup_from(&[])).expect("defaults");
+        assert_eq!(settings.pooler, Pooler::None);
+        for (value, pooler) in [
+            ("transaction", Pooler::Transaction),
+            (" Session ", Pooler::Session),
+            ("none", Pooler::None),
+            ("", Pooler::None),
+        ] {
+            let settings =
+                database(&lookup_from(&[("DATABASE_POOLER", value)])).expect("valid pooler");
+            assert_eq!(settings.pooler, pooler, "{value:?}");
+        }
+        let err = database(&lookup_from(&[("DATABASE_POOLER", "statement")])).expect_err("bad");
+        assert!(err.to_string().contains("DATABASE_POOLER"), "{err}");
+    }
+
+    #[test]
+    fn direct_and_read_urls_are_optional_postgres_urls_that_never_show_their_password() {
+        let lookup = lookup_from(&[]);
+        assert!(direct_database_url(&lookup).expect("unset").is_none());
+        assert!(read_replica(&lookup).expect("unset").is_none());
+        let lookup = lookup_from(&[
+            ("DATABASE_DIRECT_URL", "postgres://app:d1rect@db:5432/x"),
+            ("DATABASE_READ_URL", "postgres://app:r3plica@replica:5432/x"),
+            ("DATABASE_READ_MAX_LAG", "2s"),
+        ]);
+        let direct = direct_database_url(&lookup).expect("valid").expect("set");
+        let replica = read_replica(&lookup).expect("valid").expect("set");
+        assert_eq!(replica.max_lag, Duration::from_secs(2));
+        let shown = format!("{direct:?} {replica:?} {direct}");
+        assert!(
+            !shown.contains("d1rect") && !shown.contains("r3plica"),
+            "{shown}"
+        );
+        assert!(shown.contains("replica:5432"), "{shown}");
+        assert_eq!(
+            replica.url.expose(),
+            "postgres://app:r3plica@replica:5432/x"
+        );
+        let default_lag = read_replica(&lookup_from(&[("DATABASE_READ_URL", "postgres://r/x")]))
+            .expect("valid")
+            .expect("set");
+        assert_eq!(default_lag.max_lag, DEFAULT_READ_MAX_LAG);
+        for (name, value) in [
+            ("DATABASE_DIRECT_URL", "mysql://x:s3cret@h/db"),
+            ("DATABASE_READ_URL", "mysql://x:s3cret@h/db"),
+        ] {
+            let lookup = lookup_from(&[(name, value)]);
+            let err = direct_database_url(&lookup)
+                .err()
+                .or_else(|| read_replica(&lookup).err())
+                .expect("refused");
+            assert!(err.to_string().contains(name), "{err}");
+            assert!(!err.to_string().contains("s3cret"), "{err}");
+        }
+        let err = read_replica(&lookup_from(&[
+            ("DATABASE_READ_URL", "postgres://r/x"),
+            ("DATABASE_READ_MAX_LAG", "soon"),
+        ]))
+        .expect_err("bad lag");
+        assert!(err.to_string().contains("DATABASE_READ_MAX_LAG"), "{err}");
+    }
+}
+
+#[cfg(test)]
 mod url_tests {
     use super::*;
 
@@ -295,6 +471,10 @@ mod url_tests {
         assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(redact_url("postgres://h/db?x=@"), "postgres://h/db?x=@");
         assert_eq!(redact_url("nonsense"), "[unparseable URL]");
+        assert_eq!(
+            redact_url("postgres://h:5432/db?user=u&password=s3cret&sslmode=require"),
+            "postgres://h:5432/db?user=u&password=***&sslmode=require"
+        );
         assert_eq!(
             redact_url("amqp://guest:s3cret@localhost:5672/%2f"),
             "amqp://guest:***@localhost:5672/%2f"

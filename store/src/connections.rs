@@ -1,10 +1,9 @@
 //! Reads and writes of `user_calendar_connections`, keeping `users.google_calendar_connected` and
 //! `users.microsoft_calendar_connected` in agreement with them.
 
+use crate::pool::Pool;
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
-use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement, TransactionTrait, Value,
-};
+use sea_orm::{ConnectionTrait, DbBackend, DbErr, Statement, TransactionTrait, Value};
 use secrecy::{ExposeSecret, SecretString};
 use uuid::Uuid;
 
@@ -470,7 +469,7 @@ async fn connected_row<C: ConnectionTrait>(
 /// A stored token that does not decrypt for its row (moved from another row) is an error, never
 /// served.
 pub async fn fresh_access_token(
-    db: &DatabaseConnection,
+    db: &Pool,
     cipher: &TokenCipher,
     clerk: &ClerkClient,
     user_id: Uuid,
@@ -529,7 +528,7 @@ fn stored_token(
 
 /// A new token from Clerk, stored sealed under the user's lock if the connection is still there.
 async fn refresh_token(
-    db: &DatabaseConnection,
+    db: &Pool,
     cipher: &TokenCipher,
     clerk: &ClerkClient,
     stored: &StoredConnection,
@@ -595,7 +594,7 @@ async fn refresh_token(
 /// legacy format). Returns how many rows were re-sealed; `progress(done, total)` is called
 /// after each.
 pub async fn reencrypt_all(
-    db: &DatabaseConnection,
+    db: &Pool,
     cipher: &TokenCipher,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<usize, TokenError> {

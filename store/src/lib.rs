@@ -4,7 +4,8 @@
 //!   transaction ([`apply::batch`]), organizations and memberships too; tombstones for deletes;
 //! - [`accounts`], [`connections`], [`crypto`]: which external accounts are calendar
 //!   connections, their rows and their tokens sealed at rest;
-//! - [`pool`]: the database pool every process opens.
+//! - [`pool`]: the database pool every process opens, direct or behind a pooler;
+//! - [`lease`]: one process at a time for jobs such as the scheduled reconcile.
 //!
 //! The worker (consuming events) and the api (lazy sync, calendar status, tokens) both use it.
 
@@ -14,6 +15,7 @@ pub mod connections;
 pub mod crypto;
 pub mod event;
 pub mod faults;
+pub mod lease;
 pub mod pool;
 
 pub use apply::{Applier, ApplierSettings};

@@ -6,6 +6,8 @@
 pub mod cluster;
 pub mod events;
 pub mod fake_clerk;
+pub mod pgbouncer;
+pub mod postgres_user;
 pub mod process;
 pub mod proxy;
 
@@ -27,6 +29,7 @@ use migration::{
     Migrator, MigratorTrait,
     sea_orm::{ConnectionTrait, Database, DatabaseConnection},
 };
+use store::pool::{Pool, Pooler};
 
 /// A short random name with a prefix, safe as a database or queue name.
 pub fn unique(prefix: &str) -> String {
@@ -57,15 +60,74 @@ pub fn now_secs() -> i64 {
 }
 
 /// A database of its own for one test, migrated; dropped with the guard.
+///
+/// With `TEST_DATABASE_POOLER=transaction` (or `session`) in the environment, the database also
+/// gets a PgBouncer of its own in that mode ([`pgbouncer`]), and what the code under test uses
+/// ([`TestDb::pool`], [`TestDb::service_url`], [`TestDb::service_settings`]) goes through it,
+/// while the test arranges and checks through a direct connection ([`TestDb::conn`]). So any
+/// suite whose helpers take those runs unchanged behind the pooler.
 pub struct TestDb {
     pub name: String,
+    /// The database's own URL, without a pooler.
     pub url: String,
+    /// A direct pool, to arrange and check with.
     pub conn: DatabaseConnection,
+    /// The pool the code under test uses: through PgBouncer when the test asked for one (or
+    /// `TEST_DATABASE_POOLER` did), else direct.
+    pub pool: Pool,
+    bouncer: Option<pgbouncer::PgBouncer>,
+}
+
+/// The PgBouncer that `TEST_DATABASE_POOLER` asks every test database to sit behind:
+/// `transaction` (a pool of `TEST_PGBOUNCER_POOL_SIZE` server connections, default 3, so they
+/// are really shared) or `session` (a pool large enough for every client connection: in
+/// session mode each holds one); unset or `none`: none.
+pub fn pooler_from_env() -> Option<(pgbouncer::PoolMode, u32)> {
+    let mode = match std::env::var("TEST_DATABASE_POOLER")
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase()
+        .as_str()
+    {
+        "transaction" => pgbouncer::PoolMode::Transaction,
+        "session" => pgbouncer::PoolMode::Session,
+        "" | "none" => return None,
+        other => panic!("TEST_DATABASE_POOLER={other:?}: expected transaction, session or none"),
+    };
+    let default_size = match mode {
+        pgbouncer::PoolMode::Transaction => 3,
+        pgbouncer::PoolMode::Session => 60,
+    };
+    let size = std::env::var("TEST_PGBOUNCER_POOL_SIZE")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(default_size);
+    Some((mode, size))
 }
 
 impl TestDb {
-    /// Creates an empty database (no migrations).
+    /// Creates an empty database (no migrations), behind the pooler `TEST_DATABASE_POOLER`
+    /// names, if any.
     pub async fn empty() -> Self {
+        Self::create(pooler_from_env()).await
+    }
+
+    /// Creates a database and applies every migration.
+    pub async fn migrated() -> Self {
+        let db = Self::empty().await;
+        Migrator::up(&db.conn, None).await.unwrap();
+        db
+    }
+
+    /// Creates a database and applies every migration, behind a PgBouncer of its own in `mode`
+    /// with `pool_size` server connections, whatever the environment says.
+    pub async fn migrated_behind(mode: pgbouncer::PoolMode, pool_size: u32) -> Self {
+        let db = Self::create(Some((mode, pool_size))).await;
+        Migrator::up(&db.conn, None).await.unwrap();
+        db
+    }
+
+    async fn create(pooler: Option<(pgbouncer::PoolMode, u32)>) -> Self {
         let name = unique("cs_test");
         let admin = Database::connect(format!("{}/postgres", postgres_root()))
             .await
@@ -77,19 +139,58 @@ impl TestDb {
         let _ = admin.close().await;
         let url = format!("{}/{name}", postgres_root());
         let conn = Database::connect(&url).await.unwrap();
-        Self { name, url, conn }
+        let bouncer = pooler.map(|(mode, size)| pgbouncer::PgBouncer::start(mode, size));
+        let pool = match &bouncer {
+            Some(bouncer) => {
+                store::pool::connect_database(&bouncer.url(&name), 10, bouncer.mode().pooler())
+                    .await
+                    .unwrap()
+            }
+            None => Pool::from(conn.clone()),
+        };
+        Self {
+            name,
+            url,
+            conn,
+            pool,
+            bouncer,
+        }
     }
 
-    /// Creates a database and applies every migration.
-    pub async fn migrated() -> Self {
-        let db = Self::empty().await;
-        Migrator::up(&db.conn, None).await.unwrap();
-        db
+    /// The URL the services under test connect to: through the PgBouncer when there is one.
+    pub fn service_url(&self) -> String {
+        match &self.bouncer {
+            Some(bouncer) => bouncer.url(&self.name),
+            None => self.url.clone(),
+        }
+    }
+
+    /// What sits in front of [`Self::service_url`].
+    pub fn pooler(&self) -> Pooler {
+        self.bouncer
+            .as_ref()
+            .map_or(Pooler::None, |bouncer| bouncer.mode().pooler())
+    }
+
+    /// `DATABASE_URL` and `DATABASE_POOLER` for a service under test.
+    pub fn service_settings(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("DATABASE_URL", self.service_url()),
+            ("DATABASE_POOLER", self.pooler().as_str().to_owned()),
+        ]
+    }
+
+    /// The PgBouncer in front of it, if any (to kill and restart it).
+    pub fn bouncer(&mut self) -> Option<&mut pgbouncer::PgBouncer> {
+        self.bouncer.as_mut()
     }
 }
 
 impl Drop for TestDb {
     fn drop(&mut self) {
+        if let Some(bouncer) = self.bouncer.as_mut() {
+            bouncer.kill();
+        }
         let name = self.name.clone();
         // The test's own pool is left alone: its connections belong to the test's runtime, which
         // is blocked in this drop. FORCE ends them.

@@ -5,8 +5,8 @@ use std::{net::SocketAddr, time::Duration};
 use broker::{BrokerConfig, BrokerError, Topology};
 use clerk_api::ClerkClient;
 use settings::{
-    DatabaseSettings, InvalidSetting, count, duration, flag, log_format, number, optional_duration,
-    present, socket_addr,
+    DatabaseSettings, DatabaseUrl, InvalidSetting, count, duration, flag, log_format, number,
+    optional_duration, present, socket_addr,
 };
 use store::{
     ApplierSettings,
@@ -20,9 +20,12 @@ pub use settings::DEFAULT_DATABASE_URL;
 /// is redacted, keys and the Clerk secret are hidden by their types).
 #[derive(Debug)]
 pub struct Config {
-    /// `DATABASE_URL` (default [`DEFAULT_DATABASE_URL`]) and `DATABASE_MAX_CONNECTIONS` (pool
-    /// size, default 10).
+    /// `DATABASE_URL` (default [`DEFAULT_DATABASE_URL`]), `DATABASE_MAX_CONNECTIONS` (pool
+    /// size, default 10) and `DATABASE_POOLER` (default `none`).
     pub database: DatabaseSettings,
+    /// `DATABASE_DIRECT_URL` (optional): where migrations are applied, bypassing the pooler
+    /// (else on `DATABASE_URL`).
+    pub direct_database_url: Option<DatabaseUrl>,
     /// `AMQP_URL`: one or several comma separated broker URLs.
     pub broker: BrokerConfig,
     /// `QUEUE_PREFIX`, `QUEUE_REPLICAS`, `RETRY_DELAYS`.
@@ -53,7 +56,8 @@ pub struct Config {
     /// users' private and unsafe metadata are stored (else those columns are NULL).
     pub applier: ApplierSettings,
     /// `RECONCILE_INTERVAL` (off by default; e.g. `24h`): how often `worker run` reconciles the
-    /// tables with Clerk in the background (one worker at a time, under an advisory lock).
+    /// tables with Clerk in the background (one worker at a time, once per interval across the
+    /// workers: [`store::lease::Schedule`]).
     pub reconcile_interval: Option<Duration>,
     /// `CONSOLE_USERS` (off by default): `name:role:key, …`; when set, the operator's console is
     /// served under `/console` on `WORKER_ADDR` (see [`crate::ops::console`]). Keys never show in
@@ -98,6 +102,7 @@ impl Config {
         let topology = Topology::from_lookup(&lookup)?.with_default_replicas(broker.urls.len());
         Ok(Self {
             database,
+            direct_database_url: settings::direct_database_url(&lookup)?,
             broker,
             topology,
             addr: socket_addr(&lookup, "WORKER_ADDR", "127.0.0.1:8082")?,

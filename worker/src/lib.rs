@@ -20,10 +20,13 @@ use std::{
     time::Duration,
 };
 
-use migration::{MIGRATION_LOCK_KEY, Migrator, MigratorTrait};
 use prometheus_client::registry::Registry;
-use sea_orm::{ConnectionTrait, DbErr};
-use store::{Applier, pool::connect_database};
+use sea_orm::{DbErr, TransactionTrait};
+use settings::{DatabaseSettings, DatabaseUrl};
+use store::{
+    Applier,
+    pool::{Pooler, connect_database},
+};
 use tokio::net::TcpListener;
 
 use crate::{
@@ -51,17 +54,24 @@ pub enum StartError {
     },
 }
 
-/// Applies pending migrations under a Postgres advisory lock, so that several workers starting at
-/// once apply them one after the other.
-pub async fn migrate(url: &str) -> Result<(), DbErr> {
-    // One connection: the session-level lock and the migrations share it.
-    let db = connect_database(url, 1).await?;
-    db.execute_unprepared(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})"))
-        .await?;
-    let result = Migrator::up(&db, None).await;
-    let _ = db
-        .execute_unprepared(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})"))
-        .await;
+/// Applies pending migrations, all in one transaction under a transaction-scoped advisory lock
+/// ([`migration::up_in_transaction`]), so that several workers starting at once apply them one
+/// after the other. On `direct_url` (`DATABASE_DIRECT_URL`) when set, else on the database's
+/// own URL through whatever pooler `database` names: nothing of it outlives the transaction.
+pub async fn migrate(
+    database: &DatabaseSettings,
+    direct_url: Option<&DatabaseUrl>,
+) -> Result<(), DbErr> {
+    let db = match direct_url {
+        Some(url) => connect_database(url.expose(), 1, Pooler::None).await?,
+        None => connect_database(database.url.expose(), 1, database.pooler).await?,
+    };
+    let result = async {
+        let txn = db.begin().await?;
+        migration::up_in_transaction(&txn).await?;
+        txn.commit().await
+    }
+    .await;
     let _ = db.close().await;
     result
 }
@@ -79,7 +89,7 @@ pub struct Application {
 impl Application {
     /// Connects to Postgres, applies migrations, and binds `WORKER_ADDR`.
     pub async fn build(config: Config) -> Result<Self, StartError> {
-        migrate(config.database.url.expose())
+        migrate(&config.database, config.direct_database_url.as_ref())
             .await
             .map_err(|e| match e {
                 DbErr::Conn(_) | DbErr::ConnectionAcquire(_) => StartError::Database(e),
@@ -88,6 +98,7 @@ impl Application {
         let db = connect_database(
             config.database.url.expose(),
             config.database.max_connections,
+            config.database.pooler,
         )
         .await
         .map_err(StartError::Database)?;
@@ -122,7 +133,6 @@ impl Application {
                 applier: Applier::new(db.clone(), &config.applier),
                 clerk: clerk.clone(),
                 interval,
-                database_url: config.database.url.clone(),
                 metrics: metrics.clone(),
             }),
             _ => None,

@@ -239,10 +239,10 @@ async fn clerk_applier(
     let clerk = config.applier.clerk.clone().with_context(|| {
         format!("CLERK_SECRET_KEY is not set: {command} reads Clerk's user list")
     })?;
-    worker::migrate(config.database.url.expose())
+    worker::migrate(&config.database, config.direct_database_url.as_ref())
         .await
-        .context("cannot apply migrations on DATABASE_URL")?;
-    let db = store::pool::connect_database(config.database.url.expose(), 4)
+        .context("cannot apply migrations on DATABASE_DIRECT_URL or DATABASE_URL")?;
+    let db = store::pool::connect_database(config.database.url.expose(), 4, config.database.pooler)
         .await
         .context("cannot reach the database at DATABASE_URL")?;
     let applier = store::Applier::new(db, &config.applier);
@@ -317,7 +317,7 @@ async fn rotate_token_key(config: Config) -> anyhow::Result<()> {
         config.applier.cipher.as_ref().context(
             "TOKEN_ENCRYPTION_KEY is not set: put the new key first, the old ones after it",
         )?;
-    let db = store::pool::connect_database(config.database.url.expose(), 2)
+    let db = store::pool::connect_database(config.database.url.expose(), 2, config.database.pooler)
         .await
         .context("cannot reach the database at DATABASE_URL")?;
     let done =

@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use entity::user_calendar_connections as connections;
 use sea_orm::{ColumnTrait, EntityTrait, FromQueryResult, QueryFilter, QueryOrder, QuerySelect};
 use serde::Serialize;
+use store::pool::Pool;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -78,7 +79,21 @@ pub async fn list_connections(
     id: Result<Path<Uuid>, PathRejection>,
 ) -> Result<Json<Vec<CalendarConnection>>, ApiError> {
     let Path(id) = id?;
-    visible_user(&state.db, &caller, id).await?;
+    let caller = &caller;
+    let list = state
+        .reads
+        .read(|db| async move { connections_of(&db, caller, id).await })
+        .await?;
+    Ok(Json(list))
+}
+
+/// The user's connections, if the caller may see the user.
+async fn connections_of(
+    db: &Pool,
+    caller: &Caller,
+    id: Uuid,
+) -> Result<Vec<CalendarConnection>, ApiError> {
+    visible_user(db, caller, id).await?;
     // Only the listed columns are read: the token columns never leave the database here.
     let list = connections::Entity::find()
         .select_only()
@@ -99,9 +114,9 @@ pub async fn list_connections(
         .order_by_asc(connections::Column::Provider)
         .order_by_asc(connections::Column::CreatedAt)
         .into_model::<CalendarConnection>()
-        .all(&state.db)
+        .all(db)
         .await?;
-    Ok(Json(list))
+    Ok(list)
 }
 
 /// A fresh access token of the user's calendar account (service keys only). Refreshed through

@@ -7,6 +7,7 @@
 //! not leak. Service keys (any scope) read every organization.
 
 use std::sync::Arc;
+use store::pool::Pool;
 
 use axum::{
     Json,
@@ -15,8 +16,7 @@ use axum::{
 use chrono::{DateTime, Utc};
 use entity::{organization_memberships as memberships, organizations, users};
 use sea_orm::{
-    ColumnTrait, DatabaseConnection, EntityTrait, Order, QueryFilter, QueryOrder, QuerySelect,
-    sea_query::Expr,
+    ColumnTrait, EntityTrait, Order, QueryFilter, QueryOrder, QuerySelect, sea_query::Expr,
 };
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -116,7 +116,7 @@ fn joined_at(m: &memberships::Model) -> DateTime<Utc> {
 }
 
 /// The id of the caller's own `users` row, if it is stored.
-async fn own_row(db: &DatabaseConnection, clerk_user_id: &str) -> Result<Option<Uuid>, ApiError> {
+async fn own_row(db: &Pool, clerk_user_id: &str) -> Result<Option<Uuid>, ApiError> {
     Ok(users::Entity::find()
         .select_only()
         .column(users::Column::Id)
@@ -129,7 +129,7 @@ async fn own_row(db: &DatabaseConnection, clerk_user_id: &str) -> Result<Option<
 /// The organization with this id, if the caller may see it: service keys see every one, a
 /// signed-in user those they are a (linked) member of. Anything else is not found.
 async fn visible_organization(
-    db: &DatabaseConnection,
+    db: &Pool,
     caller: &Caller,
     id: Uuid,
 ) -> Result<organizations::Model, ApiError> {
@@ -175,28 +175,43 @@ pub async fn my_organizations(
         }
     };
     // As `/me`: a user not stored yet is fetched from Clerk first (lazy sync); storing the row
-    // links the memberships that were waiting for it.
-    let user_id = match (own_row(&state.db, &clerk_user_id).await?, &state.lazy) {
-        (Some(id), _) => id,
-        (None, Some(lazy)) => {
-            lazy.sync(&clerk_user_id)
-                .await
-                .map_err(ApiError::LazySync)?;
-            own_row(&state.db, &clerk_user_id)
-                .await?
-                .ok_or(ApiError::NotFound(crate::routes::users::NO_SUCH_USER))?
-        }
-        (None, None) => return Err(ApiError::NotFound(crate::routes::users::NO_SUCH_USER)),
+    // links the memberships that were waiting for it, so they are read from the primary then.
+    let clerk_user_id = clerk_user_id.as_str();
+    let own = |db: Pool| async move {
+        own_row(&db, clerk_user_id)
+            .await?
+            .ok_or(ApiError::NotFound(crate::routes::users::NO_SUCH_USER))
     };
+    let list = match (state.reads.read(own).await, &state.lazy) {
+        (Ok(user_id), _) => {
+            state
+                .reads
+                .read(|db| async move { memberships_of(&db, user_id).await })
+                .await?
+        }
+        (Err(ApiError::NotFound(_)), Some(lazy)) => {
+            lazy.sync(clerk_user_id).await.map_err(ApiError::LazySync)?;
+            state
+                .reads
+                .after_write(|db| async move { memberships_of(&db, own(db.clone()).await?).await })
+                .await?
+        }
+        (Err(error), _) => return Err(error),
+    };
+    Ok(Json(list))
+}
+
+/// The organizations the user `user_id` (a `users` row) is a member of, with their role.
+async fn memberships_of(db: &Pool, user_id: Uuid) -> Result<Vec<OrganizationMembership>, ApiError> {
     let rows = memberships::Entity::find()
         .filter(memberships::Column::UserId.eq(user_id))
         .find_also_related(organizations::Entity)
         .order_by_asc(organizations::Column::Name)
         .order_by_asc(organizations::Column::Id)
         .limit(MY_ORGANIZATIONS_LIMIT)
-        .all(&state.db)
+        .all(db)
         .await?;
-    let list = rows
+    Ok(rows
         .into_iter()
         .filter_map(|(membership, organization)| {
             Some(OrganizationMembership {
@@ -207,8 +222,7 @@ pub async fn my_organizations(
                 updated_at: membership.updated_at.with_timezone(&Utc),
             })
         })
-        .collect();
-    Ok(Json(list))
+        .collect())
 }
 
 /// An organization by id.
@@ -229,9 +243,12 @@ pub async fn get_organization(
     id: Result<Path<Uuid>, PathRejection>,
 ) -> Result<Json<Organization>, ApiError> {
     let Path(id) = id?;
-    Ok(Json(
-        visible_organization(&state.db, &caller, id).await?.into(),
-    ))
+    let caller = &caller;
+    let organization = state
+        .reads
+        .read(|db| async move { visible_organization(&db, caller, id).await })
+        .await?;
+    Ok(Json(organization.into()))
 }
 
 /// An organization's members (those whose user is stored here).
@@ -252,7 +269,21 @@ pub async fn list_members(
     id: Result<Path<Uuid>, PathRejection>,
 ) -> Result<Json<Vec<OrganizationMember>>, ApiError> {
     let Path(id) = id?;
-    visible_organization(&state.db, &caller, id).await?;
+    let caller = &caller;
+    let list = state
+        .reads
+        .read(|db| async move { members_of(&db, caller, id).await })
+        .await?;
+    Ok(Json(list))
+}
+
+/// The members of organization `id`, if the caller may see it.
+async fn members_of(
+    db: &Pool,
+    caller: &Caller,
+    id: Uuid,
+) -> Result<Vec<OrganizationMember>, ApiError> {
+    visible_organization(db, caller, id).await?;
     let rows = memberships::Entity::find()
         .filter(memberships::Column::OrganizationId.eq(id))
         .filter(memberships::Column::UserId.is_not_null())
@@ -265,9 +296,9 @@ pub async fn list_members(
         )
         .order_by_asc(memberships::Column::Id)
         .limit(MEMBERS_LIMIT)
-        .all(&state.db)
+        .all(db)
         .await?;
-    let list = rows
+    Ok(rows
         .into_iter()
         .filter_map(|(membership, user)| {
             let user = user?;
@@ -281,6 +312,5 @@ pub async fn list_members(
                 role: membership.role,
             })
         })
-        .collect();
-    Ok(Json(list))
+        .collect())
 }

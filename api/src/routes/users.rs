@@ -2,6 +2,7 @@
 //! `GET /users?email=` (service keys only) and `PATCH /users/{id}/calendar-status`.
 
 use std::sync::Arc;
+use store::pool::Pool;
 
 use axum::{
     Json,
@@ -13,8 +14,8 @@ use axum::{
 use chrono::{DateTime, Utc};
 use entity::{user_calendar_connections as connections, users};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, EntityTrait,
-    PaginatorTrait, QueryFilter, TransactionTrait,
+    ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, PaginatorTrait, QueryFilter,
+    TransactionTrait,
 };
 use serde::{Deserialize, Serialize};
 use store::{Provider, accounts::calendar_accounts, connections as saved, connections::TokenError};
@@ -146,7 +147,7 @@ pub(crate) async fn visible_user<C: ConnectionTrait>(
     query.one(db).await?.ok_or(ApiError::NotFound(NO_SUCH_USER))
 }
 
-async fn by_clerk_id(db: &DatabaseConnection, clerk_user_id: &str) -> Result<User, ApiError> {
+async fn by_clerk_id(db: &Pool, clerk_user_id: &str) -> Result<User, ApiError> {
     users::Entity::find()
         .filter(users::Column::ClerkUserId.eq(clerk_user_id))
         .one(db)
@@ -158,10 +159,11 @@ async fn by_clerk_id(db: &DatabaseConnection, clerk_user_id: &str) -> Result<Use
 /// The signed-in user's own row; when it does not exist yet (the webhook is late or never came)
 /// and lazy sync is on, fetched from Clerk and stored first.
 async fn own_user(state: &AppState, clerk_user_id: &str) -> Result<User, ApiError> {
-    match (by_clerk_id(&state.db, clerk_user_id).await, &state.lazy) {
+    let read = |db: Pool| async move { by_clerk_id(&db, clerk_user_id).await };
+    match (state.reads.read(read).await, &state.lazy) {
         (Err(ApiError::NotFound(_)), Some(lazy)) => {
             lazy.sync(clerk_user_id).await.map_err(ApiError::LazySync)?;
-            by_clerk_id(&state.db, clerk_user_id).await
+            state.reads.after_write(read).await
         }
         (found, _) => found,
     }
@@ -211,7 +213,12 @@ pub async fn get_user(
     id: Result<Path<Uuid>, PathRejection>,
 ) -> Result<Json<User>, ApiError> {
     let Path(id) = id?;
-    Ok(Json(visible_user(&state.db, &caller, id).await?.into()))
+    let caller = &caller;
+    let user = state
+        .reads
+        .read(|db| async move { visible_user(&db, caller, id).await })
+        .await?;
+    Ok(Json(user.into()))
 }
 
 /// A user by Clerk user id (the caller's own id is synced lazily, as `/me`).
@@ -240,7 +247,14 @@ pub async fn get_user_by_clerk_id(
             Ok(Json(own_user(&state, &clerk_user_id).await?))
         }
         Caller::User { .. } => Err(ApiError::NotFound(NO_SUCH_USER)),
-        Caller::Service { .. } => Ok(Json(by_clerk_id(&state.db, &clerk_user_id).await?)),
+        Caller::Service { .. } => {
+            let clerk_user_id = clerk_user_id.as_str();
+            let user = state
+                .reads
+                .read(|db| async move { by_clerk_id(&db, clerk_user_id).await })
+                .await?;
+            Ok(Json(user))
+        }
     }
 }
 
@@ -277,16 +291,22 @@ pub async fn find_user_by_email(
     // Exact match first; Clerk stores addresses lower-cased, so try that too (both use the
     // unique index).
     let lower = email.to_lowercase();
-    let mut found = users::Entity::find()
-        .filter(users::Column::Email.is_in([email, lower.as_str()]))
-        .all(&state.db)
+    let lower = lower.as_str();
+    let user = state
+        .reads
+        .read(|db| async move {
+            let mut found = users::Entity::find()
+                .filter(users::Column::Email.is_in([email, lower]))
+                .all(&db)
+                .await?;
+            found.sort_by_key(|u| u.email.as_deref() != Some(email));
+            found
+                .into_iter()
+                .next()
+                .ok_or(ApiError::NotFound(NO_SUCH_USER))
+        })
         .await?;
-    found.sort_by_key(|u| u.email.as_deref() != Some(email));
-    found
-        .into_iter()
-        .next()
-        .map(|u| Json(u.into()))
-        .ok_or(ApiError::NotFound(NO_SUCH_USER))
+    Ok(Json(user.into()))
 }
 
 /// Marks a calendar connected or disconnected.

@@ -91,7 +91,7 @@ async fn the_own_clerk_id_route_syncs_lazily_too_and_webhooks_after_it_follow_th
     // The late webhooks go through the same rules: an older one changes nothing, a newer one
     // applies.
     let applier = store::Applier {
-        db: app.db.conn.clone(),
+        db: app.db.pool.clone(),
         clerk: None,
         cipher: None,
         in_process_retries: 0,
@@ -155,7 +155,7 @@ async fn unknown_deleted_and_unreachable_users_answer_404_and_503() {
 
     // Deleted (tombstone): Clerk is not asked.
     let applier = store::Applier {
-        db: app.db.conn.clone(),
+        db: app.db.pool.clone(),
         clerk: None,
         cipher: None,
         in_process_retries: 0,

@@ -7,7 +7,7 @@ use migration::{
 };
 use testkit::TestDb;
 
-const TABLES: [&str; 12] = [
+const TABLES: [&str; 13] = [
     "users",
     "user_calendar_connections",
     "processed_events",
@@ -20,6 +20,7 @@ const TABLES: [&str; 12] = [
     "deleted_organizations",
     "deleted_memberships",
     "console_audit",
+    "leases",
 ];
 
 async fn tables(db: &DatabaseConnection) -> Vec<String> {

@@ -20,9 +20,10 @@
 //! the caller applies its events one by one through the single path, which settles such cases.
 //! Events that need Clerk's API (calendar accounts) or carry no Svix id never come here.
 
+use crate::pool::Pool;
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, TransactionTrait, Value};
+use sea_orm::{ConnectionTrait, DatabaseTransaction, TransactionTrait, Value};
 
 use crate::{
     apply::{ApplyError, Outcome, finish, newer_user_state, stmt, tombstone_key, upsert_error},
@@ -57,7 +58,7 @@ pub fn batchable(svix_id: Option<&str>, event: &ClerkEvent) -> bool {
 /// Applies `items` in one transaction and returns each one's outcome, in order. On any error
 /// nothing is committed.
 pub async fn try_apply_batch(
-    db: &DatabaseConnection,
+    db: &Pool,
     items: &[BatchItem<'_>],
 ) -> Result<Vec<Outcome>, ApplyError> {
     for item in items {

@@ -12,10 +12,9 @@
 //!    states with the same version the one with the later event timestamp (then the greater
 //!    Svix id) wins, whatever the arrival order ([`version_tiebreak`]).
 
+use crate::pool::Pool;
 use chrono::{DateTime, Utc};
-use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, TransactionTrait, Value,
-};
+use sea_orm::{ConnectionTrait, DatabaseTransaction, DbErr, TransactionTrait, Value};
 use uuid::Uuid;
 
 use std::time::Duration;
@@ -47,7 +46,7 @@ use txn::{finish, record_svix_id, stmt, upsert_error};
 /// [`TokenCipher`]).
 #[derive(Debug)]
 pub struct Applier {
-    pub db: DatabaseConnection,
+    pub db: Pool,
     /// Clerk's Backend API (none: calendar connections are recorded as not configured).
     pub clerk: Option<ClerkClient>,
     /// Encrypts calendar tokens at rest.
@@ -75,7 +74,7 @@ pub struct ApplierSettings {
 
 impl Applier {
     /// An applier writing to `db` as `settings` say.
-    pub fn new(db: DatabaseConnection, settings: &ApplierSettings) -> Self {
+    pub fn new(db: Pool, settings: &ApplierSettings) -> Self {
         let settings = settings.clone();
         Self {
             db,
@@ -229,7 +228,7 @@ pub struct CalendarUpdate<'a> {
 /// the stored version. Used to skip Clerk API calls for events that will be skipped anyway
 /// (the transaction decides again; versions only grow, so a "no" stays a "no").
 pub async fn upsert_may_apply(
-    db: &DatabaseConnection,
+    db: &Pool,
     svix_id: Option<&str>,
     user: &UserSnapshot,
 ) -> Result<bool, DbErr> {
@@ -258,7 +257,7 @@ pub async fn upsert_may_apply(
 
 /// Applies `event` (delivered as Svix message `svix_id`, if known) in one transaction.
 pub async fn try_apply_event(
-    db: &DatabaseConnection,
+    db: &Pool,
     svix_id: Option<&str>,
     event_type: &str,
     event: &ClerkEvent,

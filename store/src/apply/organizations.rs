@@ -12,7 +12,8 @@
 //! Locks: an organization's events take its advisory lock; a membership's take the
 //! organization's, then the user's (the lock user events take), always in that order.
 
-use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, TransactionTrait};
+use crate::pool::Pool;
+use sea_orm::{ConnectionTrait, DatabaseTransaction, DbErr, TransactionTrait};
 use uuid::Uuid;
 
 use crate::{
@@ -24,7 +25,7 @@ use crate::{
 
 /// Applies `event` (delivered as Svix message `svix_id`, if known) in one transaction.
 pub async fn apply(
-    db: &DatabaseConnection,
+    db: &Pool,
     svix_id: Option<&str>,
     event_type: &str,
     event: &OrgEvent,

@@ -4,8 +4,9 @@
 //! per batch: a worker that does not get it leaves the round to the one that has it).
 
 use std::time::Duration;
+use store::pool::Pool;
 
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, TransactionTrait};
+use sea_orm::{ConnectionTrait, DbErr, TransactionTrait};
 
 use store::apply::txn::stmt;
 
@@ -60,7 +61,7 @@ pub struct PruneReport {
 /// Deletes the Svix ids processed longer than `retention` ago, batch by batch, until none is
 /// left or another worker holds the pruning lock.
 pub async fn prune_expired(
-    db: &DatabaseConnection,
+    db: &Pool,
     retention: Duration,
     options: PruneOptions,
 ) -> Result<PruneReport, DbErr> {
@@ -104,11 +105,7 @@ pub async fn prune_expired(
 }
 
 /// Deletes Svix ids older than `retention`, every [`interval`].
-pub(crate) async fn prune_processed_events(
-    db: DatabaseConnection,
-    retention: Duration,
-    mut stop: Shutdown,
-) {
+pub(crate) async fn prune_processed_events(db: Pool, retention: Duration, mut stop: Shutdown) {
     let mut tick = tokio::time::interval(interval(retention));
     loop {
         tokio::select! {

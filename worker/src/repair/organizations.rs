@@ -14,13 +14,14 @@
 //! interrupted run starts again.
 
 use std::collections::HashSet;
+use store::pool::Pool;
 
 use chrono::{DateTime, Utc};
 use clerk_api::{
     ClerkClient,
     paced::{self, Pace},
 };
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr};
+use sea_orm::{ConnectionTrait, DbErr};
 
 use store::{
     Applier,
@@ -44,7 +45,7 @@ enum Here {
     At(i64),
 }
 
-async fn organization_here(db: &DatabaseConnection, id: &str) -> Result<Here, DbErr> {
+async fn organization_here(db: &Pool, id: &str) -> Result<Here, DbErr> {
     let tombstone = db
         .query_one_raw(stmt(
             "SELECT 1 AS one FROM deleted_organizations WHERE clerk_organization_id_sha256 = $1",
@@ -59,19 +60,14 @@ async fn organization_here(db: &DatabaseConnection, id: &str) -> Result<Here, Db
 
 /// Where a membership Clerk lists at `version` stands: a tombstone ends it only at that
 /// version or newer (see [`orgs::membership_tombstoned`]).
-async fn membership_here(db: &DatabaseConnection, id: &str, version: i64) -> Result<Here, DbErr> {
+async fn membership_here(db: &Pool, id: &str, version: i64) -> Result<Here, DbErr> {
     if membership_tombstoned(db, id, version).await? {
         return Ok(Here::Tombstoned);
     }
     stored_version(db, "organization_memberships", "clerk_membership_id", id).await
 }
 
-async fn stored_version(
-    db: &DatabaseConnection,
-    table: &str,
-    id_column: &str,
-    id: &str,
-) -> Result<Here, DbErr> {
+async fn stored_version(db: &Pool, table: &str, id_column: &str, id: &str) -> Result<Here, DbErr> {
     let row = db
         .query_one_raw(stmt(
             &format!("SELECT clerk_updated_at FROM {table} WHERE {id_column} = $1"),
@@ -84,7 +80,7 @@ async fn stored_version(
     })
 }
 
-async fn now(db: &DatabaseConnection) -> Result<DateTime<Utc>, DbErr> {
+async fn now(db: &Pool) -> Result<DateTime<Utc>, DbErr> {
     db.query_one_raw(stmt("SELECT now() AS now", vec![]))
         .await?
         .ok_or(DbErr::RecordNotFound("now()".into()))?
@@ -93,7 +89,7 @@ async fn now(db: &DatabaseConnection) -> Result<DateTime<Utc>, DbErr> {
 
 /// A stored membership no longer listed by Clerk, as the snapshot its deletion needs.
 async fn unlisted_memberships(
-    db: &DatabaseConnection,
+    db: &Pool,
     clerk_organization_id: &str,
     listed_at: DateTime<Utc>,
     listed: &HashSet<String>,

@@ -4,9 +4,10 @@
 use std::time::Duration;
 
 use clerk_api::ClerkClient;
-use sea_orm::ConnectionTrait;
-use settings::DatabaseUrl;
-use store::Applier;
+use store::{
+    Applier,
+    lease::{Run, Schedule},
+};
 
 use super::ReconcileOptions;
 use crate::{
@@ -19,55 +20,35 @@ pub(crate) struct Reconciler {
     pub(crate) applier: Applier,
     pub(crate) clerk: ClerkClient,
     pub(crate) interval: Duration,
-    pub(crate) database_url: DatabaseUrl,
     pub(crate) metrics: Metrics,
 }
 
-/// Key of the session-level advisory lock one reconciling worker holds ("clerkrec").
-const RECONCILE_LOCK_KEY: i64 = 0x636c_6572_6b72_6563;
+/// The name of the reconcile's lease (a row of `leases`).
+pub const RECONCILE_LEASE: &str = "reconcile";
 
-/// Reconciles every `interval` (the first time one interval after start), in one worker at a
-/// time: each run takes a session-level advisory lock on a connection of its own and skips when
-/// another worker holds it. A run stopped by shutdown resumes from its checkpoint next time.
+/// Reconciles once per `interval` across all workers (the first time one interval after the
+/// first worker started), in one worker at a time: a lease in the database
+/// ([`store::lease::Schedule`]) says who runs it and when the last run started, so it works
+/// through a transaction-mode pooler and a worker that dies mid-run frees it within a minute. A
+/// run stopped by shutdown is due again at once, and resumes from its checkpoint.
 pub(crate) async fn reconcile_on_schedule(reconciler: Reconciler, mut stop: Shutdown) {
-    let mut tick = tokio::time::interval(reconciler.interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
-    loop {
-        tokio::select! {
-            () = stop.recv() => return,
-            _ = tick.tick() => {}
-        }
-        let lock = match store::pool::connect_database(reconciler.database_url.expose(), 1).await {
-            Ok(lock) => lock,
-            Err(error) => {
-                tracing::warn!(error.message = %error, "cannot reach the database to reconcile; next time");
-                continue;
-            }
-        };
-        let got = lock
-            .query_one_raw(sea_orm::Statement::from_string(
-                sea_orm::DbBackend::Postgres,
-                format!("SELECT pg_try_advisory_lock({RECONCILE_LOCK_KEY}) AS got"),
-            ))
-            .await
-            .ok()
-            .flatten()
-            .and_then(|row| row.try_get::<bool>("", "got").ok())
-            .unwrap_or(false);
-        if got {
-            tokio::select! {
-                () = stop.recv() => {}
-                () = reconcile_once(&reconciler) => {}
-            }
-            let _ = lock
-                .execute_unprepared(&format!("SELECT pg_advisory_unlock({RECONCILE_LOCK_KEY})"))
-                .await;
-        } else {
-            tracing::debug!("another worker is reconciling");
-        }
-        let _ = lock.close().await;
-    }
+    let schedule = Schedule::new(RECONCILE_LEASE, reconciler.interval);
+    let db = reconciler.applier.db.clone();
+    schedule
+        .run_until_stopped(
+            &db,
+            || reconcile_once(&reconciler),
+            |turn| match turn {
+                Ok(Run::Busy) => tracing::debug!("another worker is reconciling"),
+                Ok(Run::Lost) => tracing::warn!("reconcile stopped: its lease could not be renewed"),
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(error.message = %error, "cannot reach the database to reconcile; next time");
+                }
+            },
+            async move { stop.recv().await },
+        )
+        .await;
 }
 
 async fn reconcile_once(reconciler: &Reconciler) {

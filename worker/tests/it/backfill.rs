@@ -30,7 +30,9 @@ async fn applier(db: &TestDb, clerk: &FakeClerk) -> (Applier, clerk_api::client:
         clerk_api::client::ClerkClient::new(&clerk.url(), SECRET_KEY, Duration::from_secs(5))
             .unwrap();
     let applier = Applier {
-        db: store::pool::connect_database(&db.url, 4).await.unwrap(),
+        db: store::pool::connect_database(&db.service_url(), 4, db.pooler())
+            .await
+            .unwrap(),
         clerk: Some(client.clone()),
         cipher: None,
         in_process_retries: 3,

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use sea_orm::{ConnectionTrait, DatabaseConnection};
+use store::pool::Pool;
 use store::{
     apply::{
         CalendarUpdate, Outcome,
@@ -34,7 +35,7 @@ fn deleted(id: &str, at: i64) -> ClerkEvent {
     event::parse(&events::user_deleted(id, at)).unwrap()
 }
 
-async fn apply_one(db: &DatabaseConnection, svix_id: &str, event: &ClerkEvent) -> Outcome {
+async fn apply_one(db: &Pool, svix_id: &str, event: &ClerkEvent) -> Outcome {
     try_apply_event(
         db,
         Some(svix_id),
@@ -66,7 +67,7 @@ fn upsert_item(
 
 /// Rows stored before the batch: a, b (10) and c (50), d deleted at 60, and a calendar
 /// connection of user_a that its next event no longer lists.
-async fn store_rows_before_the_batch(db: &DatabaseConnection) {
+async fn store_rows_before_the_batch(db: &Pool) {
     let a = upsert("user.created", "user_a", Some("a@x.test"), "A", 10);
     apply_one(db, "pre_a", &a).await;
     let b = upsert("user.created", "user_b", Some("b@x.test"), "B", 10);
@@ -116,7 +117,7 @@ fn mixed_batch() -> Vec<Item> {
 }
 
 /// Applies every item (each of them batchable) in one batch.
-async fn apply_as_one_batch(db: &DatabaseConnection, batch: &[Item]) -> Vec<Outcome> {
+async fn apply_as_one_batch(db: &Pool, batch: &[Item]) -> Vec<Outcome> {
     let items: Vec<BatchItem<'_>> = batch
         .iter()
         .map(|(svix_id, event_type, event)| {
@@ -191,9 +192,9 @@ async fn assert_created_at_kept_to_the_millisecond(db: &DatabaseConnection) {
 #[tokio::test]
 async fn a_batch_applies_like_one_by_one_duplicates_stale_deleted_and_moved_addresses_included() {
     let db = TestDb::migrated().await;
-    store_rows_before_the_batch(&db.conn).await;
+    store_rows_before_the_batch(&db.pool).await;
 
-    let outcomes = apply_as_one_batch(&db.conn, &mixed_batch()).await;
+    let outcomes = apply_as_one_batch(&db.pool, &mixed_batch()).await;
 
     use Outcome::*;
     assert_eq!(
@@ -233,7 +234,7 @@ async fn a_batch_applies_like_one_by_one_duplicates_stale_deleted_and_moved_addr
 async fn a_batch_it_cannot_decide_alone_commits_nothing() {
     let db = TestDb::migrated().await;
     apply_one(
-        &db.conn,
+        &db.pool,
         "pre",
         &upsert("user.created", "user_k", None, "K", 1),
     )
@@ -259,7 +260,7 @@ async fn a_batch_it_cannot_decide_alone_commits_nothing() {
             event,
         })
         .collect();
-    let error = try_apply_batch(&db.conn, &items).await.unwrap_err();
+    let error = try_apply_batch(&db.pool, &items).await.unwrap_err();
     assert!(error.is_transient(), "{error}");
     assert_eq!(
         users(&db.conn).await,
@@ -291,7 +292,7 @@ async fn a_batch_larger_than_one_statement_is_applied_in_chunks_within_one_trans
     let long = "N".repeat(200);
     // user_0 holds an address that the last user of the batch takes over.
     apply_one(
-        &db.conn,
+        &db.pool,
         "pre",
         &upsert("user.created", "user_0", Some("moved@x.test"), "Z", 1),
     )
@@ -322,7 +323,7 @@ async fn a_batch_larger_than_one_statement_is_applied_in_chunks_within_one_trans
             event,
         })
         .collect();
-    let outcomes = try_apply_batch(&db.conn, &items).await.unwrap();
+    let outcomes = try_apply_batch(&db.pool, &items).await.unwrap();
     assert_eq!(
         outcomes.iter().filter(|o| **o == Outcome::Applied).count(),
         100
@@ -347,7 +348,7 @@ async fn an_address_release_rechecks_a_holder_row_rewritten_while_it_waited() {
     use sea_orm::TransactionTrait;
     let db = TestDb::migrated().await;
     apply_one(
-        &db.conn,
+        &db.pool,
         "pre",
         &upsert("user.created", "user_h", Some("e@x.test"), "H", 10),
     )
@@ -363,7 +364,7 @@ async fn an_address_release_rechecks_a_holder_row_rewritten_while_it_waited() {
         .unwrap();
     let event = upsert("user.updated", "user_c", Some("e@x.test"), "C", 20);
     let batch = {
-        let conn = db.conn.clone();
+        let conn = db.pool.clone();
         let event = event.clone();
         tokio::spawn(async move {
             let items = [BatchItem {

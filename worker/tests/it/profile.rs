@@ -254,7 +254,9 @@ async fn the_applier_stores_private_metadata_only_when_asked() {
     for store in [false, true] {
         let db = TestDb::migrated().await;
         let applier = store::Applier {
-            db: store::pool::connect_database(&db.url, 2).await.unwrap(),
+            db: store::pool::connect_database(&db.service_url(), 2, db.pooler())
+                .await
+                .unwrap(),
             clerk: None,
             cipher: None,
             in_process_retries: 0,

@@ -34,7 +34,7 @@ async fn expired_ids_go_in_bounded_batches_and_fresh_ones_stay() {
         pause: Duration::ZERO,
         pause_ratio: 0,
     };
-    let report = prune_expired(&db.conn, WEEK, options).await.unwrap();
+    let report = prune_expired(&db.pool, WEEK, options).await.unwrap();
     assert_eq!(report.deleted, 12_345);
     assert_eq!(report.batches, 3, "5,000 + 5,000 + 2,345");
     assert!(!report.skipped);
@@ -51,7 +51,7 @@ async fn expired_ids_go_in_bounded_batches_and_fresh_ones_stay() {
         100
     );
     // Nothing left: one empty batch.
-    let again = prune_expired(&db.conn, WEEK, options).await.unwrap();
+    let again = prune_expired(&db.pool, WEEK, options).await.unwrap();
     assert_eq!((again.deleted, again.batches), (0, 1));
 }
 
@@ -64,9 +64,11 @@ async fn workers_pruning_at_once_delete_each_id_once_and_keep_the_fresh_ones() {
         pause: Duration::from_millis(1),
         pause_ratio: 0,
     };
-    let other = store::pool::connect_database(&db.url, 2).await.unwrap();
+    let other = store::pool::connect_database(&db.service_url(), 2, db.pooler())
+        .await
+        .unwrap();
     let (a, b) = tokio::join!(
-        prune_expired(&db.conn, WEEK, options),
+        prune_expired(&db.pool, WEEK, options),
         prune_expired(&other, WEEK, options)
     );
     let (a, b) = (a.unwrap(), b.unwrap());
@@ -81,7 +83,9 @@ async fn workers_pruning_at_once_delete_each_id_once_and_keep_the_fresh_ones() {
 async fn a_worker_leaves_the_round_to_the_one_holding_the_lock() {
     let db = TestDb::migrated().await;
     processed(&db, 10, 0).await;
-    let holder = store::pool::connect_database(&db.url, 1).await.unwrap();
+    let holder = store::pool::connect_database(&db.service_url(), 1, db.pooler())
+        .await
+        .unwrap();
     let txn = sea_orm::TransactionTrait::begin(&holder).await.unwrap();
     txn.execute_unprepared(&format!(
         "SELECT pg_advisory_xact_lock({})",
@@ -89,12 +93,12 @@ async fn a_worker_leaves_the_round_to_the_one_holding_the_lock() {
     ))
     .await
     .unwrap();
-    let report = prune_expired(&db.conn, WEEK, PruneOptions::default())
+    let report = prune_expired(&db.pool, WEEK, PruneOptions::default())
         .await
         .unwrap();
     assert!(report.skipped && report.deleted == 0, "{report:?}");
     txn.rollback().await.unwrap();
-    let report = prune_expired(&db.conn, WEEK, PruneOptions::default())
+    let report = prune_expired(&db.pool, WEEK, PruneOptions::default())
         .await
         .unwrap();
     assert_eq!(report.deleted, 10);

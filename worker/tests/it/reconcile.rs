@@ -44,7 +44,7 @@ fn row(n: usize, first: &str, version: i64) -> Row {
 
 fn applier(db: &TestDb) -> Applier {
     Applier {
-        db: db.conn.clone(),
+        db: db.pool.clone(),
         clerk: None,
         cipher: None,
         in_process_retries: 1,

@@ -197,9 +197,13 @@ pub async fn ceiling(
     let cpu_before = super::procs::cpu_time("self")?;
     let load = load::on_own_thread(move || async move {
         // The pool the api makes (the worker's options), of the same size.
-        let db = Database::connect(store::pool::pool_options(&db_url, pool_size))
-            .await
-            .context("cannot connect the ceiling client")?;
+        let db = Database::connect(store::pool::pool_options(
+            &db_url,
+            pool_size,
+            store::pool::Pooler::None,
+        ))
+        .await
+        .context("cannot connect the ceiling client")?;
         let pool = db.get_postgres_connection_pool().clone();
         let start = Arc::new(Barrier::new(connections + 1));
         let tasks: Vec<_> = (0..connections)

@@ -29,7 +29,7 @@ use broker::{BrokerConfig, Topology};
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
-use sea_orm::DatabaseConnection;
+use store::pool::Pool;
 use telemetry::{SharedRegistry, ops::FullResponse};
 
 use auth::{ConsoleUsers, Session, Sessions};
@@ -48,7 +48,7 @@ pub const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; for
 pub struct Console {
     users: ConsoleUsers,
     sessions: Sessions,
-    db: DatabaseConnection,
+    db: Pool,
     broker: BrokerConfig,
     topology: Topology,
     registry: SharedRegistry,
@@ -84,7 +84,7 @@ pub enum Outcome {
 impl Console {
     pub fn new(
         users: ConsoleUsers,
-        db: DatabaseConnection,
+        db: Pool,
         broker: BrokerConfig,
         topology: Topology,
         registry: SharedRegistry,
