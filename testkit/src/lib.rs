@@ -10,6 +10,7 @@ pub mod pgbouncer;
 pub mod postgres_user;
 pub mod process;
 pub mod proxy;
+pub mod replica;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

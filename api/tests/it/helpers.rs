@@ -153,10 +153,10 @@ pub fn logs() -> String {
 }
 
 /// The settings every test app starts from.
+/// The database through its PgBouncer when it has one (see [`TestDb`]).
 fn base_settings(db: &TestDb) -> HashMap<String, String> {
-    HashMap::from([
+    let mut settings = HashMap::from([
         ("API_ADDR".into(), "127.0.0.1:0".into()),
-        ("DATABASE_URL".into(), db.url.clone()),
         ("DATABASE_MAX_CONNECTIONS".into(), "4".into()),
         (
             "API_SERVICE_KEYS".into(),
@@ -167,7 +167,13 @@ fn base_settings(db: &TestDb) -> HashMap<String, String> {
             "CLERK_JWT_KEY".into(),
             CLERK_KEYS.public_pem.replace('\n', "\\n"),
         ),
-    ])
+    ]);
+    settings.extend(
+        db.service_settings()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v)),
+    );
+    settings
 }
 
 /// The API with default test settings.

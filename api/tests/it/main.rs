@@ -9,5 +9,6 @@ mod lazy;
 mod openapi;
 mod ops;
 mod organizations;
+mod replica;
 mod service;
 mod token;

@@ -274,10 +274,11 @@ async fn request_log_lines_carry_the_request_id_and_never_credentials() {
 #[tokio::test]
 async fn run_until_stopped_returns_once_shutdown_fires() {
     let db = testkit::TestDb::migrated().await;
-    let url = db.url.clone();
+    let (url, pooler) = (db.service_url(), db.pooler());
     let config = api::Config::from_lookup(move |name| match name {
         "API_ADDR" => Some("127.0.0.1:0".into()),
         "DATABASE_URL" => Some(url.clone()),
+        "DATABASE_POOLER" => Some(pooler.as_str().into()),
         "API_SERVICE_KEYS" => Some(SERVICE_KEY.into()),
         _ => None,
     })

@@ -202,13 +202,17 @@ async fn a_backfill_faster_than_clerk_s_rate_limit_waits_out_the_429s_and_loses_
     }));
     let url = clerk.url();
     let settings = [
-        ("DATABASE_URL", db.url.as_str()),
         ("CLERK_SECRET_KEY", SECRET_KEY),
         ("CLERK_API_URL", url.as_str()),
         ("TOKEN_ENCRYPTION_KEY", TOKEN_KEY),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .chain(
+        db.service_settings()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v)),
+    )
     .collect();
 
     let (ok, stdout, stderr) = crate::helpers::worker_cli(settings, &["backfill"]);

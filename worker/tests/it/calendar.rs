@@ -109,7 +109,7 @@ async fn spawn_calendar_worker(
 
 /// Runs `worker rotate-token-key` with these keys; returns its standard output.
 fn rotate_token_key(db: &TestDb, broker: &TestBroker, keys: &str) -> String {
-    let settings = worker_settings(&db.url, broker, &[("TOKEN_ENCRYPTION_KEY", keys)]);
+    let settings = worker_settings(db, broker, &[("TOKEN_ENCRYPTION_KEY", keys)]);
     let (ok, stdout, stderr) = crate::helpers::worker_cli(settings, &["rotate-token-key"]);
     assert!(ok, "{stderr}");
     stdout
@@ -472,13 +472,13 @@ async fn rotate_token_key_reseals_legacy_unbound_tokens_to_their_rows() {
 async fn spawn_api(db: &TestDb, clerk: &FakeClerk) -> String {
     let settings: std::collections::HashMap<&str, String> = [
         ("API_ADDR", "127.0.0.1:0".to_owned()),
-        ("DATABASE_URL", db.url.clone()),
         ("API_SERVICE_KEYS", API_KEY.to_owned()),
         ("TOKEN_ENCRYPTION_KEY", KEY_A.to_owned()),
         ("CLERK_SECRET_KEY", SECRET_KEY.to_owned()),
         ("CLERK_API_URL", clerk.url()),
     ]
     .into_iter()
+    .chain(db.service_settings())
     .collect();
     let config = api::Config::from_lookup(move |name| settings.get(name).cloned()).unwrap();
     let app = api::Application::build(config).await.unwrap();

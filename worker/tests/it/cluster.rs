@@ -7,7 +7,7 @@ use futures_util::StreamExt;
 use rand::{SeedableRng, rngs::StdRng, seq::SliceRandom};
 use testkit::{SECRET, TestDb, cluster::RabbitCluster, eventually, now_secs, svix_headers, unique};
 
-use crate::helpers::{Row, UserEvent, row, spawn_ingress, spawn_worker_at, wait_for_users};
+use crate::helpers::{Row, UserEvent, row, spawn_ingress, spawn_worker, wait_for_users};
 
 /// (svix id, body) pairs.
 type Events = Vec<(String, Vec<u8>)>;
@@ -189,8 +189,8 @@ async fn killing_the_queue_leader_mid_stream_loses_no_accepted_event_and_the_nod
     )
     .await;
     let broker_for_worker = testkit::TestBroker::new().await; // only for worker_settings' shape
-    let worker_a = spawn_worker_at(&db.url, &broker_for_worker, &settings).await;
-    let worker_b = spawn_worker_at(&db.url, &broker_for_worker, &settings).await;
+    let worker_a = spawn_worker(&db, &broker_for_worker, &settings).await;
+    let worker_b = spawn_worker(&db, &broker_for_worker, &settings).await;
 
     let (distinct, expected) = three_versions_of_400_users();
     let deliveries = with_800_redelivered_and_shuffled(&distinct);

@@ -336,7 +336,7 @@ async fn an_operator_reveals_replays_and_drops_dead_letters_and_the_audit_log_li
     .await;
 
     // The CLI filters with the same code.
-    let settings = worker_settings(&db.url, &broker, &[]);
+    let settings = worker_settings(&db, &broker, &[]);
     let (ok, out, err) = crate::helpers::worker_cli(
         settings.clone(),
         &[

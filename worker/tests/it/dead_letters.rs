@@ -9,7 +9,7 @@ use crate::helpers::{
 
 /// Runs the worker binary with the test's settings.
 fn worker_cli(db: &TestDb, broker: &TestBroker, args: &[&str]) -> (bool, String, String) {
-    crate::helpers::worker_cli(worker_settings(&db.url, broker, &[]), args)
+    crate::helpers::worker_cli(worker_settings(db, broker, &[]), args)
 }
 
 /// The "bug": a trigger that fails every write of one user with a retryable error.

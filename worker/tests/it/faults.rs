@@ -181,7 +181,7 @@ fn start_worker_process(db: &TestDb, broker: &TestBroker) -> KillOnDrop {
             .arg("run")
             .env_clear()
             .envs(worker_settings(
-                &db.url,
+                db,
                 broker,
                 &[("WORKER_CONCURRENCY", "4"), ("LOG_FORMAT", "json")],
             ))

@@ -14,8 +14,23 @@ pub struct TestWorker {
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
-/// Settings for a worker on this database and prefix, quick retries, `extra` on top.
+/// Settings for a worker on this database (through its PgBouncer when it has one, see
+/// [`TestDb`]) and prefix, quick retries, `extra` on top.
 pub fn worker_settings(
+    db: &TestDb,
+    broker: &TestBroker,
+    extra: &[(&str, &str)],
+) -> HashMap<String, String> {
+    let mut settings = worker_settings_at(&db.service_url(), broker, extra);
+    if !extra.iter().any(|(k, _)| *k == "DATABASE_POOLER") {
+        settings.insert("DATABASE_POOLER".into(), db.pooler().as_str().into());
+    }
+    settings
+}
+
+/// Settings for a worker on the database at `db_url` (no pooler) and this prefix, quick
+/// retries, `extra` on top.
+pub fn worker_settings_at(
     db_url: &str,
     broker: &TestBroker,
     extra: &[(&str, &str)],
@@ -33,15 +48,20 @@ pub fn worker_settings(
 
 /// Starts a worker in this process.
 pub async fn spawn_worker(db: &TestDb, broker: &TestBroker, extra: &[(&str, &str)]) -> TestWorker {
-    spawn_worker_at(&db.url, broker, extra).await
+    spawn_worker_with(worker_settings(db, broker, extra)).await
 }
 
+/// Starts a worker in this process on the database at `db_url` (no pooler).
 pub async fn spawn_worker_at(
     db_url: &str,
     broker: &TestBroker,
     extra: &[(&str, &str)],
 ) -> TestWorker {
-    let settings = worker_settings(db_url, broker, extra);
+    spawn_worker_with(worker_settings_at(db_url, broker, extra)).await
+}
+
+/// Starts a worker in this process with these settings.
+pub async fn spawn_worker_with(settings: HashMap<String, String>) -> TestWorker {
     let config = Config::from_lookup(|name| settings.get(name).cloned()).unwrap();
     let app = Application::build(config).await.unwrap();
     let port = app.port();
@@ -326,7 +346,7 @@ pub fn settings_with_clerk(
 ) -> HashMap<String, String> {
     let url = clerk.url();
     worker_settings(
-        &db.url,
+        db,
         broker,
         &[
             ("CLERK_SECRET_KEY", testkit::fake_clerk::SECRET_KEY),

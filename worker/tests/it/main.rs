@@ -16,6 +16,7 @@ mod helpers;
 mod ordering;
 mod organizations;
 mod panics;
+mod pooler;
 mod profile;
 mod prune;
 mod queues;

@@ -8,10 +8,10 @@ use broker::lapin::{
 };
 use testkit::TestBroker;
 
-use crate::helpers::{user_created, wait_for_count, worker_settings};
+use crate::helpers::{user_created, wait_for_count, worker_settings_at};
 
 fn worker_cli(broker: &TestBroker, args: &[&str]) -> (bool, String, String) {
-    let settings = worker_settings("postgres://127.0.0.1:1/unused", broker, &[]);
+    let settings = worker_settings_at("postgres://127.0.0.1:1/unused", broker, &[]);
     crate::helpers::worker_cli(settings, args)
 }
 
