@@ -120,6 +120,12 @@ impl TestDb {
         db
     }
 
+    /// Creates an empty database behind a PgBouncer of its own in `mode` with `pool_size` server
+    /// connections, whatever the environment says.
+    pub async fn empty_behind(mode: pgbouncer::PoolMode, pool_size: u32) -> Self {
+        Self::create(Some((mode, pool_size))).await
+    }
+
     /// Creates a database and applies every migration, behind a PgBouncer of its own in `mode`
     /// with `pool_size` server connections, whatever the environment says.
     pub async fn migrated_behind(mode: pgbouncer::PoolMode, pool_size: u32) -> Self {

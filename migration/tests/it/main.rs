@@ -260,3 +260,59 @@ async fn memberships_are_one_per_user_and_organization_and_go_with_either() {
         "the organization's go (orgmem_4 of org_1 with it)"
     );
 }
+
+/// Runs the `migration` binary with these settings only.
+fn cli(settings: &[(&str, String)], command: &str) -> (bool, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_migration"))
+        .arg(command)
+        .env_clear()
+        .envs(settings.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    )
+}
+
+#[tokio::test]
+async fn the_cli_migrates_through_a_transaction_mode_pgbouncer_and_prefers_the_direct_url() {
+    let db = TestDb::empty_behind(testkit::pgbouncer::PoolMode::Transaction, 2).await;
+
+    // Through the pooler, three at once: one applies, the others find nothing left.
+    let settings = db.service_settings();
+    let runs: Vec<_> = (0..3)
+        .map(|_| {
+            let settings = settings.clone();
+            std::thread::spawn(move || cli(&settings, "up"))
+        })
+        .collect();
+    for run in runs {
+        let (ok, output) = run.join().unwrap();
+        assert!(ok, "{output}");
+    }
+    let mut expected: Vec<String> = TABLES.iter().map(|t| t.to_string()).collect();
+    expected.sort();
+    assert_eq!(tables(&db.conn).await, expected);
+    let (ok, output) = cli(&settings, "status");
+    assert!(ok, "{output}");
+
+    // DATABASE_DIRECT_URL wins over DATABASE_URL (here a pooler that is not there).
+    let (ok, output) = cli(
+        &[
+            (
+                "DATABASE_URL",
+                "postgres://postgres@127.0.0.1:1/nothing".into(),
+            ),
+            ("DATABASE_POOLER", "transaction".into()),
+            ("DATABASE_DIRECT_URL", db.url.clone()),
+        ],
+        "down",
+    );
+    assert!(ok, "{output}");
+    assert_eq!(tables(&db.conn).await.len(), TABLES.len() - 1);
+}

@@ -276,3 +276,39 @@ async fn pgbouncer_killed_and_restarted_mid_stream_loses_nothing_and_the_api_rec
     .await;
     worker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_starting_together_migrate_through_a_transaction_mode_pgbouncer() {
+    let db = TestDb::empty_behind(PoolMode::Transaction, 2).await;
+    let settings = settings::database(&|name: &str| match name {
+        "DATABASE_URL" => Some(db.service_url()),
+        "DATABASE_POOLER" => Some("transaction".into()),
+        _ => None,
+    })
+    .unwrap();
+
+    let (a, b, c) = tokio::join!(
+        worker::migrate(&settings, None),
+        worker::migrate(&settings, None),
+        worker::migrate(&settings, None),
+    );
+
+    a.unwrap();
+    b.unwrap();
+    c.unwrap();
+    let applied = scalar(&db.conn, "SELECT count(*) FROM seaql_migrations").await;
+    assert_eq!(
+        applied,
+        i64::try_from(<migration::Migrator as migration::MigratorTrait>::migrations().len())
+            .unwrap()
+    );
+    // On DATABASE_DIRECT_URL when set, whatever DATABASE_URL says.
+    let unreachable = settings::database(&|name: &str| match name {
+        "DATABASE_URL" => Some("postgres://postgres@127.0.0.1:1/nothing".into()),
+        "DATABASE_POOLER" => Some("transaction".into()),
+        _ => None,
+    })
+    .unwrap();
+    let direct = settings::DatabaseUrl::new(db.url.clone());
+    worker::migrate(&unreachable, Some(&direct)).await.unwrap();
+}
