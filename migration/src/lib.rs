@@ -13,6 +13,7 @@ mod m20261130_000006_create_reconcile_seen;
 mod m20261130_000007_organizations_and_profile;
 mod m20261130_000008_console_audit;
 mod m20261206_000009_second_review;
+mod m20261206_000010_connection_health;
 
 /// All migrations, oldest first.
 pub struct Migrator;
@@ -30,6 +31,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000007_organizations_and_profile::Migration),
             Box::new(m20261130_000008_console_audit::Migration),
             Box::new(m20261206_000009_second_review::Migration),
+            Box::new(m20261206_000010_connection_health::Migration),
         ]
     }
 }

@@ -4,6 +4,7 @@
 //!   transaction ([`apply::batch`]), organizations and memberships too; tombstones for deletes;
 //! - [`accounts`], [`connections`], [`crypto`]: which external accounts are calendar
 //!   connections, their rows and their tokens sealed at rest;
+//! - [`health`]: whether a calendar connection is usable, needs the user, or could not be told;
 //! - [`pool`]: the database pool every process opens.
 //!
 //! The worker (consuming events) and the api (lazy sync, calendar status, tokens) both use it.
@@ -14,6 +15,7 @@ pub mod connections;
 pub mod crypto;
 pub mod event;
 pub mod faults;
+pub mod health;
 pub mod pool;
 
 pub use apply::{Applier, ApplierSettings};

@@ -175,9 +175,21 @@ fn token_object(
     json!({
         "object": "oauth_access_token", "external_account_id": external_account_id,
         "provider_user_id": provider_user_id, "token": token, "provider": provider,
-        "expires_at": expires_at_ms, "scopes": ["openid", "email"], "label": null,
+        "expires_at": expires_at_ms, "scopes": default_scopes(provider), "label": null,
         "public_metadata": {}
     })
+}
+
+/// The scopes Clerk lists on a token of an account connected with calendar access.
+fn default_scopes(provider: &str) -> Vec<&'static str> {
+    match provider {
+        "oauth_microsoft" => vec!["openid", "email", "offline_access", "Calendars.ReadWrite"],
+        _ => vec![
+            "openid",
+            "email",
+            "https://www.googleapis.com/auth/calendar.events",
+        ],
+    }
 }
 
 /// The token generated user `i` has for `provider`, if it has an account there (valid for an
@@ -328,6 +340,20 @@ impl FakeClerk {
             provider_user_id,
             external_account_id,
         ));
+    }
+
+    /// Lists `scopes` on the tokens this user's accounts of `provider` are served with (as when
+    /// the user connected without granting calendar access).
+    pub fn set_token_scopes(&self, clerk_user_id: &str, provider: &str, scopes: &[&str]) {
+        let mut state = self.state.lock().unwrap();
+        if let Some(tokens) = state
+            .tokens
+            .get_mut(&(clerk_user_id.to_owned(), provider.to_owned()))
+        {
+            for token in tokens {
+                token["scopes"] = json!(scopes);
+            }
+        }
     }
 
     /// Stops serving tokens for this user and provider.
