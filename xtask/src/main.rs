@@ -14,6 +14,7 @@
 //!   applied (see `soak`).
 
 mod bench;
+mod harness;
 mod soak;
 
 use std::{

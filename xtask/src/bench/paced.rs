@@ -427,6 +427,6 @@ mod tests {
     }
 
     fn load_free_addr() -> SocketAddr {
-        super::super::procs::free_addr().expect("free port")
+        crate::harness::host::free_addr().expect("free port")
     }
 }
