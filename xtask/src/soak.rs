@@ -52,12 +52,12 @@ use crate::{
         pipeline,
     },
     harness::{
-        self, Outputs,
-        build::{Profile, build_or_reexec},
+        self, Outputs, Pipeline,
+        build::Profile,
         guard::Cleanup,
         host,
         report::{Check, CheckWords, Machine, Stamp, TaskReport, checks_table, mib, table},
-        servers::{Broker, Servers},
+        servers::Broker,
         services::{Services, Started},
         site::{self, Site},
     },
@@ -201,16 +201,15 @@ fn parse_duration(flag: &str, value: &str) -> anyhow::Result<Duration> {
 pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
     let workspace = harness::workspace_root()?;
     let o = Options::resolve(args, &workspace)?;
-    let packages = ["ingress", "worker", "api"];
-    let Some(bin) = build_or_reexec("[0/4]", &workspace, o.profile, &packages).await? else {
-        return Ok(());
-    };
-    let servers = Servers::from_env()?;
-    let services = Services::new(&bin, workspace.join("target").join("soak"))?;
-    let report = Cleanup::new(&servers.amqp_node)
-        .around(async |cleanup| soak(&o, &workspace, &services, &servers, cleanup).await)
-        .await?;
-    harness::report::publish(&report, &o.outputs)
+    let task = ("soak", "[0/4]");
+    harness::pipeline(
+        task,
+        &workspace,
+        o.profile,
+        &o.outputs,
+        async |p, cleanup| soak(&o, &workspace, p, cleanup).await,
+    )
+    .await
 }
 
 /// The three processes.
@@ -240,19 +239,17 @@ struct Measured {
 async fn soak(
     o: &Options,
     workspace: &Path,
-    services: &Services,
-    servers: &Servers,
+    p: Pipeline<'_>,
     cleanup: &mut Cleanup,
 ) -> anyhow::Result<Report> {
-    let prefix = format!("clerk_sync_soak_{}", std::process::id());
-    let site = Site::create(cleanup, servers, prefix.clone()).await?;
     let secret = events::random_secret();
     let service_key = format!("soak-{}", uuid::Uuid::new_v4().simple());
-    let processes = start(o, services, &site, cleanup, (&secret, &service_key)).await?;
-    let broker = Broker::connect(&servers.amqp_node).await?;
+    let processes = start(o, p.services, &p.site, cleanup, (&secret, &service_key)).await?;
+    let broker = Broker::connect(&p.servers.amqp_node).await?;
+    let prefix = p.site.prefix.clone();
     let mut running = Running {
         o,
-        site,
+        site: p.site,
         broker,
         processes,
         started: Instant::now(),
@@ -267,7 +264,7 @@ async fn soak(
     for name in ["ingress", "worker", "api"] {
         cleanup.stop(name).await?;
     }
-    checks.push(log_check(services.log_dir())?);
+    checks.push(log_check(p.services.log_dir())?);
     let settings = Settings::of(o, Stamp::now(workspace, o.profile, o.smoke), prefix);
     let load_end = measured.events.load.wall.as_secs_f64();
     Ok(Report {

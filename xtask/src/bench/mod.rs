@@ -54,8 +54,8 @@ use self::{
     report::{Ceilings, IngressRun, Live, Report, Settings, WorkerRun},
 };
 use crate::harness::{
-    self, Outputs,
-    build::{Profile, build_or_reexec},
+    self, Outputs, Pipeline,
+    build::Profile,
     guard::Cleanup,
     host,
     report::{Check, Stamp},
@@ -185,16 +185,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let options = Options::resolve(args, &workspace)?;
     // Checked before building: a bad combination should not cost a build.
     events::validate(options.events, options.users)?;
-    let packages = ["ingress", "worker", "api"];
-    let Some(bin) = build_or_reexec("[0/7]", &workspace, options.profile, &packages).await? else {
-        return Ok(());
-    };
-    let servers = Servers::from_env()?;
-    let services = Services::new(&bin, workspace.join("target").join("bench"))?;
-    let report = Cleanup::new(&servers.amqp_node)
-        .around(async |cleanup| phases(&options, &workspace, &services, &servers, cleanup).await)
-        .await?;
-    harness::report::publish(&report, &options.outputs)
+    let task = ("bench", "[0/7]");
+    harness::pipeline(
+        task,
+        &workspace,
+        options.profile,
+        &options.outputs,
+        async |p, cleanup| phases(&options, &workspace, p, cleanup).await,
+    )
+    .await
 }
 
 /// What the phases share.
@@ -277,12 +276,9 @@ fn drain_timeout(events: u64) -> Duration {
 async fn phases(
     o: &Options,
     workspace: &Path,
-    services: &Services,
-    servers: &Servers,
+    p: Pipeline<'_>,
     cleanup: &mut Cleanup,
 ) -> anyhow::Result<Report> {
-    let prefix = format!("clerk_sync_bench_{}", std::process::id());
-    let site = Site::create(cleanup, servers, prefix).await?;
     println!(
         "[1/7] generating {} events over {} users",
         o.events, o.users
@@ -293,10 +289,10 @@ async fn phases(
     let initial = expected.clone();
     let body_size = events::average_size(&plan.events);
     let ctx = Ctx {
-        services,
-        servers,
+        services: p.services,
+        servers: p.servers,
         secret: events::random_secret(),
-        site,
+        site: p.site,
     };
     let mut checks = Vec::new();
     let (ceilings, ingress, batch_rows) =
@@ -545,6 +541,37 @@ impl Worker {
         self.process.addr
     }
 
+    /// What it has applied so far: the rows of `processed_events` and its settled count.
+    async fn applied(&self, ctx: &Ctx<'_>) -> anyhow::Result<(u64, u64)> {
+        let processed = pipeline::processed(&ctx.site.db).await?;
+        let settled = pipeline::settled(self.addr())
+            .await
+            .context("the worker's /metrics does not answer")?;
+        Ok((processed, settled))
+    }
+
+    /// Waits until it has applied `events` more events than `before` (see [`Self::applied`]).
+    async fn wait_applied(
+        &self,
+        ctx: &Ctx<'_>,
+        cleanup: &mut Cleanup,
+        before: (u64, u64),
+        events: u64,
+    ) -> anyhow::Result<pipeline::Drain> {
+        let (db, main, timeout) = (&ctx.site.db, &ctx.site.main, drain_timeout(events));
+        pipeline::wait_applied(
+            db,
+            cleanup,
+            &self.broker,
+            main,
+            self.addr(),
+            before,
+            events,
+            timeout,
+        )
+        .await
+    }
+
     /// Its peak RSS, then stops it and closes the broker connection.
     async fn stop(self, cleanup: &mut Cleanup) -> anyhow::Result<u64> {
         let peak_rss = host::peak_rss(self.process.pid)?;
@@ -571,17 +598,7 @@ async fn worker_drain(
     extra_env: &[(&str, &str)],
 ) -> anyhow::Result<(Worker, Drained)> {
     let worker = Worker::spawn(ctx, cleanup, extra_env).await?;
-    let drain = pipeline::wait_applied(
-        &ctx.site.db,
-        cleanup,
-        &worker.broker,
-        &ctx.site.main,
-        worker.addr(),
-        (0, 0),
-        queued,
-        drain_timeout(queued),
-    )
-    .await?;
+    let drain = worker.wait_applied(ctx, cleanup, (0, 0), queued).await?;
     println!("      {:.0} events/s", drain.per_s());
     let checks = ctx
         .check_settled(&worker.broker, expected, "after the drain")
@@ -639,10 +656,7 @@ async fn live_phase(
     worker.process.wait_ready(cleanup).await?;
     let before = pipeline::Histogram::parse(&pipeline::scrape(worker.addr()).await?, LAG_HISTOGRAM);
     let live_events = events::newer_updates(expected, count)?;
-    let applied_before = pipeline::processed(&ctx.site.db).await?;
-    let settled_before = pipeline::settled(worker.addr())
-        .await
-        .context("the worker's /metrics does not answer")?;
+    let applied_before = worker.applied(ctx).await?;
     let servers_before = host::ServerCpu::now();
     let worker_before = host::cpu_time(&worker.process.pid.to_string())?;
     let mut ingress = ctx
@@ -657,17 +671,9 @@ async fn live_phase(
         .await?;
     ingress.live = true;
     let mut checks = vec![answered_check(&ingress)];
-    let drain = pipeline::wait_applied(
-        &ctx.site.db,
-        cleanup,
-        &worker.broker,
-        &ctx.site.main,
-        worker.addr(),
-        (applied_before, settled_before),
-        ingress.load.accepted,
-        drain_timeout(ingress.load.accepted),
-    )
-    .await?;
+    let drain = (worker)
+        .wait_applied(ctx, cleanup, applied_before, ingress.load.accepted)
+        .await?;
     let servers = host::ServerCpu::now().since(servers_before);
     let cpu = report::LiveCpu {
         ingress: ingress.cpu,

@@ -374,36 +374,19 @@ async fn read_task(
     start: Arc<Barrier>,
     duration: Duration,
 ) -> TaskResult {
-    let mut result = TaskResult::default();
-    let mut sender = load::connect(addr).await;
-    start.wait().await;
-    let deadline = Instant::now() + duration;
+    // The clock starts once every task is ready.
+    let mut deadline = None;
     let mut n = 0u64;
-    while Instant::now() < deadline {
-        let mut current = match sender {
-            Ok(sender) => sender,
-            Err(error) => {
-                result.connect_failures += 1;
-                result.first_error.get_or_insert(format!("{error:#}"));
-                return result;
-            }
-        };
-        let request = read_request(reads.as_ref(), task, n);
+    let result = TaskResult::default();
+    load::closed_loop(addr, &host, &start, result, || {
+        let deadline = *deadline.get_or_insert_with(|| Instant::now() + duration);
+        if Instant::now() >= deadline {
+            return None;
+        }
         n += 1;
-        let request = match request {
-            Ok(request) => request,
-            Err(error) => {
-                result.error(format!("{error:#}"));
-                sender = Ok(current);
-                continue;
-            }
-        };
-        sender = match load::exchange(&mut current, &host, request, &mut result).await {
-            Some(_) => Ok(current),
-            None => load::connect(addr).await,
-        };
-    }
-    result
+        Some(read_request(reads.as_ref(), task, n - 1))
+    })
+    .await
 }
 
 /// Starts the clock when every task is ready (`start`), waits for them all and adds up what

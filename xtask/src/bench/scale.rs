@@ -629,10 +629,7 @@ impl Ingest {
         let ingress = ctx
             .start_ingress(cleanup, "ingress-reads", &ctx.site.prefix)
             .await?;
-        let applied_before = pipeline::processed(&ctx.site.db).await?;
-        let settled_before = pipeline::settled(worker.addr())
-            .await
-            .context("the worker's /metrics does not answer")?;
+        let before = worker.applied(ctx).await?;
         let mut pace = Pace::new(LIVE_INGEST_RATE, LIVE_INGEST_CONNECTIONS);
         pace.limit = Some(signed.len() as u64);
         let requests = paced::webhook_requests(signed);
@@ -640,10 +637,7 @@ impl Ingest {
             let stop = std::future::pending::<()>();
             Ok(paced::run(ingress.addr, pace, requests, stop).await?.0)
         });
-        Ok(Self {
-            load,
-            before: (applied_before, settled_before),
-        })
+        Ok(Self { load, before })
     }
 
     /// Waits for the ingest's end, stops its ingress, waits until the worker has applied
@@ -664,17 +658,9 @@ impl Ingest {
                 ingest.load.accepted, ingest.load.events
             ),
         );
-        pipeline::wait_applied(
-            &ctx.site.db,
-            cleanup,
-            &worker.broker,
-            &ctx.site.main,
-            worker.addr(),
-            self.before,
-            ingest.load.accepted,
-            super::drain_timeout(ingest.load.accepted),
-        )
-        .await?;
+        (worker)
+            .wait_applied(ctx, cleanup, self.before, ingest.load.accepted)
+            .await?;
         Ok((ingest, check))
     }
 }

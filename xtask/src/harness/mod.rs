@@ -17,6 +17,56 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
+use self::{
+    build::{Profile, build_or_reexec},
+    guard::Cleanup,
+    report::TaskReport,
+    servers::Servers,
+    services::Services,
+    site::Site,
+};
+
+/// What a run of the pipeline works with.
+pub struct Pipeline<'a> {
+    pub servers: &'a Servers,
+    pub services: &'a Services,
+    /// The run's database and queue prefix, `clerk_sync_<task>_<pid>`.
+    pub site: Site,
+}
+
+/// A run of the whole pipeline for `task` (`bench`, `soak`): builds ingress, worker and api in
+/// `profile` (announced as `step`), creates the run's site, runs `work` with it, the servers,
+/// the services (logging under `target/<task>`) and the run's guard, and publishes the report.
+pub async fn pipeline<R: TaskReport>(
+    (task, step): (&str, &str),
+    workspace: &Path,
+    profile: Profile,
+    outputs: &Outputs,
+    work: impl AsyncFnOnce(Pipeline<'_>, &mut Cleanup) -> anyhow::Result<R>,
+) -> anyhow::Result<()> {
+    let packages = ["ingress", "worker", "api"];
+    let Some(bin) = build_or_reexec(step, workspace, profile, &packages).await? else {
+        return Ok(());
+    };
+    let servers = Servers::from_env()?;
+    let services = Services::new(&bin, workspace.join("target").join(task))?;
+    let report = Cleanup::new(&servers.amqp_node)
+        .around(async |cleanup| {
+            let prefix = format!("clerk_sync_{task}_{}", std::process::id());
+            let site = Site::create(cleanup, &servers, prefix).await?;
+            let services = &services;
+            let servers = &servers;
+            let pipeline = Pipeline {
+                servers,
+                services,
+                site,
+            };
+            work(pipeline, cleanup).await
+        })
+        .await?;
+    report::publish(&report, outputs)
+}
+
 /// The workspace root (this crate's parent directory).
 pub fn workspace_root() -> anyhow::Result<PathBuf> {
     Path::new(env!("CARGO_MANIFEST_DIR"))
