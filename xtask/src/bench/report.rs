@@ -1007,29 +1007,7 @@ mod tests {
                 postgres: "16.4".into(),
                 rabbitmq: "4.0.5 (server)".into(),
             },
-            settings: Settings {
-                events: 2000,
-                users: 200,
-                deleted_users: 10,
-                connections: vec![64, 200, 16],
-                stamp: Stamp {
-                    profile: "dev",
-                    smoke: true,
-                    date: "2026-11-30T10:00:00Z".into(),
-                    git_commit: "abc1234-dirty".into(),
-                },
-                load_generator_build: "dev",
-                queue_prefix: "clerk_sync_bench_42".into(),
-                body_bytes_avg: 1234,
-                live_events: 2000,
-                live_connections: 64,
-                db_batch_rows: 64,
-                worker_env: vec![
-                    ("WORKER_PREFETCH".into(), "512".into(), false),
-                    ("WORKER_EXTRA".into(), "x".into(), true),
-                ],
-                ingress_env: vec![("PUBLISH_CHANNELS".into(), "4".into(), true)],
-            },
+            settings: settings(),
             ceilings: Ceilings {
                 broker: Ceiling {
                     count: 2000,
@@ -1061,34 +1039,64 @@ mod tests {
                 peak_rss_after_drain: 45_456_789,
                 peak_rss: 47_111_222,
             },
-            live: Live {
-                ingress: run(load(64, 2000, 1.762_222, 22.5), 1, true),
-                drain: Drain {
-                    events: 2000,
-                    wall: secs(2.012_345),
-                    applied_at_first_poll: 300,
-                    since_start: secs(0.456_789_1),
-                },
-                applied_per_s: 923.456_789_123,
-                lag: Histogram {
-                    buckets: vec![(0.1, 400), (0.5, 1500), (1.0, 1948), (f64::INFINITY, 1948)],
-                    sum: 736.123_456,
-                    count: 1948,
-                },
-                cpu: LiveCpu {
-                    ingress: secs(0.05),
-                    load_generator: secs(0.024),
-                    worker: secs(0.08),
-                    rabbitmq: secs(0.11),
-                    postgres: secs(0.2),
-                },
-                e2e_runs: vec![9_000.0, 11_000.5],
-            },
+            live: live(),
             scale: None,
             checks: vec![
                 Check::new("every request answered 200", true, "2000 of 2000 accepted"),
                 Check::new("users table equals", false, "3 differ"),
             ],
+        }
+    }
+
+    fn settings() -> Settings {
+        Settings {
+            events: 2000,
+            users: 200,
+            deleted_users: 10,
+            connections: vec![64, 200, 16],
+            stamp: Stamp {
+                profile: "dev",
+                smoke: true,
+                date: "2026-11-30T10:00:00Z".into(),
+                git_commit: "abc1234-dirty".into(),
+            },
+            load_generator_build: "dev",
+            queue_prefix: "clerk_sync_bench_42".into(),
+            body_bytes_avg: 1234,
+            live_events: 2000,
+            live_connections: 64,
+            db_batch_rows: 64,
+            worker_env: vec![
+                ("WORKER_PREFETCH".into(), "512".into(), false),
+                ("WORKER_EXTRA".into(), "x".into(), true),
+            ],
+            ingress_env: vec![("PUBLISH_CHANNELS".into(), "4".into(), true)],
+        }
+    }
+
+    fn live() -> Live {
+        Live {
+            ingress: run(load(64, 2000, 1.762_222, 22.5), 1, true),
+            drain: Drain {
+                events: 2000,
+                wall: secs(2.012_345),
+                applied_at_first_poll: 300,
+                since_start: secs(0.456_789_1),
+            },
+            applied_per_s: 923.456_789_123,
+            lag: Histogram {
+                buckets: vec![(0.1, 400), (0.5, 1500), (1.0, 1948), (f64::INFINITY, 1948)],
+                sum: 736.123_456,
+                count: 1948,
+            },
+            cpu: LiveCpu {
+                ingress: secs(0.05),
+                load_generator: secs(0.024),
+                worker: secs(0.08),
+                rabbitmq: secs(0.11),
+                postgres: secs(0.2),
+            },
+            e2e_runs: vec![9_000.0, 11_000.5],
         }
     }
 
@@ -1209,10 +1217,34 @@ mod tests {
         }
     }
 
-    /// The keys of every section, pinned: the committed result files are compared across
-    /// runs, so a renamed or dropped key must be a deliberate change of this test too.
-    #[test]
-    fn json_keys_are_pinned() {
+    /// The shape of the JSON's settings.
+    fn settings_shape() -> Value {
+        let env = json!({"value": "string", "from_env": "bool"});
+        json!({
+            "events": "number",
+            "users": "number",
+            "deleted_users": "number",
+            "connections": ["number"],
+            "profile": "string",
+            "smoke": "bool",
+            "load_generator_build": "string",
+            "date": "string",
+            "git_commit": "string",
+            "queue_prefix": "string",
+            "body_bytes_avg": "number",
+            "live_events": "number",
+            "live_connections": "number",
+            "broker_ceiling_in_flight": "number",
+            "db_single_concurrency": "number",
+            "db_batch_rows": "number",
+            "db_batch_concurrency": "number",
+            "worker_env": {"WORKER_PREFETCH": env},
+            "ingress_env": {"PUBLISH_CHANNELS": env},
+        })
+    }
+
+    /// The shape of the JSON's results.
+    fn results_shape() -> Value {
         let connection = json!({
             "connections": "number",
             "round": "number",
@@ -1230,7 +1262,48 @@ mod tests {
             "load_generator_cpu_us_per_request": "number",
             "accepted_vs_broker_ceiling": "number",
         });
-        let env = json!({"value": "string", "from_env": "bool"});
+        json!({
+            "ingress": [connection],
+            "worker": {
+                "drain": {
+                    "events": "number",
+                    "per_s": "number",
+                    "wall_s": "number",
+                    "applied_at_first_poll": "number",
+                    "since_start_s": "number",
+                },
+                "peak_rss_bytes_after_drain": "number",
+                "peak_rss_bytes": "number",
+            },
+            "live": {
+                "ingress": connection,
+                "wait_after_last_request_s": "number",
+                "applied_per_s": "number",
+                "lag_seconds": {
+                    "note": "string",
+                    "observations": "number",
+                    "p50_le": "number",
+                    "p99_le": "number",
+                    "mean": "number",
+                },
+                "broker_end_to_end_runs_msgs_per_s": ["number"],
+                "accepted_vs_broker_end_to_end": "number",
+                "cpu_us_per_event": {
+                    "ingress": "number",
+                    "load generator": "number",
+                    "worker": "number",
+                    "RabbitMQ": "number",
+                    "Postgres": "number",
+                    "total": "number",
+                },
+            },
+        })
+    }
+
+    /// The keys of every section, pinned: the committed result files are compared across
+    /// runs, so a renamed or dropped key must be a deliberate change of this test too.
+    #[test]
+    fn json_keys_are_pinned() {
         let expected = json!({
             "machine": {
                 "nproc": "number",
@@ -1240,27 +1313,7 @@ mod tests {
                 "postgres_version": "string",
                 "rabbitmq_version": "string",
             },
-            "settings": {
-                "events": "number",
-                "users": "number",
-                "deleted_users": "number",
-                "connections": ["number"],
-                "profile": "string",
-                "smoke": "bool",
-                "load_generator_build": "string",
-                "date": "string",
-                "git_commit": "string",
-                "queue_prefix": "string",
-                "body_bytes_avg": "number",
-                "live_events": "number",
-                "live_connections": "number",
-                "broker_ceiling_in_flight": "number",
-                "db_single_concurrency": "number",
-                "db_batch_rows": "number",
-                "db_batch_concurrency": "number",
-                "worker_env": {"WORKER_PREFETCH": env},
-                "ingress_env": {"PUBLISH_CHANNELS": env},
-            },
+            "settings": settings_shape(),
             "ceilings": {
                 "broker_msgs_per_s": "number",
                 "broker_wall_s": "number",
@@ -1270,42 +1323,7 @@ mod tests {
                 "db_batched_rows_per_s": "number",
                 "db_batched_wall_s": "number",
             },
-            "results": {
-                "ingress": [connection],
-                "worker": {
-                    "drain": {
-                        "events": "number",
-                        "per_s": "number",
-                        "wall_s": "number",
-                        "applied_at_first_poll": "number",
-                        "since_start_s": "number",
-                    },
-                    "peak_rss_bytes_after_drain": "number",
-                    "peak_rss_bytes": "number",
-                },
-                "live": {
-                    "ingress": connection,
-                    "wait_after_last_request_s": "number",
-                    "applied_per_s": "number",
-                    "lag_seconds": {
-                        "note": "string",
-                        "observations": "number",
-                        "p50_le": "number",
-                        "p99_le": "number",
-                        "mean": "number",
-                    },
-                    "broker_end_to_end_runs_msgs_per_s": ["number"],
-                    "accepted_vs_broker_end_to_end": "number",
-                    "cpu_us_per_event": {
-                        "ingress": "number",
-                        "load generator": "number",
-                        "worker": "number",
-                        "RabbitMQ": "number",
-                        "Postgres": "number",
-                        "total": "number",
-                    },
-                },
-            },
+            "results": results_shape(),
             "ratios": {
                 "ingress_vs_broker": {"64": {"best": "number", "median_against_median": "number"}},
                 "worker_drain_vs_broker": "number",

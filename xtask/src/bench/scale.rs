@@ -784,8 +784,16 @@ impl ScaleReport {
             self.seed_processed_s,
             self.events
         );
-        let rate = |x: f64| format!("{x:.0}/s");
-        let mut rows = vec![
+        let mut rows = self.write_rows();
+        if let Some(r) = &self.reads {
+            rows.extend(r.rows());
+        }
+        table(out, &["measure", "value", "detail"], &rows);
+    }
+
+    /// The drains and pruning.
+    fn write_rows(&self) -> Vec<Vec<String>> {
+        vec![
             vec![
                 "worker drain, empty database".into(),
                 rate(self.drain_empty_per_s),
@@ -828,39 +836,60 @@ impl ScaleReport {
                         .map_or(String::new(), |s| format!(" (all, in {s:.0} s)"))
                 ),
             ],
+        ]
+    }
+}
+
+/// A rate of the section: `1234/s`.
+fn rate(x: f64) -> String {
+    format!("{x:.0}/s")
+}
+
+impl ReadsReport {
+    /// A row per read run, and the api's memory.
+    fn rows(&self) -> Vec<Vec<String>> {
+        let runs = [
+            &self.ceiling,
+            &self.service_key,
+            &self.service_key_paced,
+            &self.me,
+            &self.me_paced,
         ];
-        if let Some(r) = &self.reads {
-            for run in [
-                &r.ceiling,
-                &r.service_key,
-                &r.service_key_paced,
-                &r.me,
-                &r.me_paced,
-            ] {
-                rows.push(vec![
-                    format!("{} ({} connections){}", run.what, run.connections, run.pacing()),
-                    rate(run.per_s),
-                    format!(
-                        "p50 {:.2} / p99 {:.2} / max {:.1} ms; {} errors; CPU/request: api {}, client {:.0} µs{}",
-                        run.p50_ms,
-                        run.p99_ms,
-                        run.max_ms,
-                        run.errors,
-                        run.api_cpu_us_per_request.map_or("-".into(), |c| format!("{c:.0} µs")),
-                        run.client_cpu_us_per_request,
-                        run.database_cost()
-                    ),
-                ]);
-            }
-            rows.push(vec![
-                "api peak RSS".into(),
-                mib(r.api_peak_rss),
-                format!(
-                    "{} users; pool of {}; {} sessions; webhooks meanwhile: {} accepted at {:.0}/s, {} errors",
-                    r.users, r.pool_size, r.sessions, r.live_ingest_accepted, r.live_ingest_rate, r.live_ingest_errors
-                ),
-            ]);
-        }
-        table(out, &["measure", "value", "detail"], &rows);
+        let mut rows: Vec<Vec<String>> = runs.iter().map(|run| run.row()).collect();
+        rows.push(vec![
+            "api peak RSS".into(),
+            mib(self.api_peak_rss),
+            format!(
+                "{} users; pool of {}; {} sessions; webhooks meanwhile: {} accepted at {:.0}/s, {} errors",
+                self.users, self.pool_size, self.sessions, self.live_ingest_accepted, self.live_ingest_rate, self.live_ingest_errors
+            ),
+        ]);
+        rows
+    }
+}
+
+impl ReadRun {
+    /// Its row of the section.
+    fn row(&self) -> Vec<String> {
+        vec![
+            format!(
+                "{} ({} connections){}",
+                self.what,
+                self.connections,
+                self.pacing()
+            ),
+            rate(self.per_s),
+            format!(
+                "p50 {:.2} / p99 {:.2} / max {:.1} ms; {} errors; CPU/request: api {}, client {:.0} µs{}",
+                self.p50_ms,
+                self.p99_ms,
+                self.max_ms,
+                self.errors,
+                self.api_cpu_us_per_request
+                    .map_or("-".into(), |c| format!("{c:.0} µs")),
+                self.client_cpu_us_per_request,
+                self.database_cost()
+            ),
+        ]
     }
 }

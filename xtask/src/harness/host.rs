@@ -40,25 +40,16 @@ pub fn status_bytes(pid: u32, field: &str) -> anyhow::Result<u64> {
 }
 
 /// CPU time (user + system) `pid` has used so far, from `/proc/<pid>/stat` (`self` for this
-/// process). Linux reports it in ticks of 1/100 s (`USER_HZ`) on every architecture.
+/// process).
 pub fn cpu_time(pid: &str) -> anyhow::Result<Duration> {
-    const USER_HZ: u64 = 100;
-    let path = format!("/proc/{pid}/stat");
-    let stat = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
-    // The command name (field 2) is in parentheses and may hold spaces: count from after it.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the command name.
-    let tick = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
-    let (Some(user), Some(system)) = (tick(11), tick(12)) else {
-        bail!("no utime/stime in {path}");
+    let Some((_, _, cpu, _)) = stat_of(pid) else {
+        bail!("cannot read utime/stime of /proc/{pid}/stat");
     };
-    Ok(Duration::from_millis((user + system) * 1000 / USER_HZ))
+    Ok(cpu)
 }
 
-/// `(comm, ppid, own CPU, CPU of its waited-for children)` of `/proc/<pid>/stat`.
+/// `(comm, ppid, own CPU, CPU of its waited-for children)` of `/proc/<pid>/stat`. Linux
+/// reports CPU time in ticks of 1/100 s (`USER_HZ`) on every architecture.
 fn stat_of(pid: &str) -> Option<(String, u32, Duration, Duration)> {
     const USER_HZ: u64 = 100;
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

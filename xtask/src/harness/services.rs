@@ -17,55 +17,26 @@ use super::{
 /// How long a started process may take to answer `/readyz`.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The programs of the pipeline.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Program {
-    Ingress,
-    Worker,
-    Api,
-}
-
-impl Program {
-    fn binary(self) -> &'static str {
-        match self {
-            Self::Ingress => "ingress",
-            Self::Worker => "worker",
-            Self::Api => "api",
-        }
-    }
-
-    /// The variable it reads its listening address from.
-    fn addr_variable(self) -> &'static str {
-        match self {
-            Self::Ingress => "INGRESS_ADDR",
-            Self::Worker => "WORKER_ADDR",
-            Self::Api => "API_ADDR",
-        }
-    }
-
-    fn args(self) -> &'static [&'static str] {
-        match self {
-            Self::Worker => &["run"],
-            Self::Ingress | Self::Api => &[],
-        }
-    }
-}
-
-/// A service to start: which program, under which name (its log is `<name>.log`), with what
+/// A service to start: which binary, under which name (its log is `<name>.log`), with what
 /// environment (`NO_COLOR=1` and its address besides).
 #[derive(Debug, Clone)]
 pub struct Service {
-    program: Program,
+    binary: &'static str,
+    args: &'static [&'static str],
+    /// The variable it reads its listening address from.
+    addr_variable: &'static str,
     name: String,
     env: Vec<(String, String)>,
     unset: Vec<&'static str>,
 }
 
 impl Service {
-    fn new(program: Program, name: &str) -> Self {
+    fn new(binary: &'static str, args: &'static [&'static str], addr: &'static str) -> Self {
         Self {
-            program,
-            name: name.to_owned(),
+            binary,
+            args,
+            addr_variable: addr,
+            name: binary.to_owned(),
             env: Vec::new(),
             unset: Vec::new(),
         }
@@ -73,17 +44,20 @@ impl Service {
 
     /// An ingress named `name`.
     pub fn ingress(name: &str) -> Self {
-        Self::new(Program::Ingress, name)
+        Self {
+            name: name.to_owned(),
+            ..Self::new("ingress", &[], "INGRESS_ADDR")
+        }
     }
 
     /// `worker run`, named `worker`.
     pub fn worker() -> Self {
-        Self::new(Program::Worker, "worker")
+        Self::new("worker", &["run"], "WORKER_ADDR")
     }
 
     /// The api, named `api`.
     pub fn api() -> Self {
-        Self::new(Program::Api, "api")
+        Self::new("api", &[], "API_ADDR")
     }
 
     /// Sets `name` to `value`.
@@ -151,13 +125,13 @@ impl Services {
     /// Starts `service` on a free port without waiting for it.
     pub fn spawn(&self, cleanup: &mut Cleanup, service: Service) -> anyhow::Result<Started> {
         let addr = host::free_addr()?;
-        let mut env = vec![(service.program.addr_variable().to_owned(), addr.to_string())];
+        let mut env = vec![(service.addr_variable.to_owned(), addr.to_string())];
         env.extend(service.env);
         env.push(("NO_COLOR".to_owned(), "1".to_owned()));
         let pid = cleanup.spawn(
             &service.name,
-            &self.bin.join(service.program.binary()),
-            service.program.args(),
+            &self.bin.join(service.binary),
+            service.args,
             &env,
             Inherit::AllBut(&service.unset),
             &self.log_dir.join(format!("{}.log", service.name)),
