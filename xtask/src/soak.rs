@@ -58,7 +58,7 @@ use crate::{
         host,
         report::{Check, CheckWords, Machine, Stamp, TaskReport, checks_table, mib, table},
         servers::Broker,
-        services::{Services, Started},
+        services::{Service, Services, Started},
         site::{self, Site},
     },
 };
@@ -308,17 +308,15 @@ async fn start(
     let api = (site.api())
         .env("API_SERVICE_KEYS", format!("read:{service_key}"))
         .env("API_LAZY_SYNC", "false");
-    let mut started = Vec::new();
-    for service in [worker, ingress, api] {
+    let mut start = async |service: Service| {
         let service = service.env("LOG_FORMAT", "plain").unset(&UNSET);
-        started.push(services.start(cleanup, service).await?);
-    }
-    let [worker, ingress, api] = <[Started; 3]>::try_from(started)
-        .map_err(|_| anyhow::anyhow!("three services were started"))?;
+        services.start(cleanup, service).await
+    };
+    // One after the other, in this order.
     Ok(Processes {
-        ingress,
-        worker,
-        api,
+        worker: start(worker).await?,
+        ingress: start(ingress).await?,
+        api: start(api).await?,
     })
 }
 

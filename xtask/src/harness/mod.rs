@@ -54,14 +54,16 @@ pub async fn pipeline<R: TaskReport>(
         .around(async |cleanup| {
             let prefix = format!("clerk_sync_{task}_{}", std::process::id());
             let site = Site::create(cleanup, &servers, prefix).await?;
-            let services = &services;
-            let servers = &servers;
-            let pipeline = Pipeline {
-                servers,
-                services,
-                site,
-            };
-            work(pipeline, cleanup).await
+            let (servers, services) = (&servers, &services);
+            work(
+                Pipeline {
+                    servers,
+                    services,
+                    site,
+                },
+                cleanup,
+            )
+            .await
         })
         .await?;
     report::publish(&report, outputs)
