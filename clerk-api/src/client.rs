@@ -46,7 +46,6 @@ impl ClerkError {
         }
     }
 
-
     /// Whether trying again later can succeed: rate limits, 5xx, timeouts, network trouble, and
     /// 401/403 (a secret key being fixed by ops).
     pub fn is_transient(&self) -> bool {

@@ -68,7 +68,8 @@ pub async fn fetch_tokens(
             .partition(|a| health::of_account(a).is_some());
         for account in lapsed {
             let verdict = health::of_account(account).unwrap_or(Verdict::Unavailable);
-            let why = "the account's verification expired or failed in Clerk: the user must reconnect it";
+            let why =
+                "the account's verification expired or failed in Clerk: the user must reconnect it";
             out.push(fetched(account, Err(Unusable::new(verdict, why))));
         }
         if verified.is_empty() {
@@ -77,7 +78,10 @@ pub async fn fetch_tokens(
         let Some(clerk) = clerk else {
             let why = "CLERK_SECRET_KEY and TOKEN_ENCRYPTION_KEY are not both set on the worker";
             for account in verified {
-                out.push(fetched(account, Err(Unusable::new(Verdict::Unavailable, why))));
+                out.push(fetched(
+                    account,
+                    Err(Unusable::new(Verdict::Unavailable, why)),
+                ));
             }
             continue;
         };
@@ -87,13 +91,20 @@ pub async fn fetch_tokens(
             Err(error) => {
                 let verdict = health::of_clerk_error(&error);
                 for account in verified {
-                    out.push(fetched(account, Err(Unusable::new(verdict, error.to_string()))));
+                    out.push(fetched(
+                        account,
+                        Err(Unusable::new(verdict, error.to_string())),
+                    ));
                 }
                 continue;
             }
         };
         for account in verified {
-            let token = token_for(&tokens, &account.external_account_id, &account.provider_user_id);
+            let token = token_for(
+                &tokens,
+                &account.external_account_id,
+                &account.provider_user_id,
+            );
             let token = match health::of_token(provider, &account.scopes, token) {
                 Verdict::Connected => token.cloned().ok_or_else(|| {
                     Unusable::new(Verdict::NeedsReconnect(Reason::GrantRevoked), NO_TOKEN)
@@ -107,7 +118,8 @@ pub async fn fetch_tokens(
 }
 
 /// What Clerk answered when it gave no token for the account.
-const NO_TOKEN: &str = "Clerk returned no access token for this account (consent revoked or expired?)";
+const NO_TOKEN: &str =
+    "Clerk returned no access token for this account (consent revoked or expired?)";
 
 /// The words behind a verdict reached from Clerk's answer (not from an error).
 fn detail_of(verdict: Verdict) -> &'static str {
@@ -687,7 +699,9 @@ pub async fn recheck(
     stored: &StoredConnection,
 ) -> Result<Rechecked, TokenError> {
     let checked_at = Utc::now();
-    let answer = clerk.oauth_tokens(&stored.clerk_user_id, stored.provider).await;
+    let answer = clerk
+        .oauth_tokens(&stored.clerk_user_id, stored.provider)
+        .await;
     let txn = db.begin().await?;
     // A disconnect or delete that committed while Clerk answered wins.
     lock_user(&txn, &stored.clerk_user_id).await?;
@@ -708,8 +722,15 @@ pub async fn recheck(
             (outcome, Record::Status(verdict, detail))
         }
         Ok(tokens) => {
-            let token = token_for(&tokens, &current.external_account_id, &current.provider_user_id);
-            match (health::of_token(current.provider, &current.scopes, token), token) {
+            let token = token_for(
+                &tokens,
+                &current.external_account_id,
+                &current.provider_user_id,
+            );
+            match (
+                health::of_token(current.provider, &current.scopes, token),
+                token,
+            ) {
                 (Verdict::Connected, Some(token)) => {
                     let sealed = cipher.seal(token.token.expose_secret(), &binding)?;
                     let fresh = FreshToken {

@@ -198,15 +198,36 @@ mod tests {
             message: code.into(),
         };
         for (error, verdict) in [
-            (status(400, "oauth_token_retrieval_error"), Verdict::NeedsReconnect(Reason::GrantRevoked)),
-            (status(422, "oauth_missing_refresh_token"), Verdict::NeedsReconnect(Reason::MissingRefreshToken)),
-            (status(422, "external_account_missing_refresh_token"), Verdict::NeedsReconnect(Reason::MissingRefreshToken)),
-            (status(422, "oauth_missing_access_token"), Verdict::NeedsReconnect(Reason::GrantRevoked)),
-            (status(404, "oauth_token_provider_not_enabled"), Verdict::NeedsReconnect(Reason::ProviderDisabled)),
-            (status(503, "oauth_token_retrieval_error"), Verdict::Unavailable),
+            (
+                status(400, "oauth_token_retrieval_error"),
+                Verdict::NeedsReconnect(Reason::GrantRevoked),
+            ),
+            (
+                status(422, "oauth_missing_refresh_token"),
+                Verdict::NeedsReconnect(Reason::MissingRefreshToken),
+            ),
+            (
+                status(422, "external_account_missing_refresh_token"),
+                Verdict::NeedsReconnect(Reason::MissingRefreshToken),
+            ),
+            (
+                status(422, "oauth_missing_access_token"),
+                Verdict::NeedsReconnect(Reason::GrantRevoked),
+            ),
+            (
+                status(404, "oauth_token_provider_not_enabled"),
+                Verdict::NeedsReconnect(Reason::ProviderDisabled),
+            ),
+            (
+                status(503, "oauth_token_retrieval_error"),
+                Verdict::Unavailable,
+            ),
             (status(401, "authentication_invalid"), Verdict::Unavailable),
             (status(400, "form_param_missing"), Verdict::Unavailable),
-            (ClerkError::RateLimited { retry_after: None }, Verdict::Unavailable),
+            (
+                ClerkError::RateLimited { retry_after: None },
+                Verdict::Unavailable,
+            ),
             (ClerkError::Timeout, Verdict::Unavailable),
         ] {
             assert_eq!(of_clerk_error(&error), verdict, "{error}");
@@ -219,7 +240,11 @@ mod tests {
         let verified = account(&format!("openid {calendar}"), Verification::Verified);
         let of = |token: Option<&OAuthToken>| of_token(Provider::Google, &verified.scopes, token);
         assert_eq!(of(Some(&token(&[calendar]))), Verdict::Connected);
-        assert_eq!(of(Some(&token(&[]))), Verdict::Connected, "the account's scopes");
+        assert_eq!(
+            of(Some(&token(&[]))),
+            Verdict::Connected,
+            "the account's scopes"
+        );
         assert_eq!(
             of(Some(&token(&["openid", "email"]))),
             Verdict::NeedsReconnect(Reason::MissingScopes)

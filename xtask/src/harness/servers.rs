@@ -2,9 +2,7 @@
 //! creates on them, and a connection that counts the messages in a queue.
 
 use anyhow::{Context, bail};
-use broker::lapin::{
-    Connection, ConnectionProperties, options::QueueDeclareOptions, types::FieldTable,
-};
+use broker::{BrokerConfig, lapin::Connection};
 use migration::MigratorTrait as _;
 use sea_orm::{ConnectOptions, Database, DatabaseConnection};
 
@@ -120,14 +118,10 @@ pub struct Broker {
 
 impl Broker {
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
-        let connection = Connection::connect(url, ConnectionProperties::default())
+        let config = BrokerConfig::new(vec![url.to_owned()], "clerk-sync xtask");
+        let connection = broker::connect_first(&config, "counter")
             .await
-            .with_context(|| {
-                format!(
-                    "cannot reach RabbitMQ at {}; is it running? (set AMQP_URL)",
-                    broker::redact_url(url)
-                )
-            })?;
+            .context("is RabbitMQ running? (set AMQP_URL)")?;
         Ok(Self { connection })
     }
 
@@ -139,19 +133,14 @@ impl Broker {
             .create_channel()
             .await
             .context("cannot open an AMQP channel")?;
-        let declared = channel
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
+        let depth = broker::queue_depth(&channel, queue)
             .await
-            .with_context(|| format!("cannot inspect queue {queue}"))?;
-        let _ = channel.close(200, "done".into()).await;
-        Ok(u64::from(declared.message_count()))
+            .with_context(|| format!("cannot inspect queue {queue}"))?
+            .with_context(|| format!("queue {queue} does not exist"))?;
+        if channel.status().connected() {
+            let _ = channel.close(200, "done".into()).await;
+        }
+        Ok(u64::from(depth.messages))
     }
 
     pub async fn close(self) {
