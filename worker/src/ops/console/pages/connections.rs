@@ -112,5 +112,9 @@ mod tests {
             summary(4, 5),
             "5 connection(s) need reconnecting, newest first."
         );
+        assert_eq!(
+            summary(6, 5),
+            "5 connection(s) need reconnecting, newest first."
+        );
     }
 }
