@@ -384,3 +384,99 @@ async fn an_older_answer_never_overwrites_a_newer_one() {
         ("connected".into(), None)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn histories_with_token_failures_mixed_in_converge_and_never_go_backwards() {
+    use rand::{Rng, SeedableRng, rngs::StdRng, seq::SliceRandom};
+    let seed = std::env::var("HEALTH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(7_u64);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let db = TestDb::migrated().await;
+    let broker = TestBroker::new().await;
+    let clerk = FakeClerk::start().await;
+    let users: Vec<String> = (0..6).map(|n| format!("user_cv{n}")).collect();
+    let mut deliveries = Vec::new();
+    for id in &users {
+        serve_both(&clerk, id);
+        // Clerk's trouble at random points of each user's token calls (retried, never recorded
+        // as needing the user).
+        for provider in ["oauth_google", "oauth_microsoft"] {
+            let failures = rng.random_range(0..3);
+            clerk.fail_tokens(
+                id,
+                provider,
+                [429, 500, 503][rng.random_range(0..3)],
+                "trouble",
+                failures,
+            );
+        }
+        for version in 1..=3 {
+            let body = user_event_with_accounts(
+                "user.updated",
+                &state(
+                    id,
+                    Some(&format!("{id}@example.com")),
+                    &format!("V{version}"),
+                    version,
+                ),
+                accounts(id),
+            );
+            for _ in 0..rng.random_range(1..=2) {
+                deliveries.push((format!("msg_{id}_{version}"), body.clone()));
+            }
+        }
+    }
+    deliveries.shuffle(&mut rng);
+    let a = worker_with(&db, &broker, &clerk, &[]).await;
+    let b = worker_with(&db, &broker, &clerk, &[]).await;
+    let sampler = {
+        let db = db.conn.clone();
+        tokio::spawn(async move {
+            // Sampled while the histories apply: nothing ever needs the user.
+            let mut worst = 0;
+            for _ in 0..100 {
+                worst = worst.max(
+                    scalar(
+                        &db,
+                        "SELECT count(*) FROM user_calendar_connections WHERE status = 'needs_reconnect'",
+                    )
+                    .await,
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            worst
+        })
+    };
+    for (svix_id, body) in &deliveries {
+        broker.publish_event(svix_id, body).await;
+    }
+    eventually(Duration::from_secs(60), "every user at version 3, both connected", || async {
+        let done = scalar(
+            &db.conn,
+            "SELECT count(*) FROM users WHERE clerk_updated_at = 3 \
+               AND google_calendar_status = 'connected' AND microsoft_calendar_status = 'connected'",
+        )
+        .await;
+        (done == 6).then_some(())
+    })
+    .await;
+    assert_eq!(
+        sampler.await.unwrap(),
+        0,
+        "seed {seed}: a connection needed the user"
+    );
+    assert_eq!(
+        scalar(
+            &db.conn,
+            "SELECT count(*) FROM user_calendar_connections WHERE status = 'connected' \
+               AND access_token IS NOT NULL"
+        )
+        .await,
+        12
+    );
+    assert_eq!(broker.count(&broker.topology.dead_queue()).await, 0);
+    a.stop().await;
+    b.stop().await;
+}
