@@ -119,6 +119,15 @@ impl Metrics {
             "Calendar connections by provider and status (connected, needs_reconnect, unavailable)",
             metrics.calendar_connections.clone(),
         );
+        // Every series from the start (at 0): dashboards and alerts see the family before the
+        // first check runs.
+        for provider in ["google", "microsoft"] {
+            for outcome in ["connected", "needs_reconnect", "unavailable"] {
+                let _ = metrics
+                    .calendar_checks
+                    .get_or_create(&CheckLabels { provider, outcome });
+            }
+        }
         registry.register(
             "clerk_sync_calendar_checks",
             "Calendar connections checked with Clerk by the health check, by provider and outcome",
