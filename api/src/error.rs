@@ -23,6 +23,12 @@ pub struct ErrorBody {
     /// What went wrong, for a human.
     #[schema(example = "no such user")]
     pub message: String,
+    /// With `needs_reconnect`: why only the user can fix the calendar connection
+    /// (`grant_revoked`, `missing_refresh_token`, `missing_scopes`, `account_unverified`,
+    /// `provider_disabled`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "grant_revoked")]
+    pub reason: Option<String>,
 }
 
 /// Why a request failed.
@@ -81,6 +87,7 @@ impl ApiError {
             }
             Self::Token(e) => match e {
                 _ if e.is_transient() => StatusCode::SERVICE_UNAVAILABLE,
+                TokenError::NeedsReconnect(_) => StatusCode::CONFLICT,
                 TokenError::Clerk(_) => StatusCode::BAD_GATEWAY,
                 TokenError::Db(_) | TokenError::Crypto(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
@@ -104,6 +111,7 @@ impl ApiError {
             Self::Database(e) if db_unavailable(e) => "database_unavailable",
             Self::Database(_) => "internal_error",
             Self::Token(e) if e.is_transient() => "token_temporarily_unavailable",
+            Self::Token(TokenError::NeedsReconnect(_)) => "needs_reconnect",
             Self::Token(TokenError::Clerk(_)) => "clerk_error",
             Self::Token(TokenError::Crypto(_)) => "stored_token_invalid",
             Self::Token(_) => "internal_error",
@@ -127,6 +135,10 @@ impl ApiError {
                 "a fresh token cannot be had right now (Clerk or the database is unavailable); retry later"
                     .into()
             }
+            Self::Token(TokenError::NeedsReconnect(reason)) => format!(
+                "the user must reconnect this calendar in the app (Clerk's reauthorize) before a token can be had: {}",
+                reason.as_str()
+            ),
             Self::Token(TokenError::Clerk(_)) => {
                 "Clerk refused to hand out a fresh token; see the API's log (by request id)".into()
             }
@@ -171,6 +183,10 @@ impl IntoResponse for ApiError {
         let body = ErrorBody {
             error: self.code().to_owned(),
             message: self.public_message(),
+            reason: match &self {
+                Self::Token(TokenError::NeedsReconnect(reason)) => Some(reason.as_str().to_owned()),
+                _ => None,
+            },
         };
         let mut response = (status, Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {

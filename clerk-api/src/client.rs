@@ -31,6 +31,21 @@ pub enum ClerkError {
 }
 
 impl ClerkError {
+    /// Clerk's error code (`oauth_token_retrieval_error`, …) of an error answer, when it gave one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Self::Status { message, .. }
+                if !message.is_empty()
+                    && message
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') =>
+            {
+                Some(message)
+            }
+            _ => None,
+        }
+    }
+
     /// Whether trying again later can succeed: rate limits, 5xx, timeouts, network trouble, and
     /// 401/403 (a secret key being fixed by ops).
     pub fn is_transient(&self) -> bool {
@@ -186,7 +201,12 @@ impl ClerkClient {
             provider.clerk_name()
         );
         let value = match self.get(&path, &[]).await {
-            Err(ClerkError::Status { status: 404, .. }) => return Ok(Vec::new()),
+            // The user is gone (its deletion is on its way); a provider turned off is not that.
+            Err(error @ ClerkError::Status { status: 404, .. })
+                if error.code() != Some("oauth_token_provider_not_enabled") =>
+            {
+                return Ok(Vec::new());
+            }
             other => other?,
         };
         // A bare array, or `{"data": [...]}` when paginated.

@@ -26,9 +26,18 @@ pub struct Model {
     /// How the tokens were sealed: 2 bound to this row and column, 1 legacy (never served).
     pub token_format: i16,
     pub expires_at: Option<DateTimeWithTimeZone>,
-    /// `connected`, or why the connection is not usable.
+    /// `connected`, `needs_reconnect` (only the user can fix it) or `unavailable` (nobody could
+    /// tell lately).
     pub status: String,
+    /// A stable code: `grant_revoked`, `missing_refresh_token`, `missing_scopes`,
+    /// `account_unverified`, `provider_disabled`, `clerk_unavailable`.
     pub status_reason: Option<String>,
+    /// The words behind the reason (no token, no personal data).
+    pub status_detail: Option<String>,
+    /// When Clerk was last asked about this connection.
+    pub status_checked_at: Option<DateTimeWithTimeZone>,
+    /// Since when the status (and reason) hold.
+    pub status_changed_at: DateTimeWithTimeZone,
     pub created_at: DateTimeWithTimeZone,
     pub updated_at: DateTimeWithTimeZone,
 }

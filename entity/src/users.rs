@@ -17,6 +17,10 @@ pub struct Model {
     pub last_name: Option<String>,
     pub microsoft_calendar_connected: bool,
     pub google_calendar_connected: bool,
+    /// `connected`, `needs_reconnect` or `not_connected`, kept with the connections.
+    pub google_calendar_status: String,
+    /// `connected`, `needs_reconnect` or `not_connected`, kept with the connections.
+    pub microsoft_calendar_status: String,
     /// Clerk's `updated_at` in ms: the version that makes stale events change nothing.
     pub clerk_updated_at: i64,
     /// Orders two states with the same `clerk_updated_at`: the event's timestamp (zero-padded),

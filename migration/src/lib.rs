@@ -13,7 +13,8 @@ mod m20261130_000006_create_reconcile_seen;
 mod m20261130_000007_organizations_and_profile;
 mod m20261130_000008_console_audit;
 mod m20261206_000009_second_review;
-mod m20261214_000010_leases;
+mod m20261206_000010_connection_health;
+mod m20261214_000011_leases;
 
 /// All migrations, oldest first.
 pub struct Migrator;
@@ -31,7 +32,8 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000007_organizations_and_profile::Migration),
             Box::new(m20261130_000008_console_audit::Migration),
             Box::new(m20261206_000009_second_review::Migration),
-            Box::new(m20261214_000010_leases::Migration),
+            Box::new(m20261206_000010_connection_health::Migration),
+            Box::new(m20261214_000011_leases::Migration),
         ]
     }
 }

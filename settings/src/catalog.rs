@@ -170,6 +170,18 @@ pub const SETTINGS: &[Setting] = &[
         meaning: "how often `worker run` reconciles the tables with Clerk in the background (e.g. `24h`; needs `CLERK_SECRET_KEY`); one worker at a time (a lease row in the database), once per interval across all workers. See \"Repairing drift\"",
     },
     Setting {
+        name: "CALENDAR_HEALTH_INTERVAL",
+        used_by: "worker",
+        default: "(off)",
+        meaning: "how often `worker run` asks Clerk about each calendar connection, least recently checked first, to find grants Google or Microsoft ended without a webhook (e.g. `1h`; needs `CLERK_SECRET_KEY` and `TOKEN_ENCRYPTION_KEY`); one worker at a time (a lease row in the database), once per interval across all workers. See \"Calendar connection health\"",
+    },
+    Setting {
+        name: "CALENDAR_HEALTH_BUDGET",
+        used_by: "worker",
+        default: "a tenth of Clerk's limit over the interval",
+        meaning: "calls to Clerk one health check run makes at most (one per connection); the default, 10 a second over the interval, is a tenth of Clerk's production rate limit (1,000 per 10 s); the run is paced to spread it over the interval",
+    },
+    Setting {
         name: "PROCESSED_EVENTS_RETENTION",
         used_by: "worker",
         default: "`168h`",
@@ -185,7 +197,7 @@ pub const SETTINGS: &[Setting] = &[
         name: "CLERK_SECRET_KEY",
         used_by: "worker, api",
         default: "(none)",
-        meaning: "Clerk Backend API key: calendar tokens, backfill, token refresh. Without it (or without `TOKEN_ENCRYPTION_KEY`) calendar connections are recorded as `not_configured`",
+        meaning: "Clerk Backend API key: calendar tokens, backfill, token refresh. Without it (or without `TOKEN_ENCRYPTION_KEY`) calendar connections are recorded as `unavailable` (`clerk_unavailable`)",
     },
     Setting {
         name: "CLERK_API_URL",

@@ -1,7 +1,9 @@
 //! Which external accounts are calendar connections.
 //!
-//! A connection is an account of provider Google or Microsoft that is `verified` and whose
-//! approved scopes include a calendar scope. Both Clerk's current shape (`object:
+//! A connection is an account of provider Google or Microsoft whose approved scopes include a
+//! calendar scope and that is `verified`, or was and lapsed: verification `expired` or
+//! `failed`, or a `verification.error` (Clerk's account page says "requires action"), which the
+//! user fixes by reconnecting ([`Verification::Lapsed`]). Both Clerk's current shape (`object:
 //! "external_account"`, `provider: "oauth_google"`, `provider_user_id`) and the legacy shape
 //! (`object: "google_account"`, `google_id`, no `provider`) occur in real payloads.
 
@@ -21,6 +23,16 @@ pub struct CalendarAccount {
     pub scopes: String,
     /// When the account was added in Clerk (ms since the epoch), if Clerk says.
     pub created_at: Option<i64>,
+    /// Whether Clerk still holds the account as verified.
+    pub verification: Verification,
+}
+
+/// Where an account's verification stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verification {
+    Verified,
+    /// `expired`, `failed`, or an error code on the verification: only the user can fix it.
+    Lapsed,
 }
 
 fn text(value: &Value, key: &str) -> Option<String> {
@@ -47,8 +59,9 @@ pub fn is_calendar_scope(provider: Provider, scope: &str) -> bool {
     }
 }
 
-/// Reads one external account; `None` if it is not a Google or Microsoft account.
-fn read(account: &Value) -> Option<(CalendarAccount, bool)> {
+/// Reads one external account; `None` if it is not a Google or Microsoft account, or one
+/// whose verification never completed.
+fn read(account: &Value) -> Option<CalendarAccount> {
     let legacy_google = account.get("object").and_then(Value::as_str) == Some("google_account")
         || (account.get("provider").is_none() && account.get("google_id").is_some());
     let provider = if legacy_google {
@@ -63,29 +76,42 @@ fn read(account: &Value) -> Option<(CalendarAccount, bool)> {
     };
     let external_account_id =
         text(account, "external_account_id").or_else(|| text(account, "id"))?;
-    let status = account
-        .get("verification")
+    let verification = verification(account, legacy_google)?;
+    Some(CalendarAccount {
+        provider,
+        external_account_id,
+        provider_user_id,
+        email: text(account, "email_address"),
+        scopes: text(account, "approved_scopes").unwrap_or_default(),
+        created_at: account.get("created_at").and_then(Value::as_i64),
+        verification,
+    })
+}
+
+/// An account's verification; `None` for one that never completed (`unverified`,
+/// `transferable`, none): not a connection yet.
+fn verification(account: &Value, legacy_google: bool) -> Option<Verification> {
+    let verification = account.get("verification");
+    let status = verification
         .and_then(|v| v.get("status"))
         .and_then(Value::as_str);
-    // Legacy accounts predate the verification object; Clerk only stored them once verified.
-    let verified = status == Some("verified") || (legacy_google && status.is_none());
-    Some((
-        CalendarAccount {
-            provider,
-            external_account_id,
-            provider_user_id,
-            email: text(account, "email_address"),
-            scopes: text(account, "approved_scopes").unwrap_or_default(),
-            created_at: account.get("created_at").and_then(Value::as_i64),
-        },
-        verified,
-    ))
+    let error = verification
+        .and_then(|v| v.get("error"))
+        .is_some_and(|e| !e.is_null());
+    match status {
+        _ if error => Some(Verification::Lapsed),
+        Some("expired" | "failed") => Some(Verification::Lapsed),
+        Some("verified") => Some(Verification::Verified),
+        // Legacy accounts predate the verification object; Clerk only stored them once verified.
+        None if legacy_google => Some(Verification::Verified),
+        _ => None,
+    }
 }
 
 /// The calendar connections among a user's external accounts.
 pub fn calendar_accounts(external_accounts: &[Value]) -> Vec<CalendarAccount> {
     let mut out: Vec<CalendarAccount> = Vec::new();
-    for (account, verified) in external_accounts.iter().filter_map(read) {
+    for account in external_accounts.iter().filter_map(read) {
         let calendar = account
             .scopes
             .split_whitespace()
@@ -93,7 +119,7 @@ pub fn calendar_accounts(external_accounts: &[Value]) -> Vec<CalendarAccount> {
         let duplicate = out.iter().any(|a| {
             a.provider == account.provider && a.provider_user_id == account.provider_user_id
         });
-        if verified && calendar && !duplicate {
+        if calendar && !duplicate {
             out.push(account);
         }
     }
@@ -135,6 +161,26 @@ mod tests {
                    "approved_scopes":"calendar","verification":{"status":"verified"}}),
         ];
         assert!(calendar_accounts(&accounts).is_empty());
+    }
+
+    #[test]
+    fn lapsed_accounts_stay_connections_that_need_the_user() {
+        let account = |verification: serde_json::Value| {
+            json!({"object":"external_account","id":"idn_g","provider":"oauth_google","provider_user_id":"100",
+                   "approved_scopes":"https://www.googleapis.com/auth/calendar","verification": verification})
+        };
+        for lapsed in [
+            json!({"status":"expired"}),
+            json!({"status":"failed"}),
+            json!({"status":"verified","error":{"code":"external_account_missing_refresh_token"}}),
+        ] {
+            let found = calendar_accounts(&[account(lapsed.clone())]);
+            assert_eq!(found.len(), 1, "{lapsed}");
+            assert_eq!(found[0].verification, Verification::Lapsed, "{lapsed}");
+        }
+        let found = calendar_accounts(&[account(json!({"status":"verified","error":null}))]);
+        assert_eq!(found[0].verification, Verification::Verified);
+        assert!(calendar_accounts(&[account(json!({"status":"transferable"}))]).is_empty());
     }
 
     #[test]

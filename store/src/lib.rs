@@ -4,8 +4,9 @@
 //!   transaction ([`apply::batch`]), organizations and memberships too; tombstones for deletes;
 //! - [`accounts`], [`connections`], [`crypto`]: which external accounts are calendar
 //!   connections, their rows and their tokens sealed at rest;
+//! - [`health`]: whether a calendar connection is usable, needs the user, or could not be told;
 //! - [`pool`]: the database pool every process opens, direct or behind a pooler;
-//! - [`lease`]: one process at a time for jobs such as the scheduled reconcile.
+//! - [`lease`]: one process at a time for jobs such as the scheduled reconcile and health check.
 //!
 //! The worker (consuming events) and the api (lazy sync, calendar status, tokens) both use it.
 
@@ -15,6 +16,7 @@ pub mod connections;
 pub mod crypto;
 pub mod event;
 pub mod faults;
+pub mod health;
 pub mod lease;
 pub mod pool;
 

@@ -175,9 +175,21 @@ fn token_object(
     json!({
         "object": "oauth_access_token", "external_account_id": external_account_id,
         "provider_user_id": provider_user_id, "token": token, "provider": provider,
-        "expires_at": expires_at_ms, "scopes": ["openid", "email"], "label": null,
+        "expires_at": expires_at_ms, "scopes": default_scopes(provider), "label": null,
         "public_metadata": {}
     })
+}
+
+/// The scopes Clerk lists on a token of an account connected with calendar access.
+fn default_scopes(provider: &str) -> Vec<&'static str> {
+    match provider {
+        "oauth_microsoft" => vec!["openid", "email", "offline_access", "Calendars.ReadWrite"],
+        _ => vec![
+            "openid",
+            "email",
+            "https://www.googleapis.com/auth/calendar.events",
+        ],
+    }
 }
 
 /// The token generated user `i` has for `provider`, if it has an account there (valid for an
@@ -246,7 +258,17 @@ pub struct FakeClerk {
     requests: Arc<AtomicUsize>,
     /// (requests being answered now, the most at once so far).
     in_flight: Arc<(AtomicUsize, AtomicUsize)>,
+    /// Requests being answered now by path, the most at once for one path so far, and the
+    /// requests by path so far.
+    per_path: Arc<Mutex<PerPath>>,
     task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct PerPath {
+    now: HashMap<String, usize>,
+    most: usize,
+    seen: HashMap<String, usize>,
 }
 
 impl FakeClerk {
@@ -257,10 +279,12 @@ impl FakeClerk {
         let state = Arc::new(Mutex::new(State::default()));
         let requests = Arc::new(AtomicUsize::new(0));
         let in_flight = Arc::new((AtomicUsize::new(0), AtomicUsize::new(0)));
+        let per_path = Arc::new(Mutex::new(PerPath::default()));
         let task = {
             let state = state.clone();
             let requests = requests.clone();
             let in_flight = in_flight.clone();
+            let per_path = per_path.clone();
             tokio::spawn(async move {
                 loop {
                     let Ok((stream, _)) = listener.accept().await else {
@@ -269,17 +293,33 @@ impl FakeClerk {
                     let state = state.clone();
                     let requests = requests.clone();
                     let in_flight = in_flight.clone();
+                    let per_path = per_path.clone();
                     tokio::spawn(async move {
                         let service = service_fn(move |request: Request<Incoming>| {
                             requests.fetch_add(1, Ordering::SeqCst);
                             let now = in_flight.0.fetch_add(1, Ordering::SeqCst) + 1;
                             in_flight.1.fetch_max(now, Ordering::SeqCst);
+                            let path = request.uri().path().to_owned();
+                            {
+                                let mut p = per_path.lock().unwrap();
+                                let now = {
+                                    let n = p.now.entry(path.clone()).or_default();
+                                    *n += 1;
+                                    *n
+                                };
+                                p.most = p.most.max(now);
+                                *p.seen.entry(path.clone()).or_default() += 1;
+                            }
                             let response = answer(&state, &request);
                             let delay = state.lock().unwrap().delay;
                             let in_flight = in_flight.clone();
+                            let per_path = per_path.clone();
                             async move {
                                 tokio::time::sleep(delay).await;
                                 in_flight.0.fetch_sub(1, Ordering::SeqCst);
+                                if let Some(n) = per_path.lock().unwrap().now.get_mut(&path) {
+                                    *n -= 1;
+                                }
                                 Ok::<_, Infallible>(response)
                             }
                         });
@@ -295,6 +335,7 @@ impl FakeClerk {
             state,
             requests,
             in_flight,
+            per_path,
             task,
         }
     }
@@ -328,6 +369,20 @@ impl FakeClerk {
             provider_user_id,
             external_account_id,
         ));
+    }
+
+    /// Lists `scopes` on the tokens this user's accounts of `provider` are served with (as when
+    /// the user connected without granting calendar access).
+    pub fn set_token_scopes(&self, clerk_user_id: &str, provider: &str, scopes: &[&str]) {
+        let mut state = self.state.lock().unwrap();
+        if let Some(tokens) = state
+            .tokens
+            .get_mut(&(clerk_user_id.to_owned(), provider.to_owned()))
+        {
+            for token in tokens {
+                token["scopes"] = json!(scopes);
+            }
+        }
     }
 
     /// Stops serving tokens for this user and provider.
@@ -450,6 +505,24 @@ impl FakeClerk {
     /// The most requests it was answering at the same time.
     pub fn max_in_flight(&self) -> usize {
         self.in_flight.1.load(Ordering::SeqCst)
+    }
+
+    /// The most requests for one path (e.g. one user's tokens of one provider) it was
+    /// answering at the same time.
+    pub fn max_in_flight_per_path(&self) -> usize {
+        self.per_path.lock().unwrap().most
+    }
+
+    /// Token requests so far for this user and provider (`oauth_google`, `oauth_microsoft`).
+    pub fn token_requests(&self, clerk_user_id: &str, provider: &str) -> usize {
+        let path = format!("/v1/users/{clerk_user_id}/oauth_access_tokens/{provider}");
+        self.per_path
+            .lock()
+            .unwrap()
+            .seen
+            .get(&path)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Requests received so far.

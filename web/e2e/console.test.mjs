@@ -5,7 +5,8 @@
 // drops it after the confirmation, and finds both in the audit log. Three sign-ups hit a bug (a
 // trigger that refuses them) and are dead-lettered; once it is fixed the operator replays one,
 // sees it applied, and replays the rest with one action. A viewer sees no actions, and the
-// action URLs refuse them.
+// action URLs refuse them. A user whose Microsoft account's verification expired in Clerk is
+// listed on the Calendar connections page, to an operator and to a viewer.
 //
 // Needs what demo.test.mjs needs (the Rust binaries built, Chromium, createdb, dropdb and
 // rabbitmqctl). Screenshots go to ../target/console/.
@@ -256,5 +257,56 @@ describe("the operator console in a browser", () => {
     await page.getByRole("button", { name: "Log out" }).click();
     await page.getByRole("heading", { name: "Log in" }).waitFor();
     await page.context().close();
+  });
+
+  it("lists a user whose calendar needs reconnecting to an operator and a viewer", async () => {
+    // The account's verification expired in Clerk: the connection needs the user, no Clerk call.
+    await send(urls.ingress, {
+      type: "user.created",
+      object: "event",
+      timestamp: Date.now(),
+      data: {
+        id: "user_console_kim",
+        object: "user",
+        first_name: "Kim",
+        last_name: "Reconnect",
+        primary_email_address_id: "idn_kim",
+        email_addresses: [{ id: "idn_kim", email_address: "kim@example.test" }],
+        external_accounts: [
+          {
+            object: "external_account",
+            id: "idn_ms_kim",
+            external_account_id: "eac_ms_kim",
+            provider: "oauth_microsoft",
+            provider_user_id: "ms-kim",
+            approved_scopes: "Calendars.ReadWrite offline_access openid User.Read",
+            email_address: "kim@contoso.example",
+            verification: { status: "expired", strategy: "oauth_microsoft" },
+          },
+        ],
+        created_at: 1735689600000,
+        updated_at: 1735689600000,
+      },
+    });
+    for (const [name, key] of [
+      ["ada", operatorKey],
+      ["grace", viewerKey],
+    ]) {
+      const page = await login(name, key);
+      const main = () => page.locator("main").innerText();
+      await page.getByRole("link", { name: "Calendar connections" }).click();
+      await page.getByRole("heading", { name: "Calendar connections" }).waitFor();
+      await eventually(`user_console_kim listed for ${name}`, async () => {
+        await page.reload();
+        return /user_console_kim\s+microsoft\s+account_unverified\s+\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC/.test(await main());
+      });
+      const shown = await main();
+      assert.match(shown, /microsoft\s+needs_reconnect\s+account_unverified\s+1/);
+      assert.match(shown, /1 connection\(s\) need reconnecting, newest first\./);
+      assert.ok(!shown.includes("kim@"), `no email: ${shown}`);
+      await shot(page, `13-connections-${name}`);
+      assert.deepEqual(page.violations, [], "no Content-Security-Policy violation");
+      await page.context().close();
+    }
   });
 });

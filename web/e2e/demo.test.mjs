@@ -2,7 +2,8 @@
 // worker and api on the machine's Postgres and RabbitMQ. Clerk's frontend is a test double, shaped
 // like @clerk/react 6 (its getToken throws clerk_offline offline), whose session tokens are
 // RS256 JWTs minted here (the api verifies them with this test's public key); Clerk's Backend API
-// (lazy sync, calendar tokens) is a small fake served here. Clerk cannot be reached from here.
+// (lazy sync, calendar tokens, and grants the provider ended: Clerk's `oauth_token_retrieval_error`)
+// is a small fake served here. Clerk cannot be reached from here.
 //
 // Needs: the Rust binaries built (`cargo build -p ingress -p worker -p api`; CLERK_SYNC_BIN names
 // their folder, default ../target/debug), Chromium (CHROMIUM, default /usr/bin/chromium), and
@@ -90,9 +91,13 @@ function clerkUser(id, first, updatedAt, microsoft) {
   };
 }
 
-/** Clerk's Backend API, as far as clerk-sync uses it. */
+/**
+ * Clerk's Backend API, as far as clerk-sync uses it. `revoked` holds `<user id>:<provider>` of the
+ * grants the provider ended: Clerk answers their token calls as it does then.
+ */
 function startFakeClerk() {
   const users = new Map();
+  const revoked = new Set();
   const server = createServer((request, response) => {
     const reply = (status, body) => {
       response.writeHead(status, { "Content-Type": "application/json" });
@@ -107,6 +112,17 @@ function startFakeClerk() {
       return user ? reply(200, user) : reply(404, { errors: [{ code: "resource_not_found" }] });
     }
     if (parts[0] === "v1" && parts[1] === "users" && parts[3] === "oauth_access_tokens") {
+      if (revoked.has(`${parts[2]}:${parts[4]}`)) {
+        return reply(400, {
+          errors: [
+            {
+              code: "oauth_token_retrieval_error",
+              message: "Error retrieving OAuth token",
+              long_message: "The OAuth token could not be retrieved. The user may have revoked access.",
+            },
+          ],
+        });
+      }
       const user = users.get(parts[2]);
       const account = user?.external_accounts.find((a) => a.provider === parts[4]);
       return reply(
@@ -128,7 +144,7 @@ function startFakeClerk() {
     }
     return reply(404, { errors: [{ code: "resource_not_found" }] });
   });
-  return { users, server };
+  return { users, revoked, server };
 }
 
 describe("the demo page against the real services", () => {
@@ -136,6 +152,8 @@ describe("the demo page against the real services", () => {
   let urls;
   let browser;
   let page;
+  /** What the user consenting again at the provider does (set by the test that reconnects). */
+  let onReauthorize = async () => {};
 
   before(async () => {
     mkdirSync(shots, { recursive: true });
@@ -198,6 +216,8 @@ describe("the demo page against the real services", () => {
     });
     page = await browser.newPage({ viewport: { width: 800, height: 420 } });
     await page.exposeFunction("__mintSessionToken", mintSessionToken);
+    // Clerk's double calls it from `externalAccount.reauthorize`: the user consenting again.
+    await page.exposeFunction("__reauthorize", (userId, provider) => onReauthorize(userId, provider));
   });
 
   after(async () => {
@@ -255,7 +275,7 @@ describe("the demo page against the real services", () => {
 
   it("disconnects the Microsoft calendar from the toggle", async () => {
     await page.getByRole("button", { name: "Disconnect Microsoft calendar" }).click();
-    await page.getByText("Microsoft Calendar: Not Connected").waitFor({ timeout: 5_000 });
+    await page.getByText("Microsoft Calendar: Not connected").waitFor({ timeout: 5_000 });
     const user = await (await asService("/users/by-clerk-id/user_e2e_ada")).json();
     assert.equal(user.microsoft_calendar_connected, false);
     const token = await asService(`/users/${user.id}/calendar-connections/microsoft/token`);
@@ -350,5 +370,67 @@ describe("the demo page against the real services", () => {
     await page.getByText("Welcome, Lin Updated!").waitFor({ timeout: 5_000 });
     assert.doesNotMatch(await text(), /Could not/);
     await shot("07-back-online-updated");
+  });
+
+  it("shows a revoked Microsoft grant as needing reconnecting, and Connected after the reconnect", async () => {
+    const kim = (version) => clerkUser("user_e2e_kim", "Kim", version, true);
+    fake.users.set("user_e2e_kim", kim(1_700_000_010_000));
+    await page.evaluate(() => window.__clerkDouble.setUser("user_e2e_kim"));
+    await page.getByText("Welcome, Kim!").waitFor({ timeout: 5_000 });
+    assert.match(await text(), /Google Calendar: Not connected\s+Microsoft Calendar: Connected/);
+    assert.equal(await page.getByRole("button", { name: /Reconnect/ }).count(), 0);
+
+    // Kim removes the app's access at Microsoft. Nobody is told; Clerk refuses the token from
+    // now on, and the next token call (here: the next user.updated's) learns it.
+    fake.revoked.add("user_e2e_kim:oauth_microsoft");
+    await deliver(urls.ingress, webhookSecret, {
+      type: "user.updated",
+      object: "event",
+      timestamp: Date.now(),
+      data: kim(1_700_000_011_000),
+    });
+    const stored = await eventually("the worker recorded the revoked grant", async () => {
+      const user = await (await asService("/users/by-clerk-id/user_e2e_kim")).json();
+      return user.microsoft_calendar_status === "needs_reconnect" ? user : null;
+    });
+    assert.equal(stored.microsoft_calendar_connected, false);
+    const [connection] = await (await asService(`/users/${stored.id}/calendar-connections`)).json();
+    assert.equal(connection.status, "needs_reconnect");
+    assert.equal(connection.status_reason, "grant_revoked");
+    const refused = await asService(`/users/${stored.id}/calendar-connections/microsoft/token`);
+    assert.equal(refused.status, 409);
+    const { error, reason } = await refused.json();
+    assert.deepEqual({ error, reason }, { error: "needs_reconnect", reason: "grant_revoked" });
+
+    await page.evaluate(() => window.dispatchEvent(new Event("visibilitychange")));
+    await page.getByText("Microsoft Calendar: Needs reconnecting").waitFor({ timeout: 5_000 });
+    assert.match(await text(), /Google Calendar: Not connected/);
+    await shot("08-needs-reconnecting");
+
+    // Kim reconnects: the app's onReconnect calls Clerk's externalAccount.reauthorize; Kim
+    // consents again, Clerk holds a token again and sends user.updated (the account verified).
+    onReauthorize = async (userId, provider) => {
+      assert.equal(`${userId}:${provider}`, "user_e2e_kim:microsoft");
+      fake.revoked.delete("user_e2e_kim:oauth_microsoft");
+      const again = kim(1_700_000_012_000);
+      fake.users.set("user_e2e_kim", again);
+      await deliver(urls.ingress, webhookSecret, { type: "user.updated", object: "event", timestamp: Date.now(), data: again });
+      await eventually("the worker found the account connected again", async () => {
+        const user = await (await asService("/users/by-clerk-id/user_e2e_kim")).json();
+        return user.microsoft_calendar_status === "connected";
+      });
+    };
+    await page.getByRole("button", { name: "Reconnect Microsoft Calendar" }).click();
+    await page.getByText("Microsoft Calendar: Connected").waitFor({ timeout: 40_000 });
+    assert.equal(await page.getByRole("button", { name: /Reconnect/ }).count(), 0);
+    const reauthorized = await page.evaluate(() => window.__clerkDouble.reauthorized);
+    assert.deepEqual(reauthorized, [{ userId: "user_e2e_kim", provider: "microsoft", redirectUrl: page.url() }]);
+    const served = await asService(`/users/${stored.id}/calendar-connections/microsoft/token`);
+    assert.equal(served.status, 200);
+    assert.equal((await served.json()).access_token, "EwB-e2e-user_e2e_kim");
+    await shot("09-reconnected");
+
+    await page.evaluate(() => window.__clerkDouble.setUser(null));
+    await page.getByText("Please sign in").waitFor();
   });
 });

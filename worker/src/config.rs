@@ -59,10 +59,52 @@ pub struct Config {
     /// tables with Clerk in the background (one worker at a time, once per interval across the
     /// workers: [`store::lease::Schedule`]).
     pub reconcile_interval: Option<Duration>,
+    /// `CALENDAR_HEALTH_INTERVAL` (off by default; e.g. `1h`) and `CALENDAR_HEALTH_BUDGET`
+    /// (calls to Clerk a run at most; default what fits in a tenth of Clerk's production rate
+    /// limit over the interval): how often `worker run` asks Clerk about each calendar
+    /// connection, least recently checked first, one worker at a time.
+    pub calendar_health: Option<HealthSchedule>,
     /// `CONSOLE_USERS` (off by default): `name:role:key, …`; when set, the operator's console is
     /// served under `/console` on `WORKER_ADDR` (see [`crate::ops::console`]). Keys never show in
     /// `Debug`.
     pub console_users: Option<crate::ops::console::auth::ConsoleUsers>,
+}
+
+/// When and how much the calendar health check runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthSchedule {
+    pub interval: Duration,
+    pub budget: u64,
+}
+
+impl HealthSchedule {
+    fn from_lookup(
+        lookup: &impl Fn(&str) -> Option<String>,
+    ) -> Result<Option<Self>, InvalidSetting> {
+        let Some(interval) = optional_duration(lookup, "CALENDAR_HEALTH_INTERVAL", "1h or 30m")?
+        else {
+            return Ok(None);
+        };
+        for needed in ["CLERK_SECRET_KEY", "TOKEN_ENCRYPTION_KEY"] {
+            if present(lookup, needed).is_none() {
+                return Err(InvalidSetting::new(
+                    "CALENDAR_HEALTH_INTERVAL",
+                    format!(
+                        "is set, but {needed} is not: the check asks Clerk for tokens and stores them sealed"
+                    ),
+                ));
+            }
+        }
+        let budget = number(
+            lookup,
+            "CALENDAR_HEALTH_BUDGET",
+            usize::try_from(crate::repair::health::default_budget(interval)).unwrap_or(usize::MAX),
+        )?;
+        Ok(Some(Self {
+            interval,
+            budget: u64::try_from(budget).unwrap_or(u64::MAX),
+        }))
+    }
 }
 
 /// A setting that cannot be used.
@@ -123,6 +165,7 @@ impl Config {
                 store_private_metadata: flag(&lookup, "SYNC_PRIVATE_METADATA")?.unwrap_or(false),
             },
             reconcile_interval,
+            calendar_health: HealthSchedule::from_lookup(&lookup)?,
             console_users: present(&lookup, "CONSOLE_USERS")
                 .map(|value| crate::ops::console::auth::ConsoleUsers::parse(&value))
                 .transpose()

@@ -32,7 +32,9 @@ use tokio::net::TcpListener;
 use crate::{
     consume::{Consumer, ConsumerOptions, prune::prune_processed_events},
     ops::console,
-    repair::scheduled::{Reconciler, reconcile_on_schedule},
+    repair::scheduled::{
+        HealthChecker, Reconciler, check_connections_on_schedule, reconcile_on_schedule,
+    },
 };
 
 pub use config::{Config, ConfigError};
@@ -83,6 +85,7 @@ pub struct Application {
     registry: Arc<Mutex<Registry>>,
     retention: Duration,
     reconciler: Option<Reconciler>,
+    checker: Option<HealthChecker>,
     console: Option<Arc<console::Console>>,
 }
 
@@ -137,6 +140,21 @@ impl Application {
             }),
             _ => None,
         };
+        let checker = match (
+            config.calendar_health,
+            &config.applier.clerk,
+            &config.applier.cipher,
+        ) {
+            (Some(schedule), Some(clerk), Some(cipher)) => Some(HealthChecker {
+                db: db.clone(),
+                cipher: cipher.clone(),
+                clerk: clerk.clone(),
+                interval: schedule.interval,
+                budget: schedule.budget,
+                metrics: metrics.clone(),
+            }),
+            _ => None,
+        };
         let consumer = Arc::new(Consumer {
             applier: Applier::new(db, &config.applier),
             broker: config.broker,
@@ -157,6 +175,7 @@ impl Application {
             registry,
             retention: config.processed_events_retention,
             reconciler,
+            checker,
             console,
         })
     }
@@ -223,6 +242,14 @@ impl Application {
         let reconciler = self
             .reconciler
             .map(|reconciler| tokio::spawn(reconcile_on_schedule(reconciler, stop.clone())));
+        let checker = self
+            .checker
+            .map(|checker| tokio::spawn(check_connections_on_schedule(checker, stop.clone())));
+        let counter = tokio::spawn(repair::health::count_every_minute(
+            self.consumer.applier.db.clone(),
+            self.consumer.metrics.clone(),
+            stop.clone(),
+        ));
         let consumer = tokio::spawn(self.consumer.clone().run(stop));
         shutdown.await;
         trigger.fire();
@@ -234,6 +261,10 @@ impl Application {
         if let Some(reconciler) = reconciler {
             let _ = reconciler.await;
         }
+        if let Some(checker) = checker {
+            let _ = checker.await;
+        }
+        let _ = counter.await;
         let _ = ops.await;
         let _ = self.consumer.applier.db.clone().close().await;
         tracing::info!("worker stopped");

@@ -75,6 +75,23 @@ enum Command {
     /// Rebuild queues declared by an older clerk-sync with a broker delivery limit, keeping
     /// every message. Stop the workers first.
     MigrateQueues,
+    /// Ask Clerk once about each calendar connection (least recently checked first), record
+    /// what it says (connected, needs_reconnect with a reason, unavailable) and store fresh
+    /// tokens; print a summary by provider, status and reason.
+    CheckConnections {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Only this Clerk user's connections (`user_…`).
+        #[arg(long)]
+        user_id: Option<String>,
+        /// Calls to Clerk at most (one per connection); default: every connection.
+        #[arg(long)]
+        budget: Option<u64>,
+        /// Calls to Clerk a second at most (default a tenth of Clerk's production limit).
+        #[arg(long, default_value_t = repair::health::DEFAULT_CHECKS_PER_SECOND)]
+        rate: u32,
+    },
 }
 
 #[derive(Subcommand)]
@@ -199,6 +216,19 @@ async fn main() -> anyhow::Result<()> {
             reconcile(config, options, json, organizations).await
         }
         Command::MigrateQueues => migrate_queues(config).await,
+        Command::CheckConnections {
+            json,
+            user_id,
+            budget,
+            rate,
+        } => {
+            let options = repair::health::CheckOptions {
+                budget: budget.unwrap_or(u64::MAX),
+                per_second: rate,
+                clerk_user_id: user_id,
+            };
+            check_connections(config, options, json).await
+        }
         Command::Dlq(command) => {
             ops_logs(&config, "warn");
             run_dlq(command, config).await
@@ -237,7 +267,7 @@ async fn clerk_applier(
     command: &str,
 ) -> anyhow::Result<(store::Applier, clerk_api::ClerkClient)> {
     let clerk = config.applier.clerk.clone().with_context(|| {
-        format!("CLERK_SECRET_KEY is not set: {command} reads Clerk's user list")
+        format!("CLERK_SECRET_KEY is not set: {command} calls Clerk's Backend API")
     })?;
     worker::migrate(&config.database, config.direct_database_url.as_ref())
         .await
@@ -306,6 +336,28 @@ async fn backfill(
     );
     for (id, reason) in &summary.failed {
         println!("  failed {id}: {reason}");
+    }
+    Ok(())
+}
+
+/// `worker check-connections`.
+async fn check_connections(
+    config: Config,
+    options: repair::health::CheckOptions,
+    json: bool,
+) -> anyhow::Result<()> {
+    ops_logs(&config, "warn");
+    let cipher = config.applier.cipher.clone().context(
+        "TOKEN_ENCRYPTION_KEY is not set: the check stores the fresh tokens it receives, sealed",
+    )?;
+    let (applier, clerk) = clerk_applier(config, "check-connections").await?;
+    let report = repair::health::run(&applier.db, &cipher, &clerk, &options, None)
+        .await
+        .context("the check could not read or write the database at DATABASE_URL; run it again")?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{}", repair::health::summary(&report));
     }
     Ok(())
 }

@@ -38,6 +38,28 @@ pub struct Metrics {
     /// The newest applied event's lag and when it was applied (for the console's overview; not
     /// exported: the lag histogram is).
     pub progress: Progress,
+    /// Calendar connections by provider and status, as stored (refreshed every minute).
+    pub calendar_connections: Family<ConnectionLabels, Gauge>,
+    /// Checks of calendar connections with Clerk (the scheduled health check), by outcome.
+    pub calendar_checks: Family<CheckLabels, Counter>,
+}
+
+/// Labels of `clerk_sync_calendar_connections`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectionLabels {
+    /// `google` or `microsoft`.
+    pub provider: &'static str,
+    /// `connected`, `needs_reconnect` or `unavailable`.
+    pub status: &'static str,
+}
+
+/// Labels of `clerk_sync_calendar_checks_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CheckLabels {
+    /// `google` or `microsoft`.
+    pub provider: &'static str,
+    /// `connected`, `needs_reconnect` or `unavailable`.
+    pub outcome: &'static str,
 }
 
 /// How far behind this worker is: the lag of the event it applied last, and when.
@@ -89,7 +111,28 @@ impl Metrics {
             reconcile_drift: Family::default(),
             reconcile_last_success: Gauge::default(),
             progress: Progress::default(),
+            calendar_connections: Family::default(),
+            calendar_checks: Family::default(),
         };
+        registry.register(
+            "clerk_sync_calendar_connections",
+            "Calendar connections by provider and status (connected, needs_reconnect, unavailable)",
+            metrics.calendar_connections.clone(),
+        );
+        // Every series from the start (at 0): dashboards and alerts see the family before the
+        // first check runs.
+        for provider in ["google", "microsoft"] {
+            for outcome in ["connected", "needs_reconnect", "unavailable"] {
+                let _ = metrics
+                    .calendar_checks
+                    .get_or_create(&CheckLabels { provider, outcome });
+            }
+        }
+        registry.register(
+            "clerk_sync_calendar_checks",
+            "Calendar connections checked with Clerk by the health check, by provider and outcome",
+            metrics.calendar_checks.clone(),
+        );
         registry.register(
             "clerk_sync_reconcile_drift",
             "Drift found and repaired by the scheduled reconcile, by kind",

@@ -451,7 +451,7 @@ async fn dashboard_and_alerts_use_only_metrics_the_processes_export() {
     dashboard_exprs(&dashboard, &mut panel_exprs);
     let alert_exprs = rule_exprs(&deploy_file("prometheus/alerts.yml"));
     assert!(panel_exprs.len() >= 20, "{panel_exprs:?}");
-    assert_eq!(alert_exprs.len(), 7, "{alert_exprs:?}");
+    assert_eq!(alert_exprs.len(), 8, "{alert_exprs:?}");
 
     let used: BTreeSet<String> = panel_exprs.iter().flat_map(|e| metric_names(e)).collect();
     for documented in [
@@ -463,6 +463,8 @@ async fn dashboard_and_alerts_use_only_metrics_the_processes_export() {
         "clerk_sync_reconcile_last_success_timestamp_seconds",
         "clerk_sync_api_requests_total",
         "clerk_sync_api_lazy_syncs_total",
+        "clerk_sync_calendar_connections",
+        "clerk_sync_calendar_checks_total",
     ] {
         assert!(
             used.contains(documented),

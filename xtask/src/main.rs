@@ -14,6 +14,7 @@
 //!   applied (see `soak`).
 
 mod bench;
+mod harness;
 mod soak;
 
 use std::{
@@ -225,6 +226,26 @@ async fn dev() -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
     }
+    print_addresses();
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            () = tokio::time::sleep(Duration::from_millis(500)) => {
+                for (name, child) in &mut children.0 {
+                    if let Ok(Some(status)) = child.try_wait() {
+                        bail!("{name} exited ({status}); see its log above");
+                    }
+                }
+            }
+        }
+    }
+    println!("stopping…");
+    drop(children);
+    Ok(())
+}
+
+/// Where the services of `cargo xtask dev` answer.
+fn print_addresses() {
     println!();
     println!("clerk-sync is running (Ctrl-C stops everything):");
     println!(
@@ -242,21 +263,6 @@ async fn dev() -> anyhow::Result<()> {
     );
     println!("  try:     cargo xtask send-event user.created");
     println!();
-    loop {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
-            () = tokio::time::sleep(Duration::from_millis(500)) => {
-                for (name, child) in &mut children.0 {
-                    if let Ok(Some(status)) = child.try_wait() {
-                        bail!("{name} exited ({status}); see its log above");
-                    }
-                }
-            }
-        }
-    }
-    println!("stopping…");
-    drop(children);
-    Ok(())
 }
 
 /// Creates the database named in `url` if it does not exist.

@@ -38,20 +38,29 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use broker::Topology;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::Request;
-use sea_orm::DatabaseConnection;
 use serde::Serialize;
+use tokio::{sync::watch, task::JoinHandle};
 
-use crate::bench::{
-    self,
-    events::{self, Event, Expected, Signed},
-    paced::{self, HttpRequest, Pace, Paced, Progress},
-    pipeline::{self, Broker, Check},
-    procs::{self, Cleanup, Profile},
-    report,
+use crate::{
+    bench::{
+        events::{self, Event, Expected, Signed},
+        load,
+        paced::{self, HttpRequest, Pace, Paced, Progress},
+        pipeline,
+    },
+    harness::{
+        self, Outputs, Pipeline,
+        build::Profile,
+        guard::Cleanup,
+        host,
+        report::{Check, CheckWords, Machine, Stamp, TaskReport, checks_table, mib, table},
+        servers::Broker,
+        services::{Service, Services, Started},
+        site::{self, Site},
+    },
 };
 
 /// How often the processes, queues and table are sampled.
@@ -110,8 +119,7 @@ struct Options {
     reads: f64,
     retention: Duration,
     profile: Profile,
-    json: PathBuf,
-    markdown: Option<PathBuf>,
+    outputs: Outputs,
     smoke: bool,
     /// Events to send: rate × duration.
     events: u64,
@@ -157,13 +165,8 @@ impl Options {
             users,
             reads,
             retention,
-            profile: args.profile.unwrap_or(if smoke {
-                Profile::Dev
-            } else {
-                Profile::Release
-            }),
-            json: workspace.join(args.json),
-            markdown: args.markdown.map(|p| workspace.join(p)),
+            profile: Profile::or_default(args.profile, smoke),
+            outputs: Outputs::resolve(workspace, args.json, args.markdown),
             smoke,
             events,
         })
@@ -196,434 +199,377 @@ fn parse_duration(flag: &str, value: &str) -> anyhow::Result<Duration> {
 
 /// Runs the soak.
 pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
-    let workspace = bench::workspace_root()?;
+    let workspace = harness::workspace_root()?;
     let o = Options::resolve(args, &workspace)?;
-    let reexec = o.profile == Profile::Release
-        && cfg!(debug_assertions)
-        && std::env::var_os(bench::REEXEC_ENV).is_none();
-    let mut packages = vec!["ingress", "worker", "api"];
-    if reexec {
-        packages.push("xtask");
-    }
-    println!(
-        "[0/4] building {} ({} profile)",
-        packages.join(", "),
-        o.profile.name()
-    );
-    let bin = procs::build(&workspace, o.profile, &packages)?;
-    if reexec {
-        return bench::reexec_release(&bin).await;
-    }
-
-    let amqp_url = bench::env_or("AMQP_URL", bench::DEFAULT_AMQP_URL);
-    let amqp_node = amqp_url.split(',').next().unwrap_or_default().trim();
-    let pg = procs::PgServer::parse(&bench::env_or("DATABASE_URL", bench::DEFAULT_DATABASE_URL))?;
-    let mut cleanup = Cleanup::new(amqp_node);
-    let soaking = soak(
-        &o,
+    let task = ("soak", "[0/4]");
+    harness::pipeline(
+        task,
         &workspace,
-        &bin,
-        (&amqp_url, amqp_node),
-        &pg,
-        &mut cleanup,
-    );
-    let outcome = tokio::select! {
-        result = soaking => result,
-        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
-    };
-    println!("cleaning up (processes, database, queues)");
-    drop(cleanup);
-    let report = outcome?;
-
-    let markdown = report.markdown();
-    println!("\n{markdown}");
-    bench::write(
-        &o.json,
-        &serde_json::to_string_pretty(&serde_json::to_value(&report)?)?,
-    )?;
-    println!("JSON written to {}", o.json.display());
-    if let Some(path) = &o.markdown {
-        bench::write(path, &markdown)?;
-        println!("markdown written to {}", path.display());
-    }
-    let failed = report.checks.iter().filter(|c| !c.pass).count();
-    if failed > 0 {
-        bail!("{failed} correctness check(s) failed; see the Checks table above");
-    }
-    Ok(())
+        o.profile,
+        &o.outputs,
+        async |p, cleanup| soak(&o, &workspace, p, cleanup).await,
+    )
+    .await
 }
 
 /// The three processes.
-struct Pids {
-    ingress: u32,
-    worker: u32,
-    api: u32,
+struct Processes {
+    ingress: Started,
+    worker: Started,
+    api: Started,
 }
 
 /// What the run needs while it loads and samples.
 struct Running<'a> {
     o: &'a Options,
-    db: DatabaseConnection,
+    site: Site,
     broker: Broker,
-    topology: Topology,
-    pids: Pids,
-    worker: SocketAddr,
+    processes: Processes,
     started: Instant,
     samples: Vec<Sample>,
+}
+
+/// What the load and the drain measured.
+struct Measured {
+    events: Paced,
+    reads: Paced,
+    drain: Duration,
 }
 
 async fn soak(
     o: &Options,
     workspace: &Path,
-    bin: &Path,
-    (amqp_url, amqp_node): (&str, &str),
-    pg: &procs::PgServer,
+    p: Pipeline<'_>,
     cleanup: &mut Cleanup,
 ) -> anyhow::Result<Report> {
-    let prefix = format!("clerk_sync_soak_{}", std::process::id());
-    let log_dir = workspace.join("target").join("soak");
-    std::fs::create_dir_all(&log_dir)
-        .with_context(|| format!("cannot create {}", log_dir.display()))?;
-    let (db, db_url) = bench::bench_database(cleanup, amqp_node, pg, &prefix).await?;
-    let topology = bench::topology(&prefix)?;
-    cleanup.track_topology(&topology);
     let secret = events::random_secret();
     let service_key = format!("soak-{}", uuid::Uuid::new_v4().simple());
-
-    println!(
-        "[1/4] starting worker (PROCESSED_EVENTS_RETENTION={}s, pruning every {}s), ingress, api",
-        o.retention.as_secs_f64(),
-        o.prune_interval().as_secs_f64()
-    );
-    let common = |pairs: &[(&str, String)]| -> Vec<(String, String)> {
-        let mut env: Vec<(String, String)> = pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), v.clone()))
-            .collect();
-        env.push(("NO_COLOR".into(), "1".into()));
-        env.push(("LOG_FORMAT".into(), "plain".into()));
-        env
-    };
-    // Nothing here may call Clerk, and nothing but the soak's load may run in the background.
-    let unset = [
-        "CLERK_SECRET_KEY",
-        "TOKEN_ENCRYPTION_KEY",
-        "CLERK_JWT_KEY",
-        "RECONCILE_INTERVAL",
-        "CONSOLE_USERS",
-    ];
-    let worker_addr = procs::free_addr()?;
-    let worker_env = common(&[
-        ("DATABASE_URL", db_url.clone()),
-        ("AMQP_URL", amqp_url.to_owned()),
-        ("QUEUE_PREFIX", prefix.clone()),
-        ("WORKER_ADDR", worker_addr.to_string()),
-        (
-            "PROCESSED_EVENTS_RETENTION",
-            format!("{}ms", o.retention.as_millis()),
-        ),
-    ]);
-    let worker = cleanup.spawn(
-        "worker",
-        &bin.join("worker"),
-        &["run"],
-        &worker_env,
-        &unset,
-        &log_dir.join("worker.log"),
-    )?;
-    cleanup
-        .wait_ready(
-            "worker",
-            &format!("http://{worker_addr}/readyz"),
-            bench::READY_TIMEOUT,
-        )
-        .await?;
-    let ingress_addr = procs::free_addr()?;
-    let ingress_env = common(&[
-        ("INGRESS_ADDR", ingress_addr.to_string()),
-        ("AMQP_URL", amqp_url.to_owned()),
-        ("QUEUE_PREFIX", prefix.clone()),
-        ("CLERK_WEBHOOK_SECRET", secret.clone()),
-    ]);
-    let ingress = cleanup.spawn(
-        "ingress",
-        &bin.join("ingress"),
-        &[],
-        &ingress_env,
-        &unset,
-        &log_dir.join("ingress.log"),
-    )?;
-    cleanup
-        .wait_ready(
-            "ingress",
-            &format!("http://{ingress_addr}/readyz"),
-            bench::READY_TIMEOUT,
-        )
-        .await?;
-    let api_addr = procs::free_addr()?;
-    let api_env = common(&[
-        ("API_ADDR", api_addr.to_string()),
-        ("DATABASE_URL", db_url.clone()),
-        ("API_SERVICE_KEYS", format!("read:{service_key}")),
-        ("API_LAZY_SYNC", "false".into()),
-    ]);
-    let api = cleanup.spawn(
-        "api",
-        &bin.join("api"),
-        &[],
-        &api_env,
-        &unset,
-        &log_dir.join("api.log"),
-    )?;
-    cleanup
-        .wait_ready(
-            "api",
-            &format!("http://{api_addr}/readyz"),
-            bench::READY_TIMEOUT,
-        )
-        .await?;
-
-    let broker = Broker::connect(amqp_node).await?;
+    let processes = start(o, p.services, &p.site, cleanup, (&secret, &service_key)).await?;
+    let broker = Broker::connect(&p.servers.amqp_node).await?;
+    let prefix = p.site.prefix.clone();
     let mut running = Running {
         o,
-        db,
+        site: p.site,
         broker,
-        topology,
-        pids: Pids {
-            ingress,
-            worker,
-            api,
-        },
-        worker: worker_addr,
+        processes,
         started: Instant::now(),
         samples: Vec::new(),
     };
-    let outcome = load_and_check(
-        &mut running,
-        cleanup,
-        ingress_addr,
-        api_addr,
-        &secret,
-        &service_key,
-    )
-    .await;
+    let outcome = running.load_and_check(cleanup, &secret, &service_key).await;
     running.broker.close().await;
-    let (load, reads, drain, checks) = outcome?;
-    let machine = report::machine(&running.db).await;
-    let _ = running.db.close().await;
+    let (measured, mut checks) = outcome?;
+    let machine = harness::report::machine(&running.site.db).await;
+    running.site.close().await;
     // Logs are read once the processes have stopped.
-    let mut checks = checks;
     for name in ["ingress", "worker", "api"] {
         cleanup.stop(name).await?;
     }
-    checks.push(log_check(&log_dir)?);
-    let load_end = load.load.wall.as_secs_f64();
+    checks.push(log_check(p.services.log_dir())?);
+    let settings = Settings::of(o, Stamp::now(workspace, o.profile, o.smoke), prefix);
+    let load_end = measured.events.load.wall.as_secs_f64();
     Ok(Report {
-        settings: Settings {
-            duration_s: o.duration.as_secs_f64(),
-            rate: o.rate,
-            events: o.events,
-            users: o.users,
-            deleted_users: events::deleted_count(o.users),
-            reads_per_s: o.reads,
-            retention_s: o.retention.as_secs_f64(),
-            prune_interval_s: o.prune_interval().as_secs_f64(),
-            processed_bound: o.processed_bound(),
-            queue_bound: o.queue_bound(),
-            event_connections: EVENT_CONNECTIONS,
-            read_connections: READ_CONNECTIONS,
-            profile: o.profile.name(),
-            smoke: o.smoke,
-            date: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            git_commit: report::git_commit(workspace),
-            queue_prefix: prefix,
-        },
+        settings,
         machine,
-        events: LoadSummary::of(&load),
-        reads: LoadSummary::of(&reads),
-        drain_s: drain.as_secs_f64(),
+        events: LoadSummary::of(&measured.events),
+        reads: LoadSummary::of(&measured.reads),
+        drain_s: measured.drain.as_secs_f64(),
         memory: flatness(&running.samples, load_end, o.duration),
         samples: running.samples,
         checks,
     })
 }
 
-/// Phases 2–4: the load with sampling, the drain, the checks.
-async fn load_and_check(
-    r: &mut Running<'_>,
+/// Nothing here may call Clerk, and nothing but the soak's load may run in the background.
+const UNSET: [&str; 5] = [
+    "CLERK_SECRET_KEY",
+    "TOKEN_ENCRYPTION_KEY",
+    "CLERK_JWT_KEY",
+    "RECONCILE_INTERVAL",
+    "CONSOLE_USERS",
+];
+
+/// Phase 1: the worker (short retention), the ingress (events signed with `secret`) and the
+/// api (a `read:` key `service_key`), one after the other, each ready.
+async fn start(
+    o: &Options,
+    services: &Services,
+    site: &Site,
     cleanup: &mut Cleanup,
-    ingress_addr: SocketAddr,
-    api_addr: SocketAddr,
-    secret: &str,
-    service_key: &str,
-) -> anyhow::Result<(Paced, Paced, Duration, Vec<Check>)> {
-    let o = r.o;
-    let deleted = events::deleted_count(o.users);
-    let plan = events::plan(o.users + deleted, o.users)?;
-    let ids: Arc<Vec<String>> =
-        Arc::new(plan.users.iter().map(|u| u.clerk_user_id.clone()).collect());
-    let stream = EventStream {
-        expected: plan.users,
-        initial: plan.events.into_iter(),
-        secret: secret.to_owned(),
-        to_generate: o.events,
-        signed: Vec::new().into_iter(),
-    };
-    let settled_before = pipeline::settled(r.worker)
-        .await
-        .context("the worker's /metrics does not answer")?;
-
+    (secret, service_key): (&str, &str),
+) -> anyhow::Result<Processes> {
     println!(
-        "[2/4] {} events at {}/s over {} users ({deleted} deleted), {} reads/s, for {:?}; a \
-         sample every {SAMPLE_EVERY:?}",
-        o.events, o.rate, o.users, o.reads, o.duration
+        "[1/4] starting worker (PROCESSED_EVENTS_RETENTION={}s, pruning every {}s), ingress, api",
+        o.retention.as_secs_f64(),
+        o.prune_interval().as_secs_f64()
     );
-    // Dropping the sender (the end of the load, an error, Ctrl-C) stops the paced loads.
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(());
-    let stopped = |mut rx: tokio::sync::watch::Receiver<()>| async move {
-        let _ = rx.changed().await;
+    let retention = format!("{}ms", o.retention.as_millis());
+    let worker = site.worker().env("PROCESSED_EVENTS_RETENTION", retention);
+    let ingress = site.ingress("ingress", &site.prefix, secret);
+    let api = (site.api())
+        .env("API_SERVICE_KEYS", format!("read:{service_key}"))
+        .env("API_LAZY_SYNC", "false");
+    let mut start = async |service: Service| {
+        let service = service.env("LOG_FORMAT", "plain").unset(&UNSET);
+        services.start(cleanup, service).await
     };
-    let mut event_pace = Pace::new(o.rate, EVENT_CONNECTIONS);
-    event_pace.limit = Some(o.events);
-    let event_progress = Arc::clone(&event_pace.progress);
-    let read_pace = Pace::new(o.reads, READ_CONNECTIONS);
-    let read_progress = Arc::clone(&read_pace.progress);
-    let mut event_load = tokio::spawn(paced::run(
-        ingress_addr,
-        event_pace,
-        stream,
-        stopped(stop_rx.clone()),
-    ));
-    let read_load = tokio::spawn(paced::run(
-        api_addr,
-        read_pace,
-        reads(ids, service_key),
-        stopped(stop_rx),
-    ));
-    r.started = Instant::now();
-    let progress = (&*event_progress, &*read_progress);
-    let mut tick = tokio::time::interval(SAMPLE_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let (events_run, stream) = loop {
-        tokio::select! {
-            done = &mut event_load => break done.context("the event load panicked")??,
-            _ = tick.tick() => r.sample(cleanup, progress, Phase::Load).await?,
-        }
-    };
-    drop(stop_tx);
-    let (reads_run, _) = read_load.await.context("the read load panicked")??;
-    // The load's last sample, unless a tick just took it.
-    if r.samples
-        .last()
-        .is_none_or(|s| r.started.elapsed().as_secs_f64() - s.t_s >= 1.0)
-    {
-        r.sample(cleanup, progress, Phase::Load).await?;
+    // One after the other, in this order.
+    Ok(Processes {
+        worker: start(worker).await?,
+        ingress: start(ingress).await?,
+        api: start(api).await?,
+    })
+}
+
+/// The two paced loads, running.
+struct Loads {
+    events: JoinHandle<anyhow::Result<(Paced, EventStream)>>,
+    reads: JoinHandle<anyhow::Result<Paced>>,
+    /// Dropping it (the end of the load, an error, Ctrl-C) stops them.
+    stop: watch::Sender<()>,
+    progress: (Arc<Progress>, Arc<Progress>),
+}
+
+impl Loads {
+    /// Streams `o.events` events (signed with `secret`) to the ingress at `o.rate` and reads
+    /// the users from the api at `o.reads` (with `service_key`), both paced.
+    fn start(
+        o: &Options,
+        (ingress, api): (SocketAddr, SocketAddr),
+        secret: &str,
+        service_key: &str,
+    ) -> anyhow::Result<Self> {
+        let deleted = events::deleted_count(o.users);
+        let plan = events::plan(o.users + deleted, o.users)?;
+        let ids: Arc<Vec<String>> =
+            Arc::new(plan.users.iter().map(|u| u.clerk_user_id.clone()).collect());
+        let stream = EventStream {
+            expected: plan.users,
+            initial: plan.events.into_iter(),
+            secret: secret.to_owned(),
+            to_generate: o.events,
+            signed: Vec::new().into_iter(),
+        };
+        println!(
+            "[2/4] {} events at {}/s over {} users ({deleted} deleted), {} reads/s, for {:?}; a \
+             sample every {SAMPLE_EVERY:?}",
+            o.events, o.rate, o.users, o.reads, o.duration
+        );
+        let (stop, stop_rx) = watch::channel(());
+        let stopped = |mut rx: watch::Receiver<()>| async move {
+            let _ = rx.changed().await;
+        };
+        let mut event_pace = Pace::new(o.rate, EVENT_CONNECTIONS);
+        event_pace.limit = Some(o.events);
+        let read_pace = Pace::new(o.reads, READ_CONNECTIONS);
+        let progress = (
+            Arc::clone(&event_pace.progress),
+            Arc::clone(&read_pace.progress),
+        );
+        let events = tokio::spawn(paced::run(
+            ingress,
+            event_pace,
+            stream,
+            stopped(stop_rx.clone()),
+        ));
+        let requests = reads(ids, service_key);
+        let reads = tokio::spawn(async move {
+            Ok(paced::run(api, read_pace, requests, stopped(stop_rx))
+                .await?
+                .0)
+        });
+        Ok(Self {
+            events,
+            reads,
+            stop,
+            progress,
+        })
     }
-    println!(
-        "      sent {} events in {:.0} s ({:.0}/s), {} accepted, {} errors; at most {:.0} ms \
-         behind the schedule",
-        events_run.load.events,
-        events_run.load.wall.as_secs_f64(),
-        paced_rate(&events_run),
-        events_run.load.accepted,
-        events_run.load.errors(),
-        events_run.max_behind.as_secs_f64() * 1000.0
-    );
+}
 
-    println!("[3/4] waiting for the worker to settle every accepted event");
-    let accepted = events_run.load.accepted;
-    let drain_started = Instant::now();
-    let timeout = Duration::from_secs(120 + accepted / 200);
-    let mut last_sample = Instant::now();
-    loop {
-        let settled = pipeline::settled(r.worker)
+impl Running<'_> {
+    /// Phases 2–4: the load with sampling, the drain, the checks.
+    async fn load_and_check(
+        &mut self,
+        cleanup: &mut Cleanup,
+        secret: &str,
+        service_key: &str,
+    ) -> anyhow::Result<(Measured, Vec<Check>)> {
+        let worker = self.processes.worker.addr;
+        let settled_before = pipeline::settled(worker)
+            .await
+            .context("the worker's /metrics does not answer")?;
+        let addrs = (self.processes.ingress.addr, self.processes.api.addr);
+        let loads = Loads::start(self.o, addrs, secret, service_key)?;
+        self.started = Instant::now();
+        let progress = loads.progress.clone();
+        let progress = (&*progress.0, &*progress.1);
+        let (events, stream, reads) = self.load(cleanup, loads, progress).await?;
+        let accepted = events.load.accepted;
+        let drain = self
+            .drain(cleanup, (accepted, settled_before), progress)
+            .await?;
+        println!("[4/4] checks");
+        let settled = pipeline::settled(worker)
             .await
             .unwrap_or(settled_before)
             .saturating_sub(settled_before);
-        let ready = r.broker.ready(&r.topology.main_queue()).await?;
-        if settled >= accepted && ready == 0 {
-            break;
-        }
-        if drain_started.elapsed() > timeout {
-            bail!(
-                "the worker settled {settled} of {accepted} events within {timeout:?} ({ready} \
-                 still queued); see target/soak/worker.log"
-            );
-        }
-        cleanup.check_running("worker")?;
-        if last_sample.elapsed() >= SAMPLE_EVERY {
-            last_sample = Instant::now();
-            r.sample(cleanup, progress, Phase::Drain).await?;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut checks = vec![
+            self.answered_check(&events),
+            read_check(&reads),
+            Check::new(
+                "the worker settled every accepted event",
+                settled >= accepted,
+                format!("{settled} settled (applied, skipped or duplicate) of {accepted}"),
+            ),
+        ];
+        checks.extend(site::check_queues(&self.broker, &self.site.main, "at the end").await?);
+        checks.push(pipeline::check_users(&self.site.db, &stream.expected, "at the end").await?);
+        checks.extend(self.bound_checks());
+        let measured = Measured {
+            events,
+            reads,
+            drain,
+        };
+        Ok((measured, checks))
     }
-    let drain = drain_started.elapsed();
-    // Acks follow commits; give the last ones a moment before looking at the queues.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    r.sample(cleanup, progress, Phase::Drain).await?;
 
-    println!("[4/4] checks");
-    let settled = pipeline::settled(r.worker)
-        .await
-        .unwrap_or(settled_before)
-        .saturating_sub(settled_before);
-    let mut checks = vec![
+    /// Phase 2: the loads, sampled every [`SAMPLE_EVERY`] until the events are sent; then
+    /// the reads stop. The event load's figures and stream, the read load's figures.
+    async fn load(
+        &mut self,
+        cleanup: &mut Cleanup,
+        loads: Loads,
+        progress: (&Progress, &Progress),
+    ) -> anyhow::Result<(Paced, EventStream, Paced)> {
+        let mut event_load = loads.events;
+        let mut tick = tokio::time::interval(SAMPLE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let (events, stream) = loop {
+            tokio::select! {
+                done = &mut event_load => break done.context("the event load panicked")??,
+                _ = tick.tick() => self.sample(cleanup, progress, Phase::Load).await?,
+            }
+        };
+        drop(loads.stop);
+        let reads = loads.reads.await.context("the read load panicked")??;
+        // The load's last sample, unless a tick just took it.
+        if self
+            .samples
+            .last()
+            .is_none_or(|s| self.started.elapsed().as_secs_f64() - s.t_s >= 1.0)
+        {
+            self.sample(cleanup, progress, Phase::Load).await?;
+        }
+        println!(
+            "      sent {} events in {:.0} s ({:.0}/s), {} accepted, {} errors; at most {:.0} ms \
+             behind the schedule",
+            events.load.events,
+            events.load.wall.as_secs_f64(),
+            paced_rate(&events),
+            events.load.accepted,
+            events.load.errors(),
+            events.max_behind.as_secs_f64() * 1000.0
+        );
+        Ok((events, stream, reads))
+    }
+
+    /// Phase 3: waits until the worker has settled the `accepted` events (its settled count
+    /// was `settled_before` before the load) and the main queue is empty, sampling meanwhile.
+    async fn drain(
+        &mut self,
+        cleanup: &mut Cleanup,
+        (accepted, settled_before): (u64, u64),
+        progress: (&Progress, &Progress),
+    ) -> anyhow::Result<Duration> {
+        println!("[3/4] waiting for the worker to settle every accepted event");
+        let drain_started = Instant::now();
+        let timeout = Duration::from_secs(120 + accepted / 200);
+        let mut last_sample = Instant::now();
+        loop {
+            let settled = pipeline::settled(self.processes.worker.addr)
+                .await
+                .unwrap_or(settled_before)
+                .saturating_sub(settled_before);
+            let ready = self.broker.ready(&self.site.main.main_queue()).await?;
+            if settled >= accepted && ready == 0 {
+                break;
+            }
+            if drain_started.elapsed() > timeout {
+                bail!(
+                    "the worker settled {settled} of {accepted} events within {timeout:?} \
+                     ({ready} still queued); see target/soak/worker.log"
+                );
+            }
+            cleanup.check_running("worker")?;
+            if last_sample.elapsed() >= SAMPLE_EVERY {
+                last_sample = Instant::now();
+                self.sample(cleanup, progress, Phase::Drain).await?;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let drain = drain_started.elapsed();
+        // Acks follow commits; give the last ones a moment before looking at the queues.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        self.sample(cleanup, progress, Phase::Drain).await?;
+        Ok(drain)
+    }
+
+    fn answered_check(&self, events: &Paced) -> Check {
+        let o = self.o;
         Check::new(
             "every event answered 200",
-            events_run.load.all_accepted() && events_run.load.events as u64 == o.events,
+            events.load.all_accepted() && events.load.events as u64 == o.events,
             format!(
                 "{} of {} sent, {} accepted, {} errors{}",
-                events_run.load.events,
+                events.load.events,
                 o.events,
-                accepted,
-                events_run.load.errors(),
-                first_error(&events_run)
+                events.load.accepted,
+                events.load.errors(),
+                first_error(events)
             ),
-        ),
-        read_check(&reads_run),
-        Check::new(
-            "the worker settled every accepted event",
-            settled >= accepted,
-            format!("{settled} settled (applied, skipped or duplicate) of {accepted}"),
-        ),
-    ];
-    checks.extend(pipeline::check_queues(&r.broker, &r.topology, "at the end").await?);
-    checks.push(pipeline::check_users(&r.db, &stream.expected, "at the end").await?);
-    let max_dead = r.samples.iter().map(|s| s.dead_queue).max().unwrap_or(0);
-    checks.push(Check::new(
-        "nothing dead-lettered (every sample)",
-        max_dead == 0,
-        format!("at most {max_dead} messages in {}", r.topology.dead_queue()),
-    ));
-    let max_processed = r
-        .samples
-        .iter()
-        .map(|s| s.processed_events)
-        .max()
-        .unwrap_or(0);
-    checks.push(Check::new(
-        "processed_events bounded by the retention",
-        max_processed <= o.processed_bound(),
-        format!(
-            "at most {max_processed} rows; bound {} = {}/s × ((retention {:.0} s + pruning \
-             interval {:.0} s) × 1.2 + 5 s)",
-            o.processed_bound(),
-            o.rate,
-            o.retention.as_secs_f64(),
-            o.prune_interval().as_secs_f64()
-        ),
-    ));
-    let max_queue = r.samples.iter().map(|s| s.main_queue).max().unwrap_or(0);
-    checks.push(Check::new(
-        "main queue depth bounded",
-        max_queue <= o.queue_bound(),
-        format!(
-            "at most {max_queue} ready messages; bound {} ({QUEUE_BOUND_SECONDS} s of events, \
-             at least 500)",
-            o.queue_bound()
-        ),
-    ));
-    Ok((events_run, reads_run, drain, checks))
+        )
+    }
+
+    /// Nothing dead-lettered, `processed_events` and the main queue within their bounds, in
+    /// every sample.
+    fn bound_checks(&self) -> [Check; 3] {
+        let o = self.o;
+        let max = |get: fn(&Sample) -> u64| self.samples.iter().map(get).max().unwrap_or(0);
+        let max_dead = max(|s| s.dead_queue);
+        let max_processed = max(|s| s.processed_events);
+        let max_queue = max(|s| s.main_queue);
+        [
+            Check::new(
+                "nothing dead-lettered (every sample)",
+                max_dead == 0,
+                format!(
+                    "at most {max_dead} messages in {}",
+                    self.site.main.dead_queue()
+                ),
+            ),
+            Check::new(
+                "processed_events bounded by the retention",
+                max_processed <= o.processed_bound(),
+                format!(
+                    "at most {max_processed} rows; bound {} = {}/s × ((retention {:.0} s + \
+                     pruning interval {:.0} s) × 1.2 + 5 s)",
+                    o.processed_bound(),
+                    o.rate,
+                    o.retention.as_secs_f64(),
+                    o.prune_interval().as_secs_f64()
+                ),
+            ),
+            Check::new(
+                "main queue depth bounded",
+                max_queue <= o.queue_bound(),
+                format!(
+                    "at most {max_queue} ready messages; bound {} ({QUEUE_BOUND_SECONDS} s of \
+                     events, at least 500)",
+                    o.queue_bound()
+                ),
+            ),
+        ]
+    }
 }
 
 /// The event stream: the plan's creations and deletions first, then rounds of `user.updated`
@@ -687,7 +633,7 @@ fn reads(
 }
 
 fn paced_rate(run: &Paced) -> f64 {
-    bench::load::per_second(run.load.events as u64, run.load.wall)
+    load::per_second(run.load.events as u64, run.load.wall)
 }
 
 fn first_error(run: &Paced) -> String {
@@ -786,22 +732,22 @@ impl Running<'_> {
             cleanup.check_running(name)?;
         }
         let mut retry_queues = 0;
-        for delay in self.topology.retry_delays() {
+        for delay in self.site.main.retry_delays() {
             retry_queues += self
                 .broker
-                .ready(&self.topology.retry_queue(*delay))
+                .ready(&self.site.main.retry_queue(*delay))
                 .await?;
         }
         let sample = Sample {
             t_s: self.started.elapsed().as_secs_f64(),
             phase,
-            rss_ingress: rss(self.pids.ingress)?,
-            rss_worker: rss(self.pids.worker)?,
-            rss_api: rss(self.pids.api)?,
-            main_queue: self.broker.ready(&self.topology.main_queue()).await?,
+            rss_ingress: rss(&self.processes.ingress)?,
+            rss_worker: rss(&self.processes.worker)?,
+            rss_api: rss(&self.processes.api)?,
+            main_queue: self.broker.ready(&self.site.main.main_queue()).await?,
             retry_queues,
-            dead_queue: self.broker.ready(&self.topology.dead_queue()).await?,
-            processed_events: pipeline::processed(&self.db).await?,
+            dead_queue: self.broker.ready(&self.site.main.dead_queue()).await?,
+            processed_events: pipeline::processed(&self.site.db).await?,
             events_sent: events.sent(),
             events_accepted: events.accepted(),
             events_failed: events.rejected() + events.errors(),
@@ -827,13 +773,9 @@ impl Running<'_> {
     }
 }
 
-/// Resident set size of `pid` in bytes (`VmRSS` of `/proc/<pid>/status`).
-fn rss(pid: u32) -> anyhow::Result<u64> {
-    procs::status_bytes(pid, "VmRSS")
-}
-
-fn mib(bytes: u64) -> String {
-    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+/// Resident set size of `process` in bytes (`VmRSS` of `/proc/<pid>/status`).
+fn rss(process: &Started) -> anyhow::Result<u64> {
+    host::status_bytes(process.pid, "VmRSS")
 }
 
 /// One process's memory: the mean RSS of minutes 10–20 of the load against that of its last
@@ -948,17 +890,36 @@ struct Settings {
     queue_bound: u64,
     event_connections: usize,
     read_connections: usize,
-    profile: &'static str,
-    smoke: bool,
-    date: String,
-    git_commit: String,
+    #[serde(flatten)]
+    stamp: Stamp,
     queue_prefix: String,
+}
+
+impl Settings {
+    fn of(o: &Options, stamp: Stamp, queue_prefix: String) -> Self {
+        Self {
+            duration_s: o.duration.as_secs_f64(),
+            rate: o.rate,
+            events: o.events,
+            users: o.users,
+            deleted_users: events::deleted_count(o.users),
+            reads_per_s: o.reads,
+            retention_s: o.retention.as_secs_f64(),
+            prune_interval_s: o.prune_interval().as_secs_f64(),
+            processed_bound: o.processed_bound(),
+            queue_bound: o.queue_bound(),
+            event_connections: EVENT_CONNECTIONS,
+            read_connections: READ_CONNECTIONS,
+            stamp,
+            queue_prefix,
+        }
+    }
 }
 
 #[derive(Serialize)]
 struct Report {
     settings: Settings,
-    machine: report::Machine,
+    machine: Machine,
     events: LoadSummary,
     reads: LoadSummary,
     drain_s: f64,
@@ -967,19 +928,55 @@ struct Report {
     checks: Vec<Check>,
 }
 
-impl Report {
+impl TaskReport for Report {
     fn markdown(&self) -> String {
         let mut out = String::new();
+        self.settings.stamp.title(&mut out, "soak");
+        self.markdown_setup(&mut out);
+        self.markdown_load(&mut out);
+        self.markdown_timeline(&mut out);
+        self.markdown_memory(&mut out);
+        let _ = writeln!(out, "### Checks\n");
+        checks_table(&mut out, &self.checks, &CHECK_WORDS);
+        out
+    }
+
+    fn checks(&self) -> &[Check] {
+        &self.checks
+    }
+}
+
+/// The soak's checks table.
+const CHECK_WORDS: CheckWords = CheckWords {
+    columns: ["check", "result", "detail"],
+    pass: "pass",
+    fail: "FAIL",
+};
+
+impl LoadSummary {
+    /// Its row of the load table.
+    fn row(&self, name: &str) -> Vec<String> {
+        vec![
+            name.to_owned(),
+            format!("{:.0}/s", self.rate),
+            format!("{:.1}/s", self.sent_per_s),
+            self.sent.to_string(),
+            self.accepted.to_string(),
+            format!("{:?}", self.statuses),
+            self.transport_errors.to_string(),
+            format!("{:.1} ms", self.latency_p50_ms),
+            format!("{:.1} ms", self.latency_p99_ms),
+            format!("{:.1} ms", self.latency_max_ms),
+            format!("{:.0} ms", self.max_behind_ms),
+        ]
+    }
+}
+
+impl Report {
+    /// The load, the service settings and the machine, in a sentence.
+    fn markdown_setup(&self, out: &mut String) {
         let s = &self.settings;
         let m = &self.machine;
-        let _ = writeln!(
-            out,
-            "## clerk-sync soak: {} ({} profile, commit {}){}\n",
-            s.date,
-            s.profile,
-            s.git_commit,
-            if s.smoke { ", smoke run" } else { "" }
-        );
         let _ = writeln!(
             out,
             "{} events at {}/s for {:.0} s over {} users ({} deleted), {} connections; {} reads/s \
@@ -1000,27 +997,14 @@ impl Report {
             m.postgres,
             m.rabbitmq
         );
+    }
+
+    /// The two loads' figures, and the drain.
+    fn markdown_load(&self, out: &mut String) {
         let _ = writeln!(out, "### Load\n");
-        let rows: Vec<Vec<String>> = [("events", &self.events), ("reads", &self.reads)]
-            .iter()
-            .map(|(name, l)| {
-                vec![
-                    (*name).to_owned(),
-                    format!("{:.0}/s", l.rate),
-                    format!("{:.1}/s", l.sent_per_s),
-                    l.sent.to_string(),
-                    l.accepted.to_string(),
-                    format!("{:?}", l.statuses),
-                    l.transport_errors.to_string(),
-                    format!("{:.1} ms", l.latency_p50_ms),
-                    format!("{:.1} ms", l.latency_p99_ms),
-                    format!("{:.1} ms", l.latency_max_ms),
-                    format!("{:.0} ms", l.max_behind_ms),
-                ]
-            })
-            .collect();
-        report::table(
-            &mut out,
+        let rows = vec![self.events.row("events"), self.reads.row("reads")];
+        table(
+            out,
             &[
                 "load",
                 "target",
@@ -1041,22 +1025,6 @@ impl Report {
             "\nThe worker settled the last event {:.1} s after the load ended.\n",
             self.drain_s
         );
-        self.markdown_timeline(&mut out);
-        self.markdown_memory(&mut out);
-        let _ = writeln!(out, "### Checks\n");
-        let rows: Vec<Vec<String>> = self
-            .checks
-            .iter()
-            .map(|c| {
-                vec![
-                    c.name.clone(),
-                    if c.pass { "pass" } else { "FAIL" }.to_owned(),
-                    c.detail.clone(),
-                ]
-            })
-            .collect();
-        report::table(&mut out, &["check", "result", "detail"], &rows);
-        out
     }
 
     /// A row per minute (per sample for runs under 5 minutes): the last sample of the minute,
@@ -1081,47 +1049,10 @@ impl Report {
             if !last_of_row {
                 continue;
             }
-            let (dt, accepted, reads) = match previous {
-                Some(p) => (
-                    sample.t_s - p.t_s,
-                    sample.events_accepted - p.events_accepted,
-                    sample.reads_sent - p.reads_sent,
-                ),
-                // The first row has no interval to measure.
-                None => (0.0, 0, 0),
-            };
-            let per_s = |n: u64| {
-                if dt > 0.0 {
-                    format!("{:.0}", n as f64 / dt)
-                } else {
-                    "-".to_owned()
-                }
-            };
-            rows.push(vec![
-                if per_minute {
-                    format!("{:.0} min", (sample.t_s / 60.0).floor())
-                } else {
-                    format!("{:.0} s", sample.t_s)
-                },
-                match sample.phase {
-                    Phase::Load => "load",
-                    Phase::Drain => "drain",
-                }
-                .to_owned(),
-                mib(sample.rss_ingress),
-                mib(sample.rss_worker),
-                mib(sample.rss_api),
-                sample.main_queue.to_string(),
-                sample.retry_queues.to_string(),
-                sample.dead_queue.to_string(),
-                sample.processed_events.to_string(),
-                per_s(accepted),
-                per_s(reads),
-                sample.events_failed.to_string(),
-            ]);
+            rows.push(sample.row(previous, per_minute));
             previous = Some(sample);
         }
-        report::table(
+        table(
             out,
             &[
                 "t",
@@ -1169,7 +1100,7 @@ impl Report {
                 ]
             })
             .collect();
-        report::table(
+        table(
             out,
             &[
                 "process",
@@ -1184,6 +1115,50 @@ impl Report {
             &rows,
         );
         out.push('\n');
+    }
+}
+
+impl Sample {
+    /// Its row of the timeline: the rates are since `previous` (the previous row's sample).
+    fn row(&self, previous: Option<&Sample>, per_minute: bool) -> Vec<String> {
+        let (dt, accepted, reads) = match previous {
+            Some(p) => (
+                self.t_s - p.t_s,
+                self.events_accepted - p.events_accepted,
+                self.reads_sent - p.reads_sent,
+            ),
+            // The first row has no interval to measure.
+            None => (0.0, 0, 0),
+        };
+        let per_s = |n: u64| {
+            if dt > 0.0 {
+                format!("{:.0}", n as f64 / dt)
+            } else {
+                "-".to_owned()
+            }
+        };
+        vec![
+            if per_minute {
+                format!("{:.0} min", (self.t_s / 60.0).floor())
+            } else {
+                format!("{:.0} s", self.t_s)
+            },
+            match self.phase {
+                Phase::Load => "load",
+                Phase::Drain => "drain",
+            }
+            .to_owned(),
+            mib(self.rss_ingress),
+            mib(self.rss_worker),
+            mib(self.rss_api),
+            self.main_queue.to_string(),
+            self.retry_queues.to_string(),
+            self.dead_queue.to_string(),
+            self.processed_events.to_string(),
+            per_s(accepted),
+            per_s(reads),
+            self.events_failed.to_string(),
+        ]
     }
 }
 

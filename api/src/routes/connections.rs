@@ -37,10 +37,20 @@ pub struct CalendarConnection {
     pub email: Option<String>,
     /// Approved scopes, space separated.
     pub scopes: String,
-    /// `connected`, or why the connection is not usable (e.g. `token_unavailable`).
+    /// `connected`, `needs_reconnect` (only the user can fix it: reconnect the account in
+    /// Clerk) or `unavailable` (Clerk could not be asked lately; a stored token is still
+    /// served while fresh).
+    #[schema(example = "needs_reconnect")]
     pub status: String,
-    /// Details for a status other than `connected`.
+    /// A stable code for a status other than `connected`: `grant_revoked`,
+    /// `missing_refresh_token`, `missing_scopes`, `account_unverified`, `provider_disabled`,
+    /// `clerk_unavailable`.
+    #[schema(example = "grant_revoked")]
     pub status_reason: Option<String>,
+    /// When Clerk was last asked about this connection.
+    pub status_checked_at: Option<DateTime<Utc>>,
+    /// Since when the status (and reason) hold.
+    pub status_changed_at: DateTime<Utc>,
     /// When the stored access token expires.
     pub expires_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
@@ -106,6 +116,8 @@ async fn connections_of(
             connections::Column::Scopes,
             connections::Column::Status,
             connections::Column::StatusReason,
+            connections::Column::StatusCheckedAt,
+            connections::Column::StatusChangedAt,
             connections::Column::ExpiresAt,
             connections::Column::CreatedAt,
             connections::Column::UpdatedAt,

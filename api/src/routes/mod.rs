@@ -52,6 +52,7 @@ async fn not_found() -> impl IntoResponse {
         Json(ErrorBody {
             error: "not_found".into(),
             message: "no such route; see /openapi.json".into(),
+            reason: None,
         }),
     )
 }
@@ -62,6 +63,7 @@ async fn method_not_allowed() -> impl IntoResponse {
         Json(ErrorBody {
             error: "method_not_allowed".into(),
             message: "this route does not answer this method; see /openapi.json".into(),
+            reason: None,
         }),
     )
 }

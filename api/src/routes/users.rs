@@ -41,10 +41,17 @@ pub struct User {
     pub email: Option<String>,
     pub first_name: Option<String>,
     pub last_name: Option<String>,
-    /// Whether a Microsoft calendar is connected.
+    /// Whether a Microsoft calendar is connected (usable by the backend): true only when
+    /// `microsoft_calendar_status` is `connected`.
     pub microsoft_calendar_connected: bool,
-    /// Whether a Google calendar is connected.
+    /// Whether a Google calendar is connected (usable by the backend): true only when
+    /// `google_calendar_status` is `connected`.
     pub google_calendar_connected: bool,
+    /// `connected`, `needs_reconnect` (the grant ended: only the user can fix it, by
+    /// reconnecting the account) or `not_connected`.
+    pub google_calendar_status: CalendarStatus,
+    /// `connected`, `needs_reconnect` or `not_connected`, as for Google.
+    pub microsoft_calendar_status: CalendarStatus,
     pub username: Option<String>,
     /// The profile image's URL.
     pub image_url: Option<String>,
@@ -81,6 +88,8 @@ impl From<users::Model> for User {
             last_name: m.last_name,
             microsoft_calendar_connected: m.microsoft_calendar_connected,
             google_calendar_connected: m.google_calendar_connected,
+            google_calendar_status: CalendarStatus::of(&m.google_calendar_status),
+            microsoft_calendar_status: CalendarStatus::of(&m.microsoft_calendar_status),
             username: m.username,
             image_url: m.image_url,
             external_id: m.external_id,
@@ -92,6 +101,25 @@ impl From<users::Model> for User {
             clerk_created_at: m.clerk_created_at.map(|at| at.with_timezone(&Utc)),
             created_at: m.created_at.with_timezone(&Utc),
             updated_at: m.updated_at.with_timezone(&Utc),
+        }
+    }
+}
+
+/// How a user's calendar of one provider stands, as the frontend shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CalendarStatus {
+    Connected,
+    NeedsReconnect,
+    NotConnected,
+}
+
+impl CalendarStatus {
+    fn of(stored: &str) -> Self {
+        match stored {
+            "connected" => Self::Connected,
+            "needs_reconnect" => Self::NeedsReconnect,
+            _ => Self::NotConnected,
         }
     }
 }

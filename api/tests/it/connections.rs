@@ -45,7 +45,7 @@ async fn the_connections_list_has_no_token_fields_and_no_token_bytes() {
     app.insert_connection(Connection {
         provider: "microsoft",
         provider_user_id: "ms-user-1",
-        status: "token_unavailable",
+        status: "needs_reconnect",
         access_token: None,
         token_key_id: None,
         ..Connection::google(id, SEALED_ACCESS)
@@ -78,6 +78,8 @@ async fn the_connections_list_has_no_token_fields_and_no_token_bytes() {
                 "provider_user_id",
                 "scopes",
                 "status",
+                "status_changed_at",
+                "status_checked_at",
                 "status_reason",
                 "updated_at"
             ]
@@ -86,7 +88,7 @@ async fn the_connections_list_has_no_token_fields_and_no_token_bytes() {
         assert_eq!(first["provider"], "google");
         assert_eq!(first["status"], "connected");
         assert_eq!(list[1]["provider"], "microsoft");
-        assert_eq!(list[1]["status"], "token_unavailable");
+        assert_eq!(list[1]["status"], "needs_reconnect");
     }
 }
 

@@ -4,6 +4,7 @@
 
 mod auth;
 mod connections;
+mod health;
 mod helpers;
 mod lazy;
 mod openapi;

@@ -172,7 +172,7 @@ async fn connecting_without_a_connected_account_is_409() {
     app.insert_connection(Connection {
         provider: "microsoft",
         provider_user_id: "ms-user-1",
-        status: "token_unavailable",
+        status: "needs_reconnect",
         ..Connection::google(id, b"sealed")
     })
     .await;

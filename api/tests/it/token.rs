@@ -112,19 +112,23 @@ async fn no_usable_connection_answers_404() {
     .await;
     assert!(message.contains("no usable connection"), "{message}");
 
-    // Expired, and Clerk no longer has a token for the account.
+    // Expired, and Clerk no longer has a token for the account: the grant ended, only the
+    // user can fix it.
     let stale = {
         let other = app.insert_user("user_bob", None).await;
         app.plant_token(other, "google", "ya29.bob", -60).await;
         other
     };
-    assert_error(
-        app.get(&token_path(stale, "google"), Some(SERVICE_KEY))
-            .await,
-        404,
-        "not_found",
-    )
-    .await;
+    let response = app
+        .get(&token_path(stale, "google"), Some(SERVICE_KEY))
+        .await;
+    assert_eq!(response.status(), 409);
+    let body = json_body(response).await;
+    assert_eq!(
+        (body["error"].as_str(), body["reason"].as_str()),
+        (Some("needs_reconnect"), Some("grant_revoked")),
+        "{body}"
+    );
     assert_error(
         app.get(
             &token_path(uuid::Uuid::new_v4(), "google"),
@@ -300,9 +304,10 @@ async fn a_token_clerk_returns_for_another_account_of_the_user_is_not_used() {
         "eac_ada_google_2",
     );
     let response = app.get(&token_path(id, "google"), Some(SERVICE_KEY)).await;
+    assert_eq!(response.status(), 409);
     let text = response.text().await.unwrap();
     assert!(!text.contains("ya29.other-account"), "{text}");
-    assert!(text.contains("not_found"), "{text}");
+    assert!(text.contains("needs_reconnect"), "{text}");
 }
 
 #[tokio::test]

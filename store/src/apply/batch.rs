@@ -397,7 +397,8 @@ const UPSERT_USERS: &str = concat!(
                primary_phone_number text, public_metadata jsonb, private_metadata jsonb, \
                unsafe_metadata jsonb, banned boolean, locked boolean, last_sign_in_ms bigint) \
            ON CONFLICT (clerk_user_id) DO UPDATE SET \
-               google_calendar_connected = false, microsoft_calendar_connected = false, ",
+               google_calendar_connected = false, microsoft_calendar_connected = false, \
+               google_calendar_status = 'not_connected', microsoft_calendar_status = 'not_connected', ",
     newer_user_state!(),
     " \
            RETURNING id, clerk_user_id), \

@@ -4,7 +4,11 @@
 // real api verifies them exactly as it verifies Clerk's. Like Clerk's Core 3 SDKs, `getToken`
 // answers null when signed out and throws an error with `code: "clerk_offline"` while the
 // browser is offline (Clerk does after ~15 s of retries; this double after a moment).
-import { useCallback, useSyncExternalStore, type ReactNode } from "react";
+// `useUser()` gives the signed-in user a Google and a Microsoft external account whose
+// `reauthorize` records the call and lets the test play the provider's consent
+// (window.__reauthorize, exposed by Playwright: the test's fake Clerk verifies the account again
+// and sends `user.updated`), then answers with no consent page to go to.
+import { useCallback, useMemo, useSyncExternalStore, type ReactNode } from "react";
 
 declare global {
   interface Window {
@@ -15,8 +19,11 @@ declare global {
       offlineErrors: number;
       /** How long getToken takes before it answers (or finds the browser offline). */
       tokenDelayMs: number;
+      /** Every `externalAccount.reauthorize` call, in order. */
+      reauthorized: { userId: string; provider: string; redirectUrl?: string }[];
     };
     __mintSessionToken?: (userId: string) => Promise<string>;
+    __reauthorize?: (userId: string, provider: string) => Promise<void>;
   }
 }
 
@@ -36,6 +43,7 @@ window.__clerkDouble = {
     return offlineErrors;
   },
   tokenDelayMs: 0,
+  reauthorized: [],
 };
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -78,4 +86,36 @@ export function useAuth() {
     userId: current,
     getToken,
   };
+}
+
+/** The part of Clerk's `ExternalAccountResource` the demo uses. */
+interface ExternalAccountDouble {
+  provider: string;
+  reauthorize: (params: { redirectUrl?: string }) => Promise<{
+    provider: string;
+    verification: { externalVerificationRedirectURL: URL | null } | null;
+  }>;
+}
+
+function externalAccount(owner: string, provider: string): ExternalAccountDouble {
+  return {
+    provider,
+    async reauthorize({ redirectUrl }) {
+      window.__clerkDouble?.reauthorized.push({ userId: owner, provider, redirectUrl });
+      await window.__reauthorize?.(owner, provider);
+      return { provider, verification: { externalVerificationRedirectURL: null } };
+    },
+  };
+}
+
+export function useUser() {
+  const current = useSyncExternalStore(subscribe, () => userId);
+  const user = useMemo(
+    () =>
+      current === null
+        ? null
+        : { id: current, externalAccounts: ["google", "microsoft"].map((p) => externalAccount(current, p)) },
+    [current],
+  );
+  return { isLoaded: true, isSignedIn: current !== null, user };
 }

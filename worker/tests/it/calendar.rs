@@ -296,7 +296,8 @@ async fn clerk_failing_twice_then_answering_still_lands_the_connection_without_d
 }
 
 #[tokio::test]
-async fn a_connection_whose_token_clerk_will_not_give_is_recorded_as_not_connected_with_a_reason() {
+async fn a_connection_whose_token_clerk_will_not_give_is_recorded_as_needing_a_reconnect_with_a_reason()
+ {
     let db = TestDb::migrated().await;
     let broker = TestBroker::new().await;
     let clerk = FakeClerk::start().await;
@@ -315,17 +316,22 @@ async fn a_connection_whose_token_clerk_will_not_give_is_recorded_as_not_connect
         .conn
         .query_one_raw(Statement::from_string(
             DbBackend::Postgres,
-            "SELECT status, status_reason, access_token IS NULL AS no_token FROM user_calendar_connections",
+            "SELECT status, status_reason, status_detail, access_token IS NULL AS no_token \
+             FROM user_calendar_connections",
         ))
         .await
         .unwrap()
         .unwrap();
     assert_eq!(
         row.try_get::<String>("", "status").unwrap(),
-        "token_unavailable"
+        "needs_reconnect"
+    );
+    assert_eq!(
+        row.try_get::<String>("", "status_reason").unwrap(),
+        "grant_revoked"
     );
     assert!(
-        row.try_get::<String>("", "status_reason")
+        row.try_get::<String>("", "status_detail")
             .unwrap()
             .contains("no access token")
     );
@@ -353,7 +359,7 @@ async fn a_connection_whose_token_clerk_will_not_give_is_recorded_as_not_connect
         .unwrap()
         .try_get::<String>("", "status")
         .unwrap();
-    assert_eq!(status, "token_unavailable");
+    assert_eq!(status, "needs_reconnect");
     assert_eq!(broker.count(&broker.topology.dead_queue()).await, 0);
     worker.stop().await;
 }

@@ -870,3 +870,174 @@ async fn a_confirmed_replay_of_all_matching_acts_on_what_its_preview_listed() {
     assert_eq!(again.status, 409, "{}", again.body);
     worker.stop().await;
 }
+
+/// Stores `clerk_user_id` (with an email the page must never show) and one calendar connection
+/// of `provider` in `status` / `reason`, its status changed `minutes_ago`.
+async fn store_connection(
+    db: &TestDb,
+    clerk_user_id: &str,
+    provider: &str,
+    status: &str,
+    reason: Option<&str>,
+    minutes_ago: i64,
+) {
+    db.conn
+        .execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "WITH u AS (INSERT INTO users (id, clerk_user_id, clerk_updated_at, email) \
+               VALUES (gen_random_uuid(), $1, 1, $1 || '@mail.example') \
+               ON CONFLICT (clerk_user_id) DO UPDATE SET clerk_updated_at = users.clerk_updated_at \
+               RETURNING id) \
+             INSERT INTO user_calendar_connections (id, user_id, provider, external_account_id, \
+               provider_user_id, email, scopes, status, status_reason, status_changed_at, \
+               status_checked_at) \
+             SELECT gen_random_uuid(), u.id, $2, 'eac_' || $1 || $2, 'p_' || $1, \
+               $1 || '@calendar.example', 'calendar', $3, $4, \
+               now() - make_interval(mins => $5::int), now() FROM u",
+            [
+                clerk_user_id.into(),
+                provider.into(),
+                status.into(),
+                reason.map(str::to_owned).into(),
+                i32::try_from(minutes_ago).unwrap().into(),
+            ],
+        ))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn the_connections_page_counts_connections_and_lists_who_must_reconnect_to_viewers_and_operators()
+ {
+    let db = TestDb::migrated().await;
+    let broker = TestBroker::new().await;
+    store_connection(
+        &db,
+        "user_rc_old",
+        "microsoft",
+        "needs_reconnect",
+        Some("grant_revoked"),
+        120,
+    )
+    .await;
+    store_connection(
+        &db,
+        "user_rc_new",
+        "google",
+        "needs_reconnect",
+        Some("account_unverified"),
+        1,
+    )
+    .await;
+    store_connection(
+        &db,
+        "user_rc_<b>x</b>",
+        "google",
+        "needs_reconnect",
+        Some("missing_scopes"),
+        30,
+    )
+    .await;
+    store_connection(&db, "user_rc_fine", "google", "connected", None, 5).await;
+    store_connection(&db, "user_rc_fine", "microsoft", "connected", None, 5).await;
+    store_connection(
+        &db,
+        "user_rc_down",
+        "microsoft",
+        "unavailable",
+        Some("clerk_unavailable"),
+        2,
+    )
+    .await;
+    let users = users_setting();
+    let worker = spawn_worker(&db, &broker, &[("CONSOLE_USERS", &users)]).await;
+
+    for (name, key) in [("watcher", VIEWER_KEY), ("ops", OPERATOR_KEY)] {
+        let mut browser = Browser::new(worker.port);
+        browser.login(name, key).await;
+        let overview = browser.get("/console").await;
+        assert!(
+            overview
+                .body
+                .contains("<a href=\"/console/connections\">Calendar connections</a>"),
+            "{}",
+            overview.body
+        );
+        let page = browser.get("/console/connections").await;
+        assert_eq!(page.status, 200, "{name}: {}", page.body);
+        assert_secure_headers(&page);
+        let body = &page.body;
+        for counted in [
+            "<td>google</td><td>connected</td><td>-</td><td>1</td>",
+            "<td>google</td><td>needs_reconnect</td><td>account_unverified</td><td>1</td>",
+            "<td>google</td><td>needs_reconnect</td><td>missing_scopes</td><td>1</td>",
+            "<td>microsoft</td><td>connected</td><td>-</td><td>1</td>",
+            "<td>microsoft</td><td>needs_reconnect</td><td>grant_revoked</td><td>1</td>",
+            "<td>microsoft</td><td>unavailable</td><td>clerk_unavailable</td><td>1</td>",
+        ] {
+            assert!(body.contains(counted), "{name}: no {counted} in {body}");
+        }
+        assert!(
+            body.contains("3 connection(s) need reconnecting, newest first."),
+            "{body}"
+        );
+        // Newest first; escaped; only those needing reconnecting; never an email.
+        let at = |needle: &str| {
+            body.find(needle)
+                .unwrap_or_else(|| panic!("no {needle} in {body}"))
+        };
+        let (new, odd, old) = (
+            at("<td>user_rc_new</td><td>google</td><td>account_unverified</td>"),
+            at("<td>user_rc_&lt;b&gt;x&lt;/b&gt;</td><td>google</td><td>missing_scopes</td>"),
+            at("<td>user_rc_old</td><td>microsoft</td><td>grant_revoked</td>"),
+        );
+        assert!(new < odd && odd < old, "newest first: {body}");
+        assert!(!body.contains("<b>x</b>"), "escaped: {body}");
+        assert!(
+            !body.contains("user_rc_fine") && !body.contains("user_rc_down"),
+            "{body}"
+        );
+        assert!(!body.contains("example"), "no email: {body}");
+        assert!(
+            !body.contains("/replay") && !body.contains("/drop"),
+            "no actions: {body}"
+        );
+    }
+
+    // Many: the newest 200 are listed, and the page says how many there are.
+    db.conn
+        .execute_unprepared(
+            "WITH u AS (INSERT INTO users (id, clerk_user_id, clerk_updated_at) \
+               SELECT gen_random_uuid(), 'user_rc_many_' || n, 1 FROM generate_series(1, 250) n \
+               RETURNING id, clerk_user_id) \
+             INSERT INTO user_calendar_connections (id, user_id, provider, external_account_id, \
+               provider_user_id, scopes, status, status_reason, status_changed_at) \
+             SELECT gen_random_uuid(), id, 'google', 'eac_' || clerk_user_id, 'p', 'calendar', \
+               'needs_reconnect', 'grant_revoked', \
+               now() - make_interval(days => 1, secs => substr(clerk_user_id, 14)::int) FROM u",
+        )
+        .await
+        .unwrap();
+    let mut browser = Browser::new(worker.port);
+    browser.login("watcher", VIEWER_KEY).await;
+    let page = browser.get("/console/connections").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let body = &page.body;
+    assert!(
+        body.contains(
+            "253 connection(s) need reconnecting; the newest 200 are listed, newest first."
+        ),
+        "{body}"
+    );
+    assert!(
+        body.contains("<td>google</td><td>needs_reconnect</td><td>grant_revoked</td><td>250</td>"),
+        "{body}"
+    );
+    assert_eq!(body.matches("<td>user_rc_").count(), 200, "{body}");
+    // The three recent ones, then the many from newest (1 s older than a day) on.
+    assert!(body.contains("<td>user_rc_many_197</td>"), "{body}");
+    assert!(!body.contains("<td>user_rc_many_198</td>"), "{body}");
+    assert!(body.find("<td>user_rc_old</td>") < body.find("<td>user_rc_many_1</td>"));
+    assert!(body.find("<td>user_rc_many_1</td>") < body.find("<td>user_rc_many_2</td>"));
+    worker.stop().await;
+}

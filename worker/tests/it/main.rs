@@ -12,6 +12,7 @@ mod dead_letters;
 mod end_to_end;
 mod faults;
 mod fuzz_corpus;
+mod health;
 mod helpers;
 mod ordering;
 mod organizations;

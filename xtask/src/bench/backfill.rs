@@ -25,25 +25,24 @@
 use std::{
     fmt::Write as _,
     path::{Path, PathBuf},
-    process::Stdio,
+    process::ExitStatus,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, bail};
 use base64::Engine as _;
-use migration::MigratorTrait as _;
 use rand::RngCore as _;
-use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement,
-};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
 use serde::Serialize;
 use testkit::fake_clerk::{FakeClerk, Population, RateLimit, SECRET_KEY};
 
-use super::{
-    REEXEC_ENV,
-    pipeline::Check,
-    procs::{self, Cleanup, PgServer, Profile},
-    report,
+use crate::harness::{
+    self, Outputs,
+    build::{Profile, build_or_reexec},
+    guard::{Cleanup, Inherit},
+    host,
+    report::{Check, CheckWords, Machine, Stamp, TaskReport, checks_table, table},
+    servers::{PgServer, migrated_database},
 };
 
 /// The target: a rate-limited backfill takes at most this many times the least time the limit
@@ -54,7 +53,6 @@ const SMOKE_LIMIT: RateLimit = RateLimit {
     requests: 100,
     window: Duration::from_secs(1),
 };
-const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432";
 /// How often the worker's CPU time and peak RSS are sampled.
 const SAMPLE_EVERY: Duration = Duration::from_millis(250);
 
@@ -82,7 +80,7 @@ pub struct BackfillBenchArgs {
 /// The results.
 #[derive(Serialize)]
 struct BackfillReport {
-    machine: report::Machine,
+    machine: Machine,
     settings: Settings,
     runs: Vec<Run>,
     checks: Vec<Check>,
@@ -94,10 +92,8 @@ struct Settings {
     users_with_google: usize,
     users_with_microsoft: usize,
     users_with_both: usize,
-    profile: &'static str,
-    smoke: bool,
-    date: String,
-    git_commit: String,
+    #[serde(flatten)]
+    stamp: Stamp,
     /// The arguments of `worker backfill` (its defaults otherwise).
     worker_args: Vec<String>,
     target_ratio: f64,
@@ -135,38 +131,18 @@ struct Run {
 
 /// Runs the benchmark.
 pub async fn run(args: BackfillBenchArgs) -> anyhow::Result<()> {
-    let workspace = super::workspace_root()?;
+    let workspace = harness::workspace_root()?;
     let smoke = args.smoke;
     let users = args.users.unwrap_or(if smoke { 2000 } else { 100_000 });
     if users == 0 {
         bail!("--users must be at least 1");
     }
-    let profile = args.profile.unwrap_or(if smoke {
-        Profile::Dev
-    } else {
-        Profile::Release
-    });
-    let json = workspace.join(args.json);
-    let markdown_path = args.markdown.map(|p| workspace.join(p));
-
-    let reexec = profile == Profile::Release
-        && cfg!(debug_assertions)
-        && std::env::var_os(REEXEC_ENV).is_none();
-    let mut packages = vec!["worker"];
-    if reexec {
-        packages.push("xtask");
-    }
-    println!(
-        "[0/3] building {} ({} profile)",
-        packages.join(", "),
-        profile.name()
-    );
-    let bin = procs::build(&workspace, profile, &packages)?;
-    if reexec {
-        return super::reexec_release(&bin).await;
-    }
-
-    let pg = PgServer::parse(&super::env_or("DATABASE_URL", DEFAULT_DATABASE_URL))?;
+    let profile = Profile::or_default(args.profile, smoke);
+    let outputs = Outputs::resolve(&workspace, args.json, args.markdown);
+    let Some(bin) = build_or_reexec("[0/3]", &workspace, profile, &["worker"]).await? else {
+        return Ok(());
+    };
+    let pg = PgServer::from_env()?;
     let clerk = FakeClerk::start().await;
     let population = clerk.generate_users(users);
     println!(
@@ -185,59 +161,23 @@ pub async fn run(args: BackfillBenchArgs) -> anyhow::Result<()> {
     } else {
         RateLimit::PRODUCTION
     };
-    let mut runs = Vec::new();
-    let mut machine = None;
-    for (i, (name, limit)) in [("production limit", Some(limit)), ("no limit", None)]
-        .into_iter()
-        .enumerate()
-    {
-        println!(
-            "[2/3] run {} of 2: worker backfill, {name}{}",
-            i + 1,
-            limit.map_or(String::new(), |l| format!(
-                " ({} requests per {:?})",
-                l.requests, l.window
-            ))
-        );
-        clerk.set_rate_limit(limit);
-        let mut cleanup = Cleanup::new("amqp://unused");
-        let database = format!("clerk_sync_backfill_{}_{}", std::process::id(), i + 1);
-        let result = tokio::select! {
-            result = one_run(&bin, &pg, &mut cleanup, &database, &clerk, name, limit, users, &log_dir) => result,
-            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
-        };
-        let (run, db) = match result {
-            Ok(done) => done,
-            Err(error) => {
-                drop(cleanup);
-                return Err(error);
-            }
-        };
-        if machine.is_none() {
-            machine = Some(report::machine(&db).await);
-        }
-        let _ = db.close().await;
-        // Drops the database.
-        drop(cleanup);
-        println!(
-            "      {:.1} s, {} requests, {} × 429, {}",
-            run.wall_s, run.requests, run.rate_limited, run.summary
-        );
-        runs.push(run);
-    }
-
+    let bench = Bench {
+        bin: &bin,
+        pg: &pg,
+        clerk: &clerk,
+        users,
+        log_dir: &log_dir,
+    };
+    let (runs, machine) = bench.runs(limit).await?;
     let checks = checks(&runs, &population);
     let report = BackfillReport {
-        machine: machine.context("no run")?,
+        machine,
         settings: Settings {
             users,
             users_with_google: population.google,
             users_with_microsoft: population.microsoft,
             users_with_both: population.both,
-            profile: profile.name(),
-            smoke,
-            date: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            git_commit: report::git_commit(&workspace),
+            stamp: Stamp::now(&workspace, profile, smoke),
             worker_args: worker_args().iter().map(|a| (*a).to_owned()).collect(),
             target_ratio: TARGET_RATIO,
         },
@@ -245,22 +185,7 @@ pub async fn run(args: BackfillBenchArgs) -> anyhow::Result<()> {
         checks,
     };
     println!("[3/3] report");
-    let markdown = markdown(&report);
-    println!("\n{markdown}");
-    super::write(
-        &json,
-        &serde_json::to_string_pretty(&serde_json::to_value(&report)?)?,
-    )?;
-    println!("JSON written to {}", json.display());
-    if let Some(path) = &markdown_path {
-        super::write(path, &markdown)?;
-        println!("markdown written to {}", path.display());
-    }
-    let failed = report.checks.iter().filter(|c| !c.pass).count();
-    if failed > 0 {
-        bail!("{failed} correctness check(s) failed; see the Checks table above");
-    }
-    Ok(())
+    harness::report::publish(&report, &outputs)
 }
 
 /// The arguments of `worker backfill` (everything else at its defaults).
@@ -268,138 +193,190 @@ fn worker_args() -> [&'static str; 1] {
     ["backfill"]
 }
 
-/// One backfill into a fresh database: the run and a connection to the database.
-#[allow(clippy::too_many_arguments)]
-async fn one_run(
-    bin: &Path,
-    pg: &PgServer,
-    cleanup: &mut Cleanup,
-    database: &str,
-    clerk: &FakeClerk,
-    name: &'static str,
-    limit: Option<RateLimit>,
+/// What every run shares.
+struct Bench<'a> {
+    /// Where the worker binary is.
+    bin: &'a Path,
+    pg: &'a PgServer,
+    clerk: &'a FakeClerk,
     users: usize,
-    log_dir: &Path,
-) -> anyhow::Result<(Run, DatabaseConnection)> {
-    cleanup.create_database(pg, database).await?;
-    let db_url = pg.url(database);
-    let mut connect = ConnectOptions::new(&db_url);
-    connect.max_connections(2).sqlx_logging(false);
-    let db = Database::connect(connect)
-        .await
-        .context("cannot connect to the bench database")?;
-    migration::Migrator::up(&db, None)
-        .await
-        .context("cannot apply the migrations to the bench database")?;
+    log_dir: &'a Path,
+}
 
-    let mut key = [0_u8; 32];
-    rand::rng().fill_bytes(&mut key);
-    let env = [
-        ("DATABASE_URL", db_url),
-        ("CLERK_API_URL", clerk.url()),
-        ("CLERK_SECRET_KEY", SECRET_KEY.to_owned()),
-        (
-            "TOKEN_ENCRYPTION_KEY",
-            base64::engine::general_purpose::STANDARD.encode(key),
-        ),
-        ("NO_COLOR", "1".to_owned()),
-        ("RUST_LOG", "warn".to_owned()),
-    ];
-    let program = bin.join("worker");
-    if !program.exists() {
-        bail!(
-            "{} does not exist; did the build put it elsewhere? (CARGO_TARGET_DIR)",
-            program.display()
-        );
-    }
-    let log = log_dir.join(format!("{database}.log"));
-    let out =
-        std::fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
-    let err = out
-        .try_clone()
-        .with_context(|| format!("cannot reopen {}", log.display()))?;
-    let requests_before = clerk.requests();
-    let rate_limited_before = clerk.rate_limited();
-    let started = Instant::now();
-    let mut child = tokio::process::Command::new(&program)
-        .args(worker_args())
-        .env_clear()
-        .envs(env)
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        // Ctrl-C or an error here: the worker goes too.
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("cannot start {}", program.display()))?;
-    let pid = child.id().context("the worker exited at once")?.to_string();
-    let (mut cpu, mut rss) = (Duration::ZERO, 0);
-    let status = loop {
-        tokio::select! {
-            status = child.wait() => break status.context("cannot wait for the worker")?,
-            () = tokio::time::sleep(SAMPLE_EVERY) => {
-                if let Ok(sample) = procs::cpu_time(&pid) {
-                    cpu = sample;
-                }
-                if let Ok(sample) = procs::peak_rss(pid.parse().unwrap_or(0)) {
-                    rss = sample;
-                }
-            }
+/// The worker's CPU time and peak RSS, last sampled before it exited.
+#[derive(Debug, Clone, Copy, Default)]
+struct Usage {
+    cpu: Duration,
+    peak_rss: u64,
+}
+
+impl Bench<'_> {
+    /// The run under `limit`, then the run without one, each in a database of its own
+    /// (dropped after it): the runs, and the machine.
+    async fn runs(&self, limit: RateLimit) -> anyhow::Result<(Vec<Run>, Machine)> {
+        let mut runs = Vec::new();
+        let mut machine = None;
+        for (i, (name, limit)) in [("production limit", Some(limit)), ("no limit", None)]
+            .into_iter()
+            .enumerate()
+        {
+            println!(
+                "[2/3] run {} of 2: worker backfill, {name}{}",
+                i + 1,
+                limit.map_or(String::new(), |l| format!(
+                    " ({} requests per {:?})",
+                    l.requests, l.window
+                ))
+            );
+            self.clerk.set_rate_limit(limit);
+            let database = format!("clerk_sync_backfill_{}_{}", std::process::id(), i + 1);
+            let first = machine.is_none();
+            let (run, run_machine) = Cleanup::without_broker()
+                .around(async |cleanup| {
+                    let (run, db) = self.one_run(cleanup, &database, name, limit).await?;
+                    let run_machine = if first {
+                        Some(harness::report::machine(&db).await)
+                    } else {
+                        None
+                    };
+                    let _ = db.close().await;
+                    Ok((run, run_machine))
+                })
+                .await?;
+            machine = machine.or(run_machine);
+            println!(
+                "      {:.1} s, {} requests, {} × 429, {}",
+                run.wall_s, run.requests, run.rate_limited, run.summary
+            );
+            runs.push(run);
         }
-    };
-    let wall = started.elapsed();
-    let requests = clerk.requests() - requests_before;
-    let rate_limited = clerk.rate_limited() - rate_limited_before;
-    let output = std::fs::read_to_string(&log).unwrap_or_default();
-    let summary = output
+        Ok((runs, machine.context("no run")?))
+    }
+
+    /// One backfill into a fresh database `database`: the run and a connection to the
+    /// database.
+    async fn one_run(
+        &self,
+        cleanup: &mut Cleanup,
+        database: &str,
+        name: &'static str,
+        limit: Option<RateLimit>,
+    ) -> anyhow::Result<(Run, DatabaseConnection)> {
+        let (db, db_url) = migrated_database(cleanup, self.pg, database, 2).await?;
+        let log = self.log_dir.join(format!("{database}.log"));
+        let requests_before = self.clerk.requests();
+        let rate_limited_before = self.clerk.rate_limited();
+        let started = Instant::now();
+        let (status, usage) = self.backfill(cleanup, &db_url, &log).await?;
+        let wall_s = started.elapsed().as_secs_f64();
+        let requests = self.clerk.requests() - requests_before;
+        let rate_limited = self.clerk.rate_limited() - rate_limited_before;
+        let summary = summary(&log);
+        if !status.success() {
+            eprintln!(
+                "worker backfill exited with {status}; see {}",
+                log.display()
+            );
+        }
+        let [users_in_db, connections_in_db, connected_in_db] = counts(&db).await?;
+        let allowed = limit.map(|l| l.minimum_time(requests - rate_limited));
+        let run = Run {
+            name,
+            limit_requests: limit.map(|l| l.requests),
+            limit_window_s: limit.map(|l| l.window.as_secs_f64()),
+            requests,
+            rate_limited,
+            wall_s,
+            allowed_s: allowed.map(|a| a.as_secs_f64()),
+            ratio: allowed
+                .filter(|a| !a.is_zero())
+                .map(|a| wall_s / a.as_secs_f64()),
+            users_per_s: self.users as f64 / wall_s,
+            requests_per_s: requests as f64 / wall_s,
+            worker_cpu_s: usage.cpu.as_secs_f64(),
+            worker_peak_rss_bytes: usage.peak_rss,
+            exit_ok: status.success(),
+            summary,
+            users_in_db,
+            connections_in_db,
+            connected_in_db,
+        };
+        Ok((run, db))
+    }
+
+    /// Runs `worker backfill` into `db_url` against the fake (with `TOKEN_ENCRYPTION_KEY` set,
+    /// so that calendar tokens are fetched) and nothing else from this environment, its
+    /// output to `log`, until it exits: its status and usage.
+    async fn backfill(
+        &self,
+        cleanup: &mut Cleanup,
+        db_url: &str,
+        log: &Path,
+    ) -> anyhow::Result<(ExitStatus, Usage)> {
+        let mut key = [0_u8; 32];
+        rand::rng().fill_bytes(&mut key);
+        let env = [
+            ("DATABASE_URL", db_url.to_owned()),
+            ("CLERK_API_URL", self.clerk.url()),
+            ("CLERK_SECRET_KEY", SECRET_KEY.to_owned()),
+            (
+                "TOKEN_ENCRYPTION_KEY",
+                base64::engine::general_purpose::STANDARD.encode(key),
+            ),
+            ("NO_COLOR", "1".to_owned()),
+            ("RUST_LOG", "warn".to_owned()),
+        ]
+        .map(|(k, v)| (k.to_owned(), v));
+        let program = self.bin.join("worker");
+        cleanup.spawn(
+            "worker",
+            &program,
+            &worker_args(),
+            &env,
+            Inherit::Nothing,
+            log,
+        )?;
+        let mut usage = Usage::default();
+        let status = cleanup
+            .wait_exit("worker", SAMPLE_EVERY, |pid| {
+                if let Ok(sample) = host::cpu_time(&pid.to_string()) {
+                    usage.cpu = sample;
+                }
+                if let Ok(sample) = host::peak_rss(pid) {
+                    usage.peak_rss = sample;
+                }
+            })
+            .await?;
+        Ok((status, usage))
+    }
+}
+
+/// The worker's summary line in `log`.
+fn summary(log: &Path) -> String {
+    let output = std::fs::read_to_string(log).unwrap_or_default();
+    output
         .lines()
         .find(|l| l.starts_with("backfill done:"))
         .unwrap_or("(no summary line; see the log)")
-        .to_owned();
-    if !status.success() {
-        eprintln!(
-            "worker backfill exited with {status}; see {}",
-            log.display()
-        );
+        .to_owned()
+}
+
+/// Rows at the end: users, calendar connections, connected ones.
+async fn counts(db: &DatabaseConnection) -> anyhow::Result<[i64; 3]> {
+    let mut counts = [0; 3];
+    for (count, sql) in counts.iter_mut().zip([
+        "SELECT count(*) FROM users",
+        "SELECT count(*) FROM user_calendar_connections",
+        "SELECT count(*) FROM user_calendar_connections WHERE status = 'connected'",
+    ]) {
+        *count = db
+            .query_one_raw(Statement::from_string(DbBackend::Postgres, sql))
+            .await?
+            .context("no row")?
+            .try_get_by_index::<i64>(0)
+            .context("not a count")?;
     }
-    let count = |sql: &'static str| {
-        let db = &db;
-        async move {
-            db.query_one_raw(Statement::from_string(DbBackend::Postgres, sql))
-                .await?
-                .context("no row")?
-                .try_get_by_index::<i64>(0)
-                .context("not a count")
-        }
-    };
-    let users_in_db = count("SELECT count(*) FROM users").await?;
-    let connections_in_db = count("SELECT count(*) FROM user_calendar_connections").await?;
-    let connected_in_db =
-        count("SELECT count(*) FROM user_calendar_connections WHERE status = 'connected'").await?;
-    let allowed = limit.map(|l| l.minimum_time(requests - rate_limited));
-    let wall_s = wall.as_secs_f64();
-    let run = Run {
-        name,
-        limit_requests: limit.map(|l| l.requests),
-        limit_window_s: limit.map(|l| l.window.as_secs_f64()),
-        requests,
-        rate_limited,
-        wall_s,
-        allowed_s: allowed.map(|a| a.as_secs_f64()),
-        ratio: allowed
-            .filter(|a| !a.is_zero())
-            .map(|a| wall_s / a.as_secs_f64()),
-        users_per_s: users as f64 / wall_s,
-        requests_per_s: requests as f64 / wall_s,
-        worker_cpu_s: cpu.as_secs_f64(),
-        worker_peak_rss_bytes: rss,
-        exit_ok: status.success(),
-        summary,
-        users_in_db,
-        connections_in_db,
-        connected_in_db,
-    };
-    Ok((run, db))
+    Ok(counts)
 }
 
 fn checks(runs: &[Run], population: &Population) -> Vec<Check> {
@@ -446,97 +423,109 @@ fn checks(runs: &[Run], population: &Population) -> Vec<Check> {
     checks
 }
 
-fn markdown(r: &BackfillReport) -> String {
-    let s = &r.settings;
-    let m = &r.machine;
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "Backfill of {} users ({} with a Google calendar account, {} with a Microsoft one, {} with \
-         both), `worker {}` ({} profile), commit {}, {}.\n",
-        s.users,
-        s.users_with_google,
-        s.users_with_microsoft,
-        s.users_with_both,
-        s.worker_args.join(" "),
-        s.profile,
-        s.git_commit,
-        s.date
-    );
-    let _ = writeln!(
-        out,
-        "Machine: {} CPUs ({}), {:.1} GiB RAM, Linux {}, PostgreSQL {}.\n",
-        m.nproc,
-        m.cpu_model,
-        m.mem_total_bytes.unwrap_or(0) as f64 / (1024.0 * 1024.0 * 1024.0),
-        m.kernel,
-        m.postgres
-    );
-    let rows: Vec<Vec<String>> = r
-        .runs
-        .iter()
-        .map(|run| {
-            vec![
-                run.name.to_owned(),
-                match (run.limit_requests, run.limit_window_s) {
-                    (Some(n), Some(w)) => format!("{n} / {w} s"),
-                    _ => "none".into(),
-                },
-                s.users.to_string(),
-                run.requests.to_string(),
-                run.rate_limited.to_string(),
-                format!("{:.1} s", run.wall_s),
-                run.allowed_s
-                    .map_or_else(|| "–".into(), |a| format!("{a:.0} s")),
-                run.ratio.map_or_else(
-                    || "–".into(),
-                    |x| {
-                        format!(
-                            "{x:.3} ({})",
-                            if x <= TARGET_RATIO { "pass" } else { "FAIL" }
-                        )
-                    },
-                ),
-                format!("{:.0}", run.users_per_s),
-                format!("{:.1}", run.requests_per_s),
-                format!("{:.1} s", run.worker_cpu_s),
-                format!(
-                    "{:.0} MiB",
-                    run.worker_peak_rss_bytes as f64 / (1024.0 * 1024.0)
-                ),
-            ]
-        })
-        .collect();
-    report::table(
-        &mut out,
-        &[
-            "Run",
-            "Limit",
-            "Users",
-            "Requests",
-            "429s",
-            "Wall",
-            "Limit allows",
-            "Ratio (≤ 1.2)",
-            "Users/s",
-            "Requests/s",
-            "Worker CPU",
-            "Worker peak RSS",
-        ],
-        &rows,
-    );
-    out.push('\n');
-    let rows: Vec<Vec<String>> = r
-        .checks
-        .iter()
-        .map(|c| {
-            vec![
-                c.name.clone(),
-                if c.pass { "pass" } else { "FAIL" }.to_owned(),
-                c.detail.clone(),
-            ]
-        })
-        .collect();
-    report::table(&mut out, &["Check", "Result", "Detail"], &rows);
-    out
+impl TaskReport for BackfillReport {
+    fn markdown(&self) -> String {
+        let mut out = String::new();
+        self.markdown_header(&mut out);
+        self.markdown_runs(&mut out);
+        out.push('\n');
+        checks_table(&mut out, &self.checks, &CHECK_WORDS);
+        out
+    }
+
+    fn checks(&self) -> &[Check] {
+        &self.checks
+    }
+}
+
+/// The backfill bench's checks table.
+const CHECK_WORDS: CheckWords = CheckWords {
+    columns: ["Check", "Result", "Detail"],
+    pass: "pass",
+    fail: "FAIL",
+};
+
+impl BackfillReport {
+    /// What was backfilled, how, and where.
+    fn markdown_header(&self, out: &mut String) {
+        let s = &self.settings;
+        let m = &self.machine;
+        let _ = writeln!(
+            out,
+            "Backfill of {} users ({} with a Google calendar account, {} with a Microsoft one, {} \
+             with both), `worker {}` ({} profile), commit {}, {}.\n",
+            s.users,
+            s.users_with_google,
+            s.users_with_microsoft,
+            s.users_with_both,
+            s.worker_args.join(" "),
+            s.stamp.profile,
+            s.stamp.git_commit,
+            s.stamp.date
+        );
+        let _ = writeln!(
+            out,
+            "Machine: {} CPUs ({}), {:.1} GiB RAM, Linux {}, PostgreSQL {}.\n",
+            m.nproc,
+            m.cpu_model,
+            m.mem_total_bytes.unwrap_or(0) as f64 / (1024.0 * 1024.0 * 1024.0),
+            m.kernel,
+            m.postgres
+        );
+    }
+
+    /// A row per run.
+    fn markdown_runs(&self, out: &mut String) {
+        let users = self.settings.users;
+        let rows: Vec<Vec<String>> = self.runs.iter().map(|run| run.row(users)).collect();
+        table(
+            out,
+            &[
+                "Run",
+                "Limit",
+                "Users",
+                "Requests",
+                "429s",
+                "Wall",
+                "Limit allows",
+                "Ratio (≤ 1.2)",
+                "Users/s",
+                "Requests/s",
+                "Worker CPU",
+                "Worker peak RSS",
+            ],
+            &rows,
+        );
+    }
+}
+
+impl Run {
+    /// Its row of the runs table.
+    fn row(&self, users: usize) -> Vec<String> {
+        let ratio = |x: f64| {
+            let verdict = if x <= TARGET_RATIO { "pass" } else { "FAIL" };
+            format!("{x:.3} ({verdict})")
+        };
+        vec![
+            self.name.to_owned(),
+            match (self.limit_requests, self.limit_window_s) {
+                (Some(n), Some(w)) => format!("{n} / {w} s"),
+                _ => "none".into(),
+            },
+            users.to_string(),
+            self.requests.to_string(),
+            self.rate_limited.to_string(),
+            format!("{:.1} s", self.wall_s),
+            self.allowed_s
+                .map_or_else(|| "–".into(), |a| format!("{a:.0} s")),
+            self.ratio.map_or_else(|| "–".into(), ratio),
+            format!("{:.0}", self.users_per_s),
+            format!("{:.1}", self.requests_per_s),
+            format!("{:.1} s", self.worker_cpu_s),
+            format!(
+                "{:.0} MiB",
+                self.worker_peak_rss_bytes as f64 / (1024.0 * 1024.0)
+            ),
+        ]
+    }
 }

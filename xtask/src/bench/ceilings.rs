@@ -18,7 +18,7 @@ use anyhow::{Context, bail};
 use broker::{
     headers,
     lapin::{
-        BasicProperties, Confirmation, Connection, ConnectionProperties,
+        BasicProperties, Channel, Confirmation, Connection, ConnectionProperties,
         options::{
             BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
         },
@@ -141,6 +141,47 @@ async fn broker_run(
     consume: bool,
 ) -> anyhow::Result<Ceiling> {
     let connection = connect(amqp_url).await?;
+    let channel = quorum_queue_with_confirms(&connection, queue).await?;
+    let consumer_connection = if consume {
+        Some(connect(amqp_url).await?)
+    } else {
+        None
+    };
+    let consumer = consumer_connection
+        .as_ref()
+        .map(|c| consume_all(c, queue, count as u64));
+    let started = Instant::now();
+    let publish = publish_all(&channel, queue, count, size);
+    let refused = match consumer {
+        Some(consumer) => tokio::try_join!(publish, consumer)?.0,
+        None => publish.await?,
+    };
+    let wall = started.elapsed();
+    if let Some(c) = &consumer_connection {
+        let _ = c.close(200, "bench done".into()).await;
+    }
+    channel
+        .queue_delete(queue.into(), QueueDeleteOptions::default())
+        .await
+        .with_context(|| format!("cannot delete the queue {queue}"))?;
+    let _ = connection.close(200, "bench done".into()).await;
+    if let Some((refused, first_refusal)) = refused {
+        bail!(
+            "RabbitMQ refused {refused} of {count} publishes to {queue} ({first_refusal}); the \
+             broker ceiling cannot be measured"
+        );
+    }
+    Ok(Ceiling {
+        count: count as u64,
+        wall,
+    })
+}
+
+/// A channel of `connection` in confirm mode, and the quorum queue `queue` declared on it.
+async fn quorum_queue_with_confirms(
+    connection: &Connection,
+    queue: &str,
+) -> anyhow::Result<Channel> {
     let channel = connection
         .create_channel()
         .await
@@ -165,74 +206,48 @@ async fn broker_run(
         )
         .await
         .with_context(|| format!("cannot declare the quorum queue {queue}"))?;
+    Ok(channel)
+}
 
-    let consumer_connection = if consume {
-        Some(connect(amqp_url).await?)
-    } else {
-        None
-    };
-    let consumer = consumer_connection
-        .as_ref()
-        .map(|c| consume_all(c, queue, count as u64));
+/// Publishes `count` messages of `size` bytes to `queue` with [`BROKER_IN_FLIGHT`]
+/// unconfirmed at a time, and waits for every confirmation: how many were refused and the
+/// first refusal, if any was.
+async fn publish_all(
+    channel: &Channel,
+    queue: &str,
+    count: usize,
+    size: usize,
+) -> anyhow::Result<Option<(u64, String)>> {
     let payload = vec![b'x'; size];
     let mut pending = FuturesUnordered::new();
     let mut refused = 0_u64;
     let mut first_refusal = None;
-    let started = Instant::now();
-    let publish = async {
-        for i in 0..count {
-            if pending.len() >= BROKER_IN_FLIGHT
-                && let Some(confirmation) = pending.next().await
-            {
-                count_confirmation(confirmation, &mut refused, &mut first_refusal);
-            }
-            let svix_id = format!("msg_{:032x}", i);
-            let confirm = channel
-                .basic_publish(
-                    ShortString::from(""),
-                    queue.into(),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..BasicPublishOptions::default()
-                    },
-                    &payload,
-                    ingress_like_properties(&svix_id),
-                )
-                .await
-                .context("publishing to RabbitMQ failed")?;
-            pending.push(confirm);
-        }
-        while let Some(confirmation) = pending.next().await {
+    for i in 0..count {
+        if pending.len() >= BROKER_IN_FLIGHT
+            && let Some(confirmation) = pending.next().await
+        {
             count_confirmation(confirmation, &mut refused, &mut first_refusal);
         }
-        anyhow::Ok(())
-    };
-    match consumer {
-        Some(consumer) => {
-            tokio::try_join!(publish, consumer)?;
-        }
-        None => publish.await?,
+        let svix_id = format!("msg_{:032x}", i);
+        let confirm = channel
+            .basic_publish(
+                ShortString::from(""),
+                queue.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                &payload,
+                ingress_like_properties(&svix_id),
+            )
+            .await
+            .context("publishing to RabbitMQ failed")?;
+        pending.push(confirm);
     }
-    let wall = started.elapsed();
-    if let Some(c) = &consumer_connection {
-        let _ = c.close(200, "bench done".into()).await;
+    while let Some(confirmation) = pending.next().await {
+        count_confirmation(confirmation, &mut refused, &mut first_refusal);
     }
-    channel
-        .queue_delete(queue.into(), QueueDeleteOptions::default())
-        .await
-        .with_context(|| format!("cannot delete the queue {queue}"))?;
-    let _ = connection.close(200, "bench done".into()).await;
-    if refused > 0 {
-        bail!(
-            "RabbitMQ refused {refused} of {count} publishes to {queue} ({}); the broker ceiling \
-             cannot be measured",
-            first_refusal.unwrap_or_default()
-        );
-    }
-    Ok(Ceiling {
-        count: count as u64,
-        wall,
-    })
+    Ok((refused > 0).then(|| (refused, first_refusal.unwrap_or_default())))
 }
 
 fn count_confirmation(

@@ -240,31 +240,45 @@ async fn task(
             return result;
         }
     };
+    closed_loop(addr, &host, &start, result, || {
+        let index = next.fetch_add(1, Ordering::Relaxed);
+        events.get(index).map(webhook)
+    })
+    .await
+}
+
+/// One connection's closed loop: once every task is ready (`start`), sends the requests `next`
+/// gives one after the other (`None`: done), each after the answer to the last, reconnecting
+/// after a failure; adds what it measured to `result`. A connection that cannot be opened stops
+/// it (the other tasks take the remaining requests).
+pub(super) async fn closed_loop(
+    addr: SocketAddr,
+    host: &HeaderValue,
+    start: &Barrier,
+    mut result: TaskResult,
+    mut next: impl FnMut() -> Option<anyhow::Result<Request<Full<Bytes>>>>,
+) -> TaskResult {
     let mut sender = connect(addr).await;
     start.wait().await;
     loop {
         let mut current = match sender {
             Ok(sender) => sender,
             Err(error) => {
-                // No connection: this task stops, the others take the remaining events.
                 result.connect_failures += 1;
                 result.first_error.get_or_insert(format!("{error:#}"));
                 return result;
             }
         };
-        let index = next.fetch_add(1, Ordering::Relaxed);
-        let Some(event) = events.get(index) else {
-            return result;
-        };
-        let request = match webhook(event) {
-            Ok(request) => request,
-            Err(error) => {
+        let request = match next() {
+            None => return result,
+            Some(Ok(request)) => request,
+            Some(Err(error)) => {
                 result.error(format!("{error:#}"));
                 sender = Ok(current);
                 continue;
             }
         };
-        sender = match exchange(&mut current, &host, request, &mut result).await {
+        sender = match exchange(&mut current, host, request, &mut result).await {
             Some(_) => Ok(current),
             None => connect(addr).await,
         };

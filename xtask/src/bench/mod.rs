@@ -36,29 +36,32 @@ pub(crate) mod events;
 pub(crate) mod load;
 pub mod paced;
 pub(crate) mod pipeline;
-pub(crate) mod procs;
 pub(crate) mod reads;
 pub(crate) mod report;
 mod scale;
 mod seed;
 
 use std::{
-    net::SocketAddr,
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
 };
 
 use anyhow::{Context, bail};
-use broker::Topology;
-use migration::MigratorTrait as _;
-use sea_orm::{ConnectOptions, Database, DatabaseConnection};
 
 use self::{
     events::Event,
-    pipeline::{Broker, Check},
-    procs::{Cleanup, Profile},
     report::{Ceilings, IngressRun, Live, Report, Settings, WorkerRun},
+};
+use crate::harness::{
+    self, Outputs, Pipeline,
+    build::Profile,
+    guard::Cleanup,
+    host,
+    report::{Check, Stamp},
+    servers::{Broker, Servers},
+    services::{Services, Started},
+    site::{self, Site},
 };
 
 /// Runs of the broker ceiling; the best counts.
@@ -70,12 +73,6 @@ const LIVE_CONNECTIONS: usize = 64;
 const LIVE_MAX_EVENTS: usize = 50_000;
 /// Runs of the broker's end-to-end ceiling (before the live phase).
 const E2E_RUNS: usize = 2;
-/// Set in the release build this task re-runs itself as.
-pub(crate) const REEXEC_ENV: &str = "CLERK_SYNC_BENCH_REEXEC";
-pub(crate) const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432";
-pub(crate) const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-/// How long a started process may take to answer `/readyz`.
-pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// The worker's accept-to-commit histogram.
 const LAG_HISTOGRAM: &str = "clerk_sync_event_lag_seconds";
 
@@ -126,8 +123,7 @@ struct Options {
     users: usize,
     connections: Vec<usize>,
     profile: Profile,
-    json: PathBuf,
-    markdown: Option<PathBuf>,
+    outputs: Outputs,
     smoke: bool,
     scale: Option<scale::ScaleOptions>,
 }
@@ -176,13 +172,8 @@ impl Options {
             events,
             users,
             connections,
-            profile: args.profile.unwrap_or(if smoke {
-                Profile::Dev
-            } else {
-                Profile::Release
-            }),
-            json: workspace.join(args.json),
-            markdown: args.markdown.map(|p| workspace.join(p)),
+            profile: Profile::or_default(args.profile, smoke),
+            outputs: Outputs::resolve(workspace, args.json, args.markdown),
             smoke,
         })
     }
@@ -190,150 +181,45 @@ impl Options {
 
 /// Runs the benchmark.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let workspace = workspace_root()?;
+    let workspace = harness::workspace_root()?;
     let options = Options::resolve(args, &workspace)?;
     // Checked before building: a bad combination should not cost a build.
     events::validate(options.events, options.users)?;
-
-    let reexec = options.profile == Profile::Release
-        && cfg!(debug_assertions)
-        && std::env::var_os(REEXEC_ENV).is_none();
-    let mut packages = vec!["ingress", "worker", "api"];
-    if reexec {
-        packages.push("xtask");
-    }
-    println!(
-        "[0/7] building {} ({} profile)",
-        packages.join(", "),
-        options.profile.name()
-    );
-    let bin = procs::build(&workspace, options.profile, &packages)?;
-    if reexec {
-        return reexec_release(&bin).await;
-    }
-
-    // Ingress and worker get AMQP_URL as is; the bench's own connections use its first node.
-    let amqp_url = env_or("AMQP_URL", DEFAULT_AMQP_URL);
-    let amqp_node = amqp_url.split(',').next().unwrap_or_default().trim();
-    let pg = procs::PgServer::parse(&env_or("DATABASE_URL", DEFAULT_DATABASE_URL))?;
-    let mut cleanup = Cleanup::new(amqp_node);
-    let run = phases(
-        &options,
+    let task = ("bench", "[0/7]");
+    harness::pipeline(
+        task,
         &workspace,
-        &bin,
-        (&amqp_url, amqp_node),
-        &pg,
-        &mut cleanup,
-    );
-    let outcome = tokio::select! {
-        result = run => result,
-        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
-    };
-    println!("cleaning up (processes, database, queues)");
-    drop(cleanup);
-    let report = outcome?;
-
-    let markdown = report.markdown();
-    println!("\n{markdown}");
-    // Through a `Value`: its keys are sorted, as in the committed result files.
-    write(
-        &options.json,
-        &serde_json::to_string_pretty(&serde_json::to_value(&report)?)?,
-    )?;
-    println!("JSON written to {}", options.json.display());
-    if let Some(path) = &options.markdown {
-        write(path, &markdown)?;
-        println!("markdown written to {}", path.display());
-    }
-    if !report.checks_pass() {
-        let failed = report.checks.iter().filter(|c| !c.pass).count();
-        bail!("{failed} correctness check(s) failed; see the Checks table above");
-    }
-    Ok(())
-}
-
-pub(crate) fn write(path: &Path, text: &str) -> anyhow::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
-}
-
-pub(crate) fn env_or(name: &str, default: &str) -> String {
-    std::env::var(name)
-        .ok()
-        .filter(|v| !v.trim().is_empty())
-        .unwrap_or_else(|| default.to_owned())
-}
-
-/// The workspace root (this crate's parent directory).
-pub(crate) fn workspace_root() -> anyhow::Result<PathBuf> {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .context("xtask has no parent directory")
-}
-
-/// Runs the release build of this task with the same arguments, and exits with its status.
-pub(crate) async fn reexec_release(bin: &Path) -> anyhow::Result<()> {
-    let exe = bin.join("xtask");
-    println!("running the bench from {} (release build)", exe.display());
-    let mut child = tokio::process::Command::new(&exe)
-        .args(std::env::args_os().skip(1))
-        .env(REEXEC_ENV, "1")
-        .spawn()
-        .with_context(|| format!("cannot start {}", exe.display()))?;
-    let status = loop {
-        tokio::select! {
-            status = child.wait() => break status.context("cannot wait for the release bench")?,
-            // Ctrl-C reaches the child too; it cleans up, and we wait for it.
-            _ = tokio::signal::ctrl_c() => {}
-        }
-    };
-    if !status.success() {
-        std::process::exit(status.code().unwrap_or(1));
-    }
-    Ok(())
+        options.profile,
+        &options.outputs,
+        async |p, cleanup| phases(&options, &workspace, p, cleanup).await,
+    )
+    .await
 }
 
 /// What the phases share.
 struct Ctx<'a> {
-    bin: &'a Path,
-    log_dir: PathBuf,
-    amqp_url: &'a str,
-    /// The node the bench's own AMQP connections use (the first of `amqp_url`).
-    amqp_node: &'a str,
+    services: &'a Services,
+    servers: &'a Servers,
     secret: String,
-    /// The queue prefix the worker drains (and the bench database's name).
-    prefix: String,
-    /// The topology of `prefix`.
-    main: Topology,
-    db: DatabaseConnection,
-    db_url: String,
+    /// The database and the queue prefix the worker drains.
+    site: Site,
 }
 
 impl Ctx<'_> {
-    /// Starts an ingress named `name` publishing to `prefix`, ready: its pid and address.
+    /// The node the bench's own AMQP connections use (the first of `AMQP_URL`).
+    fn amqp_node(&self) -> &str {
+        &self.servers.amqp_node
+    }
+
+    /// Starts an ingress named `name` publishing to `prefix`, ready.
     async fn start_ingress(
         &self,
         cleanup: &mut Cleanup,
         name: &str,
         prefix: &str,
-    ) -> anyhow::Result<(u32, SocketAddr)> {
-        let addr = procs::free_addr()?;
-        let env = vec![
-            ("INGRESS_ADDR".to_owned(), addr.to_string()),
-            ("AMQP_URL".to_owned(), self.amqp_url.to_owned()),
-            ("QUEUE_PREFIX".to_owned(), prefix.to_owned()),
-            ("CLERK_WEBHOOK_SECRET".to_owned(), self.secret.clone()),
-            ("NO_COLOR".to_owned(), "1".to_owned()),
-        ];
-        let log = self.log_dir.join(format!("{name}.log"));
-        let pid = cleanup.spawn(name, &self.bin.join("ingress"), &[], &env, &[], &log)?;
-        cleanup
-            .wait_ready(name, &format!("http://{addr}/readyz"), READY_TIMEOUT)
-            .await?;
-        Ok((pid, addr))
+    ) -> anyhow::Result<Started> {
+        let ingress = self.site.ingress(name, prefix, &self.secret);
+        self.services.start(cleanup, ingress).await
     }
 
     /// Starts an ingress on `prefix`, sends `events` (signed now) over `connections`
@@ -347,14 +233,15 @@ impl Ctx<'_> {
         connections: usize,
         round: usize,
     ) -> anyhow::Result<IngressRun> {
-        let (pid, addr) = self.start_ingress(cleanup, name, prefix).await?;
+        let ingress = self.start_ingress(cleanup, name, prefix).await?;
+        let pid = ingress.pid.to_string();
         let signed = Arc::new(events::sign(events, &self.secret)?);
-        let ingress_cpu_before = procs::cpu_time(&pid.to_string())?;
-        let own_cpu_before = procs::cpu_time("self")?;
-        let load = load::run(addr, signed, connections).await?;
-        let own_cpu = procs::cpu_time("self")?.saturating_sub(own_cpu_before);
-        let cpu = procs::cpu_time(&pid.to_string())?.saturating_sub(ingress_cpu_before);
-        let peak_rss = procs::peak_rss(pid)?;
+        let ingress_cpu_before = host::cpu_time(&pid)?;
+        let own_cpu_before = host::cpu_time("self")?;
+        let load = load::run(ingress.addr, signed, connections).await?;
+        let own_cpu = host::cpu_time("self")?.saturating_sub(own_cpu_before);
+        let cpu = host::cpu_time(&pid)?.saturating_sub(ingress_cpu_before);
+        let peak_rss = host::peak_rss(ingress.pid)?;
         cleanup.stop(name).await?;
         Ok(IngressRun {
             load,
@@ -365,17 +252,21 @@ impl Ctx<'_> {
             live: false,
         })
     }
-}
 
-pub(crate) fn topology(prefix: &str) -> anyhow::Result<Topology> {
-    // The same names the ingress and worker derive (they inherit RETRY_DELAYS).
-    let retry_delays = std::env::var("RETRY_DELAYS").ok();
-    Topology::from_lookup(&|name: &str| match name {
-        "QUEUE_PREFIX" => Some(prefix.to_owned()),
-        "RETRY_DELAYS" => retry_delays.clone(),
-        _ => None,
-    })
-    .map_err(|e| anyhow::anyhow!("{e}"))
+    /// Once the worker has applied what was sent: gives the last acks a moment (they follow
+    /// commits), then checks that the site's queues are empty (counted through `broker`) and
+    /// `users` equals `expected`.
+    async fn check_settled(
+        &self,
+        broker: &Broker,
+        expected: &[events::Expected],
+        when: &str,
+    ) -> anyhow::Result<Vec<Check>> {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut checks = site::check_queues(broker, &self.site.main, when).await?;
+        checks.push(pipeline::check_users(&self.site.db, expected, when).await?);
+        Ok(checks)
+    }
 }
 
 fn drain_timeout(events: u64) -> Duration {
@@ -385,17 +276,9 @@ fn drain_timeout(events: u64) -> Duration {
 async fn phases(
     o: &Options,
     workspace: &Path,
-    bin: &Path,
-    (amqp_url, amqp_node): (&str, &str),
-    pg: &procs::PgServer,
+    p: Pipeline<'_>,
     cleanup: &mut Cleanup,
 ) -> anyhow::Result<Report> {
-    let prefix = format!("clerk_sync_bench_{}", std::process::id());
-    let log_dir = workspace.join("target").join("bench");
-    std::fs::create_dir_all(&log_dir)
-        .with_context(|| format!("cannot create {}", log_dir.display()))?;
-    let (db, db_url) = bench_database(cleanup, amqp_node, pg, &prefix).await?;
-
     println!(
         "[1/7] generating {} events over {} users",
         o.events, o.users
@@ -405,128 +288,124 @@ async fn phases(
     // The scale phases drain the same events again, from the start.
     let initial = expected.clone();
     let body_size = events::average_size(&plan.events);
-    let secret = events::random_secret();
-    let main = topology(&prefix)?;
     let ctx = Ctx {
-        bin,
-        log_dir,
-        amqp_url,
-        amqp_node,
-        secret,
-        prefix,
-        main,
-        db,
-        db_url,
+        services: p.services,
+        servers: p.servers,
+        secret: events::random_secret(),
+        site: p.site,
     };
-
     let mut checks = Vec::new();
-    let rounds = alternating_rounds(&ctx, cleanup, o, &plan.events, body_size).await?;
-    checks.extend(rounds.ingress.iter().map(answered_check));
-    println!(
-        "[3/7] database ceilings: {} upserts over {} users",
-        o.events, o.users
-    );
-    let (db_single, db_batched, batch_rows) = database_ceilings(&ctx.db, o).await?;
-    let more = other_connection_counts(&ctx, cleanup, o, &plan.events).await?;
-    checks.extend(more.iter().map(answered_check));
-    let mut ingress_runs = rounds.ingress;
-    ingress_runs.extend(more);
-
-    let queued = ingress_runs.first().map_or(0, |r| r.load.accepted);
-    println!("[5/7] worker drain: {queued} queued events");
-    let (worker, drained) = worker_drain(&ctx, cleanup, &expected, queued, &[]).await?;
-    checks.extend(drained.checks);
+    let (ceilings, ingress, batch_rows) =
+        ceilings_and_ingress(&ctx, cleanup, o, &plan.events, body_size, &mut checks).await?;
+    let queued = ingress.first().map_or(0, |r| r.load.accepted);
     let live_count = o.events.min(LIVE_MAX_EVENTS);
-    let e2e_runs = end_to_end_ceiling(&ctx, cleanup, live_count, body_size).await?;
-    let (mut live, live_checks) =
-        live_phase(&ctx, cleanup, &worker, &mut expected, live_count).await?;
-    live.e2e_runs = e2e_runs;
-    checks.extend(live_checks);
-    let worker_peak_rss = worker.stop(cleanup).await?;
+    let (worker, live) = drain_and_live(
+        &ctx,
+        cleanup,
+        &mut expected,
+        (queued, live_count),
+        body_size,
+    )
+    .await?;
+    checks.extend(worker.1);
+    checks.extend(live.1);
     let scale = match &o.scale {
         Some(so) => {
-            let (report, scale_checks) =
-                scale_phases(&ctx, cleanup, pg, so, &plan.events, initial).await?;
-            checks.extend(scale_checks);
-            Some(report)
+            Some(scale_phases(&ctx, cleanup, so, &plan.events, initial, &mut checks).await?)
         }
         None => None,
     };
 
     println!("[7/7] report");
-    let machine = report::machine(&ctx.db).await;
-    let _ = ctx.db.close().await;
+    let machine = harness::report::machine(&ctx.site.db).await;
+    let prefix = ctx.site.prefix.clone();
+    ctx.site.close().await;
     Ok(Report {
         machine,
-        settings: settings(o, workspace, ctx.prefix, body_size, live_count, batch_rows),
-        ceilings: Ceilings {
-            broker: rounds.broker,
-            broker_runs: rounds.broker_runs,
-            db_single,
-            db_batched,
-        },
-        ingress: ingress_runs,
-        worker: WorkerRun {
-            drain: drained.drain,
-            peak_rss_after_drain: drained.peak_rss_after_drain,
-            peak_rss: worker_peak_rss,
-        },
-        live,
+        settings: settings(o, workspace, prefix, body_size, live_count, batch_rows),
+        ceilings,
+        ingress,
+        worker: worker.0,
+        live: live.0,
         scale,
         checks,
     })
+}
+
+/// Phases 2 to 4: the broker's and the database's ceilings, and the ingress at each connection
+/// count (checked); the ceilings, the ingress runs and the rows per batched transaction.
+async fn ceilings_and_ingress(
+    ctx: &Ctx<'_>,
+    cleanup: &mut Cleanup,
+    o: &Options,
+    events: &[Event],
+    body_size: usize,
+    checks: &mut Vec<Check>,
+) -> anyhow::Result<(Ceilings, Vec<IngressRun>, usize)> {
+    let rounds = alternating_rounds(ctx, cleanup, o, events, body_size).await?;
+    checks.extend(rounds.ingress.iter().map(answered_check));
+    println!(
+        "[3/7] database ceilings: {} upserts over {} users",
+        o.events, o.users
+    );
+    let (db_single, db_batched, batch_rows) = database_ceilings(&ctx.site.db, o).await?;
+    let more = other_connection_counts(ctx, cleanup, o, events).await?;
+    checks.extend(more.iter().map(answered_check));
+    let mut ingress = rounds.ingress;
+    ingress.extend(more);
+    let ceilings = Ceilings {
+        broker: rounds.broker,
+        broker_runs: rounds.broker_runs,
+        db_single,
+        db_batched,
+    };
+    Ok((ceilings, ingress, batch_rows))
+}
+
+/// Phases 5 and 6: the worker drains the `queued` events, then the live phase sends
+/// `live_count` more with the worker running (after the broker's end-to-end ceiling); the
+/// worker's figures and the live phase's, each with their checks.
+async fn drain_and_live(
+    ctx: &Ctx<'_>,
+    cleanup: &mut Cleanup,
+    expected: &mut [events::Expected],
+    (queued, live_count): (u64, usize),
+    body_size: usize,
+) -> anyhow::Result<((WorkerRun, Vec<Check>), (Live, Vec<Check>))> {
+    println!("[5/7] worker drain: {queued} queued events");
+    let (worker, drained) = worker_drain(ctx, cleanup, expected, queued, &[]).await?;
+    let e2e_runs = end_to_end_ceiling(ctx, cleanup, live_count, body_size).await?;
+    let (mut live, live_checks) = live_phase(ctx, cleanup, &worker, expected, live_count).await?;
+    live.e2e_runs = e2e_runs;
+    let worker_run = WorkerRun {
+        drain: drained.drain,
+        peak_rss_after_drain: drained.peak_rss_after_drain,
+        peak_rss: worker.stop(cleanup).await?,
+    };
+    Ok(((worker_run, drained.checks), (live, live_checks)))
 }
 
 /// Phases 8 and 9, in a database and under a queue prefix of their own.
 async fn scale_phases(
     ctx: &Ctx<'_>,
     cleanup: &mut Cleanup,
-    pg: &procs::PgServer,
     so: &scale::ScaleOptions,
     events: &[Event],
     mut expected: Vec<events::Expected>,
-) -> anyhow::Result<(scale::ScaleReport, Vec<Check>)> {
-    let prefix = format!("{}_scale", ctx.prefix);
-    let (db, db_url) = bench_database(cleanup, ctx.amqp_node, pg, &prefix).await?;
-    let main = topology(&prefix)?;
-    cleanup.track_topology(&main);
+    checks: &mut Vec<Check>,
+) -> anyhow::Result<scale::ScaleReport> {
+    let prefix = format!("{}_scale", ctx.site.prefix);
     let sctx = Ctx {
-        bin: ctx.bin,
-        log_dir: ctx.log_dir.clone(),
-        amqp_url: ctx.amqp_url,
-        amqp_node: ctx.amqp_node,
+        services: ctx.services,
+        servers: ctx.servers,
         secret: ctx.secret.clone(),
-        prefix,
-        main,
-        db,
-        db_url,
+        site: Site::create(cleanup, ctx.servers, prefix).await?,
     };
     let result = scale::run(&sctx, cleanup, so, events, &mut expected).await;
-    let _ = sctx.db.close().await;
-    result
-}
-
-/// Reaches both servers, then creates the bench database `name` (dropped by `cleanup`),
-/// connects to it and applies the migrations: the connection and its URL.
-pub(crate) async fn bench_database(
-    cleanup: &mut Cleanup,
-    amqp_node: &str,
-    pg: &procs::PgServer,
-    name: &str,
-) -> anyhow::Result<(DatabaseConnection, String)> {
-    // Reach both servers before creating anything.
-    Broker::connect(amqp_node).await?.close().await;
-    cleanup.create_database(pg, name).await?;
-    let db_url = pg.url(name);
-    let mut connect = ConnectOptions::new(&db_url);
-    connect.max_connections(24).sqlx_logging(false);
-    let db = Database::connect(connect)
-        .await
-        .context("cannot connect to the bench database")?;
-    migration::Migrator::up(&db, None)
-        .await
-        .context("cannot apply the migrations to the bench database")?;
-    Ok((db, db_url))
+    sctx.site.close().await;
+    let (report, scale_checks) = result?;
+    checks.extend(scale_checks);
+    Ok(report)
 }
 
 /// Phase 2's runs.
@@ -557,7 +436,7 @@ async fn alternating_rounds(
         ceilings::BROKER_IN_FLIGHT,
         o.events,
     );
-    let ceiling_queue = format!("{}.ceiling", ctx.prefix);
+    let ceiling_queue = format!("{}.ceiling", ctx.site.prefix);
     cleanup.track_queue(&ceiling_queue);
     // Both rates vary from run to run on a shared box, and drift over minutes: runs of the two
     // alternate, and the best of each is compared (the report gives every run).
@@ -565,7 +444,7 @@ async fn alternating_rounds(
     let mut broker_ceiling: Option<ceilings::Ceiling> = None;
     let mut ingress_runs = Vec::new();
     for round in 1..=BROKER_CEILING_RUNS {
-        let (node, queue, count) = (ctx.amqp_node.to_owned(), ceiling_queue.clone(), o.events);
+        let (node, queue, count) = (ctx.amqp_node().to_owned(), ceiling_queue.clone(), o.events);
         // On a thread of its own, as the load generator is.
         let run = load::on_own_thread(move || async move {
             ceilings::broker(&node, &queue, count, body_size).await
@@ -579,14 +458,16 @@ async fn alternating_rounds(
         // The first round fills the queue the worker drains; the others publish to a prefix of
         // their own, deleted right after.
         let run_prefix = if round == 1 {
-            ctx.prefix.clone()
+            ctx.site.prefix.clone()
         } else {
-            format!("{}_r{round}", ctx.prefix)
+            format!("{}_r{round}", ctx.site.prefix)
         };
         let run =
             ingress_phase(ctx, cleanup, &run_prefix, events, first_connections, round).await?;
         if round > 1 {
-            cleanup.delete_topology_now(&topology(&run_prefix)?).await;
+            cleanup
+                .delete_topology_now(&site::topology(&run_prefix)?)
+                .await;
         }
         ingress_runs.push(run);
     }
@@ -607,13 +488,15 @@ async fn other_connection_counts(
 ) -> anyhow::Result<Vec<IngressRun>> {
     let mut runs = Vec::new();
     for &connections in &o.connections[1..] {
-        let run_prefix = format!("{}_c{connections}", ctx.prefix);
+        let run_prefix = format!("{}_c{connections}", ctx.site.prefix);
         println!(
             "[4/7] ingress: {} events over {connections} connections",
             o.events
         );
         let run = ingress_phase(ctx, cleanup, &run_prefix, events, connections, 1).await?;
-        cleanup.delete_topology_now(&topology(&run_prefix)?).await;
+        cleanup
+            .delete_topology_now(&site::topology(&run_prefix)?)
+            .await;
         runs.push(run);
     }
     Ok(runs)
@@ -623,8 +506,7 @@ async fn other_connection_counts(
 struct Worker {
     /// The connection that counts the messages in its queues.
     broker: Broker,
-    addr: SocketAddr,
-    pid: u32,
+    process: Started,
 }
 
 impl Worker {
@@ -635,10 +517,13 @@ impl Worker {
         cleanup: &mut Cleanup,
         extra_env: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
-        let broker = Broker::connect(ctx.amqp_node).await?;
-        let addr = procs::free_addr()?;
-        let pid = start_worker(cleanup, ctx, addr, extra_env)?;
-        Ok(Self { broker, addr, pid })
+        let broker = Broker::connect(ctx.amqp_node()).await?;
+        // The events have no calendar accounts; never call Clerk from a benchmark.
+        let worker = (ctx.site.worker())
+            .envs(extra_env)
+            .unset(&["CLERK_SECRET_KEY", "TOKEN_ENCRYPTION_KEY"]);
+        let process = ctx.services.spawn(cleanup, worker)?;
+        Ok(Self { broker, process })
     }
 
     /// Starts a worker (with `extra_env`) and waits until it consumes.
@@ -648,25 +533,49 @@ impl Worker {
         extra_env: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
         let worker = Self::spawn(ctx, cleanup, extra_env).await?;
-        worker.wait_ready(cleanup).await?;
+        worker.process.wait_ready(cleanup).await?;
         Ok(worker)
     }
 
-    /// Waits until it answers `/readyz` (consumes).
-    async fn wait_ready(&self, cleanup: &mut Cleanup) -> anyhow::Result<()> {
-        cleanup
-            .wait_ready(
-                "worker",
-                &format!("http://{}/readyz", self.addr),
-                READY_TIMEOUT,
-            )
+    fn addr(&self) -> std::net::SocketAddr {
+        self.process.addr
+    }
+
+    /// What it has applied so far: the rows of `processed_events` and its settled count.
+    async fn applied(&self, ctx: &Ctx<'_>) -> anyhow::Result<(u64, u64)> {
+        let processed = pipeline::processed(&ctx.site.db).await?;
+        let settled = pipeline::settled(self.addr())
             .await
+            .context("the worker's /metrics does not answer")?;
+        Ok((processed, settled))
+    }
+
+    /// Waits until it has applied `events` more events than `before` (see [`Self::applied`]).
+    async fn wait_applied(
+        &self,
+        ctx: &Ctx<'_>,
+        cleanup: &mut Cleanup,
+        before: (u64, u64),
+        events: u64,
+    ) -> anyhow::Result<pipeline::Drain> {
+        let (db, main, timeout) = (&ctx.site.db, &ctx.site.main, drain_timeout(events));
+        pipeline::wait_applied(
+            db,
+            cleanup,
+            &self.broker,
+            main,
+            self.addr(),
+            before,
+            events,
+            timeout,
+        )
+        .await
     }
 
     /// Its peak RSS, then stops it and closes the broker connection.
     async fn stop(self, cleanup: &mut Cleanup) -> anyhow::Result<u64> {
-        let peak_rss = procs::peak_rss(self.pid)?;
-        cleanup.stop("worker").await?;
+        let peak_rss = host::peak_rss(self.process.pid)?;
+        cleanup.stop(&self.process.name).await?;
         self.broker.close().await;
         Ok(peak_rss)
     }
@@ -689,23 +598,12 @@ async fn worker_drain(
     extra_env: &[(&str, &str)],
 ) -> anyhow::Result<(Worker, Drained)> {
     let worker = Worker::spawn(ctx, cleanup, extra_env).await?;
-    let drain = pipeline::wait_applied(
-        &ctx.db,
-        cleanup,
-        &worker.broker,
-        &ctx.main,
-        worker.addr,
-        (0, 0),
-        queued,
-        drain_timeout(queued),
-    )
-    .await?;
+    let drain = worker.wait_applied(ctx, cleanup, (0, 0), queued).await?;
     println!("      {:.0} events/s", drain.per_s());
-    // Acks follow commits; give the last ones a moment before looking at the queues.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut checks = pipeline::check_queues(&worker.broker, &ctx.main, "after the drain").await?;
-    checks.push(pipeline::check_users(&ctx.db, expected, "after the drain").await?);
-    let peak_rss_after_drain = procs::peak_rss(worker.pid)?;
+    let checks = ctx
+        .check_settled(&worker.broker, expected, "after the drain")
+        .await?;
+    let peak_rss_after_drain = host::peak_rss(worker.process.pid)?;
     Ok((
         worker,
         Drained {
@@ -724,11 +622,11 @@ async fn end_to_end_ceiling(
     count: usize,
     size: usize,
 ) -> anyhow::Result<Vec<f64>> {
-    let queue = format!("{}.e2e", ctx.prefix);
+    let queue = format!("{}.e2e", ctx.site.prefix);
     cleanup.track_queue(&queue);
     let mut runs = Vec::new();
     for round in 1..=E2E_RUNS {
-        let (node, queue) = (ctx.amqp_node.to_owned(), queue.clone());
+        let (node, queue) = (ctx.amqp_node().to_owned(), queue.clone());
         let run = load::on_own_thread(move || async move {
             ceilings::broker_end_to_end(&node, &queue, count, size).await
         })
@@ -755,20 +653,17 @@ async fn live_phase(
     println!(
         "[6/7] live lag: {count} newer updates at {LIVE_CONNECTIONS} connections, worker running"
     );
-    worker.wait_ready(cleanup).await?;
-    let before = pipeline::Histogram::parse(&pipeline::scrape(worker.addr).await?, LAG_HISTOGRAM);
+    worker.process.wait_ready(cleanup).await?;
+    let before = pipeline::Histogram::parse(&pipeline::scrape(worker.addr()).await?, LAG_HISTOGRAM);
     let live_events = events::newer_updates(expected, count)?;
-    let applied_before = pipeline::processed(&ctx.db).await?;
-    let settled_before = pipeline::settled(worker.addr)
-        .await
-        .context("the worker's /metrics does not answer")?;
-    let servers_before = procs::ServerCpu::now();
-    let worker_before = procs::cpu_time(&worker.pid.to_string())?;
+    let applied_before = worker.applied(ctx).await?;
+    let servers_before = host::ServerCpu::now();
+    let worker_before = host::cpu_time(&worker.process.pid.to_string())?;
     let mut ingress = ctx
         .ingress_run(
             cleanup,
             "ingress-live",
-            &ctx.prefix,
+            &ctx.site.prefix,
             &live_events,
             LIVE_CONNECTIONS,
             1,
@@ -776,22 +671,14 @@ async fn live_phase(
         .await?;
     ingress.live = true;
     let mut checks = vec![answered_check(&ingress)];
-    let drain = pipeline::wait_applied(
-        &ctx.db,
-        cleanup,
-        &worker.broker,
-        &ctx.main,
-        worker.addr,
-        (applied_before, settled_before),
-        ingress.load.accepted,
-        drain_timeout(ingress.load.accepted),
-    )
-    .await?;
-    let servers = procs::ServerCpu::now().since(servers_before);
+    let drain = (worker)
+        .wait_applied(ctx, cleanup, applied_before, ingress.load.accepted)
+        .await?;
+    let servers = host::ServerCpu::now().since(servers_before);
     let cpu = report::LiveCpu {
         ingress: ingress.cpu,
         load_generator: ingress.load_generator_cpu,
-        worker: procs::cpu_time(&worker.pid.to_string())?.saturating_sub(worker_before),
+        worker: host::cpu_time(&worker.process.pid.to_string())?.saturating_sub(worker_before),
         rabbitmq: servers.rabbitmq,
         postgres: servers.postgres,
     };
@@ -799,7 +686,7 @@ async fn live_phase(
         load::per_second(ingress.load.accepted, ingress.load.wall + drain.since_start);
     // The histogram is observed right after each commit.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let lag = pipeline::Histogram::parse(&pipeline::scrape(worker.addr).await?, LAG_HISTOGRAM)
+    let lag = pipeline::Histogram::parse(&pipeline::scrape(worker.addr()).await?, LAG_HISTOGRAM)
         .since(&before);
     let show = |le: Option<f64>| le.map_or("-".into(), |le| format!("≤ {le} s"));
     println!(
@@ -809,9 +696,10 @@ async fn live_phase(
         show(lag.quantile_bound(0.5)),
         show(lag.quantile_bound(0.99))
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    checks.extend(pipeline::check_queues(&worker.broker, &ctx.main, "after the live phase").await?);
-    checks.push(pipeline::check_users(&ctx.db, expected, "after the live phase").await?);
+    checks.extend(
+        ctx.check_settled(&worker.broker, expected, "after the live phase")
+            .await?,
+    );
     Ok((
         Live {
             ingress,
@@ -839,15 +727,12 @@ fn settings(
         users: o.users,
         deleted_users: events::deleted_count(o.users),
         connections: o.connections.clone(),
-        profile: o.profile.name(),
-        smoke: o.smoke,
+        stamp: Stamp::now(workspace, o.profile, o.smoke),
         load_generator_build: if cfg!(debug_assertions) {
             "dev"
         } else {
             "release"
         },
-        date: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        git_commit: report::git_commit(workspace),
         queue_prefix: prefix,
         body_bytes_avg: body_size,
         live_events: live_count,
@@ -909,7 +794,7 @@ async fn ingress_phase(
     connections: usize,
     round: usize,
 ) -> anyhow::Result<IngressRun> {
-    cleanup.track_topology(&topology(prefix)?);
+    cleanup.track_topology(&site::topology(prefix)?);
     let name = format!("ingress-c{connections}-r{round}");
     let run = ctx
         .ingress_run(cleanup, &name, prefix, events, connections, round)
@@ -925,37 +810,6 @@ async fn ingress_phase(
         run.cpu_us_per_request(run.load_generator_cpu),
     );
     Ok(run)
-}
-
-/// Starts the worker (it applies the migrations, already there, and consumes the main prefix).
-fn start_worker(
-    cleanup: &mut Cleanup,
-    ctx: &Ctx<'_>,
-    addr: SocketAddr,
-    extra_env: &[(&str, &str)],
-) -> anyhow::Result<u32> {
-    let mut env = vec![
-        ("DATABASE_URL".to_owned(), ctx.db_url.clone()),
-        ("AMQP_URL".to_owned(), ctx.amqp_url.to_owned()),
-        ("QUEUE_PREFIX".to_owned(), ctx.prefix.clone()),
-        ("WORKER_ADDR".to_owned(), addr.to_string()),
-        ("NO_COLOR".to_owned(), "1".to_owned()),
-    ];
-    env.extend(
-        extra_env
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
-    );
-    // The events have no calendar accounts; never call Clerk from a benchmark.
-    let unset = ["CLERK_SECRET_KEY", "TOKEN_ENCRYPTION_KEY"];
-    cleanup.spawn(
-        "worker",
-        &ctx.bin.join("worker"),
-        &["run"],
-        &env,
-        &unset,
-        &ctx.log_dir.join("worker.log"),
-    )
 }
 
 fn answered_check(run: &IngressRun) -> Check {

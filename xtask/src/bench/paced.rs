@@ -183,17 +183,61 @@ where
     let mut tasks = Vec::with_capacity(pace.connections);
     for _ in 0..pace.connections {
         let sender = load::connect(addr).await;
-        tasks.push(tokio::spawn(connection(
-            addr,
-            host.clone(),
-            sender,
-            Arc::clone(&queue),
-            Arc::clone(&pace.progress),
-        )));
+        let (host, queue, progress) = (host.clone(), Arc::clone(&queue), &pace.progress);
+        let task = connection(addr, host, sender, queue, Arc::clone(progress));
+        tasks.push(tokio::spawn(task));
     }
+    let started = Instant::now();
+    // The connections finish what is queued and in flight once the dispatcher is done.
+    let dispatched = dispatch(&pace, &mut requests, tx, stop, started).await;
+    let mut results = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        results.push(task.await.context("a paced load task panicked")?);
+    }
+    let wall = started.elapsed();
+    let sent = dispatched.sent;
+    if let Some(error) = dispatched.failure {
+        return Err(error);
+    }
+    let events = usize::try_from(sent).unwrap_or(usize::MAX);
+    let mut load = LoadResult::merge(pace.connections, events, results, wall);
+    // Requests the dispatcher queued but no connection took (they all failed) are errors too.
+    let answered = load.accepted + load.errors();
+    load.transport_errors += sent.saturating_sub(answered);
+    let paced = Paced {
+        load,
+        rate: pace.rate,
+        max_behind: dispatched.max_behind,
+    };
+    Ok((paced, requests))
+}
+
+/// What the dispatcher did.
+struct Dispatched {
+    /// Requests handed to the connections.
+    sent: u64,
+    /// How late the latest left compared with its schedule.
+    max_behind: Duration,
+    /// The request source's error, if it failed.
+    failure: Option<anyhow::Error>,
+}
+
+/// Hands the requests of `requests` to the connections through `tx` on the schedule of
+/// `pace` from `started`, until `stop` completes, the limit is reached, the iterator ends or
+/// every connection has ended.
+async fn dispatch<I, F>(
+    pace: &Pace,
+    requests: &mut I,
+    tx: mpsc::Sender<HttpRequest>,
+    stop: F,
+    started: Instant,
+) -> Dispatched
+where
+    I: Iterator<Item = anyhow::Result<HttpRequest>>,
+    F: Future<Output = ()>,
+{
     let period = 1.0 / pace.rate;
     let limit = pace.limit.unwrap_or(u64::MAX);
-    let started = Instant::now();
     let mut max_behind = Duration::ZERO;
     let mut sent: u64 = 0;
     let mut failure = None;
@@ -227,29 +271,11 @@ where
         sent += 1;
         pace.progress.sent.fetch_add(1, Ordering::Relaxed);
     }
-    // The connections finish what is queued and in flight, then end.
-    drop(tx);
-    let mut results = Vec::with_capacity(tasks.len());
-    for task in tasks {
-        results.push(task.await.context("a paced load task panicked")?);
+    Dispatched {
+        sent,
+        max_behind,
+        failure,
     }
-    let wall = started.elapsed();
-    if let Some(error) = failure {
-        return Err(error);
-    }
-    let events = usize::try_from(sent).unwrap_or(usize::MAX);
-    let mut load = LoadResult::merge(pace.connections, events, results, wall);
-    // Requests the dispatcher queued but no connection took (they all failed) are errors too.
-    let answered = load.accepted + load.errors();
-    load.transport_errors += sent.saturating_sub(answered);
-    Ok((
-        Paced {
-            load,
-            rate: pace.rate,
-            max_behind,
-        },
-        requests,
-    ))
 }
 
 /// One connection: takes the next due request, sends it, records the answer; reconnects after
@@ -427,6 +453,6 @@ mod tests {
     }
 
     fn load_free_addr() -> SocketAddr {
-        super::super::procs::free_addr().expect("free port")
+        crate::harness::host::free_addr().expect("free port")
     }
 }

@@ -8,13 +8,11 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use broker::{
-    Topology,
-    lapin::{Connection, ConnectionProperties, options::QueueDeclareOptions, types::FieldTable},
-};
+use broker::Topology;
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
 
-use super::{events::Expected, load::per_second, procs::Cleanup};
+use super::{events::Expected, load::per_second};
+use crate::harness::{guard::Cleanup, report::Check, servers::Broker};
 
 /// How often `processed_events` is counted.
 const POLL: Duration = Duration::from_millis(25);
@@ -143,103 +141,6 @@ pub async fn wait_applied(
         }
         tokio::time::sleep(POLL).await;
     }
-}
-
-/// A connection for counting messages.
-pub struct Broker {
-    connection: Connection,
-}
-
-impl Broker {
-    pub async fn connect(url: &str) -> anyhow::Result<Self> {
-        let connection = Connection::connect(url, ConnectionProperties::default())
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot reach RabbitMQ at {}; is it running? (set AMQP_URL)",
-                    broker::redact_url(url)
-                )
-            })?;
-        Ok(Self { connection })
-    }
-
-    /// Ready messages in `queue` (passive declare: consumes nothing).
-    pub async fn ready(&self, queue: &str) -> anyhow::Result<u64> {
-        // A passive declare of a missing queue closes the channel: a channel per question.
-        let channel = self
-            .connection
-            .create_channel()
-            .await
-            .context("cannot open an AMQP channel")?;
-        let declared = channel
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .with_context(|| format!("cannot inspect queue {queue}"))?;
-        let _ = channel.close(200, "done".into()).await;
-        Ok(u64::from(declared.message_count()))
-    }
-
-    pub async fn close(self) {
-        let _ = self.connection.close(200, "bench done".into()).await;
-    }
-}
-
-/// One correctness check.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Check {
-    #[serde(rename = "check")]
-    pub name: String,
-    pub pass: bool,
-    pub detail: String,
-}
-
-impl Check {
-    pub fn new(name: impl Into<String>, pass: bool, detail: impl Into<String>) -> Self {
-        Self {
-            name: name.into(),
-            pass,
-            detail: detail.into(),
-        }
-    }
-}
-
-/// Every queue of `topology` is empty (ready messages).
-pub async fn check_queues(
-    broker: &Broker,
-    topology: &Topology,
-    when: &str,
-) -> anyhow::Result<Vec<Check>> {
-    let mut checks = Vec::new();
-    let dead = broker.ready(&topology.dead_queue()).await?;
-    checks.push(Check::new(
-        format!("dead-letter queue empty ({when})"),
-        dead == 0,
-        format!("{dead} messages in {}", topology.dead_queue()),
-    ));
-    let mut others = 0;
-    let mut names = vec![topology.main_queue()];
-    names.extend(
-        topology
-            .retry_delays()
-            .iter()
-            .map(|d| topology.retry_queue(*d)),
-    );
-    for queue in &names {
-        others += broker.ready(queue).await?;
-    }
-    checks.push(Check::new(
-        format!("main and retry queues empty ({when})"),
-        others == 0,
-        format!("{others} messages left"),
-    ));
-    Ok(checks)
 }
 
 /// `users` holds exactly `expected`: every live user with their last email, names and version,

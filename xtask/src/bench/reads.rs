@@ -28,6 +28,7 @@ use super::{
     paced::{self, Pace},
     seed,
 };
+use crate::harness::host;
 
 /// The service key the bench's api accepts.
 pub const SERVICE_KEY: &str = "svc-bench-read-key-0123456789abcdef0123";
@@ -194,7 +195,7 @@ pub async fn ceiling(
     duration: Duration,
 ) -> anyhow::Result<ReadRun> {
     let db_url = db_url.to_owned();
-    let cpu_before = super::procs::cpu_time("self")?;
+    let cpu_before = host::cpu_time("self")?;
     let load = load::on_own_thread(move || async move {
         // The pool the api makes (the worker's options), of the same size.
         let db = Database::connect(store::pool::pool_options(
@@ -242,7 +243,7 @@ pub async fn ceiling(
         load
     })
     .await?;
-    let client_cpu = super::procs::cpu_time("self")?.saturating_sub(cpu_before);
+    let client_cpu = host::cpu_time("self")?.saturating_sub(cpu_before);
     Ok(ReadRun::of(
         &format!("ceiling: the select through a pool of {pool_size}"),
         &load,
@@ -323,8 +324,8 @@ pub async fn against_api(
     connections: usize,
     duration: Duration,
 ) -> anyhow::Result<ReadRun> {
-    let api_before = super::procs::cpu_time(&api_pid.to_string())?;
-    let client_before = super::procs::cpu_time("self")?;
+    let api_before = host::cpu_time(&api_pid.to_string())?;
+    let client_before = host::cpu_time("self")?;
     let load = load::on_own_thread(move || async move {
         let host = HeaderValue::from_str(&addr.to_string()).context("bad host")?;
         let start = Arc::new(Barrier::new(connections + 1));
@@ -337,8 +338,8 @@ pub async fn against_api(
         gather(start, tasks).await
     })
     .await?;
-    let client_cpu = super::procs::cpu_time("self")?.saturating_sub(client_before);
-    let api_cpu = super::procs::cpu_time(&api_pid.to_string())?.saturating_sub(api_before);
+    let client_cpu = host::cpu_time("self")?.saturating_sub(client_before);
+    let api_cpu = host::cpu_time(&api_pid.to_string())?.saturating_sub(api_before);
     Ok(ReadRun::of(what, &load, Some(api_cpu), client_cpu))
 }
 
@@ -354,14 +355,14 @@ pub async fn paced_against_api(
     rate: f64,
     duration: Duration,
 ) -> anyhow::Result<ReadRun> {
-    let api_before = super::procs::cpu_time(&api_pid.to_string())?;
-    let client_before = super::procs::cpu_time("self")?;
+    let api_before = host::cpu_time(&api_pid.to_string())?;
+    let client_before = host::cpu_time("self")?;
     let mut pace = Pace::new(rate, connections);
     pace.limit = Some((rate * duration.as_secs_f64()).ceil() as u64);
     let requests = (0u64..).map(move |n| read_request(reads.as_ref(), 0, n));
     let (paced, _) = paced::run(addr, pace, requests, std::future::pending()).await?;
-    let client_cpu = super::procs::cpu_time("self")?.saturating_sub(client_before);
-    let api_cpu = super::procs::cpu_time(&api_pid.to_string())?.saturating_sub(api_before);
+    let client_cpu = host::cpu_time("self")?.saturating_sub(client_before);
+    let api_cpu = host::cpu_time(&api_pid.to_string())?.saturating_sub(api_before);
     let mut run = ReadRun::of(what, &paced.load, Some(api_cpu), client_cpu);
     run.offered_per_s = Some(rate);
     run.max_behind_ms = Some((paced.max_behind.as_secs_f64() * 1e5).round() / 100.0);
@@ -377,36 +378,19 @@ async fn read_task(
     start: Arc<Barrier>,
     duration: Duration,
 ) -> TaskResult {
-    let mut result = TaskResult::default();
-    let mut sender = load::connect(addr).await;
-    start.wait().await;
-    let deadline = Instant::now() + duration;
+    // The clock starts once every task is ready.
+    let mut deadline = None;
     let mut n = 0u64;
-    while Instant::now() < deadline {
-        let mut current = match sender {
-            Ok(sender) => sender,
-            Err(error) => {
-                result.connect_failures += 1;
-                result.first_error.get_or_insert(format!("{error:#}"));
-                return result;
-            }
-        };
-        let request = read_request(reads.as_ref(), task, n);
+    let result = TaskResult::default();
+    load::closed_loop(addr, &host, &start, result, || {
+        let deadline = *deadline.get_or_insert_with(|| Instant::now() + duration);
+        if Instant::now() >= deadline {
+            return None;
+        }
         n += 1;
-        let request = match request {
-            Ok(request) => request,
-            Err(error) => {
-                result.error(format!("{error:#}"));
-                sender = Ok(current);
-                continue;
-            }
-        };
-        sender = match load::exchange(&mut current, &host, request, &mut result).await {
-            Some(_) => Ok(current),
-            None => load::connect(addr).await,
-        };
-    }
-    result
+        Some(read_request(reads.as_ref(), task, n - 1))
+    })
+    .await
 }
 
 /// Starts the clock when every task is ready (`start`), waits for them all and adds up what

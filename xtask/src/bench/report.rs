@@ -2,29 +2,18 @@
 //! targets (pass or fail, never the exit status) and the correctness checks; as JSON and as a
 //! markdown table (also what is printed).
 
-use std::{collections::BTreeMap, fmt::Write as _, path::Path, time::Duration};
+use std::{collections::BTreeMap, fmt::Write as _, time::Duration};
 
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
 use serde::{Serialize, Serializer};
 
 use super::{
     ceilings::{BROKER_IN_FLIGHT, Ceiling, DB_BATCH_CONCURRENCY, DB_SINGLE_CONCURRENCY},
     load::LoadResult,
-    pipeline::{Check, Drain, Histogram},
+    pipeline::{Drain, Histogram},
 };
-
-/// Where the run happened.
-#[derive(Serialize)]
-pub struct Machine {
-    pub nproc: usize,
-    pub mem_total_bytes: Option<u64>,
-    pub cpu_model: String,
-    pub kernel: String,
-    #[serde(rename = "postgres_version")]
-    pub postgres: String,
-    #[serde(rename = "rabbitmq_version")]
-    pub rabbitmq: String,
-}
+use crate::harness::report::{
+    Check, CheckWords, Machine, Stamp, TaskReport, checks_table, mib, table,
+};
 
 /// How the run was set up. The JSON adds the ceilings' fixed settings ([`SettingsJson`]).
 #[derive(Serialize)]
@@ -33,12 +22,10 @@ pub struct Settings {
     pub users: usize,
     pub deleted_users: usize,
     pub connections: Vec<usize>,
-    pub profile: &'static str,
-    pub smoke: bool,
+    #[serde(flatten)]
+    pub stamp: Stamp,
     /// The build of the bench itself (load generator and ceilings).
     pub load_generator_build: &'static str,
-    pub date: String,
-    pub git_commit: String,
     pub queue_prefix: String,
     pub body_bytes_avg: usize,
     pub live_events: usize,
@@ -494,10 +481,6 @@ pub(super) fn pct(x: f64) -> String {
     format!("{:.0} %", x * 100.0)
 }
 
-pub(super) fn mib(bytes: u64) -> String {
-    format!("{:.1} MiB", bytes as f64 / MIB)
-}
-
 fn bound(le: Option<f64>) -> String {
     match le {
         None => "no observations".into(),
@@ -632,37 +615,11 @@ impl Report {
         targets
     }
 
-    /// Every check passed.
-    pub fn checks_pass(&self) -> bool {
-        self.checks.iter().all(|c| c.pass)
-    }
-
-    /// The report as markdown: the run, then a table per section.
-    pub fn markdown(&self) -> String {
-        let mut out = String::new();
-        self.markdown_run(&mut out);
-        self.markdown_ceilings(&mut out);
-        self.markdown_results(&mut out);
-        if let Some(scale) = &self.scale {
-            scale.markdown(&mut out);
-        }
-        self.markdown_targets(&mut out);
-        self.markdown_checks(&mut out);
-        out
-    }
-
     /// The title, the machine and the settings.
     fn markdown_run(&self, out: &mut String) {
         let m = &self.machine;
         let s = &self.settings;
-        let _ = writeln!(
-            out,
-            "## clerk-sync benchmark: {} ({} profile, commit {}){}\n",
-            s.date,
-            s.profile,
-            s.git_commit,
-            if s.smoke { ", smoke run" } else { "" }
-        );
+        s.stamp.title(out, "benchmark");
         let _ = writeln!(
             out,
             "Machine: {} CPUs ({}), {} RAM, Linux {}, PostgreSQL {}, RabbitMQ {}.\n",
@@ -876,7 +833,7 @@ impl Report {
         let _ = writeln!(
             out,
             "\n### Targets{}\n",
-            if self.settings.smoke {
+            if self.settings.stamp.smoke {
                 " (informational: a smoke run judges no speed)"
             } else {
                 ""
@@ -892,18 +849,34 @@ impl Report {
 
     fn markdown_checks(&self, out: &mut String) {
         let _ = writeln!(out, "\n### Checks\n");
-        let rows: Vec<Vec<String>> = self
-            .checks
-            .iter()
-            .map(|c| {
-                vec![
-                    c.name.clone(),
-                    if c.pass { "ok" } else { "FAILED" }.to_owned(),
-                    c.detail.clone(),
-                ]
-            })
-            .collect();
-        table(out, &["check", "result", "detail"], &rows);
+        checks_table(out, &self.checks, &CHECK_WORDS);
+    }
+}
+
+/// The bench's checks table.
+const CHECK_WORDS: CheckWords = CheckWords {
+    columns: ["check", "result", "detail"],
+    pass: "ok",
+    fail: "FAILED",
+};
+
+impl TaskReport for Report {
+    /// The report as markdown: the run, then a table per section.
+    fn markdown(&self) -> String {
+        let mut out = String::new();
+        self.markdown_run(&mut out);
+        self.markdown_ceilings(&mut out);
+        self.markdown_results(&mut out);
+        if let Some(scale) = &self.scale {
+            scale.markdown(&mut out);
+        }
+        self.markdown_targets(&mut out);
+        self.markdown_checks(&mut out);
+        out
+    }
+
+    fn checks(&self) -> &[Check] {
+        &self.checks
     }
 }
 
@@ -951,38 +924,6 @@ fn errors(l: &LoadResult) -> String {
     }
 }
 
-/// A markdown table with padded columns, readable as plain text too.
-pub(crate) fn table(out: &mut String, header: &[&str], rows: &[Vec<String>]) {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
-        for (i, cell) in row.iter().enumerate() {
-            if let Some(w) = widths.get_mut(i) {
-                *w = (*w).max(cell.chars().count());
-            }
-        }
-    }
-    let line = |out: &mut String, cells: &[String]| {
-        out.push('|');
-        for (i, width) in widths.iter().enumerate() {
-            let cell = cells.get(i).map_or("", String::as_str);
-            let pad = width - cell.chars().count();
-            let _ = write!(out, " {cell}{} |", " ".repeat(pad));
-        }
-        out.push('\n');
-    };
-    line(
-        out,
-        &header.iter().map(|h| (*h).to_owned()).collect::<Vec<_>>(),
-    );
-    line(
-        out,
-        &widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>(),
-    );
-    for row in rows {
-        line(out, row);
-    }
-}
-
 /// `defaults` with the environment's values, plus every other `prefix*` variable set (but
 /// `skip`, which the bench sets itself): name, value, whether the environment set it.
 pub fn recorded_env(
@@ -1006,87 +947,6 @@ pub fn recorded_env(
     extra.sort();
     out.extend(extra);
     out
-}
-
-/// `git rev-parse --short HEAD`, with `-dirty` when the tree has changes.
-pub fn git_commit(workspace: &Path) -> String {
-    let git = |args: &[&str]| {
-        std::process::Command::new("git")
-            .arg("-C")
-            .arg(workspace)
-            .args(args)
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-    };
-    match git(&["rev-parse", "--short", "HEAD"]) {
-        None => "unknown".into(),
-        Some(commit) => match git(&["status", "--porcelain", "--untracked-files=no"]) {
-            Some(changes) if !changes.is_empty() => format!("{commit}-dirty"),
-            _ => commit,
-        },
-    }
-}
-
-/// CPUs, memory, CPU model, kernel, Postgres and RabbitMQ versions.
-pub async fn machine(db: &DatabaseConnection) -> Machine {
-    let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
-    let meminfo = read("/proc/meminfo");
-    let cpuinfo = read("/proc/cpuinfo");
-    let postgres = db
-        .query_one_raw(Statement::from_string(
-            DbBackend::Postgres,
-            "SHOW server_version",
-        ))
-        .await
-        .ok()
-        .flatten()
-        .and_then(|row| row.try_get::<String>("", "server_version").ok())
-        .unwrap_or_else(|| "unknown".into());
-    Machine {
-        nproc: std::thread::available_parallelism().map_or(0, usize::from),
-        mem_total_bytes: meminfo
-            .lines()
-            .find_map(|l| l.strip_prefix("MemTotal:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .map(|kib| kib * 1024),
-        cpu_model: cpuinfo
-            .lines()
-            .find_map(|l| l.strip_prefix("model name"))
-            .and_then(|l| l.split_once(':'))
-            .map_or_else(|| "unknown".into(), |(_, model)| model.trim().to_owned()),
-        kernel: read("/proc/sys/kernel/osrelease").trim().to_owned(),
-        postgres,
-        rabbitmq: rabbitmq_version().await,
-    }
-}
-
-/// lapin does not expose the server's properties: ask the local node, else the local CLI.
-async fn rabbitmq_version() -> String {
-    for (program, args, source) in [
-        (
-            "rabbitmq-diagnostics",
-            &["-q", "server_version"][..],
-            "server",
-        ),
-        ("rabbitmqctl", &["version"][..], "local rabbitmqctl"),
-    ] {
-        let output = tokio::time::timeout(
-            Duration::from_secs(15),
-            tokio::process::Command::new(program).args(args).output(),
-        )
-        .await;
-        if let Ok(Ok(output)) = output
-            && output.status.success()
-        {
-            let text = String::from_utf8_lossy(&output.stdout).trim().to_owned();
-            if !text.is_empty() {
-                return format!("{text} ({source})");
-            }
-        }
-    }
-    "unknown".into()
 }
 
 #[cfg(test)]
@@ -1147,27 +1007,7 @@ mod tests {
                 postgres: "16.4".into(),
                 rabbitmq: "4.0.5 (server)".into(),
             },
-            settings: Settings {
-                events: 2000,
-                users: 200,
-                deleted_users: 10,
-                connections: vec![64, 200, 16],
-                profile: "dev",
-                smoke: true,
-                load_generator_build: "dev",
-                date: "2026-11-30T10:00:00Z".into(),
-                git_commit: "abc1234-dirty".into(),
-                queue_prefix: "clerk_sync_bench_42".into(),
-                body_bytes_avg: 1234,
-                live_events: 2000,
-                live_connections: 64,
-                db_batch_rows: 64,
-                worker_env: vec![
-                    ("WORKER_PREFETCH".into(), "512".into(), false),
-                    ("WORKER_EXTRA".into(), "x".into(), true),
-                ],
-                ingress_env: vec![("PUBLISH_CHANNELS".into(), "4".into(), true)],
-            },
+            settings: settings(),
             ceilings: Ceilings {
                 broker: Ceiling {
                     count: 2000,
@@ -1199,34 +1039,64 @@ mod tests {
                 peak_rss_after_drain: 45_456_789,
                 peak_rss: 47_111_222,
             },
-            live: Live {
-                ingress: run(load(64, 2000, 1.762_222, 22.5), 1, true),
-                drain: Drain {
-                    events: 2000,
-                    wall: secs(2.012_345),
-                    applied_at_first_poll: 300,
-                    since_start: secs(0.456_789_1),
-                },
-                applied_per_s: 923.456_789_123,
-                lag: Histogram {
-                    buckets: vec![(0.1, 400), (0.5, 1500), (1.0, 1948), (f64::INFINITY, 1948)],
-                    sum: 736.123_456,
-                    count: 1948,
-                },
-                cpu: LiveCpu {
-                    ingress: secs(0.05),
-                    load_generator: secs(0.024),
-                    worker: secs(0.08),
-                    rabbitmq: secs(0.11),
-                    postgres: secs(0.2),
-                },
-                e2e_runs: vec![9_000.0, 11_000.5],
-            },
+            live: live(),
             scale: None,
             checks: vec![
                 Check::new("every request answered 200", true, "2000 of 2000 accepted"),
                 Check::new("users table equals", false, "3 differ"),
             ],
+        }
+    }
+
+    fn settings() -> Settings {
+        Settings {
+            events: 2000,
+            users: 200,
+            deleted_users: 10,
+            connections: vec![64, 200, 16],
+            stamp: Stamp {
+                profile: "dev",
+                smoke: true,
+                date: "2026-11-30T10:00:00Z".into(),
+                git_commit: "abc1234-dirty".into(),
+            },
+            load_generator_build: "dev",
+            queue_prefix: "clerk_sync_bench_42".into(),
+            body_bytes_avg: 1234,
+            live_events: 2000,
+            live_connections: 64,
+            db_batch_rows: 64,
+            worker_env: vec![
+                ("WORKER_PREFETCH".into(), "512".into(), false),
+                ("WORKER_EXTRA".into(), "x".into(), true),
+            ],
+            ingress_env: vec![("PUBLISH_CHANNELS".into(), "4".into(), true)],
+        }
+    }
+
+    fn live() -> Live {
+        Live {
+            ingress: run(load(64, 2000, 1.762_222, 22.5), 1, true),
+            drain: Drain {
+                events: 2000,
+                wall: secs(2.012_345),
+                applied_at_first_poll: 300,
+                since_start: secs(0.456_789_1),
+            },
+            applied_per_s: 923.456_789_123,
+            lag: Histogram {
+                buckets: vec![(0.1, 400), (0.5, 1500), (1.0, 1948), (f64::INFINITY, 1948)],
+                sum: 736.123_456,
+                count: 1948,
+            },
+            cpu: LiveCpu {
+                ingress: secs(0.05),
+                load_generator: secs(0.024),
+                worker: secs(0.08),
+                rabbitmq: secs(0.11),
+                postgres: secs(0.2),
+            },
+            e2e_runs: vec![9_000.0, 11_000.5],
         }
     }
 
@@ -1347,10 +1217,34 @@ mod tests {
         }
     }
 
-    /// The keys of every section, pinned: the committed result files are compared across
-    /// runs, so a renamed or dropped key must be a deliberate change of this test too.
-    #[test]
-    fn json_keys_are_pinned() {
+    /// The shape of the JSON's settings.
+    fn settings_shape() -> Value {
+        let env = json!({"value": "string", "from_env": "bool"});
+        json!({
+            "events": "number",
+            "users": "number",
+            "deleted_users": "number",
+            "connections": ["number"],
+            "profile": "string",
+            "smoke": "bool",
+            "load_generator_build": "string",
+            "date": "string",
+            "git_commit": "string",
+            "queue_prefix": "string",
+            "body_bytes_avg": "number",
+            "live_events": "number",
+            "live_connections": "number",
+            "broker_ceiling_in_flight": "number",
+            "db_single_concurrency": "number",
+            "db_batch_rows": "number",
+            "db_batch_concurrency": "number",
+            "worker_env": {"WORKER_PREFETCH": env},
+            "ingress_env": {"PUBLISH_CHANNELS": env},
+        })
+    }
+
+    /// The shape of the JSON's results.
+    fn results_shape() -> Value {
         let connection = json!({
             "connections": "number",
             "round": "number",
@@ -1368,7 +1262,48 @@ mod tests {
             "load_generator_cpu_us_per_request": "number",
             "accepted_vs_broker_ceiling": "number",
         });
-        let env = json!({"value": "string", "from_env": "bool"});
+        json!({
+            "ingress": [connection],
+            "worker": {
+                "drain": {
+                    "events": "number",
+                    "per_s": "number",
+                    "wall_s": "number",
+                    "applied_at_first_poll": "number",
+                    "since_start_s": "number",
+                },
+                "peak_rss_bytes_after_drain": "number",
+                "peak_rss_bytes": "number",
+            },
+            "live": {
+                "ingress": connection,
+                "wait_after_last_request_s": "number",
+                "applied_per_s": "number",
+                "lag_seconds": {
+                    "note": "string",
+                    "observations": "number",
+                    "p50_le": "number",
+                    "p99_le": "number",
+                    "mean": "number",
+                },
+                "broker_end_to_end_runs_msgs_per_s": ["number"],
+                "accepted_vs_broker_end_to_end": "number",
+                "cpu_us_per_event": {
+                    "ingress": "number",
+                    "load generator": "number",
+                    "worker": "number",
+                    "RabbitMQ": "number",
+                    "Postgres": "number",
+                    "total": "number",
+                },
+            },
+        })
+    }
+
+    /// The keys of every section, pinned: the committed result files are compared across
+    /// runs, so a renamed or dropped key must be a deliberate change of this test too.
+    #[test]
+    fn json_keys_are_pinned() {
         let expected = json!({
             "machine": {
                 "nproc": "number",
@@ -1378,27 +1313,7 @@ mod tests {
                 "postgres_version": "string",
                 "rabbitmq_version": "string",
             },
-            "settings": {
-                "events": "number",
-                "users": "number",
-                "deleted_users": "number",
-                "connections": ["number"],
-                "profile": "string",
-                "smoke": "bool",
-                "load_generator_build": "string",
-                "date": "string",
-                "git_commit": "string",
-                "queue_prefix": "string",
-                "body_bytes_avg": "number",
-                "live_events": "number",
-                "live_connections": "number",
-                "broker_ceiling_in_flight": "number",
-                "db_single_concurrency": "number",
-                "db_batch_rows": "number",
-                "db_batch_concurrency": "number",
-                "worker_env": {"WORKER_PREFETCH": env},
-                "ingress_env": {"PUBLISH_CHANNELS": env},
-            },
+            "settings": settings_shape(),
             "ceilings": {
                 "broker_msgs_per_s": "number",
                 "broker_wall_s": "number",
@@ -1408,42 +1323,7 @@ mod tests {
                 "db_batched_rows_per_s": "number",
                 "db_batched_wall_s": "number",
             },
-            "results": {
-                "ingress": [connection],
-                "worker": {
-                    "drain": {
-                        "events": "number",
-                        "per_s": "number",
-                        "wall_s": "number",
-                        "applied_at_first_poll": "number",
-                        "since_start_s": "number",
-                    },
-                    "peak_rss_bytes_after_drain": "number",
-                    "peak_rss_bytes": "number",
-                },
-                "live": {
-                    "ingress": connection,
-                    "wait_after_last_request_s": "number",
-                    "applied_per_s": "number",
-                    "lag_seconds": {
-                        "note": "string",
-                        "observations": "number",
-                        "p50_le": "number",
-                        "p99_le": "number",
-                        "mean": "number",
-                    },
-                    "broker_end_to_end_runs_msgs_per_s": ["number"],
-                    "accepted_vs_broker_end_to_end": "number",
-                    "cpu_us_per_event": {
-                        "ingress": "number",
-                        "load generator": "number",
-                        "worker": "number",
-                        "RabbitMQ": "number",
-                        "Postgres": "number",
-                        "total": "number",
-                    },
-                },
-            },
+            "results": results_shape(),
             "ratios": {
                 "ingress_vs_broker": {"64": {"best": "number", "median_against_median": "number"}},
                 "worker_drain_vs_broker": "number",

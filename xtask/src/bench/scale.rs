@@ -18,23 +18,28 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
 use serde::Serialize;
 
 use super::{
-    Ctx, READY_TIMEOUT, events,
+    Ctx, events,
     events::{Event, Expected},
-    paced::{self, Pace},
-    pipeline::{self, Check},
-    procs::{self, Cleanup},
+    paced::{self, Pace, Paced},
+    pipeline,
     reads::{self, ReadRun, Reads, ServiceKeyReads, SessionKeys, SessionReads},
-    report::{Target, mib, pct, table},
+    report::{Target, pct},
     seed,
+};
+use crate::harness::{
+    guard::Cleanup,
+    host,
+    report::{Check, mib, table},
+    services::Started,
 };
 
 /// Connections of the ingress runs that fill the queues of the drains.
 const FILL_CONNECTIONS: usize = 64;
 /// Seeded Svix ids are this many days old, at least and at most: expired under the default
-/// retention (7 days), not under [`NO_PRUNING_RETENTION`].
+/// retention (7 days), not under [`NO_PRUNING`].
 const SEEDED_AGE_DAYS: (u32, u32) = (15, 8);
 /// A retention under which none of the seeded ids has expired.
-const NO_PRUNING_RETENTION: &str = "720h";
+const NO_PRUNING: [(&str, &str); 1] = [("PROCESSED_EVENTS_RETENTION", "720h")];
 /// How long pruning is watched (from the worker's start), at most: its rate is what counts;
 /// ten million ids take longer than the bench should.
 const PRUNE_WAIT: Duration = Duration::from_secs(90);
@@ -156,35 +161,40 @@ async fn seeded_left(db: &DatabaseConnection) -> anyhow::Result<u64> {
     .await
 }
 
-/// Fills the queue of `ctx.prefix` with `events` through an ingress, then times a worker
-/// (with `env`) draining it, checks the state and stops the worker. Returns events/s, the
-/// applies over 100 ms, and the checks.
+/// What one drain measured: events/s and the applies over 100 ms.
+struct Drained {
+    per_s: f64,
+    slow: u64,
+}
+
+/// Fills the queue of the site with `events` through an ingress, then times a worker (with
+/// `env`) draining it and checks the state; the worker keeps running.
 async fn fill_and_drain(
     ctx: &Ctx<'_>,
     cleanup: &mut Cleanup,
-    events: &[Event],
-    expected: &[Expected],
+    (events, expected): (&[Event], &[Expected]),
     env: &[(&str, &str)],
     label: &str,
-) -> anyhow::Result<(f64, u64, Vec<Check>, super::Worker)> {
+    checks: &mut Vec<Check>,
+) -> anyhow::Result<(Drained, super::Worker)> {
     // Every drain starts right after a checkpoint: the seeding's write-ahead log would
     // otherwise be flushed (and full pages written again) during the one after it.
-    execute(&ctx.db, "CHECKPOINT").await?;
+    execute(&ctx.site.db, "CHECKPOINT").await?;
     let fill = ctx
         .ingress_run(
             cleanup,
             "ingress-scale",
-            &ctx.prefix,
+            &ctx.site.prefix,
             events,
             FILL_CONNECTIONS,
             1,
         )
         .await?;
-    let mut checks = vec![super::answered_check(&fill)];
+    checks.push(super::answered_check(&fill));
     let (worker, drained) =
         super::worker_drain(ctx, cleanup, expected, fill.load.accepted, env).await?;
     let apply = pipeline::Histogram::parse(
-        &pipeline::scrape(worker.addr).await?,
+        &pipeline::scrape(worker.addr()).await?,
         "clerk_sync_apply_seconds",
     );
     let slow = apply.count_over(0.1);
@@ -196,7 +206,8 @@ async fn fill_and_drain(
         c.name = format!("{} [{label}]", c.name);
         c
     }));
-    Ok((drained.drain.per_s(), slow, checks, worker))
+    let per_s = drained.drain.per_s();
+    Ok((Drained { per_s, slow }, worker))
 }
 
 /// The longest lock waits seen.
@@ -208,47 +219,186 @@ struct LockWaits {
     behind_pruning: Duration,
 }
 
-/// Samples the lock waits (`pg_locks.waitstart`) of the database every 10 ms until `stop`:
-/// the longest of any session, and the longest of those the pruning `DELETE` blocks.
-fn watch_lock_waits(
-    db: DatabaseConnection,
+/// The lock waits (`pg_locks.waitstart`) of the database, sampled every 10 ms until
+/// [`LockWatch::finish`]: the longest of any session, and the longest of those the pruning
+/// `DELETE` blocks.
+struct LockWatch {
     stop: Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<LockWaits> {
-    tokio::spawn(async move {
-        let (mut any_us, mut pruning_us) = (0i64, 0i64);
-        while !stop.load(Ordering::Relaxed) {
-            let row = db
-                .query_one_raw(Statement::from_string(
-                    DbBackend::Postgres,
-                    "SELECT \
-                       coalesce(max(w.us), 0)::bigint AS any_us, \
-                       coalesce(max(w.us) FILTER (WHERE EXISTS ( \
-                         SELECT 1 FROM pg_stat_activity b \
-                         WHERE b.pid = ANY(pg_blocking_pids(w.pid)) \
-                           AND b.query LIKE 'DELETE FROM processed_events%')), 0)::bigint \
-                         AS pruning_us \
-                     FROM (SELECT l.pid, extract(epoch FROM now() - l.waitstart) * 1e6 AS us \
-                           FROM pg_locks l \
-                           WHERE NOT l.granted AND l.waitstart IS NOT NULL \
-                             AND l.database = (SELECT oid FROM pg_database \
-                                               WHERE datname = current_database())) AS w",
-                ))
-                .await;
-            if let Ok(Some(row)) = row {
-                any_us = any_us.max(row.try_get::<i64>("", "any_us").unwrap_or(0));
-                pruning_us = pruning_us.max(row.try_get::<i64>("", "pruning_us").unwrap_or(0));
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let us = |v: i64| Duration::from_micros(u64::try_from(v).unwrap_or(0));
-        LockWaits {
-            any: us(any_us),
-            behind_pruning: us(pruning_us),
-        }
-    })
+    watcher: tokio::task::JoinHandle<LockWaits>,
 }
 
-/// Runs the scale phases in the database `ctx.db` (migrated, empty) under `ctx.prefix`.
+/// The longest lock wait of any session on the database, and of those the pruning `DELETE`
+/// blocks, in microseconds.
+const LOCK_WAITS: &str = "SELECT \
+       coalesce(max(w.us), 0)::bigint AS any_us, \
+       coalesce(max(w.us) FILTER (WHERE EXISTS ( \
+         SELECT 1 FROM pg_stat_activity b \
+         WHERE b.pid = ANY(pg_blocking_pids(w.pid)) \
+           AND b.query LIKE 'DELETE FROM processed_events%')), 0)::bigint \
+         AS pruning_us \
+     FROM (SELECT l.pid, extract(epoch FROM now() - l.waitstart) * 1e6 AS us \
+           FROM pg_locks l \
+           WHERE NOT l.granted AND l.waitstart IS NOT NULL \
+             AND l.database = (SELECT oid FROM pg_database \
+                               WHERE datname = current_database())) AS w";
+
+impl LockWatch {
+    fn start(db: DatabaseConnection) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let watcher = tokio::spawn(async move {
+            let (mut any_us, mut pruning_us) = (0i64, 0i64);
+            while !stopped.load(Ordering::Relaxed) {
+                let row = db
+                    .query_one_raw(Statement::from_string(DbBackend::Postgres, LOCK_WAITS))
+                    .await;
+                if let Ok(Some(row)) = row {
+                    any_us = any_us.max(row.try_get::<i64>("", "any_us").unwrap_or(0));
+                    pruning_us = pruning_us.max(row.try_get::<i64>("", "pruning_us").unwrap_or(0));
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let us = |v: i64| Duration::from_micros(u64::try_from(v).unwrap_or(0));
+            LockWaits {
+                any: us(any_us),
+                behind_pruning: us(pruning_us),
+            }
+        });
+        Self { stop, watcher }
+    }
+
+    async fn finish(self) -> anyhow::Result<LockWaits> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.watcher.await.context("the lock watcher panicked")
+    }
+}
+
+/// The drain into the seeded database, with no id expired: its figures and lock waits.
+async fn drain_at_size(
+    ctx: &Ctx<'_>,
+    cleanup: &mut Cleanup,
+    events: (&[Event], &[Expected]),
+    checks: &mut Vec<Check>,
+) -> anyhow::Result<(Drained, LockWaits)> {
+    forget_events(&ctx.site.db).await?;
+    let watch = LockWatch::start(ctx.site.db.clone());
+    let (drained, worker) =
+        fill_and_drain(ctx, cleanup, events, &NO_PRUNING, "at size", checks).await?;
+    let waits = watch.finish().await?;
+    worker.stop(cleanup).await?;
+    Ok((drained, waits))
+}
+
+/// The drain into the seeded database while the worker prunes every seeded id, then pruning
+/// watched for at most [`PRUNE_WAIT`] from the worker's start.
+struct Pruning {
+    drained: Drained,
+    /// Seeded ids before, after the drain, at the end.
+    before: u64,
+    after_drain: u64,
+    left: u64,
+    /// Until every id was pruned (`None`: not within the window), and the window.
+    total: Option<Duration>,
+    window: Duration,
+    waits: LockWaits,
+}
+
+/// Drains while the worker prunes (the default retention, 7 days: every seeded id has
+/// expired; pruning starts with the worker), then watches pruning; the worker keeps running.
+async fn drain_pruning(
+    ctx: &Ctx<'_>,
+    cleanup: &mut Cleanup,
+    events: (&[Event], &[Expected]),
+    checks: &mut Vec<Check>,
+) -> anyhow::Result<(Pruning, super::Worker)> {
+    forget_events(&ctx.site.db).await?;
+    let before = seeded_left(&ctx.site.db).await?;
+    let watch = LockWatch::start(ctx.site.db.clone());
+    let started = Instant::now();
+    let (drained, worker) =
+        fill_and_drain(ctx, cleanup, events, &[], "at size, pruning", checks).await?;
+    let after_drain = seeded_left(&ctx.site.db).await?;
+    let mut total = None;
+    let mut left = after_drain;
+    while started.elapsed() < PRUNE_WAIT {
+        left = seeded_left(&ctx.site.db).await?;
+        if left == 0 {
+            total = Some(started.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let window = started.elapsed();
+    let waits = watch.finish().await?;
+    let pruning = Pruning {
+        drained,
+        before,
+        after_drain,
+        left,
+        total,
+        window,
+        waits,
+    };
+    Ok((pruning, worker))
+}
+
+impl Pruning {
+    fn print(&self, at_size: &LockWaits) {
+        println!(
+            "      pruned {} of {} during the drain, {} in {:.0} s ({}); longest lock wait \
+             behind pruning {:.1} ms (of any session {:.1} ms; {:.1} ms at size without pruning)",
+            self.before - self.after_drain,
+            self.before,
+            self.before - self.left,
+            self.window.as_secs_f64(),
+            if self.total.is_some() {
+                "all"
+            } else {
+                "not all: the rest goes on in the background"
+            },
+            ms(self.waits.behind_pruning),
+            ms(self.waits.any),
+            ms(at_size.any),
+        );
+    }
+
+    fn check(&self) -> Check {
+        Check::new(
+            "pruning deletes the expired Svix ids",
+            self.left < self.before,
+            format!(
+                "{} expired, {} pruned in {:.0} s",
+                self.before,
+                self.before - self.left,
+                self.window.as_secs_f64()
+            ),
+        )
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Seeds the users and the (expired) Svix ids: the time each took.
+async fn seed(ctx: &Ctx<'_>, so: &ScaleOptions) -> anyhow::Result<(Duration, Duration)> {
+    println!(
+        "      seeding {} users and {} Svix ids ({}–{} days old)",
+        so.users, so.processed, SEEDED_AGE_DAYS.1, SEEDED_AGE_DAYS.0
+    );
+    let db = &ctx.site.db;
+    let users = seed::users(db, so.users).await?;
+    let processed = seed::processed_events(db, so.processed, SEEDED_AGE_DAYS).await?;
+    execute(db, "VACUUM ANALYZE users, processed_events").await?;
+    println!(
+        "      seeded in {:.0} s and {:.0} s",
+        users.as_secs_f64(),
+        processed.as_secs_f64()
+    );
+    Ok((users, processed))
+}
+
+/// Runs the scale phases in the site's database (migrated, empty) under its prefix.
 pub async fn run(
     ctx: &Ctx<'_>,
     cleanup: &mut Cleanup,
@@ -259,114 +409,44 @@ pub async fn run(
     let mut checks = Vec::new();
     println!("[8] write path at size: {} events", events.len());
     println!("      drain into an empty database");
-    let (empty, _, c, worker) =
-        fill_and_drain(ctx, cleanup, events, expected, &[], "empty").await?;
-    checks.extend(c);
+    let (empty, worker) =
+        fill_and_drain(ctx, cleanup, (events, expected), &[], "empty", &mut checks).await?;
     worker.stop(cleanup).await?;
-
-    println!(
-        "      seeding {} users and {} Svix ids ({}–{} days old)",
-        so.users, so.processed, SEEDED_AGE_DAYS.1, SEEDED_AGE_DAYS.0
-    );
-    let seed_users = seed::users(&ctx.db, so.users).await?;
-    let seed_processed = seed::processed_events(&ctx.db, so.processed, SEEDED_AGE_DAYS).await?;
-    execute(&ctx.db, "VACUUM ANALYZE users, processed_events").await?;
-    println!(
-        "      seeded in {:.0} s and {:.0} s",
-        seed_users.as_secs_f64(),
-        seed_processed.as_secs_f64()
-    );
-    forget_events(&ctx.db).await?;
-    let retention = [("PROCESSED_EVENTS_RETENTION", NO_PRUNING_RETENTION)];
-    let stop = Arc::new(AtomicBool::new(false));
-    let watcher = watch_lock_waits(ctx.db.clone(), Arc::clone(&stop));
-    let (at_size, slow_at_size, c, worker) =
-        fill_and_drain(ctx, cleanup, events, expected, &retention, "at size").await?;
-    stop.store(true, Ordering::Relaxed);
-    let waits_at_size = watcher.await.context("the lock watcher panicked")?;
-    checks.extend(c);
-    worker.stop(cleanup).await?;
-
-    forget_events(&ctx.db).await?;
-    let before = seeded_left(&ctx.db).await?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let watcher = watch_lock_waits(ctx.db.clone(), Arc::clone(&stop));
-    let started = Instant::now();
-    // The default retention (7 days): every seeded id has expired; pruning starts with the
-    // worker.
-    let (pruning, slow_pruning, c, worker) =
-        fill_and_drain(ctx, cleanup, events, expected, &[], "at size, pruning").await?;
-    checks.extend(c);
-    let after_drain = seeded_left(&ctx.db).await?;
-    let mut prune_total = None;
-    let mut left = after_drain;
-    while started.elapsed() < PRUNE_WAIT {
-        left = seeded_left(&ctx.db).await?;
-        if left == 0 {
-            prune_total = Some(started.elapsed());
-            break;
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    }
-    let prune_window = started.elapsed();
-    stop.store(true, Ordering::Relaxed);
-    let waits = watcher.await.context("the lock watcher panicked")?;
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    println!(
-        "      pruned {} of {before} during the drain, {} in {:.0} s ({}); longest lock wait \
-         behind pruning {:.1} ms (of any session {:.1} ms; {:.1} ms at size without pruning)",
-        before - after_drain,
-        before - left,
-        prune_window.as_secs_f64(),
-        if prune_total.is_some() {
-            "all"
-        } else {
-            "not all: the rest goes on in the background"
-        },
-        ms(waits.behind_pruning),
-        ms(waits.any),
-        ms(waits_at_size.any),
-    );
-    checks.push(Check::new(
-        "pruning deletes the expired Svix ids",
-        left < before,
-        format!(
-            "{before} expired, {} pruned in {:.0} s",
-            before - left,
-            prune_window.as_secs_f64()
-        ),
-    ));
+    let seeded = seed(ctx, so).await?;
+    let (at_size, waits_at_size) =
+        drain_at_size(ctx, cleanup, (events, expected), &mut checks).await?;
+    let (pruning, worker) = drain_pruning(ctx, cleanup, (events, expected), &mut checks).await?;
+    pruning.print(&waits_at_size);
+    checks.push(pruning.check());
 
     // The read path is measured beside a worker applying the live webhooks, not beside the
     // one-off pruning of a ten-million-id backlog: a worker that prunes nothing takes over.
     worker.stop(cleanup).await?;
-    let worker = super::Worker::start(ctx, cleanup, &retention).await?;
+    let worker = super::Worker::start(ctx, cleanup, &NO_PRUNING).await?;
     let (reads, read_checks) = read_path(ctx, cleanup, so, &worker, expected).await?;
     checks.extend(read_checks);
     worker.stop(cleanup).await?;
-    Ok((
-        ScaleReport {
-            users_seeded: so.users,
-            processed_seeded: so.processed,
-            seed_users_s: seed_users.as_secs_f64(),
-            seed_processed_s: seed_processed.as_secs_f64(),
-            events: events.len() as u64,
-            drain_empty_per_s: empty,
-            drain_at_size_per_s: at_size,
-            drain_pruning_per_s: pruning,
-            pruned_during_drain: before - after_drain,
-            prune_total_s: prune_total.map(|d| d.as_secs_f64()),
-            pruned_in_window: before - left,
-            prune_window_s: prune_window.as_secs_f64(),
-            longest_lock_wait_ms: ms(waits.behind_pruning),
-            longest_lock_wait_any_ms: ms(waits.any),
-            longest_lock_wait_at_size_ms: ms(waits_at_size.any),
-            slow_applies_pruning: slow_pruning,
-            slow_applies_at_size: slow_at_size,
-            reads: Some(reads),
-        },
-        checks,
-    ))
+    let report = ScaleReport {
+        users_seeded: so.users,
+        processed_seeded: so.processed,
+        seed_users_s: seeded.0.as_secs_f64(),
+        seed_processed_s: seeded.1.as_secs_f64(),
+        events: events.len() as u64,
+        drain_empty_per_s: empty.per_s,
+        drain_at_size_per_s: at_size.per_s,
+        drain_pruning_per_s: pruning.drained.per_s,
+        pruned_during_drain: pruning.before - pruning.after_drain,
+        prune_total_s: pruning.total.map(|d| d.as_secs_f64()),
+        pruned_in_window: pruning.before - pruning.left,
+        prune_window_s: pruning.window.as_secs_f64(),
+        longest_lock_wait_ms: ms(pruning.waits.behind_pruning),
+        longest_lock_wait_any_ms: ms(pruning.waits.any),
+        longest_lock_wait_at_size_ms: ms(waits_at_size.any),
+        slow_applies_pruning: pruning.drained.slow,
+        slow_applies_at_size: at_size.slow,
+        reads: Some(reads),
+    };
+    Ok((report, checks))
 }
 
 /// Blocks the bench's database has read from outside Postgres's shared buffers so far.
@@ -386,10 +466,10 @@ async fn read_run(
     db: &DatabaseConnection,
     load: impl Future<Output = anyhow::Result<ReadRun>>,
 ) -> anyhow::Result<ReadRun> {
-    let cpu_before = procs::ServerCpu::now();
+    let cpu_before = host::ServerCpu::now();
     let blocks_before = blocks_read(db).await?;
     let mut run = load.await?;
-    let cpu = procs::ServerCpu::now().since(cpu_before).postgres;
+    let cpu = host::ServerCpu::now().since(cpu_before).postgres;
     let blocks = blocks_read(db).await?.saturating_sub(blocks_before);
     let requests = run.requests.max(1) as f64;
     run.postgres_cpu_us_per_request = Some((cpu.as_secs_f64() * 1e7 / requests).round() / 10.0);
@@ -398,26 +478,20 @@ async fn read_run(
     Ok(run)
 }
 
-/// One route of the api at `(address, pid)`: as fast as answered, then open loop at
-/// [`PACED_READ_SHARE`] of that rate, each through [`read_run`]. `reads` gives each run its
-/// requests.
+/// One route of the api: as fast as answered, then open loop at [`PACED_READ_SHARE`] of that
+/// rate, each through [`read_run`]. `reads` gives each run its requests.
 async fn read_route<R: Reads>(
     db: &DatabaseConnection,
-    (addr, pid): (std::net::SocketAddr, u32),
+    api: &Started,
     so: &ScaleOptions,
     what: &str,
     reads: impl Fn() -> anyhow::Result<Arc<R>>,
 ) -> anyhow::Result<(ReadRun, ReadRun)> {
+    let (addr, pid) = (api.addr, api.pid);
+    let (connections, duration) = (so.read_connections, so.read_duration);
     let saturated = read_run(
         db,
-        reads::against_api(
-            what,
-            addr,
-            pid,
-            reads()?,
-            so.read_connections,
-            so.read_duration,
-        ),
+        reads::against_api(what, addr, pid, reads()?, connections, duration),
     )
     .await?;
     let paced = read_run(
@@ -427,13 +501,168 @@ async fn read_route<R: Reads>(
             addr,
             pid,
             reads()?,
-            so.read_connections,
+            connections,
             (saturated.per_s * PACED_READ_SHARE).max(1.0),
-            so.read_duration,
+            duration,
         ),
     )
     .await?;
     Ok((saturated, paced))
+}
+
+/// The runs of the read path: the database's ceiling, then each route as fast as answered
+/// and paced.
+struct ReadRuns {
+    ceiling: ReadRun,
+    service_key: ReadRun,
+    service_key_paced: ReadRun,
+    me: ReadRun,
+    me_paced: ReadRun,
+}
+
+impl ReadRuns {
+    async fn measure(
+        ctx: &Ctx<'_>,
+        so: &ScaleOptions,
+        (api, pool_size): (&Started, u32),
+        keys: &SessionKeys,
+    ) -> anyhow::Result<Self> {
+        let db = &ctx.site.db;
+        let (users, connections) = (so.users, so.read_connections);
+        let ceiling = reads::ceiling(
+            &ctx.site.db_url,
+            pool_size,
+            users,
+            connections,
+            so.read_duration,
+        );
+        let ceiling = read_run(db, ceiling).await?;
+        let service = Arc::new(ServiceKeyReads {
+            users,
+            authorization: hyper::header::HeaderValue::from_str(&format!(
+                "Bearer {}",
+                reads::SERVICE_KEY
+            ))
+            .context("bad service key header")?,
+        });
+        let what = "GET /users/by-clerk-id/{id}, service key";
+        let (service_key, service_key_paced) =
+            read_route(db, api, so, what, || Ok(service.clone())).await?;
+        // Each run signs fresh tokens (they live a minute), which the api verifies once each.
+        let (me, me_paced) = read_route(db, api, so, "GET /me, session JWTs", || {
+            Ok(Arc::new(SessionReads::sign(keys, so.sessions, users)?))
+        })
+        .await?;
+        Ok(Self {
+            ceiling,
+            service_key,
+            service_key_paced,
+            me,
+            me_paced,
+        })
+    }
+
+    fn check(&self) -> Check {
+        let all = [
+            &self.ceiling,
+            &self.service_key,
+            &self.service_key_paced,
+            &self.me,
+            &self.me_paced,
+        ];
+        Check::new(
+            "every read answered 200",
+            all.iter()
+                .all(|run| run.errors == 0 && run.ok == run.requests),
+            format!(
+                "errors: ceiling {}, service key {} (paced {}), /me {} (paced {})",
+                self.ceiling.errors,
+                self.service_key.errors,
+                self.service_key_paced.errors,
+                self.me.errors,
+                self.me_paced.errors
+            ),
+        )
+    }
+}
+
+/// The api of the read path, ready: verifies session tokens of `keys`, reads with the bench's
+/// service key; and the size of its pool.
+async fn start_api(
+    ctx: &Ctx<'_>,
+    cleanup: &mut Cleanup,
+    keys: &SessionKeys,
+) -> anyhow::Result<(Started, u32)> {
+    let pool_size: u32 = std::env::var("DATABASE_MAX_CONNECTIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let api = (ctx.site.api())
+        .env("API_SERVICE_KEYS", reads::SERVICE_KEY)
+        .env("CLERK_JWT_KEY", keys.public_pem.clone())
+        .env("CLERK_ISSUER", reads::ISSUER)
+        .unset(&["CLERK_SECRET_KEY", "TOKEN_ENCRYPTION_KEY", "API_LAZY_SYNC"]);
+    Ok((ctx.services.start(cleanup, api).await?, pool_size))
+}
+
+/// Webhooks while the reads run: enough newer updates of `expected` for the five runs, sent
+/// at [`LIVE_INGEST_RATE`] through an ingress of their own; then the ingest ends.
+struct Ingest {
+    load: tokio::task::JoinHandle<anyhow::Result<Paced>>,
+    /// `processed_events` and the worker's settled events before it.
+    before: (u64, u64),
+}
+
+impl Ingest {
+    async fn start(
+        ctx: &Ctx<'_>,
+        cleanup: &mut Cleanup,
+        so: &ScaleOptions,
+        worker: &super::Worker,
+        expected: &mut [Expected],
+    ) -> anyhow::Result<Self> {
+        let runs = 5u32;
+        let count =
+            (LIVE_INGEST_RATE * (so.read_duration * runs).as_secs_f64()).ceil() as usize + 1000;
+        let live_events = events::newer_updates(expected, count)?;
+        let signed = Arc::new(events::sign(&live_events, &ctx.secret)?);
+        let ingress = ctx
+            .start_ingress(cleanup, "ingress-reads", &ctx.site.prefix)
+            .await?;
+        let before = worker.applied(ctx).await?;
+        let mut pace = Pace::new(LIVE_INGEST_RATE, LIVE_INGEST_CONNECTIONS);
+        pace.limit = Some(signed.len() as u64);
+        let requests = paced::webhook_requests(signed);
+        let load = tokio::spawn(async move {
+            let stop = std::future::pending::<()>();
+            Ok(paced::run(ingress.addr, pace, requests, stop).await?.0)
+        });
+        Ok(Self { load, before })
+    }
+
+    /// Waits for the ingest's end, stops its ingress, waits until the worker has applied
+    /// what it sent: the ingest's figures and check.
+    async fn finish(
+        self,
+        ctx: &Ctx<'_>,
+        cleanup: &mut Cleanup,
+        worker: &super::Worker,
+    ) -> anyhow::Result<(Paced, Check)> {
+        let ingest = self.load.await.context("the ingest panicked")??;
+        cleanup.stop("ingress-reads").await?;
+        let check = Check::new(
+            "every webhook answered 200 (ingest during the reads)",
+            ingest.load.all_accepted(),
+            format!(
+                "{} of {} accepted at {LIVE_INGEST_RATE}/s",
+                ingest.load.accepted, ingest.load.events
+            ),
+        );
+        (worker)
+            .wait_applied(ctx, cleanup, self.before, ingest.load.accepted)
+            .await?;
+        Ok((ingest, check))
+    }
 }
 
 /// The read path against the seeded table, with the worker running and webhooks arriving at
@@ -451,147 +680,34 @@ async fn read_path(
         so.users, so.read_connections, so.read_duration
     );
     let keys = SessionKeys::generate()?;
-    let api_addr = procs::free_addr()?;
-    let pool_size: u32 = std::env::var("DATABASE_MAX_CONNECTIONS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10);
-    let env = vec![
-        ("API_ADDR".to_owned(), api_addr.to_string()),
-        ("DATABASE_URL".to_owned(), ctx.db_url.clone()),
-        ("API_SERVICE_KEYS".to_owned(), reads::SERVICE_KEY.to_owned()),
-        ("CLERK_JWT_KEY".to_owned(), keys.public_pem.clone()),
-        ("CLERK_ISSUER".to_owned(), reads::ISSUER.to_owned()),
-        ("NO_COLOR".to_owned(), "1".to_owned()),
-    ];
-    let unset = ["CLERK_SECRET_KEY", "TOKEN_ENCRYPTION_KEY", "API_LAZY_SYNC"];
-    let api_pid = cleanup.spawn(
-        "api",
-        &ctx.bin.join("api"),
-        &[],
-        &env,
-        &unset,
-        &ctx.log_dir.join("api.log"),
-    )?;
-    cleanup
-        .wait_ready("api", &format!("http://{api_addr}/readyz"), READY_TIMEOUT)
-        .await?;
-
-    // Webhooks meanwhile: enough newer updates for the five runs, then the ingest ends.
-    let runs = 5u32;
-    let ingest_count =
-        (LIVE_INGEST_RATE * (so.read_duration * runs).as_secs_f64()).ceil() as usize + 1000;
-    let live_events = events::newer_updates(expected, ingest_count)?;
-    let signed = Arc::new(events::sign(&live_events, &ctx.secret)?);
-    let (_, ingress_addr) = ctx
-        .start_ingress(cleanup, "ingress-reads", &ctx.prefix)
-        .await?;
-    let applied_before = pipeline::processed(&ctx.db).await?;
-    let settled_before = pipeline::settled(worker.addr)
-        .await
-        .context("the worker's /metrics does not answer")?;
-    let mut pace = Pace::new(LIVE_INGEST_RATE, LIVE_INGEST_CONNECTIONS);
-    pace.limit = Some(signed.len() as u64);
-    let ingest = tokio::spawn(paced::run(
-        ingress_addr,
-        pace,
-        paced::webhook_requests(Arc::clone(&signed)),
-        std::future::pending::<()>(),
-    ));
+    let (api, pool_size) = start_api(ctx, cleanup, &keys).await?;
+    let ingest = Ingest::start(ctx, cleanup, so, worker, expected).await?;
     // The service key reads and the session reads, each after the ceiling; the tokens are
     // signed right before their run (they live a minute).
-    let service = Arc::new(ServiceKeyReads {
+    let runs = ReadRuns::measure(ctx, so, (&api, pool_size), &keys).await?;
+    let api_peak_rss = host::peak_rss(api.pid)?;
+    cleanup.stop(&api.name).await?;
+    let (ingest, ingest_check) = ingest.finish(ctx, cleanup, worker).await?;
+    let mut checks = vec![ingest_check, runs.check()];
+    checks.extend(
+        ctx.check_settled(&worker.broker, expected, "after the reads")
+            .await?,
+    );
+    let report = ReadsReport {
         users: so.users,
-        authorization: hyper::header::HeaderValue::from_str(&format!(
-            "Bearer {}",
-            reads::SERVICE_KEY
-        ))
-        .context("bad service key header")?,
-    });
-    let db = &ctx.db;
-    let ceiling = read_run(
-        db,
-        reads::ceiling(
-            &ctx.db_url,
-            pool_size,
-            so.users,
-            so.read_connections,
-            so.read_duration,
-        ),
-    )
-    .await?;
-    let api = (api_addr, api_pid);
-    let (service_key, service_key_paced) = read_route(
-        db,
-        api,
-        so,
-        "GET /users/by-clerk-id/{id}, service key",
-        || Ok(service.clone()),
-    )
-    .await?;
-    // Each run signs fresh tokens (they live a minute), which the api verifies once each.
-    let (me, me_paced) = read_route(db, api, so, "GET /me, session JWTs", || {
-        Ok(Arc::new(SessionReads::sign(&keys, so.sessions, so.users)?))
-    })
-    .await?;
-    let api_peak_rss = procs::peak_rss(api_pid)?;
-    cleanup.stop("api").await?;
-
-    let (ingest, _) = ingest.await.context("the ingest panicked")??;
-    cleanup.stop("ingress-reads").await?;
-    let mut checks = vec![Check::new(
-        "every webhook answered 200 (ingest during the reads)",
-        ingest.load.all_accepted(),
-        format!(
-            "{} of {} accepted at {LIVE_INGEST_RATE}/s",
-            ingest.load.accepted, ingest.load.events
-        ),
-    )];
-    checks.push(Check::new(
-        "every read answered 200",
-        [&ceiling, &service_key, &service_key_paced, &me, &me_paced]
-            .iter()
-            .all(|run| run.errors == 0 && run.ok == run.requests),
-        format!(
-            "errors: ceiling {}, service key {} (paced {}), /me {} (paced {})",
-            ceiling.errors,
-            service_key.errors,
-            service_key_paced.errors,
-            me.errors,
-            me_paced.errors
-        ),
-    ));
-    pipeline::wait_applied(
-        &ctx.db,
-        cleanup,
-        &worker.broker,
-        &ctx.main,
-        worker.addr,
-        (applied_before, settled_before),
-        ingest.load.accepted,
-        super::drain_timeout(ingest.load.accepted),
-    )
-    .await?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    checks.extend(pipeline::check_queues(&worker.broker, &ctx.main, "after the reads").await?);
-    checks.push(pipeline::check_users(&ctx.db, expected, "after the reads").await?);
-    Ok((
-        ReadsReport {
-            users: so.users,
-            pool_size,
-            sessions: so.sessions,
-            ceiling,
-            service_key,
-            me,
-            service_key_paced,
-            me_paced,
-            api_peak_rss,
-            live_ingest_rate: LIVE_INGEST_RATE,
-            live_ingest_accepted: ingest.load.accepted,
-            live_ingest_errors: ingest.load.errors(),
-        },
-        checks,
-    ))
+        pool_size,
+        sessions: so.sessions,
+        ceiling: runs.ceiling,
+        service_key: runs.service_key,
+        me: runs.me,
+        service_key_paced: runs.service_key_paced,
+        me_paced: runs.me_paced,
+        api_peak_rss,
+        live_ingest_rate: LIVE_INGEST_RATE,
+        live_ingest_accepted: ingest.load.accepted,
+        live_ingest_errors: ingest.load.errors(),
+    };
+    Ok((report, checks))
 }
 
 impl ScaleReport {
@@ -668,8 +784,16 @@ impl ScaleReport {
             self.seed_processed_s,
             self.events
         );
-        let rate = |x: f64| format!("{x:.0}/s");
-        let mut rows = vec![
+        let mut rows = self.write_rows();
+        if let Some(r) = &self.reads {
+            rows.extend(r.rows());
+        }
+        table(out, &["measure", "value", "detail"], &rows);
+    }
+
+    /// The drains and pruning.
+    fn write_rows(&self) -> Vec<Vec<String>> {
+        vec![
             vec![
                 "worker drain, empty database".into(),
                 rate(self.drain_empty_per_s),
@@ -712,39 +836,60 @@ impl ScaleReport {
                         .map_or(String::new(), |s| format!(" (all, in {s:.0} s)"))
                 ),
             ],
+        ]
+    }
+}
+
+/// A rate of the section: `1234/s`.
+fn rate(x: f64) -> String {
+    format!("{x:.0}/s")
+}
+
+impl ReadsReport {
+    /// A row per read run, and the api's memory.
+    fn rows(&self) -> Vec<Vec<String>> {
+        let runs = [
+            &self.ceiling,
+            &self.service_key,
+            &self.service_key_paced,
+            &self.me,
+            &self.me_paced,
         ];
-        if let Some(r) = &self.reads {
-            for run in [
-                &r.ceiling,
-                &r.service_key,
-                &r.service_key_paced,
-                &r.me,
-                &r.me_paced,
-            ] {
-                rows.push(vec![
-                    format!("{} ({} connections){}", run.what, run.connections, run.pacing()),
-                    rate(run.per_s),
-                    format!(
-                        "p50 {:.2} / p99 {:.2} / max {:.1} ms; {} errors; CPU/request: api {}, client {:.0} µs{}",
-                        run.p50_ms,
-                        run.p99_ms,
-                        run.max_ms,
-                        run.errors,
-                        run.api_cpu_us_per_request.map_or("-".into(), |c| format!("{c:.0} µs")),
-                        run.client_cpu_us_per_request,
-                        run.database_cost()
-                    ),
-                ]);
-            }
-            rows.push(vec![
-                "api peak RSS".into(),
-                mib(r.api_peak_rss),
-                format!(
-                    "{} users; pool of {}; {} sessions; webhooks meanwhile: {} accepted at {:.0}/s, {} errors",
-                    r.users, r.pool_size, r.sessions, r.live_ingest_accepted, r.live_ingest_rate, r.live_ingest_errors
-                ),
-            ]);
-        }
-        table(out, &["measure", "value", "detail"], &rows);
+        let mut rows: Vec<Vec<String>> = runs.iter().map(|run| run.row()).collect();
+        rows.push(vec![
+            "api peak RSS".into(),
+            mib(self.api_peak_rss),
+            format!(
+                "{} users; pool of {}; {} sessions; webhooks meanwhile: {} accepted at {:.0}/s, {} errors",
+                self.users, self.pool_size, self.sessions, self.live_ingest_accepted, self.live_ingest_rate, self.live_ingest_errors
+            ),
+        ]);
+        rows
+    }
+}
+
+impl ReadRun {
+    /// Its row of the section.
+    fn row(&self) -> Vec<String> {
+        vec![
+            format!(
+                "{} ({} connections){}",
+                self.what,
+                self.connections,
+                self.pacing()
+            ),
+            rate(self.per_s),
+            format!(
+                "p50 {:.2} / p99 {:.2} / max {:.1} ms; {} errors; CPU/request: api {}, client {:.0} µs{}",
+                self.p50_ms,
+                self.p99_ms,
+                self.max_ms,
+                self.errors,
+                self.api_cpu_us_per_request
+                    .map_or("-".into(), |c| format!("{c:.0} µs")),
+                self.client_cpu_us_per_request,
+                self.database_cost()
+            ),
+        ]
     }
 }

@@ -7,6 +7,12 @@ export type User = components["schemas"]["User"];
 export type CalendarConnection = components["schemas"]["CalendarConnection"];
 /** `google` or `microsoft`. */
 export type Provider = components["schemas"]["ProviderName"];
+/**
+ * How the user's calendar of one provider stands (`user.google_calendar_status`,
+ * `user.microsoft_calendar_status`): `connected`, `needs_reconnect` (the grant ended: only the
+ * user can fix it, by reconnecting the account in Clerk) or `not_connected`.
+ */
+export type CalendarStatus = components["schemas"]["CalendarStatus"];
 type ErrorBody = components["schemas"]["ErrorBody"];
 
 /** A failed call: the HTTP status (0 when no answer came) and the API's `{error, message}`. */

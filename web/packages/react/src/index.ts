@@ -16,5 +16,5 @@ export {
   type OrganizationMembership,
   type OrganizationMember,
 } from "./hooks";
-export { ClerkSyncError, type GetToken, type User, type CalendarConnection, type Provider } from "./api";
+export { ClerkSyncError, type GetToken, type User, type CalendarConnection, type CalendarStatus, type Provider } from "./api";
 export type { components, paths } from "./schema";

@@ -289,13 +289,38 @@ export interface components {
             provider_user_id: string;
             /** @description Approved scopes, space separated. */
             scopes: string;
-            /** @description `connected`, or why the connection is not usable (e.g. `token_unavailable`). */
+            /**
+             * @description `connected`, `needs_reconnect` (only the user can fix it: reconnect the account in
+             *     Clerk) or `unavailable` (Clerk could not be asked lately; a stored token is still
+             *     served while fresh).
+             * @example needs_reconnect
+             */
             status: string;
-            /** @description Details for a status other than `connected`. */
+            /**
+             * Format: date-time
+             * @description Since when the status (and reason) hold.
+             */
+            status_changed_at: string;
+            /**
+             * Format: date-time
+             * @description When Clerk was last asked about this connection.
+             */
+            status_checked_at?: string | null;
+            /**
+             * @description A stable code for a status other than `connected`: `grant_revoked`,
+             *     `missing_refresh_token`, `missing_scopes`, `account_unverified`, `provider_disabled`,
+             *     `clerk_unavailable`.
+             * @example grant_revoked
+             */
             status_reason?: string | null;
             /** Format: date-time */
             updated_at: string;
         };
+        /**
+         * @description How a user's calendar of one provider stands, as the frontend shows it.
+         * @enum {string}
+         */
+        CalendarStatus: "connected" | "needs_reconnect" | "not_connected";
         /** @description The body of `PATCH /users/{id}/calendar-status`. */
         CalendarStatusUpdate: {
             /**
@@ -320,6 +345,13 @@ export interface components {
              * @example no such user
              */
             message: string;
+            /**
+             * @description With `needs_reconnect`: why only the user can fix the calendar connection
+             *     (`grant_revoked`, `missing_refresh_token`, `missing_scopes`, `account_unverified`,
+             *     `provider_disabled`).
+             * @example grant_revoked
+             */
+            reason?: string | null;
         };
         /** @description An organization as synced from Clerk. */
         Organization: {
@@ -438,8 +470,16 @@ export interface components {
             /** @description The id the product gave the user in Clerk (`external_id`). */
             external_id?: string | null;
             first_name?: string | null;
-            /** @description Whether a Google calendar is connected. */
+            /**
+             * @description Whether a Google calendar is connected (usable by the backend): true only when
+             *     `google_calendar_status` is `connected`.
+             */
             google_calendar_connected: boolean;
+            /**
+             * @description `connected`, `needs_reconnect` (the grant ended: only the user can fix it, by
+             *     reconnecting the account) or `not_connected`.
+             */
+            google_calendar_status: components["schemas"]["CalendarStatus"];
             /**
              * Format: uuid
              * @description This service's id of the user.
@@ -455,8 +495,13 @@ export interface components {
             last_sign_in_at?: string | null;
             /** @description Whether Clerk has locked the user out (too many failed sign-ins). */
             locked: boolean;
-            /** @description Whether a Microsoft calendar is connected. */
+            /**
+             * @description Whether a Microsoft calendar is connected (usable by the backend): true only when
+             *     `microsoft_calendar_status` is `connected`.
+             */
             microsoft_calendar_connected: boolean;
+            /** @description `connected`, `needs_reconnect` or `not_connected`, as for Google. */
+            microsoft_calendar_status: components["schemas"]["CalendarStatus"];
             /**
              * @description The primary phone number (E.164, as Clerk holds it); the user's own profile, like the
              *     email.

@@ -42,7 +42,8 @@ pub fn page(title: &str, session: Option<&Session>, body: &str) -> String {
     let nav = match session {
         Some(s) => format!(
             "<a href=\"/console\">Overview</a><a href=\"/console/dead-letters\">Dead letters</a>\
-             <a href=\"/console/events\">Events</a><a href=\"/console/audit\">Audit log</a>\
+             <a href=\"/console/events\">Events</a>\
+             <a href=\"/console/connections\">Calendar connections</a><a href=\"/console/audit\">Audit log</a>\
              <span class=\"who\">{} ({})</span>\
              <form class=\"inline\" method=\"post\" action=\"/console/logout\">{}<button>Log out</button></form>",
             escape(&s.user),

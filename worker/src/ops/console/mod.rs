@@ -201,6 +201,7 @@ impl Console {
             }
             "/console/events" => pages::events::events(self, &session, query).await,
             "/console/audit" => pages::audit::audit_log(self, &session).await,
+            "/console/connections" => pages::connections::connections(self, &session).await,
             _ => Outcome::Html(
                 StatusCode::NOT_FOUND,
                 page("Not found", Some(&session), "<p>No such page.</p>"),

@@ -14,7 +14,7 @@ use super::{
     audit::{Act, audit},
     common::{age, db_error, dlq_error, error_page},
 };
-use crate::ops::dlq::{self, Filter, Window};
+use crate::ops::dlq::{self, DeadLetter, Filter, Scanned, Window};
 
 /// Dead letters per page.
 pub const PAGE_SIZE: usize = 50;
@@ -90,6 +90,44 @@ pub async fn dead_letters(console: &Console, session: &Session, query: &Form) ->
         .and_then(|p| p.parse::<usize>().ok())
         .unwrap_or(1)
         .max(1);
+    let scanned = match read_page(console, session, &filter, page_no).await {
+        Ok(scanned) => scanned,
+        Err(outcome) => return outcome,
+    };
+    let pages = scanned.matched.div_ceil(PAGE_SIZE).max(1);
+    let mut body = filter_form(session, query);
+    let _ = write!(
+        body,
+        "<p><strong>{}</strong> dead letter(s) match {}; page {page_no} of {pages}.</p>",
+        scanned.matched,
+        escape(&filter.describe())
+    );
+    if !scanned.complete {
+        let _ = write!(
+            body,
+            "<p class=\"notice\">Only the oldest {} dead letters were read (a page reads at most \
+             {SCAN_LIMIT}): narrow the filter (older than, newer than), or list them all with \
+             <code>worker dlq list</code>.</p>",
+            scanned.read
+        );
+    }
+    if session.role.may_act() && scanned.matched > 0 {
+        body.push_str(&replay_all_form(session, query, &scanned));
+    }
+    body.push_str(&letters_table(&scanned.letters));
+    body.push_str(&pager(query, page_no, pages));
+    Outcome::Html(StatusCode::OK, page("Dead letters", Some(session), &body))
+}
+
+/// Reads one page's dead letters. A body search reveals what masking hides: it is recorded like
+/// a reveal (who, when, how many matched; the searched text never), and not shown when it
+/// cannot be recorded.
+async fn read_page(
+    console: &Console,
+    session: &Session,
+    filter: &Filter,
+    page_no: usize,
+) -> Result<Scanned, Outcome> {
     let window = Window {
         skip: (page_no - 1) * PAGE_SIZE,
         take: PAGE_SIZE,
@@ -98,30 +136,29 @@ pub async fn dead_letters(console: &Console, session: &Session, query: &Form) ->
     };
     let scanned = {
         let _one = console.dlq_lock.lock().await;
-        dlq::scan(&console.broker, console.topology.clone(), &filter, window).await
-    };
-    let scanned = match scanned {
-        Ok(scanned) => scanned,
-        Err(error) => return dlq_error(session, error),
-    };
-    // A body search reveals what masking hides: recorded like a reveal (who, when, how many
-    // matched; the searched text never), and not shown when it cannot be recorded.
-    if filter.body_contains.is_some()
-        && let Err(error) = audit(
+        dlq::scan(&console.broker, console.topology.clone(), filter, window).await
+    }
+    .map_err(|error| dlq_error(session, error))?;
+    if filter.body_contains.is_some() {
+        let matched = scanned.matched;
+        audit(
             console,
             session,
             Act::Search,
             &filter.describe(),
-            scanned.matched,
-            Some(scanned.matched),
+            matched,
+            Some(matched),
         )
         .await
-    {
-        return db_error(session, error);
+        .map_err(|error| db_error(session, error))?;
     }
-    let pages = scanned.matched.div_ceil(PAGE_SIZE).max(1);
+    Ok(scanned)
+}
+
+/// The filter form, filled in with the query's values (body search for operators only).
+fn filter_form(session: &Session, query: &Form) -> String {
     let value = |name| escape(query.get(name).unwrap_or(""));
-    let mut body = format!(
+    format!(
         "<form method=\"get\" action=\"/console/dead-letters\">\
          <label>Type <input name=\"type\" value=\"{}\" placeholder=\"user.created\"></label>\
          <label>Reason contains <input name=\"reason\" value=\"{}\"></label>\
@@ -142,43 +179,32 @@ pub async fn dead_letters(console: &Console, session: &Session, query: &Form) ->
         } else {
             String::new()
         },
-    );
-    let _ = write!(
-        body,
-        "<p><strong>{}</strong> dead letter(s) match {}; page {page_no} of {pages}.</p>",
-        scanned.matched,
-        escape(&filter.describe())
-    );
-    if !scanned.complete {
-        let _ = write!(
-            body,
-            "<p class=\"notice\">Only the oldest {} dead letters were read (a page reads at most \
-             {SCAN_LIMIT}): narrow the filter (older than, newer than), or list them all with \
-             <code>worker dlq list</code>.</p>",
-            scanned.read
-        );
-    }
-    if session.role.may_act() && scanned.matched > 0 {
-        let _ = write!(
-            body,
-            "<form method=\"post\" action=\"/console/dead-letters/replay\">{}{}\
-             <button>Replay all {}matching…</button></form>",
-            csrf_field(session),
-            filter_hidden(query),
-            // Counted only when the whole queue was read; the confirmation counts anyway.
-            if scanned.complete {
-                format!("{} ", scanned.matched)
-            } else {
-                String::new()
-            },
-        );
-    }
-    body.push_str(
+    )
+}
+
+/// The operator's "replay all matching" form; the count shows only when the whole queue was
+/// read (the confirmation counts anyway).
+fn replay_all_form(session: &Session, query: &Form, scanned: &Scanned) -> String {
+    format!(
+        "<form method=\"post\" action=\"/console/dead-letters/replay\">{}{}\
+         <button>Replay all {}matching…</button></form>",
+        csrf_field(session),
+        filter_hidden(query),
+        if scanned.complete {
+            format!("{} ", scanned.matched)
+        } else {
+            String::new()
+        },
+    )
+}
+
+fn letters_table(letters: &[DeadLetter]) -> String {
+    let mut out = String::from(
         "<table><tr><th>id</th><th>type</th><th>Clerk user</th><th>attempts</th><th>age</th><th>reason</th></tr>",
     );
-    for l in &scanned.letters {
+    for l in letters {
         let _ = write!(
-            body,
+            out,
             "<tr><td><a href=\"/console/dead-letter?id={}\">{}</a></td><td>{}</td><td>{}</td>\
              <td class=\"num\">{}</td><td>{}</td><td>{}</td></tr>",
             encode(&l.id),
@@ -190,12 +216,18 @@ pub async fn dead_letters(console: &Console, session: &Session, query: &Form) ->
             escape(&reason_text(l.reason.as_deref())),
         );
     }
-    body.push_str("</table><p>");
+    out.push_str("</table>");
+    out
+}
+
+/// Links to the previous and next pages, keeping the filter.
+fn pager(query: &Form, page_no: usize, pages: usize) -> String {
     let filters = filter_query(query);
     let sep = if filters.is_empty() { "" } else { "&amp;" };
+    let mut out = String::from("<p>");
     if page_no > 1 {
         let _ = write!(
-            body,
+            out,
             "<a href=\"/console/dead-letters?{}{sep}page={}\">← previous</a> ",
             escape(&filters),
             page_no - 1
@@ -203,12 +235,12 @@ pub async fn dead_letters(console: &Console, session: &Session, query: &Form) ->
     }
     if page_no < pages {
         let _ = write!(
-            body,
+            out,
             "<a href=\"/console/dead-letters?{}{sep}page={}\">next →</a>",
             escape(&filters),
             page_no + 1
         );
     }
-    body.push_str("</p>");
-    Outcome::Html(StatusCode::OK, page("Dead letters", Some(session), &body))
+    out.push_str("</p>");
+    out
 }

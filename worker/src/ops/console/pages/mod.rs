@@ -4,6 +4,7 @@
 pub mod actions;
 pub mod audit;
 mod common;
+pub mod connections;
 pub mod dead_letter;
 pub mod dead_letters;
 pub mod events;

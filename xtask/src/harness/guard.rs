@@ -1,13 +1,12 @@
-//! Child processes (ingress, worker) and everything a run creates outside itself, removed by one
-//! guard: on success, on error, on panic and on Ctrl-C, [`Cleanup`] stops the children (SIGTERM,
-//! then SIGKILL after 10 s), drops the bench database and deletes every queue and exchange the run
-//! declared.
+//! The guard of a run: everything a run creates outside itself (child processes, databases,
+//! queues and exchanges) is removed by [`Cleanup`] on success, on error, on panic and on Ctrl-C:
+//! it stops the children (SIGTERM, then SIGKILL after 10 s), drops the databases and deletes
+//! every queue and exchange the run declared.
 
 use std::{
     fs::File,
-    net::{SocketAddr, TcpListener},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, Command, ExitStatus, Stdio},
     time::Duration,
 };
 
@@ -21,8 +20,12 @@ use broker::{
 };
 use sea_orm::{ConnectOptions, ConnectionTrait, Database};
 
+use super::servers::PgServer;
+
 /// How long a child gets to stop after SIGTERM before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(10);
+/// How often [`Cleanup::wait_exit`] looks whether a child has exited.
+const EXIT_POLL: Duration = Duration::from_millis(5);
 
 /// A child process and where its output goes.
 struct Managed {
@@ -34,7 +37,8 @@ struct Managed {
 /// The resources of one run; dropping it removes them all.
 pub struct Cleanup {
     children: Vec<Managed>,
-    amqp_url: String,
+    /// The node the queues are deleted through (`None`: the run declares none).
+    amqp_url: Option<String>,
     /// Prefixes whose exchange and queues the run declared (through the ingress or worker).
     topologies: Vec<Topology>,
     /// Other queues the run declared (the broker ceiling's).
@@ -43,15 +47,51 @@ pub struct Cleanup {
     databases: Vec<(PgServer, String)>,
 }
 
+/// What a child inherits from this process's environment.
+#[derive(Debug, Clone, Copy)]
+pub enum Inherit<'a> {
+    /// Everything but these variables.
+    AllBut(&'a [&'a str]),
+    /// Nothing: only what the run sets.
+    Nothing,
+}
+
 impl Cleanup {
+    /// The guard of a run whose queues and exchanges are deleted through `amqp_url`.
     pub fn new(amqp_url: &str) -> Self {
+        Self::with_broker(Some(amqp_url.to_owned()))
+    }
+
+    /// The guard of a run that declares no queue (processes and databases only).
+    pub fn without_broker() -> Self {
+        Self::with_broker(None)
+    }
+
+    fn with_broker(amqp_url: Option<String>) -> Self {
         Self {
             children: Vec::new(),
-            amqp_url: amqp_url.to_owned(),
+            amqp_url,
             topologies: Vec::new(),
             queues: Vec::new(),
             databases: Vec::new(),
         }
+    }
+
+    /// Runs `work` with this guard until it ends or Ctrl-C, then removes everything the run
+    /// created (announcing it when the run has queues to delete).
+    pub async fn around<T>(
+        mut self,
+        work: impl AsyncFnOnce(&mut Self) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        let outcome = tokio::select! {
+            result = work(&mut self) => result,
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        };
+        if self.amqp_url.is_some() {
+            println!("cleaning up (processes, database, queues)");
+        }
+        drop(self);
+        outcome
     }
 
     /// Creates database `name` on `server` and remembers to drop it.
@@ -61,7 +101,7 @@ impl Cleanup {
             .with_context(|| {
                 format!(
                     "cannot connect to Postgres at {}; is it running? (set DATABASE_URL)",
-                    broker::redact_url(&server.base)
+                    server.redacted()
                 )
             })?;
         admin
@@ -84,8 +124,11 @@ impl Cleanup {
     /// more: 50,000 messages left in a quorum queue weigh on the broker's later runs). What
     /// cannot be deleted now stays tracked for the final clean-up.
     pub async fn delete_topology_now(&mut self, topology: &Topology) {
+        let Some(amqp_url) = &self.amqp_url else {
+            return;
+        };
         let names = amqp_names(topology);
-        if matches!(delete_amqp(&self.amqp_url, &names).await, Ok(failed) if failed.is_empty()) {
+        if matches!(delete_amqp(amqp_url, &names).await, Ok(failed) if failed.is_empty()) {
             self.topologies.retain(|t| t != topology);
         }
     }
@@ -95,15 +138,15 @@ impl Cleanup {
         self.queues.push(queue.to_owned());
     }
 
-    /// Starts `program` with `env` set and `unset` removed from the inherited environment, its
-    /// stdout and stderr going to `log`; returns its pid.
+    /// Starts `program` with `env` set over what it inherits, its stdout and stderr going to
+    /// `log`; returns its pid.
     pub fn spawn(
         &mut self,
         name: &str,
         program: &Path,
         args: &[&str],
         env: &[(String, String)],
-        unset: &[&str],
+        inherit: Inherit<'_>,
         log: &Path,
     ) -> anyhow::Result<u32> {
         if !program.exists() {
@@ -117,15 +160,22 @@ impl Cleanup {
             .try_clone()
             .with_context(|| format!("cannot reopen {}", log.display()))?;
         let mut command = Command::new(program);
+        match inherit {
+            Inherit::AllBut(unset) => {
+                for name in unset {
+                    command.env_remove(name);
+                }
+            }
+            Inherit::Nothing => {
+                command.env_clear();
+            }
+        }
         command
             .args(args)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
-        for name in unset {
-            command.env_remove(name);
-        }
         let child = command
             .spawn()
             .with_context(|| format!("cannot start {}", program.display()))?;
@@ -136,6 +186,45 @@ impl Cleanup {
             log: log.to_owned(),
         });
         Ok(pid)
+    }
+
+    /// Waits until child `name` exits, calling `sample` with its pid every `every` meanwhile;
+    /// returns its exit status (the child is no longer managed).
+    pub async fn wait_exit(
+        &mut self,
+        name: &str,
+        every: Duration,
+        mut sample: impl FnMut(u32),
+    ) -> anyhow::Result<ExitStatus> {
+        let Some(index) = self.children.iter().position(|m| m.name == name) else {
+            bail!("{name} is not running");
+        };
+        let pid = self.children[index].child.id();
+        let mut next_sample = tokio::time::Instant::now() + every;
+        loop {
+            let managed = &mut self.children[index];
+            if let Some(status) = managed
+                .child
+                .try_wait()
+                .with_context(|| format!("cannot wait for {name}"))?
+            {
+                self.children.remove(index);
+                return Ok(status);
+            }
+            if tokio::time::Instant::now() >= next_sample {
+                sample(pid);
+                next_sample += every;
+            }
+            tokio::time::sleep(EXIT_POLL).await;
+        }
+    }
+
+    /// The log of child `name`.
+    pub fn log(&self, name: &str) -> Option<&Path> {
+        self.children
+            .iter()
+            .find(|m| m.name == name)
+            .map(|m| m.log.as_path())
     }
 
     /// Fails with the log's path if child `name` has exited.
@@ -193,12 +282,8 @@ impl Cleanup {
                 return Ok(());
             }
             if tokio::time::Instant::now() > deadline {
-                let log = self
-                    .children
-                    .iter()
-                    .find(|m| m.name == name)
-                    .map(|m| m.log.display().to_string())
-                    .unwrap_or_default();
+                let log = self.log(name).map(Path::display).map(|l| l.to_string());
+                let log = log.unwrap_or_default();
                 bail!(
                     "{name} was not ready ({url} did not answer 200) within {timeout:?}; \
                      is RabbitMQ reachable? see {log}"
@@ -259,7 +344,11 @@ impl Drop for Cleanup {
                 names.extend(amqp_names(topology));
             }
             if !names.is_empty() {
-                match delete_amqp(&amqp_url, &names).await {
+                let deleted = match &amqp_url {
+                    Some(url) => delete_amqp(url, &names).await,
+                    None => Err(anyhow::anyhow!("no AMQP node")),
+                };
+                match deleted {
                     Ok(failed) => leftovers.extend(failed),
                     Err(error) => leftovers.push(format!(
                         "queues and exchanges {:?} ({error})",
@@ -274,41 +363,6 @@ impl Drop for Cleanup {
                 }
             }
         });
-    }
-}
-
-/// A Postgres server: a `DATABASE_URL` without its database name.
-#[derive(Debug, Clone)]
-pub struct PgServer {
-    /// `postgres://user:pass@host:port`.
-    base: String,
-    /// `?…` parameters, if any (kept for every database).
-    query: String,
-}
-
-impl PgServer {
-    /// Reads `postgres://user@host:port[/database][?params]`; the database name is ignored.
-    pub fn parse(url: &str) -> anyhow::Result<Self> {
-        let Some((scheme, rest)) = url.split_once("://") else {
-            bail!("DATABASE_URL must look like postgres://user@host:5432");
-        };
-        if scheme != "postgres" && scheme != "postgresql" {
-            bail!("DATABASE_URL must start with postgres://");
-        }
-        let (rest, query) = match rest.split_once('?') {
-            Some((rest, query)) => (rest, format!("?{query}")),
-            None => (rest, String::new()),
-        };
-        let host = rest.split('/').next().unwrap_or(rest);
-        Ok(Self {
-            base: format!("{scheme}://{host}"),
-            query,
-        })
-    }
-
-    /// The URL of database `name` on this server.
-    pub fn url(&self, name: &str) -> String {
-        format!("{}/{name}{}", self.base, self.query)
     }
 }
 
@@ -382,185 +436,4 @@ fn run_detached<F: std::future::Future<Output = ()> + Send + 'static>(future: F)
 /// Sends SIGTERM.
 fn terminate(child: &Child) {
     testkit::process::send(child.id(), testkit::process::Signal::Term);
-}
-
-/// A free TCP port on 127.0.0.1.
-pub fn free_addr() -> anyhow::Result<SocketAddr> {
-    let listener =
-        TcpListener::bind("127.0.0.1:0").context("cannot find a free port on 127.0.0.1")?;
-    listener
-        .local_addr()
-        .context("cannot read the free port's address")
-}
-
-/// Peak resident set size of `pid` in bytes (`VmHWM` of `/proc/<pid>/status`).
-pub fn peak_rss(pid: u32) -> anyhow::Result<u64> {
-    status_bytes(pid, "VmHWM")
-}
-
-/// A `kB` field of `/proc/<pid>/status` (`VmHWM`, `VmRSS`) in bytes.
-pub fn status_bytes(pid: u32, field: &str) -> anyhow::Result<u64> {
-    let path = format!("/proc/{pid}/status");
-    let status = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
-    let kib = status
-        .lines()
-        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|rest| {
-            rest.trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse::<u64>()
-                .ok()
-        })
-        .with_context(|| format!("no {field} line in {path}"))?;
-    Ok(kib * 1024)
-}
-
-/// CPU time (user + system) `pid` has used so far, from `/proc/<pid>/stat` (`self` for this
-/// process). Linux reports it in ticks of 1/100 s (`USER_HZ`) on every architecture.
-pub fn cpu_time(pid: &str) -> anyhow::Result<Duration> {
-    const USER_HZ: u64 = 100;
-    let path = format!("/proc/{pid}/stat");
-    let stat = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
-    // The command name (field 2) is in parentheses and may hold spaces: count from after it.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the command name.
-    let tick = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
-    let (Some(user), Some(system)) = (tick(11), tick(12)) else {
-        bail!("no utime/stime in {path}");
-    };
-    Ok(Duration::from_millis((user + system) * 1000 / USER_HZ))
-}
-
-/// `(comm, ppid, own CPU, CPU of its waited-for children)` of `/proc/<pid>/stat`.
-fn stat_of(pid: &str) -> Option<(String, u32, Duration, Duration)> {
-    const USER_HZ: u64 = 100;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (head, rest) = stat.rsplit_once(')')?;
-    let comm = head.split_once('(')?.1.to_owned();
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let tick = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
-    // After the command name: state, ppid (1), …, utime (11), stime (12), cutime (13), cstime (14).
-    let ppid = u32::try_from(tick(1)?).ok()?;
-    let ms = |t: u64| Duration::from_millis(t * 1000 / USER_HZ);
-    Some((
-        comm,
-        ppid,
-        ms(tick(11)? + tick(12)?),
-        ms(tick(13)? + tick(14)?),
-    ))
-}
-
-/// CPU time used so far by every process of the servers on the box: Postgres (every `postgres`
-/// process, plus what its postmaster's exited children used) and RabbitMQ (`beam.smp` and the
-/// helpers it started).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ServerCpu {
-    pub postgres: Duration,
-    pub rabbitmq: Duration,
-}
-
-impl ServerCpu {
-    pub fn now() -> Self {
-        let mut out = Self::default();
-        let Ok(dir) = std::fs::read_dir("/proc") else {
-            return out;
-        };
-        for entry in dir.flatten() {
-            let name = entry.file_name();
-            let Some(pid) = name
-                .to_str()
-                .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
-            else {
-                continue;
-            };
-            let Some((comm, ppid, own, children)) = stat_of(pid) else {
-                continue;
-            };
-            match comm.as_str() {
-                // The postmaster (not started by another postgres) also counts its exited
-                // backends.
-                "postgres" => {
-                    let postmaster =
-                        stat_of(&ppid.to_string()).is_none_or(|(c, ..)| c != "postgres");
-                    out.postgres += own + if postmaster { children } else { Duration::ZERO };
-                }
-                "beam.smp" => out.rabbitmq += own + children,
-                "erl_child_setup" | "inet_gethost" | "epmd" => out.rabbitmq += own,
-                _ => {}
-            }
-        }
-        out
-    }
-
-    pub fn since(self, before: Self) -> Self {
-        Self {
-            postgres: self.postgres.saturating_sub(before.postgres),
-            rabbitmq: self.rabbitmq.saturating_sub(before.rabbitmq),
-        }
-    }
-}
-
-/// The build profile of the binaries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Profile {
-    Release,
-    Dev,
-}
-
-impl Profile {
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Release => "release",
-            Self::Dev => "dev",
-        }
-    }
-
-    /// The directory under the target directory the profile's binaries go to.
-    fn dir(self) -> &'static str {
-        match self {
-            Self::Release => "release",
-            Self::Dev => "debug",
-        }
-    }
-}
-
-/// `cargo build --profile <profile> -p <package>…`; returns the directory of the binaries.
-pub fn build(workspace: &Path, profile: Profile, packages: &[&str]) -> anyhow::Result<PathBuf> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut command = Command::new(&cargo);
-    // No change of directory: a relative CARGO_TARGET_DIR means the same to cargo and to us.
-    command
-        .args(["build", "--profile", profile.name(), "--manifest-path"])
-        .arg(workspace.join("Cargo.toml"));
-    for package in packages {
-        command.args(["-p", package]);
-    }
-    let status = command
-        .status()
-        .with_context(|| format!("cannot run {cargo} build"))?;
-    if !status.success() {
-        bail!("cargo build --profile {} failed ({status})", profile.name());
-    }
-    Ok(target_dir(workspace)?.join(profile.dir()))
-}
-
-/// `CARGO_TARGET_DIR` (relative to the current directory, as cargo reads it) or `<workspace>/target`.
-fn target_dir(workspace: &Path) -> anyhow::Result<PathBuf> {
-    match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) => {
-            let dir = PathBuf::from(dir);
-            if dir.is_absolute() {
-                Ok(dir)
-            } else {
-                Ok(std::env::current_dir()
-                    .context("cannot read the current directory")?
-                    .join(dir))
-            }
-        }
-        None => Ok(workspace.join("target")),
-    }
 }
