@@ -15,12 +15,14 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::from_env().context("invalid api configuration")?;
-    telemetry::init_subscriber(
+    let _traces = telemetry::init_service_subscriber(
+        "clerk-sync-api",
         "info",
         config.log_format,
         std::io::stdout,
         std::io::stdout().is_terminal(),
-    );
+    )
+    .context("invalid tracing configuration")?;
     let app = Application::build(config).await?;
     app.run_until_stopped(telemetry::ops::shutdown_signal())
         .await

@@ -15,8 +15,8 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family, histogram::Histogram},
     registry::Registry,
 };
-use telemetry::request_id;
-use tracing::Instrument;
+use telemetry::{request_id, traces};
+use tracing::{Instrument, field::Empty};
 
 /// Labels of `clerk_sync_api_requests_total`. Every value comes from a fixed set: a label taken
 /// from the request as sent (hyper accepts any token as a method) would let anyone grow the
@@ -49,6 +49,7 @@ pub struct Metrics {
 impl Metrics {
     /// Creates the metrics and registers them.
     pub fn register(registry: &mut Registry) -> Self {
+        telemetry::traces::register_metrics(registry);
         let metrics = Self {
             requests: Family::default(),
             durations: Family::new_with_constructor(|| {
@@ -104,16 +105,29 @@ pub async fn observe(
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let method = method_label(request.method());
-    let span = tracing::info_span!(
-        "request",
-        request_id = %id.to_str().unwrap_or_default(),
-        method = %method,
-        route = %route,
-    );
+    let server = server_span(&request, &route);
+    let span = server.in_scope(|| {
+        tracing::info_span!(
+            "request",
+            request_id = %id.to_str().unwrap_or_default(),
+            method = %method,
+            route = %route,
+        )
+    });
     let started = Instant::now();
-    let mut response = next.run(request).instrument(span.clone()).await;
+    let mut response = next
+        .run(request)
+        .instrument(span.clone())
+        .instrument(server.clone())
+        .await;
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
+    if !server.is_disabled() {
+        server.record("http.response.status_code", status);
+        if status >= 500 {
+            server.record("otel.status_code", "ERROR");
+        }
+    }
     span.in_scope(|| {
         tracing::info!(
             status,
@@ -139,4 +153,35 @@ pub async fn observe(
         .entry(header::CACHE_CONTROL)
         .or_insert(HeaderValue::from_static("no-store"));
     response
+}
+
+/// The server span of a request (OpenTelemetry HTTP server conventions: the route template,
+/// never the path with its ids), continuing the caller's `traceparent`; only when traces are
+/// exported.
+fn server_span(request: &Request, route: &str) -> tracing::Span {
+    if !traces::enabled() {
+        return tracing::Span::none();
+    }
+    let method = match *request.method() {
+        http::Method::GET
+        | http::Method::POST
+        | http::Method::PUT
+        | http::Method::PATCH
+        | http::Method::DELETE
+        | http::Method::HEAD
+        | http::Method::OPTIONS => request.method().as_str(),
+        _ => "_OTHER",
+    };
+    let span = tracing::info_span!(
+        "http",
+        otel.name = format!("{method} {route}"),
+        otel.kind = "server",
+        otel.status_code = Empty,
+        http.request.method = method,
+        http.route = route,
+        url.scheme = "http",
+        http.response.status_code = Empty,
+    );
+    traces::continue_from(&span, &traces::extract_http(request.headers()), false);
+    span
 }

@@ -28,6 +28,7 @@ use prometheus_client::{
 };
 use sea_orm::{ConnectionTrait, DbBackend, DbErr, Statement};
 use store::pool::Pool;
+use tracing::Instrument as _;
 
 use crate::error::ApiError;
 
@@ -192,7 +193,7 @@ impl Reads {
         Fut: Future<Output = Result<T, ApiError>>,
     {
         self.count(ReadLabels::primary("read_your_writes"));
-        query(self.primary.clone()).await
+        traced("primary", query(self.primary.clone())).await
     }
 
     /// Runs `query` on the replica when it is current, else on the primary. A query that fails
@@ -204,21 +205,21 @@ impl Reads {
     {
         let Some(replica) = &self.replica else {
             self.count(ReadLabels::primary("no_replica"));
-            return query(self.primary.clone()).await;
+            return traced("primary", query(self.primary.clone())).await;
         };
         let state = replica.state();
         if state != ReplicaState::Current {
             self.count(ReadLabels::primary(state.reason()));
-            return query(self.primary.clone()).await;
+            return traced("primary", query(self.primary.clone())).await;
         }
         self.count(ReadLabels {
             target: "replica",
             reason: "current",
         });
-        match query(replica.pool.clone()).await {
+        match traced("replica", query(replica.pool.clone())).await {
             Err(ApiError::NotFound(_)) => {
                 self.count(ReadLabels::primary("replica_miss"));
-                query(self.primary.clone()).await
+                traced("primary", query(self.primary.clone())).await
             }
             Err(ApiError::Database(error)) => {
                 tracing::warn!(error.message = %error, "read failed on the replica; asking the primary");
@@ -226,7 +227,7 @@ impl Reads {
                     replica.set_state(ReplicaState::Unreachable);
                 }
                 self.count(ReadLabels::primary("replica_error"));
-                query(self.primary.clone()).await
+                traced("primary", query(self.primary.clone())).await
             }
             other => other,
         }
@@ -273,6 +274,27 @@ impl Reads {
 /// How far behind the replica is: zero when it has replayed all the WAL it received (or is not
 /// a replica at all), else the age of the last transaction it replayed; `None` when it has
 /// replayed none yet.
+/// Runs one read inside a database span (when traces are exported), named after where it runs.
+async fn traced<T>(
+    target: &'static str,
+    query: impl Future<Output = Result<T, ApiError>>,
+) -> Result<T, ApiError> {
+    let name = if target == "replica" {
+        "SELECT on the replica"
+    } else {
+        "SELECT"
+    };
+    let span = telemetry::traces::db_span(name, "SELECT", None);
+    if span.is_disabled() {
+        return query.await;
+    }
+    let result = query.instrument(span.clone()).await;
+    if matches!(result, Err(ApiError::Database(_))) {
+        span.record("otel.status_code", "ERROR");
+    }
+    result
+}
+
 async fn lag(replica: &Pool) -> Result<Option<Duration>, DbErr> {
     let row = replica
         .query_one_raw(Statement::from_string(

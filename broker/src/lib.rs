@@ -5,6 +5,7 @@
 mod connect;
 mod publisher;
 mod topology;
+pub mod trace_context;
 mod version;
 
 pub use connect::{

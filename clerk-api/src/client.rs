@@ -8,6 +8,9 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::Value;
 
+use telemetry::traces;
+use tracing::{Instrument as _, field::Empty};
+
 use crate::Provider;
 
 /// The default `CLERK_API_URL`.
@@ -43,6 +46,19 @@ impl ClerkError {
                 Some(message)
             }
             _ => None,
+        }
+    }
+
+    /// A short, fixed name of the kind of failure (the `error.type` of a trace span): never
+    /// the message, which may quote what Clerk said.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::BadUrl(_) => "bad_url",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::Status { .. } => "status",
+            Self::Timeout => "timeout",
+            Self::Network(_) => "network",
+            Self::Decode(_) => "decode",
         }
     }
 
@@ -144,13 +160,77 @@ impl ClerkClient {
         })
     }
 
-    async fn get(&self, path: &str, query: &[(&str, String)]) -> Result<Value, ClerkError> {
+    /// `GET {base}/v1{path}`; `template` is the path with its ids as placeholders (the span's
+    /// `url.template`: a trace names no user).
+    async fn get(
+        &self,
+        template: &'static str,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> Result<Value, ClerkError> {
+        let span = self.client_span(template);
+        let result = self
+            .get_in_span(path, query, &span)
+            .instrument(span.clone())
+            .await;
+        if !span.is_disabled() {
+            if let Err(ClerkError::Status { status, .. }) = &result {
+                span.record("http.response.status_code", status);
+            } else if let Err(ClerkError::RateLimited { .. }) = &result {
+                span.record("http.response.status_code", 429);
+            }
+            if let Err(error) = &result {
+                span.record("error.type", error.kind());
+            }
+            traces::record_result(&span, &result);
+        }
+        result
+    }
+
+    /// The client span of one call (OpenTelemetry HTTP client conventions), when traces are
+    /// exported.
+    fn client_span(&self, template: &'static str) -> tracing::Span {
+        if !traces::enabled() {
+            return tracing::Span::none();
+        }
+        let host = self
+            .base
+            .split_once("://")
+            .map_or(self.base.as_str(), |(_, rest)| rest);
+        let host = host.split(['/', '@']).next().unwrap_or_default();
+        let host = host.rsplit_once(':').map_or(host, |(name, _)| name);
+        tracing::info_span!(
+            "clerk_api",
+            otel.name = "GET",
+            otel.kind = "client",
+            otel.status_code = Empty,
+            http.request.method = "GET",
+            url.template = format!("/v1{template}"),
+            server.address = host,
+            http.response.status_code = Empty,
+            error.type = Empty,
+        )
+    }
+
+    async fn get_in_span(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+        span: &tracing::Span,
+    ) -> Result<Value, ClerkError> {
+        let mut context = reqwest::header::HeaderMap::new();
+        traces::inject(span, |name, value| {
+            if let Ok(value) = reqwest::header::HeaderValue::from_str(&value) {
+                context.insert(name, value);
+            }
+        });
         let response = self
             .http
             .get(format!("{}/v1{path}", self.base))
             .query(query)
             .bearer_auth(self.secret_key.expose_secret())
             .header("Clerk-API-Version", "2025-11-10")
+            .headers(context)
             .send()
             .await
             // Errors are described without their URL: it holds user ids, and a proxy URL
@@ -163,6 +243,7 @@ impl ClerkClient {
                 }
             })?;
         let status = response.status();
+        span.record("http.response.status_code", status.as_u16());
         if status.as_u16() == 429 {
             let retry_after = response
                 .headers()
@@ -200,7 +281,14 @@ impl ClerkClient {
             encode_segment(clerk_user_id),
             provider.clerk_name()
         );
-        let value = match self.get(&path, &[]).await {
+        let value = match self
+            .get(
+                "/users/{user_id}/oauth_access_tokens/{provider}",
+                &path,
+                &[],
+            )
+            .await
+        {
             // The user is gone (its deletion is on its way); a provider turned off is not that.
             Err(error @ ClerkError::Status { status: 404, .. })
                 if error.code() != Some("oauth_token_provider_not_enabled") =>
@@ -240,6 +328,7 @@ impl ClerkClient {
         let value = self
             .get(
                 "/users",
+                "/users",
                 &[
                     ("limit", limit.min(500).to_string()),
                     ("offset", offset.to_string()),
@@ -264,7 +353,10 @@ impl ClerkClient {
             ("offset", offset.to_string()),
             ("order_by", "+created_at".into()),
         ];
-        list(self.get("/organizations", &query).await?, "organization")
+        list(
+            self.get("/organizations", "/organizations", &query).await?,
+            "organization",
+        )
     }
 
     /// One organization as a raw organization object (`GET /v1/organizations/{id}`); `None`
@@ -274,7 +366,10 @@ impl ClerkClient {
         clerk_organization_id: &str,
     ) -> Result<Option<Value>, ClerkError> {
         let path = format!("/organizations/{}", encode_segment(clerk_organization_id));
-        match self.get(&path, &[]).await {
+        match self
+            .get("/organizations/{organization_id}", &path, &[])
+            .await
+        {
             Ok(value) => Ok(Some(value)),
             Err(ClerkError::Status { status: 404, .. }) => Ok(None),
             Err(error) => Err(error),
@@ -298,7 +393,15 @@ impl ClerkClient {
             ("offset", offset.to_string()),
             ("order_by", "+created_at".into()),
         ];
-        list(self.get(&path, &query).await?, "membership")
+        list(
+            self.get(
+                "/organizations/{organization_id}/memberships",
+                &path,
+                &query,
+            )
+            .await?,
+            "membership",
+        )
     }
 
     /// The memberships of one user in one organization
@@ -317,13 +420,21 @@ impl ClerkClient {
             ("user_id", clerk_user_id.to_owned()),
             ("limit", "10".into()),
         ];
-        list(self.get(&path, &query).await?, "membership")
+        list(
+            self.get(
+                "/organizations/{organization_id}/memberships",
+                &path,
+                &query,
+            )
+            .await?,
+            "membership",
+        )
     }
 
     /// One user as a raw user object (`GET /v1/users/{id}`); `None` when Clerk does not know it.
     pub async fn get_user(&self, clerk_user_id: &str) -> Result<Option<Value>, ClerkError> {
         let path = format!("/users/{}", encode_segment(clerk_user_id));
-        match self.get(&path, &[]).await {
+        match self.get("/users/{user_id}", &path, &[]).await {
             Ok(value) => Ok(Some(value)),
             Err(ClerkError::Status { status: 404, .. }) => Ok(None),
             Err(error) => Err(error),
@@ -332,7 +443,7 @@ impl ClerkClient {
 
     /// How many users the instance has (`GET /v1/users/count`).
     pub async fn count_users(&self) -> Result<u64, ClerkError> {
-        let value = self.get("/users/count", &[]).await?;
+        let value = self.get("/users/count", "/users/count", &[]).await?;
         value
             .get("total_count")
             .and_then(Value::as_u64)

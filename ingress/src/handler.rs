@@ -21,7 +21,9 @@ use serde_json::json;
 use telemetry::{
     SharedRegistry,
     ops::{FullResponse, Readiness},
+    traces,
 };
+use tracing::{Instrument as _, field::Empty};
 
 use crate::{
     error::IngressError,
@@ -49,6 +51,7 @@ impl State {
     ) -> Self {
         let mut registry = Registry::default();
         let metrics = Metrics::register(&mut registry);
+        traces::register_metrics(&mut registry);
         let ready = publisher.clone();
         Self {
             secrets,
@@ -76,22 +79,37 @@ pub(crate) async fn handle(
     }
     let result = match path.as_str() {
         "/webhooks/clerk" | "/api/webhooks/clerk" if request.method() == Method::POST => {
-            // No span per request: creating, entering and closing one costs measurable CPU at
-            // this rate (BENCHMARKS.md). The lines below carry the ids themselves.
+            // A span per request only when traces are exported: creating, entering and closing
+            // one costs measurable CPU at this rate (BENCHMARKS.md). The lines below carry the
+            // ids themselves.
             let svix_id = verify::message_id(request.headers())
                 .unwrap_or_default()
                 .to_owned();
-            let result = accept(&state, request, &svix_id).await;
+            let span = server_span(&path, &request, &svix_id);
+            let result = accept(&state, request, &svix_id, &span)
+                .instrument(span.clone())
+                .await;
             let outcome = match &result {
                 Ok(_) => "accepted",
                 Err(error) => error.code(),
             };
+            if !span.is_disabled() {
+                let status = result
+                    .as_ref()
+                    .map_or_else(|e| e.status(), |()| StatusCode::OK);
+                span.record("http.response.status_code", status.as_u16());
+                span.record("clerk_sync.outcome", outcome);
+                if status.is_server_error() {
+                    span.record("otel.status_code", "ERROR");
+                }
+            }
             state
                 .metrics
                 .received
                 .get_or_create(&Outcome { outcome })
                 .inc();
             let request_id = request_id.to_str().unwrap_or_default();
+            let _inside = span.enter();
             match &result {
                 // Debug: one line per accepted webhook costs a write per request at thousands
                 // a second; the count is in the metrics, failures are logged at warn or error.
@@ -141,6 +159,7 @@ async fn accept(
     state: &State,
     request: Request<Incoming>,
     svix_id: &str,
+    span: &tracing::Span,
 ) -> Result<(), IngressError> {
     let (parts, body) = request.into_parts();
     // Cheap checks first: nothing is read from a request that is refused anyway.
@@ -151,20 +170,87 @@ async fn accept(
     let body = read_body(body, state.body_limit, state.body_timeout).await?;
     state.secrets.verify(&body, &parts.headers)?;
 
+    let publish_span = if span.is_disabled() {
+        tracing::Span::none()
+    } else {
+        if let Some(event_type) = event_type(&body) {
+            span.record("clerk_sync.event_type", event_type);
+        }
+        producer_span(state.publisher.topology().exchange(), svix_id)
+    };
+    let mut properties = properties(&parts.headers, svix_id);
+    if !publish_span.is_disabled() {
+        let mut table = properties.headers().clone().unwrap_or_default();
+        broker::trace_context::inject(&publish_span, &mut table);
+        properties = properties.with_headers(table);
+    }
     let started = Instant::now();
-    state
+    let published = state
         .publisher
-        .publish(
-            EVENTS_ROUTING_KEY,
-            &body,
-            properties(&parts.headers, svix_id),
-        )
-        .await?;
+        .publish(EVENTS_ROUTING_KEY, &body, properties)
+        .instrument(publish_span.clone())
+        .await;
+    if published.is_err() {
+        publish_span.record("otel.status_code", "ERROR");
+    }
+    published?;
     state
         .metrics
         .publish_seconds
         .observe(started.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// The server span of one delivery (OpenTelemetry HTTP server conventions), continuing the
+/// caller's `traceparent` if it sent one; a disabled span when traces are off.
+fn server_span(route: &str, request: &Request<Incoming>, svix_id: &str) -> tracing::Span {
+    if !traces::enabled() {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(
+        "webhook",
+        otel.name = format!("POST {route}"),
+        otel.kind = "server",
+        otel.status_code = Empty,
+        http.request.method = "POST",
+        http.route = route,
+        url.path = route,
+        url.scheme = "http",
+        http.response.status_code = Empty,
+        clerk_sync.svix_id = svix_id,
+        clerk_sync.event_type = Empty,
+        clerk_sync.outcome = Empty,
+    );
+    traces::continue_from(&span, &traces::extract_http(request.headers()), false);
+    span
+}
+
+/// The producer span whose context the message carries (OpenTelemetry messaging conventions).
+fn producer_span(exchange: &str, svix_id: &str) -> tracing::Span {
+    tracing::info_span!(
+        "publish",
+        otel.name = format!("publish {exchange}"),
+        otel.kind = "producer",
+        otel.status_code = Empty,
+        messaging.system = "rabbitmq",
+        messaging.operation.type = "send",
+        messaging.operation.name = "publish",
+        messaging.destination.name = exchange,
+        messaging.rabbitmq.destination.routing_key = EVENTS_ROUTING_KEY,
+        messaging.message.id = svix_id,
+    )
+}
+
+/// The event's `type`, for the span (read only when traces are on).
+fn event_type(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Typed<'a> {
+        #[serde(borrow, rename = "type")]
+        kind: std::borrow::Cow<'a, str>,
+    }
+    serde_json::from_slice::<Typed<'_>>(body)
+        .ok()
+        .map(|t| t.kind.into_owned())
 }
 
 fn declared_length(headers: &HeaderMap) -> Option<u64> {

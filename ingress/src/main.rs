@@ -14,12 +14,14 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::from_env().context("invalid ingress configuration")?;
-    telemetry::init_subscriber(
+    let _traces = telemetry::init_service_subscriber(
+        "clerk-sync-ingress",
         "info",
         config.log_format,
         std::io::stdout,
         std::io::stdout().is_terminal(),
-    );
+    )
+    .context("invalid tracing configuration")?;
     let addr = config.addr;
     let app = Application::build(config)
         .await

@@ -6,11 +6,15 @@
 pub mod json_errors;
 pub mod ops;
 pub mod request_id;
+pub mod traces;
 
 use std::sync::Mutex;
 
 use prometheus_client::registry::Registry;
-use tracing_subscriber::{EnvFilter, fmt::MakeWriter};
+use tracing_subscriber::{
+    EnvFilter, Layer as _, filter::filter_fn, fmt::MakeWriter, layer::SubscriberExt as _,
+    util::SubscriberInitExt as _,
+};
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -56,6 +60,85 @@ where
         LogFormat::Plain => builder.with_target(false).try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+}
+
+/// As [`init_subscriber`], and when `traces` is given, spans are exported too and JSON lines
+/// written inside an exported span carry its `trace_id` and `span_id`. `RUST_LOG` then filters
+/// the log lines only: the exported spans do not depend on it.
+pub fn init_subscriber_with_traces<W>(
+    default_filter: &str,
+    format: LogFormat,
+    sink: W,
+    sink_is_terminal: bool,
+    traces: Option<&traces::Traces>,
+) where
+    W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
+{
+    let Some(traces) = traces else {
+        return init_subscriber(default_filter, format, sink, sink_is_terminal);
+    };
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let colour = sink_is_terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let lines = tracing_subscriber::fmt::layer()
+        .with_ansi(colour)
+        .with_writer(sink);
+    let lines = match format {
+        LogFormat::Plain => lines.with_target(false).with_filter(filter).boxed(),
+        LogFormat::Json => lines
+            .json()
+            .flatten_event(true)
+            .map_event_format(|inner| traces::JsonWithTraceIds { inner })
+            .with_filter(filter)
+            .boxed(),
+    };
+    let spans = tracing_opentelemetry::layer()
+        .with_tracer(traces.tracer())
+        .with_location(false)
+        .with_threads(false)
+        .with_target(false)
+        .with_level(false)
+        .with_filter(filter_fn(traces::exported));
+    let installed = tracing_subscriber::registry()
+        .with(spans)
+        .with(traces::TraceIdsLayer::default())
+        .with(lines)
+        .try_init();
+    if installed.is_ok() {
+        traces::mark_enabled();
+    }
+}
+
+/// What a service's `main` calls: reads the `OTEL_*` variables (tracing is off unless an OTLP
+/// endpoint is set), starts the export, and installs the subscriber. Keep the returned value
+/// until the process ends: dropping it exports what is still queued.
+pub fn init_service_subscriber<W>(
+    default_service_name: &str,
+    default_filter: &str,
+    format: LogFormat,
+    sink: W,
+    sink_is_terminal: bool,
+) -> Result<Option<traces::Traces>, traces::TraceConfigError>
+where
+    W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
+{
+    let config = traces::TraceConfig::from_env(default_service_name)?;
+    let traces = config.as_ref().map(traces::Traces::start).transpose()?;
+    init_subscriber_with_traces(
+        default_filter,
+        format,
+        sink,
+        sink_is_terminal,
+        traces.as_ref(),
+    );
+    if let Some(config) = &config {
+        tracing::info!(
+            service = %config.service_name,
+            endpoint = %config.display_endpoint(),
+            "traces exported over OTLP/HTTP"
+        );
+    }
+    Ok(traces)
 }
 
 /// A Prometheus registry shared by a process's handlers.

@@ -249,12 +249,14 @@ fn ops_logs(config: &Config, default_filter: &str) {
 
 /// `worker run`: consume until SIGTERM or Ctrl-C.
 async fn run(config: Config) -> anyhow::Result<()> {
-    telemetry::init_subscriber(
+    let _traces = telemetry::init_service_subscriber(
+        "clerk-sync-worker",
         "info",
         config.log_format,
         std::io::stdout,
         std::io::stdout().is_terminal(),
-    );
+    )
+    .context("invalid tracing configuration")?;
     let app = Application::build(config).await?;
     app.run_until_stopped(telemetry::ops::shutdown_signal())
         .await;

@@ -97,6 +97,7 @@ pub struct DriftLabels {
 impl Metrics {
     /// Creates the metrics and registers them.
     pub fn register(registry: &mut Registry) -> Self {
+        telemetry::traces::register_metrics(registry);
         let metrics = Self {
             events: Family::default(),
             apply_seconds: Histogram::new([

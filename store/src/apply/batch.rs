@@ -22,6 +22,7 @@
 
 use crate::pool::Pool;
 use std::collections::{BTreeSet, HashMap, HashSet};
+use tracing::Instrument as _;
 
 use sea_orm::{ConnectionTrait, DatabaseTransaction, TransactionTrait, Value};
 
@@ -81,9 +82,16 @@ pub async fn try_apply_batch(
     {
         return Ok(outcomes);
     }
-    let txn = db.begin().await?;
-    let applied = apply_in(&txn, items, &mut outcomes).await;
-    finish(txn, applied).await?;
+    let span = telemetry::traces::db_span("apply batch", "transaction", None);
+    let committed = async {
+        let txn = db.begin().await?;
+        let applied = apply_in(&txn, items, &mut outcomes).await;
+        finish(txn, applied).await
+    }
+    .instrument(span.clone())
+    .await;
+    telemetry::traces::record_result(&span, &committed);
+    committed?;
     Ok(outcomes)
 }
 

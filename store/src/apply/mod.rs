@@ -15,6 +15,7 @@
 use crate::pool::Pool;
 use chrono::{DateTime, Utc};
 use sea_orm::{ConnectionTrait, DatabaseTransaction, DbErr, TransactionTrait, Value};
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use std::time::Duration;
@@ -263,15 +264,22 @@ pub async fn try_apply_event(
     event: &ClerkEvent,
     calendar: CalendarUpdate<'_>,
 ) -> Result<Outcome, ApplyError> {
-    if let ClerkEvent::Organization(org_event) = event {
-        return organizations::apply(db, svix_id, event_type, org_event).await;
+    let span = telemetry::traces::db_span("apply event", "transaction", None);
+    let applied = async {
+        if let ClerkEvent::Organization(org_event) = event {
+            return organizations::apply(db, svix_id, event_type, org_event).await;
+        }
+        let Some(clerk_user_id) = event.clerk_user_id() else {
+            return Ok(Outcome::Ignored);
+        };
+        let txn = db.begin().await?;
+        let outcome = apply_in(&txn, svix_id, event_type, clerk_user_id, event, calendar).await;
+        finish(txn, outcome).await
     }
-    let Some(clerk_user_id) = event.clerk_user_id() else {
-        return Ok(Outcome::Ignored);
-    };
-    let txn = db.begin().await?;
-    let outcome = apply_in(&txn, svix_id, event_type, clerk_user_id, event, calendar).await;
-    finish(txn, outcome).await
+    .instrument(span.clone())
+    .await;
+    telemetry::traces::record_result(&span, &applied);
+    applied
 }
 
 async fn apply_in(

@@ -21,12 +21,13 @@ use broker::{
         options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions},
         types::FieldTable,
     },
-    publish_confirmed, wait_until_closed,
+    publish_confirmed, trace_context, wait_until_closed,
 };
 use futures_util::{FutureExt, StreamExt};
 use std::{collections::HashMap, panic::AssertUnwindSafe};
+use telemetry::traces;
 use tokio::{sync::Semaphore, task::JoinSet};
-use tracing::Instrument;
+use tracing::{Instrument, field::Empty};
 
 use store::{
     Applier,
@@ -342,6 +343,28 @@ impl Consumer {
             acks.slow(r.delivery.delivery_tag).await;
         }
         if !batched.is_empty() {
+            let process = self.process_span(&batched);
+            self.apply_batch(&mut batched, acks)
+                .instrument(process)
+                .await;
+        }
+        slow.append(&mut batched);
+        let handed = futures_util::future::join_all(
+            slow.into_iter()
+                .map(|r| self.handle(r, publish_channel, acks)),
+        )
+        .await;
+        if handed.contains(&HandOver::Nacked) {
+            HandOver::Nacked
+        } else {
+            HandOver::Done
+        }
+    }
+
+    /// Applies `batched` in one transaction and acknowledges them after the commit; if the
+    /// batch fails they stay in `batched`, marked slow, to be applied one by one.
+    async fn apply_batch(&self, batched: &mut Vec<&Received>, acks: &Acks) {
+        {
             let items: Vec<BatchItem<'_>> = batched.iter().filter_map(|r| r.item()).collect();
             let started = Instant::now();
             // A panic inside is contained: the batch is then applied event by event, where a
@@ -387,23 +410,61 @@ impl Consumer {
                         error.message = %error,
                         "batch not applied; applying its events one by one"
                     );
-                    for r in &batched {
+                    tracing::Span::current().record("otel.status_code", "ERROR");
+                    for r in batched.iter() {
                         acks.slow(r.delivery.delivery_tag).await;
                     }
                 }
             }
         }
-        slow.append(&mut batched);
-        let handed = futures_util::future::join_all(
-            slow.into_iter()
-                .map(|r| self.handle(r, publish_channel, acks)),
-        )
-        .await;
-        if handed.contains(&HandOver::Nacked) {
-            HandOver::Nacked
-        } else {
-            HandOver::Done
+    }
+
+    /// The consumer span of deliveries processed together (OpenTelemetry messaging
+    /// conventions), only when traces are exported. One delivery: a child of the context its
+    /// message was published in, and linked to it. Several: linked to each.
+    fn process_span(&self, deliveries: &[&Received]) -> tracing::Span {
+        if !traces::enabled() {
+            return tracing::Span::none();
         }
+        let queue = self.topology.main_queue();
+        let span = tracing::info_span!(
+            "process",
+            otel.name = format!("process {queue}"),
+            otel.kind = "consumer",
+            otel.status_code = Empty,
+            messaging.system = "rabbitmq",
+            messaging.operation.type = "process",
+            messaging.operation.name = "process",
+            messaging.destination.name = %queue,
+            messaging.message.id = Empty,
+            messaging.rabbitmq.destination.routing_key = Empty,
+            messaging.batch.message_count = Empty,
+            clerk_sync.event_type = Empty,
+            clerk_sync.attempt = Empty,
+            clerk_sync.outcome = Empty,
+        );
+        match deliveries {
+            [one] => {
+                if let Some(id) = &one.svix_id {
+                    span.record("messaging.message.id", id.as_str());
+                }
+                span.record(
+                    "messaging.rabbitmq.destination.routing_key",
+                    one.delivery.routing_key.as_str(),
+                );
+                span.record("clerk_sync.event_type", one.event_type.as_str());
+                let attempt = headers::get_i64(one.headers(), headers::ATTEMPTS).unwrap_or(0) + 1;
+                span.record("clerk_sync.attempt", attempt);
+                traces::continue_from(&span, &trace_context::extract(one.headers()), true);
+            }
+            many => {
+                span.record("messaging.batch.message_count", many.len());
+                for r in many {
+                    traces::link_to(&span, &trace_context::extract(r.headers()));
+                }
+            }
+        }
+        span
     }
 
     /// Records a settled event in the metrics.
@@ -424,13 +485,17 @@ impl Consumer {
     /// decide and execute stages.
     async fn handle(&self, r: &Received, publish_channel: &Channel, acks: &Acks) -> HandOver {
         let attempts = headers::get_i64(r.headers(), headers::ATTEMPTS).unwrap_or(0) + 1;
-        let span = tracing::info_span!(
-            "event",
-            svix_id = r.svix_id.as_deref().unwrap_or("-"),
-            event_type = %r.event_type,
-            attempt = attempts,
-        );
-        async {
+        let process = self.process_span(&[r]);
+        let span = process.in_scope(|| {
+            tracing::info_span!(
+                "event",
+                svix_id = r.svix_id.as_deref().unwrap_or("-"),
+                event_type = %r.event_type,
+                attempt = attempts,
+            )
+        });
+        let recorded = process.clone();
+        async move {
             // Waiting here holds back no other delivery's ack (this one is marked slow).
             let _permit = self.slow_path.acquire().await;
             let started = Instant::now();
@@ -442,10 +507,17 @@ impl Consumer {
                 self.topology.retry_delays(),
             );
             let seconds = started.elapsed().as_secs_f64();
+            if !recorded.is_disabled() {
+                recorded.record("clerk_sync.outcome", settlement.as_str());
+                if result.is_err() {
+                    recorded.record("otel.status_code", "ERROR");
+                }
+            }
             self.execute(r, settlement, &result, seconds, publish_channel, acks)
                 .await
         }
         .instrument(span)
+        .instrument(process)
         .await
     }
 

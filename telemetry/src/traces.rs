@@ -1,0 +1,887 @@
+//! OpenTelemetry traces, configured the standard way (`OTEL_*` variables) and off unless an OTLP
+//! endpoint is set.
+//!
+//! Spans are the `tracing` spans the services create with an `otel.kind` field; the
+//! `tracing-opentelemetry` layer turns them into OpenTelemetry spans. Log events never become
+//! span events (they may name things a trace must not carry). Finished spans go into a bounded
+//! queue that a thread of its own drains in batches to the collector over OTLP/HTTP (protobuf):
+//! recording a span never waits on the network, and a full queue or a failed export drops spans
+//! and counts them (`clerk_sync_trace_spans_dropped_total`).
+//!
+//! Context crosses process boundaries as W3C trace context (`traceparent`, `tracestate`): in HTTP
+//! headers, and in the AMQP headers of the broker's messages (see the broker crate).
+
+use std::{
+    fmt,
+    sync::{
+        LazyLock, Mutex, OnceLock,
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use opentelemetry::{
+    propagation::{Extractor, Injector, TextMapPropagator},
+    trace::{SpanId, TraceContextExt as _, TraceId, TracerProvider as _},
+};
+use opentelemetry_otlp::{SpanExporter, WithExportConfig as _};
+use opentelemetry_sdk::{
+    Resource,
+    error::{OTelSdkError, OTelSdkResult},
+    propagation::TraceContextPropagator,
+    trace::{Sampler, SdkTracerProvider, SpanData, SpanExporter as _, SpanProcessor},
+};
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family},
+    registry::Registry,
+};
+use tracing::{Dispatch, Subscriber, dispatcher::WeakDispatch, span};
+use tracing_subscriber::{
+    Layer,
+    fmt::{FmtContext, FormatEvent, FormatFields, format::Writer},
+    layer::Context as LayerContext,
+    registry::LookupSpan,
+};
+
+pub use opentelemetry::Context;
+pub use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+/// Whether traces are exported by this process. Code on hot paths creates its spans only then:
+/// a span costs CPU even when nobody collects it.
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
+static ENABLED: AtomicBool = AtomicBool::new(false);
+
+/// What the `OTEL_*` variables say, checked.
+#[derive(Clone)]
+pub struct TraceConfig {
+    /// Where spans are sent: `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` as it is, or
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` with `/v1/traces` appended.
+    pub endpoint: String,
+    /// `service.name` of every span: `OTEL_SERVICE_NAME`, or the process's default.
+    pub service_name: String,
+    sampler_name: String,
+    sampler_arg: Option<f64>,
+    /// Spans waiting for export at most (`OTEL_BSP_MAX_QUEUE_SIZE`, 2048); more are dropped.
+    pub max_queue: usize,
+    /// Spans per export at most (`OTEL_BSP_MAX_EXPORT_BATCH_SIZE`, 512).
+    pub max_batch: usize,
+    /// How long a span may wait for a batch to fill (`OTEL_BSP_SCHEDULE_DELAY`, 5000 ms).
+    pub schedule_delay: Duration,
+}
+
+impl fmt::Debug for TraceConfig {
+    // The endpoint is printed without its user part (a collector URL may carry credentials).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TraceConfig")
+            .field("endpoint", &without_userinfo(&self.endpoint))
+            .field("service_name", &self.service_name)
+            .field("sampler", &self.sampler_name)
+            .field("sampler_arg", &self.sampler_arg)
+            .field("max_queue", &self.max_queue)
+            .field("max_batch", &self.max_batch)
+            .field("schedule_delay", &self.schedule_delay)
+            .finish()
+    }
+}
+
+/// A tracing variable that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TraceConfigError {
+    /// The endpoint is not an http(s) URL.
+    #[error(
+        "{name} must be the http:// or https:// URL of an OTLP/HTTP collector (e.g. http://otel-collector:4318), not {value:?}"
+    )]
+    Endpoint {
+        /// The variable.
+        name: &'static str,
+        /// What it holds (without credentials).
+        value: String,
+    },
+    /// A protocol other than OTLP over HTTP with protobuf was asked for.
+    #[error(
+        "{name} is {value:?}, but only http/protobuf is built in: point the endpoint at the collector's OTLP/HTTP port (4318) and unset {name} or set it to http/protobuf"
+    )]
+    Protocol {
+        /// The variable.
+        name: &'static str,
+        /// What it holds.
+        value: String,
+    },
+    /// An unknown sampler.
+    #[error(
+        "OTEL_TRACES_SAMPLER must be one of always_on, always_off, traceidratio, parentbased_always_on, parentbased_always_off or parentbased_traceidratio, not {0:?}"
+    )]
+    Sampler(String),
+    /// A sampling ratio out of range.
+    #[error(
+        "OTEL_TRACES_SAMPLER_ARG must be a number from 0 to 1 (the share of traces kept), not {0:?}"
+    )]
+    SamplerArg(String),
+    /// A count or duration that is not a positive whole number.
+    #[error("{name} must be a whole number greater than 0, not {value:?}")]
+    Number {
+        /// The variable.
+        name: &'static str,
+        /// What it holds.
+        value: String,
+    },
+    /// The exporter could not be built.
+    #[error(
+        "the OTLP trace exporter could not be built ({0}); check the OTEL_EXPORTER_OTLP_* variables"
+    )]
+    Exporter(String),
+}
+
+const SAMPLERS: [&str; 6] = [
+    "always_on",
+    "always_off",
+    "traceidratio",
+    "parentbased_always_on",
+    "parentbased_always_off",
+    "parentbased_traceidratio",
+];
+
+impl TraceConfig {
+    /// Reads the process environment. `Ok(None)`: tracing is off (no endpoint is set, or
+    /// `OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none`).
+    pub fn from_env(default_service_name: &str) -> Result<Option<Self>, TraceConfigError> {
+        Self::from_lookup(default_service_name, |name| std::env::var(name).ok())
+    }
+
+    /// As [`Self::from_env`], from any lookup.
+    pub fn from_lookup(
+        default_service_name: &str,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Option<Self>, TraceConfigError> {
+        let get = |name: &str| {
+            lookup(name)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        if get("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true"))
+            || get("OTEL_TRACES_EXPORTER").is_some_and(|v| v.eq_ignore_ascii_case("none"))
+        {
+            return Ok(None);
+        }
+        let endpoint = if let Some(url) = get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
+            check_url("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", &url)?;
+            url
+        } else if let Some(url) = get("OTEL_EXPORTER_OTLP_ENDPOINT") {
+            check_url("OTEL_EXPORTER_OTLP_ENDPOINT", &url)?;
+            format!("{}/v1/traces", url.trim_end_matches('/'))
+        } else {
+            return Ok(None);
+        };
+        for name in [
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+        ] {
+            if let Some(value) = get(name)
+                && value != "http/protobuf"
+            {
+                return Err(TraceConfigError::Protocol { name, value });
+            }
+        }
+        let sampler_name = get("OTEL_TRACES_SAMPLER")
+            .map(|s| s.to_ascii_lowercase())
+            .unwrap_or_else(|| "parentbased_always_on".into());
+        if !SAMPLERS.contains(&sampler_name.as_str()) {
+            return Err(TraceConfigError::Sampler(sampler_name));
+        }
+        let sampler_arg = match get("OTEL_TRACES_SAMPLER_ARG") {
+            None => None,
+            Some(text) => match text.parse::<f64>() {
+                Ok(ratio) if (0.0..=1.0).contains(&ratio) => Some(ratio),
+                _ => return Err(TraceConfigError::SamplerArg(text)),
+            },
+        };
+        let number = |name: &'static str, default: u64| match get(name) {
+            None => Ok(default),
+            Some(value) => match value.parse::<u64>() {
+                Ok(n) if n > 0 => Ok(n),
+                _ => Err(TraceConfigError::Number { name, value }),
+            },
+        };
+        let max_queue = number("OTEL_BSP_MAX_QUEUE_SIZE", 2048)?;
+        let max_batch = number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512)?.min(max_queue);
+        let schedule_delay = Duration::from_millis(number("OTEL_BSP_SCHEDULE_DELAY", 5000)?);
+        Ok(Some(Self {
+            endpoint,
+            service_name: get("OTEL_SERVICE_NAME").unwrap_or_else(|| default_service_name.into()),
+            sampler_name,
+            sampler_arg,
+            max_queue: usize::try_from(max_queue).unwrap_or(usize::MAX),
+            max_batch: usize::try_from(max_batch).unwrap_or(usize::MAX),
+            schedule_delay,
+        }))
+    }
+
+    /// The endpoint without credentials, for logs.
+    pub fn display_endpoint(&self) -> String {
+        without_userinfo(&self.endpoint)
+    }
+
+    fn sampler(&self) -> Sampler {
+        let ratio = self.sampler_arg.unwrap_or(1.0);
+        match self.sampler_name.as_str() {
+            "always_on" => Sampler::AlwaysOn,
+            "always_off" => Sampler::AlwaysOff,
+            "traceidratio" => Sampler::TraceIdRatioBased(ratio),
+            "parentbased_always_off" => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
+            "parentbased_traceidratio" => {
+                Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio)))
+            }
+            _ => Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
+        }
+    }
+}
+
+fn check_url(name: &'static str, value: &str) -> Result<(), TraceConfigError> {
+    let lower = value.to_ascii_lowercase();
+    let rest = lower
+        .strip_prefix("http://")
+        .or_else(|| lower.strip_prefix("https://"));
+    if rest.is_some_and(|host| !host.is_empty() && !host.starts_with('/')) {
+        Ok(())
+    } else {
+        Err(TraceConfigError::Endpoint {
+            name,
+            value: without_userinfo(value),
+        })
+    }
+}
+
+/// A URL with any `user:password@` removed.
+fn without_userinfo(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let authority_end = rest.find('/').unwrap_or(rest.len());
+            match rest[..authority_end].rfind('@') {
+                Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
+                None => url.to_owned(),
+            }
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// Label of `clerk_sync_trace_spans_dropped_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DropReason {
+    /// `queue_full` (spans came faster than they were exported) or `export_failed` (the
+    /// collector refused or could not be reached).
+    reason: &'static str,
+}
+
+static EXPORTED: LazyLock<Counter> = LazyLock::new(Counter::default);
+static DROPPED: LazyLock<Family<DropReason, Counter>> = LazyLock::new(|| {
+    let family = Family::default();
+    // Both series exist from the start, so that a rate() sees the first drop.
+    for reason in ["queue_full", "export_failed"] {
+        let _ = family.get_or_create(&DropReason { reason });
+    }
+    family
+});
+
+/// Registers the trace export counters in a process's registry (they count whether or not
+/// tracing is on; off, they stay at zero).
+pub fn register_metrics(registry: &mut Registry) {
+    registry.register(
+        "clerk_sync_trace_spans_exported",
+        "Spans sent to the OTLP collector and accepted by it",
+        EXPORTED.clone(),
+    );
+    registry.register(
+        "clerk_sync_trace_spans_dropped",
+        "Spans not exported, by reason: queue_full (spans came faster than the collector took them) or export_failed (the collector refused or could not be reached)",
+        DROPPED.clone(),
+    );
+}
+
+fn count_dropped(reason: &'static str, spans: usize) {
+    DROPPED
+        .get_or_create(&DropReason { reason })
+        .inc_by(spans as u64);
+}
+
+/// The running trace pipeline. [`Traces::shutdown`] (or dropping it) exports what is queued.
+pub struct Traces {
+    provider: SdkTracerProvider,
+    tracer: opentelemetry_sdk::trace::Tracer,
+}
+
+impl fmt::Debug for Traces {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Traces")
+    }
+}
+
+impl Traces {
+    /// Builds the exporter and its thread; spans are exported once the subscriber is installed
+    /// with these traces ([`crate::init_subscriber_with_traces`]).
+    pub fn start(config: &TraceConfig) -> Result<Self, TraceConfigError> {
+        let resource = Resource::builder()
+            .with_service_name(config.service_name.clone())
+            .build();
+        let mut exporter = SpanExporter::builder()
+            .with_http()
+            .with_endpoint(config.endpoint.clone())
+            .build()
+            .map_err(|error| TraceConfigError::Exporter(error.to_string()))?;
+        exporter.set_resource(&resource);
+        let processor = QueueProcessor::start(exporter, config)?;
+        let provider = SdkTracerProvider::builder()
+            .with_resource(resource)
+            .with_sampler(config.sampler())
+            .with_span_processor(processor)
+            .build();
+        let tracer = provider.tracer("clerk-sync");
+        Ok(Self { provider, tracer })
+    }
+
+    pub(crate) fn tracer(&self) -> opentelemetry_sdk::trace::Tracer {
+        self.tracer.clone()
+    }
+
+    /// Exports what is queued (waiting at most a few seconds) and stops the export thread.
+    pub fn shutdown(&self) {
+        ENABLED.store(false, Ordering::Relaxed);
+        let _ = self.provider.shutdown_with_timeout(Duration::from_secs(5));
+    }
+}
+
+impl Drop for Traces {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+pub(crate) fn mark_enabled() {
+    ENABLED.store(true, Ordering::Relaxed);
+}
+
+enum Message {
+    Span(Box<SpanData>),
+    Flush(mpsc::SyncSender<()>),
+    Shutdown(mpsc::SyncSender<()>),
+}
+
+/// A batch span processor that counts what it drops: a bounded queue filled by `on_end` without
+/// ever waiting, drained by a thread of its own that exports through a small runtime.
+struct QueueProcessor {
+    sender: mpsc::SyncSender<Message>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl fmt::Debug for QueueProcessor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("QueueProcessor")
+    }
+}
+
+impl QueueProcessor {
+    fn start(exporter: SpanExporter, config: &TraceConfig) -> Result<Self, TraceConfigError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|error| TraceConfigError::Exporter(error.to_string()))?;
+        let (sender, receiver) = mpsc::sync_channel(config.max_queue);
+        let (max_batch, delay) = (config.max_batch, config.schedule_delay);
+        let thread = std::thread::Builder::new()
+            .name("otlp-export".into())
+            .spawn(move || export_loop(&runtime, &exporter, &receiver, max_batch, delay))
+            .map_err(|error| TraceConfigError::Exporter(error.to_string()))?;
+        Ok(Self {
+            sender,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    fn ask(
+        &self,
+        message: impl FnOnce(mpsc::SyncSender<()>) -> Message,
+        timeout: Duration,
+    ) -> OTelSdkResult {
+        let (done, wait) = mpsc::sync_channel(1);
+        self.sender
+            .send(message(done))
+            .map_err(|_| OTelSdkError::AlreadyShutdown)?;
+        wait.recv_timeout(timeout)
+            .map_err(|_| OTelSdkError::Timeout(timeout))
+    }
+}
+
+impl SpanProcessor for QueueProcessor {
+    fn on_start(&self, _span: &mut opentelemetry_sdk::trace::Span, _cx: &Context) {}
+
+    fn on_end(&self, span: SpanData) {
+        if !span.span_context.is_sampled() {
+            return;
+        }
+        match self.sender.try_send(Message::Span(Box::new(span))) {
+            Ok(()) => {}
+            Err(mpsc::TrySendError::Full(_)) => count_dropped("queue_full", 1),
+            Err(mpsc::TrySendError::Disconnected(_)) => count_dropped("export_failed", 1),
+        }
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.ask(Message::Flush, Duration::from_secs(15))
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        let result = self.ask(Message::Shutdown, timeout);
+        if result.is_ok()
+            && let Ok(mut thread) = self.thread.lock()
+            && let Some(thread) = thread.take()
+        {
+            let _ = thread.join();
+        }
+        result
+    }
+}
+
+fn export_loop(
+    runtime: &tokio::runtime::Runtime,
+    exporter: &SpanExporter,
+    receiver: &mpsc::Receiver<Message>,
+    max_batch: usize,
+    delay: Duration,
+) {
+    let mut batch: Vec<SpanData> = Vec::with_capacity(max_batch);
+    let mut failures = FailureLog::default();
+    let mut deadline = Instant::now() + delay;
+    loop {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        match receiver.recv_timeout(wait) {
+            Ok(Message::Span(span)) => {
+                batch.push(*span);
+                if batch.len() >= max_batch {
+                    export(runtime, exporter, &mut batch, &mut failures);
+                    deadline = Instant::now() + delay;
+                }
+            }
+            Ok(Message::Flush(done)) => {
+                export(runtime, exporter, &mut batch, &mut failures);
+                let _ = done.send(());
+            }
+            Ok(Message::Shutdown(done)) => {
+                // What is still queued goes out too.
+                while let Ok(Message::Span(span)) = receiver.try_recv() {
+                    batch.push(*span);
+                    if batch.len() >= max_batch {
+                        export(runtime, exporter, &mut batch, &mut failures);
+                    }
+                }
+                export(runtime, exporter, &mut batch, &mut failures);
+                let _ = exporter.shutdown();
+                let _ = done.send(());
+                return;
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                export(runtime, exporter, &mut batch, &mut failures);
+                deadline = Instant::now() + delay;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                export(runtime, exporter, &mut batch, &mut failures);
+                return;
+            }
+        }
+    }
+}
+
+/// Logs the first failed export and then at most one line a minute.
+#[derive(Default)]
+struct FailureLog {
+    last: Option<Instant>,
+    since: usize,
+}
+
+fn export(
+    runtime: &tokio::runtime::Runtime,
+    exporter: &SpanExporter,
+    batch: &mut Vec<SpanData>,
+    failures: &mut FailureLog,
+) {
+    if batch.is_empty() {
+        return;
+    }
+    let spans = batch.len();
+    let spans_out = std::mem::take(batch);
+    match runtime.block_on(exporter.export(spans_out)) {
+        Ok(()) => {
+            EXPORTED.inc_by(spans as u64);
+            if failures.last.take().is_some() {
+                tracing::info!(dropped = failures.since, "traces reach the collector again");
+                failures.since = 0;
+            }
+        }
+        Err(error) => {
+            count_dropped("export_failed", spans);
+            failures.since += spans;
+            if failures
+                .last
+                .is_none_or(|last| last.elapsed() >= Duration::from_secs(60))
+            {
+                tracing::warn!(
+                    error.message = %error,
+                    dropped = failures.since,
+                    "traces not exported: the collector at OTEL_EXPORTER_OTLP_ENDPOINT refused them or is unreachable; spans are dropped (clerk_sync_trace_spans_dropped_total) and requests go on"
+                );
+                failures.last = Some(Instant::now());
+            }
+        }
+    }
+}
+
+/// Which `tracing` spans become OpenTelemetry spans: those that declare an `otel.kind`.
+pub(crate) fn exported(metadata: &tracing::Metadata<'_>) -> bool {
+    metadata.is_span() && metadata.fields().field("otel.kind").is_some()
+}
+
+/// The ids a log line written inside a span carries.
+#[derive(Clone, Copy)]
+struct TraceIds {
+    trace_id: TraceId,
+    span_id: SpanId,
+}
+
+/// Remembers, for every span entered, the trace and span ids of the OpenTelemetry span it is or
+/// is inside, for the JSON log lines.
+#[derive(Default)]
+pub(crate) struct TraceIdsLayer {
+    dispatch: OnceLock<WeakDispatch>,
+}
+
+impl<S> Layer<S> for TraceIdsLayer
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn on_register_dispatch(&self, subscriber: &Dispatch) {
+        let _ = self.dispatch.set(subscriber.downgrade());
+    }
+
+    fn on_enter(&self, id: &span::Id, ctx: LayerContext<'_, S>) {
+        if ctx
+            .span(id)
+            .is_none_or(|span| span.extensions().get::<TraceIds>().is_some())
+        {
+            return;
+        }
+        // The span's own OpenTelemetry context if it is exported (this starts it: a parent or
+        // link is set before a span is entered), else nothing: its lines carry the ids of the
+        // nearest exported span above it.
+        let Some(dispatch) = self.dispatch.get().and_then(WeakDispatch::upgrade) else {
+            return;
+        };
+        let Some(cx) = tracing_opentelemetry::get_otel_context(id, &dispatch) else {
+            return;
+        };
+        let span_context = cx.span().span_context().clone();
+        if !span_context.is_valid() {
+            return;
+        }
+        if let Some(span) = ctx.span(id) {
+            span.extensions_mut().insert(TraceIds {
+                trace_id: span_context.trace_id(),
+                span_id: span_context.span_id(),
+            });
+        }
+    }
+}
+
+/// The JSON line format with `trace_id` and `span_id` added to every line written inside an
+/// exported span.
+pub(crate) struct JsonWithTraceIds<F> {
+    pub(crate) inner: F,
+}
+
+impl<S, N, F> FormatEvent<S, N> for JsonWithTraceIds<F>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> fmt::Result {
+        let ids = ctx.event_scope().and_then(|scope| {
+            scope
+                .into_iter()
+                .find_map(|span| span.extensions().get::<TraceIds>().copied())
+        });
+        let Some(ids) = ids else {
+            return self.inner.format_event(ctx, writer, event);
+        };
+        let mut line = String::with_capacity(256);
+        self.inner
+            .format_event(ctx, Writer::new(&mut line), event)?;
+        let body = line.trim_end();
+        match body.strip_suffix('}') {
+            Some(open) => writeln!(
+                writer,
+                "{open},\"trace_id\":\"{}\",\"span_id\":\"{}\"}}",
+                ids.trace_id, ids.span_id
+            ),
+            None => writeln!(writer, "{body}"),
+        }
+    }
+}
+
+static PROPAGATOR: LazyLock<TraceContextPropagator> = LazyLock::new(TraceContextPropagator::new);
+
+/// The trace context in a message or request's headers (`traceparent`, `tracestate`), read
+/// through `get`; an empty context when there is none or it is malformed.
+pub fn extract(get: impl Fn(&str) -> Option<String>) -> Context {
+    extract_owned(get("traceparent").as_deref(), get("tracestate").as_deref())
+}
+
+/// The trace context of a `traceparent` and `tracestate` value.
+pub fn extract_owned(traceparent: Option<&str>, tracestate: Option<&str>) -> Context {
+    struct Pair<'a>(Option<&'a str>, Option<&'a str>);
+    impl Extractor for Pair<'_> {
+        fn get(&self, key: &str) -> Option<&str> {
+            match key {
+                "traceparent" => self.0,
+                "tracestate" => self.1,
+                _ => None,
+            }
+        }
+        fn keys(&self) -> Vec<&str> {
+            vec!["traceparent", "tracestate"]
+        }
+    }
+    PROPAGATOR.extract(&Pair(traceparent, tracestate))
+}
+
+/// The trace context of HTTP request headers.
+pub fn extract_http(headers: &http::HeaderMap) -> Context {
+    extract_owned(
+        headers.get("traceparent").and_then(|v| v.to_str().ok()),
+        headers.get("tracestate").and_then(|v| v.to_str().ok()),
+    )
+}
+
+/// Writes the context of `span` (`traceparent`, and `tracestate` when there is one) through
+/// `set`. Nothing is written for a span that is not exported or when tracing is off.
+pub fn inject(span: &tracing::Span, mut set: impl FnMut(&'static str, String)) {
+    if !enabled() || span.is_disabled() {
+        return;
+    }
+    let cx = span.context();
+    if !cx.span().span_context().is_valid() {
+        return;
+    }
+    struct Sink<'a, F>(&'a mut F);
+    impl<F: FnMut(&'static str, String)> Injector for Sink<'_, F> {
+        fn set(&mut self, key: &str, value: String) {
+            match key {
+                "traceparent" => (self.0)("traceparent", value),
+                "tracestate" if !value.is_empty() => (self.0)("tracestate", value),
+                _ => {}
+            }
+        }
+    }
+    PROPAGATOR.inject_context(&cx, &mut Sink(&mut set));
+}
+
+/// Continues the context `cx` (if it holds a valid remote span) in `span`: its parent, and a
+/// link when `link` (a consumer links to the message it processes). Call before the span is
+/// entered.
+pub fn continue_from(span: &tracing::Span, cx: &Context, link: bool) {
+    if span.is_disabled() {
+        return;
+    }
+    let remote = cx.span().span_context().clone();
+    if !remote.is_valid() {
+        return;
+    }
+    let _ = span.set_parent(cx.clone());
+    if link {
+        span.add_link(remote);
+    }
+}
+
+/// Links `span` to the context `cx` without making it the parent (a batch links to each of its
+/// messages).
+pub fn link_to(span: &tracing::Span, cx: &Context) {
+    if span.is_disabled() {
+        return;
+    }
+    let remote = cx.span().span_context().clone();
+    if remote.is_valid() {
+        span.add_link(remote);
+    }
+}
+
+/// A client span for a database round trip or transaction (OpenTelemetry database conventions;
+/// the statement itself is not recorded), when traces are exported: e.g. `db_span("SELECT users",
+/// "SELECT", Some("users"))`, or `db_span("apply event", "transaction", None)`.
+pub fn db_span(name: &str, operation: &str, collection: Option<&str>) -> tracing::Span {
+    if !enabled() {
+        return tracing::Span::none();
+    }
+    tracing::info_span!(
+        "db",
+        otel.name = name,
+        otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
+        db.system.name = "postgresql",
+        db.operation.name = operation,
+        db.collection.name = collection,
+    )
+}
+
+/// Marks `span` as failed (its status is an error) when `result` is an error.
+pub fn record_result<T, E>(span: &tracing::Span, result: &Result<T, E>) {
+    if result.is_err() && !span.is_disabled() {
+        span.record("otel.status_code", "ERROR");
+    }
+}
+
+/// The trace id of a `traceparent` value, if it is a valid one.
+pub fn trace_id_of(traceparent: &str) -> Option<String> {
+    let cx = extract_owned(Some(traceparent), None);
+    let span_context = cx.span().span_context().clone();
+    span_context
+        .is_valid()
+        .then(|| span_context.trace_id().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Option<TraceConfig>, TraceConfigError> {
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        TraceConfig::from_lookup("clerk-sync-test", move |name| {
+            vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+        })
+    }
+
+    #[test]
+    fn tracing_is_off_without_an_endpoint_or_when_disabled() {
+        assert!(config(&[]).unwrap().is_none());
+        assert!(config(&[("OTEL_SERVICE_NAME", "x")]).unwrap().is_none());
+        assert!(
+            config(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+                ("OTEL_SDK_DISABLED", "true")
+            ])
+            .unwrap()
+            .is_none()
+        );
+        assert!(
+            config(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+                ("OTEL_TRACES_EXPORTER", "none")
+            ])
+            .unwrap()
+            .is_none()
+        );
+    }
+
+    #[test]
+    fn the_generic_endpoint_gets_the_traces_path_and_the_traces_endpoint_is_used_as_it_is() {
+        let c = config(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/")])
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.endpoint, "http://collector:4318/v1/traces");
+        assert_eq!(c.service_name, "clerk-sync-test");
+        let c = config(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "https://t.example/otlp",
+            ),
+            ("OTEL_SERVICE_NAME", "crm-webhooks"),
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(c.endpoint, "https://t.example/otlp");
+        assert_eq!(c.service_name, "crm-webhooks");
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_variable_named_and_no_credentials_echoed() {
+        let error = config(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317")])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("OTEL_EXPORTER_OTLP_ENDPOINT"), "{error}");
+        let error = config(&[(
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "ftp://user:hunter2@collector/",
+        )])
+        .unwrap_err()
+        .to_string();
+        assert!(!error.contains("hunter2"), "{error}");
+        let base = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318");
+        for (name, value, expect) in [
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc", "http/protobuf"),
+            ("OTEL_TRACES_SAMPLER", "sometimes", "OTEL_TRACES_SAMPLER"),
+            ("OTEL_TRACES_SAMPLER_ARG", "1.5", "OTEL_TRACES_SAMPLER_ARG"),
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "0", "OTEL_BSP_MAX_QUEUE_SIZE"),
+        ] {
+            let error = config(&[base, (name, value)]).unwrap_err().to_string();
+            assert!(error.contains(expect), "{name}={value}: {error}");
+        }
+        assert!(config(&[base, ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")]).is_ok());
+    }
+
+    #[test]
+    fn samplers_follow_the_standard_names() {
+        let base = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318");
+        let c = config(&[base]).unwrap().unwrap();
+        assert!(matches!(c.sampler(), Sampler::ParentBased(_)));
+        let c = config(&[
+            base,
+            ("OTEL_TRACES_SAMPLER", "traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.25"),
+        ])
+        .unwrap()
+        .unwrap();
+        assert!(matches!(c.sampler(), Sampler::TraceIdRatioBased(r) if (r - 0.25).abs() < 1e-9));
+        let c = config(&[base, ("OTEL_TRACES_SAMPLER", "ALWAYS_OFF")])
+            .unwrap()
+            .unwrap();
+        assert!(matches!(c.sampler(), Sampler::AlwaysOff));
+    }
+
+    #[test]
+    fn trace_ids_come_from_valid_traceparents_only() {
+        assert_eq!(
+            trace_id_of("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        assert_eq!(
+            trace_id_of("00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
+            None
+        );
+        assert_eq!(trace_id_of("garbage"), None);
+    }
+
+    #[test]
+    fn the_debug_form_hides_credentials_in_the_endpoint() {
+        let c = config(&[(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "https://user:s3cret@collector.example:4318",
+        )])
+        .unwrap()
+        .unwrap();
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("collector.example"), "{shown}");
+    }
+}
