@@ -6,6 +6,7 @@
 pub mod cluster;
 pub mod events;
 pub mod fake_clerk;
+pub mod otlp;
 pub mod pgbouncer;
 pub mod postgres_user;
 pub mod process;
