@@ -43,6 +43,11 @@ pub mod headers {
     pub const ORIGINAL_ROUTING_KEY: &str = "clerk-sync-original-routing-key";
     /// The Clerk event type, when the worker could read it.
     pub const EVENT_TYPE: &str = "clerk-sync-event-type";
+    /// W3C trace context: the trace and the span that published the message
+    /// (`00-<trace id>-<span id>-<flags>`). Retries and replays copy it with the other headers.
+    pub const TRACEPARENT: &str = "traceparent";
+    /// W3C trace context: vendor-specific trace state, carried beside [`TRACEPARENT`].
+    pub const TRACESTATE: &str = "tracestate";
 
     use lapin::{
         BasicProperties,
@@ -81,6 +86,45 @@ pub mod headers {
             AMQPValue::ShortString(v) => Some(v.as_str().to_owned()),
             _ => None,
         }
+    }
+
+    /// The trace id (32 lowercase hex digits) of a valid W3C [`TRACEPARENT`] header; `None`
+    /// when there is none or it is malformed.
+    pub fn trace_id(table: Option<&FieldTable>) -> Option<String> {
+        get_str(table, TRACEPARENT)
+            .as_deref()
+            .and_then(traceparent_trace_id)
+            .map(str::to_owned)
+    }
+
+    /// The trace id of a `traceparent` value, as W3C Trace Context parses it: a version of two
+    /// lowercase hex digits other than `ff`; a trace id of 32 and a parent id of 16, neither all
+    /// zeros; flags of 2. Version `00` has exactly these four fields; a later version may
+    /// append more after a `-`.
+    fn traceparent_trace_id(value: &str) -> Option<&str> {
+        let mut fields = value.split('-');
+        let version = fields.next()?;
+        let trace_id = fields.next()?;
+        let parent_id = fields.next()?;
+        let flags = fields.next()?;
+        let valid = is_hex(version, 2)
+            && version != "ff"
+            && (version != "00" || fields.next().is_none())
+            && is_hex(trace_id, 32)
+            && !is_zero(trace_id)
+            && is_hex(parent_id, 16)
+            && !is_zero(parent_id)
+            && is_hex(flags, 2);
+        valid.then_some(trace_id)
+    }
+
+    /// Whether `s` is `len` lowercase hex digits.
+    fn is_hex(s: &str, len: usize) -> bool {
+        s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    }
+
+    fn is_zero(s: &str) -> bool {
+        s.bytes().all(|b| b == b'0')
     }
 
     /// Sets a string header.
@@ -518,5 +562,72 @@ mod parse_tests {
         let t = Topology::from_lookup(&|_: &str| None).expect("defaults");
         assert_eq!(t.prefix(), "clerk_sync");
         assert_eq!(t.retry_delays().len(), 3);
+    }
+
+    fn with_traceparent(value: AMQPValue) -> FieldTable {
+        let mut table = FieldTable::default();
+        table.insert(headers::TRACEPARENT.into(), value);
+        table
+    }
+
+    fn trace_id_of(traceparent: &str) -> Option<String> {
+        headers::trace_id(Some(&with_traceparent(AMQPValue::LongString(
+            traceparent.into(),
+        ))))
+    }
+
+    #[test]
+    fn a_valid_traceparent_gives_its_trace_id() {
+        let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+        assert_eq!(
+            trace_id_of(&format!("00-{trace}-00f067aa0ba902b7-01")).as_deref(),
+            Some(trace)
+        );
+        assert_eq!(
+            trace_id_of(&format!("00-{trace}-00f067aa0ba902b7-00")).as_deref(),
+            Some(trace),
+            "an unsampled trace still has its id"
+        );
+        assert_eq!(
+            trace_id_of(&format!(
+                "cc-{trace}-00f067aa0ba902b7-01-what-the-future-holds"
+            ))
+            .as_deref(),
+            Some(trace),
+            "a later version may append fields"
+        );
+        let short = with_traceparent(AMQPValue::ShortString(
+            format!("00-{trace}-00f067aa0ba902b7-01").into(),
+        ));
+        assert_eq!(headers::trace_id(Some(&short)).as_deref(), Some(trace));
+    }
+
+    #[test]
+    fn a_missing_or_malformed_traceparent_gives_no_trace_id() {
+        let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+        for bad in [
+            String::new(),
+            "garbage".to_owned(),
+            format!("00-{trace}-00f067aa0ba902b7"),
+            format!("00-{trace}-00f067aa0ba902b7-01-extra"),
+            format!("ff-{trace}-00f067aa0ba902b7-01"),
+            format!("0-{trace}-00f067aa0ba902b7-01"),
+            format!("zz-{trace}-00f067aa0ba902b7-01"),
+            format!("00-{}-00f067aa0ba902b7-01", trace.to_uppercase()),
+            format!("00-{}-00f067aa0ba902b7-01", &trace[..31]),
+            format!("00-{trace}0-00f067aa0ba902b7-01"),
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01".to_owned(),
+            format!("00-{trace}-0000000000000000-01"),
+            format!("00-{trace}-00f067aa0ba902b-01"),
+            format!("00-{trace}-00f067aa0ba902b7-1"),
+            format!("00-{trace}-00f067aa0ba902b7-0g"),
+            format!(" 00-{trace}-00f067aa0ba902b7-01"),
+        ] {
+            assert_eq!(trace_id_of(&bad), None, "{bad:?}");
+        }
+        assert_eq!(headers::trace_id(None), None);
+        assert_eq!(headers::trace_id(Some(&FieldTable::default())), None);
+        let number = with_traceparent(AMQPValue::LongLongInt(1));
+        assert_eq!(headers::trace_id(Some(&number)), None);
     }
 }

@@ -194,6 +194,12 @@ pub const SETTINGS: &[Setting] = &[
         meaning: "comma separated `name:role:key` entries that enable the operator's console at `/console` on `WORKER_ADDR`; role `viewer` (reads) or `operator` (also replays and drops dead letters, reveals personal fields); each key at least 32 characters (`openssl rand -base64 32`), the `.env.example` placeholder is refused. See \"The console\"",
     },
     Setting {
+        name: "TRACE_URL_TEMPLATE",
+        used_by: "worker",
+        default: "(none: trace ids are shown unlinked)",
+        meaning: "the tracing UI's URL of one trace, `{trace_id}` where the id goes (e.g. `https://tempo.example.com/explore?traceId={trace_id}` or `http://jaeger:16686/trace/{trace_id}`); `worker dlq show` and the console's dead-letter page link a dead letter's trace id (from its `traceparent` header) with it. Must be an `http(s)://` URL with a host and `{trace_id}`, else the worker and its commands refuse to start",
+    },
+    Setting {
         name: "CLERK_SECRET_KEY",
         used_by: "worker, api",
         default: "(none)",

@@ -6,6 +6,7 @@
 pub mod cluster;
 pub mod events;
 pub mod fake_clerk;
+pub mod otlp;
 pub mod pgbouncer;
 pub mod postgres_user;
 pub mod process;
@@ -280,9 +281,22 @@ impl TestBroker {
 
     /// Publishes a raw event to the main queue as the ingress does (confirmed).
     pub async fn publish_event(&self, svix_id: &str, body: &[u8]) {
+        self.publish_event_with_headers(svix_id, body, &[]).await;
+    }
+
+    /// [`TestBroker::publish_event`] with more string headers (`traceparent`, …).
+    pub async fn publish_event_with_headers(
+        &self,
+        svix_id: &str,
+        body: &[u8],
+        extra: &[(&str, &str)],
+    ) {
         let mut table = FieldTable::default();
         headers::set_str(&mut table, headers::SVIX_ID, svix_id);
         headers::set_i64(&mut table, headers::RECEIVED_AT, now_secs() * 1000);
+        for (name, value) in extra {
+            headers::set_str(&mut table, name, value);
+        }
         let properties = BasicProperties::default()
             .with_message_id(svix_id.into())
             .with_content_type("application/json".into())

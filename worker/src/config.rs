@@ -14,6 +14,8 @@ use store::{
 };
 use telemetry::LogFormat;
 
+use crate::ops::trace_url::TraceUrlTemplate;
+
 pub use settings::DEFAULT_DATABASE_URL;
 
 /// Everything the worker and its CLI need. `Debug` shows no secret (the database URL's password
@@ -68,6 +70,9 @@ pub struct Config {
     /// served under `/console` on `WORKER_ADDR` (see [`crate::ops::console`]). Keys never show in
     /// `Debug`.
     pub console_users: Option<crate::ops::console::auth::ConsoleUsers>,
+    /// `TRACE_URL_TEMPLATE` (optional): the tracing UI's URL of a trace, `{trace_id}` where its
+    /// id goes; `worker dlq show` and the console link a dead letter's trace id with it.
+    pub trace_url_template: Option<TraceUrlTemplate>,
 }
 
 /// When and how much the calendar health check runs.
@@ -170,6 +175,10 @@ impl Config {
                 .map(|value| crate::ops::console::auth::ConsoleUsers::parse(&value))
                 .transpose()
                 .map_err(|reason| InvalidSetting::new("CONSOLE_USERS", reason))?,
+            trace_url_template: present(&lookup, "TRACE_URL_TEMPLATE")
+                .map(|value| TraceUrlTemplate::parse(&value))
+                .transpose()
+                .map_err(|reason| InvalidSetting::new("TRACE_URL_TEMPLATE", reason))?,
         })
     }
 }
@@ -242,6 +251,7 @@ mod tests {
                 "CONSOLE_USERS",
                 "alice:operator:0123456789abcdef0123456789abcdef",
             ),
+            ("TRACE_URL_TEMPLATE", "http://jaeger:16686/trace/{trace_id}"),
         ];
         let unlisted = settings::catalog::unlisted_reads(&values, |lookup| {
             Config::from_lookup(lookup).expect("valid");
@@ -314,6 +324,33 @@ mod tests {
         .expect_err("short key");
         assert!(err.to_string().contains("CONSOLE_USERS"), "{err}");
         assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn the_trace_url_template_is_optional_and_must_be_an_http_url_with_the_placeholder() {
+        assert!(
+            Config::from_lookup(|_| None)
+                .expect("defaults")
+                .trace_url_template
+                .is_none()
+        );
+        let template = |value: &'static str| {
+            Config::from_lookup(move |name| (name == "TRACE_URL_TEMPLATE").then(|| value.into()))
+        };
+        let config =
+            template("https://tempo.example.com/explore?traceId={trace_id}").expect("valid");
+        assert_eq!(
+            config.trace_url_template.map(|t| t.url("abc")).as_deref(),
+            Some("https://tempo.example.com/explore?traceId=abc")
+        );
+        let err = template("https://tempo.example.com/explore").expect_err("no placeholder");
+        let text = err.to_string();
+        assert!(
+            text.contains("TRACE_URL_TEMPLATE") && text.contains("{trace_id}"),
+            "{text}"
+        );
+        let err = template("tempo.example.com/{trace_id}").expect_err("not a URL");
+        assert!(err.to_string().contains("TRACE_URL_TEMPLATE"), "{err}");
     }
 
     #[test]

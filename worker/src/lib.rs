@@ -129,6 +129,7 @@ impl Application {
                 config.topology.clone(),
                 registry.clone(),
                 metrics.progress.clone(),
+                config.trace_url_template.clone(),
             ))
         });
         let reconciler = match (config.reconcile_interval, &config.applier.clerk) {

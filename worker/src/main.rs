@@ -107,7 +107,7 @@ enum DlqCommand {
         #[command(flatten)]
         filter: FilterArgs,
     },
-    /// Show one dead letter's headers and body.
+    /// Show one dead letter: its trace id (linked with TRACE_URL_TEMPLATE), headers and body.
     Show {
         /// The message id (the Svix id) from `dlq list`.
         id: String,
@@ -495,18 +495,10 @@ async fn run_dlq(command: DlqCommand, config: Config) -> anyhow::Result<()> {
         }
         DlqCommand::Show { id } => {
             let letter = dlq::show(broker, topology, &id).await?;
-            println!("id:         {}", letter.id);
-            println!(
-                "event type: {}",
-                letter.event_type.as_deref().unwrap_or("-")
+            print!(
+                "{}",
+                dlq::format_letter(&letter, config.trace_url_template.as_ref())
             );
-            println!("attempts:   {}", letter.attempts);
-            println!("reason:     {}", letter.reason.as_deref().unwrap_or("-"));
-            println!("headers:");
-            for (name, value) in &letter.headers {
-                println!("  {name}: {value}");
-            }
-            println!("body:\n{}", letter.body);
         }
         DlqCommand::Replay {
             selection,

@@ -19,6 +19,7 @@ use broker::{
 };
 use serde::Serialize;
 
+use super::trace_url::TraceUrlTemplate;
 use crate::consume::{copy_properties, now_ms};
 
 /// What can go wrong in a DLQ command.
@@ -73,6 +74,9 @@ pub struct DeadLetter {
     /// The Clerk user the event is about, read from the body: `data.public_user_data.user_id`
     /// (memberships) or `data.id` when it is a user id (`user_…`).
     pub clerk_user_id: Option<String>,
+    /// The trace the event was published in: the trace id of its `traceparent` header, when
+    /// that is valid W3C trace context ([`headers::trace_id`]).
+    pub trace_id: Option<String>,
     /// Every AMQP header, stringified.
     pub headers: Vec<(String, String)>,
     /// The raw body, as received from Clerk.
@@ -100,6 +104,7 @@ impl DeadLetter {
             last_failure_at: headers::get_i64(table, headers::LAST_FAILURE_AT),
             age_seconds: since.map(|t| (now_ms() - t).max(0) / 1000),
             clerk_user_id: clerk_user_id_of(&delivery.data),
+            trace_id: headers::trace_id(table),
             headers: table
                 .map(|t| {
                     t.inner()
@@ -572,6 +577,31 @@ pub fn format_table(letters: &[DeadLetter]) -> String {
     out
 }
 
+/// One dead letter as `worker dlq show` prints it: its fields, its trace (the id, and its URL
+/// when `TRACE_URL_TEMPLATE` is set; `-` without a trace), its headers and its body.
+pub fn format_letter(letter: &DeadLetter, trace_url: Option<&TraceUrlTemplate>) -> String {
+    let mut out = format!(
+        "id:         {}\nevent type: {}\nattempts:   {}\nreason:     {}\n",
+        letter.id,
+        letter.event_type.as_deref().unwrap_or("-"),
+        letter.attempts,
+        letter.reason.as_deref().unwrap_or("-"),
+    );
+    match (&letter.trace_id, trace_url) {
+        (Some(id), Some(template)) => {
+            out.push_str(&format!("trace:      {id} {}\n", template.url(id)));
+        }
+        (Some(id), None) => out.push_str(&format!("trace:      {id}\n")),
+        (None, _) => out.push_str("trace:      -\n"),
+    }
+    out.push_str("headers:\n");
+    for (name, value) in &letter.headers {
+        out.push_str(&format!("  {name}: {value}\n"));
+    }
+    out.push_str(&format!("body:\n{}\n", letter.body));
+    out
+}
+
 fn format_age(seconds: i64) -> String {
     match seconds {
         s if s < 120 => format!("{s}s"),
@@ -595,6 +625,7 @@ mod tests {
             last_failure_at: None,
             age_seconds: age,
             clerk_user_id: Some("user_1".into()),
+            trace_id: None,
             headers: Vec::new(),
             body: body.into(),
         }
@@ -647,5 +678,31 @@ mod tests {
         };
         assert_eq!(filter.describe(), "type=user.created body~(15 chars)");
         assert_eq!(Filter::default().describe(), "all");
+    }
+
+    #[test]
+    fn show_prints_the_trace_id_linked_when_there_is_a_template_and_a_dash_without_a_trace() {
+        let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+        let traced = DeadLetter {
+            trace_id: Some(trace.into()),
+            ..letter("{}", None)
+        };
+        let template =
+            TraceUrlTemplate::parse("http://jaeger:16686/trace/{trace_id}").expect("valid");
+        let shown = format_letter(&traced, Some(&template));
+        assert!(
+            shown.contains(&format!(
+                "\ntrace:      {trace} http://jaeger:16686/trace/{trace}\n"
+            )),
+            "{shown}"
+        );
+        let shown = format_letter(&traced, None);
+        assert!(
+            shown.contains(&format!("\ntrace:      {trace}\n")),
+            "{shown}"
+        );
+        let shown = format_letter(&letter("{}", None), Some(&template));
+        assert!(shown.contains("\ntrace:      -\n"), "{shown}");
+        assert!(!shown.contains("jaeger"), "{shown}");
     }
 }

@@ -1041,3 +1041,65 @@ async fn the_connections_page_counts_connections_and_lists_who_must_reconnect_to
     assert!(body.find("<td>user_rc_many_1</td>") < body.find("<td>user_rc_many_2</td>"));
     worker.stop().await;
 }
+
+#[tokio::test]
+async fn a_dead_letter_s_trace_id_links_to_the_tracing_ui_and_one_without_a_trace_shows_a_dash() {
+    let db = TestDb::migrated().await;
+    let broker = TestBroker::new().await;
+    let users = users_setting();
+    let template = "https://tempo.example.com/explore?traceId={trace_id}&from=now-1h";
+    let worker = spawn_worker(
+        &db,
+        &broker,
+        &[("CONSOLE_USERS", &users), ("TRACE_URL_TEMPLATE", template)],
+    )
+    .await;
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    broker
+        .publish_event_with_headers(
+            "msg_traced",
+            b"{not json",
+            &[("traceparent", &format!("00-{trace_id}-00f067aa0ba902b7-01"))],
+        )
+        .await;
+    broker.publish_event("msg_untraced", b"{not json").await;
+    broker
+        .publish_event_with_headers(
+            "msg_bad_trace",
+            b"{not json",
+            &[("traceparent", "00-<script>-00f067aa0ba902b7-01")],
+        )
+        .await;
+    wait_for_count(&broker, &broker.topology.dead_queue(), 3).await;
+    let mut browser = Browser::new(worker.port);
+    browser.login("watcher", VIEWER_KEY).await;
+
+    let traced = browser.get("/console/dead-letter?id=msg_traced").await;
+    let untraced = browser.get("/console/dead-letter?id=msg_untraced").await;
+    let bad = browser.get("/console/dead-letter?id=msg_bad_trace").await;
+
+    assert_eq!(traced.status, 200, "{}", traced.body);
+    assert!(
+        traced.body.contains(&format!(
+            "<tr><th>trace</th><td><a href=\"https://tempo.example.com/explore?traceId={trace_id}&amp;from=now-1h\" \
+             rel=\"noreferrer\" target=\"_blank\">{trace_id}</a></td></tr>"
+        )),
+        "{}",
+        traced.body
+    );
+    for page in [&untraced, &bad] {
+        assert_eq!(page.status, 200, "{}", page.body);
+        assert!(
+            page.body.contains("<tr><th>trace</th><td>-</td></tr>"),
+            "{}",
+            page.body
+        );
+        assert!(!page.body.contains("tempo.example.com"), "{}", page.body);
+    }
+    assert!(
+        !bad.body.contains("<script>"),
+        "a malformed traceparent is shown escaped in the headers"
+    );
+    wait_for_count(&broker, &broker.topology.dead_queue(), 3).await;
+    worker.stop().await;
+}

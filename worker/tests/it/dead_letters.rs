@@ -268,3 +268,76 @@ async fn a_listing_window_keeps_only_its_page_reads_no_further_than_its_bound_an
         "without count_all, reading stops at the page"
     );
 }
+
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+
+/// Dead-letters `msg_traced` (published with W3C trace context) and `msg_untraced` (without).
+async fn dead_letter_a_traced_and_an_untraced_event(broker: &TestBroker) {
+    let traceparent = format!("00-{TRACE_ID}-00f067aa0ba902b7-01");
+    broker
+        .publish_event_with_headers(
+            "msg_traced",
+            b"{not json",
+            &[("traceparent", &traceparent), ("tracestate", "vendor=x")],
+        )
+        .await;
+    broker.publish_event("msg_untraced", b"{not json").await;
+    wait_for_count(broker, &broker.topology.dead_queue(), 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn show_prints_a_dead_letter_s_trace_id_and_its_url_and_a_dash_without_a_trace() {
+    let db = TestDb::migrated().await;
+    let broker = TestBroker::new().await;
+    let worker = spawn_worker(&db, &broker, &[]).await;
+    dead_letter_a_traced_and_an_untraced_event(&broker).await;
+    worker.stop().await;
+    let with_template = worker_settings(
+        &db,
+        &broker,
+        &[("TRACE_URL_TEMPLATE", "http://jaeger:16686/trace/{trace_id}")],
+    );
+    let cli = |settings: &std::collections::HashMap<String, String>, args: &[&str]| {
+        crate::helpers::worker_cli(settings.clone(), args)
+    };
+
+    let (ok, traced, err) = cli(&with_template, &["dlq", "show", "msg_traced"]);
+    assert!(ok, "{err}");
+    assert!(
+        traced.contains(&format!(
+            "\ntrace:      {TRACE_ID} http://jaeger:16686/trace/{TRACE_ID}\n"
+        )),
+        "{traced}"
+    );
+    let (ok, untraced, err) = cli(&with_template, &["dlq", "show", "msg_untraced"]);
+    assert!(ok, "{err}");
+    assert!(untraced.contains("\ntrace:      -\n"), "{untraced}");
+    assert!(!untraced.contains("jaeger"), "{untraced}");
+    let (ok, unlinked, _) = worker_cli(&db, &broker, &["dlq", "show", "msg_traced"]);
+    assert!(
+        ok && unlinked.contains(&format!("\ntrace:      {TRACE_ID}\n")),
+        "{unlinked}"
+    );
+    let (ok, listed, _) = worker_cli(&db, &broker, &["dlq", "list", "--json"]);
+    assert!(ok);
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    let trace_of = |id: &str| {
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["id"] == id)
+            .map(|l| l["trace_id"].clone())
+    };
+    assert_eq!(trace_of("msg_traced"), Some(serde_json::json!(TRACE_ID)));
+    assert_eq!(trace_of("msg_untraced"), Some(serde_json::Value::Null));
+
+    let bad = worker_settings(
+        &db,
+        &broker,
+        &[("TRACE_URL_TEMPLATE", "jaeger:16686/trace")],
+    );
+    let (ok, _, err) = cli(&bad, &["dlq", "show", "msg_traced"]);
+    assert!(!ok && err.contains("TRACE_URL_TEMPLATE"), "{err}");
+    wait_for_count(&broker, &broker.topology.dead_queue(), 2).await;
+}

@@ -32,6 +32,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use store::pool::Pool;
 use telemetry::{SharedRegistry, ops::FullResponse};
 
+use super::trace_url::TraceUrlTemplate;
 use auth::{ConsoleUsers, Session, Sessions};
 use html::{Form, escape, page};
 
@@ -61,6 +62,8 @@ pub struct Console {
     /// Samples of this worker's applied / retried / dead-lettered counts, newest last, over the
     /// last [`RATE_HISTORY`] ([`Console::sample_rates`]).
     samples: std::sync::Mutex<std::collections::VecDeque<Sample>>,
+    /// `TRACE_URL_TEMPLATE`: links a dead letter's trace id to the tracing UI.
+    trace_url: Option<TraceUrlTemplate>,
 }
 
 /// This worker's event counts at one instant.
@@ -89,6 +92,7 @@ impl Console {
         topology: Topology,
         registry: SharedRegistry,
         progress: crate::metrics::Progress,
+        trace_url: Option<TraceUrlTemplate>,
     ) -> Self {
         Self {
             users,
@@ -101,6 +105,7 @@ impl Console {
             dlq_lock: tokio::sync::Mutex::new(()),
             progress,
             samples: std::sync::Mutex::default(),
+            trace_url,
         }
     }
 

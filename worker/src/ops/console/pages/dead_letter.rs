@@ -11,7 +11,10 @@ use super::super::{
     mask,
 };
 use super::common::{age, dlq_error, error_page};
-use crate::ops::dlq::{self, DeadLetter, DlqError};
+use crate::ops::{
+    dlq::{self, DeadLetter, DlqError},
+    trace_url::TraceUrlTemplate,
+};
 
 /// One dead letter, read with the same code as `worker dlq show`.
 async fn find_letter(console: &Console, id: &str) -> Result<DeadLetter, DlqError> {
@@ -42,17 +45,22 @@ pub async fn dead_letter(
         page(
             &format!("Dead letter {}", letter.id),
             Some(session),
-            &letter_body(session, &letter, revealed),
+            &letter_body(session, &letter, console.trace_url.as_ref(), revealed),
         ),
     )
 }
 
-fn letter_body(session: &Session, l: &DeadLetter, revealed: bool) -> String {
+fn letter_body(
+    session: &Session,
+    l: &DeadLetter,
+    trace_url: Option<&TraceUrlTemplate>,
+    revealed: bool,
+) -> String {
     let mut body = format!(
         "<table><tr><th>type</th><td>{}</td></tr><tr><th>Clerk user</th><td>{}</td></tr>\
          <tr><th>reason</th><td>{}</td></tr><tr><th>attempts</th><td>{}</td></tr>\
          <tr><th>first failure</th><td>{}</td></tr><tr><th>last failure</th><td>{}</td></tr>\
-         <tr><th>age</th><td>{}</td></tr></table>",
+         <tr><th>age</th><td>{}</td></tr><tr><th>trace</th><td>{}</td></tr></table>",
         escape(l.event_type.as_deref().unwrap_or("-")),
         escape(l.clerk_user_id.as_deref().unwrap_or("-")),
         escape(&reason_text(l.reason.as_deref())),
@@ -60,6 +68,7 @@ fn letter_body(session: &Session, l: &DeadLetter, revealed: bool) -> String {
         time_ms(l.first_failure_at),
         time_ms(l.last_failure_at),
         age(l.age_seconds),
+        trace_cell(l.trace_id.as_deref(), trace_url),
     );
     if session.role.may_act() {
         let id = hidden("id", &l.id);
@@ -130,6 +139,20 @@ fn header_row(name: &str, value: &str) -> (String, String) {
     }
 }
 
+/// A dead letter's trace id as the page shows it (escaped HTML): a link to the tracing UI when
+/// `TRACE_URL_TEMPLATE` is set, the bare id when not, `-` without a trace.
+fn trace_cell(trace_id: Option<&str>, trace_url: Option<&TraceUrlTemplate>) -> String {
+    match (trace_id, trace_url) {
+        (Some(id), Some(template)) => format!(
+            "<a href=\"{}\" rel=\"noreferrer\" target=\"_blank\">{}</a>",
+            escape(&template.url(id)),
+            escape(id)
+        ),
+        (Some(id), None) => escape(id),
+        (None, _) => "-".into(),
+    }
+}
+
 /// A dead letter's reason in words, for the codes that are not a sentence themselves.
 pub fn reason_text(reason: Option<&str>) -> String {
     match reason {
@@ -175,5 +198,23 @@ mod tests {
         assert_eq!(value, "7");
         let (_, value) = header_row("clerk-sync-reason", "<b>");
         assert_eq!(value, "&lt;b&gt;");
+    }
+
+    #[test]
+    fn a_trace_id_links_to_the_tracing_ui_escaped_and_no_trace_is_a_dash() {
+        let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+        let template =
+            TraceUrlTemplate::parse("https://tempo.example.com/explore?traceId={trace_id}&x=\"<y>")
+                .expect("valid");
+        assert_eq!(
+            trace_cell(Some(trace), Some(&template)),
+            format!(
+                "<a href=\"https://tempo.example.com/explore?traceId={trace}&amp;x=&quot;&lt;y&gt;\" \
+                 rel=\"noreferrer\" target=\"_blank\">{trace}</a>"
+            )
+        );
+        assert_eq!(trace_cell(Some(trace), None), trace);
+        assert_eq!(trace_cell(None, Some(&template)), "-");
+        assert_eq!(trace_cell(None, None), "-");
     }
 }
