@@ -748,15 +748,6 @@ pub fn record_result<T, E>(span: &tracing::Span, result: &Result<T, E>) {
     }
 }
 
-/// The trace id of a `traceparent` value, if it is a valid one.
-pub fn trace_id_of(traceparent: &str) -> Option<String> {
-    let cx = extract_owned(Some(traceparent), None);
-    let span_context = cx.span().span_context().clone();
-    span_context
-        .is_valid()
-        .then(|| span_context.trace_id().to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -857,19 +848,6 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(matches!(c.sampler(), Sampler::AlwaysOff));
-    }
-
-    #[test]
-    fn trace_ids_come_from_valid_traceparents_only() {
-        assert_eq!(
-            trace_id_of("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").as_deref(),
-            Some("4bf92f3577b34da6a3ce929d0e0e4736")
-        );
-        assert_eq!(
-            trace_id_of("00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
-            None
-        );
-        assert_eq!(trace_id_of("garbage"), None);
     }
 
     #[test]

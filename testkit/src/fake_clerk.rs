@@ -269,6 +269,7 @@ struct PerPath {
     now: HashMap<String, usize>,
     most: usize,
     seen: HashMap<String, usize>,
+    traceparents: Vec<(String, String)>,
 }
 
 impl FakeClerk {
@@ -309,6 +310,13 @@ impl FakeClerk {
                                 };
                                 p.most = p.most.max(now);
                                 *p.seen.entry(path.clone()).or_default() += 1;
+                                if let Some(context) = request
+                                    .headers()
+                                    .get("traceparent")
+                                    .and_then(|v| v.to_str().ok())
+                                {
+                                    p.traceparents.push((path.clone(), context.to_owned()));
+                                }
                             }
                             let response = answer(&state, &request);
                             let delay = state.lock().unwrap().delay;
@@ -338,6 +346,11 @@ impl FakeClerk {
             per_path,
             task,
         }
+    }
+
+    /// The `traceparent` headers of the requests that carried one, with their paths, in order.
+    pub fn traceparents(&self) -> Vec<(String, String)> {
+        self.per_path.lock().unwrap().traceparents.clone()
     }
 
     /// The base URL, for `CLERK_API_URL`.

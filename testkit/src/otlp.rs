@@ -529,3 +529,38 @@ async fn export(request: Request<Incoming>) -> Result<ExportTraceServiceRequest,
         )
     })
 }
+
+/// Panics if any of `forbidden` (secrets, tokens, emails, names) appears anywhere in what was
+/// exported: span names, attributes, resource attributes, links, events and status messages.
+pub fn assert_nothing_private(spans: &[RecordedSpan], forbidden: &[&str]) {
+    assert!(!spans.is_empty(), "no spans to check");
+    for span in spans {
+        let mut texts: Vec<(String, &str)> = vec![
+            ("name".into(), span.name.as_str()),
+            ("status message".into(), span.status_message.as_str()),
+            ("trace state".into(), span.trace_state.as_str()),
+        ];
+        let attributes = span
+            .attributes
+            .iter()
+            .chain(&span.resource_attributes)
+            .chain(span.links.iter().flat_map(|l| &l.attributes))
+            .chain(span.events.iter().flat_map(|e| &e.attributes));
+        for (key, value) in attributes {
+            texts.push((key.clone(), key.as_str()));
+            texts.push((key.clone(), value.as_str()));
+        }
+        for event in &span.events {
+            texts.push(("event".into(), event.name.as_str()));
+        }
+        for (what, text) in texts {
+            for needle in forbidden {
+                assert!(
+                    !text.contains(needle),
+                    "{needle:?} was exported in {what} of {}",
+                    span.summary()
+                );
+            }
+        }
+    }
+}

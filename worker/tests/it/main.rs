@@ -24,3 +24,4 @@ mod queues;
 mod reconcile;
 mod reconcile_orgs;
 mod secrets;
+mod traces;
