@@ -154,7 +154,7 @@ pub fn logs() -> String {
 
 /// The settings every test app starts from.
 /// The database through its PgBouncer when it has one (see [`TestDb`]).
-fn base_settings(db: &TestDb) -> HashMap<String, String> {
+pub fn base_settings(db: &TestDb) -> HashMap<String, String> {
     let mut settings = HashMap::from([
         ("API_ADDR".into(), "127.0.0.1:0".into()),
         ("DATABASE_MAX_CONNECTIONS".into(), "4".into()),

@@ -13,3 +13,4 @@ mod organizations;
 mod replica;
 mod service;
 mod token;
+mod traces;
