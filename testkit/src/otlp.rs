@@ -304,6 +304,10 @@ fn record(
 /// What the receiver has been sent.
 #[derive(Default)]
 struct Received {
+    /// Count only (the benchmark's receiver): no span is kept.
+    counting: bool,
+    /// Spans received per `service.name`.
+    counts: std::collections::BTreeMap<String, u64>,
     spans: Vec<RecordedSpan>,
     /// Export requests accepted.
     requests: usize,
@@ -328,6 +332,25 @@ pub struct OtlpReceiver {
 impl OtlpReceiver {
     /// Starts on a free port of 127.0.0.1.
     pub async fn start() -> Self {
+        Self::start_with(Received::default()).await
+    }
+
+    /// Starts a receiver that decodes every export but keeps only the number of spans per
+    /// service ([`Self::counts`]): for loads of many spans (the benchmark).
+    pub async fn start_counting() -> Self {
+        Self::start_with(Received {
+            counting: true,
+            ..Received::default()
+        })
+        .await
+    }
+
+    /// Spans received so far per `service.name`.
+    pub fn counts(&self) -> std::collections::BTreeMap<String, u64> {
+        lock(&self.received).counts.clone()
+    }
+
+    async fn start_with(received: Received) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind the OTLP receiver");
@@ -335,7 +358,7 @@ impl OtlpReceiver {
             "http://{}",
             listener.local_addr().expect("the OTLP receiver's address")
         );
-        let received = Shared::default();
+        let received = Arc::new(Mutex::new(received));
         let task = tokio::spawn(accept(listener, received.clone()));
         Self {
             endpoint,
@@ -454,7 +477,12 @@ async fn answer(received: &Shared, request: Request<Incoming>) -> Response<Full<
             let spans = flatten(&export);
             let mut received = lock(received);
             received.requests += 1;
-            received.spans.extend(spans);
+            for span in &spans {
+                *received.counts.entry(span.service_name.clone()).or_default() += 1;
+            }
+            if !received.counting {
+                received.spans.extend(spans);
+            }
             let mut response = Response::new(Full::new(Bytes::from(
                 ExportTraceServiceResponse::default().encode_to_vec(),
             )));

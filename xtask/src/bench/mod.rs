@@ -35,6 +35,7 @@ mod ceilings;
 pub(crate) mod events;
 pub(crate) mod load;
 pub mod paced;
+pub(crate) mod traces;
 pub(crate) mod pipeline;
 pub(crate) mod reads;
 pub(crate) mod report;
@@ -105,6 +106,9 @@ pub struct BenchArgs {
     /// Skip the scale phases (drains at size, pruning, the read path).
     #[arg(long)]
     no_scale: bool,
+    /// Skip the tracing cost phase (ingress and worker with tracing off and on).
+    #[arg(long)]
+    no_traces: bool,
     /// Users seeded for the scale phases [default: 1000000; 20000 with --smoke].
     #[arg(long)]
     scale_users: Option<u64>,
@@ -125,6 +129,7 @@ struct Options {
     profile: Profile,
     outputs: Outputs,
     smoke: bool,
+    traces: bool,
     scale: Option<scale::ScaleOptions>,
 }
 
@@ -175,6 +180,7 @@ impl Options {
             profile: Profile::or_default(args.profile, smoke),
             outputs: Outputs::resolve(workspace, args.json, args.markdown),
             smoke,
+            traces: !args.no_traces,
         })
     }
 }
@@ -217,8 +223,9 @@ impl Ctx<'_> {
         cleanup: &mut Cleanup,
         name: &str,
         prefix: &str,
+        extra_env: &[(&str, &str)],
     ) -> anyhow::Result<Started> {
-        let ingress = self.site.ingress(name, prefix, &self.secret);
+        let ingress = self.site.ingress(name, prefix, &self.secret).envs(extra_env);
         self.services.start(cleanup, ingress).await
     }
 
@@ -233,7 +240,23 @@ impl Ctx<'_> {
         connections: usize,
         round: usize,
     ) -> anyhow::Result<IngressRun> {
-        let ingress = self.start_ingress(cleanup, name, prefix).await?;
+        self.ingress_run_with(cleanup, name, prefix, events, connections, round, &[])
+            .await
+    }
+
+    /// [`Self::ingress_run`] with more settings for the ingress.
+    #[allow(clippy::too_many_arguments)]
+    async fn ingress_run_with(
+        &self,
+        cleanup: &mut Cleanup,
+        name: &str,
+        prefix: &str,
+        events: &[Event],
+        connections: usize,
+        round: usize,
+        extra_env: &[(&str, &str)],
+    ) -> anyhow::Result<IngressRun> {
+        let ingress = self.start_ingress(cleanup, name, prefix, extra_env).await?;
         let pid = ingress.pid.to_string();
         let signed = Arc::new(events::sign(events, &self.secret)?);
         let ingress_cpu_before = host::cpu_time(&pid)?;
@@ -309,6 +332,14 @@ async fn phases(
     .await?;
     checks.extend(worker.1);
     checks.extend(live.1);
+    let traces = if o.traces {
+        let (report, traces_checks) =
+            traces::run(&ctx, cleanup, &mut expected, live_count, o.connections[0]).await?;
+        checks.extend(traces_checks);
+        Some(report)
+    } else {
+        None
+    };
     let scale = match &o.scale {
         Some(so) => {
             Some(scale_phases(&ctx, cleanup, so, &plan.events, initial, &mut checks).await?)
@@ -327,6 +358,7 @@ async fn phases(
         ingress,
         worker: worker.0,
         live: live.0,
+        traces,
         scale,
         checks,
     })

@@ -145,6 +145,8 @@ pub struct Report {
     pub ingress: Vec<IngressRun>,
     pub worker: WorkerRun,
     pub live: Live,
+    /// The tracing cost phase (none with `--no-traces`).
+    pub traces: Option<super::traces::TracesReport>,
     /// The scale phases (none with `--no-scale`).
     pub scale: Option<super::scale::ScaleReport>,
     pub checks: Vec<Check>,
@@ -182,6 +184,8 @@ struct ReportJson<'a> {
     ratios: RatiosJson,
     targets: Vec<Target>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    traces: Option<&'a super::traces::TracesReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     scale: Option<&'a super::scale::ScaleReport>,
     checks: &'a [Check],
 }
@@ -209,6 +213,7 @@ impl<'a> ReportJson<'a> {
             },
             ratios: RatiosJson::new(report),
             targets: report.targets(),
+            traces: report.traces.as_ref(),
             scale: report.scale.as_ref(),
             checks: &report.checks,
         }
@@ -464,7 +469,7 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-fn round(x: f64, places: i32) -> f64 {
+pub(crate) fn round(x: f64, places: i32) -> f64 {
     let factor = 10_f64.powi(places);
     (x * factor).round() / factor
 }
@@ -867,6 +872,9 @@ impl TaskReport for Report {
         self.markdown_run(&mut out);
         self.markdown_ceilings(&mut out);
         self.markdown_results(&mut out);
+        if let Some(traces) = &self.traces {
+            traces.markdown(&mut out);
+        }
         if let Some(scale) = &self.scale {
             scale.markdown(&mut out);
         }
@@ -1007,6 +1015,19 @@ mod tests {
                 postgres: "16.4".into(),
                 rabbitmq: "4.0.5 (server)".into(),
             },
+            traces: Some(crate::bench::traces::TracesReport {
+                connections: 64,
+                runs: vec![crate::bench::traces::TraceRun {
+                    tracing: true,
+                    round: 1,
+                    events: 2000,
+                    ingress_accepted_per_s: 4000.0,
+                    ingress_cpu_us_per_event: 90.5,
+                    worker_events_per_s: 3000.0,
+                    worker_cpu_us_per_event: 120.25,
+                }],
+                spans_received: BTreeMap::from([("clerk-sync-ingress".into(), 4000)]),
+            }),
             settings: settings(),
             ceilings: Ceilings {
                 broker: Ceiling {
@@ -1331,6 +1352,19 @@ mod tests {
                 "worker_drain_vs_db_batched": "number",
             },
             "targets": [{"target": "string", "value": "string", "measured": "number", "pass": "bool"}],
+            "traces": {
+                "connections": "number",
+                "runs": [{
+                    "tracing": "bool",
+                    "round": "number",
+                    "events": "number",
+                    "ingress_accepted_per_s": "number",
+                    "ingress_cpu_us_per_event": "number",
+                    "worker_events_per_s": "number",
+                    "worker_cpu_us_per_event": "number",
+                }],
+                "spans_received": {"clerk-sync-ingress": "number"},
+            },
             "checks": [{"check": "string", "pass": "bool", "detail": "string"}],
         });
         let mut report = full();
@@ -1369,6 +1403,8 @@ mod tests {
             "| worker drain, 2000 queued events ",
             "| live: lag accept → commit, p50 / p99 (histogram bucket upper bounds) ",
             "The live phase sends",
+            "### Tracing cost (ingress at 64 connections",
+            "| 1 | on (always_on) | 2000 | 4000 | 90.5 | 3000 | 120.2 |",
             "### Targets (informational: a smoke run judges no speed)",
             "| target ",
             "### Checks",

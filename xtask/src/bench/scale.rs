@@ -627,7 +627,7 @@ impl Ingest {
         let live_events = events::newer_updates(expected, count)?;
         let signed = Arc::new(events::sign(&live_events, &ctx.secret)?);
         let ingress = ctx
-            .start_ingress(cleanup, "ingress-reads", &ctx.site.prefix)
+            .start_ingress(cleanup, "ingress-reads", &ctx.site.prefix, &[])
             .await?;
         let before = worker.applied(ctx).await?;
         let mut pace = Pace::new(LIVE_INGEST_RATE, LIVE_INGEST_CONNECTIONS);
