@@ -170,29 +170,23 @@ async fn accept(
     let body = read_body(body, state.body_limit, state.body_timeout).await?;
     state.secrets.verify(&body, &parts.headers)?;
 
-    let publish_span = if span.is_disabled() {
-        tracing::Span::none()
-    } else {
-        if let Some(event_type) = event_type(&body) {
-            span.record("clerk_sync.event_type", event_type);
-        }
-        producer_span(state.publisher.topology().exchange(), svix_id)
-    };
+    if !span.is_disabled()
+        && let Some(event_type) = event_type(&body)
+    {
+        span.record("clerk_sync.event_type", event_type);
+    }
     let mut properties = properties(&parts.headers, svix_id);
-    if !publish_span.is_disabled() {
+    if !span.is_disabled() {
+        // The message carries the server span's context: the worker's span continues it.
         let mut table = properties.headers().clone().unwrap_or_default();
-        broker::trace_context::inject(&publish_span, &mut table);
+        broker::trace_context::inject(span, &mut table);
         properties = properties.with_headers(table);
     }
     let started = Instant::now();
     let published = state
         .publisher
         .publish(EVENTS_ROUTING_KEY, &body, properties)
-        .instrument(publish_span.clone())
         .await;
-    if published.is_err() {
-        publish_span.record("otel.status_code", "ERROR");
-    }
     published?;
     state
         .metrics
@@ -209,7 +203,11 @@ fn server_span(route: &str, request: &Request<Incoming>, svix_id: &str) -> traci
     }
     let span = tracing::info_span!(
         "webhook",
-        otel.name = format!("POST {route}"),
+        otel.name = if route == "/api/webhooks/clerk" {
+            "POST /api/webhooks/clerk"
+        } else {
+            "POST /webhooks/clerk"
+        },
         otel.kind = "server",
         otel.status_code = Empty,
         http.request.method = "POST",
@@ -223,22 +221,6 @@ fn server_span(route: &str, request: &Request<Incoming>, svix_id: &str) -> traci
     );
     traces::continue_from(&span, &traces::extract_http(request.headers()), false);
     span
-}
-
-/// The producer span whose context the message carries (OpenTelemetry messaging conventions).
-fn producer_span(exchange: &str, svix_id: &str) -> tracing::Span {
-    tracing::info_span!(
-        "publish",
-        otel.name = format!("publish {exchange}"),
-        otel.kind = "producer",
-        otel.status_code = Empty,
-        messaging.system = "rabbitmq",
-        messaging.operation.type = "send",
-        messaging.operation.name = "publish",
-        messaging.destination.name = exchange,
-        messaging.rabbitmq.destination.routing_key = EVENTS_ROUTING_KEY,
-        messaging.message.id = svix_id,
-    )
 }
 
 /// The event's `type`, for the span (read only when traces are on).

@@ -478,7 +478,10 @@ async fn answer(received: &Shared, request: Request<Incoming>) -> Response<Full<
             let mut received = lock(received);
             received.requests += 1;
             for span in &spans {
-                *received.counts.entry(span.service_name.clone()).or_default() += 1;
+                *received
+                    .counts
+                    .entry(span.service_name.clone())
+                    .or_default() += 1;
             }
             if !received.counting {
                 received.spans.extend(spans);

@@ -35,12 +35,12 @@ mod ceilings;
 pub(crate) mod events;
 pub(crate) mod load;
 pub mod paced;
-pub(crate) mod traces;
 pub(crate) mod pipeline;
 pub(crate) mod reads;
 pub(crate) mod report;
 mod scale;
 mod seed;
+pub(crate) mod traces;
 
 use std::{
     path::{Path, PathBuf},
@@ -225,7 +225,10 @@ impl Ctx<'_> {
         prefix: &str,
         extra_env: &[(&str, &str)],
     ) -> anyhow::Result<Started> {
-        let ingress = self.site.ingress(name, prefix, &self.secret).envs(extra_env);
+        let ingress = self
+            .site
+            .ingress(name, prefix, &self.secret)
+            .envs(extra_env);
         self.services.start(cleanup, ingress).await
     }
 
