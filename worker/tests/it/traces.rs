@@ -411,6 +411,76 @@ async fn every_delivery_of_a_retried_dead_lettered_and_replayed_event_links_to_i
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_is_one_span_linked_to_each_of_its_events() {
+    let receiver = OtlpReceiver::start().await;
+    let db = TestDb::migrated().await;
+    let broker = TestBroker::new().await;
+    // Queued before the worker starts: it takes them in one batch.
+    let mut contexts = Vec::new();
+    for i in 0..5 {
+        let trace = format!("{:032x}", 0xabc0_0000_u64 + i);
+        let span = format!("{:016x}", 0x1000 + i);
+        let body = user_event(
+            "user.created",
+            &UserState {
+                id: format!("user_batched_{i}"),
+                email: None,
+                first_name: Some("Batched".into()),
+                last_name: None,
+                updated_at: 1_000,
+            },
+        );
+        broker
+            .publish_event_with_headers(
+                &format!("msg_batched_{i}"),
+                &body,
+                &[("traceparent", &format!("00-{trace}-{span}-01"))],
+            )
+            .await;
+        contexts.push((trace, span));
+    }
+    let worker = start_worker(worker_settings(&db, &broker, &[]), &receiver.endpoint()).await;
+    eventually(Duration::from_secs(30), "the users stored", || async {
+        (scalar(&db.conn, "SELECT count(*) FROM users").await == 5).then_some(())
+    })
+    .await;
+    let linked = |spans: &[RecordedSpan], (trace, span): &(String, String)| {
+        spans.iter().filter(|s| is_worker_consumer(s)).any(|s| {
+            s.links
+                .iter()
+                .any(|l| &l.trace_id == trace && &l.span_id == span)
+        })
+    };
+    let spans = receiver
+        .wait_for(
+            |spans| contexts.iter().all(|c| linked(spans, c)),
+            Duration::from_secs(20),
+        )
+        .await
+        .unwrap();
+    let batch = spans
+        .iter()
+        .filter(|s| is_worker_consumer(s))
+        .max_by_key(|s| s.links.len())
+        .unwrap();
+    assert!(batch.links.len() >= 2, "not batched: {}", batch.summary());
+    assert_eq!(
+        batch.attribute("messaging.batch.message_count"),
+        Some(batch.links.len().to_string().as_str())
+    );
+    // A span of several events starts a trace of its own: none of them is its parent.
+    assert_eq!(batch.parent_span_id, None);
+    assert!(contexts.iter().all(|(trace, _)| trace != &batch.trace_id));
+    assert!(
+        spans
+            .iter()
+            .any(|s| s.name == "apply batch" && s.is_child_of(batch)),
+        "no transaction span under the batch's span"
+    );
+    worker.process.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_collector_down_webhooks_are_still_stored_and_the_dropped_spans_are_counted() {
     let db = TestDb::migrated().await;
     let broker = TestBroker::new().await;
