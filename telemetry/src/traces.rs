@@ -552,6 +552,9 @@ struct TraceIds {
     span_id: SpanId,
 }
 
+/// What [`TraceIdsLayer`] found for a span: its ids, or `None` when it is not exported.
+struct Known(Option<TraceIds>);
+
 /// Remembers, for every span entered, the trace and span ids of the OpenTelemetry span it is or
 /// is inside, for the JSON log lines.
 #[derive(Default)]
@@ -570,28 +573,27 @@ where
     fn on_enter(&self, id: &span::Id, ctx: LayerContext<'_, S>) {
         if ctx
             .span(id)
-            .is_none_or(|span| span.extensions().get::<TraceIds>().is_some())
+            .is_none_or(|span| span.extensions().get::<Known>().is_some())
         {
             return;
         }
         // The span's own OpenTelemetry context if it is exported (this starts it: a parent or
         // link is set before a span is entered), else nothing: its lines carry the ids of the
         // nearest exported span above it.
-        let Some(dispatch) = self.dispatch.get().and_then(WeakDispatch::upgrade) else {
-            return;
-        };
-        let Some(cx) = tracing_opentelemetry::get_otel_context(id, &dispatch) else {
-            return;
-        };
-        let span_context = cx.span().span_context().clone();
-        if !span_context.is_valid() {
-            return;
-        }
-        if let Some(span) = ctx.span(id) {
-            span.extensions_mut().insert(TraceIds {
+        // Asked once per span: a span that is not exported is remembered as such.
+        let ids = self
+            .dispatch
+            .get()
+            .and_then(WeakDispatch::upgrade)
+            .and_then(|dispatch| tracing_opentelemetry::get_otel_context(id, &dispatch))
+            .map(|cx| cx.span().span_context().clone())
+            .filter(|span_context| span_context.is_valid())
+            .map(|span_context| TraceIds {
                 trace_id: span_context.trace_id(),
                 span_id: span_context.span_id(),
             });
+        if let Some(span) = ctx.span(id) {
+            span.extensions_mut().insert(Known(ids));
         }
     }
 }
@@ -617,7 +619,7 @@ where
         let ids = ctx.event_scope().and_then(|scope| {
             scope
                 .into_iter()
-                .find_map(|span| span.extensions().get::<TraceIds>().copied())
+                .find_map(|span| span.extensions().get::<Known>().and_then(|known| known.0))
         });
         let Some(ids) = ids else {
             return self.inner.format_event(ctx, writer, event);
