@@ -384,24 +384,12 @@ impl ClerkClient {
         limit: u32,
         offset: u64,
     ) -> Result<Vec<Value>, ClerkError> {
-        let path = format!(
-            "/organizations/{}/memberships",
-            encode_segment(clerk_organization_id)
-        );
         let query = [
             ("limit", limit.min(500).to_string()),
             ("offset", offset.to_string()),
             ("order_by", "+created_at".into()),
         ];
-        list(
-            self.get(
-                "/organizations/{organization_id}/memberships",
-                &path,
-                &query,
-            )
-            .await?,
-            "membership",
-        )
+        self.memberships(clerk_organization_id, &query).await
     }
 
     /// The memberships of one user in one organization
@@ -412,23 +400,25 @@ impl ClerkClient {
         clerk_organization_id: &str,
         clerk_user_id: &str,
     ) -> Result<Vec<Value>, ClerkError> {
-        let path = format!(
-            "/organizations/{}/memberships",
-            encode_segment(clerk_organization_id)
-        );
         let query = [
             ("user_id", clerk_user_id.to_owned()),
             ("limit", "10".into()),
         ];
-        list(
-            self.get(
-                "/organizations/{organization_id}/memberships",
-                &path,
-                &query,
-            )
-            .await?,
-            "membership",
-        )
+        self.memberships(clerk_organization_id, &query).await
+    }
+
+    /// `GET /v1/organizations/{id}/memberships` with `query`.
+    async fn memberships(
+        &self,
+        clerk_organization_id: &str,
+        query: &[(&str, String)],
+    ) -> Result<Vec<Value>, ClerkError> {
+        let path = format!(
+            "/organizations/{}/memberships",
+            encode_segment(clerk_organization_id)
+        );
+        let template = "/organizations/{organization_id}/memberships";
+        list(self.get(template, &path, query).await?, "membership")
     }
 
     /// One user as a raw user object (`GET /v1/users/{id}`); `None` when Clerk does not know it.
