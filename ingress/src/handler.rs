@@ -212,7 +212,6 @@ fn server_span(route: &str, request: &Request<Incoming>, svix_id: &str) -> traci
         otel.status_code = Empty,
         http.request.method = "POST",
         http.route = route,
-        url.path = route,
         url.scheme = "http",
         http.response.status_code = Empty,
         clerk_sync.svix_id = svix_id,

@@ -545,11 +545,45 @@ pub(crate) fn exported(metadata: &tracing::Metadata<'_>) -> bool {
     metadata.is_span() && metadata.fields().field("otel.kind").is_some()
 }
 
+/// The filter of the span layers: [`exported`] spans only, decided once per call site. (A filter
+/// decided at every call would make every `trace!` of every dependency reach the subscriber.)
+pub(crate) struct Exported;
+
+impl<S> tracing_subscriber::layer::Filter<S> for Exported {
+    fn enabled(&self, metadata: &tracing::Metadata<'_>, _: &LayerContext<'_, S>) -> bool {
+        exported(metadata)
+    }
+
+    fn callsite_enabled(
+        &self,
+        metadata: &'static tracing::Metadata<'static>,
+    ) -> tracing::subscriber::Interest {
+        if exported(metadata) {
+            tracing::subscriber::Interest::always()
+        } else {
+            tracing::subscriber::Interest::never()
+        }
+    }
+}
+
+thread_local! {
+    /// The ids of the exported spans entered on this thread, innermost last: what a log line
+    /// written here carries.
+    static ENTERED: std::cell::RefCell<Vec<TraceIds>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// The ids a log line written inside a span carries.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq)]
 struct TraceIds {
     trace_id: TraceId,
     span_id: SpanId,
+}
+
+impl TraceIds {
+    const NONE: Self = Self {
+        trace_id: TraceId::INVALID,
+        span_id: SpanId::INVALID,
+    };
 }
 
 /// What [`TraceIdsLayer`] found for a span: its ids, or `None` when it is not exported.
@@ -571,16 +605,31 @@ where
     }
 
     fn on_enter(&self, id: &span::Id, ctx: LayerContext<'_, S>) {
-        if ctx
-            .span(id)
-            .is_none_or(|span| span.extensions().get::<Known>().is_some())
-        {
+        let Some(span) = ctx.span(id) else {
             return;
-        }
-        // The span's own OpenTelemetry context if it is exported (this starts it: a parent or
-        // link is set before a span is entered), else nothing: its lines carry the ids of the
-        // nearest exported span above it.
-        // Asked once per span: a span that is not exported is remembered as such.
+        };
+        let known = span.extensions().get::<Known>().map(|known| known.0);
+        drop(span);
+        let ids = match known {
+            Some(ids) => ids,
+            None => self.look_up(id, &ctx),
+        };
+        // Pushed even when invalid (never, for an exported span), so that exits stay paired.
+        ENTERED.with(|entered| entered.borrow_mut().push(ids.unwrap_or(TraceIds::NONE)));
+    }
+
+    fn on_exit(&self, _id: &span::Id, _ctx: LayerContext<'_, S>) {
+        ENTERED.with(|entered| entered.borrow_mut().pop());
+    }
+}
+
+impl TraceIdsLayer {
+    /// The span's ids (this starts its OpenTelemetry span: a parent or link is set before a
+    /// span is entered), remembered in the span.
+    fn look_up<S>(&self, id: &span::Id, ctx: &LayerContext<'_, S>) -> Option<TraceIds>
+    where
+        S: Subscriber + for<'a> LookupSpan<'a>,
+    {
         let ids = self
             .dispatch
             .get()
@@ -595,6 +644,7 @@ where
         if let Some(span) = ctx.span(id) {
             span.extensions_mut().insert(Known(ids));
         }
+        ids
     }
 }
 
@@ -616,11 +666,9 @@ where
         mut writer: Writer<'_>,
         event: &tracing::Event<'_>,
     ) -> fmt::Result {
-        let ids = ctx.event_scope().and_then(|scope| {
-            scope
-                .into_iter()
-                .find_map(|span| span.extensions().get::<Known>().and_then(|known| known.0))
-        });
+        let ids = ENTERED
+            .with(|entered| entered.borrow().last().copied())
+            .filter(|ids| *ids != TraceIds::NONE);
         let Some(ids) = ids else {
             return self.inner.format_event(ctx, writer, event);
         };

@@ -1018,7 +1018,7 @@ mod tests {
             traces: Some(crate::bench::traces::TracesReport {
                 connections: 64,
                 runs: vec![crate::bench::traces::TraceRun {
-                    tracing: true,
+                    tracing: crate::bench::traces::Tracing::All,
                     round: 1,
                     events: 2000,
                     ingress_accepted_per_s: 4000.0,
@@ -1355,7 +1355,7 @@ mod tests {
             "traces": {
                 "connections": "number",
                 "runs": [{
-                    "tracing": "bool",
+                    "tracing": "string",
                     "round": "number",
                     "events": "number",
                     "ingress_accepted_per_s": "number",
@@ -1404,7 +1404,7 @@ mod tests {
             "| live: lag accept → commit, p50 / p99 (histogram bucket upper bounds) ",
             "The live phase sends",
             "### Tracing cost (ingress at 64 connections",
-            "| 1 | on (always_on) | 2000 | 4000 | 90.5 | 3000 | 120.2 |",
+            "| 1 | on, every trace | 2000 | 4000 | 90.5 | 3000 | 120.2 |",
             "### Targets (informational: a smoke run judges no speed)",
             "| target ",
             "### Checks",

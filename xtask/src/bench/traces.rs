@@ -1,7 +1,8 @@
-//! Phase 7: what tracing costs. The ingress and the worker, each with tracing off and then on
-//! (every trace sampled, `OTEL_TRACES_SAMPLER=always_on`, exported to an OTLP receiver in this
-//! process that decodes every export and counts its spans), alternating in ABBA order so that
-//! drift over the minutes of the run falls on both. Each run sends newer updates of the users
+//! Phase 7: what tracing costs. The ingress and the worker with tracing off, on with every trace
+//! kept (`OTEL_TRACES_SAMPLER=always_on`) and on with one in ten (`traceidratio` 0.1), exported
+//! to an OTLP receiver in this process that decodes every export and counts its spans; the
+//! order is mirrored (off, all, tenth, tenth, all, off) so that drift over the minutes of the
+//! run falls on each alike. Each run sends newer updates of the users
 //! through a fresh ingress and drains them with a fresh worker, so every event is a real upsert.
 
 use std::time::Duration;
@@ -12,10 +13,31 @@ use testkit::otlp::OtlpReceiver;
 use super::{Ctx, Worker, events, pipeline, report::round};
 use crate::harness::{guard::Cleanup, host, report::Check};
 
+/// How a run traces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Tracing {
+    Off,
+    /// Every trace kept (`always_on`).
+    All,
+    /// A tenth of the traces kept (`traceidratio` 0.1): what a busy deployment would run.
+    Tenth,
+}
+
+impl Tracing {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Off => "off",
+            Self::All => "on, every trace",
+            Self::Tenth => "on, 1 trace in 10",
+        }
+    }
+}
+
 /// One run: the ingress at the bench's first connection count, then a worker's drain.
 #[derive(Debug, Clone, Serialize)]
 pub struct TraceRun {
-    pub tracing: bool,
+    pub tracing: Tracing,
     pub round: usize,
     pub events: u64,
     pub ingress_accepted_per_s: f64,
@@ -33,9 +55,9 @@ pub struct TracesReport {
     pub spans_received: std::collections::BTreeMap<String, u64>,
 }
 
-/// The mean of `f` over the runs with tracing `on`.
-fn mean(runs: &[TraceRun], on: bool, f: impl Fn(&TraceRun) -> f64) -> f64 {
-    let picked: Vec<f64> = runs.iter().filter(|r| r.tracing == on).map(f).collect();
+/// The mean of `f` over the runs traced as `how`.
+fn mean(runs: &[TraceRun], how: Tracing, f: impl Fn(&TraceRun) -> f64) -> f64 {
+    let picked: Vec<f64> = runs.iter().filter(|r| r.tracing == how).map(f).collect();
     if picked.is_empty() {
         0.0
     } else {
@@ -44,13 +66,13 @@ fn mean(runs: &[TraceRun], on: bool, f: impl Fn(&TraceRun) -> f64) -> f64 {
 }
 
 impl TracesReport {
-    /// Throughput lost with tracing on, as a fraction of the throughput with it off (means
-    /// over the rounds): `(ingress, worker)`.
-    pub fn costs(&self) -> (f64, f64) {
+    /// Throughput lost when traced as `how`, as a fraction of the throughput with tracing off
+    /// (means over the rounds): `(ingress, worker)`.
+    pub fn costs(&self, how: Tracing) -> (f64, f64) {
         let cost = |f: &dyn Fn(&TraceRun) -> f64| {
-            let off = mean(&self.runs, false, f);
+            let off = mean(&self.runs, Tracing::Off, f);
             if off > 0.0 {
-                1.0 - mean(&self.runs, true, f) / off
+                1.0 - mean(&self.runs, how, f) / off
             } else {
                 0.0
             }
@@ -73,7 +95,7 @@ impl TracesReport {
             out.push_str(&format!(
                 "| {} | {} | {} | {:.0} | {:.1} | {:.0} | {:.1} |\n",
                 r.round,
-                if r.tracing { "on (always_on)" } else { "off" },
+                r.tracing.label(),
                 r.events,
                 r.ingress_accepted_per_s,
                 r.ingress_cpu_us_per_event,
@@ -81,16 +103,19 @@ impl TracesReport {
                 r.worker_cpu_us_per_event
             ));
         }
-        let (ingress, worker) = self.costs();
+        let (ingress, worker) = self.costs(Tracing::All);
+        let (ingress_tenth, worker_tenth) = self.costs(Tracing::Tenth);
         let received: Vec<String> = self
             .spans_received
             .iter()
             .map(|(service, n)| format!("{service} {n}"))
             .collect();
         out.push_str(&format!(
-            "\nThroughput lost with tracing on (means): ingress {:.1} %, worker {:.1} % (target ≤ 15 %). Spans received: {}.\n",
+            "\nThroughput lost with every trace kept (means): ingress {:.1} %, worker {:.1} % (target ≤ 15 %); with 1 trace in 10: ingress {:.1} %, worker {:.1} %. Spans received: {}.\n",
             ingress * 100.0,
             worker * 100.0,
+            ingress_tenth * 100.0,
+            worker_tenth * 100.0,
             if received.is_empty() { "none".into() } else { received.join(", ") }
         ));
     }
@@ -109,13 +134,30 @@ pub(super) async fn run(
     );
     let receiver = OtlpReceiver::start_counting().await;
     let endpoint = receiver.endpoint();
-    let on: [(&str, &str); 2] = [
+    let all: [(&str, &str); 2] = [
         ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
         ("OTEL_TRACES_SAMPLER", "always_on"),
     ];
+    let tenth: [(&str, &str); 3] = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_TRACES_SAMPLER", "traceidratio"),
+        ("OTEL_TRACES_SAMPLER_ARG", "0.1"),
+    ];
     let mut runs = Vec::new();
-    for (i, tracing) in [false, true, true, false].into_iter().enumerate() {
-        let env: &[(&str, &str)] = if tracing { &on } else { &[] };
+    let order = [
+        Tracing::Off,
+        Tracing::All,
+        Tracing::Tenth,
+        Tracing::Tenth,
+        Tracing::All,
+        Tracing::Off,
+    ];
+    for (i, tracing) in order.into_iter().enumerate() {
+        let env: &[(&str, &str)] = match tracing {
+            Tracing::Off => &[],
+            Tracing::All => &all,
+            Tracing::Tenth => &tenth,
+        };
         let live_events = events::newer_updates(expected, count)?;
         let name = format!("ingress-traces-{}", i + 1);
         let ingress = ctx
@@ -125,7 +167,7 @@ pub(super) async fn run(
                 &ctx.site.prefix,
                 &live_events,
                 connections,
-                i / 2 + 1,
+                i / 3 + 1,
                 env,
             )
             .await?;
@@ -147,7 +189,7 @@ pub(super) async fn run(
         };
         let run = TraceRun {
             tracing,
-            round: i / 2 + 1,
+            round: i / 3 + 1,
             events: accepted,
             ingress_accepted_per_s: round(ingress.load.accepted_per_s(), 1),
             ingress_cpu_us_per_event: per_event(ingress.cpu),
@@ -156,7 +198,7 @@ pub(super) async fn run(
         };
         println!(
             "      tracing {}: ingress {:.0} accepted/s ({:.1} µs CPU each), worker {:.0} events/s ({:.1} µs CPU each)",
-            if tracing { "on " } else { "off" },
+            tracing.label(),
             run.ingress_accepted_per_s,
             run.ingress_cpu_us_per_event,
             run.worker_events_per_s,
@@ -172,13 +214,17 @@ pub(super) async fn run(
         .check_settled(&broker, expected, "after the tracing runs")
         .await?;
     broker.close().await;
-    let traced: u64 = runs.iter().filter(|r| r.tracing).map(|r| r.events).sum();
+    let traced: u64 = runs
+        .iter()
+        .filter(|r| r.tracing == Tracing::All)
+        .map(|r| r.events)
+        .sum();
     let ingress_spans = spans_received
         .get("clerk-sync-ingress")
         .copied()
         .unwrap_or(0);
     checks.push(Check::new(
-        "every traced webhook exported its server span",
+        "every webhook traced in full exported its server span",
         ingress_spans >= traced,
         format!("{ingress_spans} ingress spans received for {traced} traced webhooks"),
     ));
