@@ -22,14 +22,17 @@
 //! need none of this. `session` mode keeps sqlx's behaviour and only leaves out the
 //! `extra_float_digits` startup parameter, which PgBouncer refuses unless told to ignore it.
 
-use std::{future::Future, pin::Pin, time::Duration};
+use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use backon::{ExponentialBuilder, Retryable};
 use sea_orm::{
-    AccessMode, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction,
-    DbBackend, DbErr, ExecResult, IsolationLevel, QueryResult, Statement, TransactionError,
-    TransactionOptions, TransactionTrait,
+    AccessMode, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
+    DatabaseConnectionType, DatabaseTransaction, DbBackend, DbErr, ExecResult, IsolationLevel,
+    QueryResult, Statement, TransactionError, TransactionOptions, TransactionTrait,
+    sqlx::postgres::PgRow,
 };
+
+use crate::kept::{Kept, query_error};
 pub use settings::Pooler;
 
 /// The pool settings of every clerk-sync process (worker, its CLI, the api): `max_connections`
@@ -72,12 +75,54 @@ pub fn pool_options(url: &str, max_connections: u32, pooler: Pooler) -> ConnectO
 pub struct Pool {
     conn: DatabaseConnection,
     pooler: Pooler,
+    /// Connections kept between [`Pool::fetch_optional`]'s reads (none behind a
+    /// transaction-mode pooler, or when the pool is too small to spare any).
+    kept: Option<Arc<Kept>>,
 }
 
 impl Pool {
     /// A pool over `conn`, opened with [`pool_options`] for `pooler`.
     pub fn new(conn: DatabaseConnection, pooler: Pooler) -> Self {
-        Self { conn, pooler }
+        let kept = match (&conn.inner, pooler) {
+            // Behind a transaction-mode pooler a statement must run in a transaction of its own.
+            (_, Pooler::Transaction) => None,
+            (DatabaseConnectionType::SqlxPostgresPoolConnection(_), _) => {
+                Kept::new(conn.get_postgres_connection_pool().clone()).map(Arc::new)
+            }
+            _ => None,
+        };
+        Self { conn, pooler, kept }
+    }
+
+    /// Runs `sql`, a select of at most one row whose only parameter (`$1`) is `param`, and
+    /// decodes the row with `decode` (by column index). One round trip on a connection kept
+    /// from the last such read (see [`crate::kept`]); behind a transaction-mode pooler, the
+    /// way every statement goes there. Errors are sea-orm's for the same failures.
+    pub async fn fetch_optional<T>(
+        &self,
+        sql: &'static str,
+        param: &str,
+        decode: fn(&PgRow) -> Result<T, sea_orm::sqlx::Error>,
+    ) -> Result<Option<T>, DbErr> {
+        let Some(kept) = &self.kept else {
+            let stmt = Statement::from_sql_and_values(DbBackend::Postgres, sql, [param.into()]);
+            let Some(row) = self.query_one_raw(stmt).await? else {
+                return Ok(None);
+            };
+            let row = row
+                .try_as_pg_row()
+                .ok_or_else(|| DbErr::Type("the row is not a Postgres row".into()))?;
+            return decode(row).map(Some).map_err(query_error);
+        };
+        let mut lent = kept.lend().await?;
+        let row = sea_orm::sqlx::query(sql)
+            .bind(param)
+            .fetch_optional(&mut **lent.conn())
+            .await
+            .map_err(query_error)?;
+        let value = row.as_ref().map(decode).transpose().map_err(query_error)?;
+        lent.give_back();
+        Ok(value)
     }
 
     /// What sits in front of Postgres.
@@ -85,8 +130,12 @@ impl Pool {
         self.pooler
     }
 
-    /// Closes every connection.
+    /// Closes every connection (the kept ones first: sqlx waits for every connection taken
+    /// out of its pool).
     pub async fn close(self) -> Result<(), DbErr> {
+        if let Some(kept) = &self.kept {
+            kept.close();
+        }
         self.conn.close().await
     }
 

@@ -4,3 +4,4 @@
 
 mod lease;
 mod pool;
+mod users;

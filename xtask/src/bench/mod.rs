@@ -25,6 +25,8 @@
 //!    the accept-to-commit lag (bucket upper bounds); the state is checked again.
 //! 7. Report: a markdown table on stdout, JSON (`--json`) and optionally markdown (`--markdown`).
 //!
+//! `--reads-only` runs the read path alone instead (see [`read_phase`]).
+//!
 //! A guard stops the processes, drops the database and deletes every queue and exchange the run
 //! declared, on success, error, panic and Ctrl-C. The exit status is non-zero when the run could
 //! not complete or a correctness check failed (a request not answered 200, an event not applied,
@@ -35,7 +37,9 @@ mod ceilings;
 pub(crate) mod events;
 pub(crate) mod load;
 pub mod paced;
+mod pgbench;
 pub(crate) mod pipeline;
+mod read_phase;
 pub(crate) mod reads;
 pub(crate) mod report;
 mod scale;
@@ -119,6 +123,11 @@ pub struct BenchArgs {
     /// 2 with --smoke].
     #[arg(long)]
     read_seconds: Option<u64>,
+    /// Only the read path, on its own: seeds --scale-users users [default: 200000] and measures
+    /// Postgres's ceiling (pgbench), the sqlx ceiling and both routes of the api, with no worker
+    /// and no webhooks meanwhile. Builds in release unless --profile says otherwise.
+    #[arg(long, conflicts_with_all = ["smoke", "no_scale", "events", "users", "connections"])]
+    reads_only: bool,
 }
 
 /// The options with the defaults applied.
@@ -131,6 +140,7 @@ struct Options {
     smoke: bool,
     traces: bool,
     scale: Option<scale::ScaleOptions>,
+    reads_only: bool,
 }
 
 impl Options {
@@ -151,7 +161,12 @@ impl Options {
         }
         let scale = (!args.no_scale).then(|| {
             let mut so = scale::ScaleOptions::defaults(smoke);
-            so.users = args.scale_users.unwrap_or(so.users);
+            let default_users = if args.reads_only {
+                read_phase::DEFAULT_USERS
+            } else {
+                so.users
+            };
+            so.users = args.scale_users.unwrap_or(default_users);
             so.processed = args.scale_svix_ids.unwrap_or(so.processed);
             if let Some(s) = args.read_seconds {
                 so.read_duration = Duration::from_secs(s);
@@ -181,6 +196,7 @@ impl Options {
             outputs: Outputs::resolve(workspace, args.json, args.markdown),
             smoke,
             traces: !args.no_traces,
+            reads_only: args.reads_only,
         })
     }
 }
@@ -189,6 +205,13 @@ impl Options {
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let workspace = harness::workspace_root()?;
     let options = Options::resolve(args, &workspace)?;
+    if options.reads_only {
+        let so = options
+            .scale
+            .as_ref()
+            .context("--reads-only needs the scale phases")?;
+        return read_phase::run(&workspace, options.profile, so, &options.outputs).await;
+    }
     // Checked before building: a bad combination should not cost a build.
     events::validate(options.events, options.users)?;
     let task = ("bench", "[0/7]");
@@ -901,5 +924,18 @@ mod tests {
         assert!(resolve(&["--read-seconds", "0"]).is_err());
         // Without the scale phases the bound does not apply.
         assert!(resolve(&["--no-scale", "--read-seconds", "51"]).is_ok());
+    }
+
+    #[test]
+    fn reads_only_seeds_two_hundred_thousand_users_unless_told_and_is_no_smoke_run() {
+        let options = resolve(&["--reads-only"]).expect("a read-phase run");
+        assert!(options.reads_only);
+        let scale = options.scale.expect("the read path's sizes");
+        assert_eq!(scale.users, 200_000);
+        assert_eq!(scale.read_connections, 64);
+        let options = resolve(&["--reads-only", "--scale-users", "5000"]).expect("sized");
+        assert_eq!(options.scale.map(|s| s.users), Some(5000));
+        assert!(resolve(&["--reads-only", "--smoke"]).is_err());
+        assert!(resolve(&["--reads-only", "--no-scale"]).is_err());
     }
 }

@@ -33,13 +33,9 @@ use crate::harness::host;
 /// The service key the bench's api accepts.
 pub const SERVICE_KEY: &str = "svc-bench-read-key-0123456789abcdef0123";
 
-/// The select the api runs for `GET /users/by-clerk-id/{id}` (every column of the user, by the
-/// unique index), as the ceiling client sends it.
-const SELECT_USER: &str = "SELECT id, clerk_user_id, email, first_name, last_name, \
-    microsoft_calendar_connected, google_calendar_connected, clerk_updated_at, \
-    clerk_version_tiebreak, clerk_created_at, username, image_url, external_id, \
-    primary_phone_number, public_metadata, private_metadata, unsafe_metadata, banned, locked, \
-    last_sign_in_at, created_at, updated_at FROM users WHERE clerk_user_id = $1 LIMIT 1";
+/// The select the api runs for `GET /users/by-clerk-id/{id}` and `/me` (what it returns of the
+/// user, by the unique index), as the ceiling clients send it.
+pub const SELECT_USER: &str = store::users::SELECT_BY_CLERK_ID;
 
 /// The instance key pair the bench signs session tokens with (the api gets the public half).
 pub struct SessionKeys {
@@ -106,6 +102,8 @@ pub struct ReadRun {
     pub postgres_cpu_us_per_request: Option<f64>,
     /// Blocks Postgres read from outside its shared buffers, per request (the ingest's too).
     pub blocks_read_per_request: Option<f64>,
+    /// The 1-minute load average of the box right after the run.
+    pub load_average_1m: Option<f64>,
 }
 
 impl ReadRun {
@@ -134,6 +132,7 @@ impl ReadRun {
             max_behind_ms: None,
             postgres_cpu_us_per_request: None,
             blocks_read_per_request: None,
+            load_average_1m: None,
         }
     }
 

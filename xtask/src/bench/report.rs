@@ -494,7 +494,7 @@ fn bound(le: Option<f64>) -> String {
     }
 }
 
-fn pass(p: Option<bool>) -> &'static str {
+pub(super) fn pass(p: Option<bool>) -> &'static str {
     match p {
         Some(true) => "PASS",
         Some(false) => "FAIL",
@@ -859,7 +859,7 @@ impl Report {
 }
 
 /// The bench's checks table.
-const CHECK_WORDS: CheckWords = CheckWords {
+pub(super) const CHECK_WORDS: CheckWords = CheckWords {
     columns: ["check", "result", "detail"],
     pass: "ok",
     fail: "FAILED",

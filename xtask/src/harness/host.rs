@@ -39,6 +39,17 @@ pub fn status_bytes(pid: u32, field: &str) -> anyhow::Result<u64> {
     Ok(kib * 1024)
 }
 
+/// The box's 1-minute load average (`/proc/loadavg`): how busy the box was around a run (other
+/// builds or tests beside it).
+pub fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// CPU time (user + system) `pid` has used so far, from `/proc/<pid>/stat` (`self` for this
 /// process).
 pub fn cpu_time(pid: &str) -> anyhow::Result<Duration> {
