@@ -105,7 +105,11 @@ pub fn init_subscriber_with_traces<W>(
         .with_filter(traces::Exported);
     let installed = tracing_subscriber::registry()
         .with(spans)
-        .with(traces::TraceIdsLayer::default().with_filter(traces::Exported))
+        // The ids are for JSON lines only: plain lines do not pay for them.
+        .with(
+            (format == LogFormat::Json)
+                .then(|| traces::TraceIdsLayer::default().with_filter(traces::Exported)),
+        )
         .with(lines)
         .try_init();
     if installed.is_ok() {
