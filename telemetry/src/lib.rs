@@ -103,16 +103,18 @@ pub fn init_subscriber_with_traces<W>(
         .with_tracked_inactivity(false)
         .with_context_activation(false)
         .with_filter(traces::Exported);
+    // The ids are for JSON lines only: plain lines do not pay for them.
+    let ids = (format == LogFormat::Json).then(traces::TraceIdsLayer::default);
+    let slot = ids.as_ref().map(traces::TraceIdsLayer::dispatch_slot);
     let installed = tracing_subscriber::registry()
         .with(spans)
-        // The ids are for JSON lines only: plain lines do not pay for them.
-        .with(
-            (format == LogFormat::Json)
-                .then(|| traces::TraceIdsLayer::default().with_filter(traces::Exported)),
-        )
+        .with(ids.map(|ids| ids.with_filter(traces::Exported)))
         .with(lines)
         .try_init();
     if installed.is_ok() {
+        if let Some(slot) = slot {
+            traces::set_dispatch(&slot);
+        }
         traces::mark_enabled();
     }
 }

@@ -593,7 +593,23 @@ struct Known(Option<TraceIds>);
 /// is inside, for the JSON log lines.
 #[derive(Default)]
 pub(crate) struct TraceIdsLayer {
-    dispatch: OnceLock<WeakDispatch>,
+    /// The subscriber this layer is part of: set by [`Self::set_dispatch`] once it is installed
+    /// (a layer behind a per-layer filter is not told it).
+    dispatch: std::sync::Arc<OnceLock<WeakDispatch>>,
+}
+
+impl TraceIdsLayer {
+    /// A handle that [`Self::set_dispatch`] fills once the subscriber is installed.
+    pub(crate) fn dispatch_slot(&self) -> std::sync::Arc<OnceLock<WeakDispatch>> {
+        self.dispatch.clone()
+    }
+}
+
+/// Fills a layer's dispatch slot with the global default subscriber.
+pub(crate) fn set_dispatch(slot: &OnceLock<WeakDispatch>) {
+    tracing::dispatcher::get_default(|dispatch| {
+        let _ = slot.set(dispatch.downgrade());
+    });
 }
 
 impl<S> Layer<S> for TraceIdsLayer
@@ -666,9 +682,19 @@ where
         mut writer: Writer<'_>,
         event: &tracing::Event<'_>,
     ) -> fmt::Result {
+        // The innermost exported span entered on this thread; else (a line written in a span
+        // entered without its exported parent, e.g. the api's line after the request) the
+        // nearest exported span above the line's own.
         let ids = ENTERED
             .with(|entered| entered.borrow().last().copied())
-            .filter(|ids| *ids != TraceIds::NONE);
+            .filter(|ids| *ids != TraceIds::NONE)
+            .or_else(|| {
+                ctx.event_scope().and_then(|scope| {
+                    scope
+                        .into_iter()
+                        .find_map(|span| span.extensions().get::<Known>().and_then(|known| known.0))
+                })
+            });
         let Some(ids) = ids else {
             return self.inner.format_event(ctx, writer, event);
         };
