@@ -21,9 +21,8 @@ use serde_json::json;
 use telemetry::{
     SharedRegistry,
     ops::{FullResponse, Readiness},
-    traces,
+    traces::{self, DirectSpan, KeyValue},
 };
-use tracing::{Instrument as _, field::Empty};
 
 use crate::{
     error::IngressError,
@@ -79,29 +78,30 @@ pub(crate) async fn handle(
     }
     let result = match path.as_str() {
         "/webhooks/clerk" | "/api/webhooks/clerk" if request.method() == Method::POST => {
-            // A span per request only when traces are exported: creating, entering and closing
-            // one costs measurable CPU at this rate (BENCHMARKS.md). The lines below carry the
-            // ids themselves.
+            // A span per request only when traces are exported, made through OpenTelemetry's
+            // API rather than a `tracing` span: at this rate the latter's machinery costs a
+            // good part of a request (BENCHMARKS.md, *Tracing cost*). The log lines below carry
+            // the ids themselves.
             let svix_id = verify::message_id(request.headers())
                 .unwrap_or_default()
                 .to_owned();
-            let span = server_span(&path, &request, &svix_id);
-            let result = accept(&state, request, &svix_id, &span)
-                .instrument(span.clone())
-                .await;
+            let mut span = server_span(&path, &request, &svix_id);
+            let result = accept(&state, request, &svix_id, &mut span).await;
             let outcome = match &result {
                 Ok(_) => "accepted",
                 Err(error) => error.code(),
             };
-            if !span.is_disabled() {
-                let status = result
-                    .as_ref()
-                    .map_or_else(|e| e.status(), |()| StatusCode::OK);
-                span.record("http.response.status_code", status.as_u16());
-                span.record("clerk_sync.outcome", outcome);
-                if status.is_server_error() {
-                    span.record("otel.status_code", "ERROR");
-                }
+            let status = result
+                .as_ref()
+                .map_or_else(|e| e.status(), |()| StatusCode::OK);
+            span.set_attributes(|| {
+                [
+                    KeyValue::new("http.response.status_code", i64::from(status.as_u16())),
+                    KeyValue::new("clerk_sync.outcome", outcome),
+                ]
+            });
+            if status.is_server_error() {
+                span.set_error();
             }
             state
                 .metrics
@@ -109,8 +109,7 @@ pub(crate) async fn handle(
                 .get_or_create(&Outcome { outcome })
                 .inc();
             let request_id = request_id.to_str().unwrap_or_default();
-            let _inside = span.enter();
-            match &result {
+            span.in_scope(|| match &result {
                 // Debug: one line per accepted webhook costs a write per request at thousands
                 // a second; the count is in the metrics, failures are logged at warn or error.
                 Ok(()) => tracing::debug!(request_id, svix_id, "webhook accepted"),
@@ -127,7 +126,7 @@ pub(crate) async fn handle(
                     error.message = %error,
                     "webhook rejected"
                 ),
-            }
+            });
             result.map(|()| svix_id)
         }
         "/webhooks/clerk" | "/api/webhooks/clerk" => Err(IngressError::MethodNotAllowed),
@@ -159,7 +158,7 @@ async fn accept(
     state: &State,
     request: Request<Incoming>,
     svix_id: &str,
-    span: &tracing::Span,
+    span: &mut DirectSpan,
 ) -> Result<(), IngressError> {
     let (parts, body) = request.into_parts();
     // Cheap checks first: nothing is read from a request that is refused anyway.
@@ -170,18 +169,12 @@ async fn accept(
     let body = read_body(body, state.body_limit, state.body_timeout).await?;
     state.secrets.verify(&body, &parts.headers)?;
 
-    if !span.is_disabled()
+    if span.is_recording()
         && let Some(event_type) = event_type(&body)
     {
-        span.record("clerk_sync.event_type", event_type);
+        span.set_attributes(|| [KeyValue::new("clerk_sync.event_type", event_type)]);
     }
-    let mut properties = properties(&parts.headers, svix_id);
-    if !span.is_disabled() {
-        // The message carries the server span's context: the worker's span continues it.
-        let mut table = properties.headers().clone().unwrap_or_default();
-        broker::trace_context::inject(span, &mut table);
-        properties = properties.with_headers(table);
-    }
+    let properties = properties(&parts.headers, svix_id, span);
     let started = Instant::now();
     let published = state
         .publisher
@@ -196,29 +189,35 @@ async fn accept(
 }
 
 /// The server span of one delivery (OpenTelemetry HTTP server conventions), continuing the
-/// caller's `traceparent` if it sent one; a disabled span when traces are off.
-fn server_span(route: &str, request: &Request<Incoming>, svix_id: &str) -> tracing::Span {
+/// caller's `traceparent` if it sent one; no span when traces are off.
+fn server_span(route: &str, request: &Request<Incoming>, svix_id: &str) -> DirectSpan {
     if !traces::enabled() {
-        return tracing::Span::none();
+        return DirectSpan::NONE;
     }
-    let span = tracing::info_span!(
-        "webhook",
-        otel.name = if route == "/api/webhooks/clerk" {
+    let api = route == "/api/webhooks/clerk";
+    let mut span = DirectSpan::server(
+        if api {
             "POST /api/webhooks/clerk"
         } else {
             "POST /webhooks/clerk"
         },
-        otel.kind = "server",
-        otel.status_code = Empty,
-        http.request.method = "POST",
-        http.route = route,
-        url.scheme = "http",
-        http.response.status_code = Empty,
-        clerk_sync.svix_id = svix_id,
-        clerk_sync.event_type = Empty,
-        clerk_sync.outcome = Empty,
+        &traces::extract_http(request.headers()),
     );
-    traces::continue_from(&span, &traces::extract_http(request.headers()), false);
+    span.set_attributes(|| {
+        [
+            KeyValue::new("http.request.method", "POST"),
+            KeyValue::new(
+                "http.route",
+                if api {
+                    "/api/webhooks/clerk"
+                } else {
+                    "/webhooks/clerk"
+                },
+            ),
+            KeyValue::new("url.scheme", "http"),
+            KeyValue::new("clerk_sync.svix_id", svix_id.to_owned()),
+        ]
+    });
     span
 }
 
@@ -261,8 +260,10 @@ async fn read_body(body: Incoming, limit: usize, timeout: Duration) -> Result<By
     }
 }
 
-/// AMQP properties: the Svix id as message id, the Svix headers kept as AMQP headers.
-fn properties(request_headers: &HeaderMap, svix_id: &str) -> BasicProperties {
+/// AMQP properties: the Svix id as message id, the Svix headers kept as AMQP headers, and the
+/// server span's context (`traceparent`, `tracestate`) when traces are on: the worker's span
+/// continues it.
+fn properties(request_headers: &HeaderMap, svix_id: &str, span: &DirectSpan) -> BasicProperties {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
@@ -279,6 +280,12 @@ fn properties(request_headers: &HeaderMap, svix_id: &str) -> BasicProperties {
         ShortString::from(headers::RECEIVED_AT),
         AMQPValue::LongLongInt(i64::try_from(now.as_millis()).unwrap_or(i64::MAX)),
     );
+    span.inject(|name, value| {
+        table.insert(
+            ShortString::from(name),
+            AMQPValue::LongString(LongString::from(value)),
+        );
+    });
     BasicProperties::default()
         .with_message_id(ShortString::from(svix_id))
         .with_content_type(ShortString::from("application/json"))

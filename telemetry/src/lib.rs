@@ -115,7 +115,7 @@ pub fn init_subscriber_with_traces<W>(
         if let Some(slot) = slot {
             traces::set_dispatch(&slot);
         }
-        traces::mark_enabled();
+        traces::mark_enabled(traces.tracer());
     }
 }
 

@@ -46,7 +46,7 @@ use tracing_subscriber::{
     registry::LookupSpan,
 };
 
-pub use opentelemetry::Context;
+pub use opentelemetry::{Context, KeyValue};
 pub use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// Whether traces are exported by this process. Code on hot paths creates its spans only then:
@@ -362,8 +362,112 @@ impl Drop for Traces {
     }
 }
 
-pub(crate) fn mark_enabled() {
+/// Turns traces on for this process, with `tracer` for the spans made without `tracing`
+/// ([`DirectSpan`]).
+pub(crate) fn mark_enabled(tracer: opentelemetry_sdk::trace::Tracer) {
+    let _ = DIRECT_TRACER.set(tracer);
     ENABLED.store(true, Ordering::Relaxed);
+}
+
+/// The tracer of [`DirectSpan`]s: the one the `tracing` layer uses.
+static DIRECT_TRACER: OnceLock<opentelemetry_sdk::trace::Tracer> = OnceLock::new();
+
+/// A server span made straight through OpenTelemetry's API, with no `tracing` span behind it:
+/// for the ingress, where one request is a few tens of microseconds and a `tracing` span (the
+/// registry, every layer at every poll of the request's future, the log layer formatting its
+/// fields) costs a good part of that. Nothing is made when traces are off. Attributes are set
+/// only on a sampled span; the context is propagated either way, so that the next service
+/// follows the sampling decision. The span ends when dropped.
+pub struct DirectSpan(Option<opentelemetry_sdk::trace::Span>);
+
+impl DirectSpan {
+    /// A span that records nothing.
+    pub const NONE: Self = Self(None);
+
+    /// Starts a server span named `name`, continuing `parent` when it holds a valid remote span
+    /// (a root span otherwise).
+    pub fn server(name: &'static str, parent: &Context) -> Self {
+        use opentelemetry::trace::Tracer as _;
+        if !enabled() {
+            return Self::NONE;
+        }
+        let Some(tracer) = DIRECT_TRACER.get() else {
+            return Self::NONE;
+        };
+        let span = tracer
+            .span_builder(name)
+            .with_kind(opentelemetry::trace::SpanKind::Server)
+            .start_with_context(tracer, parent);
+        Self(Some(span))
+    }
+
+    /// Whether the span is kept (sampled): attributes are worth computing only then.
+    pub fn is_recording(&self) -> bool {
+        use opentelemetry::trace::Span as _;
+        self.0.as_ref().is_some_and(|span| span.is_recording())
+    }
+
+    /// Sets the attributes `attributes` gives, when the span is recording.
+    pub fn set_attributes<I>(&mut self, attributes: impl FnOnce() -> I)
+    where
+        I: IntoIterator<Item = opentelemetry::KeyValue>,
+    {
+        use opentelemetry::trace::Span as _;
+        if let Some(span) = self.0.as_mut().filter(|span| span.is_recording()) {
+            span.set_attributes(attributes());
+        }
+    }
+
+    /// Marks the span as failed.
+    pub fn set_error(&mut self) {
+        use opentelemetry::trace::Span as _;
+        if let Some(span) = self.0.as_mut() {
+            span.set_status(opentelemetry::trace::Status::error(""));
+        }
+    }
+
+    /// Writes the span's context (`traceparent`, and `tracestate` when there is one) through
+    /// `set`; nothing when no span was made.
+    pub fn inject(&self, set: impl FnMut(&'static str, String)) {
+        use opentelemetry::trace::Span as _;
+        let Some(span) = &self.0 else {
+            return;
+        };
+        inject_span_context(span.span_context().clone(), set);
+    }
+
+    /// Runs `f` with the span's ids on the log lines it writes (JSON lines carry `trace_id` and
+    /// `span_id`).
+    pub fn in_scope<R>(&self, f: impl FnOnce() -> R) -> R {
+        use opentelemetry::trace::Span as _;
+        let Some(span) = &self.0 else {
+            return f();
+        };
+        let context = span.span_context();
+        let ids = TraceIds {
+            trace_id: context.trace_id(),
+            span_id: context.span_id(),
+        };
+        ENTERED.with(|entered| entered.borrow_mut().push(ids));
+        struct Pop;
+        impl Drop for Pop {
+            fn drop(&mut self) {
+                ENTERED.with(|entered| entered.borrow_mut().pop());
+            }
+        }
+        let _pop = Pop;
+        f()
+    }
+}
+
+impl fmt::Debug for DirectSpan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use opentelemetry::trace::Span as _;
+        match &self.0 {
+            Some(span) => write!(f, "DirectSpan({})", span.span_context().span_id()),
+            None => f.write_str("DirectSpan(none)"),
+        }
+    }
 }
 
 enum Message {
@@ -749,14 +853,22 @@ pub fn extract_http(headers: &http::HeaderMap) -> Context {
 
 /// Writes the context of `span` (`traceparent`, and `tracestate` when there is one) through
 /// `set`. Nothing is written for a span that is not exported or when tracing is off.
-pub fn inject(span: &tracing::Span, mut set: impl FnMut(&'static str, String)) {
+pub fn inject(span: &tracing::Span, set: impl FnMut(&'static str, String)) {
     if !enabled() || span.is_disabled() {
         return;
     }
-    let cx = span.context();
-    if !cx.span().span_context().is_valid() {
+    inject_span_context(span.context().span().span_context().clone(), set);
+}
+
+/// Writes `span_context` through `set` (nothing when it is not valid).
+fn inject_span_context(
+    span_context: opentelemetry::trace::SpanContext,
+    mut set: impl FnMut(&'static str, String),
+) {
+    if !span_context.is_valid() {
         return;
     }
+    let cx = Context::new().with_remote_span_context(span_context);
     struct Sink<'a, F>(&'a mut F);
     impl<F: FnMut(&'static str, String)> Injector for Sink<'_, F> {
         fn set(&mut self, key: &str, value: String) {
