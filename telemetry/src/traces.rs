@@ -14,7 +14,7 @@
 use std::{
     fmt,
     sync::{
-        LazyLock, Mutex, OnceLock,
+        Arc, Condvar, LazyLock, Mutex, MutexGuard, OnceLock, PoisonError,
         atomic::{AtomicBool, Ordering},
         mpsc,
     },
@@ -470,17 +470,39 @@ impl fmt::Debug for DirectSpan {
     }
 }
 
-enum Message {
-    Span(Box<SpanData>),
-    Flush(mpsc::SyncSender<()>),
-    Shutdown(mpsc::SyncSender<()>),
+/// A batch span processor that counts what it drops: a bounded queue filled by `on_end` without
+/// ever waiting, drained in batches by a thread of its own that exports through a small runtime.
+/// The thread is woken only when a batch is full, a flush or the shutdown is asked for, or the
+/// schedule delay has passed: never once per span (a wake-up per span is a system call and a
+/// context switch per request, a good part of the ingress's cost).
+struct QueueProcessor {
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
 }
 
-/// A batch span processor that counts what it drops: a bounded queue filled by `on_end` without
-/// ever waiting, drained by a thread of its own that exports through a small runtime.
-struct QueueProcessor {
-    sender: mpsc::SyncSender<Message>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+/// What `on_end` and the export thread share.
+struct Shared {
+    state: Mutex<QueueState>,
+    wake: Condvar,
+    max_queue: usize,
+    max_batch: usize,
+}
+
+#[derive(Default)]
+struct QueueState {
+    spans: Vec<SpanData>,
+    /// Flushes waiting to be told that everything queued before them was exported.
+    flushes: Vec<mpsc::SyncSender<()>>,
+    /// Set by the shutdown: the thread exports what is queued, then stops and says so here.
+    shutdown: Option<mpsc::SyncSender<()>>,
+    /// The thread stopped: spans are dropped.
+    stopped: bool,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 impl fmt::Debug for QueueProcessor {
@@ -495,27 +517,41 @@ impl QueueProcessor {
             .enable_all()
             .build()
             .map_err(|error| TraceConfigError::Exporter(error.to_string()))?;
-        let (sender, receiver) = mpsc::sync_channel(config.max_queue);
-        let (max_batch, delay) = (config.max_batch, config.schedule_delay);
+        let shared = Arc::new(Shared {
+            state: Mutex::new(QueueState::default()),
+            wake: Condvar::new(),
+            max_queue: config.max_queue,
+            max_batch: config.max_batch.max(1),
+        });
+        let delay = config.schedule_delay;
         let thread = std::thread::Builder::new()
             .name("otlp-export".into())
-            .spawn(move || export_loop(&runtime, &exporter, &receiver, max_batch, delay))
+            .spawn({
+                let shared = shared.clone();
+                move || export_loop(&runtime, &exporter, &shared, delay)
+            })
             .map_err(|error| TraceConfigError::Exporter(error.to_string()))?;
         Ok(Self {
-            sender,
+            shared,
             thread: Mutex::new(Some(thread)),
         })
     }
 
+    /// Hands the thread a request (a flush or the shutdown) and waits for its answer.
     fn ask(
         &self,
-        message: impl FnOnce(mpsc::SyncSender<()>) -> Message,
+        put: impl FnOnce(&mut QueueState, mpsc::SyncSender<()>),
         timeout: Duration,
     ) -> OTelSdkResult {
         let (done, wait) = mpsc::sync_channel(1);
-        self.sender
-            .send(message(done))
-            .map_err(|_| OTelSdkError::AlreadyShutdown)?;
+        {
+            let mut state = self.shared.lock();
+            if state.stopped {
+                return Err(OTelSdkError::AlreadyShutdown);
+            }
+            put(&mut state, done);
+        }
+        self.shared.wake.notify_one();
         wait.recv_timeout(timeout)
             .map_err(|_| OTelSdkError::Timeout(timeout))
     }
@@ -528,19 +564,35 @@ impl SpanProcessor for QueueProcessor {
         if !span.span_context.is_sampled() {
             return;
         }
-        match self.sender.try_send(Message::Span(Box::new(span))) {
-            Ok(()) => {}
-            Err(mpsc::TrySendError::Full(_)) => count_dropped("queue_full", 1),
-            Err(mpsc::TrySendError::Disconnected(_)) => count_dropped("export_failed", 1),
+        let full_batch = {
+            let mut state = self.shared.lock();
+            if state.stopped || state.shutdown.is_some() {
+                drop(state);
+                count_dropped("export_failed", 1);
+                return;
+            }
+            if state.spans.len() >= self.shared.max_queue {
+                drop(state);
+                count_dropped("queue_full", 1);
+                return;
+            }
+            state.spans.push(span);
+            state.spans.len() == self.shared.max_batch
+        };
+        if full_batch {
+            self.shared.wake.notify_one();
         }
     }
 
     fn force_flush(&self) -> OTelSdkResult {
-        self.ask(Message::Flush, Duration::from_secs(15))
+        self.ask(
+            |state, done| state.flushes.push(done),
+            Duration::from_secs(15),
+        )
     }
 
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        let result = self.ask(Message::Shutdown, timeout);
+        let result = self.ask(|state, done| state.shutdown = Some(done), timeout);
         if result.is_ok()
             && let Ok(mut thread) = self.thread.lock()
             && let Some(thread) = thread.take()
@@ -551,51 +603,70 @@ impl SpanProcessor for QueueProcessor {
     }
 }
 
+impl Drop for QueueProcessor {
+    /// A processor dropped without a shutdown still stops its thread (after one last export).
+    fn drop(&mut self) {
+        let mut state = self.shared.lock();
+        if !state.stopped && state.shutdown.is_none() {
+            let (done, _) = mpsc::sync_channel(1);
+            state.shutdown = Some(done);
+            drop(state);
+            self.shared.wake.notify_one();
+        }
+    }
+}
+
+/// The export thread: waits for a full batch, a request or the schedule delay, takes what is
+/// queued and exports it in batches.
 fn export_loop(
     runtime: &tokio::runtime::Runtime,
     exporter: &SpanExporter,
-    receiver: &mpsc::Receiver<Message>,
-    max_batch: usize,
+    shared: &Shared,
     delay: Duration,
 ) {
-    let mut batch: Vec<SpanData> = Vec::with_capacity(max_batch);
     let mut failures = FailureLog::default();
-    let mut deadline = Instant::now() + delay;
     loop {
-        let wait = deadline.saturating_duration_since(Instant::now());
-        match receiver.recv_timeout(wait) {
-            Ok(Message::Span(span)) => {
-                batch.push(*span);
-                if batch.len() >= max_batch {
-                    export(runtime, exporter, &mut batch, &mut failures);
-                    deadline = Instant::now() + delay;
+        let (mut spans, flushes, shutdown) = {
+            let deadline = Instant::now() + delay;
+            let mut state = shared.lock();
+            while state.spans.len() < shared.max_batch
+                && state.flushes.is_empty()
+                && state.shutdown.is_none()
+            {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
                 }
+                state = shared
+                    .wake
+                    .wait_timeout(state, left)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
             }
-            Ok(Message::Flush(done)) => {
-                export(runtime, exporter, &mut batch, &mut failures);
-                let _ = done.send(());
-            }
-            Ok(Message::Shutdown(done)) => {
-                // What is still queued goes out too.
-                while let Ok(Message::Span(span)) = receiver.try_recv() {
-                    batch.push(*span);
-                    if batch.len() >= max_batch {
-                        export(runtime, exporter, &mut batch, &mut failures);
-                    }
-                }
-                export(runtime, exporter, &mut batch, &mut failures);
-                let _ = exporter.shutdown();
-                let _ = done.send(());
-                return;
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                export(runtime, exporter, &mut batch, &mut failures);
-                deadline = Instant::now() + delay;
-            }
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                export(runtime, exporter, &mut batch, &mut failures);
-                return;
-            }
+            let spans = std::mem::replace(&mut state.spans, Vec::with_capacity(shared.max_batch));
+            (
+                spans,
+                std::mem::take(&mut state.flushes),
+                state.shutdown.take(),
+            )
+        };
+        while !spans.is_empty() {
+            let rest = spans.split_off(spans.len().min(shared.max_batch));
+            export(
+                runtime,
+                exporter,
+                std::mem::replace(&mut spans, rest),
+                &mut failures,
+            );
+        }
+        for done in flushes {
+            let _ = done.send(());
+        }
+        if let Some(done) = shutdown {
+            let _ = exporter.shutdown();
+            shared.lock().stopped = true;
+            let _ = done.send(());
+            return;
         }
     }
 }
@@ -610,15 +681,14 @@ struct FailureLog {
 fn export(
     runtime: &tokio::runtime::Runtime,
     exporter: &SpanExporter,
-    batch: &mut Vec<SpanData>,
+    batch: Vec<SpanData>,
     failures: &mut FailureLog,
 ) {
     if batch.is_empty() {
         return;
     }
     let spans = batch.len();
-    let spans_out = std::mem::take(batch);
-    match runtime.block_on(exporter.export(spans_out)) {
+    match runtime.block_on(exporter.export(batch)) {
         Ok(()) => {
             EXPORTED.inc_by(spans as u64);
             if failures.last.take().is_some() {
