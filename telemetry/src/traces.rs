@@ -1,8 +1,9 @@
 //! OpenTelemetry traces, configured the standard way (`OTEL_*` variables) and off unless an OTLP
 //! endpoint is set.
 //!
-//! Spans are the `tracing` spans the services create with an `otel.kind` field; the
-//! `tracing-opentelemetry` layer turns them into OpenTelemetry spans. Log events never become
+//! Spans are the `tracing` spans the services create with an `otel.kind` field, which the
+//! `tracing-opentelemetry` layer turns into OpenTelemetry spans, and the ingress's one span per
+//! webhook, made through OpenTelemetry's API ([`DirectSpan`]) because it is on the hottest path. Log events never become
 //! span events (they may name things a trace must not carry). Finished spans go into a bounded
 //! queue that a thread of its own drains in batches to the collector over OTLP/HTTP (protobuf):
 //! recording a span never waits on the network, and a full queue or a failed export drops spans
@@ -1119,5 +1120,138 @@ mod tests {
         let shown = format!("{c:?}");
         assert!(!shown.contains("s3cret"), "{shown}");
         assert!(shown.contains("collector.example"), "{shown}");
+    }
+
+    /// A collector that answers every export with 200 and counts the exports and their bytes.
+    fn counting_collector() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let exports = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = exports.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                let counted = counted.clone();
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    let mut stream = stream;
+                    loop {
+                        let mut length = 0usize;
+                        let mut line = String::new();
+                        loop {
+                            line.clear();
+                            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                                length = value.trim().parse().unwrap();
+                            }
+                            if line == "\r\n" {
+                                break;
+                            }
+                        }
+                        let mut body = vec![0; length];
+                        reader.read_exact(&mut body).unwrap();
+                        counted.fetch_add(1, Ordering::SeqCst);
+                        let _ = stream.write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n",
+                        );
+                    }
+                });
+            }
+        });
+        (format!("http://127.0.0.1:{port}"), exports)
+    }
+
+    /// A provider exporting through a [`QueueProcessor`] with these limits, and the processor's
+    /// queue.
+    fn provider(endpoint: &str, max_queue: &str, max_batch: &str) -> (SdkTracerProvider, Arc<Shared>) {
+        let config = config(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
+            ("OTEL_BSP_MAX_QUEUE_SIZE", max_queue),
+            ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", max_batch),
+            ("OTEL_BSP_SCHEDULE_DELAY", "3600000"),
+        ])
+        .unwrap()
+        .unwrap();
+        let exporter = SpanExporter::builder()
+            .with_http()
+            .with_endpoint(config.endpoint.clone())
+            .build()
+            .unwrap();
+        let processor = QueueProcessor::start(exporter, &config).unwrap();
+        let shared = processor.shared.clone();
+        let provider = SdkTracerProvider::builder()
+            .with_sampler(Sampler::AlwaysOn)
+            .with_span_processor(processor)
+            .build();
+        (provider, shared)
+    }
+
+    fn end_spans(provider: &SdkTracerProvider, spans: usize) {
+        use opentelemetry::trace::{Span as _, Tracer as _};
+        let tracer = provider.tracer("test");
+        for _ in 0..spans {
+            tracer.start("unit").end();
+        }
+    }
+
+    fn dropped(reason: &'static str) -> u64 {
+        DROPPED.get_or_create(&DropReason { reason }).get()
+    }
+
+    #[test]
+    fn a_full_batch_is_exported_at_once_without_waiting_for_the_schedule_delay() {
+        let (endpoint, exports) = counting_collector();
+        let (provider, shared) = provider(&endpoint, "100", "4");
+        end_spans(&provider, 3);
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(exports.load(Ordering::SeqCst), 0, "a part batch waits for the delay");
+        assert_eq!(shared.lock().spans.len(), 3);
+        end_spans(&provider, 1);
+        let started = Instant::now();
+        while exports.load(Ordering::SeqCst) == 0 {
+            assert!(started.elapsed() < Duration::from_secs(10), "the full batch was not exported");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(shared.lock().spans.is_empty());
+        // A flush sends what is queued, and the shutdown the rest.
+        end_spans(&provider, 2);
+        provider.force_flush().unwrap();
+        assert_eq!(exports.load(Ordering::SeqCst), 2);
+        end_spans(&provider, 1);
+        provider.shutdown().unwrap();
+        assert_eq!(exports.load(Ordering::SeqCst), 3);
+        assert!(shared.lock().stopped);
+    }
+
+    #[test]
+    fn spans_beyond_the_queue_are_dropped_and_counted_and_never_waited_for() {
+        // A collector that takes the connection and answers nothing for 3 s: the export thread
+        // is busy with its first batch meanwhile.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_secs(3));
+                    drop(stream);
+                });
+            }
+        });
+        let (provider, shared) = provider(&endpoint, "2", "2");
+        end_spans(&provider, 2);
+        let started = Instant::now();
+        while !shared.lock().spans.is_empty() {
+            assert!(started.elapsed() < Duration::from_secs(5), "the full batch was not taken");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let before = dropped("queue_full");
+        let ending = Instant::now();
+        end_spans(&provider, 3);
+        assert!(ending.elapsed() < Duration::from_secs(1), "ending spans waited for the export");
+        assert_eq!(shared.lock().spans.len(), 2);
+        assert_eq!(dropped("queue_full") - before, 1);
     }
 }

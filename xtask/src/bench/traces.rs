@@ -121,7 +121,8 @@ impl TracesReport {
     }
 }
 
-/// Runs the phase: 2 rounds of off/on in ABBA order, `count` events each, checked at the end.
+/// Runs the phase: 4 rounds of off/on in mirrored order (ABCCBA twice), `count` events each,
+/// checked at the end.
 pub(super) async fn run(
     ctx: &Ctx<'_>,
     cleanup: &mut Cleanup,
@@ -144,7 +145,8 @@ pub(super) async fn run(
         ("OTEL_TRACES_SAMPLER_ARG", "0.1"),
     ];
     let mut runs = Vec::new();
-    let order = [
+    // Twice in mirrored order: each setting runs 4 times, early and late alike.
+    let mirrored = [
         Tracing::Off,
         Tracing::All,
         Tracing::Tenth,
@@ -152,7 +154,7 @@ pub(super) async fn run(
         Tracing::All,
         Tracing::Off,
     ];
-    for (i, tracing) in order.into_iter().enumerate() {
+    for (i, tracing) in mirrored.into_iter().chain(mirrored).enumerate() {
         let env: &[(&str, &str)] = match tracing {
             Tracing::Off => &[],
             Tracing::All => &all,
