@@ -80,28 +80,7 @@ pub struct User {
 
 impl From<users::Model> for User {
     fn from(m: users::Model) -> Self {
-        Self {
-            id: m.id,
-            clerk_user_id: m.clerk_user_id,
-            email: m.email,
-            first_name: m.first_name,
-            last_name: m.last_name,
-            microsoft_calendar_connected: m.microsoft_calendar_connected,
-            google_calendar_connected: m.google_calendar_connected,
-            google_calendar_status: CalendarStatus::of(&m.google_calendar_status),
-            microsoft_calendar_status: CalendarStatus::of(&m.microsoft_calendar_status),
-            username: m.username,
-            image_url: m.image_url,
-            external_id: m.external_id,
-            primary_phone_number: m.primary_phone_number,
-            public_metadata: m.public_metadata,
-            banned: m.banned,
-            locked: m.locked,
-            last_sign_in_at: m.last_sign_in_at.map(|at| at.with_timezone(&Utc)),
-            clerk_created_at: m.clerk_created_at.map(|at| at.with_timezone(&Utc)),
-            created_at: m.created_at.with_timezone(&Utc),
-            updated_at: m.updated_at.with_timezone(&Utc),
-        }
+        store::users::UserRow::from(m).into()
     }
 }
 

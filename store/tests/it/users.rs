@@ -41,29 +41,7 @@ async fn stored(db: &TestDb, clerk_user_id: &str) -> UserRow {
         .await
         .unwrap()
         .unwrap();
-    let utc = |at: chrono::DateTime<chrono::FixedOffset>| at.with_timezone(&chrono::Utc);
-    UserRow {
-        id: m.id,
-        clerk_user_id: m.clerk_user_id,
-        email: m.email,
-        first_name: m.first_name,
-        last_name: m.last_name,
-        microsoft_calendar_connected: m.microsoft_calendar_connected,
-        google_calendar_connected: m.google_calendar_connected,
-        google_calendar_status: m.google_calendar_status,
-        microsoft_calendar_status: m.microsoft_calendar_status,
-        username: m.username,
-        image_url: m.image_url,
-        external_id: m.external_id,
-        primary_phone_number: m.primary_phone_number,
-        public_metadata: m.public_metadata,
-        banned: m.banned,
-        locked: m.locked,
-        last_sign_in_at: m.last_sign_in_at.map(utc),
-        clerk_created_at: m.clerk_created_at.map(utc),
-        created_at: utc(m.created_at),
-        updated_at: utc(m.updated_at),
-    }
+    UserRow::from(m)
 }
 
 #[tokio::test]
