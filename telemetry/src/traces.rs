@@ -1144,7 +1144,9 @@ mod tests {
                             if reader.read_line(&mut line).unwrap_or(0) == 0 {
                                 return;
                             }
-                            if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                            if let Some(value) =
+                                line.to_ascii_lowercase().strip_prefix("content-length:")
+                            {
                                 length = value.trim().parse().unwrap();
                             }
                             if line == "\r\n" {
@@ -1166,7 +1168,11 @@ mod tests {
 
     /// A provider exporting through a [`QueueProcessor`] with these limits, and the processor's
     /// queue.
-    fn provider(endpoint: &str, max_queue: &str, max_batch: &str) -> (SdkTracerProvider, Arc<Shared>) {
+    fn provider(
+        endpoint: &str,
+        max_queue: &str,
+        max_batch: &str,
+    ) -> (SdkTracerProvider, Arc<Shared>) {
         let config = config(&[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
             ("OTEL_BSP_MAX_QUEUE_SIZE", max_queue),
@@ -1207,12 +1213,19 @@ mod tests {
         let (provider, shared) = provider(&endpoint, "100", "4");
         end_spans(&provider, 3);
         std::thread::sleep(Duration::from_millis(300));
-        assert_eq!(exports.load(Ordering::SeqCst), 0, "a part batch waits for the delay");
+        assert_eq!(
+            exports.load(Ordering::SeqCst),
+            0,
+            "a part batch waits for the delay"
+        );
         assert_eq!(shared.lock().spans.len(), 3);
         end_spans(&provider, 1);
         let started = Instant::now();
         while exports.load(Ordering::SeqCst) == 0 {
-            assert!(started.elapsed() < Duration::from_secs(10), "the full batch was not exported");
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the full batch was not exported"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         assert!(shared.lock().spans.is_empty());
@@ -1244,13 +1257,19 @@ mod tests {
         end_spans(&provider, 2);
         let started = Instant::now();
         while !shared.lock().spans.is_empty() {
-            assert!(started.elapsed() < Duration::from_secs(5), "the full batch was not taken");
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "the full batch was not taken"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
         let before = dropped("queue_full");
         let ending = Instant::now();
         end_spans(&provider, 3);
-        assert!(ending.elapsed() < Duration::from_secs(1), "ending spans waited for the export");
+        assert!(
+            ending.elapsed() < Duration::from_secs(1),
+            "ending spans waited for the export"
+        );
         assert_eq!(shared.lock().spans.len(), 2);
         assert_eq!(dropped("queue_full") - before, 1);
     }
