@@ -9,12 +9,18 @@ use telemetry::traces;
 /// Writes the context of `span` into `table` (nothing when tracing is off or the span is not
 /// exported).
 pub fn inject(span: &tracing::Span, table: &mut FieldTable) {
-    traces::inject(span, |name, value| {
+    traces::inject(span, writer(table));
+}
+
+/// The setter that trace context injection writes a message's headers through, for a span
+/// made without `tracing` ([`traces::DirectSpan::inject`]).
+pub fn writer(table: &mut FieldTable) -> impl FnMut(&'static str, String) + '_ {
+    |name, value| {
         table.insert(
             ShortString::from(name),
             AMQPValue::LongString(LongString::from(value)),
         );
-    });
+    }
 }
 
 /// The context a message was published in (empty when its headers carry none).

@@ -194,26 +194,16 @@ fn server_span(route: &str, request: &Request<Incoming>, svix_id: &str) -> Direc
     if !traces::enabled() {
         return DirectSpan::NONE;
     }
-    let api = route == "/api/webhooks/clerk";
-    let mut span = DirectSpan::server(
-        if api {
-            "POST /api/webhooks/clerk"
-        } else {
-            "POST /webhooks/clerk"
-        },
-        &traces::extract_http(request.headers()),
-    );
+    let (name, route) = if route == "/api/webhooks/clerk" {
+        ("POST /api/webhooks/clerk", "/api/webhooks/clerk")
+    } else {
+        ("POST /webhooks/clerk", "/webhooks/clerk")
+    };
+    let mut span = DirectSpan::server(name, &traces::extract_http(request.headers()));
     span.set_attributes(|| {
         [
             KeyValue::new("http.request.method", "POST"),
-            KeyValue::new(
-                "http.route",
-                if api {
-                    "/api/webhooks/clerk"
-                } else {
-                    "/webhooks/clerk"
-                },
-            ),
+            KeyValue::new("http.route", route),
             KeyValue::new("url.scheme", "http"),
             KeyValue::new("clerk_sync.svix_id", svix_id.to_owned()),
         ]
@@ -280,12 +270,7 @@ fn properties(request_headers: &HeaderMap, svix_id: &str, span: &DirectSpan) -> 
         ShortString::from(headers::RECEIVED_AT),
         AMQPValue::LongLongInt(i64::try_from(now.as_millis()).unwrap_or(i64::MAX)),
     );
-    span.inject(|name, value| {
-        table.insert(
-            ShortString::from(name),
-            AMQPValue::LongString(LongString::from(value)),
-        );
-    });
+    span.inject(broker::trace_context::writer(&mut table));
     BasicProperties::default()
         .with_message_id(ShortString::from(svix_id))
         .with_content_type(ShortString::from("application/json"))

@@ -25,7 +25,7 @@ use std::{
 
 use opentelemetry::{
     propagation::{Extractor, Injector, TextMapPropagator},
-    trace::{SpanId, TraceContextExt as _, TraceId, TracerProvider as _},
+    trace::{Span as _, SpanId, TraceContextExt as _, TraceId, Tracer as _, TracerProvider as _},
 };
 use opentelemetry_otlp::{SpanExporter, WithExportConfig as _};
 use opentelemetry_sdk::{
@@ -388,7 +388,6 @@ impl DirectSpan {
     /// Starts a server span named `name`, continuing `parent` when it holds a valid remote span
     /// (a root span otherwise).
     pub fn server(name: &'static str, parent: &Context) -> Self {
-        use opentelemetry::trace::Tracer as _;
         if !enabled() {
             return Self::NONE;
         }
@@ -404,7 +403,6 @@ impl DirectSpan {
 
     /// Whether the span is kept (sampled): attributes are worth computing only then.
     pub fn is_recording(&self) -> bool {
-        use opentelemetry::trace::Span as _;
         self.0.as_ref().is_some_and(|span| span.is_recording())
     }
 
@@ -413,7 +411,6 @@ impl DirectSpan {
     where
         I: IntoIterator<Item = opentelemetry::KeyValue>,
     {
-        use opentelemetry::trace::Span as _;
         if let Some(span) = self.0.as_mut().filter(|span| span.is_recording()) {
             span.set_attributes(attributes());
         }
@@ -421,7 +418,6 @@ impl DirectSpan {
 
     /// Marks the span as failed.
     pub fn set_error(&mut self) {
-        use opentelemetry::trace::Span as _;
         if let Some(span) = self.0.as_mut() {
             span.set_status(opentelemetry::trace::Status::error(""));
         }
@@ -430,7 +426,6 @@ impl DirectSpan {
     /// Writes the span's context (`traceparent`, and `tracestate` when there is one) through
     /// `set`; nothing when no span was made.
     pub fn inject(&self, set: impl FnMut(&'static str, String)) {
-        use opentelemetry::trace::Span as _;
         let Some(span) = &self.0 else {
             return;
         };
@@ -440,7 +435,6 @@ impl DirectSpan {
     /// Runs `f` with the span's ids on the log lines it writes (JSON lines carry `trace_id` and
     /// `span_id`).
     pub fn in_scope<R>(&self, f: impl FnOnce() -> R) -> R {
-        use opentelemetry::trace::Span as _;
         let Some(span) = &self.0 else {
             return f();
         };
@@ -463,7 +457,6 @@ impl DirectSpan {
 
 impl fmt::Debug for DirectSpan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        use opentelemetry::trace::Span as _;
         match &self.0 {
             Some(span) => write!(f, "DirectSpan({})", span.span_context().span_id()),
             None => f.write_str("DirectSpan(none)"),
