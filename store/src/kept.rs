@@ -51,6 +51,8 @@ struct Idle {
 /// The connections kept out of one sqlx pool.
 pub(crate) struct Kept {
     pool: PgPool,
+    /// Connections kept or in use here at most.
+    capacity: usize,
     permits: Arc<Semaphore>,
     idle: Mutex<Idle>,
 }
@@ -96,6 +98,7 @@ impl Kept {
             .filter(|&n| n > 0)?;
         Some(Self {
             pool,
+            capacity: keep,
             permits: Arc::new(Semaphore::new(keep)),
             idle: Mutex::new(Idle::default()),
         })
@@ -167,6 +170,33 @@ impl Kept {
         };
         drop(connections);
         self.permits.close();
+    }
+}
+
+impl Kept {
+    /// How many connections reads may use at once.
+    pub(crate) fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Runs `sql` with its one parameter `param` on a lent connection and returns its rows; the
+    /// connection is kept for the next read when it succeeded (see [`Lent::give_back`]).
+    pub(crate) async fn fetch_all<'q, P>(
+        &self,
+        sql: &'static str,
+        param: P,
+    ) -> Result<Vec<sea_orm::sqlx::postgres::PgRow>, DbErr>
+    where
+        P: 'q + Send + sea_orm::sqlx::Encode<'q, Postgres> + sea_orm::sqlx::Type<Postgres>,
+    {
+        let mut lent = self.lend().await?;
+        let rows = sea_orm::sqlx::query(sql)
+            .bind(param)
+            .fetch_all(&mut **lent.conn())
+            .await
+            .map_err(query_error)?;
+        lent.give_back();
+        Ok(rows)
     }
 }
 

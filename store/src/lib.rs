@@ -13,6 +13,7 @@
 
 pub mod accounts;
 pub mod apply;
+mod coalesce;
 pub mod connections;
 pub mod crypto;
 pub mod event;

@@ -32,7 +32,11 @@ use sea_orm::{
     sqlx::postgres::PgRow,
 };
 
-use crate::kept::{Kept, query_error};
+use crate::{
+    coalesce::Coalesced,
+    kept::{Kept, query_error},
+    users::UserRow,
+};
 pub use settings::Pooler;
 
 /// The pool settings of every clerk-sync process (worker, its CLI, the api): `max_connections`
@@ -78,6 +82,8 @@ pub struct Pool {
     /// Connections kept between [`Pool::fetch_optional`]'s reads (none behind a
     /// transaction-mode pooler, or when the pool is too small to spare any).
     kept: Option<Arc<Kept>>,
+    /// Reads of users by Clerk id, coalesced on the kept connections (see [`crate::coalesce`]).
+    users: Option<Arc<Coalesced<UserRow>>>,
 }
 
 impl Pool {
@@ -91,7 +97,20 @@ impl Pool {
             }
             _ => None,
         };
-        Self { conn, pooler, kept }
+        let users = kept
+            .as_ref()
+            .map(|kept| Arc::new(Coalesced::new(Arc::clone(kept), crate::users::statements())));
+        Self {
+            conn,
+            pooler,
+            kept,
+            users,
+        }
+    }
+
+    /// The coalesced reads of users by Clerk id, when connections are kept for reads.
+    pub(crate) fn users(&self) -> Option<&Arc<Coalesced<UserRow>>> {
+        self.users.as_ref()
     }
 
     /// Runs `sql`, a select of at most one row whose only parameter (`$1`) is `param`, and
@@ -114,15 +133,8 @@ impl Pool {
                 .ok_or_else(|| DbErr::Type("the row is not a Postgres row".into()))?;
             return decode(row).map(Some).map_err(query_error);
         };
-        let mut lent = kept.lend().await?;
-        let row = sea_orm::sqlx::query(sql)
-            .bind(param)
-            .fetch_optional(&mut **lent.conn())
-            .await
-            .map_err(query_error)?;
-        let value = row.as_ref().map(decode).transpose().map_err(query_error)?;
-        lent.give_back();
-        Ok(value)
+        let rows = kept.fetch_all(sql, param).await?;
+        rows.first().map(decode).transpose().map_err(query_error)
     }
 
     /// What sits in front of Postgres.

@@ -9,7 +9,7 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-use crate::pool::Pool;
+use crate::{coalesce::Statements, pool::Pool};
 
 /// The select, by the unique index on `clerk_user_id`; the columns in [`UserRow`]'s order.
 pub const SELECT_BY_CLERK_ID: &str = "SELECT id, clerk_user_id, email, first_name, last_name, \
@@ -17,6 +17,13 @@ pub const SELECT_BY_CLERK_ID: &str = "SELECT id, clerk_user_id, email, first_nam
     microsoft_calendar_status, username, image_url, external_id, primary_phone_number, \
     public_metadata, banned, locked, last_sign_in_at, clerk_created_at, created_at, updated_at \
     FROM users WHERE clerk_user_id = $1 LIMIT 1";
+
+/// [`SELECT_BY_CLERK_ID`] for several ids at once (`$1`: `text[]`), in the same column order.
+pub const SELECT_BY_CLERK_IDS: &str = "SELECT id, clerk_user_id, email, first_name, last_name, \
+    microsoft_calendar_connected, google_calendar_connected, google_calendar_status, \
+    microsoft_calendar_status, username, image_url, external_id, primary_phone_number, \
+    public_metadata, banned, locked, last_sign_in_at, clerk_created_at, created_at, updated_at \
+    FROM users WHERE clerk_user_id = ANY($1)";
 
 /// What the api returns of a `users` row (see `entity::users::Model` for the columns).
 #[derive(Debug, Clone, PartialEq)]
@@ -100,8 +107,25 @@ impl UserRow {
     }
 }
 
-/// The user with this Clerk id, if any.
+/// The user with this Clerk id, if any. Reads that arrive while the pool's connections are busy
+/// are answered together by one statement ([`crate::coalesce`]); behind a transaction-mode
+/// pooler, or with a pool too small to keep connections for reads, each runs alone.
 pub async fn by_clerk_id(pool: &Pool, clerk_user_id: &str) -> Result<Option<UserRow>, DbErr> {
-    pool.fetch_optional(SELECT_BY_CLERK_ID, clerk_user_id, UserRow::decode)
-        .await
+    match pool.users() {
+        Some(users) => users.get(clerk_user_id).await,
+        None => {
+            pool.fetch_optional(SELECT_BY_CLERK_ID, clerk_user_id, UserRow::decode)
+                .await
+        }
+    }
+}
+
+/// The statements [`by_clerk_id`]'s coalesced reads run.
+pub(crate) fn statements() -> Statements<UserRow> {
+    Statements {
+        one: SELECT_BY_CLERK_ID,
+        many: SELECT_BY_CLERK_IDS,
+        decode: UserRow::decode,
+        key: |row| row.clerk_user_id.as_str(),
+    }
 }
