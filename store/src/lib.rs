@@ -6,7 +6,8 @@
 //!   connections, their rows and their tokens sealed at rest;
 //! - [`health`]: whether a calendar connection is usable, needs the user, or could not be told;
 //! - [`pool`]: the database pool every process opens, direct or behind a pooler; [`users`]: the
-//!   api's read of a user by Clerk id, one statement of fixed text;
+//!   api's read of a user by Clerk id, one statement of fixed text, answered together for the
+//!   reads that queue under load;
 //! - [`lease`]: one process at a time for jobs such as the scheduled reconcile and health check.
 //!
 //! The worker (consuming events) and the api (lazy sync, calendar status, tokens) both use it.

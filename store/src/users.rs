@@ -1,6 +1,8 @@
 //! The api's read of one user by Clerk id: a statement of fixed text selecting what the api
 //! returns (never the private or unsafe metadata), decoded by column index. The api answers
-//! `/me` and `/users/by-clerk-id/{id}` with it; the bench's ceilings run the same text.
+//! `/me` and `/users/by-clerk-id/{id}` with it; the bench's ceilings run the same text. Reads
+//! that arrive while the pool's statements for them are busy are answered together, by one
+//! statement for all their ids ([`SELECT_BY_CLERK_IDS`]).
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
