@@ -110,7 +110,7 @@ impl UserRow {
 }
 
 /// The user with this Clerk id, if any. Reads that arrive while the pool's connections are busy
-/// are answered together by one statement ([`crate::coalesce`]); behind a transaction-mode
+/// are answered together by one statement (`store/src/coalesce.rs`); behind a transaction-mode
 /// pooler, or with a pool too small to keep connections for reads, each runs alone.
 pub async fn by_clerk_id(pool: &Pool, clerk_user_id: &str) -> Result<Option<UserRow>, DbErr> {
     match pool.users() {
