@@ -135,13 +135,22 @@ async fn coalesced_reads(
     cancel: bool,
 ) -> Vec<(String, Result<Option<UserRow>, DbErr>)> {
     let pool = connect_database(&db.url, 10, Pooler::None).await.unwrap();
-    // Connections opened ahead, so that a read's wait is the lock's, not the connect's.
+    // Four connections opened and the single-id statement prepared on each, ahead: a read on a
+    // fresh connection would wait for the lock in `Parse`, then again behind the second lock
+    // below in `Execute`. Four reads held by a lock at once run on four connections.
+    let warming = db.conn.begin().await.unwrap();
+    warming
+        .execute_unprepared("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
     let warm: Vec<_> = (0..4)
         .map(|_| {
             let pool = pool.clone();
             tokio::spawn(async move { by_clerk_id(&pool, "user_full").await.unwrap() })
         })
         .collect();
+    wait_for_waiting(db, ONE, 4).await;
+    warming.commit().await.unwrap();
     for read in warm {
         read.await.unwrap();
     }
