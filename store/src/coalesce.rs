@@ -201,15 +201,15 @@ impl<T: Clone + Send + 'static> Coalesced<T> {
             .await
             .and_then(|rows| {
                 rows.iter()
-                    .map(|row| self.decode(Some(row)))
+                    .map(self.statements.decode)
                     .collect::<Result<Vec<_>, _>>()
+                    .map_err(query_error)
             });
         match rows {
             Ok(rows) => {
                 for waiting in batch {
                     let row = rows
                         .iter()
-                        .flatten()
                         .find(|row| (self.statements.key)(row) == waiting.key)
                         .cloned();
                     let _ = waiting.answer.send(Ok(row));

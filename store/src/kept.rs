@@ -171,9 +171,7 @@ impl Kept {
         drop(connections);
         self.permits.close();
     }
-}
 
-impl Kept {
     /// How many connections reads may use at once.
     pub(crate) fn capacity(&self) -> usize {
         self.capacity

@@ -13,19 +13,26 @@ use uuid::Uuid;
 
 use crate::{coalesce::Statements, pool::Pool};
 
+/// The select of [`UserRow`]'s columns, in its order, with `$condition` after `WHERE`: one text
+/// for the single and the coalesced read, so their columns cannot drift apart.
+macro_rules! select_user_row {
+    ($condition:literal) => {
+        concat!(
+            "SELECT id, clerk_user_id, email, first_name, last_name, \
+             microsoft_calendar_connected, google_calendar_connected, google_calendar_status, \
+             microsoft_calendar_status, username, image_url, external_id, primary_phone_number, \
+             public_metadata, banned, locked, last_sign_in_at, clerk_created_at, created_at, \
+             updated_at FROM users WHERE ",
+            $condition
+        )
+    };
+}
+
 /// The select, by the unique index on `clerk_user_id`; the columns in [`UserRow`]'s order.
-pub const SELECT_BY_CLERK_ID: &str = "SELECT id, clerk_user_id, email, first_name, last_name, \
-    microsoft_calendar_connected, google_calendar_connected, google_calendar_status, \
-    microsoft_calendar_status, username, image_url, external_id, primary_phone_number, \
-    public_metadata, banned, locked, last_sign_in_at, clerk_created_at, created_at, updated_at \
-    FROM users WHERE clerk_user_id = $1 LIMIT 1";
+pub const SELECT_BY_CLERK_ID: &str = select_user_row!("clerk_user_id = $1 LIMIT 1");
 
 /// [`SELECT_BY_CLERK_ID`] for several ids at once (`$1`: `text[]`), in the same column order.
-pub const SELECT_BY_CLERK_IDS: &str = "SELECT id, clerk_user_id, email, first_name, last_name, \
-    microsoft_calendar_connected, google_calendar_connected, google_calendar_status, \
-    microsoft_calendar_status, username, image_url, external_id, primary_phone_number, \
-    public_metadata, banned, locked, last_sign_in_at, clerk_created_at, created_at, updated_at \
-    FROM users WHERE clerk_user_id = ANY($1)";
+pub const SELECT_BY_CLERK_IDS: &str = select_user_row!("clerk_user_id = ANY($1)");
 
 /// What the api returns of a `users` row (see `entity::users::Model` for the columns).
 #[derive(Debug, Clone, PartialEq)]
