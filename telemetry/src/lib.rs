@@ -4,6 +4,7 @@
 //! that never quote a value. Settings live in the `settings` crate.
 
 pub mod json_errors;
+pub mod lines;
 pub mod ops;
 pub mod request_id;
 pub mod traces;
