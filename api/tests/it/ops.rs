@@ -326,3 +326,72 @@ async fn a_client_that_never_finishes_its_headers_is_disconnected_after_api_head
     // The default is 10 s: a disconnect this early comes from the setting.
     assert!(after < std::time::Duration::from_secs(5), "took {after:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_process_writes_every_request_s_line_whole_and_the_last_ones_when_stopped() {
+    use testkit::process::{ServiceProcess, free_port};
+
+    // The api as users run it (its `main`): a process of its own logging JSON lines to a file.
+    let db = testkit::TestDb::migrated().await;
+    let port = free_port();
+    let mut settings = crate::helpers::base_settings(&db);
+    settings.insert("API_ADDR".into(), format!("127.0.0.1:{port}"));
+    settings.insert("LOG_FORMAT".into(), "json".into());
+    let mut api = ServiceProcess::start(env!("CARGO_BIN_EXE_api").as_ref(), &[], settings);
+    api.wait_ready(&format!("http://127.0.0.1:{port}/readyz"))
+        .await;
+    let client = reqwest::Client::new();
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let send = |i: usize| {
+        let (client, run) = (client.clone(), run.clone());
+        async move {
+            let response = client
+                .get(format!(
+                    "http://127.0.0.1:{port}/users/by-clerk-id/user_none_{i}"
+                ))
+                .bearer_auth(SERVICE_KEY)
+                .header("x-request-id", format!("{run}-{i}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 404);
+        }
+    };
+    // Lines reach the log while the api runs.
+    send(0).await;
+    testkit::eventually(
+        std::time::Duration::from_secs(5),
+        "the first request's line",
+        || async { api.output().contains(&format!("{run}-0")).then_some(()) },
+    )
+    .await;
+    // 300 requests at once, then a stop straight after their answers: every line is written, each
+    // whole, once, and so are the lines of the shutdown.
+    futures_util::future::join_all((1..=300).map(send)).await;
+    let output = tokio::task::spawn_blocking(move || api.stop())
+        .await
+        .unwrap();
+    let mut seen = std::collections::HashSet::new();
+    for line in output.lines().filter(|l| l.contains(&run)) {
+        let line: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: a broken line {line}"));
+        if line["message"] == "request finished" {
+            let id = line["span"]["request_id"].as_str().unwrap().to_owned();
+            assert_eq!(line["status"], 404, "{line}");
+            assert!(seen.insert(id), "a line written twice: {line}");
+        }
+    }
+    let missing: Vec<usize> = (0..=300)
+        .filter(|i| !seen.contains(&format!("{run}-{i}")))
+        .collect();
+    assert!(missing.is_empty(), "no line for requests {missing:?}");
+    // The line logged as `main` ends, milliseconds before the process exits.
+    assert!(
+        output
+            .lines()
+            .last()
+            .is_some_and(|l| l.contains("\"api stopped\"")),
+        "the last line is not the api's stop:\n{}",
+        output.lines().rev().take(3).collect::<Vec<_>>().join("\n")
+    );
+}
