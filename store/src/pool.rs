@@ -115,7 +115,7 @@ impl Pool {
 
     /// Runs `sql`, a select of at most one row whose only parameter (`$1`) is `param`, and
     /// decodes the row with `decode` (by column index). One round trip on a connection kept
-    /// from the last such read (see [`crate::kept`]); behind a transaction-mode pooler, the
+    /// from the last such read (see `store/src/kept.rs`); behind a transaction-mode pooler, the
     /// way every statement goes there. Errors are sea-orm's for the same failures.
     pub async fn fetch_optional<T>(
         &self,

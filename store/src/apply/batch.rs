@@ -486,7 +486,7 @@ async fn free_emails(txn: &DatabaseTransaction, winners: &[&Winner<'_>]) -> Resu
     Ok(())
 }
 
-/// A text array parameter (shared with [`crate::reconcile`]).
+/// A text array parameter (shared with the worker's reconcile, `worker::repair`).
 pub fn strings<'a>(
     values: impl IntoIterator<Item = impl Into<std::borrow::Cow<'a, str>>>,
 ) -> Value {

@@ -102,7 +102,7 @@ pub fn tombstone_key(clerk_user_id: &str) -> String {
     key
 }
 
-/// A Postgres statement with its parameters (shared with [`crate::batch`]).
+/// A Postgres statement with its parameters (shared with [`super::batch`]).
 pub fn stmt(sql: &str, values: Vec<Value>) -> Statement {
     Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
 }
