@@ -130,12 +130,8 @@ impl Shared {
     fn write_out(&self, spare: &mut Vec<u8>) {
         let mut sink = lock(&self.sink);
         std::mem::swap(&mut lock(&self.pending).lines, spare);
-        if !spare.is_empty() {
-            // A log line that cannot be written has nowhere to be reported: it is dropped, as
-            // the standard output's own writer would drop it.
-            let _ = sink.write_all(spare).and_then(|()| sink.flush());
-            spare.clear();
-        }
+        write(sink.as_mut(), spare);
+        spare.clear();
     }
 
     /// Adds one line (as formatted by the subscriber, newline included).
@@ -143,8 +139,7 @@ impl Shared {
         let mut pending = lock(&self.pending);
         if pending.stopped {
             drop(pending);
-            let mut sink = lock(&self.sink);
-            let _ = sink.write_all(line).and_then(|()| sink.flush());
+            write(lock(&self.sink).as_mut(), line);
             return;
         }
         let first = pending.lines.is_empty();
@@ -159,14 +154,31 @@ impl Shared {
     }
 }
 
+/// Writes `bytes` (if any) and flushes. A log line that cannot be written has nowhere to be
+/// reported: it is dropped, as the standard output's own writer would drop it.
+fn write(sink: &mut dyn Write, bytes: &[u8]) {
+    if !bytes.is_empty() {
+        let _ = sink.write_all(bytes).and_then(|()| sink.flush());
+    }
+}
+
 impl Drop for Flush {
     fn drop(&mut self) {
-        lock(&self.shared.pending).stopped = true;
+        // Batching stops and what is pending is written under the sink's lock: a line that
+        // finds batching stopped waits for the sink, so it cannot overtake the pending ones.
+        {
+            let mut sink = lock(&self.shared.sink);
+            let rest = {
+                let mut pending = lock(&self.shared.pending);
+                pending.stopped = true;
+                std::mem::take(&mut pending.lines)
+            };
+            write(sink.as_mut(), &rest);
+        }
         self.shared.started.notify_one();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
-        self.shared.write_out(&mut Vec::new());
     }
 }
 
